@@ -1,0 +1,146 @@
+//! Types shared by the XDP program (`flowmetrix-ebpf`) and the collector (`flowmetrix`).
+//!
+//! Everything here is `#[repr(C)]` and crosses the kernel/user boundary byte for byte, so
+//! sizes and field offsets are pinned by the tests at the bottom of this file.
+#![no_std]
+
+/// Largest number of frame bytes one sample can carry (the compiled maximum of `--snaplen`).
+/// A power of two, so the XDP program can bound copy lengths with a mask.
+pub const MAX_SNAPLEN: usize = 256;
+
+/// Default bytes captured per sample: a 24-byte VMware prefix + Ethernet (14) + two VLAN
+/// tags (8) + IPv6 (40) + a TCP header with the largest options (60) = 146, rounded up so a
+/// VXLAN-encapsulated IPv6/TCP packet still shows its inner ports.
+pub const DEFAULT_SNAPLEN: u32 = 192;
+
+/// Name of the ring buffer map that carries [`Sample`]s to userspace.
+pub const SAMPLES_MAP: &str = "SAMPLES";
+/// Name of the per-CPU array (one entry) of [`CpuStats`].
+pub const STATS_MAP: &str = "STATS";
+/// Name of the global holding the sampling rate N (1 in N packets is sampled).
+pub const SAMPLE_RATE_GLOBAL: &str = "SAMPLE_RATE";
+/// Name of the global holding the snap length in bytes (1..=MAX_SNAPLEN).
+pub const SNAPLEN_GLOBAL: &str = "SNAPLEN";
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "flowmetrix";
+
+/// Metadata the kernel writes in front of the captured bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleHeader {
+    /// `bpf_ktime_get_boot_ns()` at capture: CLOCK_BOOTTIME in nanoseconds.
+    pub ts_boot_ns: u64,
+    /// The frame's full length on the wire (all XDP fragments), never truncated.
+    pub wire_len: u32,
+    /// How many bytes of `Sample::data` are valid (0..=MAX_SNAPLEN).
+    pub cap_len: u32,
+    /// Interface index the frame arrived on.
+    pub ifindex: u32,
+    /// Receive queue the frame arrived on.
+    pub rx_queue: u32,
+}
+
+/// One ring-buffer record: a header and the first `cap_len` bytes of the frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub header: SampleHeader,
+    pub data: [u8; MAX_SNAPLEN],
+}
+
+/// Per-CPU state of the XDP program: counters and the sampling countdown. Counters only
+/// grow; userspace sums them over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Packets the program ran on.
+    pub seen: u64,
+    /// Packets chosen by the sampler (whether or not they reached the ring).
+    pub sampled: u64,
+    /// Sampled packets lost because the ring buffer had no room.
+    pub ring_full: u64,
+    /// Packets still to skip before the next sample on this CPU.
+    pub countdown: u64,
+}
+
+/// How many packets to skip before the next sample, for 1-in-`rate` sampling.
+///
+/// The skip is drawn uniformly from `0..=2*(rate-1)` (mean `rate-1`), so on average one
+/// packet in `rate` is sampled, but not on a fixed stride that could alias with periodic
+/// traffic (every tenth packet an ACK, say). `random` is a uniformly random u32.
+#[inline(always)]
+pub fn next_skip(rate: u32, random: u32) -> u64 {
+    if rate <= 1 {
+        return 0;
+    }
+    let span = rate.saturating_mul(2) - 1;
+    (random % span) as u64
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, #[repr(C)], no padding (checked by the layout tests).
+    unsafe impl aya::Pod for super::CpuStats {}
+    unsafe impl aya::Pod for super::SampleHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn sample_header_layout_is_fixed() {
+        assert_eq!(size_of::<SampleHeader>(), 24);
+        assert_eq!(offset_of!(SampleHeader, ts_boot_ns), 0);
+        assert_eq!(offset_of!(SampleHeader, wire_len), 8);
+        assert_eq!(offset_of!(SampleHeader, cap_len), 12);
+        assert_eq!(offset_of!(SampleHeader, ifindex), 16);
+        assert_eq!(offset_of!(SampleHeader, rx_queue), 20);
+    }
+
+    #[test]
+    fn sample_layout_is_fixed_and_ring_aligned() {
+        assert_eq!(offset_of!(Sample, data), 24);
+        assert_eq!(size_of::<Sample>(), 24 + MAX_SNAPLEN);
+        // bpf_ringbuf_reserve hands out 8-byte aligned records.
+        assert_eq!(8 % align_of::<Sample>(), 0);
+    }
+
+    #[test]
+    fn cpu_stats_layout_is_fixed() {
+        assert_eq!(size_of::<CpuStats>(), 32);
+        assert_eq!(offset_of!(CpuStats, seen), 0);
+        assert_eq!(offset_of!(CpuStats, sampled), 8);
+        assert_eq!(offset_of!(CpuStats, ring_full), 16);
+        assert_eq!(offset_of!(CpuStats, countdown), 24);
+    }
+
+    #[test]
+    fn rate_one_never_skips() {
+        for r in [0, 1, 7, u32::MAX] {
+            assert_eq!(next_skip(1, r), 0);
+            assert_eq!(next_skip(0, r), 0);
+        }
+    }
+
+    #[test]
+    fn skips_average_rate_minus_one() {
+        // Over every residue of the span, the mean skip is exactly rate-1.
+        for rate in [2u32, 10, 1000] {
+            let span = 2 * rate - 1;
+            let total: u64 = (0..span).map(|r| next_skip(rate, r)).sum();
+            assert_eq!(total, u64::from(span) * u64::from(rate - 1));
+            assert_eq!(next_skip(rate, span - 1), u64::from(2 * (rate - 1)));
+            assert_eq!(next_skip(rate, span), 0);
+        }
+    }
+
+    #[test]
+    fn snaplen_bounds() {
+        assert!(MAX_SNAPLEN.is_power_of_two());
+        assert!(MAX_SNAPLEN >= 256);
+        assert!(DEFAULT_SNAPLEN as usize <= MAX_SNAPLEN);
+        assert!(DEFAULT_SNAPLEN >= 24 + 14 + 8 + 40 + 60);
+    }
+}

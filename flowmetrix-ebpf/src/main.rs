@@ -1,0 +1,116 @@
+//! FlowMetrix XDP sampler.
+//!
+//! For one packet in `SAMPLE_RATE` (per CPU, with a randomised skip so periodic traffic does
+//! not alias with the sampler), reserve a [`Sample`] in the `SAMPLES` ring buffer holding the
+//! kernel timestamp, the frame's full wire length and its first `SNAPLEN` bytes. Every run
+//! updates per-CPU counters. The program never drops traffic: it always returns XDP_PASS.
+#![no_std]
+#![no_main]
+
+use core::{cmp::min, ffi::c_void, ptr::read_volatile};
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{
+        bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+    },
+    macros::{map, xdp},
+    maps::{PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use aya_log_ebpf::error;
+use flowmetrix_common::{CpuStats, MAX_SNAPLEN, Sample, next_skip};
+
+/// 1 in SAMPLE_RATE packets is sampled. Set by userspace at load time.
+#[unsafe(no_mangle)]
+static SAMPLE_RATE: u32 = 1;
+
+/// Bytes of each sampled frame to copy (1..=MAX_SNAPLEN). Set by userspace at load time.
+#[unsafe(no_mangle)]
+static SNAPLEN: u32 = flowmetrix_common::DEFAULT_SNAPLEN;
+
+/// Sized by userspace at load time (`--ring-bytes`).
+#[map]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+#[map]
+static STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn flowmetrix(ctx: XdpContext) -> u32 {
+    sample(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn sample(ctx: &XdpContext) {
+    let Some(stats) = STATS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot; XDP runs with migration disabled and does not nest on a CPU.
+    let stats = unsafe { &mut *stats };
+    stats.seen += 1;
+    if stats.countdown > 0 {
+        stats.countdown -= 1;
+        return;
+    }
+    // SAFETY: reading globals that userspace set before load; helpers take no pointers.
+    let (rate, random, ts) = unsafe {
+        (
+            read_volatile(&SAMPLE_RATE),
+            bpf_get_prandom_u32(),
+            bpf_ktime_get_boot_ns(),
+        )
+    };
+    stats.countdown = next_skip(rate, random);
+    stats.sampled += 1;
+
+    let Some(mut entry) = SAMPLES.reserve::<Sample>(0) else {
+        stats.ring_full += 1;
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `ctx.ctx` is the program's own xdp_md.
+    let wire_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
+    let snaplen = unsafe { read_volatile(&SNAPLEN) };
+    let want = min(min(wire_len, snaplen), MAX_SNAPLEN as u32);
+    let mut cap_len = 0;
+    if want > 0 {
+        // Give the verifier a provable range 1..=MAX_SNAPLEN; equal to `want` here.
+        let len = ((want - 1) & (MAX_SNAPLEN as u32 - 1)) + 1;
+        // SAFETY: `record` points at a reserved Sample whose data holds MAX_SNAPLEN bytes.
+        let ret = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                0,
+                (*record).data.as_mut_ptr().cast::<c_void>(),
+                len,
+            )
+        };
+        if ret == 0 {
+            cap_len = len;
+        } else {
+            // Submitted with cap_len 0: userspace counts it as a decode error, not a loss.
+            error!(ctx, "bpf_xdp_load_bytes({}) failed: {}", len, ret);
+        }
+    }
+    // SAFETY: writing the header fields of the reserved record.
+    unsafe {
+        (*record).header.ts_boot_ns = ts;
+        (*record).header.wire_len = wire_len;
+        (*record).header.cap_len = cap_len;
+        (*record).header.ifindex = ctx.ingress_ifindex() as u32;
+        (*record).header.rx_queue = ctx.rx_queue_index();
+    }
+    entry.submit(0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

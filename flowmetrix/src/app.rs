@@ -1,0 +1,108 @@
+//! Application guessed from transport ports: the destination port first, then the source.
+
+/// Well-known ports: the original tool's table, plus common infrastructure services.
+const TABLE: &[(u16, &str)] = &[
+    (20, "FTP-DATA"),
+    (21, "FTP"),
+    (22, "SSH"),
+    (23, "TELNET"),
+    (25, "SMTP"),
+    (53, "DNS"),
+    (67, "DHCP"),
+    (68, "DHCP"),
+    (80, "HTTP"),
+    (110, "POP3"),
+    (123, "NTP"),
+    (143, "IMAP"),
+    (161, "SNMP"),
+    (162, "SNMPTRAP"),
+    (179, "BGP"),
+    (389, "LDAP"),
+    (443, "HTTPS"),
+    (465, "SMTPS"),
+    (514, "SYSLOG"),
+    (587, "SUBMISSION"),
+    (636, "LDAPS"),
+    (853, "DNS-OVER-TLS"),
+    (993, "IMAPS"),
+    (995, "POP3S"),
+    (1433, "MSSQL"),
+    (1521, "ORACLE"),
+    (2049, "NFS"),
+    (3306, "MySQL"),
+    (3389, "RDP"),
+    (4789, "VXLAN"),
+    (5432, "PostgreSQL"),
+    (5672, "AMQP"),
+    (6081, "GENEVE"),
+    (6379, "Redis"),
+    (8080, "HTTP-ALT"),
+    (9092, "Kafka"),
+    (9200, "Elasticsearch"),
+    (11211, "Memcached"),
+    (27017, "MongoDB"),
+];
+
+/// Name used when no port matches.
+pub const UNKNOWN: &str = "UNKNOWN";
+
+fn lookup(port: u16) -> Option<&'static str> {
+    TABLE
+        .binary_search_by_key(&port, |&(p, _)| p)
+        .ok()
+        .map(|i| TABLE[i].1)
+}
+
+/// The application for a packet with these ports: destination port first, then source.
+pub fn application(src_port: Option<u16>, dst_port: Option<u16>) -> &'static str {
+    dst_port
+        .and_then(lookup)
+        .or_else(|| src_port.and_then(lookup))
+        .unwrap_or(UNKNOWN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_unique() {
+        assert!(TABLE.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn original_ports_are_all_there() {
+        let original = [
+            (20, "FTP-DATA"),
+            (21, "FTP"),
+            (22, "SSH"),
+            (23, "TELNET"),
+            (25, "SMTP"),
+            (53, "DNS"),
+            (80, "HTTP"),
+            (443, "HTTPS"),
+            (110, "POP3"),
+            (143, "IMAP"),
+            (161, "SNMP"),
+            (162, "SNMPTRAP"),
+            (389, "LDAP"),
+            (636, "LDAPS"),
+            (3306, "MySQL"),
+            (5432, "PostgreSQL"),
+            (27017, "MongoDB"),
+            (6379, "Redis"),
+            (11211, "Memcached"),
+        ];
+        for (port, name) in original {
+            assert_eq!(application(None, Some(port)), name, "port {port}");
+        }
+    }
+
+    #[test]
+    fn destination_wins_then_source_then_unknown() {
+        assert_eq!(application(Some(53), Some(80)), "HTTP");
+        assert_eq!(application(Some(443), Some(50_000)), "HTTPS");
+        assert_eq!(application(Some(50_000), Some(50_001)), UNKNOWN);
+        assert_eq!(application(None, None), UNKNOWN);
+    }
+}

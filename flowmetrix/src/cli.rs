@@ -1,0 +1,276 @@
+//! Command-line flags, defined once (clap derive). `--help` comes from this definition.
+//!
+//! The original Go tool took long flags with a single dash (`-offset 24`, `-auto-detect`,
+//! `-no-log`); [`normalize_go_flags`] rewrites every single-dash spelling of a long flag
+//! defined here to its `--` form before clap sees it.
+
+use std::ffi::OsString;
+
+use clap::{CommandFactory, Parser, ValueEnum};
+use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN};
+
+use crate::offset::VMWARE_DEFAULT;
+
+/// Sample packets with XDP and write one row per sampled packet.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flowmetrix", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Interface to capture on (ingress).
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    pub interface: String,
+
+    /// XDP attach mode: native (driver) with fallback to skb (generic), or one forced.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto, value_name = "MODE")]
+    pub xdp_mode: XdpModeArg,
+
+    /// Sample 1 packet in N (per CPU, randomised stride). 1 samples every packet.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sample_rate: u32,
+
+    /// Bytes of each sampled frame to capture (1-256).
+    #[arg(long, default_value_t = DEFAULT_SNAPLEN, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
+    pub snaplen: u32,
+
+    /// Size of the kernel ring buffer: a power of two of at least 4K (suffixes K, M, G).
+    #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+
+    /// Where rows go: JSON lines on stdout, or nowhere (decode and count only).
+    #[arg(long, value_enum, default_value_t = Output::Jsonl, value_name = "KIND")]
+    pub output: Output,
+
+    /// Skip BYTES before the Ethernet header (VMware prefix); without a value, 24.
+    #[arg(long, value_name = "BYTES", num_args = 0..=1,
+          default_missing_value = VMWARE_DEFAULT_STR,
+          value_parser = clap::value_parser!(u16).range(0..=(MAX_SNAPLEN as i64 - 14)))]
+    pub offset: Option<u16>,
+
+    /// Learn the VMware prefix length from the traffic (not yet available: use --offset).
+    #[arg(long, conflicts_with = "offset")]
+    pub auto_detect: bool,
+
+    /// Debug logging.
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+
+    /// No logging at all (the exit summary is still printed).
+    #[arg(long, conflicts_with = "debug")]
+    pub no_log: bool,
+
+    /// Rows per batch handed to the output.
+    #[arg(long, default_value_t = 1024, value_name = "ROWS",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_size: u32,
+
+    /// Rows that may wait for the output before new ones are dropped (and counted).
+    #[arg(long, default_value_t = 65_536, value_name = "ROWS",
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub queue_size: u32,
+}
+
+const VMWARE_DEFAULT_STR: &str = {
+    assert!(VMWARE_DEFAULT == 24);
+    "24"
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) mode, falling back to skb mode where the driver lacks XDP.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Skb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// One JSON object per line on stdout.
+    Jsonl,
+    /// Decode and count, write nothing (benchmarks).
+    None,
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 4096, 64K or 8M"))?;
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("'{s}' has an unknown unit (use K, M or G)")),
+    };
+    let bytes = n.checked_mul(mult).unwrap_or(u64::MAX);
+    if !(4096..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
+        return Err(format!(
+            "{s} is not a power of two between 4K and 1G (the kernel requires one)"
+        ));
+    }
+    u32::try_from(bytes).map_err(|_| format!("{s} is too large"))
+}
+
+/// Rewrites Go-style single-dash long flags (`-offset`, `-no-log`, `-sample-rate=10`, …) to
+/// their `--` form. Only names of long flags defined on [`Cli`] are touched, so short-flag
+/// clusters such as `-id` are left alone; nothing after `--` is touched.
+pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
+    let cmd = Cli::command();
+    let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
+    let mut out = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        if rest {
+            out.push(arg);
+            continue;
+        }
+        let rewritten = arg.to_str().and_then(|s| {
+            if s == "--" {
+                return None;
+            }
+            let body = s.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
+            let name = body.split_once('=').map_or(body, |(n, _)| n);
+            (name.len() > 1 && longs.contains(&name)).then(|| OsString::from(format!("-{s}")))
+        });
+        if arg == "--" {
+            rest = true;
+        }
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
+}
+
+/// What the command line asked for.
+pub enum Parsed {
+    Run(Box<Cli>),
+    /// `--help` or `--version`: print this on stdout and exit 0.
+    Print(String),
+}
+
+/// Parses a command line (program name first). A usage error comes back as one line,
+/// without the `error:` prefix.
+pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, String> {
+    match Cli::try_parse_from(normalize_go_flags(args)) {
+        Ok(cli) => Ok(Parsed::Run(Box::new(cli))),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp
+            | clap::error::ErrorKind::DisplayVersion
+            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                Ok(Parsed::Print(e.render().to_string()))
+            }
+            _ => Err(one_line(&e.render().to_string())),
+        },
+    }
+}
+
+/// The first line of a clap error, without its `error: ` prefix, plus a pointer to --help.
+fn one_line(rendered: &str) -> String {
+    let first = rendered.lines().next().unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see 'flowmetrix --help')")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    fn cli(v: &[&str]) -> Cli {
+        match parse(os(v)) {
+            Ok(Parsed::Run(c)) => *c,
+            Ok(Parsed::Print(p)) => panic!("printed {p}"),
+            Err(e) => panic!("usage error: {e}"),
+        }
+    }
+
+    #[test]
+    fn go_flags_are_rewritten_and_others_left_alone() {
+        assert_eq!(
+            normalize_go_flags(os(&[
+                "flowmetrix", "-i", "eth0", "-offset", "24", "-auto-detect", "-no-log",
+                "-sample-rate=10", "-d", "-id", "--", "-offset"
+            ])),
+            os(&[
+                "flowmetrix", "-i", "eth0", "--offset", "24", "--auto-detect", "--no-log",
+                "--sample-rate=10", "-d", "-id", "--", "-offset"
+            ])
+        );
+    }
+
+    #[test]
+    fn original_command_lines_parse_like_their_long_forms() {
+        let pairs: [(&[&str], &[&str]); 4] = [
+            (&["fm", "-i", "eth0", "-d"], &["fm", "--interface", "eth0", "--debug"]),
+            (&["fm", "-i", "ens192", "-offset", "24"], &["fm", "--interface=ens192", "--offset=24"]),
+            (&["fm", "-i", "ens192", "-offset"], &["fm", "--interface", "ens192", "--offset"]),
+            (&["fm", "-i", "eth0", "-no-log"], &["fm", "--interface", "eth0", "--no-log"]),
+        ];
+        for (go, long) in pairs {
+            assert_eq!(format!("{:?}", cli(go)), format!("{:?}", cli(long)), "{go:?}");
+        }
+    }
+
+    #[test]
+    fn offset_without_value_is_24_and_absent_is_none() {
+        assert_eq!(cli(&["fm", "-i", "x", "-offset"]).offset, Some(24));
+        assert_eq!(cli(&["fm", "-i", "x", "-offset", "-d"]).offset, Some(24));
+        assert_eq!(cli(&["fm", "-i", "x", "-offset", "16"]).offset, Some(16));
+        assert_eq!(cli(&["fm", "-i", "x"]).offset, None);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cli(&["fm", "-i", "eth0"]);
+        assert_eq!(c.sample_rate, 1);
+        assert_eq!(c.snaplen, DEFAULT_SNAPLEN);
+        assert_eq!(c.ring_bytes, 8 << 20);
+        assert_eq!(c.xdp_mode, XdpModeArg::Auto);
+        assert_eq!(c.output, Output::Jsonl);
+        assert!(!c.debug && !c.no_log && !c.auto_detect);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for bad in [
+            &["fm", "-i", "eth0", "--sample-rate", "ten"][..],
+            &["fm", "-i", "eth0", "--bogus"],
+            &["fm"],
+            &["fm", "-i", "eth0", "--snaplen", "999"],
+            &["fm", "-i", "eth0", "--ring-bytes", "5000"],
+            &["fm", "-i", "eth0", "-d", "-no-log"],
+        ] {
+            let Err(e) = parse(os(bad)) else {
+                panic!("{bad:?} parsed")
+            };
+            assert!(!e.contains('\n'), "{e}");
+            assert!(e.ends_with("(see 'flowmetrix --help')"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert_eq!(parse_ring_bytes("64K"), Ok(65536));
+        assert_eq!(parse_ring_bytes("8M"), Ok(8 << 20));
+        assert!(parse_ring_bytes("4095").is_err());
+        assert!(parse_ring_bytes("3M").is_err());
+        assert!(parse_ring_bytes("2G").is_err());
+        assert!(parse_ring_bytes("").is_err());
+        assert!(parse_ring_bytes("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn help_and_version_are_printed_not_errors() {
+        assert!(matches!(parse(os(&["fm", "--help"])), Ok(Parsed::Print(_))));
+        assert!(matches!(parse(os(&["fm", "-V"])), Ok(Parsed::Print(_))));
+    }
+}

@@ -1,0 +1,15 @@
+//! FlowMetrix: XDP packet sampler → ring buffer → decoder → batches → output.
+//!
+//! Data flows one way: [`capture`] (kernel) → [`ring`] → [`offset`] + [`decode`] (+ [`app`])
+//! → [`pipeline`] batches → [`sink`].
+
+pub mod app;
+pub mod capture;
+pub mod cli;
+pub mod decode;
+pub mod metrics;
+pub mod offset;
+pub mod pipeline;
+pub mod record;
+pub mod ring;
+pub mod sink;

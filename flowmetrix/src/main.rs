@@ -1,0 +1,95 @@
+//! `flowmetrix`: the command. Exit codes: 0 success, 1 runtime failure, 2 usage error.
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use flowmetrix::{
+    capture::{self, CaptureConfig},
+    cli::{self, Cli, Parsed},
+    offset::Offset,
+    pipeline::{self, PipelineConfig},
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::level_filters::LevelFilter;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => return usage_error(&msg),
+    };
+    if cli.auto_detect {
+        return usage_error(
+            "--auto-detect is not available yet; give the prefix length with --offset N",
+        );
+    }
+    if capture::if_index(&cli.interface).is_none() {
+        return usage_error(&format!("no such interface: {}", cli.interface));
+    }
+    init_logging(&cli);
+
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+fn init_logging(cli: &Cli) {
+    if cli.no_log {
+        return;
+    }
+    let level = if cli.debug {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::INFO
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let cfg = PipelineConfig {
+        capture: CaptureConfig {
+            interface: cli.interface.clone(),
+            mode: cli.xdp_mode,
+            sample_rate: cli.sample_rate,
+            snaplen: cli.snaplen,
+            ring_bytes: cli.ring_bytes,
+        },
+        offset: Offset(cli.offset.map_or(0, usize::from)),
+        output: cli.output,
+        batch_size: cli.batch_size,
+        queue_size: cli.queue_size,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        };
+        let outcome = pipeline::run(cfg, shutdown).await?;
+        eprintln!("summary: {}", outcome.summary);
+        outcome.error.map_or(Ok(()), Err)
+    })
+}

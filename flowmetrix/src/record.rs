@@ -1,0 +1,156 @@
+//! `PacketRecord`: one decoded sample, field for field the columns of `packet_data`.
+//!
+//! Plain data. Sinks decide how to encode it; the JSON form (keys = column names, absent
+//! values null, `ts` as RFC 3339 UTC with nanoseconds) is defined here by serde.
+
+use std::net::IpAddr;
+
+use serde::{Serialize, Serializer};
+
+/// What kind of network packet a frame carried (`packet_type` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PacketType {
+    Ipv4,
+    Ipv6,
+    Arp,
+    Other,
+}
+
+impl PacketType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+            Self::Arp => "ARP",
+            Self::Other => "OTHER",
+        }
+    }
+}
+
+impl Serialize for PacketType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A MAC address, written lower-case `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Capture time as nanoseconds since the Unix epoch (UTC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixNanos(pub i64);
+
+impl UnixNanos {
+    /// RFC 3339 in UTC with all nine fractional digits, e.g. `2026-11-22T01:02:03.000000042Z`.
+    pub fn to_rfc3339(self) -> String {
+        chrono::DateTime::from_timestamp_nanos(self.0)
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    }
+}
+
+impl Serialize for UnixNanos {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// One sampled packet. Field names are the `packet_data` column names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PacketRecord {
+    /// Kernel capture time.
+    pub ts: UnixNanos,
+    /// Original frame length on the wire (after any VMware prefix), saturated to u16.
+    pub packet_size: u16,
+    /// EtherType of the frame.
+    pub ether_type: u16,
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    /// IP protocol number (upper layer); null for non-IP frames.
+    pub protocol: Option<u8>,
+    pub src_ip: Option<IpAddr>,
+    pub dst_ip: Option<IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    /// TCP flags byte (CWR ECE URG ACK PSH RST SYN FIN); null unless TCP.
+    pub tcp_flags: Option<u8>,
+    pub packet_type: PacketType,
+    /// Application guessed from the ports (`UNKNOWN` when none matches).
+    pub application: &'static str,
+    /// The 1-in-N rate this row was sampled at: multiply counts by it.
+    pub sample_rate: u32,
+}
+
+/// Column names in table order, as the JSON keys and (later) the table use them.
+pub const COLUMNS: [&str; 14] = [
+    "ts",
+    "packet_size",
+    "ether_type",
+    "src_mac",
+    "dst_mac",
+    "protocol",
+    "src_ip",
+    "dst_ip",
+    "src_port",
+    "dst_port",
+    "tcp_flags",
+    "packet_type",
+    "application",
+    "sample_rate",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PacketRecord {
+        PacketRecord {
+            ts: UnixNanos(1_795_000_000_000_000_042),
+            packet_size: 60,
+            ether_type: 0x0806,
+            src_mac: MacAddr([0xAA, 0xBB, 0xCC, 0, 1, 2]),
+            dst_mac: MacAddr([0xff; 6]),
+            protocol: None,
+            src_ip: Some("10.0.0.1".parse().unwrap()),
+            dst_ip: Some("fe80::1".parse().unwrap()),
+            src_port: None,
+            dst_port: None,
+            tcp_flags: None,
+            packet_type: PacketType::Arp,
+            application: "UNKNOWN",
+            sample_rate: 1,
+        }
+    }
+
+    #[test]
+    fn json_keys_are_the_column_names_in_order() {
+        let v = serde_json::to_value(sample()).unwrap();
+        let mut got: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = COLUMNS.to_vec();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn json_values_have_their_text_forms() {
+        let line = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(
+            line,
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","sample_rate":1}"#
+        );
+    }
+}

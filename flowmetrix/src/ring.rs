@@ -1,0 +1,161 @@
+//! Drain the kernel ring buffer asynchronously (tokio AsyncFd: no busy loop, no blocking
+//! read) and turn each record into a header + frame bytes with a wall-clock timestamp.
+
+use std::mem::size_of;
+
+use aya::maps::{MapData, RingBuf};
+use flowmetrix_common::{MAX_SNAPLEN, Sample, SampleHeader};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::record::UnixNanos;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("ring record of {0} bytes is not a sample of {SAMPLE_SIZE} bytes")]
+    BadSize(usize),
+    #[error("ring record claims {0} captured bytes (at most {MAX_SNAPLEN})")]
+    BadCapLen(u32),
+}
+
+const SAMPLE_SIZE: usize = size_of::<Sample>();
+
+/// One record from the ring, borrowed.
+#[derive(Debug)]
+pub struct RawSample<'a> {
+    pub header: SampleHeader,
+    pub frame: &'a [u8],
+}
+
+/// Validates a ring record and splits it into header and captured bytes.
+pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
+    if bytes.len() != SAMPLE_SIZE {
+        return Err(RecordError::BadSize(bytes.len()));
+    }
+    let (head, data) = bytes.split_at(size_of::<SampleHeader>());
+    // SAFETY: `head` has exactly size_of::<SampleHeader>() bytes; SampleHeader is plain
+    // #[repr(C)] integers, valid for any bit pattern; read_unaligned needs no alignment.
+    let header = unsafe { head.as_ptr().cast::<SampleHeader>().read_unaligned() };
+    let cap = header.cap_len as usize;
+    if cap > MAX_SNAPLEN {
+        return Err(RecordError::BadCapLen(header.cap_len));
+    }
+    Ok(RawSample {
+        header,
+        frame: &data[..cap],
+    })
+}
+
+/// Converts kernel CLOCK_BOOTTIME stamps (bpf_ktime_get_boot_ns) to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME, in nanoseconds.
+    offset_ns: i64,
+}
+
+fn now_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+impl Clock {
+    /// Measures the offset now. Cheap (vDSO); re-measured every drain so that wall-clock
+    /// steps (NTP) show up in later rows.
+    pub fn now() -> Self {
+        let boot = now_ns(libc::CLOCK_BOOTTIME);
+        let real = now_ns(libc::CLOCK_REALTIME);
+        Self {
+            offset_ns: real - boot,
+        }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> UnixNanos {
+        UnixNanos(i64::try_from(boot_ns).unwrap_or(i64::MAX).saturating_add(self.offset_ns))
+    }
+}
+
+/// The ring buffer, readable through tokio.
+pub struct Ring {
+    fd: AsyncFd<RingBuf<MapData>>,
+}
+
+impl Ring {
+    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is
+        // dropped, which happens only with the AsyncFd.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        Ok(Self { fd })
+    }
+
+    /// Waits until the kernel has published records.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        let mut guard = self.fd.readable().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every record available now to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let ring = self.fd.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cap_len: u32, fill: u8) -> Vec<u8> {
+        let header = SampleHeader {
+            ts_boot_ns: 5,
+            wire_len: 1500,
+            cap_len,
+            ifindex: 3,
+            rx_queue: 1,
+        };
+        let mut v = Vec::with_capacity(SAMPLE_SIZE);
+        // SAFETY: SampleHeader is plain integers without padding.
+        let head: [u8; size_of::<SampleHeader>()] = unsafe { std::mem::transmute(header) };
+        v.extend_from_slice(&head);
+        v.resize(SAMPLE_SIZE, fill);
+        v
+    }
+
+    #[test]
+    fn parses_a_record() {
+        let r = record(60, 0xab);
+        let s = parse_record(&r).unwrap();
+        assert_eq!(s.header.wire_len, 1500);
+        assert_eq!(s.header.ifindex, 3);
+        assert_eq!(s.header.rx_queue, 1);
+        assert_eq!(s.frame, &[0xab; 60][..]);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(parse_record(&[0; 10]).unwrap_err(), RecordError::BadSize(10));
+        let r = record(MAX_SNAPLEN as u32 + 1, 0);
+        assert_eq!(
+            parse_record(&r).unwrap_err(),
+            RecordError::BadCapLen(MAX_SNAPLEN as u32 + 1)
+        );
+    }
+
+    #[test]
+    fn clock_maps_boot_time_to_now() {
+        let clock = Clock::now();
+        let wall = clock.wall(now_ns(libc::CLOCK_BOOTTIME) as u64).0;
+        let real = now_ns(libc::CLOCK_REALTIME);
+        assert!((real - wall).abs() < 1_000_000_000, "{real} vs {wall}");
+    }
+}

@@ -1,0 +1,50 @@
+//! Outputs: where decoded rows go. A sink knows rows, not XDP.
+
+pub mod jsonl;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::Receiver;
+
+use crate::{
+    cli::Output,
+    metrics::Counters,
+    record::PacketRecord,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot write to stdout")]
+    Stdout(#[source] std::io::Error),
+}
+
+/// Consumes batches until the sender side closes, counting rows written and failed.
+pub async fn run(
+    output: Output,
+    rx: Receiver<Vec<PacketRecord>>,
+    counters: Arc<Counters>,
+) -> Result<(), SinkError> {
+    match output {
+        Output::Jsonl => jsonl::run(rx, &counters).await,
+        Output::None => {
+            discard(rx, &counters).await;
+            Ok(())
+        }
+    }
+}
+
+/// `--output none`: rows are accepted and dropped on purpose (benchmarks), so they count
+/// as written.
+async fn discard(mut rx: Receiver<Vec<PacketRecord>>, counters: &Counters) {
+    while let Some(batch) = rx.recv().await {
+        Counters::add(&counters.written, batch.len() as u64);
+    }
+}
+
+/// After a fatal error: stop accepting batches and count what was queued as failed.
+fn fail_remaining(mut rx: Receiver<Vec<PacketRecord>>, counters: &Counters) {
+    rx.close();
+    while let Ok(batch) = rx.try_recv() {
+        Counters::add(&counters.write_errors, batch.len() as u64);
+    }
+}

@@ -1,0 +1,174 @@
+//! `cargo xtask <verb>`: thin scripts over cargo and the system tools, printing each command.
+//!
+//! - `setup`: install what a fresh machine lacks (idempotent, quick when all is present):
+//!   Debian packages the tests use, the pinned nightly toolchain with rust-src that builds
+//!   the XDP program, and bpf-linker.
+//! - `build`: setup, then a release build (the XDP object is embedded in the binary).
+//! - `run -- ARGS`: setup, build, run `target/release/flowmetrix ARGS` (needs root).
+//! - `test`: setup, then format check, clippy and every test (kernel tests need root).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "FlowMetrix developer tasks")]
+struct Args {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install the toolchain and tools the build and tests need.
+    Setup,
+    /// Setup, then build the release binary.
+    Build,
+    /// Setup, build, and run the collector with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then fmt --check, clippy -D warnings, and all tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages: the command each provides, and the package.
+const APT: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("tcpdump", "tcpdump"),
+];
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.verb {
+        Verb::Setup => setup(&root),
+        Verb::Build => {
+            setup(&root)?;
+            cargo(&["build", "--release", "--package", "flowmetrix"])
+        }
+        Verb::Run { args } => {
+            setup(&root)?;
+            cargo(&["build", "--release", "--package", "flowmetrix"])?;
+            let bin = root.join("target/release/flowmetrix");
+            run(Command::new(bin).args(args))
+        }
+        Verb::Test { args } => {
+            setup(&root)?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            let mut test = vec!["test"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&test)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn setup(root: &Path) -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    let toolchain_file = root.join("flowmetrix-ebpf/TOOLCHAIN");
+    let toolchain = std::fs::read_to_string(&toolchain_file)
+        .with_context(|| format!("cannot read {}", toolchain_file.display()))?;
+    let toolchain = toolchain.trim();
+    if !has_rust_src(toolchain) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            toolchain,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+            "--no-self-update",
+        ]))?;
+    }
+
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    if !linker_ok {
+        let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
+        cargo(&["install", &spec, "--locked", "--force"])?;
+    }
+    eprintln!("xtask: setup complete (toolchain {toolchain}, bpf-linker {BPF_LINKER_VERSION})");
+    Ok(())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn has_rust_src(toolchain: &str) -> bool {
+    let Ok(out) = Command::new("rustup")
+        .args(["run", toolchain, "rustc", "--print", "sysroot"])
+        .output()
+    else {
+        return false;
+    };
+    if !out.status.success() {
+        return false;
+    }
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    eprintln!("xtask: {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
