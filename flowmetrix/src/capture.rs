@@ -14,6 +14,9 @@ use flowmetrix_common::{
 };
 use tracing::{debug, info};
 
+/// Forwards the XDP program's log records to `log` (and so to tracing).
+pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 use crate::{cli::XdpModeArg, metrics::KernelStats};
 
 /// The XDP object built by build.rs, embedded so the binary is self-contained.
@@ -58,6 +61,7 @@ pub struct CaptureConfig {
 pub struct Capture {
     ebpf: Ebpf,
     link: Option<FdLink>,
+    logger: Option<EbpfLogger>,
     stats: PerCpuArray<MapData, CpuStats>,
     /// The mode the program ended up attached in ("native" or "skb").
     pub mode: &'static str,
@@ -76,10 +80,10 @@ impl Capture {
         let ifindex = if_index(&cfg.interface)
             .ok_or_else(|| CaptureError::NoSuchInterface(cfg.interface.clone()))?;
         // Ring buffers came in 5.8, XDP bpf_links in 5.9.
-        if let Ok(v) = KernelVersion::current() {
-            if v < KernelVersion::new(5, 9, 0) {
-                return Err(CaptureError::KernelTooOld(v));
-            }
+        if let Ok(v) = KernelVersion::current()
+            && v < KernelVersion::new(5, 9, 0)
+        {
+            return Err(CaptureError::KernelTooOld(v));
         }
         raise_memlock_limit();
 
@@ -92,9 +96,10 @@ impl Capture {
                 hint: privilege_hint(),
                 source: Box::new(e),
             })?;
-        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-            debug!("eBPF logger not started: {e}");
-        }
+        // The logger owns the program's log map: it must live as long as the program.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .inspect_err(|e| debug!("eBPF logger not started: {e}"))
+            .ok();
 
         let stats = ebpf
             .take_map(STATS_MAP)
@@ -129,7 +134,10 @@ impl Capture {
                 }
                 Err(e) => {
                     if attempts.len() > 1 {
-                        debug!("{name} XDP on {} failed ({e}); trying the next mode", cfg.interface);
+                        debug!(
+                            "{name} XDP on {} failed ({e}); trying the next mode",
+                            cfg.interface
+                        );
                     }
                     last_err = Some((name, e));
                 }
@@ -163,6 +171,7 @@ impl Capture {
         Ok(Self {
             ebpf,
             link: Some(link),
+            logger,
             stats,
             mode,
         })
@@ -177,14 +186,21 @@ impl Capture {
         RingBuf::try_from(map).map_err(CaptureError::Stats)
     }
 
+    /// Messages the XDP program logs (errors only), to be polled by the caller.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger> {
+        self.logger.take()
+    }
+
     /// Kernel counters summed over all CPUs.
     pub fn stats(&self) -> Result<KernelStats, CaptureError> {
         let per_cpu = self.stats.get(&0, 0).map_err(CaptureError::Stats)?;
-        Ok(per_cpu.iter().fold(KernelStats::default(), |acc, c| KernelStats {
-            seen: acc.seen + c.seen,
-            sampled: acc.sampled + c.sampled,
-            ring_drops: acc.ring_drops + c.ring_full,
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(KernelStats::default(), |acc, c| KernelStats {
+                seen: acc.seen + c.seen,
+                sampled: acc.sampled + c.sampled,
+                ring_drops: acc.ring_drops + c.ring_full,
+            }))
     }
 
     /// Detaches the program (closes the link). Idempotent; also happens on drop.

@@ -108,7 +108,7 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
         "G" | "GB" | "GIB" => 1 << 30,
         _ => return Err(format!("'{s}' has an unknown unit (use K, M or G)")),
     };
-    let bytes = n.checked_mul(mult).unwrap_or(u64::MAX);
+    let bytes = n.saturating_mul(mult);
     if !(4096..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
         return Err(format!(
             "{s} is not a power of two between 4K and 1G (the kernel requires one)"
@@ -169,11 +169,21 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, String
     }
 }
 
-/// The first line of a clap error, without its `error: ` prefix, plus a pointer to --help.
+/// A clap error's message on one line, without its `error: ` prefix (its first line plus
+/// the indented lines under it, such as the missing arguments), and a pointer to --help.
 fn one_line(rendered: &str) -> String {
-    let first = rendered.lines().next().unwrap_or("invalid command line");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    format!("{first} (see 'flowmetrix --help')")
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid command line");
+    let mut msg = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .trim_end()
+        .to_owned();
+    for detail in lines.take_while(|l| l.starts_with(' ')) {
+        msg.push(' ');
+        msg.push_str(detail.trim());
+    }
+    format!("{msg} (see 'flowmetrix --help')")
 }
 
 #[cfg(test)]
@@ -196,12 +206,32 @@ mod tests {
     fn go_flags_are_rewritten_and_others_left_alone() {
         assert_eq!(
             normalize_go_flags(os(&[
-                "flowmetrix", "-i", "eth0", "-offset", "24", "-auto-detect", "-no-log",
-                "-sample-rate=10", "-d", "-id", "--", "-offset"
+                "flowmetrix",
+                "-i",
+                "eth0",
+                "-offset",
+                "24",
+                "-auto-detect",
+                "-no-log",
+                "-sample-rate=10",
+                "-d",
+                "-id",
+                "--",
+                "-offset"
             ])),
             os(&[
-                "flowmetrix", "-i", "eth0", "--offset", "24", "--auto-detect", "--no-log",
-                "--sample-rate=10", "-d", "-id", "--", "-offset"
+                "flowmetrix",
+                "-i",
+                "eth0",
+                "--offset",
+                "24",
+                "--auto-detect",
+                "--no-log",
+                "--sample-rate=10",
+                "-d",
+                "-id",
+                "--",
+                "-offset"
             ])
         );
     }
@@ -209,13 +239,29 @@ mod tests {
     #[test]
     fn original_command_lines_parse_like_their_long_forms() {
         let pairs: [(&[&str], &[&str]); 4] = [
-            (&["fm", "-i", "eth0", "-d"], &["fm", "--interface", "eth0", "--debug"]),
-            (&["fm", "-i", "ens192", "-offset", "24"], &["fm", "--interface=ens192", "--offset=24"]),
-            (&["fm", "-i", "ens192", "-offset"], &["fm", "--interface", "ens192", "--offset"]),
-            (&["fm", "-i", "eth0", "-no-log"], &["fm", "--interface", "eth0", "--no-log"]),
+            (
+                &["fm", "-i", "eth0", "-d"],
+                &["fm", "--interface", "eth0", "--debug"],
+            ),
+            (
+                &["fm", "-i", "ens192", "-offset", "24"],
+                &["fm", "--interface=ens192", "--offset=24"],
+            ),
+            (
+                &["fm", "-i", "ens192", "-offset"],
+                &["fm", "--interface", "ens192", "--offset"],
+            ),
+            (
+                &["fm", "-i", "eth0", "-no-log"],
+                &["fm", "--interface", "eth0", "--no-log"],
+            ),
         ];
         for (go, long) in pairs {
-            assert_eq!(format!("{:?}", cli(go)), format!("{:?}", cli(long)), "{go:?}");
+            assert_eq!(
+                format!("{:?}", cli(go)),
+                format!("{:?}", cli(long)),
+                "{go:?}"
+            );
         }
     }
 
@@ -254,6 +300,15 @@ mod tests {
             assert!(!e.contains('\n'), "{e}");
             assert!(e.ends_with("(see 'flowmetrix --help')"), "{e}");
         }
+    }
+
+    #[test]
+    fn missing_arguments_are_named_on_the_line() {
+        let Err(e) = parse(os(&["fm"])) else { panic!() };
+        assert_eq!(
+            e,
+            "the following required arguments were not provided: --interface <IFACE> (see 'flowmetrix --help')"
+        );
     }
 
     #[test]

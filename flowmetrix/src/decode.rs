@@ -77,13 +77,11 @@ pub fn decode(frame: &[u8], meta: FrameMeta) -> Result<PacketRecord, DecodeError
             });
             ip_payload(&mut rec, &packet, ip.payload(), first_fragment);
         }
-        Some(LaxNetSlice::Arp(arp)) => {
-            if arp.proto_addr_type() == EtherType::IPV4 {
-                rec.src_ip = ipv4(arp.sender_protocol_addr());
-                rec.dst_ip = ipv4(arp.target_protocol_addr());
-            }
+        Some(LaxNetSlice::Arp(arp)) if arp.proto_addr_type() == EtherType::IPV4 => {
+            rec.src_ip = ipv4(arp.sender_protocol_addr());
+            rec.dst_ip = ipv4(arp.target_protocol_addr());
         }
-        None => {}
+        Some(LaxNetSlice::Arp(_)) | None => {}
     }
     Ok(rec)
 }
@@ -270,7 +268,9 @@ mod tests {
         let v = (u16::from(more) << 13) | offset_units;
         ip[6..8].copy_from_slice(&v.to_be_bytes());
         ip[10..12].copy_from_slice(&[0, 0]);
-        let h = etherparse::Ipv4HeaderSlice::from_slice(ip).unwrap().to_header();
+        let h = etherparse::Ipv4HeaderSlice::from_slice(ip)
+            .unwrap()
+            .to_header();
         let sum = h.calc_header_checksum();
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
     }

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod metrics;
 pub mod offset;
 pub mod pipeline;
+pub mod queue;
 pub mod record;
 pub mod ring;
 pub mod sink;

@@ -93,7 +93,11 @@ mod tests {
     #[test]
     fn summary_line_format() {
         let s = Summary {
-            kernel: KernelStats { seen: 10, sampled: 9, ring_drops: 1 },
+            kernel: KernelStats {
+                seen: 10,
+                sampled: 9,
+                ring_drops: 1,
+            },
             decoded: 8,
             decode_errors: 0,
             queue_drops: 2,

@@ -22,7 +22,11 @@ pub struct Offset(pub usize);
 impl Offset {
     /// The frame without its prefix, and the wire length without it. A frame too short to
     /// hold the prefix and an Ethernet header is an error, never decoded from garbage.
-    pub fn apply<'a>(&self, frame: &'a [u8], wire_len: u32) -> Result<(&'a [u8], u32), ShortForOffset> {
+    pub fn apply<'a>(
+        &self,
+        frame: &'a [u8],
+        wire_len: u32,
+    ) -> Result<(&'a [u8], u32), ShortForOffset> {
         let offset = self.0;
         if frame.len() < offset + ETHERNET_HEADER {
             return Err(ShortForOffset {
@@ -59,7 +63,10 @@ mod tests {
         let f = [0u8; 37];
         assert_eq!(
             Offset(24).apply(&f, 37),
-            Err(ShortForOffset { len: 37, offset: 24 })
+            Err(ShortForOffset {
+                len: 37,
+                offset: 24
+            })
         );
         assert!(Offset(24).apply(&[0u8; 38], 38).is_ok());
     }

@@ -8,7 +8,6 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::sync::mpsc::{self, Sender, error::TrySendError};
 use tracing::{debug, warn};
 
 use crate::{
@@ -17,6 +16,7 @@ use crate::{
     decode::{self, FrameMeta},
     metrics::{Counters, Summary},
     offset::Offset,
+    queue::{self, Rejected},
     record::PacketRecord,
     ring::{self, Clock, Ring},
     sink,
@@ -42,14 +42,19 @@ const DETACH_SETTLE: Duration = Duration::from_millis(20);
 
 /// Captures until `shutdown` completes (or the sink fails). Errors before capture starts
 /// are returned; errors after it are in the [`Outcome`] with the numbers so far.
-pub async fn run(cfg: PipelineConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<Outcome> {
+pub async fn run(
+    cfg: PipelineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
     let mut capture = Capture::attach(&cfg.capture)?;
     let mut ring = Ring::new(capture.take_ring()?).context("cannot poll the ring buffer")?;
+    if let Some(logger) = capture.take_logger() {
+        ring::spawn_logger(logger).context("cannot poll the eBPF log buffer")?;
+    }
 
     let counters = Arc::new(Counters::default());
     let batch_size = cfg.batch_size as usize;
-    let queue_batches = (cfg.queue_size as usize).div_ceil(batch_size).max(1);
-    let (tx, rx) = mpsc::channel(queue_batches);
+    let (tx, rx) = queue::bounded(cfg.queue_size as usize);
     let mut sink = tokio::spawn(sink::run(cfg.output, rx, Arc::clone(&counters)));
 
     let mut batcher = Batcher {
@@ -117,7 +122,7 @@ struct Batcher {
     batch_size: usize,
     batch: Vec<PacketRecord>,
     counters: Arc<Counters>,
-    tx: Sender<Vec<PacketRecord>>,
+    tx: queue::Sender,
     warned: bool,
 }
 
@@ -168,11 +173,11 @@ impl Batcher {
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
         match self.tx.try_send(batch) {
             Ok(()) => {}
-            Err(TrySendError::Full(batch)) => {
+            Err(Rejected::Full(batch)) => {
                 Counters::add(&self.counters.queue_drops, batch.len() as u64);
             }
             // The sink has stopped (its error is reported); these rows are not written.
-            Err(TrySendError::Closed(batch)) => {
+            Err(Rejected::Closed(batch)) => {
                 Counters::add(&self.counters.write_errors, batch.len() as u64);
             }
         }

@@ -74,7 +74,11 @@ impl Clock {
     }
 
     pub fn wall(&self, boot_ns: u64) -> UnixNanos {
-        UnixNanos(i64::try_from(boot_ns).unwrap_or(i64::MAX).saturating_add(self.offset_ns))
+        UnixNanos(
+            i64::try_from(boot_ns)
+                .unwrap_or(i64::MAX)
+                .saturating_add(self.offset_ns),
+        )
     }
 }
 
@@ -111,6 +115,20 @@ impl Ring {
     }
 }
 
+/// Forwards the XDP program's log messages until the runtime shuts down.
+pub fn spawn_logger(logger: crate::capture::EbpfLogger) -> std::io::Result<()> {
+    // SAFETY: the logger owns its ring fd and keeps it open until dropped with the AsyncFd.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +161,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_records() {
-        assert_eq!(parse_record(&[0; 10]).unwrap_err(), RecordError::BadSize(10));
+        assert_eq!(
+            parse_record(&[0; 10]).unwrap_err(),
+            RecordError::BadSize(10)
+        );
         let r = record(MAX_SNAPLEN as u32 + 1, 0);
         assert_eq!(
             parse_record(&r).unwrap_err(),

@@ -1,9 +1,9 @@
 //! JSON lines on stdout: one object per row, keys = column names.
 
-use tokio::{io::AsyncWriteExt, sync::mpsc::Receiver};
+use tokio::io::AsyncWriteExt;
 
 use super::{SinkError, fail_remaining};
-use crate::{metrics::Counters, record::PacketRecord};
+use crate::{metrics::Counters, queue::Receiver, record::PacketRecord};
 
 /// Appends one row as a JSON line.
 pub fn encode(buf: &mut Vec<u8>, row: &PacketRecord) {
@@ -13,7 +13,7 @@ pub fn encode(buf: &mut Vec<u8>, row: &PacketRecord) {
     }
 }
 
-pub async fn run(mut rx: Receiver<Vec<PacketRecord>>, counters: &Counters) -> Result<(), SinkError> {
+pub async fn run(mut rx: Receiver, counters: &Counters) -> Result<(), SinkError> {
     let mut out = tokio::io::stdout();
     let mut buf = Vec::with_capacity(1 << 16);
     while let Some(batch) = rx.recv().await {

@@ -4,13 +4,7 @@ pub mod jsonl;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::Receiver;
-
-use crate::{
-    cli::Output,
-    metrics::Counters,
-    record::PacketRecord,
-};
+use crate::{cli::Output, metrics::Counters, queue::Receiver};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -19,11 +13,7 @@ pub enum SinkError {
 }
 
 /// Consumes batches until the sender side closes, counting rows written and failed.
-pub async fn run(
-    output: Output,
-    rx: Receiver<Vec<PacketRecord>>,
-    counters: Arc<Counters>,
-) -> Result<(), SinkError> {
+pub async fn run(output: Output, rx: Receiver, counters: Arc<Counters>) -> Result<(), SinkError> {
     match output {
         Output::Jsonl => jsonl::run(rx, &counters).await,
         Output::None => {
@@ -35,16 +25,15 @@ pub async fn run(
 
 /// `--output none`: rows are accepted and dropped on purpose (benchmarks), so they count
 /// as written.
-async fn discard(mut rx: Receiver<Vec<PacketRecord>>, counters: &Counters) {
+async fn discard(mut rx: Receiver, counters: &Counters) {
     while let Some(batch) = rx.recv().await {
         Counters::add(&counters.written, batch.len() as u64);
     }
 }
 
 /// After a fatal error: stop accepting batches and count what was queued as failed.
-fn fail_remaining(mut rx: Receiver<Vec<PacketRecord>>, counters: &Counters) {
-    rx.close();
-    while let Ok(batch) = rx.try_recv() {
+fn fail_remaining(mut rx: Receiver, counters: &Counters) {
+    for batch in rx.close() {
         Counters::add(&counters.write_errors, batch.len() as u64);
     }
 }

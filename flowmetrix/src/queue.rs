@@ -1,0 +1,141 @@
+//! The queue between the decoder and the sink, bounded in rows (not batches, which may be
+//! small when traffic is light). The sender never waits: a batch that does not fit is
+//! handed back to be counted as dropped.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use tokio::sync::mpsc;
+
+use crate::record::PacketRecord;
+
+pub type Batch = Vec<PacketRecord>;
+
+/// Why a batch was not queued.
+#[derive(Debug)]
+pub enum Rejected {
+    /// The queue holds `capacity` rows already (or would with this batch).
+    Full(Batch),
+    /// The receiver is gone.
+    Closed(Batch),
+}
+
+pub struct Sender {
+    tx: mpsc::UnboundedSender<Batch>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+pub struct Receiver {
+    rx: mpsc::UnboundedReceiver<Batch>,
+    depth: Arc<AtomicUsize>,
+}
+
+/// A queue that holds at most `capacity` rows.
+pub fn bounded(capacity: usize) -> (Sender, Receiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let depth = Arc::new(AtomicUsize::new(0));
+    (
+        Sender {
+            tx,
+            depth: Arc::clone(&depth),
+            capacity,
+        },
+        Receiver { rx, depth },
+    )
+}
+
+impl Sender {
+    pub fn try_send(&self, batch: Batch) -> Result<(), Rejected> {
+        let n = batch.len();
+        // Only this sender adds, so a check-then-add cannot overshoot.
+        if self.depth.load(Ordering::Acquire) + n > self.capacity {
+            return Err(Rejected::Full(batch));
+        }
+        self.depth.fetch_add(n, Ordering::AcqRel);
+        self.tx.send(batch).map_err(|e| {
+            self.depth.fetch_sub(n, Ordering::AcqRel);
+            Rejected::Closed(e.0)
+        })
+    }
+
+    /// Rows waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Acquire)
+    }
+}
+
+impl Receiver {
+    pub async fn recv(&mut self) -> Option<Batch> {
+        let batch = self.rx.recv().await?;
+        self.depth.fetch_sub(batch.len(), Ordering::AcqRel);
+        Some(batch)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Stops accepting batches and returns those still queued.
+    pub fn close(&mut self) -> Vec<Batch> {
+        self.rx.close();
+        let mut left = Vec::new();
+        while let Ok(batch) = self.rx.try_recv() {
+            self.depth.fetch_sub(batch.len(), Ordering::AcqRel);
+            left.push(batch);
+        }
+        left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{MacAddr, PacketType, UnixNanos};
+
+    fn rows(n: usize) -> Batch {
+        let row = PacketRecord {
+            ts: UnixNanos(0),
+            packet_size: 0,
+            ether_type: 0,
+            src_mac: MacAddr::default(),
+            dst_mac: MacAddr::default(),
+            protocol: None,
+            src_ip: None,
+            dst_ip: None,
+            src_port: None,
+            dst_port: None,
+            tcp_flags: None,
+            packet_type: PacketType::Other,
+            application: "UNKNOWN",
+            sample_rate: 1,
+        };
+        vec![row; n]
+    }
+
+    #[tokio::test]
+    async fn bounded_in_rows_and_freed_by_receiving() {
+        let (tx, mut rx) = bounded(10);
+        for _ in 0..10 {
+            tx.try_send(rows(1)).unwrap();
+        }
+        assert!(matches!(tx.try_send(rows(1)), Err(Rejected::Full(b)) if b.len() == 1));
+        assert_eq!(tx.depth(), 10);
+        assert_eq!(rx.recv().await.unwrap().len(), 1);
+        assert_eq!(tx.depth(), 9);
+        assert!(matches!(tx.try_send(rows(2)), Err(Rejected::Full(_))));
+        tx.try_send(rows(1)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn closed_receiver_hands_batches_back() {
+        let (tx, mut rx) = bounded(10);
+        tx.try_send(rows(3)).unwrap();
+        let left = rx.close();
+        assert_eq!(left.iter().map(Vec::len).sum::<usize>(), 3);
+        assert!(matches!(tx.try_send(rows(1)), Err(Rejected::Closed(_))));
+        assert_eq!(tx.depth(), 0);
+    }
+}

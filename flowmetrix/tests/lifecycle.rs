@@ -1,0 +1,139 @@
+//! Starting and stopping: Ctrl+C and SIGTERM detach and exit promptly even with no traffic,
+//! SIGKILL leaves nothing attached, bad command lines fail with one line and exit code 2.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::NetPair;
+
+#[test]
+fn ctrl_c_with_no_traffic_exits_within_a_second_and_detaches() {
+    let net = NetPair::new();
+    let collector = net.collector(&[]);
+    assert!(
+        net.xdp_attached(),
+        "no XDP on the link while running:\n{}",
+        net.link_a()
+    );
+    let done = collector.interrupt();
+    assert!(
+        done.status.success(),
+        "exit {:?}\n{}",
+        done.status,
+        done.stderr
+    );
+    assert!(
+        done.exit_time < Duration::from_secs(1),
+        "took {:?}",
+        done.exit_time
+    );
+    assert!(!net.xdp_attached(), "XDP still attached:\n{}", net.link_a());
+    let s = done.summary();
+    assert_eq!((s.seen, s.written), (0, 0));
+    assert_eq!(done.stdout, "");
+}
+
+#[test]
+fn sigterm_detaches_and_exits_cleanly() {
+    let net = NetPair::new();
+    let collector = net.collector(&["--output", "none"]);
+    let done = collector.stop_with(libc::SIGTERM);
+    assert!(
+        done.status.success(),
+        "exit {:?}\n{}",
+        done.status,
+        done.stderr
+    );
+    assert!(
+        done.exit_time < Duration::from_secs(1),
+        "took {:?}",
+        done.exit_time
+    );
+    assert!(!net.xdp_attached(), "XDP still attached:\n{}", net.link_a());
+    done.summary();
+}
+
+#[test]
+fn sigkill_leaves_no_program_attached() {
+    let net = NetPair::new();
+    let collector = net.collector(&[]);
+    assert!(net.xdp_attached());
+    let _ = collector.stop_with(libc::SIGKILL);
+    // The bpf_link goes away with the process's last file descriptor.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while net.xdp_attached() {
+        assert!(
+            Instant::now() < deadline,
+            "XDP outlived SIGKILL:\n{}",
+            net.link_a()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the binary in the test namespace and returns (exit code, stdout, stderr).
+fn run_in(net: &NetPair, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.ns_a, env!("CARGO_BIN_EXE_flowmetrix")])
+        .args(args)
+        .output()
+        .expect("run flowmetrix");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_command_lines_give_one_line_and_exit_2_with_nothing_attached() {
+    let net = NetPair::new();
+    let iface = net.if_a.clone();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["-i", "fmx-no-such-if0"],
+            "no such interface: fmx-no-such-if0",
+        ),
+        (
+            &["-i", &iface, "--sample-rate", "ten"],
+            "invalid value 'ten' for '--sample-rate <N>'",
+        ),
+        (&["-i", &iface, "-sample-rate", "0"], "--sample-rate"),
+        (
+            &["-i", &iface, "--frobnicate"],
+            "unexpected argument '--frobnicate'",
+        ),
+        (&[], "--interface <IFACE>"),
+    ];
+    for (args, want) in cases {
+        let (code, stdout, stderr) = run_in(&net, args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: not one line:\n{stderr}"
+        );
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr:?} lacks {want:?}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(stdout, "");
+        assert!(!net.xdp_attached(), "{args:?} attached XDP");
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for flag in ["--help", "-h", "--version", "-V"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+            .arg(flag)
+            .output()
+            .expect("run flowmetrix");
+        assert!(out.status.success(), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("flowmetrix"), "{flag}: {text}");
+    }
+}
