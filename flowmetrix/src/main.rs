@@ -9,7 +9,7 @@ use flowmetrix::{
     pipeline::{self, PipelineConfig},
 };
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::level_filters::LevelFilter;
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = match cli::parse(std::env::args_os()) {
@@ -24,6 +24,14 @@ fn main() -> ExitCode {
         return usage_error(
             "--auto-detect is not available yet; give the prefix length with --offset N",
         );
+    }
+    if let Some(offset) = cli.offset
+        && u32::from(offset) + 14 > cli.snaplen
+    {
+        return usage_error(&format!(
+            "--offset {offset} leaves no room for an Ethernet header in --snaplen {} bytes",
+            cli.snaplen
+        ));
     }
     if capture::if_index(&cli.interface).is_none() {
         return usage_error(&format!("no such interface: {}", cli.interface));
@@ -48,15 +56,18 @@ fn init_logging(cli: &Cli) {
     if cli.no_log {
         return;
     }
-    let level = if cli.debug {
-        LevelFilter::DEBUG
+    // -d is about FlowMetrix (and its XDP program), not the loader's internals; RUST_LOG,
+    // when set, overrides both.
+    let default = if cli.debug {
+        "info,flowmetrix=debug,flowmetrix_ebpf=debug"
     } else {
-        LevelFilter::INFO
+        "info"
     };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_target(false)
         .init();
 }

@@ -472,3 +472,42 @@ fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
     ports.dedup();
     assert_eq!(ports.len(), rows.len());
 }
+
+#[test]
+fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
+    let net = NetPair::new();
+    let collector = net.collector(&["-offset", "24"]);
+    let sender = net.sender();
+    let cases = cases();
+    let prefixed: Vec<(&Case, Vec<u8>)> = cases
+        .iter()
+        .take(4)
+        .map(|c| {
+            let mut f = vec![0x5a; 24];
+            f.extend_from_slice(&c.frame);
+            (c, f)
+        })
+        .collect();
+    for (_, f) in &prefixed {
+        sender.send(f);
+    }
+    // 24 + 13 bytes: no whole Ethernet header after the prefix.
+    sender.send(&[0x5a; 37]);
+    std::thread::sleep(Duration::from_millis(200));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let rows = done.rows();
+    assert_eq!(rows.len(), prefixed.len(), "{}", done.stdout);
+    for (case, _) in &prefixed {
+        // packet_size is the frame after the prefix.
+        let hits = rows.iter().filter(|r| without_ts(r) == case.row).count();
+        assert_eq!(hits, 1, "{}: {}\n{}", case.name, case.row, done.stdout);
+    }
+    let s = done.summary();
+    assert_eq!(s.decode_errors, 1, "{s:?}");
+    assert_eq!(
+        s.sampled,
+        s.written + s.decode_errors + s.ring_drops,
+        "{s:?}"
+    );
+}
