@@ -58,6 +58,19 @@ fn sigterm_detaches_and_exits_cleanly() {
 }
 
 #[test]
+fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
+    let net = NetPair::new();
+    for (mode, shown) in [("skb", "xdpgeneric"), ("native", "xdp ")] {
+        let collector = net.collector(&["--xdp-mode", mode]);
+        assert!(net.link_a().contains(shown), "{mode}: {}", net.link_a());
+        let done = collector.interrupt();
+        assert!(done.status.success(), "{}", done.stderr);
+        assert!(done.stderr.contains(&format!("mode=\"{mode}\"")), "{}", done.stderr);
+        assert!(!net.xdp_attached());
+    }
+}
+
+#[test]
 fn sigkill_leaves_no_program_attached() {
     let net = NetPair::new();
     let collector = net.collector(&[]);
