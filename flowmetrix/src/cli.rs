@@ -4,12 +4,12 @@
 //! `-no-log`); [`normalize_go_flags`] rewrites every single-dash spelling of a long flag
 //! defined here to its `--` form before clap sees it.
 
-use std::ffi::OsString;
+use std::{ffi::OsString, time::Duration};
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN};
 
-use crate::offset::VMWARE_DEFAULT;
+use crate::{offset::VMWARE_DEFAULT, sink::greptime::Compression};
 
 /// Sample packets with XDP and write one row per sampled packet.
 #[derive(Debug, Clone, Parser)]
@@ -37,9 +37,49 @@ pub struct Cli {
     #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
 
-    /// Where rows go: JSON lines on stdout, or nowhere (decode and count only).
-    #[arg(long, value_enum, default_value_t = Output::Jsonl, value_name = "KIND")]
+    /// Where rows go: GreptimeDB, JSON lines on stdout, or nowhere (decode and count only).
+    #[arg(long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
     pub output: Output,
+
+    /// GreptimeDB gRPC endpoint(s), host:port, comma-separated.
+    #[arg(long, env = "FLOWMETRIX_GREPTIME_ENDPOINT", default_value = "127.0.0.1:4001",
+          value_delimiter = ',', value_name = "HOST:PORT", value_parser = parse_endpoint)]
+    pub greptime_endpoint: Vec<String>,
+
+    /// GreptimeDB database to write to.
+    #[arg(long, env = "FLOWMETRIX_GREPTIME_DATABASE", default_value = "public",
+          value_name = "NAME", value_parser = parse_name)]
+    pub database: String,
+
+    /// Table to write to (created by the first insert, append-only).
+    #[arg(long, env = "FLOWMETRIX_GREPTIME_TABLE", default_value = "packet_data",
+          value_name = "NAME", value_parser = parse_name)]
+    pub table: String,
+
+    /// GreptimeDB user; the password comes from FLOWMETRIX_GREPTIME_PASSWORD only.
+    #[arg(long, env = "FLOWMETRIX_GREPTIME_USERNAME", value_name = "USER")]
+    pub greptime_username: Option<String>,
+
+    /// gRPC compression of requests to GreptimeDB.
+    #[arg(long, value_enum, default_value_t = Compression::None, value_name = "KIND")]
+    pub compression: Compression,
+
+    /// Longest a row waits in a partial batch before it is sent (e.g. 500ms, 1s).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// Time-to-live of the table the first insert creates (e.g. 7d, 12h); default: none.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<String>,
+
+    /// Write requests to GreptimeDB in flight at once.
+    #[arg(long, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_in_flight: u32,
+
+    /// On exit, how long to keep trying to write queued rows.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 
     /// Skip BYTES before the Ethernet header (VMware prefix); without a value, 24.
     #[arg(long, value_name = "BYTES", num_args = 0..=1,
@@ -87,6 +127,8 @@ pub enum XdpModeArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Rows into GreptimeDB over gRPC.
+    Greptimedb,
     /// One JSON object per line on stdout.
     Jsonl,
     /// Decode and count, write nothing (benchmarks).
@@ -115,6 +157,57 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
         ));
     }
     u32::try_from(bytes).map_err(|_| format!("{s} is too large"))
+}
+
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let bad = || format!("'{s}' is not host:port (e.g. 127.0.0.1:4001)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| format!("'{s}' is not a name (letters, digits, _ and -)"))
+}
+
+/// `250ms`, `1s`, `2m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 500ms, 1s or 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("'{s}' must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// A GreptimeDB TTL: a number and a unit (`30m`, `12h`, `7d`, `4w`), or `forever`.
+fn parse_ttl(s: &str) -> Result<String, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let ok = s == "forever"
+        || (!digits.is_empty()
+            && digits.parse::<u64>().is_ok_and(|n| n > 0)
+            && ["s", "m", "h", "d", "w", "y"].contains(&unit));
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| format!("'{s}' is not a TTL such as 12h, 7d, 4w or forever"))
 }
 
 /// Rewrites Go-style single-dash long flags (`-offset`, `-no-log`, `-sample-rate=10`, …) to
@@ -280,7 +373,15 @@ mod tests {
         assert_eq!(c.snaplen, DEFAULT_SNAPLEN);
         assert_eq!(c.ring_bytes, 8 << 20);
         assert_eq!(c.xdp_mode, XdpModeArg::Auto);
-        assert_eq!(c.output, Output::Jsonl);
+        assert_eq!(c.output, Output::Greptimedb);
+        assert_eq!(c.greptime_endpoint, ["127.0.0.1:4001"]);
+        assert_eq!(
+            (c.database.as_str(), c.table.as_str()),
+            ("public", "packet_data")
+        );
+        assert_eq!(c.flush_interval, Duration::from_secs(1));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.ttl, None);
         assert!(!c.debug && !c.no_log && !c.auto_detect);
     }
 
@@ -309,6 +410,34 @@ mod tests {
             e,
             "the following required arguments were not provided: --interface <IFACE> (see 'flowmetrix --help')"
         );
+    }
+
+    #[test]
+    fn greptime_settings_are_checked() {
+        assert_eq!(
+            parse_endpoint("db.example:4001"),
+            Ok("db.example:4001".into())
+        );
+        assert_eq!(parse_endpoint("[::1]:4001"), Ok("[::1]:4001".into()));
+        for bad in [
+            "4001",
+            ":4001",
+            "host:",
+            "host:0",
+            "host:99999",
+            "http://h/x:1",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err() && parse_duration("1d").is_err());
+        assert!(parse_ttl("7d").is_ok() && parse_ttl("forever").is_ok());
+        assert!(parse_ttl("7").is_err() && parse_ttl("0d").is_err() && parse_ttl("d").is_err());
+        assert!(parse_name("packet_data").is_ok());
+        assert!(parse_name("bad;name").is_err() && parse_name("").is_err());
+        let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1,b:2"]);
+        assert_eq!(c.greptime_endpoint, ["a:1", "b:2"]);
     }
 
     #[test]

@@ -4,9 +4,10 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use flowmetrix::{
     capture::{self, CaptureConfig},
-    cli::{self, Cli, Parsed},
+    cli::{self, Cli, Output, Parsed},
     offset::Offset,
     pipeline::{self, PipelineConfig},
+    sink::{SinkConfig, greptime::GreptimeConfig},
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -36,9 +37,13 @@ fn main() -> ExitCode {
     if capture::if_index(&cli.interface).is_none() {
         return usage_error(&format!("no such interface: {}", cli.interface));
     }
+    let output = match sink_config(&cli) {
+        Ok(output) => output,
+        Err(msg) => return usage_error(&msg),
+    };
     init_logging(&cli);
 
-    match run(&cli) {
+    match run(&cli, output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -72,7 +77,38 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
+/// The password is read from the environment only, never from the command line.
+const PASSWORD_ENV: &str = "FLOWMETRIX_GREPTIME_PASSWORD";
+
+fn sink_config(cli: &Cli) -> Result<SinkConfig, String> {
+    Ok(match cli.output {
+        Output::Jsonl => SinkConfig::Jsonl,
+        Output::None => SinkConfig::None,
+        Output::Greptimedb => {
+            let password = std::env::var(PASSWORD_ENV).ok();
+            if password.is_some() && cli.greptime_username.is_none() {
+                return Err(format!(
+                    "{PASSWORD_ENV} is set but no user: set FLOWMETRIX_GREPTIME_USERNAME or --greptime-username"
+                ));
+            }
+            SinkConfig::Greptime(GreptimeConfig {
+                endpoints: cli.greptime_endpoint.clone(),
+                database: cli.database.clone(),
+                table: cli.table.clone(),
+                username: cli.greptime_username.clone(),
+                password,
+                compression: cli.compression,
+                batch_size: cli.batch_size as usize,
+                flush_interval: cli.flush_interval,
+                ttl: cli.ttl.clone(),
+                max_in_flight: cli.max_in_flight as usize,
+                shutdown_timeout: cli.shutdown_timeout,
+            })
+        }
+    })
+}
+
+fn run(cli: &Cli, output: SinkConfig) -> anyhow::Result<()> {
     let cfg = PipelineConfig {
         capture: CaptureConfig {
             interface: cli.interface.clone(),
@@ -82,7 +118,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             ring_bytes: cli.ring_bytes,
         },
         offset: Offset(cli.offset.map_or(0, usize::from)),
-        output: cli.output,
+        output,
         batch_size: cli.batch_size,
         queue_size: cli.queue_size,
     };

@@ -19,6 +19,8 @@ pub struct Counters {
     pub written: AtomicU64,
     /// Rows the output failed to write.
     pub write_errors: AtomicU64,
+    /// Write attempts that failed and were retried.
+    pub write_retries: AtomicU64,
 }
 
 impl Counters {

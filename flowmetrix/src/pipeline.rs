@@ -12,21 +12,20 @@ use tracing::{debug, warn};
 
 use crate::{
     capture::{Capture, CaptureConfig},
-    cli::Output,
     decode::{self, FrameMeta},
     metrics::{Counters, Summary},
     offset::Offset,
     queue::{self, Rejected},
     record::PacketRecord,
     ring::{self, Clock, Ring},
-    sink,
+    sink::{self, SinkConfig},
 };
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub capture: CaptureConfig,
     pub offset: Offset,
-    pub output: Output,
+    pub output: SinkConfig,
     pub batch_size: u32,
     pub queue_size: u32,
 }
@@ -55,7 +54,13 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let batch_size = cfg.batch_size as usize;
     let (tx, rx) = queue::bounded(cfg.queue_size as usize);
-    let mut sink = tokio::spawn(sink::run(cfg.output, rx, Arc::clone(&counters)));
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let mut sink = tokio::spawn(sink::run(
+        cfg.output,
+        rx,
+        Arc::clone(&counters),
+        stopping_rx,
+    ));
 
     let mut batcher = Batcher {
         offset: cfg.offset,
@@ -88,6 +93,7 @@ pub async fn run(
     }
 
     capture.detach();
+    stopping.send_replace(true);
     tokio::time::sleep(DETACH_SETTLE).await;
     let kernel = capture.stats();
     batcher.drain(&mut ring);

@@ -5,343 +5,11 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{MAC_A, MAC_B, NetPair, mac_str};
-use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
-use serde_json::{Value, json};
-
-const IP4_A: [u8; 4] = [10, 77, 0, 1];
-const IP4_B: [u8; 4] = [10, 77, 0, 2];
-const IP6_A: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const IP6_B: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-
-/// A frame to send and the row it must produce (all columns but `ts`).
-struct Case {
-    name: &'static str,
-    frame: Vec<u8>,
-    row: Value,
-}
-
-fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
-    PacketBuilder::ethernet2(MAC_B, MAC_A)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn row(
-    frame: &[u8],
-    ether_type: u16,
-    protocol: Option<u8>,
-    ips: (&str, &str),
-    ports: (Option<u16>, Option<u16>),
-    tcp_flags: Option<u8>,
-    packet_type: &str,
-    application: &str,
-    dst_mac: [u8; 6],
-) -> Value {
-    json!({
-        "packet_size": frame.len(),
-        "ether_type": ether_type,
-        "src_mac": mac_str(MAC_B),
-        "dst_mac": mac_str(dst_mac),
-        "protocol": protocol,
-        "src_ip": ips.0,
-        "dst_ip": ips.1,
-        "src_port": ports.0,
-        "dst_port": ports.1,
-        "tcp_flags": tcp_flags,
-        "packet_type": packet_type,
-        "application": application,
-        "sample_rate": 1,
-    })
-}
-
-fn write(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut v = Vec::new();
-    b(&mut v);
-    v
-}
-
-fn cases() -> Vec<Case> {
-    let (a4, b4) = ("10.77.0.1", "10.77.0.2");
-    let (a6, b6) = ("fd77::1", "fd77::2");
-    let mut cases = Vec::new();
-
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .udp(40001, 53)
-            .write(v, &[7; 20])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x0800,
-        Some(17),
-        (b4, a4),
-        (Some(40001), Some(53)),
-        None,
-        "IPv4",
-        "DNS",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "udp4",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .tcp(40002, 80, 1, 64240)
-            .syn()
-            .write(v, &[])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x0800,
-        Some(6),
-        (b4, a4),
-        (Some(40002), Some(80)),
-        Some(0x02),
-        "IPv4",
-        "HTTP",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "tcp4 syn",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv6(IP6_B, IP6_A, 64)
-            .udp(40003, 123)
-            .write(v, &[1; 48])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x86dd,
-        Some(17),
-        (b6, a6),
-        (Some(40003), Some(123)),
-        None,
-        "IPv6",
-        "NTP",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "udp6",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv6(IP6_B, IP6_A, 64)
-            .tcp(443, 50000, 9, 1000)
-            .ack(5)
-            .psh()
-            .write(v, b"hello")
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x86dd,
-        Some(6),
-        (b6, a6),
-        (Some(443), Some(50000)),
-        Some(0x18),
-        "IPv6",
-        "HTTPS",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "tcp6 psh+ack",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .icmpv4_echo_request(1, 1)
-            .write(v, &[0; 56])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x0800,
-        Some(1),
-        (b4, a4),
-        (None, None),
-        None,
-        "IPv4",
-        "UNKNOWN",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "icmp4 echo",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv6(IP6_B, IP6_A, 64)
-            .icmpv6_echo_request(1, 1)
-            .write(v, &[0; 8])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x86dd,
-        Some(58),
-        (b6, a6),
-        (None, None),
-        None,
-        "IPv6",
-        "UNKNOWN",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "icmp6 echo",
-        frame: f,
-        row: r,
-    });
-
-    let arp = |op, dst_mac: [u8; 6], sender: [u8; 4], target: [u8; 4], target_mac: [u8; 6]| {
-        let p = ArpPacket::new(
-            ArpHardwareId::ETHERNET,
-            EtherType::IPV4,
-            op,
-            &MAC_B,
-            &sender,
-            &target_mac,
-            &target,
-        )
-        .unwrap();
-        write(|v| {
-            PacketBuilder::ethernet2(MAC_B, dst_mac)
-                .arp(p)
-                .write(v)
-                .unwrap()
-        })
-    };
-    let f = arp(ArpOperation::REQUEST, [0xff; 6], IP4_B, IP4_A, [0; 6]);
-    assert!(f.len() < 64);
-    let r = row(
-        &f,
-        0x0806,
-        None,
-        (b4, a4),
-        (None, None),
-        None,
-        "ARP",
-        "UNKNOWN",
-        [0xff; 6],
-    );
-    cases.push(Case {
-        name: "arp request (42 bytes)",
-        frame: f,
-        row: r,
-    });
-
-    let f = arp(ArpOperation::REPLY, MAC_A, [10, 77, 0, 3], IP4_A, MAC_A);
-    let r = row(
-        &f,
-        0x0806,
-        None,
-        ("10.77.0.3", a4),
-        (None, None),
-        None,
-        "ARP",
-        "UNKNOWN",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "arp reply",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .udp(40004, 161)
-            .write(v, &[])
-            .unwrap()
-    });
-    assert_eq!(f.len(), 42);
-    let r = row(
-        &f,
-        0x0800,
-        Some(17),
-        (b4, a4),
-        (Some(40004), Some(161)),
-        None,
-        "IPv4",
-        "SNMP",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "udp4 empty (42 bytes)",
-        frame: f,
-        row: r,
-    });
-
-    // Longer than the snap length: packet_size is the wire length, not the captured bytes.
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .tcp(5432, 40005, 1, 1000)
-            .fin()
-            .ack(2)
-            .write(v, &[0xaa; 1400])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x0800,
-        Some(6),
-        (b4, a4),
-        (Some(5432), Some(40005)),
-        Some(0x11),
-        "IPv4",
-        "PostgreSQL",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "tcp4 1454 bytes",
-        frame: f,
-        row: r,
-    });
-
-    cases
-}
-
-fn without_ts(row: &Value) -> Value {
-    let mut r = row.clone();
-    r.as_object_mut().unwrap().remove("ts");
-    r
-}
-
-fn ts_nanos(row: &Value) -> i128 {
-    let s = row["ts"].as_str().expect("ts is a string");
-    let t = chrono::DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("ts {s}: {e}"));
-    // RFC 3339 UTC with nine fractional digits.
-    assert!(
-        s.ends_with('Z') && s.len() == "2026-01-01T00:00:00.000000000Z".len(),
-        "{s}"
-    );
-    i128::from(t.timestamp_nanos_opt().unwrap())
-}
-
-fn unix_nanos(t: SystemTime) -> i128 {
-    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i128
-}
+use common::{
+    NetPair,
+    frames::{Case, cases, ts_nanos, udp_frame, unix_nanos, without_ts},
+};
+use serde_json::Value;
 
 #[test]
 fn every_sent_frame_comes_out_once_with_every_column_right() {
@@ -397,22 +65,18 @@ fn every_sent_frame_comes_out_once_with_every_column_right() {
     assert_eq!(s.decoded, s.written);
 }
 
-fn udp_frame(i: u32) -> Vec<u8> {
-    let port = 10_000 + (i % 50_000) as u16;
-    write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .udp(port, 9999)
-            .write(v, &i.to_be_bytes())
-            .unwrap()
-    })
-}
-
 #[test]
 fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
     let net = NetPair::new();
     // One page: room for about a dozen samples.
-    let collector = net.collector(&["--sample-rate", "1", "--ring-bytes", "4096"]);
+    let collector = net.collector(&[
+        "--sample-rate",
+        "1",
+        "--ring-bytes",
+        "4096",
+        "--output",
+        "jsonl",
+    ]);
     let sender = net.sender();
     let frames = 5_000u32;
     for i in 0..frames {
@@ -435,7 +99,7 @@ fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
 #[test]
 fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
     let net = NetPair::new();
-    let collector = net.collector(&["--sample-rate", "10"]);
+    let collector = net.collector(&["--sample-rate", "10", "--output", "jsonl"]);
     let sender = net.sender();
     let frames = 10_000u32;
     for i in 0..frames {
@@ -476,7 +140,7 @@ fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
 #[test]
 fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
     let net = NetPair::new();
-    let collector = net.collector(&["-offset", "24"]);
+    let collector = net.collector(&["-offset", "24", "--output", "jsonl"]);
     let sender = net.sender();
     let cases = cases();
     let prefixed: Vec<(&Case, Vec<u8>)> = cases

@@ -65,7 +65,11 @@ fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
         assert!(net.link_a().contains(shown), "{mode}: {}", net.link_a());
         let done = collector.interrupt();
         assert!(done.status.success(), "{}", done.stderr);
-        assert!(done.stderr.contains(&format!("mode=\"{mode}\"")), "{}", done.stderr);
+        assert!(
+            done.stderr.contains(&format!("mode=\"{mode}\"")),
+            "{}",
+            done.stderr
+        );
         assert!(!net.xdp_attached());
     }
 }

@@ -1,10 +1,19 @@
 //! Outputs: where decoded rows go. A sink knows rows, not XDP.
 
+pub mod greptime;
 pub mod jsonl;
 
 use std::sync::Arc;
 
-use crate::{cli::Output, metrics::Counters, queue::Receiver};
+use crate::{metrics::Counters, queue::Receiver};
+
+/// Which output, with its settings.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Greptime(greptime::GreptimeConfig),
+    Jsonl,
+    None,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -13,10 +22,18 @@ pub enum SinkError {
 }
 
 /// Consumes batches until the sender side closes, counting rows written and failed.
-pub async fn run(output: Output, rx: Receiver, counters: Arc<Counters>) -> Result<(), SinkError> {
+/// `shutdown` turns true when capture stops; sinks that retry use it to start their
+/// shutdown deadline.
+pub async fn run(
+    output: SinkConfig,
+    rx: Receiver,
+    counters: Arc<Counters>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SinkError> {
     match output {
-        Output::Jsonl => jsonl::run(rx, &counters).await,
-        Output::None => {
+        SinkConfig::Greptime(cfg) => greptime::run(cfg, rx, counters, shutdown).await,
+        SinkConfig::Jsonl => jsonl::run(rx, &counters).await,
+        SinkConfig::None => {
             discard(rx, &counters).await;
             Ok(())
         }

@@ -3,6 +3,9 @@
 //! test; everything is deleted on drop, also when the test fails.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod endpoint;
+pub mod frames;
+
 use std::{
     ffi::CString,
     io::{BufRead as _, BufReader, Read as _},
@@ -104,6 +107,8 @@ impl NetPair {
             "netns",
             &pair.ns_b,
         ]);
+        // Loopback in ns_a: the GreptimeDB test endpoint listens there.
+        must(&["ip", "-n", &pair.ns_a, "link", "set", "lo", "up"]);
         for (ns, ifname) in [(&pair.ns_a, &pair.if_a), (&pair.ns_b, &pair.if_b)] {
             must(&["ip", "-n", ns, "link", "set", ifname, "arp", "off", "up"]);
         }
@@ -135,7 +140,13 @@ impl NetPair {
     /// Runs the collector in `ns_a` on `if_a` with these extra arguments, and waits until
     /// it says XDP is attached.
     pub fn collector(&self, args: &[&str]) -> Collector {
+        self.collector_with_env(args, &[])
+    }
+
+    /// Like [`collector`](Self::collector), with extra environment variables.
+    pub fn collector_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Collector {
         let mut cmd = Command::new("ip");
+        cmd.envs(env.iter().copied());
         cmd.args([
             "netns",
             "exec",

@@ -1,0 +1,431 @@
+//! A protocol-faithful GreptimeDB test endpoint — not a database.
+//!
+//! A tonic server built on `greptime_proto`'s own `GreptimeDatabase` (and `HealthCheck`)
+//! server traits, the gRPC the ingester speaks. It answers `Handle` with affected rows and
+//! keeps every `RowInsertRequests` with its metadata (database, hints, auth). It enforces
+//! what the real server enforces that matters here: a table's column types are fixed by the
+//! insert that created it, unknown databases are rejected, credentials are checked when
+//! required; errors carry the same gRPC codes and `x-greptime-err-code`/`-msg` metadata as
+//! GreptimeDB's. It can be told to fail, stall, or refuse connections for a while.
+//!
+//! The server listens on the host's loopback; a small TCP front, whose listener is created
+//! inside the collector's network namespace, forwards to it. Refusing connections closes
+//! that front (listener and open connections) and reopens it on the same port later.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use greptime_proto::v1::{
+    AffectedRows, ColumnDataType, ColumnSchema, GreptimeRequest, GreptimeResponse,
+    HealthCheckRequest, HealthCheckResponse, ResponseHeader, Row, Status as GtStatus,
+    auth_header::AuthScheme,
+    greptime_database_server::{GreptimeDatabase, GreptimeDatabaseServer},
+    greptime_request::Request as GtRequest,
+    greptime_response,
+    health_check_server::{HealthCheck, HealthCheckServer},
+    value::ValueData,
+};
+use serde_json::{Map, Value, json};
+use tokio::{net::TcpStream, runtime::Runtime, sync::watch, task::JoinHandle};
+use tonic::{Code, Request, Response, Status, codec::CompressionEncoding, metadata::MetadataValue};
+
+/// One accepted (or rejected) `Handle` call, as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub database: String,
+    /// The `x-greptime-hints` metadata, e.g. `append_mode=true,ttl=7d`.
+    pub hints: Option<String>,
+    pub auth: Option<(String, String)>,
+    pub table: String,
+    pub schema: Vec<ColumnSchema>,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Default)]
+struct State {
+    databases: Vec<String>,
+    /// Required credentials, if any.
+    user: Option<(String, String)>,
+    /// (database, table) → column name → type, fixed when first seen.
+    tables: HashMap<(String, String), Vec<(String, i32)>>,
+    received: Vec<Received>,
+    /// Fail this many coming requests with this code.
+    fail: Option<(usize, Code)>,
+    stall: Option<Duration>,
+    handled: usize,
+}
+
+#[derive(Clone)]
+struct Service(Arc<Mutex<State>>);
+
+/// A GreptimeDB-style error: gRPC code, with the server's status code and message in the
+/// metadata, as GreptimeDB's `define_into_tonic_status!` builds them.
+fn gt_error(code: Code, gt_code: u32, msg: String) -> Status {
+    let mut status = Status::new(code, msg.clone());
+    status
+        .metadata_mut()
+        .insert("x-greptime-err-code", MetadataValue::from(gt_code));
+    if let Ok(v) = msg.parse() {
+        status.metadata_mut().insert("x-greptime-err-msg", v);
+    }
+    status
+}
+
+fn type_name(t: i32) -> String {
+    ColumnDataType::try_from(t).map_or_else(|_| format!("type {t}"), |t| format!("{t:?}"))
+}
+
+#[tonic::async_trait]
+impl GreptimeDatabase for Service {
+    async fn handle(
+        &self,
+        request: Request<GreptimeRequest>,
+    ) -> Result<Response<GreptimeResponse>, Status> {
+        let hints = request
+            .metadata()
+            .get("x-greptime-hints")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let request = request.into_inner();
+        let header = request.header.unwrap_or_default();
+        let auth = match header.authorization.and_then(|a| a.auth_scheme) {
+            Some(AuthScheme::Basic(b)) => Some((b.username, b.password)),
+            _ => None,
+        };
+        let stall = self.0.lock().unwrap().stall;
+        if let Some(d) = stall {
+            tokio::time::sleep(d).await;
+        }
+        let mut st = self.0.lock().unwrap();
+        st.handled += 1;
+        if let Some((n, code)) = st.fail {
+            st.fail = (n > 1).then_some((n - 1, code));
+            return Err(gt_error(code, 5000, "injected failure".into()));
+        }
+        if let Some(user) = &st.user {
+            match &auth {
+                None => {
+                    return Err(gt_error(
+                        Code::Unauthenticated,
+                        7003,
+                        "Not found http or grpc authorization header".into(),
+                    ));
+                }
+                Some(given) if given != user => {
+                    return Err(gt_error(
+                        Code::Unauthenticated,
+                        7002,
+                        "Username and password does not match".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let db = header.dbname;
+        if !st.databases.contains(&db) {
+            return Err(gt_error(
+                Code::NotFound,
+                4004,
+                format!("Database not found: greptime.{db}"),
+            ));
+        }
+        let Some(GtRequest::RowInserts(inserts)) = request.request else {
+            return Err(gt_error(
+                Code::Unimplemented,
+                1001,
+                "only row inserts here".into(),
+            ));
+        };
+        // Check every insert before keeping any (one request, one outcome).
+        for insert in &inserts.inserts {
+            let rows = insert.rows.clone().unwrap_or_default();
+            if let Some(cols) = st.tables.get(&(db.clone(), insert.table_name.clone())) {
+                for c in &rows.schema {
+                    if let Some((_, t)) = cols.iter().find(|(n, _)| *n == c.column_name)
+                        && *t != c.datatype
+                    {
+                        return Err(gt_error(
+                            Code::InvalidArgument,
+                            1004,
+                            format!(
+                                "Invalid request to region, reason: column {} expect type {}, given: {}",
+                                c.column_name,
+                                type_name(*t),
+                                type_name(c.datatype)
+                            ),
+                        ));
+                    }
+                }
+            }
+            for row in &rows.rows {
+                if row.values.len() != rows.schema.len() {
+                    return Err(gt_error(
+                        Code::InvalidArgument,
+                        1004,
+                        "row and schema lengths differ".into(),
+                    ));
+                }
+            }
+        }
+        let mut affected = 0;
+        for insert in inserts.inserts {
+            let rows = insert.rows.unwrap_or_default();
+            let cols = st
+                .tables
+                .entry((db.clone(), insert.table_name.clone()))
+                .or_default();
+            for c in &rows.schema {
+                if !cols.iter().any(|(n, _)| *n == c.column_name) {
+                    cols.push((c.column_name.clone(), c.datatype));
+                }
+            }
+            affected += rows.rows.len() as u32;
+            st.received.push(Received {
+                database: db.clone(),
+                hints: hints.clone(),
+                auth: auth.clone(),
+                table: insert.table_name,
+                schema: rows.schema,
+                rows: rows.rows,
+            });
+        }
+        Ok(Response::new(GreptimeResponse {
+            header: Some(ResponseHeader {
+                status: Some(GtStatus {
+                    status_code: 0,
+                    err_msg: String::new(),
+                }),
+            }),
+            response: Some(greptime_response::Response::AffectedRows(AffectedRows {
+                value: affected,
+            })),
+        }))
+    }
+
+    async fn handle_requests(
+        &self,
+        _request: Request<tonic::Streaming<GreptimeRequest>>,
+    ) -> Result<Response<GreptimeResponse>, Status> {
+        Err(Status::unimplemented(
+            "streaming inserts are not used by flowmetrix",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl HealthCheck for Service {
+    async fn health_check(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        Ok(Response::new(HealthCheckResponse {}))
+    }
+}
+
+/// Creates a listening socket inside a network namespace (or here, for `None`).
+fn listen_in(netns: Option<&str>, addr: SocketAddr) -> std::net::TcpListener {
+    let ns = netns.map(str::to_owned);
+    std::thread::spawn(move || {
+        if let Some(ns) = ns {
+            let path = CString::new(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: plain syscalls with checked results, on this thread only.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                assert!(fd >= 0, "open netns {ns}");
+                assert_eq!(libc::setns(fd, libc::CLONE_NEWNET), 0, "setns {ns}");
+                libc::close(fd);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => {
+                    l.set_nonblocking(true).unwrap();
+                    return l;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// Forwards connections from `listener` to `backend` until `stop` turns true, then closes
+/// the listener and every forwarded connection.
+async fn front(
+    listener: std::net::TcpListener,
+    backend: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((mut client, _)) = accepted else { continue };
+                conns.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }
+    }
+    conns.abort_all();
+}
+
+/// The running front: its stop switch and its task.
+type Front = (watch::Sender<bool>, JoinHandle<()>);
+
+pub struct Endpoint {
+    /// Where the collector connects (inside its namespace).
+    pub addr: SocketAddr,
+    netns: Option<String>,
+    backend: SocketAddr,
+    state: Arc<Mutex<State>>,
+    front: Arc<Mutex<Option<Front>>>,
+    runtime: Runtime,
+}
+
+impl Endpoint {
+    /// Starts the endpoint, reachable at 127.0.0.1 inside `netns` (whose loopback must be
+    /// up), knowing the database `public`.
+    pub fn start(netns: Option<&str>) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(Mutex::new(State {
+            databases: vec!["public".into()],
+            ..Default::default()
+        }));
+        let service = Service(Arc::clone(&state));
+        let backend_listener = listen_in(None, "127.0.0.1:0".parse().unwrap());
+        let backend = backend_listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(backend_listener).unwrap();
+            let db = GreptimeDatabaseServer::new(service.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Zstd);
+            tonic::transport::Server::builder()
+                .add_service(db)
+                .add_service(HealthCheckServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        let front_listener = listen_in(netns, "127.0.0.1:0".parse().unwrap());
+        let addr = front_listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let task = runtime.spawn(front(front_listener, backend, stopped));
+        Self {
+            addr,
+            netns: netns.map(str::to_owned),
+            backend,
+            state,
+            front: Arc::new(Mutex::new(Some((stop, task)))),
+            runtime,
+        }
+    }
+
+    pub fn require_user(&self, user: &str, password: &str) {
+        self.state.lock().unwrap().user = Some((user.into(), password.into()));
+    }
+
+    /// A table as if created earlier by someone else, with these column types.
+    pub fn create_table(&self, db: &str, table: &str, columns: &[(&str, ColumnDataType)]) {
+        let cols = columns
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), *t as i32))
+            .collect();
+        self.state
+            .lock()
+            .unwrap()
+            .tables
+            .insert((db.into(), table.into()), cols);
+    }
+
+    /// The next `n` requests fail with `code`.
+    pub fn fail_next(&self, n: usize, code: Code) {
+        self.state.lock().unwrap().fail = Some((n, code));
+    }
+
+    /// Every request waits this long before it is answered.
+    pub fn stall(&self, d: Option<Duration>) {
+        self.state.lock().unwrap().stall = d;
+    }
+
+    /// Refuses connections (and drops open ones) now, for `d`; returns at once.
+    pub fn refuse_for(&self, d: Duration) {
+        if let Some((stop, task)) = self.front.lock().unwrap().take() {
+            let _ = stop.send(true);
+            self.runtime.block_on(task).unwrap();
+        }
+        let (front_slot, netns, addr, backend) = (
+            Arc::clone(&self.front),
+            self.netns.clone(),
+            self.addr,
+            self.backend,
+        );
+        let handle = self.runtime.handle().clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            let listener = listen_in(netns.as_deref(), addr);
+            let (stop, stopped) = watch::channel(false);
+            let task = handle.spawn(front(listener, backend, stopped));
+            *front_slot.lock().unwrap() = Some((stop, task));
+        });
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Requests answered so far (accepted or rejected).
+    pub fn handled(&self) -> usize {
+        self.state.lock().unwrap().handled
+    }
+
+    /// Every row received for `table`, as JSON objects keyed by column name, in the forms
+    /// the JSON-lines output uses (ts as RFC 3339 with nanoseconds).
+    pub fn rows(&self, table: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        for r in self.received().iter().filter(|r| r.table == table) {
+            for row in &r.rows {
+                let mut obj = Map::new();
+                for (col, v) in r.schema.iter().zip(&row.values) {
+                    obj.insert(col.column_name.clone(), json_value(v.value_data.as_ref()));
+                }
+                out.push(Value::Object(obj));
+            }
+        }
+        out
+    }
+}
+
+fn json_value(v: Option<&ValueData>) -> Value {
+    match v {
+        None => Value::Null,
+        Some(ValueData::U8Value(n) | ValueData::U16Value(n) | ValueData::U32Value(n)) => json!(n),
+        Some(ValueData::StringValue(s)) => json!(s),
+        Some(ValueData::TimestampNanosecondValue(ns)) => json!(
+            chrono::DateTime::from_timestamp_nanos(*ns)
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        ),
+        Some(other) => json!(format!("{other:?}")),
+    }
+}

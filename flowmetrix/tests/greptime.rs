@@ -1,0 +1,354 @@
+//! The GreptimeDB output end to end: frames over veth → the real binary (default output) →
+//! the GreptimeDB test endpoint (greptime-proto's own server trait; not a database).
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant, SystemTime},
+};
+
+use common::{
+    Collector, Finished, NetPair, Summary,
+    endpoint::Endpoint,
+    frames::{cases, ts_nanos, udp_frame, unix_nanos, without_ts},
+};
+use greptime_proto::v1::{ColumnDataType, SemanticType};
+use serde_json::Value;
+use tonic::Code;
+
+fn start(net: &NetPair, endpoint: &Endpoint, extra: &[&str]) -> Collector {
+    start_with_env(net, endpoint, extra, &[])
+}
+
+fn start_with_env(
+    net: &NetPair,
+    endpoint: &Endpoint,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Collector {
+    let addr = endpoint.addr.to_string();
+    let mut args = vec!["--greptime-endpoint", &addr, "--flush-interval", "100ms"];
+    args.extend_from_slice(extra);
+    net.collector_with_env(&args, env)
+}
+
+/// Every sample became a row at the endpoint or a counted loss, exactly.
+fn assert_accounted(s: &Summary, rows_at_endpoint: usize) {
+    assert_eq!(s.written, rows_at_endpoint as u64, "{s:?}");
+    assert_eq!(
+        s.sampled,
+        s.ring_drops + s.decode_errors + s.queue_drops + s.write_errors + s.written,
+        "{s:?}"
+    );
+}
+
+/// No row arrived twice (each frame has its own capture timestamp).
+fn assert_no_duplicates(rows: &[Value]) {
+    let mut seen = HashSet::new();
+    for r in rows {
+        let key = (r["ts"].to_string(), r["src_port"].to_string());
+        assert!(seen.insert(key), "duplicate row {r}");
+    }
+}
+
+fn send_udp(net: &NetPair, range: std::ops::Range<u32>) {
+    let sender = net.sender();
+    for i in range {
+        sender.send(&udp_frame(i));
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn error_lines(done: &Finished) -> Vec<&str> {
+    done.stderr
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .collect()
+}
+
+#[test]
+fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    let collector = start(&net, &endpoint, &["--table", "fm_packets", "--ttl", "7d"]);
+    let sender = net.sender();
+    let cases = cases();
+    let before = SystemTime::now();
+    for case in &cases {
+        sender.send(&case.frame);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let after = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "", "rows go to GreptimeDB, not stdout");
+
+    let rows = endpoint.rows("fm_packets");
+    for case in &cases {
+        let hits: Vec<&Value> = rows.iter().filter(|r| without_ts(r) == case.row).collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{}: {}\nrows: {rows:#?}",
+            case.name,
+            case.row
+        );
+        let ts = ts_nanos(hits[0]);
+        assert!(
+            unix_nanos(before) <= ts && ts <= unix_nanos(after),
+            "{}",
+            case.name
+        );
+    }
+    assert_eq!(rows.len(), cases.len());
+
+    use ColumnDataType as T;
+    use SemanticType::{Field, Tag, Timestamp};
+    let declared = [
+        ("ts", T::TimestampNanosecond, Timestamp),
+        ("packet_size", T::Uint16, Field),
+        ("ether_type", T::Uint16, Field),
+        ("src_mac", T::String, Field),
+        ("dst_mac", T::String, Field),
+        ("protocol", T::Uint8, Field),
+        ("src_ip", T::String, Tag),
+        ("dst_ip", T::String, Field),
+        ("src_port", T::Uint16, Field),
+        ("dst_port", T::Uint16, Tag),
+        ("tcp_flags", T::Uint8, Field),
+        ("packet_type", T::String, Tag),
+        ("application", T::String, Tag),
+        ("sample_rate", T::Uint32, Field),
+    ];
+    let received = endpoint.received();
+    assert!(!received.is_empty());
+    for r in &received {
+        assert_eq!(r.database, "public");
+        assert_eq!(r.table, "fm_packets");
+        let hints = r.hints.as_deref().unwrap_or("");
+        assert!(hints.split(',').any(|h| h == "append_mode=true"), "{hints}");
+        assert!(hints.split(',').any(|h| h == "ttl=7d"), "{hints}");
+        let schema: Vec<(String, i32, i32)> = r
+            .schema
+            .iter()
+            .map(|c| (c.column_name.clone(), c.datatype, c.semantic_type))
+            .collect();
+        let want: Vec<(String, i32, i32)> = declared
+            .iter()
+            .map(|(n, t, s)| ((*n).to_owned(), *t as i32, *s as i32))
+            .collect();
+        assert_eq!(schema, want);
+    }
+    let s = done.summary();
+    assert_accounted(&s, rows.len());
+    assert_eq!(s.write_errors, 0);
+}
+
+#[test]
+fn a_hundred_thousand_frames_rows_plus_counted_drops_equal_sampled() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    let collector = start(&net, &endpoint, &["--sample-rate", "1"]);
+    send_udp(&net, 0..100_000);
+    std::thread::sleep(Duration::from_millis(500));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let s = done.summary();
+    let rows = endpoint.rows("packet_data");
+    assert_eq!(s.seen, 100_000, "{s:?}");
+    assert_accounted(&s, rows.len());
+    assert_no_duplicates(&rows);
+}
+
+#[test]
+fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    let collector = start(&net, &endpoint, &[]);
+    send_udp(&net, 0..3_000);
+    // Let the first rows land, so no request is in flight when the connections are cut
+    // (a request cut after the server applied it would be retried: at-least-once).
+    std::thread::sleep(Duration::from_millis(500));
+    let before_outage = endpoint.rows("packet_data").len();
+    assert_eq!(before_outage, 3_000);
+    endpoint.refuse_for(Duration::from_secs(5));
+    let outage = Instant::now();
+    // Traffic goes on during the outage and after it.
+    let mut i = 3_000;
+    while outage.elapsed() < Duration::from_secs(7) {
+        send_udp(&net, i..i + 200);
+        i += 200;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Retries back off to at most 5 s: give them time to land before stopping.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while endpoint.rows("packet_data").len() < i as usize && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let s = done.summary();
+    let rows = endpoint.rows("packet_data");
+    assert_accounted(&s, rows.len());
+    assert_no_duplicates(&rows);
+    assert_eq!((s.queue_drops, s.write_errors), (0, 0), "{s:?}");
+    assert_eq!(rows.len(), i as usize, "every frame arrived");
+    let warned: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("retrying"))
+        .collect();
+    assert_eq!(warned.len(), 1, "one line per outage:\n{}", done.stderr);
+    let recovered = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("writable again"))
+        .count();
+    assert_eq!(recovered, 1, "{}", done.stderr);
+}
+
+#[test]
+fn schema_conflict_is_one_clear_error_naming_table_and_column() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    endpoint.create_table(
+        "public",
+        "packet_data",
+        &[("protocol", ColumnDataType::String)],
+    );
+    let collector = start(&net, &endpoint, &[]);
+    send_udp(&net, 0..2_500);
+    std::thread::sleep(Duration::from_millis(500));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let errors = error_lines(&done);
+    assert_eq!(errors.len(), 1, "{}", done.stderr);
+    assert!(
+        errors[0].contains("packet_data") && errors[0].contains("column protocol"),
+        "{}",
+        errors[0]
+    );
+    let s = done.summary();
+    assert_eq!(s.written, 0);
+    assert_eq!(s.write_errors, s.sampled, "{s:?}");
+    assert!(endpoint.rows("packet_data").is_empty());
+}
+
+#[test]
+fn wrong_password_is_one_clear_error_and_the_password_is_never_shown() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    endpoint.require_user("flow", "right-secret");
+    let env = [
+        ("FLOWMETRIX_GREPTIME_USERNAME", "flow"),
+        ("FLOWMETRIX_GREPTIME_PASSWORD", "wrong-secret"),
+    ];
+    let collector = start_with_env(&net, &endpoint, &["-d"], &env);
+    send_udp(&net, 0..50);
+    std::thread::sleep(Duration::from_millis(500));
+    let done = collector.interrupt();
+    let errors = error_lines(&done);
+    assert_eq!(errors.len(), 1, "{}", done.stderr);
+    assert!(
+        errors[0].contains("Username and password does not match"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains("FLOWMETRIX_GREPTIME_PASSWORD"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        !done.stderr.contains("wrong-secret"),
+        "password leaked:\n{}",
+        done.stderr
+    );
+    let s = done.summary();
+    assert_eq!((s.written, s.write_errors), (0, s.sampled), "{s:?}");
+
+    // The right password: rows arrive, with the credentials in the request header.
+    let env = [
+        ("FLOWMETRIX_GREPTIME_USERNAME", "flow"),
+        ("FLOWMETRIX_GREPTIME_PASSWORD", "right-secret"),
+    ];
+    let collector = start_with_env(&net, &endpoint, &[], &env);
+    send_udp(&net, 0..50);
+    std::thread::sleep(Duration::from_millis(500));
+    let done = collector.interrupt();
+    assert!(error_lines(&done).is_empty(), "{}", done.stderr);
+    assert_eq!(endpoint.rows("packet_data").len(), 50);
+    let auth = endpoint.received().last().and_then(|r| r.auth.clone());
+    assert_eq!(auth, Some(("flow".into(), "right-secret".into())));
+}
+
+#[test]
+fn unknown_database_is_reported_at_start() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    let collector = start(&net, &endpoint, &["--database", "nosuchdb"]);
+    // Reported by the start-up check, before any traffic.
+    std::thread::sleep(Duration::from_millis(500));
+    let done = collector.interrupt();
+    let errors = error_lines(&done);
+    assert_eq!(errors.len(), 1, "{}", done.stderr);
+    assert!(errors[0].contains("Database not found"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("CREATE DATABASE nosuchdb"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn ctrl_c_with_fifty_thousand_queued_rows_writes_them_all() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    // A slow server: rows pile up in the queue.
+    endpoint.stall(Some(Duration::from_secs(2)));
+    let collector = start(&net, &endpoint, &["--shutdown-timeout", "20s"]);
+    send_udp(&net, 0..50_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let handled_before = endpoint.handled();
+    // Ctrl+C while nearly all rows are still queued, then let the server catch up.
+    let stopper = std::thread::spawn(move || collector.interrupt());
+    std::thread::sleep(Duration::from_millis(200));
+    endpoint.stall(None);
+    let done = stopper.join().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    let s = done.summary();
+    let rows = endpoint.rows("packet_data");
+    assert!(
+        handled_before <= 5,
+        "the queue was not holding rows: {handled_before} requests"
+    );
+    assert_accounted(&s, rows.len());
+    assert_eq!(s.seen, 50_000);
+    assert_eq!(rows.len(), 50_000, "{s:?}");
+    assert_no_duplicates(&rows);
+}
+
+#[test]
+fn ctrl_c_with_the_server_down_gives_up_at_the_deadline_and_counts_every_row() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    endpoint.fail_next(usize::MAX, Code::Unavailable);
+    let collector = start(&net, &endpoint, &["--shutdown-timeout", "2s"]);
+    send_udp(&net, 0..5_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.exit_time < Duration::from_secs(4),
+        "took {:?}",
+        done.exit_time
+    );
+    let s = done.summary();
+    assert_eq!(s.written, 0);
+    assert_accounted(&s, 0);
+    assert_eq!(s.write_errors + s.queue_drops, 5_000, "{s:?}");
+}
