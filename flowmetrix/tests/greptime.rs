@@ -10,7 +10,8 @@ use std::{
 
 use common::{
     Collector, Finished, NetPair, Summary,
-    endpoint::Endpoint,
+    endpoint::{Endpoint, Forwarder},
+    live::{Live, base64},
     frames::{cases, ts_nanos, udp_frame, unix_nanos, without_ts},
 };
 use greptime_proto::v1::{ColumnDataType, SemanticType};
@@ -351,4 +352,62 @@ fn ctrl_c_with_the_server_down_gives_up_at_the_deadline_and_counts_every_row() {
     assert_eq!(s.written, 0);
     assert_accounted(&s, 0);
     assert_eq!(s.write_errors + s.queue_drops, 5_000, "{s:?}");
+}
+
+/// Against a real GreptimeDB named by FLOWMETRIX_TEST_GREPTIMEDB (see tests/common/live.rs):
+/// the rows are read back over its HTTP SQL API, and the table must be append-only. Without
+/// the variable there is nothing to run against, and the test says so and passes.
+#[test]
+fn live_greptimedb_stores_every_row() {
+    let Some(live) = Live::from_env() else {
+        eprintln!("live GreptimeDB test not run: FLOWMETRIX_TEST_GREPTIMEDB is not set");
+        return;
+    };
+    let net = NetPair::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let forward = Forwarder::start(runtime.handle().clone(), Some(&net.ns_a), live.grpc);
+    let table = format!(
+        "fm_live_{}_{}",
+        std::process::id(),
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+    );
+    let addr = forward.addr.to_string();
+    let collector = net.collector(&["--greptime-endpoint", &addr, "--table", &table]);
+    let sender = net.sender();
+    let cases = cases();
+    for case in &cases {
+        sender.send(&case.frame);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.summary().written, cases.len() as u64, "{}", done.stderr);
+
+    let rows = live.sql("public", &format!("SELECT * FROM {table}"));
+    assert_eq!(rows.len(), cases.len(), "{rows:#?}");
+    for case in &cases {
+        let want = without_ts(&case.row);
+        let hits = rows
+            .iter()
+            .filter(|r| {
+                want.as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| r.get(k) == Some(v))
+            })
+            .count();
+        assert_eq!(hits, 1, "{}: {want} in {rows:#?}", case.name);
+    }
+    let create = live.sql("public", &format!("SHOW CREATE TABLE {table}"));
+    let text = format!("{create:?}");
+    assert!(text.contains("append_mode"), "{text}");
+    live.sql("public", &format!("DROP TABLE {table}"));
+}
+
+#[test]
+fn live_mode_basic_auth_encoding_is_standard_base64() {
+    assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+    assert_eq!(base64(b"a"), "YQ==");
+    assert_eq!(base64(b"ab"), "YWI=");
 }

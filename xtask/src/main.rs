@@ -6,6 +6,7 @@
 //! - `build`: setup, then a release build (the XDP object is embedded in the binary).
 //! - `run -- ARGS`: setup, build, run `target/release/flowmetrix ARGS` (needs root).
 //! - `test`: setup, then format check, clippy and every test (kernel tests need root).
+//! - `bench`: setup, then the userspace criterion benchmarks (BENCHMARKS.md).
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +31,12 @@ enum Verb {
     Build,
     /// Setup, build, and run the collector with the given arguments.
     Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then the userspace benchmarks (criterion); see BENCHMARKS.md.
+    Bench {
+        /// Extra arguments for the benchmark binary (e.g. a name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -73,6 +80,15 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             cargo(&["build", "--release", "--package", "flowmetrix"])?;
             let bin = root.join("target/release/flowmetrix");
             run(Command::new(bin).args(args))
+        }
+        Verb::Bench { args } => {
+            setup(&root)?;
+            let mut bench = vec!["bench", "--package", "flowmetrix", "--bench", "pipeline"];
+            if !args.is_empty() {
+                bench.push("--");
+                bench.extend(args.iter().map(String::as_str));
+            }
+            cargo(&bench)
         }
         Verb::Test { args } => {
             setup(&root)?;

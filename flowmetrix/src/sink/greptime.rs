@@ -239,7 +239,20 @@ pub fn classify(e: &greptimedb_ingester::Error, cfg: &GreptimeConfig) -> Failure
         | Code::Aborted
         | Code::Cancelled
         | Code::Internal
-        | Code::Unknown => return Failure::Retry(format!("{msg} ({code:?})")),
+        | Code::Unknown => {
+            // Transport failures hide their cause (connection refused, reset, …) in the
+            // source chain.
+            let mut why = msg.to_owned();
+            let mut source = std::error::Error::source(status.as_ref());
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !why.contains(&cause_text) {
+                    why = format!("{why}: {cause_text}");
+                }
+                source = cause.source();
+            }
+            return Failure::Retry(why);
+        }
         Code::Unauthenticated => {
             "check FLOWMETRIX_GREPTIME_USERNAME and FLOWMETRIX_GREPTIME_PASSWORD".to_owned()
         }

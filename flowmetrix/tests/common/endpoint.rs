@@ -288,14 +288,58 @@ async fn front(
 /// The running front: its stop switch and its task.
 type Front = (watch::Sender<bool>, JoinHandle<()>);
 
-pub struct Endpoint {
-    /// Where the collector connects (inside its namespace).
+/// Forwards TCP connections made to 127.0.0.1:`addr` inside a namespace to a backend
+/// address reachable from the test process (the test endpoint, or a live GreptimeDB).
+pub struct Forwarder {
     pub addr: SocketAddr,
     netns: Option<String>,
     backend: SocketAddr,
-    state: Arc<Mutex<State>>,
     front: Arc<Mutex<Option<Front>>>,
-    runtime: Runtime,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Forwarder {
+    pub fn start(runtime: tokio::runtime::Handle, netns: Option<&str>, backend: SocketAddr) -> Self {
+        let listener = listen_in(netns, "127.0.0.1:0".parse().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let task = runtime.spawn(front(listener, backend, stopped));
+        Self {
+            addr,
+            netns: netns.map(str::to_owned),
+            backend,
+            front: Arc::new(Mutex::new(Some((stop, task)))),
+            runtime,
+        }
+    }
+
+    /// Refuses connections (and drops open ones) now, for `d`; returns at once.
+    pub fn refuse_for(&self, d: Duration) {
+        if let Some((stop, task)) = self.front.lock().unwrap().take() {
+            let _ = stop.send(true);
+            // Wait (on a plain thread) until the listener and connections are gone.
+            let rt = self.runtime.clone();
+            std::thread::spawn(move || rt.block_on(task)).join().unwrap().unwrap();
+        }
+        let (front_slot, netns, addr, backend) =
+            (Arc::clone(&self.front), self.netns.clone(), self.addr, self.backend);
+        let handle = self.runtime.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            let listener = listen_in(netns.as_deref(), addr);
+            let (stop, stopped) = watch::channel(false);
+            let task = handle.spawn(front(listener, backend, stopped));
+            *front_slot.lock().unwrap() = Some((stop, task));
+        });
+    }
+}
+
+pub struct Endpoint {
+    /// Where the collector connects (inside its namespace).
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    front: Forwarder,
+    _runtime: Runtime,
 }
 
 impl Endpoint {
@@ -328,17 +372,12 @@ impl Endpoint {
                 .await
                 .unwrap();
         });
-        let front_listener = listen_in(netns, "127.0.0.1:0".parse().unwrap());
-        let addr = front_listener.local_addr().unwrap();
-        let (stop, stopped) = watch::channel(false);
-        let task = runtime.spawn(front(front_listener, backend, stopped));
+        let front = Forwarder::start(runtime.handle().clone(), netns, backend);
         Self {
-            addr,
-            netns: netns.map(str::to_owned),
-            backend,
+            addr: front.addr,
             state,
-            front: Arc::new(Mutex::new(Some((stop, task)))),
-            runtime,
+            front,
+            _runtime: runtime,
         }
     }
 
@@ -371,24 +410,7 @@ impl Endpoint {
 
     /// Refuses connections (and drops open ones) now, for `d`; returns at once.
     pub fn refuse_for(&self, d: Duration) {
-        if let Some((stop, task)) = self.front.lock().unwrap().take() {
-            let _ = stop.send(true);
-            self.runtime.block_on(task).unwrap();
-        }
-        let (front_slot, netns, addr, backend) = (
-            Arc::clone(&self.front),
-            self.netns.clone(),
-            self.addr,
-            self.backend,
-        );
-        let handle = self.runtime.handle().clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(d);
-            let listener = listen_in(netns.as_deref(), addr);
-            let (stop, stopped) = watch::channel(false);
-            let task = handle.spawn(front(listener, backend, stopped));
-            *front_slot.lock().unwrap() = Some((stop, task));
-        });
+        self.front.refuse_for(d);
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -5,6 +5,7 @@
 
 pub mod endpoint;
 pub mod frames;
+pub mod live;
 
 use std::{
     ffi::CString,

@@ -1,0 +1,137 @@
+//! Userspace costs per sample and per row: decode, row encoding for the ingester, and rows
+//! sent through the GreptimeDB sink to the test endpoint on loopback.
+//!
+//! Run with `cargo xtask bench` (or `cargo bench --bench pipeline`); figures go to
+//! BENCHMARKS.md.
+
+#[path = "../tests/common/endpoint.rs"]
+#[allow(dead_code)]
+mod endpoint;
+
+use std::{
+    hint::black_box,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use etherparse::PacketBuilder;
+use flowmetrix::{
+    decode::{FrameMeta, decode},
+    metrics::Counters,
+    queue,
+    record::{PacketRecord, UnixNanos},
+    sink::greptime::{self, Compression, GreptimeConfig},
+};
+
+fn tcp_frame() -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40_000, 443, 1, 1000)
+        .ack(1)
+        .write(&mut f, &[0; 100])
+        .unwrap();
+    f
+}
+
+fn meta() -> FrameMeta {
+    FrameMeta {
+        ts: UnixNanos(1_795_000_000_000_000_000),
+        wire_len: 154,
+        sample_rate: 1,
+    }
+}
+
+fn rows(n: usize) -> Vec<PacketRecord> {
+    let frame = tcp_frame();
+    (0..n)
+        .map(|i| {
+            let mut r = decode(&frame, meta()).unwrap();
+            r.ts = UnixNanos(r.ts.0 + i as i64);
+            r
+        })
+        .collect()
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let frame = tcp_frame();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ipv4_tcp_sample", |b| {
+        b.iter(|| decode(black_box(&frame), meta()))
+    });
+    g.finish();
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let batch = rows(1024);
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("greptime_rows_1024", |b| {
+        b.iter(|| greptime::encode("packet_data", black_box(&batch)))
+    });
+    g.finish();
+}
+
+/// Rows per second through the whole GreptimeDB sink (batching, ingester encoding, gRPC,
+/// the endpoint's decoding and bookkeeping) on loopback.
+fn bench_sink(c: &mut Criterion) {
+    const ROWS: usize = 100_000;
+    let endpoint = endpoint::Endpoint::start(None);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let batch = rows(1024);
+    let cfg = GreptimeConfig {
+        endpoints: vec![endpoint.addr.to_string()],
+        database: "public".into(),
+        table: "bench".into(),
+        username: None,
+        password: None,
+        compression: Compression::None,
+        batch_size: 1024,
+        flush_interval: Duration::from_millis(100),
+        ttl: None,
+        max_in_flight: 4,
+        shutdown_timeout: Duration::from_secs(30),
+    };
+    let mut g = c.benchmark_group("greptime_sink");
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.sample_size(10);
+    g.bench_function("rows_to_test_endpoint", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let counters = Arc::new(Counters::default());
+                let (tx, rx) = queue::bounded(ROWS);
+                let (stop, stop_rx) = tokio::sync::watch::channel(false);
+                let start = Instant::now();
+                runtime.block_on(async {
+                    let sink = tokio::spawn(greptime::run(
+                        cfg.clone(),
+                        rx,
+                        Arc::clone(&counters),
+                        stop_rx,
+                    ));
+                    for _ in 0..ROWS / batch.len() {
+                        tx.try_send(batch.clone()).unwrap();
+                    }
+                    drop(tx);
+                    stop.send_replace(true);
+                    sink.await.unwrap().unwrap();
+                });
+                total += start.elapsed();
+                let written = counters.written.load(Ordering::Relaxed) as usize;
+                assert_eq!(written, ROWS / batch.len() * batch.len());
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_encode, bench_sink);
+criterion_main!(benches);
