@@ -97,6 +97,7 @@ fn bench_sink(c: &mut Criterion) {
         ttl: None,
         max_in_flight: 4,
         shutdown_timeout: Duration::from_secs(30),
+        tls: None,
     };
     let mut g = c.benchmark_group("greptime_sink");
     g.throughput(Throughput::Elements(ROWS as u64));

@@ -4,7 +4,7 @@
 //! `-no-log`); [`normalize_go_flags`] rewrites every single-dash spelling of a long flag
 //! defined here to its `--` form before clap sees it.
 
-use std::{ffi::OsString, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN};
@@ -76,6 +76,29 @@ pub struct Cli {
     #[arg(long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_in_flight: u32,
+
+    /// TLS to GreptimeDB: the CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, env = "FLOWMETRIX_GREPTIME_TLS_CA_FILE", value_name = "PATH",
+          requires_all = ["tls_cert_file", "tls_key_file"])]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// TLS client certificate (PEM); the GreptimeDB ingester connects with one.
+    #[arg(
+        long,
+        env = "FLOWMETRIX_GREPTIME_TLS_CERT_FILE",
+        value_name = "PATH",
+        requires = "tls_ca_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// TLS client key (PEM).
+    #[arg(
+        long,
+        env = "FLOWMETRIX_GREPTIME_TLS_KEY_FILE",
+        value_name = "PATH",
+        requires = "tls_ca_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
 
     /// On exit, how long to keep trying to write queued rows.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
@@ -394,6 +417,16 @@ mod tests {
             &["fm", "-i", "eth0", "--snaplen", "999"],
             &["fm", "-i", "eth0", "--ring-bytes", "5000"],
             &["fm", "-i", "eth0", "-d", "-no-log"],
+            &["fm", "-i", "eth0", "--tls-ca-file", "ca.pem"],
+            &[
+                "fm",
+                "-i",
+                "eth0",
+                "--tls-cert-file",
+                "c.pem",
+                "--tls-key-file",
+                "k.pem",
+            ],
         ] {
             let Err(e) = parse(os(bad)) else {
                 panic!("{bad:?} parsed")

@@ -7,7 +7,10 @@ use flowmetrix::{
     cli::{self, Cli, Output, Parsed},
     offset::Offset,
     pipeline::{self, PipelineConfig},
-    sink::{SinkConfig, greptime::GreptimeConfig},
+    sink::{
+        SinkConfig,
+        greptime::{GreptimeConfig, Tls},
+    },
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -91,7 +94,7 @@ fn sink_config(cli: &Cli) -> Result<SinkConfig, String> {
                     "{PASSWORD_ENV} is set but no user: set FLOWMETRIX_GREPTIME_USERNAME or --greptime-username"
                 ));
             }
-            SinkConfig::Greptime(GreptimeConfig {
+            SinkConfig::Greptime(Box::new(GreptimeConfig {
                 endpoints: cli.greptime_endpoint.clone(),
                 database: cli.database.clone(),
                 table: cli.table.clone(),
@@ -103,9 +106,33 @@ fn sink_config(cli: &Cli) -> Result<SinkConfig, String> {
                 ttl: cli.ttl.clone(),
                 max_in_flight: cli.max_in_flight as usize,
                 shutdown_timeout: cli.shutdown_timeout,
-            })
+                tls: tls_config(cli)?,
+            }))
         }
     })
+}
+
+/// TLS files, checked for readability now so that a typo is a usage error, not an outage.
+fn tls_config(cli: &Cli) -> Result<Option<Tls>, String> {
+    let (Some(ca), Some(cert), Some(key)) =
+        (&cli.tls_ca_file, &cli.tls_cert_file, &cli.tls_key_file)
+    else {
+        return Ok(None);
+    };
+    for (flag, path) in [
+        ("--tls-ca-file", ca),
+        ("--tls-cert-file", cert),
+        ("--tls-key-file", key),
+    ] {
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(format!("{flag} {}: {e}", path.display()));
+        }
+    }
+    Ok(Some(Tls {
+        ca_file: ca.clone(),
+        cert_file: cert.clone(),
+        key_file: key.clone(),
+    }))
 }
 
 fn run(cli: &Cli, output: SinkConfig) -> anyhow::Result<()> {

@@ -10,9 +10,9 @@ use std::{
 
 use common::{
     Collector, Finished, NetPair, Summary,
-    endpoint::{Endpoint, Forwarder},
-    live::{Live, base64},
+    endpoint::{Endpoint, Forwarder, TestPki},
     frames::{cases, ts_nanos, udp_frame, unix_nanos, without_ts},
+    live::{Live, base64},
 };
 use greptime_proto::v1::{ColumnDataType, SemanticType};
 use serde_json::Value;
@@ -369,7 +369,10 @@ fn live_greptimedb_stores_every_row() {
     let table = format!(
         "fm_live_{}_{}",
         std::process::id(),
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     );
     let addr = forward.addr.to_string();
     let collector = net.collector(&["--greptime-endpoint", &addr, "--table", &table]);
@@ -382,7 +385,12 @@ fn live_greptimedb_stores_every_row() {
     std::thread::sleep(Duration::from_millis(300));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
-    assert_eq!(done.summary().written, cases.len() as u64, "{}", done.stderr);
+    assert_eq!(
+        done.summary().written,
+        cases.len() as u64,
+        "{}",
+        done.stderr
+    );
 
     let rows = live.sql("public", &format!("SELECT * FROM {table}"));
     assert_eq!(rows.len(), cases.len(), "{rows:#?}");
@@ -410,4 +418,65 @@ fn live_mode_basic_auth_encoding_is_standard_base64() {
     assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
     assert_eq!(base64(b"a"), "YQ==");
     assert_eq!(base64(b"ab"), "YWI=");
+}
+
+#[test]
+fn tls_with_client_certificate() {
+    let net = NetPair::new();
+    let pki = TestPki::new();
+    let endpoint = Endpoint::start_tls(Some(&net.ns_a), &pki);
+    let (ca, cert, key) = (
+        pki.ca.to_string_lossy().into_owned(),
+        pki.client_cert.to_string_lossy().into_owned(),
+        pki.client_key.to_string_lossy().into_owned(),
+    );
+    let tls = [
+        "--tls-ca-file",
+        &ca,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+    ];
+    let collector = start(&net, &endpoint, &tls);
+    send_udp(&net, 0..100);
+    std::thread::sleep(Duration::from_millis(500));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(!done.stderr.contains("WARN"), "{}", done.stderr);
+    let s = done.summary();
+    assert_eq!(
+        endpoint.rows("packet_data").len(),
+        100,
+        "{s:?}\n{}",
+        done.stderr
+    );
+    assert_accounted(&s, 100);
+
+    // A missing file is a usage error naming it, before anything is attached.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.ns_a,
+            env!("CARGO_BIN_EXE_flowmetrix"),
+            "-i",
+            &net.if_a,
+        ])
+        .args([
+            "--tls-ca-file",
+            "/nonexistent/ca.pem",
+            "--tls-cert-file",
+            &cert,
+        ])
+        .args(["--tls-key-file", &key])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: --tls-ca-file /nonexistent/ca.pem: "),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

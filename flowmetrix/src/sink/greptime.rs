@@ -19,7 +19,7 @@ use greptimedb_ingester::{
         Basic, ColumnDataType, ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows,
         SemanticType, Value, auth_header::AuthScheme, value::ValueData,
     },
-    channel_manager::{ChannelConfig, ChannelManager, GrpcCompression},
+    channel_manager::{ChannelConfig, ChannelManager, ClientTlsOption, GrpcCompression},
     client::Client,
     database::Database,
 };
@@ -162,6 +162,17 @@ pub struct GreptimeConfig {
     pub ttl: Option<String>,
     pub max_in_flight: usize,
     pub shutdown_timeout: Duration,
+    /// TLS to the server, when set.
+    pub tls: Option<Tls>,
+}
+
+/// PEM files for TLS. The ingester connects with a client certificate, so all three are
+/// needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub ca_file: std::path::PathBuf,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for GreptimeConfig {
@@ -178,6 +189,7 @@ impl std::fmt::Debug for GreptimeConfig {
             .field("ttl", &self.ttl)
             .field("max_in_flight", &self.max_in_flight)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -383,7 +395,7 @@ impl Writer {
     }
 }
 
-fn connect(cfg: &GreptimeConfig) -> Database {
+fn connect(cfg: &GreptimeConfig) -> Result<Database, SinkError> {
     let mut channel = ChannelConfig::default()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -396,8 +408,20 @@ fn connect(cfg: &GreptimeConfig) -> Database {
     if let Some(c) = compression {
         channel = channel.with_send_compression(c).with_accept_compression(c);
     }
-    let client =
-        Client::with_manager_and_urls(ChannelManager::with_config(channel), &cfg.endpoints);
+    let manager = match &cfg.tls {
+        None => ChannelManager::with_config(channel),
+        Some(tls) => {
+            let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+            let option = ClientTlsOption {
+                server_ca_cert_path: path(&tls.ca_file),
+                client_cert_path: path(&tls.cert_file),
+                client_key_path: path(&tls.key_file),
+            };
+            ChannelManager::with_tls_config(channel.client_tls_config(option))
+                .map_err(|e| SinkError::Tls(e.to_string()))?
+        }
+    };
+    let client = Client::with_manager_and_urls(manager, &cfg.endpoints);
     let mut db = Database::new_with_dbname(cfg.database.clone(), client);
     if let Some(username) = &cfg.username {
         db.set_auth(AuthScheme::Basic(Basic {
@@ -405,7 +429,7 @@ fn connect(cfg: &GreptimeConfig) -> Database {
             password: cfg.password.clone().unwrap_or_default(),
         }));
     }
-    db
+    Ok(db)
 }
 
 /// Checks at start-up that the endpoint answers and accepts our database and credentials,
@@ -436,7 +460,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SinkError> {
     let writer = Arc::new(Writer {
-        db: connect(&cfg),
+        db: connect(&cfg)?,
         hints: cfg.hints(),
         cfg: cfg.clone(),
         counters,
@@ -630,6 +654,7 @@ mod tests {
             ttl: Some("7d".into()),
             max_in_flight: 2,
             shutdown_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::{metrics::Counters, queue::Receiver};
 /// Which output, with its settings.
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
-    Greptime(greptime::GreptimeConfig),
+    Greptime(Box<greptime::GreptimeConfig>),
     Jsonl,
     None,
 }
@@ -19,6 +19,8 @@ pub enum SinkConfig {
 pub enum SinkError {
     #[error("cannot write to stdout")]
     Stdout(#[source] std::io::Error),
+    #[error("cannot set up TLS to GreptimeDB: {0}")]
+    Tls(String),
 }
 
 /// Consumes batches until the sender side closes, counting rows written and failed.
@@ -31,7 +33,7 @@ pub async fn run(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), SinkError> {
     match output {
-        SinkConfig::Greptime(cfg) => greptime::run(cfg, rx, counters, shutdown).await,
+        SinkConfig::Greptime(cfg) => greptime::run(*cfg, rx, counters, shutdown).await,
         SinkConfig::Jsonl => jsonl::run(rx, &counters).await,
         SinkConfig::None => {
             discard(rx, &counters).await;

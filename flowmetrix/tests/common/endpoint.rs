@@ -299,7 +299,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn start(runtime: tokio::runtime::Handle, netns: Option<&str>, backend: SocketAddr) -> Self {
+    pub fn start(
+        runtime: tokio::runtime::Handle,
+        netns: Option<&str>,
+        backend: SocketAddr,
+    ) -> Self {
         let listener = listen_in(netns, "127.0.0.1:0".parse().unwrap());
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = watch::channel(false);
@@ -319,10 +323,17 @@ impl Forwarder {
             let _ = stop.send(true);
             // Wait (on a plain thread) until the listener and connections are gone.
             let rt = self.runtime.clone();
-            std::thread::spawn(move || rt.block_on(task)).join().unwrap().unwrap();
+            std::thread::spawn(move || rt.block_on(task))
+                .join()
+                .unwrap()
+                .unwrap();
         }
-        let (front_slot, netns, addr, backend) =
-            (Arc::clone(&self.front), self.netns.clone(), self.addr, self.backend);
+        let (front_slot, netns, addr, backend) = (
+            Arc::clone(&self.front),
+            self.netns.clone(),
+            self.addr,
+            self.backend,
+        );
         let handle = self.runtime.clone();
         std::thread::spawn(move || {
             std::thread::sleep(d);
@@ -342,10 +353,78 @@ pub struct Endpoint {
     _runtime: Runtime,
 }
 
+/// PEM files of a throwaway CA, a server certificate for 127.0.0.1 and a client
+/// certificate, written to a fresh directory.
+pub struct TestPki {
+    pub dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    server_cert: String,
+    server_key: String,
+    ca_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["flowmetrix".into()]);
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fmx-pki-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, pem: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        Self {
+            ca: write("ca.pem", &ca.pem()),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+            dir: dir.clone(),
+            server_cert,
+            server_key,
+            ca_pem: ca.pem(),
+        }
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Endpoint {
     /// Starts the endpoint, reachable at 127.0.0.1 inside `netns` (whose loopback must be
     /// up), knowing the database `public`.
     pub fn start(netns: Option<&str>) -> Self {
+        Self::start_with(netns, None)
+    }
+
+    /// The same, serving TLS with `pki`'s server certificate and requiring a client
+    /// certificate signed by its CA.
+    pub fn start_tls(netns: Option<&str>, pki: &TestPki) -> Self {
+        Self::start_with(netns, Some(pki))
+    }
+
+    fn start_with(netns: Option<&str>, pki: Option<&TestPki>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -358,6 +437,12 @@ impl Endpoint {
         let service = Service(Arc::clone(&state));
         let backend_listener = listen_in(None, "127.0.0.1:0".parse().unwrap());
         let backend = backend_listener.local_addr().unwrap();
+        let tls = pki.map(|p| {
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(&p.server_cert, &p.server_key))
+                .client_ca_root(Certificate::from_pem(&p.ca_pem))
+        });
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(backend_listener).unwrap();
             let db = GreptimeDatabaseServer::new(service.clone())
@@ -365,7 +450,11 @@ impl Endpoint {
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Zstd);
-            tonic::transport::Server::builder()
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                server = server.tls_config(tls).unwrap();
+            }
+            server
                 .add_service(db)
                 .add_service(HealthCheckServer::new(service))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))

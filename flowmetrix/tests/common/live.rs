@@ -31,7 +31,11 @@ pub fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -90,14 +94,18 @@ impl Live {
         }
         req.push_str("\r\n");
         req.push_str(&body);
-        let mut s = TcpStream::connect_timeout(&self.http, Duration::from_secs(5)).expect("connect");
+        let mut s =
+            TcpStream::connect_timeout(&self.http, Duration::from_secs(5)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(req.as_bytes()).unwrap();
         let mut resp = Vec::new();
         s.read_to_end(&mut resp).unwrap();
         let text = String::from_utf8_lossy(&resp);
         let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)
         } else {
             body.to_owned()
@@ -107,7 +115,11 @@ impl Live {
         let records = &v["output"][0]["records"];
         let names: Vec<String> = records["schema"]["column_schemas"]
             .as_array()
-            .map(|a| a.iter().map(|c| c["name"].as_str().unwrap_or("").to_owned()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["name"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         records["rows"]
             .as_array()
