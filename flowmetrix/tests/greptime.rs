@@ -63,6 +63,14 @@ fn send_udp(net: &NetPair, range: std::ops::Range<u32>) {
     }
 }
 
+/// Waits until the endpoint holds `n` rows of `table` (or the time is up).
+fn wait_for_rows(endpoint: &Endpoint, table: &str, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while endpoint.rows(table).len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn error_lines(done: &Finished) -> Vec<&str> {
     done.stderr
         .lines()
@@ -74,7 +82,19 @@ fn error_lines(done: &Finished) -> Vec<&str> {
 fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
     let net = NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let collector = start(&net, &endpoint, &["--table", "fm_packets", "--ttl", "7d"]);
+    endpoint.add_database("flows");
+    let collector = start(
+        &net,
+        &endpoint,
+        &[
+            "--database",
+            "flows",
+            "--table",
+            "fm_packets",
+            "--ttl",
+            "7d",
+        ],
+    );
     let sender = net.sender();
     let cases = cases();
     let before = SystemTime::now();
@@ -128,7 +148,7 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
     let received = endpoint.received();
     assert!(!received.is_empty());
     for r in &received {
-        assert_eq!(r.database, "public");
+        assert_eq!(r.database, "flows");
         assert_eq!(r.table, "fm_packets");
         let hints = r.hints.as_deref().unwrap_or("");
         assert!(hints.split(',').any(|h| h == "append_mode=true"), "{hints}");
@@ -173,9 +193,7 @@ fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
     send_udp(&net, 0..3_000);
     // Let the first rows land, so no request is in flight when the connections are cut
     // (a request cut after the server applied it would be retried: at-least-once).
-    std::thread::sleep(Duration::from_millis(500));
-    let before_outage = endpoint.rows("packet_data").len();
-    assert_eq!(before_outage, 3_000);
+    wait_for_rows(&endpoint, "packet_data", 3_000, Duration::from_secs(10));
     endpoint.refuse_for(Duration::from_secs(5));
     let outage = Instant::now();
     // Traffic goes on during the outage and after it.
@@ -186,10 +204,12 @@ fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Retries back off to at most 5 s: give them time to land before stopping.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while endpoint.rows("packet_data").len() < i as usize && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_rows(
+        &endpoint,
+        "packet_data",
+        i as usize,
+        Duration::from_secs(15),
+    );
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
     let s = done.summary();

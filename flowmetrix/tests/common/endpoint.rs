@@ -470,6 +470,10 @@ impl Endpoint {
         }
     }
 
+    pub fn add_database(&self, name: &str) {
+        self.state.lock().unwrap().databases.push(name.into());
+    }
+
     pub fn require_user(&self, user: &str, password: &str) {
         self.state.lock().unwrap().user = Some((user.into(), password.into()));
     }
