@@ -13,77 +13,119 @@ use crate::{offset::VMWARE_DEFAULT, sink::greptime::Compression};
 
 /// Sample packets with XDP and write one row per sampled packet.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "flowmetrix", version, about, max_term_width = 100)]
+#[command(
+    name = "flowmetrix",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "Long flags also take one dash, as in the original tool: -offset 24, -auto-detect, -no-log.\n\
+                  Ctrl+C or SIGTERM detaches, writes what is queued, prints a summary and exits 0."
+)]
 pub struct Cli {
     /// Interface to capture on (ingress).
-    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    #[arg(
+        help_heading = "Capture",
+        short = 'i',
+        long = "interface",
+        value_name = "IFACE"
+    )]
     pub interface: String,
 
     /// XDP attach mode: native (driver) with fallback to skb (generic), or one forced.
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto, value_name = "MODE")]
+    #[arg(help_heading = "Capture", long, value_enum, default_value_t = XdpModeArg::Auto, value_name = "MODE")]
     pub xdp_mode: XdpModeArg,
 
     /// Sample 1 packet in N (per CPU, randomised stride). 1 samples every packet.
-    #[arg(long, default_value_t = 1, value_name = "N",
+    #[arg(help_heading = "Capture", long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sample_rate: u32,
 
     /// Bytes of each sampled frame to capture (1-256).
-    #[arg(long, default_value_t = DEFAULT_SNAPLEN, value_name = "BYTES",
+    #[arg(help_heading = "Capture", long, default_value_t = DEFAULT_SNAPLEN, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
     pub snaplen: u32,
 
     /// Size of the kernel ring buffer: a power of two of at least 4K (suffixes K, M, G).
-    #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = parse_ring_bytes)]
+    #[arg(help_heading = "Capture", long, default_value = "8M", value_name = "SIZE", value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
 
+    /// Skip BYTES before the Ethernet header (VMware prefix); without a value, 24.
+    #[arg(help_heading = "Capture", long, value_name = "BYTES", num_args = 0..=1,
+          default_missing_value = VMWARE_DEFAULT_STR,
+          value_parser = clap::value_parser!(u16).range(0..=(MAX_SNAPLEN as i64 - 14)))]
+    pub offset: Option<u16>,
+
+    /// Learn the VMware prefix length from the traffic (not yet available: use --offset).
+    #[arg(help_heading = "Capture", long, conflicts_with = "offset")]
+    pub auto_detect: bool,
+
     /// Where rows go: GreptimeDB, JSON lines on stdout, or nowhere (decode and count only).
-    #[arg(long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
+    #[arg(help_heading = "Output", long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
     pub output: Output,
 
+    /// Rows per batch handed to the output.
+    #[arg(help_heading = "Output", long, default_value_t = 1024, value_name = "ROWS",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_size: u32,
+
+    /// Rows that may wait for the output before new ones are dropped (and counted).
+    #[arg(help_heading = "Output", long, default_value_t = 65_536, value_name = "ROWS",
+          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub queue_size: u32,
+
     /// GreptimeDB gRPC endpoint(s), host:port, comma-separated.
-    #[arg(long, env = "FLOWMETRIX_GREPTIME_ENDPOINT", default_value = "127.0.0.1:4001",
+    #[arg(help_heading = "GreptimeDB", long, env = "FLOWMETRIX_GREPTIME_ENDPOINT", default_value = "127.0.0.1:4001",
           value_delimiter = ',', value_name = "HOST:PORT", value_parser = parse_endpoint)]
     pub greptime_endpoint: Vec<String>,
 
     /// GreptimeDB database to write to.
-    #[arg(long, env = "FLOWMETRIX_GREPTIME_DATABASE", default_value = "public",
+    #[arg(help_heading = "GreptimeDB", long, env = "FLOWMETRIX_GREPTIME_DATABASE", default_value = "public",
           value_name = "NAME", value_parser = parse_name)]
     pub database: String,
 
     /// Table to write to (created by the first insert, append-only).
-    #[arg(long, env = "FLOWMETRIX_GREPTIME_TABLE", default_value = "packet_data",
+    #[arg(help_heading = "GreptimeDB", long, env = "FLOWMETRIX_GREPTIME_TABLE", default_value = "packet_data",
           value_name = "NAME", value_parser = parse_name)]
     pub table: String,
 
     /// GreptimeDB user; the password comes from FLOWMETRIX_GREPTIME_PASSWORD only.
-    #[arg(long, env = "FLOWMETRIX_GREPTIME_USERNAME", value_name = "USER")]
+    #[arg(
+        help_heading = "GreptimeDB",
+        long,
+        env = "FLOWMETRIX_GREPTIME_USERNAME",
+        value_name = "USER"
+    )]
     pub greptime_username: Option<String>,
 
     /// gRPC compression of requests to GreptimeDB.
-    #[arg(long, value_enum, default_value_t = Compression::None, value_name = "KIND")]
+    #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = Compression::None, value_name = "KIND")]
     pub compression: Compression,
 
     /// Longest a row waits in a partial batch before it is sent (e.g. 500ms, 1s).
-    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(help_heading = "GreptimeDB", long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
     pub flush_interval: Duration,
 
     /// Time-to-live of the table the first insert creates (e.g. 7d, 12h); default: none.
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    #[arg(help_heading = "GreptimeDB", long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<String>,
 
     /// Write requests to GreptimeDB in flight at once.
-    #[arg(long, default_value_t = 4, value_name = "N",
+    #[arg(help_heading = "GreptimeDB", long, default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_in_flight: u32,
 
+    /// On exit, how long to keep trying to write queued rows.
+    #[arg(help_heading = "GreptimeDB", long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// TLS to GreptimeDB: the CA certificate (PEM) that signed the server's certificate.
-    #[arg(long, env = "FLOWMETRIX_GREPTIME_TLS_CA_FILE", value_name = "PATH",
+    #[arg(help_heading = "GreptimeDB", long, env = "FLOWMETRIX_GREPTIME_TLS_CA_FILE", value_name = "PATH",
           requires_all = ["tls_cert_file", "tls_key_file"])]
     pub tls_ca_file: Option<PathBuf>,
 
     /// TLS client certificate (PEM); the GreptimeDB ingester connects with one.
     #[arg(
+        help_heading = "GreptimeDB",
         long,
         env = "FLOWMETRIX_GREPTIME_TLS_CERT_FILE",
         value_name = "PATH",
@@ -93,6 +135,7 @@ pub struct Cli {
 
     /// TLS client key (PEM).
     #[arg(
+        help_heading = "GreptimeDB",
         long,
         env = "FLOWMETRIX_GREPTIME_TLS_KEY_FILE",
         value_name = "PATH",
@@ -100,37 +143,13 @@ pub struct Cli {
     )]
     pub tls_key_file: Option<PathBuf>,
 
-    /// On exit, how long to keep trying to write queued rows.
-    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
-
-    /// Skip BYTES before the Ethernet header (VMware prefix); without a value, 24.
-    #[arg(long, value_name = "BYTES", num_args = 0..=1,
-          default_missing_value = VMWARE_DEFAULT_STR,
-          value_parser = clap::value_parser!(u16).range(0..=(MAX_SNAPLEN as i64 - 14)))]
-    pub offset: Option<u16>,
-
-    /// Learn the VMware prefix length from the traffic (not yet available: use --offset).
-    #[arg(long, conflicts_with = "offset")]
-    pub auto_detect: bool,
-
     /// Debug logging.
-    #[arg(short = 'd', long)]
+    #[arg(help_heading = "Logging", short = 'd', long)]
     pub debug: bool,
 
     /// No logging at all (the exit summary is still printed).
-    #[arg(long, conflicts_with = "debug")]
+    #[arg(help_heading = "Logging", long, conflicts_with = "debug")]
     pub no_log: bool,
-
-    /// Rows per batch handed to the output.
-    #[arg(long, default_value_t = 1024, value_name = "ROWS",
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub batch_size: u32,
-
-    /// Rows that may wait for the output before new ones are dropped (and counted).
-    #[arg(long, default_value_t = 65_536, value_name = "ROWS",
-          value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
-    pub queue_size: u32,
 }
 
 const VMWARE_DEFAULT_STR: &str = {
