@@ -7,9 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     NetPair,
-    frames::{Case, cases, ts_nanos, udp_frame, unix_nanos, without_ts},
+    frames::{Case, assert_each_case_once, cases, udp_frame, without_ts},
 };
-use serde_json::Value;
 
 #[test]
 fn every_sent_frame_comes_out_once_with_every_column_right() {
@@ -33,24 +32,7 @@ fn every_sent_frame_comes_out_once_with_every_column_right() {
     );
 
     let rows = done.rows();
-    for case in &cases {
-        let matching: Vec<&Value> = rows.iter().filter(|r| without_ts(r) == case.row).collect();
-        assert_eq!(
-            matching.len(),
-            1,
-            "{}: expected exactly one row {}\ngot rows:\n{}",
-            case.name,
-            case.row,
-            done.stdout
-        );
-        let ts = ts_nanos(matching[0]);
-        assert!(
-            unix_nanos(before) <= ts && ts <= unix_nanos(after),
-            "{}: ts {} outside the send window",
-            case.name,
-            matching[0]["ts"]
-        );
-    }
+    assert_each_case_once(&rows, &cases, (before, after));
     // The link is quiet but for the test's frames: nothing else came out.
     assert_eq!(rows.len(), cases.len(), "unexpected rows:\n{}", done.stdout);
 

@@ -11,7 +11,7 @@ use std::{
 use common::{
     Collector, Finished, NetPair, Summary,
     endpoint::{Endpoint, Forwarder, TestPki},
-    frames::{cases, ts_nanos, udp_frame, unix_nanos, without_ts},
+    frames::{assert_each_case_once, cases, udp_frame, without_ts},
     live::{Live, base64},
 };
 use greptime_proto::v1::{ColumnDataType, SemanticType};
@@ -109,22 +109,7 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
     assert_eq!(done.stdout, "", "rows go to GreptimeDB, not stdout");
 
     let rows = endpoint.rows("fm_packets");
-    for case in &cases {
-        let hits: Vec<&Value> = rows.iter().filter(|r| without_ts(r) == case.row).collect();
-        assert_eq!(
-            hits.len(),
-            1,
-            "{}: {}\nrows: {rows:#?}",
-            case.name,
-            case.row
-        );
-        let ts = ts_nanos(hits[0]);
-        assert!(
-            unix_nanos(before) <= ts && ts <= unix_nanos(after),
-            "{}",
-            case.name
-        );
-    }
+    assert_each_case_once(&rows, &cases, (before, after));
     assert_eq!(rows.len(), cases.len());
 
     use ColumnDataType as T;

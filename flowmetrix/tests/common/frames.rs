@@ -353,3 +353,25 @@ pub fn ts_nanos(row: &Value) -> i128 {
 pub fn unix_nanos(t: SystemTime) -> i128 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i128
 }
+
+/// Each case's row is among `rows` exactly once, with a `ts` inside the send window.
+pub fn assert_each_case_once(rows: &[Value], cases: &[Case], window: (SystemTime, SystemTime)) {
+    let (from, to) = (unix_nanos(window.0), unix_nanos(window.1));
+    for case in cases {
+        let hits: Vec<&Value> = rows.iter().filter(|r| without_ts(r) == case.row).collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{}: want one row {}\nrows: {rows:#?}",
+            case.name,
+            case.row
+        );
+        let ts = ts_nanos(hits[0]);
+        assert!(
+            from <= ts && ts <= to,
+            "{}: ts {} outside the send window",
+            case.name,
+            hits[0]["ts"]
+        );
+    }
+}
