@@ -12,7 +12,7 @@ use etherparse::{
 
 use crate::{
     app,
-    record::{MacAddr, PacketRecord, PacketType, UnixNanos},
+    record::{MacAddr, PacketRecord, PacketType, Tunnel, UnixNanos},
 };
 
 /// What the sampler knows about a frame besides its bytes.
@@ -41,49 +41,32 @@ pub fn decode(frame: &[u8], meta: FrameMeta) -> Result<PacketRecord, DecodeError
     let ether_type = packet
         .ether_payload()
         .map_or(eth.ether_type(), |p| p.ether_type);
+    let ip = IpFields::of(&packet);
+    let inner = ip.tunnel.and_then(|(_, payload)| payload.decode());
 
-    let mut rec = PacketRecord {
+    Ok(PacketRecord {
         ts: meta.ts,
         packet_size: u16::try_from(meta.wire_len).unwrap_or(u16::MAX),
         ether_type: ether_type.0,
         src_mac: MacAddr(eth.source()),
         dst_mac: MacAddr(eth.destination()),
-        protocol: None,
-        src_ip: None,
-        dst_ip: None,
-        src_port: None,
-        dst_port: None,
-        tcp_flags: None,
+        vlan_id: packet.vlan_ids().first().map(|id| id.value()),
+        protocol: ip.protocol,
+        src_ip: ip.src,
+        dst_ip: ip.dst,
+        src_port: ip.src_port,
+        dst_port: ip.dst_port,
+        tcp_flags: ip.tcp_flags,
         packet_type: packet_type(ether_type),
-        application: app::UNKNOWN,
+        application: app::application(ip.src_port, ip.dst_port),
+        tunnel: ip.tunnel.map(|(t, _)| t),
+        inner_src_ip: inner.as_ref().and_then(|i| i.src),
+        inner_dst_ip: inner.as_ref().and_then(|i| i.dst),
+        inner_protocol: inner.as_ref().and_then(|i| i.protocol),
+        inner_src_port: inner.as_ref().and_then(|i| i.src_port),
+        inner_dst_port: inner.as_ref().and_then(|i| i.dst_port),
         sample_rate: meta.sample_rate,
-    };
-
-    match &packet.net {
-        Some(LaxNetSlice::Ipv4(ip)) => {
-            let header = ip.header();
-            rec.src_ip = Some(header.source_addr().into());
-            rec.dst_ip = Some(header.destination_addr().into());
-            let first_fragment = header.fragments_offset().value() == 0;
-            ip_payload(&mut rec, &packet, ip.payload(), first_fragment);
-        }
-        Some(LaxNetSlice::Ipv6(ip)) => {
-            let header = ip.header();
-            rec.src_ip = Some(header.source_addr().into());
-            rec.dst_ip = Some(header.destination_addr().into());
-            let first_fragment = ip.extensions().clone().into_iter().all(|ext| match ext {
-                Ipv6ExtensionSlice::Fragment(frag) => frag.fragment_offset().value() == 0,
-                _ => true,
-            });
-            ip_payload(&mut rec, &packet, ip.payload(), first_fragment);
-        }
-        Some(LaxNetSlice::Arp(arp)) if arp.proto_addr_type() == EtherType::IPV4 => {
-            rec.src_ip = ipv4(arp.sender_protocol_addr());
-            rec.dst_ip = ipv4(arp.target_protocol_addr());
-        }
-        Some(LaxNetSlice::Arp(_)) | None => {}
-    }
-    Ok(rec)
+    })
 }
 
 fn packet_type(ether_type: EtherType) -> PacketType {
@@ -100,43 +83,159 @@ fn ipv4(bytes: &[u8]) -> Option<IpAddr> {
     Some(Ipv4Addr::from(octets).into())
 }
 
-/// Fills protocol, ports, TCP flags and application from the IP payload. Only the first
-/// fragment of a datagram carries the transport header.
-fn ip_payload(
-    rec: &mut PacketRecord,
-    packet: &LaxSlicedPacket<'_>,
-    payload: &LaxIpPayloadSlice<'_>,
-    first_fragment: bool,
-) {
-    rec.protocol = Some(payload.ip_number.0);
-    if !first_fragment {
-        return;
+/// What follows a tunnel header: a whole Ethernet frame, or an IP packet.
+#[derive(Debug, Clone, Copy)]
+enum Encapsulated<'a> {
+    Ethernet(&'a [u8]),
+    Ip(&'a [u8]),
+}
+
+impl<'a> Encapsulated<'a> {
+    /// The inner packet's addresses, protocol and ports (tunnels are not followed twice).
+    fn decode(self) -> Option<IpFields<'a>> {
+        let packet = match self {
+            Self::Ethernet(b) => LaxSlicedPacket::from_ethernet(b).ok()?,
+            Self::Ip(b) => LaxSlicedPacket::from_ip(b).ok()?,
+        };
+        let mut fields = IpFields::of(&packet);
+        fields.tunnel = None;
+        Some(fields)
     }
-    match &packet.transport {
-        Some(TransportSlice::Tcp(tcp)) => {
-            rec.src_port = Some(tcp.source_port());
-            rec.dst_port = Some(tcp.destination_port());
-            rec.tcp_flags = tcp.header_slice().get(TCP_FLAGS_OFFSET).copied();
+
+    /// By EtherType, as GRE and Geneve name their payload.
+    fn by_ether_type(ether_type: u16, bytes: &'a [u8]) -> Option<Self> {
+        match EtherType(ether_type) {
+            TRANSPARENT_ETHERNET_BRIDGING => Some(Self::Ethernet(bytes)),
+            EtherType::IPV4 | EtherType::IPV6 => Some(Self::Ip(bytes)),
+            _ => None,
         }
-        Some(TransportSlice::Udp(udp)) => {
-            rec.src_port = Some(udp.source_port());
-            rec.dst_port = Some(udp.destination_port());
+    }
+}
+
+/// EtherType of an Ethernet frame carried in GRE or Geneve.
+const TRANSPARENT_ETHERNET_BRIDGING: EtherType = EtherType(0x6558);
+const VXLAN_PORT: u16 = 4789;
+const GENEVE_PORT: u16 = 6081;
+
+/// Network and transport fields of one IP (or ARP) packet.
+#[derive(Debug, Default, Clone, Copy)]
+struct IpFields<'a> {
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    protocol: Option<u8>,
+    src_port: Option<u16>,
+    dst_port: Option<u16>,
+    tcp_flags: Option<u8>,
+    tunnel: Option<(Tunnel, Encapsulated<'a>)>,
+}
+
+impl<'a> IpFields<'a> {
+    fn of(packet: &LaxSlicedPacket<'a>) -> Self {
+        let mut f = Self::default();
+        let (payload, first_fragment) = match &packet.net {
+            Some(LaxNetSlice::Ipv4(ip)) => {
+                let header = ip.header();
+                f.src = Some(header.source_addr().into());
+                f.dst = Some(header.destination_addr().into());
+                (ip.payload(), header.fragments_offset().value() == 0)
+            }
+            Some(LaxNetSlice::Ipv6(ip)) => {
+                let header = ip.header();
+                f.src = Some(header.source_addr().into());
+                f.dst = Some(header.destination_addr().into());
+                let first = ip.extensions().clone().into_iter().all(|ext| match ext {
+                    Ipv6ExtensionSlice::Fragment(frag) => frag.fragment_offset().value() == 0,
+                    _ => true,
+                });
+                (ip.payload(), first)
+            }
+            Some(LaxNetSlice::Arp(arp)) => {
+                if arp.proto_addr_type() == EtherType::IPV4 {
+                    f.src = ipv4(arp.sender_protocol_addr());
+                    f.dst = ipv4(arp.target_protocol_addr());
+                }
+                return f;
+            }
+            None => return f,
+        };
+        f.protocol = Some(payload.ip_number.0);
+        // Only the first fragment of a datagram carries the transport header.
+        if first_fragment {
+            f.transport(packet, payload);
         }
-        Some(TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_)) => {}
-        // etherparse leaves the transport of a fragmented datagram (and of a header cut by
-        // the snap length) undecoded; the first fragment still starts with the ports.
-        None => {
-            let bytes = payload.payload;
-            if matches!(payload.ip_number, IpNumber::TCP | IpNumber::UDP) && bytes.len() >= 4 {
-                rec.src_port = Some(u16::from_be_bytes([bytes[0], bytes[1]]));
-                rec.dst_port = Some(u16::from_be_bytes([bytes[2], bytes[3]]));
-                if payload.ip_number == IpNumber::TCP {
-                    rec.tcp_flags = bytes.get(TCP_FLAGS_OFFSET).copied();
+        f
+    }
+
+    fn transport(&mut self, packet: &LaxSlicedPacket<'a>, payload: &LaxIpPayloadSlice<'a>) {
+        let bytes = payload.payload;
+        match &packet.transport {
+            Some(TransportSlice::Tcp(tcp)) => {
+                self.src_port = Some(tcp.source_port());
+                self.dst_port = Some(tcp.destination_port());
+                self.tcp_flags = tcp.header_slice().get(TCP_FLAGS_OFFSET).copied();
+            }
+            Some(TransportSlice::Udp(udp)) => {
+                self.src_port = Some(udp.source_port());
+                self.dst_port = Some(udp.destination_port());
+            }
+            Some(TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_)) => {}
+            // etherparse leaves the transport of a fragmented datagram (and of a header cut
+            // by the snap length) undecoded; the first fragment still starts with the ports.
+            None => {
+                if matches!(payload.ip_number, IpNumber::TCP | IpNumber::UDP) && bytes.len() >= 4 {
+                    self.src_port = Some(u16::from_be_bytes([bytes[0], bytes[1]]));
+                    self.dst_port = Some(u16::from_be_bytes([bytes[2], bytes[3]]));
+                    if payload.ip_number == IpNumber::TCP {
+                        self.tcp_flags = bytes.get(TCP_FLAGS_OFFSET).copied();
+                    }
                 }
             }
         }
+        self.tunnel = match payload.ip_number {
+            IpNumber::IPV4 | IpNumber::IPV6 => Some((Tunnel::Ipip, Encapsulated::Ip(bytes))),
+            IpNumber::GRE => gre(bytes).map(|inner| (Tunnel::Gre, inner)),
+            IpNumber::UDP => match (self.dst_port, bytes.get(UDP_HEADER..)) {
+                (Some(VXLAN_PORT), Some(udp)) => vxlan(udp).map(|inner| (Tunnel::Vxlan, inner)),
+                (Some(GENEVE_PORT), Some(udp)) => geneve(udp).map(|inner| (Tunnel::Geneve, inner)),
+                _ => None,
+            },
+            _ => None,
+        };
     }
-    rec.application = app::application(rec.src_port, rec.dst_port);
+}
+
+const UDP_HEADER: usize = 8;
+
+/// VXLAN (RFC 7348): 8-byte header with the I flag set, then an Ethernet frame.
+fn vxlan(b: &[u8]) -> Option<Encapsulated<'_>> {
+    (b.len() >= 8 && b[0] & 0x08 != 0).then(|| Encapsulated::Ethernet(&b[8..]))
+}
+
+/// Geneve (RFC 8926): version 0, options length in 4-byte words, protocol as an EtherType.
+fn geneve(b: &[u8]) -> Option<Encapsulated<'_>> {
+    let (&first, rest) = b.split_first()?;
+    if first >> 6 != 0 || rest.len() < 3 {
+        return None;
+    }
+    let header = 8 + usize::from(first & 0x3f) * 4;
+    let proto = u16::from_be_bytes([b[2], b[3]]);
+    Encapsulated::by_ether_type(proto, b.get(header..)?)
+}
+
+/// GRE (RFC 2784/2890): flags, protocol as an EtherType, then optional checksum, key and
+/// sequence number words.
+fn gre(b: &[u8]) -> Option<Encapsulated<'_>> {
+    let flags = *b.first()?;
+    if b.get(1)? & 0x07 != 0 {
+        return None; // version 1 is PPTP's enhanced GRE
+    }
+    let words = [0x80u8, 0x20, 0x10]
+        .iter()
+        .filter(|&&bit| flags & bit != 0)
+        .count();
+    let header = 4 + 4 * words;
+    let proto = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    Encapsulated::by_ether_type(proto, b.get(header..)?)
 }
 
 /// Offset of the flags byte (CWR..FIN) in a TCP header.
@@ -146,7 +245,10 @@ const TCP_FLAGS_OFFSET: usize = 13;
 mod tests {
     use std::net::Ipv6Addr;
 
-    use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, PacketBuilder};
+    use etherparse::{
+        ArpHardwareId, ArpOperation, ArpPacket, IpAuthHeader, IpFragOffset, IpHeaders,
+        Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, PacketBuilder, VlanId,
+    };
 
     use super::*;
 
@@ -327,5 +429,268 @@ mod tests {
         let f = udp4(b"");
         let r = decode(&f, meta(70_000)).unwrap();
         assert_eq!(r.packet_size, u16::MAX);
+    }
+
+    fn vid(v: u16) -> VlanId {
+        VlanId::try_new(v).unwrap()
+    }
+
+    #[test]
+    fn single_vlan_tag() {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .single_vlan(vid(100))
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1000, 53)
+            .write(&mut f, b"q")
+            .unwrap();
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.vlan_id, Some(100));
+        assert_eq!(r.ether_type, 0x0800, "the EtherType after the tag");
+        assert_eq!(r.packet_type, PacketType::Ipv4);
+        assert_eq!((r.src_port, r.dst_port), (Some(1000), Some(53)));
+        assert_eq!(r.src_ip, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn qinq_reports_the_outer_vlan() {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .double_vlan(vid(300), vid(12))
+            .ipv6([1; 16], [2; 16], 64)
+            .tcp(22, 40_000, 1, 100)
+            .ack(1)
+            .write(&mut f, b"")
+            .unwrap();
+        assert_eq!(&f[12..14], &[0x88, 0xa8], "802.1ad outer tag");
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.vlan_id, Some(300));
+        assert_eq!(r.ether_type, 0x86dd);
+        assert_eq!(r.protocol, Some(6));
+        assert_eq!(
+            (r.src_port, r.dst_port, r.tcp_flags),
+            (Some(22), Some(40_000), Some(0x10))
+        );
+        assert_eq!(r.application, "SSH");
+    }
+
+    #[test]
+    fn untagged_frames_have_no_vlan() {
+        let f = udp4(b"");
+        assert_eq!(decode(&f, meta(f.len())).unwrap().vlan_id, None);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped_to_the_transport() {
+        let exts = Ipv6Extensions {
+            hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(IpNumber(0), &[0; 6]).unwrap()),
+            destination_options: Some(
+                Ipv6RawExtHeader::new_raw(IpNumber(0), &[1, 4, 0, 0, 0, 0]).unwrap(),
+            ),
+            auth: Some(IpAuthHeader::new(IpNumber(0), 7, 1, &[0; 12]).unwrap()),
+            ..Default::default()
+        };
+        let header = Ipv6Header {
+            source: [0xfd; 16],
+            destination: [0xfe; 16],
+            hop_limit: 64,
+            ..Default::default()
+        };
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .ip(IpHeaders::Ipv6(header, exts))
+            .tcp(5432, 40_000, 1, 100)
+            .syn()
+            .write(&mut f, b"")
+            .unwrap();
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.protocol, Some(6), "the upper layer, not hop-by-hop (0)");
+        assert_eq!(
+            (r.src_port, r.dst_port, r.tcp_flags),
+            (Some(5432), Some(40_000), Some(2))
+        );
+        assert_eq!(r.application, "PostgreSQL");
+    }
+
+    fn ipv6_fragment(offset: u16, more: bool) -> Vec<u8> {
+        let exts = Ipv6Extensions {
+            fragment: Some(Ipv6FragmentHeader::new(
+                IpNumber(0),
+                IpFragOffset::try_new(offset).unwrap(),
+                more,
+                99,
+            )),
+            ..Default::default()
+        };
+        let header = Ipv6Header {
+            source: [0xfd; 16],
+            destination: [0xfe; 16],
+            hop_limit: 64,
+            ..Default::default()
+        };
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .ip(IpHeaders::Ipv6(header, exts))
+            .udp(4000, 53)
+            .write(&mut f, &[0; 40])
+            .unwrap();
+        f
+    }
+
+    #[test]
+    fn ipv6_first_fragment_has_ports_later_ones_do_not() {
+        let first = ipv6_fragment(0, true);
+        let r = decode(&first, meta(first.len())).unwrap();
+        assert_eq!(
+            (r.protocol, r.src_port, r.dst_port),
+            (Some(17), Some(4000), Some(53))
+        );
+        let later = ipv6_fragment(100, false);
+        let r = decode(&later, meta(later.len())).unwrap();
+        assert_eq!(r.protocol, Some(17));
+        assert_eq!(r.src_ip, Some(IpAddr::V6(Ipv6Addr::from([0xfd; 16]))));
+        assert_eq!((r.src_port, r.dst_port), (None, None));
+        assert_eq!(r.application, "UNKNOWN");
+    }
+
+    /// An inner IPv6/UDP packet in an Ethernet frame.
+    fn inner_ethernet() -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2])
+            .ipv6([0xaa; 16], [0xbb; 16], 64)
+            .udp(5353, 53)
+            .write(&mut f, b"dns")
+            .unwrap();
+        f
+    }
+
+    fn inner_ipv4_tcp() -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ipv4([192, 168, 9, 1], [192, 168, 9, 2], 64)
+            .tcp(33_000, 443, 1, 100)
+            .syn()
+            .write(&mut f, b"")
+            .unwrap();
+        f
+    }
+
+    fn assert_inner_v6_udp(r: &PacketRecord) {
+        assert_eq!(r.inner_src_ip, Some(IpAddr::V6(Ipv6Addr::from([0xaa; 16]))));
+        assert_eq!(r.inner_dst_ip, Some(IpAddr::V6(Ipv6Addr::from([0xbb; 16]))));
+        assert_eq!(r.inner_protocol, Some(17));
+        assert_eq!((r.inner_src_port, r.inner_dst_port), (Some(5353), Some(53)));
+    }
+
+    fn assert_inner_v4_tcp(r: &PacketRecord) {
+        assert_eq!(r.inner_src_ip, Some("192.168.9.1".parse().unwrap()));
+        assert_eq!(r.inner_dst_ip, Some("192.168.9.2".parse().unwrap()));
+        assert_eq!(r.inner_protocol, Some(6));
+        assert_eq!(
+            (r.inner_src_port, r.inner_dst_port),
+            (Some(33_000), Some(443))
+        );
+    }
+
+    fn udp_tunnel(dst_port: u16, header: &[u8], inner: &[u8]) -> Vec<u8> {
+        let payload = [header, inner].concat();
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(49_152, dst_port)
+            .write(&mut f, &payload)
+            .unwrap();
+        f
+    }
+
+    #[test]
+    fn vxlan_outer_columns_and_inner_packet() {
+        let f = udp_tunnel(4789, &[0x08, 0, 0, 0, 0, 0x10, 0, 0], &inner_ethernet());
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.tunnel, Some(Tunnel::Vxlan));
+        assert_eq!(r.src_ip, Some("10.0.0.1".parse().unwrap()), "outer");
+        assert_eq!((r.protocol, r.dst_port), (Some(17), Some(4789)));
+        assert_eq!(r.application, "VXLAN");
+        assert_inner_v6_udp(&r);
+    }
+
+    #[test]
+    fn geneve_with_options_carrying_ethernet() {
+        // Version 0, 2 words (8 bytes) of options, protocol 0x6558.
+        let mut header = vec![0x02, 0, 0x65, 0x58, 0, 0, 0x2a, 0];
+        header.extend_from_slice(&[0xff; 8]);
+        let f = udp_tunnel(6081, &header, &inner_ethernet());
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.tunnel, Some(Tunnel::Geneve));
+        assert_inner_v6_udp(&r);
+    }
+
+    fn ip_in(protocol: IpNumber, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .write(&mut f, protocol, payload)
+            .unwrap();
+        f
+    }
+
+    #[test]
+    fn gre_with_key_carrying_ipv4() {
+        // K bit, protocol IPv4, then the key word.
+        let header = [0x20, 0, 0x08, 0x00, 0, 0, 0, 7];
+        let f = ip_in(IpNumber::GRE, &[&header[..], &inner_ipv4_tcp()].concat());
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.tunnel, Some(Tunnel::Gre));
+        assert_eq!((r.protocol, r.src_port), (Some(47), None));
+        assert_inner_v4_tcp(&r);
+    }
+
+    #[test]
+    fn gre_transparent_ethernet_bridging() {
+        let header = [0, 0, 0x65, 0x58];
+        let f = ip_in(IpNumber::GRE, &[&header[..], &inner_ethernet()].concat());
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.tunnel, Some(Tunnel::Gre));
+        assert_inner_v6_udp(&r);
+    }
+
+    #[test]
+    fn ip_in_ip() {
+        let f = ip_in(IpNumber::IPV4, &inner_ipv4_tcp());
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.tunnel, Some(Tunnel::Ipip));
+        assert_eq!(r.protocol, Some(4));
+        assert_inner_v4_tcp(&r);
+
+        let mut v6 = Vec::new();
+        PacketBuilder::ipv6([0xaa; 16], [0xbb; 16], 64)
+            .udp(5353, 53)
+            .write(&mut v6, b"dns")
+            .unwrap();
+        let f = ip_in(IpNumber::IPV6, &v6);
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!((r.tunnel, r.protocol), (Some(Tunnel::Ipip), Some(41)));
+        assert_inner_v6_udp(&r);
+    }
+
+    #[test]
+    fn a_tunnel_cut_by_the_snap_length_keeps_what_it_has() {
+        let f = udp_tunnel(4789, &[0x08, 0, 0, 0, 0, 0x10, 0, 0], &inner_ethernet());
+        // Outer Ethernet+IPv4+UDP+VXLAN (50) + inner Ethernet (14) + 30 of 40 IPv6 bytes.
+        let r = decode(&f[..94], meta(f.len())).unwrap();
+        assert_eq!(r.tunnel, Some(Tunnel::Vxlan));
+        assert_eq!(r.dst_port, Some(4789));
+        assert_eq!((r.inner_src_ip, r.inner_protocol), (None, None));
+        // Cut inside the VXLAN header: no tunnel decoded, outer columns intact.
+        let r = decode(&f[..46], meta(f.len())).unwrap();
+        assert_eq!((r.tunnel, r.dst_port), (None, Some(4789)));
+    }
+
+    #[test]
+    fn udp_to_a_tunnel_port_without_a_tunnel_header_is_plain_udp() {
+        // VXLAN's I flag unset: not VXLAN.
+        let f = udp_tunnel(4789, &[0; 8], &inner_ethernet());
+        let r = decode(&f, meta(f.len())).unwrap();
+        assert_eq!(r.tunnel, None);
+        assert_eq!(r.inner_src_ip, None);
     }
 }

@@ -93,25 +93,9 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{MacAddr, PacketType, UnixNanos};
 
     fn rows(n: usize) -> Batch {
-        let row = PacketRecord {
-            ts: UnixNanos(0),
-            packet_size: 0,
-            ether_type: 0,
-            src_mac: MacAddr::default(),
-            dst_mac: MacAddr::default(),
-            protocol: None,
-            src_ip: None,
-            dst_ip: None,
-            src_port: None,
-            dst_port: None,
-            tcp_flags: None,
-            packet_type: PacketType::Other,
-            application: "UNKNOWN",
-            sample_rate: 1,
-        };
+        let row = PacketRecord::default();
         vec![row; n]
     }
 

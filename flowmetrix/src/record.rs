@@ -8,11 +8,12 @@ use std::net::IpAddr;
 use serde::{Serialize, Serializer};
 
 /// What kind of network packet a frame carried (`packet_type` column).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PacketType {
     Ipv4,
     Ipv6,
     Arp,
+    #[default]
     Other,
 }
 
@@ -28,6 +29,33 @@ impl PacketType {
 }
 
 impl Serialize for PacketType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The encapsulation a packet carries (`tunnel` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tunnel {
+    Vxlan,
+    Geneve,
+    Gre,
+    /// IPv4 or IPv6 directly in IPv4 or IPv6 (protocols 4 and 41).
+    Ipip,
+}
+
+impl Tunnel {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Vxlan => "VXLAN",
+            Self::Geneve => "GENEVE",
+            Self::Gre => "GRE",
+            Self::Ipip => "IPIP",
+        }
+    }
+}
+
+impl Serialize for Tunnel {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
@@ -79,6 +107,8 @@ pub struct PacketRecord {
     pub ether_type: u16,
     pub src_mac: MacAddr,
     pub dst_mac: MacAddr,
+    /// Outer VLAN id (802.1Q/802.1ad); null when untagged.
+    pub vlan_id: Option<u16>,
     /// IP protocol number (upper layer); null for non-IP frames.
     pub protocol: Option<u8>,
     pub src_ip: Option<IpAddr>,
@@ -90,17 +120,55 @@ pub struct PacketRecord {
     pub packet_type: PacketType,
     /// Application guessed from the ports (`UNKNOWN` when none matches).
     pub application: &'static str,
+    /// Encapsulation, when the packet is a tunnel: the columns above describe the outer
+    /// packet, the `inner_*` ones the first packet inside.
+    pub tunnel: Option<Tunnel>,
+    pub inner_src_ip: Option<IpAddr>,
+    pub inner_dst_ip: Option<IpAddr>,
+    pub inner_protocol: Option<u8>,
+    pub inner_src_port: Option<u16>,
+    pub inner_dst_port: Option<u16>,
     /// The 1-in-N rate this row was sampled at: multiply counts by it.
     pub sample_rate: u32,
 }
 
+impl Default for PacketRecord {
+    /// An empty row: no addresses, ports or tunnel, application `UNKNOWN`, rate 1.
+    fn default() -> Self {
+        Self {
+            ts: UnixNanos::default(),
+            packet_size: 0,
+            ether_type: 0,
+            src_mac: MacAddr::default(),
+            dst_mac: MacAddr::default(),
+            vlan_id: None,
+            protocol: None,
+            src_ip: None,
+            dst_ip: None,
+            src_port: None,
+            dst_port: None,
+            tcp_flags: None,
+            packet_type: PacketType::Other,
+            application: crate::app::UNKNOWN,
+            tunnel: None,
+            inner_src_ip: None,
+            inner_dst_ip: None,
+            inner_protocol: None,
+            inner_src_port: None,
+            inner_dst_port: None,
+            sample_rate: 1,
+        }
+    }
+}
+
 /// Column names in table order, as the JSON keys and (later) the table use them.
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 21] = [
     "ts",
     "packet_size",
     "ether_type",
     "src_mac",
     "dst_mac",
+    "vlan_id",
     "protocol",
     "src_ip",
     "dst_ip",
@@ -109,6 +177,12 @@ pub const COLUMNS: [&str; 14] = [
     "tcp_flags",
     "packet_type",
     "application",
+    "tunnel",
+    "inner_src_ip",
+    "inner_dst_ip",
+    "inner_protocol",
+    "inner_src_port",
+    "inner_dst_port",
     "sample_rate",
 ];
 
@@ -123,15 +197,11 @@ mod tests {
             ether_type: 0x0806,
             src_mac: MacAddr([0xAA, 0xBB, 0xCC, 0, 1, 2]),
             dst_mac: MacAddr([0xff; 6]),
-            protocol: None,
             src_ip: Some("10.0.0.1".parse().unwrap()),
             dst_ip: Some("fe80::1".parse().unwrap()),
-            src_port: None,
-            dst_port: None,
-            tcp_flags: None,
             packet_type: PacketType::Arp,
-            application: "UNKNOWN",
-            sample_rate: 1,
+            vlan_id: Some(42),
+            ..PacketRecord::default()
         }
     }
 
@@ -150,7 +220,7 @@ mod tests {
         let line = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
             line,
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","sample_rate":1}"#
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"sample_rate":1}"#
         );
     }
 }

@@ -120,6 +120,7 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
         ("ether_type", T::Uint16, Field),
         ("src_mac", T::String, Field),
         ("dst_mac", T::String, Field),
+        ("vlan_id", T::Uint16, Field),
         ("protocol", T::Uint8, Field),
         ("src_ip", T::String, Tag),
         ("dst_ip", T::String, Field),
@@ -128,6 +129,12 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
         ("tcp_flags", T::Uint8, Field),
         ("packet_type", T::String, Tag),
         ("application", T::String, Tag),
+        ("tunnel", T::String, Field),
+        ("inner_src_ip", T::String, Field),
+        ("inner_dst_ip", T::String, Field),
+        ("inner_protocol", T::Uint8, Field),
+        ("inner_src_port", T::Uint16, Field),
+        ("inner_dst_port", T::Uint16, Field),
         ("sample_rate", T::Uint32, Field),
     ];
     let received = endpoint.received();

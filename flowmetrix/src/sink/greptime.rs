@@ -55,8 +55,10 @@ const fn col(name: &'static str, data_type: ColumnDataType, semantic: SemanticTy
 }
 
 /// The `packet_data` table, in [`PacketRecord`] field order. `ts` is the time index, in
-/// nanoseconds; `src_ip`, `dst_port`, `packet_type` and `application` are tags.
-pub const SCHEMA: [Column; 14] = {
+/// nanoseconds; `src_ip`, `dst_port`, `packet_type` and `application` are tags. Columns
+/// added later (`vlan_id`, `tunnel`, `inner_*`) are added to an existing table by
+/// GreptimeDB's insert.
+pub const SCHEMA: [Column; 21] = {
     use ColumnDataType as T;
     use SemanticType::{Field, Tag, Timestamp};
     [
@@ -65,6 +67,7 @@ pub const SCHEMA: [Column; 14] = {
         col("ether_type", T::Uint16, Field),
         col("src_mac", T::String, Field),
         col("dst_mac", T::String, Field),
+        col("vlan_id", T::Uint16, Field),
         col("protocol", T::Uint8, Field),
         col("src_ip", T::String, Tag),
         col("dst_ip", T::String, Field),
@@ -73,6 +76,12 @@ pub const SCHEMA: [Column; 14] = {
         col("tcp_flags", T::Uint8, Field),
         col("packet_type", T::String, Tag),
         col("application", T::String, Tag),
+        col("tunnel", T::String, Field),
+        col("inner_src_ip", T::String, Field),
+        col("inner_dst_ip", T::String, Field),
+        col("inner_protocol", T::Uint8, Field),
+        col("inner_src_port", T::Uint16, Field),
+        col("inner_dst_port", T::Uint16, Field),
         col("sample_rate", T::Uint32, Field),
     ]
 };
@@ -112,6 +121,7 @@ pub fn encode_row(r: &PacketRecord) -> Row {
             value(u16v(Some(r.ether_type))),
             value(mac(r.src_mac)),
             value(mac(r.dst_mac)),
+            value(u16v(r.vlan_id)),
             value(u8v(r.protocol)),
             value(r.src_ip.and_then(string)),
             value(r.dst_ip.and_then(string)),
@@ -120,6 +130,12 @@ pub fn encode_row(r: &PacketRecord) -> Row {
             value(u8v(r.tcp_flags)),
             value(string(r.packet_type.as_str())),
             value(string(r.application)),
+            value(r.tunnel.and_then(|t| string(t.as_str()))),
+            value(r.inner_src_ip.and_then(string)),
+            value(r.inner_dst_ip.and_then(string)),
+            value(u8v(r.inner_protocol)),
+            value(u16v(r.inner_src_port)),
+            value(u16v(r.inner_dst_port)),
             value(Some(ValueData::U32Value(r.sample_rate))),
         ],
     }
@@ -538,7 +554,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{COLUMNS, PacketType, UnixNanos};
+    use crate::record::{COLUMNS, PacketType, Tunnel, UnixNanos};
 
     fn record() -> PacketRecord {
         PacketRecord {
@@ -555,6 +571,13 @@ mod tests {
             tcp_flags: Some(0x18),
             packet_type: PacketType::Ipv4,
             application: "HTTPS",
+            vlan_id: Some(100),
+            tunnel: Some(Tunnel::Vxlan),
+            inner_src_ip: Some("fd00::1".parse().unwrap()),
+            inner_dst_ip: Some("fd00::2".parse().unwrap()),
+            inner_protocol: Some(17),
+            inner_src_port: Some(5353),
+            inner_dst_port: Some(53),
             sample_rate: 10,
         }
     }
@@ -618,15 +641,10 @@ mod tests {
 
     #[test]
     fn absent_values_are_null() {
-        let mut r = record();
-        (
-            r.protocol,
-            r.src_ip,
-            r.dst_ip,
-            r.src_port,
-            r.dst_port,
-            r.tcp_flags,
-        ) = (None, None, None, None, None, None);
+        let r = PacketRecord {
+            ts: record().ts,
+            ..PacketRecord::default()
+        };
         let row = encode_row(&r);
         for name in [
             "protocol",

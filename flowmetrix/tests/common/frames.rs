@@ -48,6 +48,13 @@ fn row(
         "tcp_flags": tcp_flags,
         "packet_type": packet_type,
         "application": application,
+        "vlan_id": null,
+        "tunnel": null,
+        "inner_src_ip": null,
+        "inner_dst_ip": null,
+        "inner_protocol": null,
+        "inner_src_port": null,
+        "inner_dst_port": null,
         "sample_rate": 1,
     })
 }
@@ -313,6 +320,76 @@ pub fn cases() -> Vec<Case> {
     );
     cases.push(Case {
         name: "tcp4 1454 bytes",
+        frame: f,
+        row: r,
+    });
+
+    // VLAN 100: ether_type after the tag, vlan_id set.
+    let f = write(|v| {
+        eth()
+            .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+            .ipv4(IP4_B, IP4_A, 64)
+            .udp(40006, 514)
+            .write(v, b"<13>syslog")
+            .unwrap()
+    });
+    let mut r = row(
+        &f,
+        0x0800,
+        Some(17),
+        (b4, a4),
+        (Some(40006), Some(514)),
+        None,
+        "IPv4",
+        "SYSLOG",
+        MAC_A,
+    );
+    r["vlan_id"] = json!(100);
+    cases.push(Case {
+        name: "vlan 100 udp4",
+        frame: f,
+        row: r,
+    });
+
+    // VXLAN carrying an Ethernet frame with IPv6/TCP.
+    let mut inner = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 9, 1], [2, 0, 0, 0, 9, 2])
+        .ipv6(
+            [0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            64,
+        )
+        .tcp(41000, 6379, 1, 100)
+        .syn()
+        .write(&mut inner, &[])
+        .unwrap();
+    let payload = [&[0x08, 0, 0, 0, 0, 0, 0x2a, 0][..], &inner].concat();
+    let f = write(|v| {
+        eth()
+            .ipv4(IP4_B, IP4_A, 64)
+            .udp(40007, 4789)
+            .write(v, &payload)
+            .unwrap()
+    });
+    let mut r = row(
+        &f,
+        0x0800,
+        Some(17),
+        (b4, a4),
+        (Some(40007), Some(4789)),
+        None,
+        "IPv4",
+        "VXLAN",
+        MAC_A,
+    );
+    r["tunnel"] = json!("VXLAN");
+    r["inner_src_ip"] = json!("fd99::1");
+    r["inner_dst_ip"] = json!("fd99::2");
+    r["inner_protocol"] = json!(6);
+    r["inner_src_port"] = json!(41000);
+    r["inner_dst_port"] = json!(6379);
+    cases.push(Case {
+        name: "vxlan ipv6 tcp",
         frame: f,
         row: r,
     });
