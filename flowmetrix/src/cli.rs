@@ -27,9 +27,19 @@ pub struct Cli {
         help_heading = "Capture",
         short = 'i',
         long = "interface",
-        value_name = "IFACE"
+        value_name = "IFACE",
+        required_unless_present = "pcap"
     )]
-    pub interface: String,
+    pub interface: Option<String>,
+
+    /// Replay a pcap or pcapng file (Ethernet) instead of capturing; ts comes from the file.
+    #[arg(
+        help_heading = "Capture",
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["interface", "xdp_mode", "sample_rate", "snaplen", "ring_bytes"]
+    )]
+    pub pcap: Option<PathBuf>,
 
     /// XDP attach mode: native (driver) with fallback to skb (generic), or one forced.
     #[arg(help_heading = "Capture", long, value_enum, default_value_t = XdpModeArg::Auto, value_name = "MODE")]
@@ -404,6 +414,7 @@ mod tests {
     fn offset_without_value_is_24_and_absent_is_none() {
         assert_eq!(cli(&["fm", "-i", "x", "-offset"]).offset, Some(24));
         assert_eq!(cli(&["fm", "-i", "x", "-offset", "-d"]).offset, Some(24));
+        assert_eq!(cli(&["fm", "--pcap", "f.pcap", "-offset"]).offset, Some(24));
         assert_eq!(cli(&["fm", "-i", "x", "-offset", "16"]).offset, Some(16));
         assert_eq!(cli(&["fm", "-i", "x"]).offset, None);
     }
@@ -437,6 +448,8 @@ mod tests {
             &["fm", "-i", "eth0", "--ring-bytes", "5000"],
             &["fm", "-i", "eth0", "-d", "-no-log"],
             &["fm", "-i", "eth0", "--tls-ca-file", "ca.pem"],
+            &["fm", "-i", "eth0", "--pcap", "x.pcap"],
+            &["fm", "--pcap", "x.pcap", "--sample-rate", "10"],
             &[
                 "fm",
                 "-i",

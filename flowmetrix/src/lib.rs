@@ -9,6 +9,7 @@ pub mod cli;
 pub mod decode;
 pub mod metrics;
 pub mod offset;
+pub mod pcap;
 pub mod pipeline;
 pub mod queue;
 pub mod record;

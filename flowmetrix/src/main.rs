@@ -6,7 +6,7 @@ use flowmetrix::{
     capture::{self, CaptureConfig},
     cli::{self, Cli, Output, Parsed},
     offset::Offset,
-    pipeline::{self, PipelineConfig},
+    pipeline::{self, PipelineConfig, Source},
     sink::{
         SinkConfig,
         greptime::{GreptimeConfig, Tls},
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         );
     }
     if let Some(offset) = cli.offset
+        && cli.pcap.is_none()
         && u32::from(offset) + 14 > cli.snaplen
     {
         return usage_error(&format!(
@@ -37,8 +38,10 @@ fn main() -> ExitCode {
             cli.snaplen
         ));
     }
-    if capture::if_index(&cli.interface).is_none() {
-        return usage_error(&format!("no such interface: {}", cli.interface));
+    if let Some(iface) = &cli.interface
+        && capture::if_index(iface).is_none()
+    {
+        return usage_error(&format!("no such interface: {iface}"));
     }
     let output = match sink_config(&cli) {
         Ok(output) => output,
@@ -136,14 +139,19 @@ fn tls_config(cli: &Cli) -> Result<Option<Tls>, String> {
 }
 
 fn run(cli: &Cli, output: SinkConfig) -> anyhow::Result<()> {
-    let cfg = PipelineConfig {
-        capture: CaptureConfig {
-            interface: cli.interface.clone(),
+    let source = match (&cli.pcap, &cli.interface) {
+        (Some(file), _) => Source::Pcap(file.clone()),
+        (None, Some(iface)) => Source::Live(CaptureConfig {
+            interface: iface.clone(),
             mode: cli.xdp_mode,
             sample_rate: cli.sample_rate,
             snaplen: cli.snaplen,
             ring_bytes: cli.ring_bytes,
-        },
+        }),
+        (None, None) => anyhow::bail!("no interface and no --pcap file"),
+    };
+    let cfg = PipelineConfig {
+        source,
         offset: Offset(cli.offset.map_or(0, usize::from)),
         output,
         batch_size: cli.batch_size,

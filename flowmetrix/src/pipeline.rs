@@ -1,29 +1,41 @@
-//! Wiring: capture → ring drain → offset + decode → bounded queue → sink, and shutdown.
+//! Wiring: source → offset + decode → bounded queue → sink, and shutdown.
 //!
-//! The ring is drained on the tokio runtime as soon as the kernel signals data. Rows go to
-//! the sink through a bounded queue; when it is full the rows are dropped and counted
+//! Live: the ring is drained on the tokio runtime as soon as the kernel signals data. Rows
+//! go to the sink through a bounded queue; when it is full the rows are dropped and counted
 //! (`queue_drops`) rather than stalling the drain. Shutdown detaches the program first, so
 //! nothing new arrives, then drains what the ring still holds, then lets the sink finish.
+//!
+//! Replay (`--pcap`): frames come from a file through the same offset/decode/sink path; the
+//! file waits for the queue instead of dropping rows, since nothing is lost by going slower.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tracing::{debug, warn};
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{debug, info, warn};
 
 use crate::{
     capture::{Capture, CaptureConfig},
     decode::{self, FrameMeta},
-    metrics::{Counters, Summary},
+    metrics::{Counters, KernelStats, Summary},
     offset::Offset,
-    queue::{self, Rejected},
-    record::PacketRecord,
+    pcap::PcapFrames,
+    queue::{self, Batch, Rejected},
+    record::{PacketRecord, UnixNanos},
     ring::{self, Clock, Ring},
-    sink::{self, SinkConfig},
+    sink::{self, SinkConfig, SinkError},
 };
+
+/// Where frames come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Live(CaptureConfig),
+    Pcap(PathBuf),
+}
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    pub capture: CaptureConfig,
+    pub source: Source,
     pub offset: Offset,
     pub output: SinkConfig,
     pub batch_size: u32,
@@ -39,38 +51,102 @@ pub struct Outcome {
 /// How long to wait after detaching for program runs already under way on other CPUs.
 const DETACH_SETTLE: Duration = Duration::from_millis(20);
 
-/// Captures until `shutdown` completes (or the sink fails). Errors before capture starts
-/// are returned; errors after it are in the [`Outcome`] with the numbers so far.
+/// Runs until `shutdown` completes, the source ends, or the sink fails. Errors before
+/// anything starts are returned; errors after it are in the [`Outcome`] with the numbers.
 pub async fn run(
     cfg: PipelineConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
-    let mut capture = Capture::attach(&cfg.capture)?;
+    match cfg.source.clone() {
+        Source::Live(capture) => live(capture, cfg, shutdown).await,
+        Source::Pcap(path) => replay(&path, cfg, shutdown).await,
+    }
+}
+
+/// The stages after the source: batcher, queue, sink task.
+struct Stages {
+    batcher: Batcher,
+    sink: JoinHandle<Result<(), SinkError>>,
+    /// Turned on when the source stops (sinks start their shutdown deadline).
+    stopping: watch::Sender<bool>,
+    counters: Arc<Counters>,
+}
+
+impl Stages {
+    fn start(cfg: &PipelineConfig, sample_rate: u32) -> Self {
+        let counters = Arc::new(Counters::default());
+        let batch_size = cfg.batch_size as usize;
+        let (tx, rx) = queue::bounded(cfg.queue_size as usize);
+        let (stopping, stopping_rx) = watch::channel(false);
+        let sink = tokio::spawn(sink::run(
+            cfg.output.clone(),
+            rx,
+            Arc::clone(&counters),
+            stopping_rx,
+        ));
+        let batcher = Batcher {
+            offset: cfg.offset,
+            sample_rate,
+            batch_size,
+            batch: Vec::with_capacity(batch_size),
+            counters: Arc::clone(&counters),
+            tx,
+            warned: false,
+        };
+        Self {
+            batcher,
+            sink,
+            stopping,
+            counters,
+        }
+    }
+
+    /// Closes the queue, waits for the sink, and sums up.
+    async fn finish(
+        self,
+        sink_done: Option<Result<Result<(), SinkError>, tokio::task::JoinError>>,
+        kernel: anyhow::Result<KernelStats>,
+        mut error: Option<anyhow::Error>,
+    ) -> Outcome {
+        let Self {
+            batcher,
+            sink,
+            stopping,
+            counters,
+        } = self;
+        stopping.send_replace(true);
+        drop(batcher); // closes the queue: the sink writes what it holds and returns
+        let sink_result = match sink_done {
+            Some(res) => res,
+            None => sink.await,
+        };
+        match sink_result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error = error.or(Some(e.into())),
+            Err(join) => error = error.or(Some(anyhow::anyhow!("output task failed: {join}"))),
+        }
+        let kernel = kernel.unwrap_or_else(|e| {
+            error.get_or_insert(e);
+            KernelStats::default()
+        });
+        Outcome {
+            summary: Summary::new(kernel, &counters),
+            error,
+        }
+    }
+}
+
+async fn live(
+    capture_cfg: CaptureConfig,
+    cfg: PipelineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let mut capture = Capture::attach(&capture_cfg)?;
     let mut ring = Ring::new(capture.take_ring()?).context("cannot poll the ring buffer")?;
     if let Some(logger) = capture.take_logger() {
         ring::spawn_logger(logger).context("cannot poll the eBPF log buffer")?;
     }
-
-    let counters = Arc::new(Counters::default());
-    let batch_size = cfg.batch_size as usize;
-    let (tx, rx) = queue::bounded(cfg.queue_size as usize);
-    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
-    let mut sink = tokio::spawn(sink::run(
-        cfg.output,
-        rx,
-        Arc::clone(&counters),
-        stopping_rx,
-    ));
-
-    let mut batcher = Batcher {
-        offset: cfg.offset,
-        sample_rate: cfg.capture.sample_rate,
-        batch_size,
-        batch: Vec::with_capacity(batch_size),
-        counters: Arc::clone(&counters),
-        tx,
-        warned: false,
-    };
+    let mut stages = Stages::start(&cfg, capture_cfg.sample_rate);
 
     tokio::pin!(shutdown);
     let mut error = None;
@@ -78,7 +154,7 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            res = &mut sink => {
+            res = &mut stages.sink => {
                 sink_done = Some(res);
                 break;
             }
@@ -87,41 +163,65 @@ pub async fn run(
                     error = Some(anyhow::Error::new(e).context("polling the ring buffer failed"));
                     break;
                 }
-                batcher.drain(&mut ring);
+                stages.batcher.drain(&mut ring);
             }
         }
     }
 
     capture.detach();
-    stopping.send_replace(true);
+    stages.stopping.send_replace(true);
     tokio::time::sleep(DETACH_SETTLE).await;
-    let kernel = capture.stats();
-    batcher.drain(&mut ring);
-    drop(batcher); // closes the queue: the sink writes what it holds and returns
-
-    let sink_result = match sink_done {
-        Some(res) => res,
-        None => sink.await,
-    };
-    match sink_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error = error.or(Some(e.into())),
-        Err(join) => error = error.or(Some(anyhow::anyhow!("output task failed: {join}"))),
-    }
-    let kernel = match kernel {
-        Ok(k) => k,
-        Err(e) => {
-            error = error.or(Some(e.into()));
-            Default::default()
-        }
-    };
-    Ok(Outcome {
-        summary: Summary::new(kernel, &counters),
-        error,
-    })
+    let kernel = capture.stats().map_err(anyhow::Error::from);
+    stages.batcher.drain(&mut ring);
+    Ok(stages.finish(sink_done, kernel, error).await)
 }
 
-/// Turns ring records into rows and hands them to the queue in batches.
+/// How many frames to replay between looks at the shutdown signal.
+const REPLAY_CHECK_EVERY: u64 = 256;
+
+async fn replay(
+    path: &std::path::Path,
+    cfg: PipelineConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let mut frames = PcapFrames::open(path)?;
+    info!(file = %path.display(), "replaying");
+    let mut stages = Stages::start(&cfg, 1);
+    tokio::pin!(shutdown);
+    let mut buf = Vec::new();
+    let mut error = None;
+    loop {
+        if frames.frames() % REPLAY_CHECK_EVERY == 0 {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = std::future::ready(()) => {}
+            }
+        }
+        match frames.next_frame(&mut buf) {
+            Ok(Some(info)) => {
+                if stages.batcher.push_frame(&buf, info.wire_len, info.ts) {
+                    stages.batcher.send_waiting().await;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(e.into());
+                break;
+            }
+        }
+    }
+    stages.batcher.send_waiting().await;
+    let read = frames.frames();
+    let file = KernelStats {
+        seen: read,
+        sampled: read,
+        ring_drops: 0,
+    };
+    Ok(stages.finish(None, Ok(file), error).await)
+}
+
+/// Turns frames into rows and hands them to the queue in batches.
 struct Batcher {
     offset: Offset,
     sample_rate: u32,
@@ -136,47 +236,67 @@ impl Batcher {
     /// Everything in the ring now, then the partial batch.
     fn drain(&mut self, ring: &mut Ring) {
         let clock = Clock::now();
-        ring.drain(|bytes| self.push(bytes, &clock));
+        ring.drain(|bytes| {
+            if self.push_record(bytes, &clock) {
+                self.send();
+            }
+        });
         self.send();
     }
 
-    fn push(&mut self, bytes: &[u8], clock: &Clock) {
-        match self.decode(bytes, clock) {
+    /// One ring record; true when the batch is full.
+    fn push_record(&mut self, bytes: &[u8], clock: &Clock) -> bool {
+        match ring::parse_record(bytes) {
+            Ok(s) => self.push_frame(s.frame, s.header.wire_len, clock.wall(s.header.ts_boot_ns)),
+            Err(e) => {
+                self.not_decoded(e.into());
+                false
+            }
+        }
+    }
+
+    /// One frame (prefix included); true when the batch is full.
+    fn push_frame(&mut self, frame: &[u8], wire_len: u32, ts: UnixNanos) -> bool {
+        let row = self
+            .offset
+            .apply(frame, wire_len)
+            .map_err(anyhow::Error::from)
+            .and_then(|(frame, wire_len)| {
+                let meta = FrameMeta {
+                    ts,
+                    wire_len,
+                    sample_rate: self.sample_rate,
+                };
+                Ok(decode::decode(frame, meta)?)
+            });
+        match row {
             Ok(row) => {
                 Counters::add(&self.counters.decoded, 1);
                 self.batch.push(row);
-                if self.batch.len() >= self.batch_size {
-                    self.send();
-                }
             }
-            Err(e) => {
-                Counters::add(&self.counters.decode_errors, 1);
-                if self.warned {
-                    debug!("sample not decoded: {e:#}");
-                } else {
-                    warn!("sample not decoded: {e:#} (further ones are counted, logged at debug)");
-                    self.warned = true;
-                }
-            }
+            Err(e) => self.not_decoded(e),
+        }
+        self.batch.len() >= self.batch_size
+    }
+
+    fn not_decoded(&mut self, e: anyhow::Error) {
+        Counters::add(&self.counters.decode_errors, 1);
+        if self.warned {
+            debug!("sample not decoded: {e:#}");
+        } else {
+            warn!("sample not decoded: {e:#} (further ones are counted, logged at debug)");
+            self.warned = true;
         }
     }
 
-    fn decode(&self, bytes: &[u8], clock: &Clock) -> anyhow::Result<PacketRecord> {
-        let sample = ring::parse_record(bytes)?;
-        let (frame, wire_len) = self.offset.apply(sample.frame, sample.header.wire_len)?;
-        let meta = FrameMeta {
-            ts: clock.wall(sample.header.ts_boot_ns),
-            wire_len,
-            sample_rate: self.sample_rate,
-        };
-        Ok(decode::decode(frame, meta)?)
+    fn take(&mut self) -> Option<Batch> {
+        (!self.batch.is_empty())
+            .then(|| std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size)))
     }
 
+    /// Hands the batch to the queue now, or counts it as dropped.
     fn send(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
+        let Some(batch) = self.take() else { return };
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(Rejected::Full(batch)) => {
@@ -186,6 +306,14 @@ impl Batcher {
             Err(Rejected::Closed(batch)) => {
                 Counters::add(&self.counters.write_errors, batch.len() as u64);
             }
+        }
+    }
+
+    /// Hands the batch to the queue, waiting for room.
+    async fn send_waiting(&mut self) {
+        let Some(batch) = self.take() else { return };
+        if let Err(batch) = self.tx.send_waiting(batch).await {
+            Counters::add(&self.counters.write_errors, batch.len() as u64);
         }
     }
 }

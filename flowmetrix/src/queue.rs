@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::record::PacketRecord;
 
@@ -26,32 +26,38 @@ pub struct Sender {
     tx: mpsc::UnboundedSender<Batch>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    room: Arc<Notify>,
 }
 
 pub struct Receiver {
     rx: mpsc::UnboundedReceiver<Batch>,
     depth: Arc<AtomicUsize>,
+    room: Arc<Notify>,
 }
 
 /// A queue that holds at most `capacity` rows.
 pub fn bounded(capacity: usize) -> (Sender, Receiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(AtomicUsize::new(0));
+    let room = Arc::new(Notify::new());
     (
         Sender {
             tx,
             depth: Arc::clone(&depth),
             capacity,
+            room: Arc::clone(&room),
         },
-        Receiver { rx, depth },
+        Receiver { rx, depth, room },
     )
 }
 
 impl Sender {
     pub fn try_send(&self, batch: Batch) -> Result<(), Rejected> {
         let n = batch.len();
-        // Only this sender adds, so a check-then-add cannot overshoot.
-        if self.depth.load(Ordering::Acquire) + n > self.capacity {
+        // Only this sender adds, so a check-then-add cannot overshoot. An empty queue takes
+        // any batch, so a batch larger than the capacity is not refused forever.
+        let depth = self.depth.load(Ordering::Acquire);
+        if depth > 0 && depth + n > self.capacity {
             return Err(Rejected::Full(batch));
         }
         self.depth.fetch_add(n, Ordering::AcqRel);
@@ -59,6 +65,21 @@ impl Sender {
             self.depth.fetch_sub(n, Ordering::AcqRel);
             Rejected::Closed(e.0)
         })
+    }
+
+    /// Queues the batch, waiting for room; hands it back if the receiver is gone.
+    pub async fn send_waiting(&self, mut batch: Batch) -> Result<(), Batch> {
+        loop {
+            let room = self.room.notified();
+            match self.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(Rejected::Closed(b)) => return Err(b),
+                Err(Rejected::Full(b)) => {
+                    batch = b;
+                    room.await;
+                }
+            }
+        }
     }
 
     /// Rows waiting in the queue.
@@ -71,6 +92,7 @@ impl Receiver {
     pub async fn recv(&mut self) -> Option<Batch> {
         let batch = self.rx.recv().await?;
         self.depth.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.room.notify_one();
         Some(batch)
     }
 
@@ -86,6 +108,7 @@ impl Receiver {
             self.depth.fetch_sub(batch.len(), Ordering::AcqRel);
             left.push(batch);
         }
+        self.room.notify_one();
         left
     }
 }
@@ -111,6 +134,33 @@ mod tests {
         assert_eq!(tx.depth(), 9);
         assert!(matches!(tx.try_send(rows(2)), Err(Rejected::Full(_))));
         tx.try_send(rows(1)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_empty_queue_takes_a_batch_larger_than_its_capacity() {
+        let (tx, mut rx) = bounded(2);
+        tx.try_send(rows(5)).unwrap();
+        assert!(matches!(tx.try_send(rows(1)), Err(Rejected::Full(_))));
+        assert_eq!(rx.recv().await.unwrap().len(), 5);
+        tx.try_send(rows(1)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn send_waiting_waits_for_room_instead_of_dropping() {
+        let (tx, mut rx) = bounded(2);
+        tx.try_send(rows(2)).unwrap();
+        let receiver = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let mut got = 0;
+            while let Some(b) = rx.recv().await {
+                got += b.len();
+            }
+            got
+        });
+        tx.send_waiting(rows(2)).await.unwrap();
+        tx.send_waiting(rows(1)).await.unwrap();
+        drop(tx);
+        assert_eq!(receiver.await.unwrap(), 5);
     }
 
     #[tokio::test]
