@@ -65,7 +65,7 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(0..=(MAX_SNAPLEN as i64 - 14)))]
     pub offset: Option<u16>,
 
-    /// Learn the VMware prefix length from the traffic (not yet available: use --offset).
+    /// Learn the VMware prefix length from the traffic (0 to 64 bytes).
     #[arg(help_heading = "Capture", long, conflicts_with = "offset")]
     pub auto_detect: bool,
 

@@ -6,7 +6,7 @@ use flowmetrix::{
     capture::{self, CaptureConfig},
     cli::{self, Cli, Output, Parsed},
     offset::Offset,
-    pipeline::{self, PipelineConfig, Source},
+    pipeline::{self, PipelineConfig, Prefix, Source},
     sink::{
         SinkConfig,
         greptime::{GreptimeConfig, Tls},
@@ -24,11 +24,6 @@ fn main() -> ExitCode {
         }
         Err(msg) => return usage_error(&msg),
     };
-    if cli.auto_detect {
-        return usage_error(
-            "--auto-detect is not available yet; give the prefix length with --offset N",
-        );
-    }
     if let Some(offset) = cli.offset
         && cli.pcap.is_none()
         && u32::from(offset) + 14 > cli.snaplen
@@ -152,7 +147,11 @@ fn run(cli: &Cli, output: SinkConfig) -> anyhow::Result<()> {
     };
     let cfg = PipelineConfig {
         source,
-        offset: Offset(cli.offset.map_or(0, usize::from)),
+        prefix: if cli.auto_detect {
+            Prefix::Auto
+        } else {
+            Prefix::Fixed(Offset(cli.offset.map_or(0, usize::from)))
+        },
         output,
         batch_size: cli.batch_size,
         queue_size: cli.queue_size,

@@ -8,7 +8,12 @@
 //! Replay (`--pcap`): frames come from a file through the same offset/decode/sink path; the
 //! file waits for the queue instead of dropping rows, since nothing is lost by going slower.
 
-use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::{sync::watch, task::JoinHandle};
@@ -18,7 +23,7 @@ use crate::{
     capture::{Capture, CaptureConfig},
     decode::{self, FrameMeta},
     metrics::{Counters, KernelStats, Summary},
-    offset::Offset,
+    offset::{AutoOffset, Offset, Step},
     pcap::PcapFrames,
     queue::{self, Batch, Rejected},
     record::{PacketRecord, UnixNanos},
@@ -33,10 +38,17 @@ pub enum Source {
     Pcap(PathBuf),
 }
 
+/// The VMware prefix: a fixed length, or learned from the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Fixed(Offset),
+    Auto,
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub source: Source,
-    pub offset: Offset,
+    pub prefix: Prefix,
     pub output: SinkConfig,
     pub batch_size: u32,
     pub queue_size: u32,
@@ -85,7 +97,10 @@ impl Stages {
             stopping_rx,
         ));
         let batcher = Batcher {
-            offset: cfg.offset,
+            prefix: match cfg.prefix {
+                Prefix::Fixed(o) => OffsetState::Fixed(o),
+                Prefix::Auto => OffsetState::Auto(Box::default()),
+            },
             sample_rate,
             batch_size,
             batch: Vec::with_capacity(batch_size),
@@ -109,12 +124,15 @@ impl Stages {
         mut error: Option<anyhow::Error>,
     ) -> Outcome {
         let Self {
-            batcher,
+            mut batcher,
             sink,
             stopping,
             counters,
         } = self;
         stopping.send_replace(true);
+        // Frames still held by -auto-detect are decided and written too.
+        batcher.release_held();
+        batcher.send_waiting().await;
         drop(batcher); // closes the queue: the sink writes what it holds and returns
         let sink_result = match sink_done {
             Some(res) => res,
@@ -221,9 +239,15 @@ async fn replay(
     Ok(stages.finish(None, Ok(file), error).await)
 }
 
+/// Where the prefix length comes from, as the batcher uses it.
+enum OffsetState {
+    Fixed(Offset),
+    Auto(Box<AutoOffset>),
+}
+
 /// Turns frames into rows and hands them to the queue in batches.
 struct Batcher {
-    offset: Offset,
+    prefix: OffsetState,
     sample_rate: u32,
     batch_size: usize,
     batch: Vec<PacketRecord>,
@@ -257,8 +281,36 @@ impl Batcher {
 
     /// One frame (prefix included); true when the batch is full.
     fn push_frame(&mut self, frame: &[u8], wire_len: u32, ts: UnixNanos) -> bool {
-        let row = self
-            .offset
+        let step = match &mut self.prefix {
+            OffsetState::Fixed(o) => Step::Use(o.0),
+            OffsetState::Auto(auto) => auto.observe(frame, wire_len, ts, Instant::now()),
+        };
+        match step {
+            Step::Hold => {}
+            Step::Use(offset) => self.decode_at(Offset(offset), frame, wire_len, ts),
+            Step::Release { offset, frames } => {
+                for held in frames {
+                    self.decode_at(Offset(offset), &held.bytes, held.wire_len, held.ts);
+                }
+            }
+        }
+        self.batch.len() >= self.batch_size
+    }
+
+    /// Decides the offset for frames -auto-detect still holds, and decodes them.
+    fn release_held(&mut self) {
+        let OffsetState::Auto(auto) = &mut self.prefix else {
+            return;
+        };
+        if let Some((offset, frames)) = auto.finish() {
+            for held in frames {
+                self.decode_at(Offset(offset), &held.bytes, held.wire_len, held.ts);
+            }
+        }
+    }
+
+    fn decode_at(&mut self, offset: Offset, frame: &[u8], wire_len: u32, ts: UnixNanos) {
+        let row = offset
             .apply(frame, wire_len)
             .map_err(anyhow::Error::from)
             .and_then(|(frame, wire_len)| {
@@ -276,7 +328,6 @@ impl Batcher {
             }
             Err(e) => self.not_decoded(e),
         }
-        self.batch.len() >= self.batch_size
     }
 
     fn not_decoded(&mut self, e: anyhow::Error) {

@@ -157,3 +157,56 @@ fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
         "{s:?}"
     );
 }
+
+/// Sends every case `rounds` times with `prefix` junk bytes in front, under `-auto-detect`,
+/// and checks that every frame came out exactly as without the prefix.
+fn auto_detect_decodes_exactly(prefix: usize) {
+    let net = NetPair::new();
+    let collector = net.collector(&["-auto-detect", "--output", "jsonl"]);
+    let sender = net.sender();
+    let cases = cases();
+    let rounds = 4;
+    for round in 0..rounds {
+        for (i, case) in cases.iter().enumerate() {
+            // Junk that changes from frame to frame, like a hypervisor's metadata.
+            let junk: Vec<u8> = (0..prefix)
+                .map(|j| (round * 31 + i * 7 + j * 13) as u8 ^ 0xa5)
+                .collect();
+            sender.send(&[junk, case.frame.clone()].concat());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(&format!("prefix is {prefix} bytes")),
+        "{}",
+        done.stderr
+    );
+    let rows = done.rows();
+    assert_eq!(rows.len(), rounds * cases.len(), "{}", done.stderr);
+    for case in &cases {
+        let hits = rows.iter().filter(|r| without_ts(r) == case.row).count();
+        assert_eq!(hits, rounds, "{}: {}\n{}", case.name, case.row, done.stdout);
+    }
+    let s = done.summary();
+    assert_eq!(
+        (s.decode_errors, s.written),
+        (0, (rounds * cases.len()) as u64)
+    );
+}
+
+#[test]
+fn auto_detect_finds_a_24_byte_prefix() {
+    auto_detect_decodes_exactly(24);
+}
+
+#[test]
+fn auto_detect_finds_a_16_byte_prefix() {
+    auto_detect_decodes_exactly(16);
+}
+
+#[test]
+fn auto_detect_settles_on_0_without_a_prefix_and_garbles_nothing() {
+    auto_detect_decodes_exactly(0);
+}
