@@ -120,7 +120,7 @@ pub struct Held {
 enum Learn {
     Learning {
         held: Vec<Held>,
-        scores: [u32; MAX_AUTO_OFFSET + 1],
+        scores: Box<[u32; MAX_AUTO_OFFSET + 1]>,
         since: Option<Instant>,
     },
     Settled {
@@ -157,7 +157,7 @@ impl AutoOffset {
     fn learning() -> Learn {
         Learn::Learning {
             held: Vec::new(),
-            scores: [0; MAX_AUTO_OFFSET + 1],
+            scores: Box::new([0; MAX_AUTO_OFFSET + 1]),
             since: None,
         }
     }
