@@ -324,6 +324,68 @@ pub fn cases() -> Vec<Case> {
         row: r,
     });
 
+    // IPv6 fragments, the fragment header laid out as on the wire (RFC 8200: offset << 3 |
+    // M): the first carries the UDP ports, a later one only addresses and protocol.
+    for (name, offset, more) in [
+        ("ipv6 first fragment", 0u16, true),
+        ("ipv6 later fragment", 4, false),
+    ] {
+        let exts = etherparse::Ipv6Extensions {
+            fragment: Some(etherparse::Ipv6FragmentHeader::new(
+                etherparse::IpNumber(0),
+                etherparse::IpFragOffset::ZERO,
+                false,
+                7,
+            )),
+            ..Default::default()
+        };
+        let header = etherparse::Ipv6Header {
+            source: IP6_B,
+            destination: IP6_A,
+            hop_limit: 64,
+            ..Default::default()
+        };
+        let mut f = write(|v| {
+            eth()
+                .ip(etherparse::IpHeaders::Ipv6(header, exts))
+                .udp(40008, 53)
+                .write(v, &[3; 48])
+                .unwrap()
+        });
+        f[14 + 40 + 2..14 + 40 + 4]
+            .copy_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+        let r = if offset == 0 {
+            row(
+                &f,
+                0x86dd,
+                Some(17),
+                (b6, a6),
+                (Some(40008), Some(53)),
+                None,
+                "IPv6",
+                "DNS",
+                MAC_A,
+            )
+        } else {
+            row(
+                &f,
+                0x86dd,
+                Some(17),
+                (b6, a6),
+                (None, None),
+                None,
+                "IPv6",
+                "UNKNOWN",
+                MAC_A,
+            )
+        };
+        cases.push(Case {
+            name,
+            frame: f,
+            row: r,
+        });
+    }
+
     // VLAN 100: ether_type after the tag, vlan_id set.
     let f = write(|v| {
         eth()
