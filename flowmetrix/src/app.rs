@@ -1,5 +1,7 @@
 //! Application guessed from transport ports: the destination port first, then the source.
 
+use std::{collections::HashMap, sync::OnceLock};
+
 /// Well-known ports: the original tool's table, plus common infrastructure services.
 const TABLE: &[(u16, &str)] = &[
     (20, "FTP-DATA"),
@@ -46,7 +48,23 @@ const TABLE: &[(u16, &str)] = &[
 /// Name used when no port matches.
 pub const UNKNOWN: &str = "UNKNOWN";
 
+/// Entries from the config file's `[applications]`, set once at start-up.
+static OVERRIDES: OnceLock<HashMap<u16, &'static str>> = OnceLock::new();
+
+/// Adds or overrides entries (config file `[applications]`). Only the first call counts.
+pub fn set_overrides(entries: impl IntoIterator<Item = (u16, String)>) {
+    // Leaked once at start-up: rows carry `&'static str` names.
+    let map = entries
+        .into_iter()
+        .map(|(p, n)| (p, &*Box::leak(n.into_boxed_str())))
+        .collect();
+    let _ = OVERRIDES.set(map);
+}
+
 fn lookup(port: u16) -> Option<&'static str> {
+    if let Some(name) = OVERRIDES.get().and_then(|m| m.get(&port)) {
+        return Some(name);
+    }
     TABLE
         .binary_search_by_key(&port, |&(p, _)| p)
         .ok()

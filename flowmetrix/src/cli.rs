@@ -4,12 +4,24 @@
 //! `-no-log`); [`normalize_go_flags`] rewrites every single-dash spelling of a long flag
 //! defined here to its `--` form before clap sees it.
 
-use std::{ffi::OsString, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{
+    ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum,
+    error::{ContextKind, ContextValue, ErrorKind},
+    parser::ValueSource,
+};
 use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN};
 
-use crate::{offset::VMWARE_DEFAULT, sink::greptime::Compression};
+use crate::{
+    config::{self, FileSettings},
+    offset::VMWARE_DEFAULT,
+    sink::greptime::Compression,
+};
 
 /// Sample packets with XDP and write one row per sampled packet.
 #[derive(Debug, Clone, Parser)]
@@ -153,6 +165,20 @@ pub struct Cli {
     )]
     pub tls_key_file: Option<PathBuf>,
 
+    /// Config file (TOML, keys are the long flag names); default: /etc/flowmetrix/flowmetrix.toml
+    /// when it exists. The environment and flags override it.
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "FLOWMETRIX_CONFIG",
+        value_name = "PATH"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective settings (and where each comes from) as a config file, and exit.
+    #[arg(help_heading = "Settings", long)]
+    pub print_config: bool,
+
     /// Debug logging.
     #[arg(help_heading = "Logging", short = 'd', long)]
     pub debug: bool,
@@ -291,27 +317,160 @@ pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsSt
     out
 }
 
+/// The command: [`Cli`]'s definition, with a `FLOWMETRIX_<LONG_NAME>` environment
+/// variable for every setting that does not name its own.
+pub fn command() -> Command {
+    Cli::command().mut_args(|arg| {
+        let skip = arg.get_env().is_some()
+            || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
+            || arg.get_long().is_none_or(|l| l == "print-config");
+        if skip {
+            return arg;
+        }
+        let name = arg.get_long().unwrap_or_default();
+        let env = format!("FLOWMETRIX_{}", name.to_ascii_uppercase().replace('-', "_"));
+        arg.env(env)
+    })
+}
+
 /// What the command line asked for.
 pub enum Parsed {
-    Run(Box<Cli>),
-    /// `--help` or `--version`: print this on stdout and exit 0.
+    Run(Box<Cli>, Box<FileSettings>),
+    /// `--help`, `--version` or `--print-config`: print this on stdout and exit 0.
     Print(String),
 }
 
-/// Parses a command line (program name first). A usage error comes back as one line,
+/// The GreptimeDB password is read from the environment only, never from a flag or file.
+pub const PASSWORD_ENV: &str = "FLOWMETRIX_GREPTIME_PASSWORD";
+
+/// Parses a command line (program name first) together with the config file (`--config`,
+/// or [`config::DEFAULT_PATH`] when it exists). A usage error comes back as one line,
 /// without the `error:` prefix.
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, String> {
-    match Cli::try_parse_from(normalize_go_flags(args)) {
-        Ok(cli) => Ok(Parsed::Run(Box::new(cli))),
-        Err(e) => match e.kind() {
-            clap::error::ErrorKind::DisplayHelp
-            | clap::error::ErrorKind::DisplayVersion
-            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                Ok(Parsed::Print(e.render().to_string()))
-            }
-            _ => Err(one_line(&e.render().to_string())),
-        },
+    parse_with_default(args, Path::new(config::DEFAULT_PATH))
+}
+
+fn printable(e: &clap::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    )
+}
+
+fn parse_with_default<I: IntoIterator<Item = OsString>>(
+    args: I,
+    default_config: &Path,
+) -> Result<Parsed, String> {
+    let args = normalize_go_flags(args);
+    let cmd = command();
+    let first = match cmd.clone().try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) if printable(&e) => return Ok(Parsed::Print(e.render().to_string())),
+        // A required setting may come from the config file: read what was given.
+        Err(e) if e.kind() == ErrorKind::MissingRequiredArgument => cmd
+            .clone()
+            .ignore_errors(true)
+            .try_get_matches_from(&args)
+            .map_err(|e| one_line(&e.render().to_string()))?,
+        Err(e) => return Err(one_line(&e.render().to_string())),
+    };
+    let path = first
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .or_else(|| default_config.exists().then(|| default_config.to_owned()));
+    let file = match &path {
+        Some(p) => config::load(p, &cmd, &first).map_err(|e| e.to_string())?,
+        None => FileSettings::default(),
+    };
+    // File settings go right after the program name: they never follow a `--`.
+    let mut all = args;
+    let rest = all.split_off(1.min(all.len()));
+    all.extend(file.args.iter().cloned());
+    all.extend(rest);
+    let matches = cmd.clone().try_get_matches_from(&all).map_err(|e| {
+        let long = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(s)) => s
+                .trim_start_matches('-')
+                .split([' ', '='])
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+            _ => String::new(),
+        };
+        match file.origin(&long) {
+            Some((path, line)) => format!(
+                "config file {}, line {line}: {long}: {}",
+                path.display(),
+                one_line(&e.render().to_string()).trim_end_matches(" (see 'flowmetrix --help')")
+            ),
+            None => one_line(&e.render().to_string()),
+        }
+    })?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| one_line(&e.render().to_string()))?;
+    if cli.print_config {
+        return Ok(Parsed::Print(effective_settings(&cmd, &matches, &file)));
     }
+    Ok(Parsed::Run(Box::new(cli), Box::new(file)))
+}
+
+/// The settings in force, as a config file, each with where it came from; the password
+/// is never shown.
+fn effective_settings(cmd: &Command, m: &ArgMatches, file: &FileSettings) -> String {
+    let mut out = String::from("# flowmetrix: effective settings\n");
+    for arg in cmd.get_arguments() {
+        let (id, Some(long)) = (arg.get_id().as_str(), arg.get_long()) else {
+            continue;
+        };
+        if ["config", "print-config", "help", "version"].contains(&long) {
+            continue;
+        }
+        let source = match m.value_source(id) {
+            Some(ValueSource::CommandLine) if file.origin(long).is_some() => "config file",
+            Some(ValueSource::CommandLine) => "command line",
+            Some(ValueSource::EnvVariable) => "environment",
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        let value = if matches!(arg.get_action(), ArgAction::SetTrue) {
+            m.get_flag(id).to_string()
+        } else {
+            let raw: Vec<String> = m
+                .get_raw(id)
+                .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let quote = |s: &String| {
+                if s.parse::<i64>().is_ok() {
+                    s.clone()
+                } else {
+                    format!("{s:?}")
+                }
+            };
+            match raw.len() {
+                0 => {
+                    out.push_str(&format!("# {long} (unset)\n"));
+                    continue;
+                }
+                1 if arg.get_value_delimiter().is_none() => quote(&raw[0]),
+                _ => format!("[{}]", raw.iter().map(quote).collect::<Vec<_>>().join(", ")),
+            }
+        };
+        out.push_str(&format!("{long} = {value}  # {source}\n"));
+    }
+    let password = if std::env::var_os(PASSWORD_ENV).is_some() {
+        "\"********\"  # environment"
+    } else {
+        "unset"
+    };
+    out.push_str(&format!("# password ({PASSWORD_ENV}): {password}\n"));
+    if !file.applications.is_empty() {
+        out.push_str("\n[applications]  # config file\n");
+        for (port, name) in &file.applications {
+            out.push_str(&format!("{port} = {name:?}\n"));
+        }
+    }
+    out
 }
 
 /// A clap error's message on one line, without its `error: ` prefix (its first line plus
@@ -340,8 +499,8 @@ mod tests {
     }
 
     fn cli(v: &[&str]) -> Cli {
-        match parse(os(v)) {
-            Ok(Parsed::Run(c)) => *c,
+        match parse_with_default(os(v), Path::new("/nonexistent")) {
+            Ok(Parsed::Run(c, _)) => *c,
             Ok(Parsed::Print(p)) => panic!("printed {p}"),
             Err(e) => panic!("usage error: {e}"),
         }

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod decode;
 pub mod metrics;
 pub mod offset;

@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use flowmetrix::{
     capture::{self, CaptureConfig},
-    cli::{self, Cli, Output, Parsed},
+    cli::{self, Cli, Output, PASSWORD_ENV, Parsed},
     offset::Offset,
     pipeline::{self, PipelineConfig, Prefix, Source},
     sink::{
@@ -17,7 +17,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = match cli::parse(std::env::args_os()) {
-        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Run(cli, file)) => {
+            flowmetrix::app::set_overrides(file.applications.iter().cloned());
+            cli
+        }
         Ok(Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -77,9 +80,6 @@ fn init_logging(cli: &Cli) {
         .with_target(false)
         .init();
 }
-
-/// The password is read from the environment only, never from the command line.
-const PASSWORD_ENV: &str = "FLOWMETRIX_GREPTIME_PASSWORD";
 
 fn sink_config(cli: &Cli) -> Result<SinkConfig, String> {
     Ok(match cli.output {

@@ -126,3 +126,68 @@ fn replaying_tcpdumps_capture_gives_the_live_rows() {
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A legacy pcap (Ethernet, microseconds) holding these frames, one second apart.
+fn pcap_of(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&4u16.to_le_bytes());
+    for word in [0u32, 0, 65535, 1] {
+        v.extend_from_slice(&word.to_le_bytes());
+    }
+    for (i, f) in frames.iter().enumerate() {
+        for word in [1_795_000_000 + i as u32, 0, f.len() as u32, f.len() as u32] {
+            v.extend_from_slice(&word.to_le_bytes());
+        }
+        v.extend_from_slice(f);
+    }
+    v
+}
+
+#[test]
+fn config_file_applications_add_and_override_port_names() {
+    let dir = std::env::temp_dir().join(format!("fmx-apps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let udp = |dst: u16| {
+        common::frames::write(|v| {
+            common::frames::eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(40_000, dst)
+                .write(v, b"x")
+                .unwrap()
+        })
+    };
+    let pcap = dir.join("apps.pcap");
+    std::fs::write(&pcap, pcap_of(&[udp(9999), udp(53), udp(80)])).unwrap();
+    let cfg = dir.join("apps.toml");
+    std::fs::write(
+        &cfg,
+        "[applications]\n9999 = \"MYAPP\"\n53 = \"RESOLVER\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+        .arg("--pcap")
+        .arg(&pcap)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--output", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let apps: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["application"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(apps, ["MYAPP", "RESOLVER", "HTTP"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
