@@ -7,6 +7,7 @@
 //! - `run -- ARGS`: setup, build, run `target/release/flowmetrix ARGS` (needs root).
 //! - `test`: setup, then format check, clippy and every test (kernel tests need root).
 //! - `bench`: setup, then the userspace criterion benchmarks (BENCHMARKS.md).
+//! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder or the offset learner.
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +40,15 @@ enum Verb {
         /// Extra arguments for the benchmark binary (e.g. a name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Setup, then run a cargo-fuzz target (decode, offset_learner) for a while.
+    Fuzz {
+        /// Fuzz target.
+        #[arg(default_value = "decode")]
+        target: String,
+        /// How long to run, in seconds.
+        #[arg(default_value_t = 600)]
+        seconds: u64,
     },
     /// Setup, then fmt --check, clippy -D warnings, and all tests.
     Test {
@@ -89,6 +99,18 @@ fn xtask(args: Args) -> anyhow::Result<()> {
                 bench.extend(args.iter().map(String::as_str));
             }
             cargo(&bench)
+        }
+        Verb::Fuzz { target, seconds } => {
+            setup(&root)?;
+            if !have("cargo-fuzz") {
+                cargo(&["install", "cargo-fuzz", "--locked"])?;
+            }
+            let toolchain = std::fs::read_to_string(root.join("flowmetrix-ebpf/TOOLCHAIN"))?;
+            let max_time = format!("-max_total_time={seconds}");
+            run(Command::new("cargo")
+                .current_dir(root.join("flowmetrix"))
+                .arg(format!("+{}", toolchain.trim()))
+                .args(["fuzz", "run", &target, "--", &max_time, "-print_final_stats=1"]))
         }
         Verb::Test { args } => {
             setup(&root)?;
