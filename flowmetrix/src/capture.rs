@@ -32,10 +32,13 @@ pub enum CaptureError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("cannot attach XDP to {iface} in {mode} mode")]
+    #[error("interface {0} is down (ip link set {0} up)")]
+    InterfaceDown(String),
+    #[error("cannot attach XDP to {iface} in {mode} mode{hint}")]
     Attach {
         iface: String,
         mode: &'static str,
+        hint: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -67,6 +70,29 @@ pub struct Capture {
     pub mode: &'static str,
 }
 
+/// Whether an interface is administratively up (IFF_UP), if it exists.
+pub fn if_is_up(name: &str) -> Option<bool> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let bytes = c.as_bytes_with_nul();
+    if bytes.len() > libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: an ioctl on a socket we own, with a zeroed ifreq holding the name.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
+            *dst = src as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        libc::close(fd);
+        (rc == 0).then(|| req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0)
+    }
+}
+
 /// Index of an interface by name, if it exists.
 pub fn if_index(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
@@ -79,6 +105,9 @@ impl Capture {
     pub fn attach(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
         let ifindex = if_index(&cfg.interface)
             .ok_or_else(|| CaptureError::NoSuchInterface(cfg.interface.clone()))?;
+        if if_is_up(&cfg.interface) == Some(false) {
+            return Err(CaptureError::InterfaceDown(cfg.interface.clone()));
+        }
         // Ring buffers came in 5.8, XDP bpf_links in 5.9.
         if let Ok(v) = KernelVersion::current()
             && v < KernelVersion::new(5, 9, 0)
@@ -148,6 +177,11 @@ impl Capture {
             return Err(CaptureError::Attach {
                 iface: cfg.interface.clone(),
                 mode,
+                hint: if mode == "native" {
+                    " (the driver may lack native XDP: try --xdp-mode skb)"
+                } else {
+                    ""
+                },
                 source: Box::new(source),
             });
         };
@@ -159,6 +193,7 @@ impl Capture {
             .map_err(|source| CaptureError::Attach {
                 iface: cfg.interface.clone(),
                 mode,
+                hint: "",
                 source,
             })?;
         info!(

@@ -165,6 +165,20 @@ pub struct Cli {
     )]
     pub tls_key_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
+    #[arg(help_heading = "Operations", long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// How often to log a status line (rates, and losses since the last line).
+    #[arg(help_heading = "Operations", long, default_value = "10s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub stats_interval: Duration,
+
+    /// Log format on stderr.
+    #[arg(help_heading = "Logging", long, value_enum, default_value_t = LogFormat::Text,
+          value_name = "FORMAT")]
+    pub log_format: LogFormat,
+
     /// Config file (TOML, keys are the long flag names); default: /etc/flowmetrix/flowmetrix.toml
     /// when it exists. The environment and flags override it.
     #[arg(
@@ -201,6 +215,13 @@ pub enum XdpModeArg {
     Native,
     /// Generic (skb) mode only.
     Skb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use flowmetrix::{
     capture::{self, CaptureConfig},
-    cli::{self, Cli, Output, PASSWORD_ENV, Parsed},
+    cli::{self, Cli, LogFormat, Output, PASSWORD_ENV, Parsed},
     offset::Offset,
     pipeline::{self, PipelineConfig, Prefix, Source},
     sink::{
@@ -50,10 +50,24 @@ fn main() -> ExitCode {
     match run(&cli, output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error chain on one line: some causes (the kernel verifier's log) span several, and
+/// some libraries repeat their message as their own cause.
+fn one_line(text: &str) -> String {
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut parts: Vec<&str> = joined.split(": ").collect();
+    parts.dedup();
+    parts.join(": ")
 }
 
 fn usage_error(msg: &str) -> ExitCode {
@@ -73,12 +87,14 @@ fn init_logging(cli: &Cli) {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 fn sink_config(cli: &Cli) -> Result<SinkConfig, String> {
@@ -155,6 +171,8 @@ fn run(cli: &Cli, output: SinkConfig) -> anyhow::Result<()> {
         output,
         batch_size: cli.batch_size,
         queue_size: cli.queue_size,
+        metrics_addr: cli.metrics_addr,
+        stats_interval: cli.stats_interval,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

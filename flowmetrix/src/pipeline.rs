@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::{
     capture::{Capture, CaptureConfig},
     decode::{self, FrameMeta},
-    metrics::{Counters, KernelStats, Summary},
+    metrics::{self, Counters, Gauges, KernelStats, Registry, Summary},
     offset::{AutoOffset, Offset, Step},
     pcap::PcapFrames,
     queue::{self, Batch, Rejected},
@@ -52,12 +52,57 @@ pub struct PipelineConfig {
     pub output: SinkConfig,
     pub batch_size: u32,
     pub queue_size: u32,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often to log a status line.
+    pub stats_interval: Duration,
 }
 
 /// How a run ended: its numbers, and the error that ended it early, if any.
 pub struct Outcome {
     pub summary: Summary,
     pub error: Option<anyhow::Error>,
+}
+
+/// How often the kernel counters are read for metrics and the status line.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The periodic status line: rates and losses since the previous one.
+struct StatusLine {
+    every: Duration,
+    last_at: Instant,
+    last: Summary,
+}
+
+impl StatusLine {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last_at: Instant::now(),
+            last: Summary::default(),
+        }
+    }
+
+    fn maybe_log(&mut self, registry: &Registry) {
+        let elapsed = self.last_at.elapsed();
+        if elapsed < self.every {
+            return;
+        }
+        let now = Summary::new(registry.kernel(), &registry.counters);
+        let secs = elapsed.as_secs_f64();
+        let d = |new: u64, old: u64| new.saturating_sub(old);
+        info!(
+            "sampled {:.1}/s, written {:.1}/s; since the last line: ring drops {}, decode errors {}, queue drops {}, write errors {}",
+            d(now.kernel.sampled, self.last.kernel.sampled) as f64 / secs,
+            d(now.written, self.last.written) as f64 / secs,
+            d(now.kernel.ring_drops, self.last.kernel.ring_drops),
+            d(now.decode_errors, self.last.decode_errors),
+            d(now.queue_drops, self.last.queue_drops),
+            d(now.write_errors, self.last.write_errors),
+        );
+        self.last = now;
+        self.last_at = Instant::now();
+    }
 }
 
 /// How long to wait after detaching for program runs already under way on other CPUs.
@@ -75,18 +120,32 @@ pub async fn run(
     }
 }
 
-/// The stages after the source: batcher, queue, sink task.
+/// The stages after the source: batcher, queue, sink task, and what reports on them.
 struct Stages {
     batcher: Batcher,
     sink: JoinHandle<Result<(), SinkError>>,
     /// Turned on when the source stops (sinks start their shutdown deadline).
     stopping: watch::Sender<bool>,
     counters: Arc<Counters>,
+    registry: Arc<Registry>,
+    status: StatusLine,
 }
 
 impl Stages {
-    fn start(cfg: &PipelineConfig, sample_rate: u32) -> Self {
+    async fn start(cfg: &PipelineConfig, gauges: Gauges) -> anyhow::Result<Self> {
         let counters = Arc::new(Counters::default());
+        let registry = Arc::new(Registry {
+            counters: Arc::clone(&counters),
+            kernel: Default::default(),
+            gauges,
+        });
+        if let Some(addr) = cfg.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            info!("metrics at http://{addr}/metrics");
+            tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
+        }
         let batch_size = cfg.batch_size as usize;
         let (tx, rx) = queue::bounded(cfg.queue_size as usize);
         let (stopping, stopping_rx) = watch::channel(false);
@@ -96,6 +155,7 @@ impl Stages {
             Arc::clone(&counters),
             stopping_rx,
         ));
+        let sample_rate = gauges.sample_rate;
         let batcher = Batcher {
             prefix: match cfg.prefix {
                 Prefix::Fixed(o) => OffsetState::Fixed(o),
@@ -108,12 +168,27 @@ impl Stages {
             tx,
             warned: false,
         };
-        Self {
+        Ok(Self {
             batcher,
             sink,
             stopping,
             counters,
+            registry,
+            status: StatusLine::new(cfg.stats_interval),
+        })
+    }
+
+    /// Takes a fresh look at the kernel counters and the queue; logs the status line
+    /// when it is due.
+    fn tick(&mut self, kernel: Option<KernelStats>) {
+        if let Some(k) = kernel {
+            self.registry.set_kernel(k);
         }
+        self.counters.queue_depth.store(
+            self.batcher.tx.depth() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.status.maybe_log(&self.registry);
     }
 
     /// Closes the queue, waits for the sink, and sums up.
@@ -128,6 +203,8 @@ impl Stages {
             sink,
             stopping,
             counters,
+            registry,
+            status: _,
         } = self;
         stopping.send_replace(true);
         // Frames still held by -auto-detect are decided and written too.
@@ -147,6 +224,7 @@ impl Stages {
             error.get_or_insert(e);
             KernelStats::default()
         });
+        registry.set_kernel(kernel);
         Outcome {
             summary: Summary::new(kernel, &counters),
             error,
@@ -164,14 +242,20 @@ async fn live(
     if let Some(logger) = capture.take_logger() {
         ring::spawn_logger(logger).context("cannot poll the eBPF log buffer")?;
     }
-    let mut stages = Stages::start(&cfg, capture_cfg.sample_rate);
+    let gauges = Gauges {
+        sample_rate: capture_cfg.sample_rate,
+        snaplen: capture_cfg.snaplen,
+    };
+    let mut stages = Stages::start(&cfg, gauges).await?;
 
     tokio::pin!(shutdown);
     let mut error = None;
     let mut sink_done = None;
+    let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = tick.tick() => stages.tick(capture.stats().ok()),
             res = &mut stages.sink => {
                 sink_done = Some(res);
                 break;
@@ -204,12 +288,22 @@ async fn replay(
 ) -> anyhow::Result<Outcome> {
     let mut frames = PcapFrames::open(path)?;
     info!(file = %path.display(), "replaying");
-    let mut stages = Stages::start(&cfg, 1);
+    let gauges = Gauges {
+        sample_rate: 1,
+        snaplen: 0,
+    };
+    let mut stages = Stages::start(&cfg, gauges).await?;
     tokio::pin!(shutdown);
     let mut buf = Vec::new();
     let mut error = None;
     loop {
         if frames.frames() % REPLAY_CHECK_EVERY == 0 {
+            let read = frames.frames();
+            stages.tick(Some(KernelStats {
+                seen: read,
+                sampled: read,
+                ring_drops: 0,
+            }));
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,

@@ -110,7 +110,14 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             run(Command::new("cargo")
                 .current_dir(root.join("flowmetrix"))
                 .arg(format!("+{}", toolchain.trim()))
-                .args(["fuzz", "run", &target, "--", &max_time, "-print_final_stats=1"]))
+                .args([
+                    "fuzz",
+                    "run",
+                    &target,
+                    "--",
+                    &max_time,
+                    "-print_final_stats=1",
+                ]))
         }
         Verb::Test { args } => {
             setup(&root)?;

@@ -362,6 +362,7 @@ impl Writer {
     /// written or as a write error.
     async fn write(&self, rows: Vec<PacketRecord>) {
         let n = rows.len() as u64;
+        let started = Instant::now();
         let request = encode(&self.cfg.table, &rows);
         drop(rows);
         let mut backoff = BACKOFF_START;
@@ -379,6 +380,7 @@ impl Writer {
                 Ok(Ok(_affected)) => {
                     self.succeeded();
                     Counters::add(&self.counters.written, n);
+                    self.counters.write_seconds.observe(started.elapsed());
                     return;
                 }
                 Ok(Err(e)) => match classify(&e, &self.cfg) {

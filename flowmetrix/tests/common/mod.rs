@@ -144,6 +144,24 @@ impl NetPair {
         self.collector_with_env(args, &[])
     }
 
+    /// Like [`collector`](Self::collector), waiting for a log line containing `ready`.
+    pub fn collector_until(&self, args: &[&str], ready: &str) -> Collector {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns_a,
+            env!("CARGO_BIN_EXE_flowmetrix"),
+            "-i",
+            &self.if_a,
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        Collector::start_until(cmd, ready)
+    }
+
     /// Like [`collector`](Self::collector), with extra environment variables.
     pub fn collector_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Collector {
         let mut cmd = Command::new("ip");
@@ -171,6 +189,42 @@ impl Drop for NetPair {
             let _ = sh(&["ip", "netns", "del", ns]);
         }
     }
+}
+
+/// Runs `f` on a thread that entered network namespace `ns` (sockets it creates live there).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = CString::new(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls with checked results, on this thread only.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            assert!(fd >= 0, "open netns: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::setns(fd, libc::CLONE_NEWNET), 0, "setns");
+            libc::close(fd);
+        }
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// `GET path` from inside namespace `ns`; the response body.
+pub fn http_get_in(ns: &str, addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let (addr, path) = (addr.to_owned(), path.to_owned());
+    in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    })
 }
 
 pub struct FrameSender {
@@ -286,7 +340,11 @@ impl Finished {
 }
 
 impl Collector {
-    fn start(mut cmd: Command) -> Self {
+    fn start(cmd: Command) -> Self {
+        Self::start_until(cmd, "XDP attached")
+    }
+
+    fn start_until(mut cmd: Command, ready: &str) -> Self {
         let mut child = cmd.spawn().expect("spawn collector");
         let stderr = child.stderr.take().expect("stderr");
         let mut stdout = child.stdout.take().expect("stdout");
@@ -309,7 +367,7 @@ impl Collector {
             stderr_seen: Mutex::new(Vec::new()),
             stdout: Some(stdout),
         };
-        c.wait_for_line("XDP attached", Duration::from_secs(20));
+        c.wait_for_line(ready, Duration::from_secs(20));
         c
     }
 
