@@ -89,7 +89,7 @@ pub fn if_is_up(name: &str) -> Option<bool> {
         }
         let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
         libc::close(fd);
-        (rc == 0).then(|| req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0)
+        (rc == 0).then_some(req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0)
     }
 }
 
