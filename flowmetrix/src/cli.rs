@@ -189,6 +189,10 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Print a shell completion script or the man page (for packaging), and exit.
+    #[arg(long, value_enum, hide = true, value_name = "WHAT")]
+    pub generate: Option<Generate>,
+
     /// Print the effective settings (and where each comes from) as a config file, and exit.
     #[arg(help_heading = "Settings", long)]
     pub print_config: bool,
@@ -215,6 +219,14 @@ pub enum XdpModeArg {
     Native,
     /// Generic (skb) mode only.
     Skb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    Bash,
+    Zsh,
+    Fish,
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -344,7 +356,9 @@ pub fn command() -> Command {
     Cli::command().mut_args(|arg| {
         let skip = arg.get_env().is_some()
             || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
-            || arg.get_long().is_none_or(|l| l == "print-config");
+            || arg
+                .get_long()
+                .is_none_or(|l| l == "print-config" || l == "generate");
         if skip {
             return arg;
         }
@@ -386,6 +400,16 @@ fn parse_with_default<I: IntoIterator<Item = OsString>>(
 ) -> Result<Parsed, String> {
     let args = normalize_go_flags(args);
     let cmd = command();
+    // Packaging output needs no other setting (not even --interface).
+    if let Some(what) = cmd
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok()
+        .and_then(|m| m.get_one::<Generate>("generate").copied())
+    {
+        return Ok(Parsed::Print(generate(what)));
+    }
     let first = match cmd.clone().try_get_matches_from(&args) {
         Ok(m) => m,
         Err(e) if printable(&e) => return Ok(Parsed::Print(e.render().to_string())),
@@ -436,6 +460,24 @@ fn parse_with_default<I: IntoIterator<Item = OsString>>(
     Ok(Parsed::Run(Box::new(cli), Box::new(file)))
 }
 
+/// A completion script or the man page, from the one definition of the flags.
+fn generate(what: Generate) -> String {
+    let mut cmd = command();
+    let mut out = Vec::new();
+    let shell = match what {
+        Generate::Bash => clap_complete::Shell::Bash,
+        Generate::Zsh => clap_complete::Shell::Zsh,
+        Generate::Fish => clap_complete::Shell::Fish,
+        Generate::Man => {
+            // Writing into a Vec cannot fail.
+            let _ = clap_mangen::Man::new(cmd).render(&mut out);
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+    };
+    clap_complete::generate(shell, &mut cmd, "flowmetrix", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The settings in force, as a config file, each with where it came from; the password
 /// is never shown.
 fn effective_settings(cmd: &Command, m: &ArgMatches, file: &FileSettings) -> String {
@@ -444,7 +486,7 @@ fn effective_settings(cmd: &Command, m: &ArgMatches, file: &FileSettings) -> Str
         let (id, Some(long)) = (arg.get_id().as_str(), arg.get_long()) else {
             continue;
         };
-        if ["config", "print-config", "help", "version"].contains(&long) {
+        if ["config", "print-config", "generate", "help", "version"].contains(&long) {
             continue;
         }
         let source = match m.value_source(id) {

@@ -18,7 +18,7 @@ use clap::{ArgAction, ArgMatches, Command, parser::ValueSource};
 pub const DEFAULT_PATH: &str = "/etc/flowmetrix/flowmetrix.toml";
 
 /// Keys that are not settings.
-const NOT_IN_FILE: &[&str] = &["config", "help", "version", "print-config"];
+const NOT_IN_FILE: &[&str] = &["config", "help", "version", "print-config", "generate"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {

@@ -7,6 +7,8 @@
 //! - `run -- ARGS`: setup, build, run `target/release/flowmetrix ARGS` (needs root).
 //! - `test`: setup, then format check, clippy and every test (kernel tests need root).
 //! - `bench`: setup, then the userspace criterion benchmarks (BENCHMARKS.md).
+//! - `dist`: setup, release build, then dist/ with the binary, man page, completions and
+//!   the deploy/ files.
 //! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder or the offset learner.
 
 use std::{
@@ -35,6 +37,9 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup, build, and gather what a package needs in dist/: the binary, the man page,
+    /// shell completions, the systemd unit, an example config, the Grafana dashboard.
+    Dist,
     /// Setup, then the userspace benchmarks (criterion); see BENCHMARKS.md.
     Bench {
         /// Extra arguments for the benchmark binary (e.g. a name filter).
@@ -63,6 +68,7 @@ const APT: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("tcpdump", "tcpdump"),
+    ("systemd-analyze", "systemd"),
 ];
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
@@ -99,6 +105,11 @@ fn xtask(args: Args) -> anyhow::Result<()> {
                 bench.extend(args.iter().map(String::as_str));
             }
             cargo(&bench)
+        }
+        Verb::Dist => {
+            setup(&root)?;
+            cargo(&["build", "--release", "--package", "flowmetrix"])?;
+            dist(&root)
         }
         Verb::Fuzz { target, seconds } => {
             setup(&root)?;
@@ -177,6 +188,38 @@ fn setup(root: &Path) -> anyhow::Result<()> {
         cargo(&["install", &spec, "--locked", "--force"])?;
     }
     eprintln!("xtask: setup complete (toolchain {toolchain}, bpf-linker {BPF_LINKER_VERSION})");
+    Ok(())
+}
+
+fn dist(root: &Path) -> anyhow::Result<()> {
+    let bin = root.join("target/release/flowmetrix");
+    let out = root.join("dist");
+    std::fs::create_dir_all(out.join("completions"))?;
+    let generate = |what: &str| -> anyhow::Result<Vec<u8>> {
+        let o = Command::new(&bin).args(["--generate", what]).output()?;
+        if !o.status.success() || o.stdout.is_empty() {
+            bail!("{} --generate {what} failed", bin.display());
+        }
+        Ok(o.stdout)
+    };
+    std::fs::write(out.join("flowmetrix.1"), generate("man")?)?;
+    for (shell, file) in [
+        ("bash", "flowmetrix.bash"),
+        ("zsh", "_flowmetrix"),
+        ("fish", "flowmetrix.fish"),
+    ] {
+        std::fs::write(out.join("completions").join(file), generate(shell)?)?;
+    }
+    std::fs::copy(&bin, out.join("flowmetrix"))?;
+    for file in [
+        "flowmetrix.service",
+        "flowmetrix.toml",
+        "grafana/flowmetrix-dashboard.json",
+    ] {
+        let name = Path::new(file).file_name().unwrap_or_default();
+        std::fs::copy(root.join("deploy").join(file), out.join(name))?;
+    }
+    eprintln!("xtask: wrote {}", out.display());
     Ok(())
 }
 
