@@ -98,6 +98,7 @@ fn bench_sink(c: &mut Criterion) {
         max_in_flight: 4,
         shutdown_timeout: Duration::from_secs(30),
         tls: None,
+        spool: None,
     };
     let mut g = c.benchmark_group("greptime_sink");
     g.throughput(Throughput::Elements(ROWS as u64));
@@ -116,6 +117,7 @@ fn bench_sink(c: &mut Criterion) {
                         rx,
                         Arc::clone(&counters),
                         stop_rx,
+                        None,
                     ));
                     for _ in 0..ROWS / batch.len() {
                         tx.try_send(batch.clone()).unwrap();

@@ -165,6 +165,25 @@ pub struct Cli {
     )]
     pub tls_key_file: Option<PathBuf>,
 
+    /// Directory of the disk spool that keeps rows while GreptimeDB is away.
+    #[arg(
+        help_heading = "GreptimeDB",
+        long,
+        default_value = "/var/lib/flowmetrix/spool",
+        value_name = "DIR"
+    )]
+    pub spool_dir: PathBuf,
+
+    /// Largest the spool may grow; beyond it the oldest rows are dropped (and counted).
+    #[arg(help_heading = "GreptimeDB", long, default_value = "2G", value_name = "SIZE",
+          value_parser = parse_size)]
+    pub spool_max_bytes: u64,
+
+    /// No spool: rows GreptimeDB cannot take are retried until the exit deadline, then
+    /// counted as write errors.
+    #[arg(help_heading = "GreptimeDB", long)]
+    pub no_spool: bool,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
     #[arg(help_heading = "Operations", long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -244,6 +263,30 @@ pub enum Output {
     Jsonl,
     /// Decode and count, write nothing (benchmarks).
     None,
+}
+
+/// A size such as 4096, 64K, 512M or 2G (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 4096, 64K, 512M or 2G"))?;
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return Err(format!("'{s}' has an unknown unit (use K, M, G or T)")),
+    };
+    let bytes = n.saturating_mul(mult);
+    if bytes < 64 << 10 {
+        return Err(format!("{s} is too small (at least 64K)"));
+    }
+    Ok(bytes)
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {

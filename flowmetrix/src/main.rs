@@ -9,7 +9,7 @@ use flowmetrix::{
     pipeline::{self, PipelineConfig, Prefix, Source},
     sink::{
         SinkConfig,
-        greptime::{GreptimeConfig, Tls},
+        greptime::{GreptimeConfig, SpoolConfig, Tls},
     },
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -121,6 +121,10 @@ fn sink_config(cli: &Cli) -> Result<SinkConfig, String> {
                 max_in_flight: cli.max_in_flight as usize,
                 shutdown_timeout: cli.shutdown_timeout,
                 tls: tls_config(cli)?,
+                spool: (!cli.no_spool).then(|| SpoolConfig {
+                    dir: cli.spool_dir.clone(),
+                    max_bytes: cli.spool_max_bytes,
+                }),
             }))
         }
     })

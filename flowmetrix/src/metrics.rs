@@ -23,6 +23,16 @@ pub struct Counters {
     pub write_retries: AtomicU64,
     /// Rows waiting in the queue to the output (gauge).
     pub queue_depth: AtomicU64,
+    /// Rows put in the disk spool (GreptimeDB away, or the queue full).
+    pub spooled: AtomicU64,
+    /// Rows from the spool that GreptimeDB acknowledged.
+    pub spool_replayed: AtomicU64,
+    /// Rows the spool lost: dropped for space, or damaged on disk.
+    pub spool_lost: AtomicU64,
+    /// Spool size on disk (gauge).
+    pub spool_bytes: AtomicU64,
+    /// Spool segment files (gauge).
+    pub spool_segments: AtomicU64,
     /// Time each batch write took, retries included.
     pub write_seconds: Histogram,
 }
@@ -69,6 +79,14 @@ impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
+
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
 }
 
 /// Kernel counters summed over CPUs.
@@ -88,6 +106,9 @@ pub struct Summary {
     pub queue_drops: u64,
     pub written: u64,
     pub write_errors: u64,
+    pub spooled: u64,
+    pub replayed: u64,
+    pub spool_lost: u64,
 }
 
 impl Summary {
@@ -99,6 +120,9 @@ impl Summary {
             queue_drops: c.queue_drops.load(Relaxed),
             written: c.written.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),
+            spooled: c.spooled.load(Relaxed),
+            replayed: c.spool_replayed.load(Relaxed),
+            spool_lost: c.spool_lost.load(Relaxed),
         }
     }
 
@@ -110,6 +134,7 @@ impl Summary {
             - i128::from(self.queue_drops)
             - i128::from(self.write_errors)
             - i128::from(self.written)
+            - i128::from(self.spooled)
     }
 }
 
@@ -117,7 +142,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seen {}, sampled {}, ring drops {}, decoded {}, decode errors {}, queue drops {}, written {}, write errors {}",
+            "seen {}, sampled {}, ring drops {}, decoded {}, decode errors {}, queue drops {}, written {}, write errors {}, spooled {}, replayed {}, spool lost {}",
             self.kernel.seen,
             self.kernel.sampled,
             self.kernel.ring_drops,
@@ -125,7 +150,10 @@ impl std::fmt::Display for Summary {
             self.decode_errors,
             self.queue_drops,
             self.written,
-            self.write_errors
+            self.write_errors,
+            self.spooled,
+            self.replayed,
+            self.spool_lost
         )
     }
 }
@@ -329,12 +357,15 @@ mod tests {
             decoded: 8,
             decode_errors: 0,
             queue_drops: 2,
-            written: 6,
+            written: 5,
             write_errors: 0,
+            spooled: 1,
+            replayed: 3,
+            spool_lost: 0,
         };
         assert_eq!(
             s.to_string(),
-            "seen 10, sampled 9, ring drops 1, decoded 8, decode errors 0, queue drops 2, written 6, write errors 0"
+            "seen 10, sampled 9, ring drops 1, decoded 8, decode errors 0, queue drops 2, written 5, write errors 0, spooled 1, replayed 3, spool lost 0"
         );
         assert_eq!(s.unaccounted(), 0);
     }

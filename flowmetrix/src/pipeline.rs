@@ -28,7 +28,7 @@ use crate::{
     queue::{self, Batch, Rejected},
     record::{PacketRecord, UnixNanos},
     ring::{self, Clock, Ring},
-    sink::{self, SinkConfig, SinkError},
+    sink::{self, SinkConfig, SinkError, greptime, spool::Spool},
 };
 
 /// Where frames come from.
@@ -92,13 +92,17 @@ impl StatusLine {
         let secs = elapsed.as_secs_f64();
         let d = |new: u64, old: u64| new.saturating_sub(old);
         info!(
-            "sampled {:.1}/s, written {:.1}/s; since the last line: ring drops {}, decode errors {}, queue drops {}, write errors {}",
+            "sampled {:.1}/s, written {:.1}/s; since the last line: ring drops {}, decode errors {}, queue drops {}, write errors {}, spooled {}, replayed {}, spool lost {}; spool {} bytes",
             d(now.kernel.sampled, self.last.kernel.sampled) as f64 / secs,
             d(now.written, self.last.written) as f64 / secs,
             d(now.kernel.ring_drops, self.last.kernel.ring_drops),
             d(now.decode_errors, self.last.decode_errors),
             d(now.queue_drops, self.last.queue_drops),
             d(now.write_errors, self.last.write_errors),
+            d(now.spooled, self.last.spooled),
+            d(now.replayed, self.last.replayed),
+            d(now.spool_lost, self.last.spool_lost),
+            Counters::get(&registry.counters.spool_bytes),
         );
         self.last = now;
         self.last_at = Instant::now();
@@ -149,11 +153,27 @@ impl Stages {
         let batch_size = cfg.batch_size as usize;
         let (tx, rx) = queue::bounded(cfg.queue_size as usize);
         let (stopping, stopping_rx) = watch::channel(false);
+        let spool = match &cfg.output {
+            SinkConfig::Greptime(g) => g.spool.as_ref().and_then(|s| {
+                Spool::open(&s.dir, s.max_bytes, Arc::clone(&counters))
+                    .inspect_err(|e| {
+                        let e = anyhow::anyhow!(
+                            "{e}: {}",
+                            std::error::Error::source(e).map_or(String::new(), ToString::to_string)
+                        );
+                        warn!("{e}; running without a spool: rows GreptimeDB cannot take are lost");
+                    })
+                    .ok()
+                    .map(|spool| (Arc::new(spool), g.table.clone()))
+            }),
+            _ => None,
+        };
         let sink = tokio::spawn(sink::run(
             cfg.output.clone(),
             rx,
             Arc::clone(&counters),
             stopping_rx,
+            spool.as_ref().map(|(s, _)| Arc::clone(s)),
         ));
         let sample_rate = gauges.sample_rate;
         let batcher = Batcher {
@@ -166,6 +186,7 @@ impl Stages {
             batch: Vec::with_capacity(batch_size),
             counters: Arc::clone(&counters),
             tx,
+            overflow: spool,
             warned: false,
         };
         Ok(Self {
@@ -347,6 +368,8 @@ struct Batcher {
     batch: Vec<PacketRecord>,
     counters: Arc<Counters>,
     tx: queue::Sender,
+    /// Where batches go when the queue is full (the spool, and the table to encode for).
+    overflow: Option<(Arc<Spool>, String)>,
     warned: bool,
 }
 
@@ -444,9 +467,12 @@ impl Batcher {
         let Some(batch) = self.take() else { return };
         match self.tx.try_send(batch) {
             Ok(()) => {}
-            Err(Rejected::Full(batch)) => {
-                Counters::add(&self.counters.queue_drops, batch.len() as u64);
-            }
+            Err(Rejected::Full(batch)) => match &self.overflow {
+                Some((spool, table)) => {
+                    spool.append(&greptime::encode(table, &batch), batch.len() as u64);
+                }
+                None => Counters::add(&self.counters.queue_drops, batch.len() as u64),
+            },
             // The sink has stopped (its error is reported); these rows are not written.
             Err(Rejected::Closed(batch)) => {
                 Counters::add(&self.counters.write_errors, batch.len() as u64);

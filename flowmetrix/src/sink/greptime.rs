@@ -31,7 +31,10 @@ use tokio::{
 use tonic::Code;
 use tracing::{error, info, warn};
 
-use super::SinkError;
+use super::{
+    SinkError,
+    spool::{Contents, Segment, Spool},
+};
 use crate::{
     metrics::Counters,
     queue::Receiver,
@@ -180,6 +183,14 @@ pub struct GreptimeConfig {
     pub shutdown_timeout: Duration,
     /// TLS to the server, when set.
     pub tls: Option<Tls>,
+    /// Where rows wait on disk while GreptimeDB is away or the queue is full.
+    pub spool: Option<SpoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    pub dir: std::path::PathBuf,
+    pub max_bytes: u64,
 }
 
 /// PEM files for TLS. The ingester connects with a client certificate, so all three are
@@ -206,6 +217,7 @@ impl std::fmt::Debug for GreptimeConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("tls", &self.tls)
+            .field("spool", &self.spool)
             .finish()
     }
 }
@@ -313,6 +325,7 @@ struct Writer {
     reported: Mutex<HashSet<Code>>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
+    spool: Option<Arc<Spool>>,
 }
 
 impl Writer {
@@ -329,8 +342,13 @@ impl Writer {
         let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
         if outage.is_none() {
             *outage = Some(Instant::now());
+            let meanwhile = if self.spool.is_some() {
+                "rows go to the disk spool meanwhile"
+            } else {
+                "rows wait in the queue meanwhile"
+            };
             warn!(
-                "{} failed: {why}; retrying (rows wait in the queue meanwhile)",
+                "{} failed: {why}; retrying ({meanwhile})",
                 self.cfg.describe()
             );
         }
@@ -358,60 +376,144 @@ impl Writer {
         }
     }
 
-    /// Writes one batch, retrying what can be retried. Every row ends up counted as
-    /// written or as a write error.
+    /// One attempt at one insert, bounded by the request timeout and the shutdown
+    /// deadline.
+    async fn attempt(&self, request: &RowInsertRequests, rows: u64) -> Attempt {
+        let budget = self
+            .time_left()
+            .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
+        let res = tokio::time::timeout(
+            budget,
+            self.db.insert_with_hints(request.clone(), &self.hints()),
+        )
+        .await;
+        match res {
+            Ok(Ok(_affected)) => {
+                self.succeeded();
+                Attempt::Written
+            }
+            Ok(Err(e)) => match classify(&e, &self.cfg) {
+                Failure::Retry(why) => Attempt::Retry(why),
+                Failure::Fatal { kind, message } => {
+                    self.fatal(kind, &message);
+                    Counters::add(&self.counters.write_errors, rows);
+                    Attempt::Fatal
+                }
+            },
+            Err(_) => Attempt::Retry(format!("no answer within {budget:?}")),
+        }
+    }
+
+    /// Sleeps `backoff` with jitter, cut short when shutdown begins; false when the
+    /// shutdown deadline leaves no time for another try.
+    async fn back_off(&self, backoff: Duration) -> bool {
+        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        if self.time_left().is_some_and(|left| left <= jittered) {
+            return false;
+        }
+        let mut deadline_set = self.deadline.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(jittered) => {}
+            _ = deadline_set.changed() => {}
+        }
+        true
+    }
+
+    /// Writes one batch. What a retry cannot fix is counted as write errors; retriable
+    /// failures go to the spool when there is one, else are retried until the deadline.
     async fn write(&self, rows: Vec<PacketRecord>) {
         let n = rows.len() as u64;
         let started = Instant::now();
         let request = encode(&self.cfg.table, &rows);
         drop(rows);
         let mut backoff = BACKOFF_START;
-        let mut deadline_set = self.deadline.subscribe();
         loop {
-            let budget = self
-                .time_left()
-                .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
-            let attempt = tokio::time::timeout(
-                budget,
-                self.db.insert_with_hints(request.clone(), &self.hints()),
-            )
-            .await;
-            let why = match attempt {
-                Ok(Ok(_affected)) => {
-                    self.succeeded();
+            match self.attempt(&request, n).await {
+                Attempt::Written => {
                     Counters::add(&self.counters.written, n);
                     self.counters.write_seconds.observe(started.elapsed());
                     return;
                 }
-                Ok(Err(e)) => match classify(&e, &self.cfg) {
-                    Failure::Retry(why) => why,
-                    Failure::Fatal { kind, message } => {
-                        self.fatal(kind, &message);
+                Attempt::Fatal => return,
+                Attempt::Retry(why) => {
+                    self.outage_began(&why);
+                    if let Some(spool) = &self.spool {
+                        spool.append(&request, n);
+                        return;
+                    }
+                    Counters::add(&self.counters.write_retries, 1);
+                    if !self.back_off(backoff).await {
+                        // Shutting down and out of time: these rows are not written.
                         Counters::add(&self.counters.write_errors, n);
                         return;
                     }
-                },
-                Err(_) => format!("no answer within {budget:?}"),
-            };
-            self.outage_began(&why);
-            Counters::add(&self.counters.write_retries, 1);
-            let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
-            match self.time_left() {
-                Some(left) if left <= jittered => {
-                    // Shutting down and out of time: these rows are not written.
-                    Counters::add(&self.counters.write_errors, n);
-                    return;
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
-                // A shutdown starting mid-sleep cuts the sleep short.
-                _ => tokio::select! {
-                    () = tokio::time::sleep(jittered) => {}
-                    _ = deadline_set.changed() => {}
-                },
             }
-            backoff = (backoff * 2).min(BACKOFF_CAP);
+        }
+    }
+
+    /// Replays the spool, oldest first, while live rows keep flowing; a segment is deleted
+    /// once all its records are acknowledged. Stops when shutdown begins, keeping on disk
+    /// only what was not acknowledged.
+    async fn replay(self: Arc<Self>, spool: Arc<Spool>) {
+        // The segment being replayed and its next record.
+        let mut current: Option<(Segment, Contents, usize)> = None;
+        let mut backoff = BACKOFF_START;
+        let mut deadline_set = self.deadline.subscribe();
+        while self.deadline.borrow().is_none() {
+            if current.is_none() {
+                current = spool.take_oldest().map(|(seg, c)| (seg, c, 0));
+            }
+            let Some((seg, contents, next)) = current.as_mut() else {
+                tokio::select! {
+                    () = tokio::time::sleep(REPLAY_IDLE) => {}
+                    _ = deadline_set.changed() => {}
+                }
+                continue;
+            };
+            let Some(&(_, rows)) = contents.records.get(*next) else {
+                spool.done(seg);
+                current = None;
+                continue;
+            };
+            let Some(request) = contents.request(*next) else {
+                *next += 1; // checked when the segment was read; cannot happen
+                continue;
+            };
+            match self.attempt(&request, rows).await {
+                Attempt::Written => {
+                    Counters::add(&self.counters.spool_replayed, rows);
+                    *next += 1;
+                    backoff = BACKOFF_START;
+                }
+                Attempt::Fatal => *next += 1,
+                Attempt::Retry(why) => {
+                    self.outage_began(&why);
+                    Counters::add(&self.counters.write_retries, 1);
+                    if !self.back_off(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                }
+            }
+        }
+        if let Some((seg, contents, next)) = current {
+            spool.keep_rest(seg, &contents, next);
         }
     }
 }
+
+/// How one attempt at an insert went.
+enum Attempt {
+    Written,
+    /// Counted as write errors already.
+    Fatal,
+    Retry(String),
+}
+
+/// How often an idle replayer looks at the spool.
+const REPLAY_IDLE: Duration = Duration::from_millis(200);
 
 fn connect(cfg: &GreptimeConfig) -> Result<Database, SinkError> {
     let mut channel = ChannelConfig::default()
@@ -470,12 +572,14 @@ async fn startup_check(writer: Arc<Writer>) {
 }
 
 /// Writes batches from `rx` until it closes. When `shutdown` fires, retries get
-/// `shutdown_timeout` more before the rows they hold count as write errors.
+/// `shutdown_timeout` more before the rows they hold count as write errors (or, with a
+/// spool, go to it).
 pub async fn run(
     cfg: GreptimeConfig,
     mut rx: Receiver,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
+    spool: Option<Arc<Spool>>,
 ) -> Result<(), SinkError> {
     let writer = Arc::new(Writer {
         db: connect(&cfg)?,
@@ -485,8 +589,12 @@ pub async fn run(
         outage: Mutex::new(None),
         reported: Mutex::new(HashSet::new()),
         deadline: watch::Sender::new(None),
+        spool: spool.clone(),
     });
     tokio::spawn(startup_check(Arc::clone(&writer)));
+    let replayer = spool
+        .clone()
+        .map(|spool| tokio::spawn(Arc::clone(&writer).replay(spool)));
     {
         let writer = Arc::clone(&writer);
         let timeout = cfg.shutdown_timeout;
@@ -550,6 +658,12 @@ pub async fn run(
         submit(pending, &mut tasks, permit);
     }
     while tasks.join_next().await.is_some() {}
+    if let Some(replayer) = replayer {
+        let _ = replayer.await;
+    }
+    if let Some(spool) = &spool {
+        spool.sync();
+    }
     Ok(())
 }
 
@@ -675,6 +789,7 @@ mod tests {
             max_in_flight: 2,
             shutdown_timeout: Duration::from_secs(1),
             tls: None,
+            spool: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod greptime;
 pub mod jsonl;
+pub mod spool;
 
 use std::sync::Arc;
 
@@ -31,9 +32,10 @@ pub async fn run(
     rx: Receiver,
     counters: Arc<Counters>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    spool: Option<Arc<spool::Spool>>,
 ) -> Result<(), SinkError> {
     match output {
-        SinkConfig::Greptime(cfg) => greptime::run(*cfg, rx, counters, shutdown).await,
+        SinkConfig::Greptime(cfg) => greptime::run(*cfg, rx, counters, shutdown, spool).await,
         SinkConfig::Jsonl => jsonl::run(rx, &counters).await,
         SinkConfig::None => {
             discard(rx, &counters).await;

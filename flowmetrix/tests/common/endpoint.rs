@@ -58,6 +58,11 @@ struct State {
     fail: Option<(usize, Code)>,
     stall: Option<Duration>,
     handled: usize,
+    /// Keep only (table, ts, src_port) of each row, for long runs.
+    keys_only: bool,
+    /// Going away: every request is refused before it is applied.
+    down: bool,
+    keys: Vec<(String, i64, u32)>,
 }
 
 #[derive(Clone)]
@@ -103,6 +108,13 @@ impl GreptimeDatabase for Service {
         }
         let mut st = self.0.lock().unwrap();
         st.handled += 1;
+        if st.down {
+            return Err(gt_error(
+                Code::Unavailable,
+                5003,
+                "Service unavailable".into(),
+            ));
+        }
         if let Some((n, code)) = st.fail {
             st.fail = (n > 1).then_some((n - 1, code));
             return Err(gt_error(code, 5000, "injected failure".into()));
@@ -185,6 +197,22 @@ impl GreptimeDatabase for Service {
                 }
             }
             affected += rows.rows.len() as u32;
+            if st.keys_only {
+                let col = |name: &str| rows.schema.iter().position(|c| c.column_name == name);
+                let (ts_i, port_i) = (col("ts"), col("src_port"));
+                for row in &rows.rows {
+                    let ts = match ts_i.and_then(|i| row.values[i].value_data.as_ref()) {
+                        Some(ValueData::TimestampNanosecondValue(v)) => *v,
+                        _ => 0,
+                    };
+                    let port = match port_i.and_then(|i| row.values[i].value_data.as_ref()) {
+                        Some(ValueData::U16Value(v)) => *v,
+                        _ => 0,
+                    };
+                    st.keys.push((insert.table_name.clone(), ts, port));
+                }
+                continue;
+            }
             st.received.push(Received {
                 database: db.clone(),
                 hints: hints.clone(),
@@ -501,9 +529,20 @@ impl Endpoint {
         self.state.lock().unwrap().stall = d;
     }
 
-    /// Refuses connections (and drops open ones) now, for `d`; returns at once.
+    /// Goes away for `d`, returns at once: first answers every request `Unavailable`
+    /// without applying it (as a server shutting down does), so no insert is in flight,
+    /// then refuses connections and drops open ones. (A connection cut while the server is
+    /// applying an insert makes the client send it again: delivery is at-least-once.)
     pub fn refuse_for(&self, d: Duration) {
-        self.front.refuse_for(d);
+        let drain = Duration::from_millis(200);
+        self.state.lock().unwrap().down = true;
+        std::thread::sleep(drain);
+        self.front.refuse_for(d.saturating_sub(drain));
+        let state = Arc::clone(&self.state);
+        std::thread::spawn(move || {
+            std::thread::sleep(d.saturating_sub(drain));
+            state.lock().unwrap().down = false;
+        });
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -513,6 +552,45 @@ impl Endpoint {
     /// Requests answered so far (accepted or rejected).
     pub fn handled(&self) -> usize {
         self.state.lock().unwrap().handled
+    }
+
+    /// Keep only each row's (ts, src_port): for long runs, see [`row_keys`](Self::row_keys).
+    pub fn keys_only(&self) {
+        self.state.lock().unwrap().keys_only = true;
+    }
+
+    /// Answer normally again (after [`fail_next`](Self::fail_next)).
+    pub fn heal(&self) {
+        self.state.lock().unwrap().fail = None;
+    }
+
+    /// (ts, src_port) of every row received for `table`: cheap keys for large runs.
+    pub fn row_keys(&self, table: &str) -> Vec<(i64, u32)> {
+        let st = self.state.lock().unwrap();
+        let mut out: Vec<(i64, u32)> = st
+            .keys
+            .iter()
+            .filter(|k| k.0 == table)
+            .map(|k| (k.1, k.2))
+            .collect();
+        for r in st.received.iter().filter(|r| r.table == table) {
+            let col = |name: &str| r.schema.iter().position(|c| c.column_name == name);
+            let (Some(ts), Some(port)) = (col("ts"), col("src_port")) else {
+                continue;
+            };
+            for row in &r.rows {
+                let ts = match row.values[ts].value_data {
+                    Some(ValueData::TimestampNanosecondValue(v)) => v,
+                    _ => 0,
+                };
+                let port = match row.values[port].value_data {
+                    Some(ValueData::U16Value(v)) => v,
+                    _ => 0,
+                };
+                out.push((ts, port));
+            }
+        }
+        out
     }
 
     /// Every row received for `table`, as JSON objects keyed by column name, in the forms

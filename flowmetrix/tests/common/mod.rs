@@ -284,6 +284,9 @@ pub struct Summary {
     pub queue_drops: u64,
     pub written: u64,
     pub write_errors: u64,
+    pub spooled: u64,
+    pub replayed: u64,
+    pub spool_lost: u64,
 }
 
 impl Summary {
@@ -302,6 +305,9 @@ impl Summary {
                 "queue drops" => &mut s.queue_drops,
                 "written" => &mut s.written,
                 "write errors" => &mut s.write_errors,
+                "spooled" => &mut s.spooled,
+                "replayed" => &mut s.replayed,
+                "spool lost" => &mut s.spool_lost,
                 _ => return None,
             };
             *slot = n;
