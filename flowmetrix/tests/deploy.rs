@@ -18,7 +18,10 @@ fn systemd_unit_verifies() {
         unit.contains("CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_RESOURCE")
     );
     assert!(unit.contains("--config /etc/flowmetrix/flowmetrix.toml"));
-    assert!(unit.contains("StateDirectory=flowmetrix"), "the spool needs a writable state directory");
+    assert!(
+        unit.contains("StateDirectory=flowmetrix"),
+        "the spool needs a writable state directory"
+    );
     // verify checks that ExecStart exists: point it at the binary under test.
     let dir = std::env::temp_dir().join(format!("fmx-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tonic::Code;
 
 fn start(net: &NetPair, endpoint: &Endpoint, extra: &[&str]) -> Collector {
-    start_with_env(net, endpoint, extra, &[])
+    net.greptime_collector(endpoint, extra, &[])
 }
 
 fn start_with_env(
@@ -28,24 +28,7 @@ fn start_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Collector {
-    let addr = endpoint.addr.to_string();
-    let spool = spool_dir(net);
-    let spool = spool.to_str().unwrap();
-    let mut args = vec![
-        "--greptime-endpoint",
-        &addr,
-        "--flush-interval",
-        "100ms",
-        "--spool-dir",
-        spool,
-    ];
-    args.extend_from_slice(extra);
-    net.collector_with_env(&args, env)
-}
-
-/// A spool directory of this test's own.
-fn spool_dir(net: &NetPair) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("fmx-spool-{}", net.ns_a))
+    net.greptime_collector(endpoint, extra, env)
 }
 
 /// Every sample became a row at the endpoint, a spooled row, or a counted loss, exactly.

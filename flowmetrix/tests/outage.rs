@@ -31,17 +31,7 @@ fn sixty_second_outage_at_ten_thousand_rows_per_second_loses_nothing() {
     let net = NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.keys_only();
-    let spool = std::env::temp_dir().join(format!("fmx-spool-{}", net.ns_a));
-    let _ = std::fs::remove_dir_all(&spool);
-    let addr = endpoint.addr.to_string();
-    let collector = net.collector(&[
-        "--greptime-endpoint",
-        &addr,
-        "--flush-interval",
-        "200ms",
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ]);
+    let collector = net.greptime_collector(&endpoint, &[], &[]);
     let pid = collector.pid();
 
     // 100 frames every 10 ms, on a schedule.
@@ -105,5 +95,4 @@ fn sixty_second_outage_at_ten_thousand_rows_per_second_loses_nothing() {
     );
     assert!(max_rss < 200 * 1024, "collector RSS reached {max_rss} KiB");
     eprintln!("sent {sent}, spooled {}, peak RSS {max_rss} KiB", s.spooled);
-    let _ = std::fs::remove_dir_all(spool);
 }

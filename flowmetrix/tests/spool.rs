@@ -12,25 +12,8 @@ use std::{
 use common::{Collector, NetPair, Summary, endpoint::Endpoint, frames::udp_frame};
 use tonic::Code;
 
-fn collector(net: &NetPair, endpoint: &Endpoint, spool: &Path, extra: &[&str]) -> Collector {
-    let addr = endpoint.addr.to_string();
-    let spool = spool.to_str().unwrap();
-    let mut args = vec![
-        "--greptime-endpoint",
-        &addr,
-        "--flush-interval",
-        "100ms",
-        "--spool-dir",
-        spool,
-    ];
-    args.extend_from_slice(extra);
-    net.collector(&args)
-}
-
-fn spool_dir(net: &NetPair) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fmx-spool-{}", net.ns_a));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn collector(net: &NetPair, endpoint: &Endpoint, extra: &[&str]) -> Collector {
+    net.greptime_collector(endpoint, extra, &[])
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -81,9 +64,9 @@ fn port(i: u32) -> u32 {
 fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
     let net = NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let spool = spool_dir(&net);
+    let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
-    let first = collector(&net, &endpoint, &spool, &[]);
+    let first = collector(&net, &endpoint, &[]);
     send(&net, 0..5_000);
     std::thread::sleep(Duration::from_millis(300));
     let done = first.interrupt();
@@ -101,7 +84,7 @@ fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
     assert!(!files(&spool, "spool").is_empty());
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &spool, &[]);
+    let second = collector(&net, &endpoint, &[]);
     wait_for(&endpoint, 5_000, Duration::from_secs(20));
     let done = second.interrupt();
     let s2 = done.summary();
@@ -111,37 +94,35 @@ fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
         files(&spool, "spool").is_empty(),
         "acknowledged segments are deleted"
     );
-    std::fs::remove_dir_all(spool).unwrap();
 }
 
 #[test]
 fn kill_9_while_greptimedb_is_down_then_a_restart_delivers_the_spool() {
     let net = NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let spool = spool_dir(&net);
+    let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
-    let first = collector(&net, &endpoint, &spool, &[]);
+    let first = collector(&net, &endpoint, &[]);
     send(&net, 0..3_000);
     std::thread::sleep(Duration::from_millis(1_000));
     let _ = first.stop_with(libc::SIGKILL);
     assert!(!files(&spool, "spool").is_empty());
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &spool, &[]);
+    let second = collector(&net, &endpoint, &[]);
     wait_for(&endpoint, 3_000, Duration::from_secs(20));
     let done = second.interrupt();
     assert_eq!(done.summary().replayed, 3_000, "{}", done.stderr);
     assert_exactly_once(&endpoint, (0..3_000).map(port));
-    std::fs::remove_dir_all(spool).unwrap();
 }
 
 #[test]
 fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
     let net = NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let spool = spool_dir(&net);
+    let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
-    let first = collector(&net, &endpoint, &spool, &["--batch-size", "100"]);
+    let first = collector(&net, &endpoint, &["--batch-size", "100"]);
     for chunk in 0..20 {
         send(&net, chunk * 100..(chunk + 1) * 100);
         std::thread::sleep(Duration::from_millis(150)); // one record per flush
@@ -160,7 +141,7 @@ fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
         .unwrap();
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &spool, &[]);
+    let second = collector(&net, &endpoint, &[]);
     // At most the torn record (100 rows) is lost; the rest arrives.
     wait_for(&endpoint, 1_900, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
@@ -178,20 +159,18 @@ fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
         "the damaged segment is quarantined"
     );
     assert!(done.stderr.contains("damaged"), "{}", done.stderr);
-    std::fs::remove_dir_all(spool).unwrap();
 }
 
 #[test]
 fn a_spool_smaller_than_the_outage_drops_the_oldest_and_counts_them() {
     let net = NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let spool = spool_dir(&net);
+    let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
     let limit: u64 = 256 << 10;
     let first = collector(
         &net,
         &endpoint,
-        &spool,
         &["--spool-max-bytes", "256K", "--batch-size", "200"],
     );
     let sender = net.sender();
@@ -215,7 +194,7 @@ fn a_spool_smaller_than_the_outage_drops_the_oldest_and_counts_them() {
     assert_eq!(s1.spooled, s1.sampled, "{s1:?}");
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &spool, &["--spool-max-bytes", "256K"]);
+    let second = collector(&net, &endpoint, &["--spool-max-bytes", "256K"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !files(&spool, "spool").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -224,5 +203,4 @@ fn a_spool_smaller_than_the_outage_drops_the_oldest_and_counts_them() {
     // Every spooled row either arrived or was counted as dropped for space, exactly.
     assert_eq!(s2.replayed + s1.spool_lost, s1.spooled, "{s1:?} {s2:?}");
     assert_eq!(endpoint.row_keys("packet_data").len() as u64, s2.replayed);
-    std::fs::remove_dir_all(spool).unwrap();
 }

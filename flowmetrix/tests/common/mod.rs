@@ -141,49 +141,69 @@ impl NetPair {
     /// Runs the collector in `ns_a` on `if_a` with these extra arguments, and waits until
     /// it says XDP is attached.
     pub fn collector(&self, args: &[&str]) -> Collector {
-        self.collector_with_env(args, &[])
+        self.spawn(args, &[], "XDP attached")
     }
 
     /// Like [`collector`](Self::collector), waiting for a log line containing `ready`.
     pub fn collector_until(&self, args: &[&str], ready: &str) -> Collector {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.ns_a,
-            env!("CARGO_BIN_EXE_flowmetrix"),
-            "-i",
-            &self.if_a,
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        Collector::start_until(cmd, ready)
+        self.spawn(args, &[], ready)
     }
 
     /// Like [`collector`](Self::collector), with extra environment variables.
     pub fn collector_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Collector {
+        self.spawn(args, env, "XDP attached")
+    }
+
+    fn spawn(&self, args: &[&str], env: &[(&str, &str)], ready: &str) -> Collector {
         let mut cmd = Command::new("ip");
-        cmd.envs(env.iter().copied());
-        cmd.args([
-            "netns",
-            "exec",
-            &self.ns_a,
-            env!("CARGO_BIN_EXE_flowmetrix"),
-            "-i",
-            &self.if_a,
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        Collector::start(cmd)
+        cmd.envs(env.iter().copied())
+            .args([
+                "netns",
+                "exec",
+                &self.ns_a,
+                env!("CARGO_BIN_EXE_flowmetrix"),
+                "-i",
+                &self.if_a,
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Collector::start_until(cmd, ready)
+    }
+
+    /// The collector writing to a GreptimeDB test endpoint, with a spool directory of this
+    /// pair's own and a short flush interval.
+    pub fn greptime_collector(
+        &self,
+        endpoint: &endpoint::Endpoint,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collector {
+        let addr = endpoint.addr.to_string();
+        let spool = self.spool_dir();
+        let spool = spool.to_str().unwrap();
+        let mut args = vec![
+            "--greptime-endpoint",
+            &addr,
+            "--flush-interval",
+            "100ms",
+            "--spool-dir",
+            spool,
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args, env, "XDP attached")
+    }
+
+    /// A spool directory of this pair's own.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("fmx-spool-{}", self.ns_a))
     }
 }
 
 impl Drop for NetPair {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.spool_dir());
         // Deleting a namespace destroys the veth end in it (and so its peer).
         for ns in [&self.ns_a, &self.ns_b] {
             let _ = sh(&["ip", "netns", "del", ns]);
@@ -346,10 +366,6 @@ impl Finished {
 }
 
 impl Collector {
-    fn start(cmd: Command) -> Self {
-        Self::start_until(cmd, "XDP attached")
-    }
-
     fn start_until(mut cmd: Command, ready: &str) -> Self {
         let mut child = cmd.spawn().expect("spawn collector");
         let stderr = child.stderr.take().expect("stderr");
