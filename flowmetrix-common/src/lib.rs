@@ -32,6 +32,8 @@ pub const SAMPLE_RATE_GLOBAL: &str = "SAMPLE_RATE";
 pub const SNAPLEN_GLOBAL: &str = "SNAPLEN";
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "flowmetrix";
+/// Name of the do-nothing XDP program benchmarks compare against.
+pub const BASELINE_PROGRAM_NAME: &str = "flowmetrix_baseline";
 
 /// Metadata the kernel writes in front of the captured bytes.
 #[repr(C)]

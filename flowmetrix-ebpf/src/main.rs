@@ -42,6 +42,13 @@ pub fn flowmetrix(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// An XDP program that does nothing: the baseline for `cargo xtask bench`'s per-packet
+/// cost (BPF_PROG_TEST_RUN). Never attached by the collector.
+#[xdp]
+pub fn flowmetrix_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn sample(ctx: &XdpContext) {
     let Some(stats) = STATS.get_ptr_mut(0) else {

@@ -20,7 +20,7 @@ pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 use crate::{cli::XdpModeArg, metrics::KernelStats};
 
 /// The XDP object built by build.rs, embedded so the binary is self-contained.
-static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
+pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

@@ -40,7 +40,8 @@ enum Verb {
     /// Setup, build, and gather what a package needs in dist/: the binary, the man page,
     /// shell completions, the systemd unit, an example config, the Grafana dashboard.
     Dist,
-    /// Setup, then the userspace benchmarks (criterion); see BENCHMARKS.md.
+    /// Setup, then the kernel per-packet cost and the userspace benchmarks; see
+    /// BENCHMARKS.md.
     Bench {
         /// Extra arguments for the benchmark binary (e.g. a name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -99,6 +100,8 @@ fn xtask(args: Args) -> anyhow::Result<()> {
         }
         Verb::Bench { args } => {
             setup(&root)?;
+            // Kernel cost per packet (BPF_PROG_TEST_RUN; root), then userspace (criterion).
+            cargo(&["bench", "--package", "flowmetrix", "--bench", "kernel"])?;
             let mut bench = vec!["bench", "--package", "flowmetrix", "--bench", "pipeline"];
             if !args.is_empty() {
                 bench.push("--");
