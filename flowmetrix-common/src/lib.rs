@@ -72,7 +72,19 @@ pub struct CpuStats {
     pub ring_full: u64,
     /// Packets still to skip before the next sample on this CPU.
     pub countdown: u64,
+    /// Samples submitted on this CPU since the last one that woke the reader.
+    pub unwoken: u64,
 }
+
+/// Every this many samples a CPU looks at how full the ring is, and wakes the reader when
+/// more than [`WAKEUP_BYTES_GLOBAL`] bytes wait; otherwise samples are submitted quietly and
+/// the reader drains on its own timer ([`DRAIN_INTERVAL_MS`]).
+pub const WAKEUP_EVERY: u64 = 64;
+/// Name of the global holding that threshold (userspace sets a quarter of the ring).
+pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
+
+/// How often the reader drains the ring without being woken, in milliseconds.
+pub const DRAIN_INTERVAL_MS: u64 = 20;
 
 /// How many packets to skip before the next sample, for 1-in-`rate` sampling.
 ///
@@ -120,11 +132,12 @@ mod tests {
 
     #[test]
     fn cpu_stats_layout_is_fixed() {
-        assert_eq!(size_of::<CpuStats>(), 32);
+        assert_eq!(size_of::<CpuStats>(), 40);
         assert_eq!(offset_of!(CpuStats, seen), 0);
         assert_eq!(offset_of!(CpuStats, sampled), 8);
         assert_eq!(offset_of!(CpuStats, ring_full), 16);
         assert_eq!(offset_of!(CpuStats, countdown), 24);
+        assert_eq!(offset_of!(CpuStats, unwoken), 32);
     }
 
     #[test]

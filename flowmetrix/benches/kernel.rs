@@ -11,6 +11,7 @@ use etherparse::PacketBuilder;
 use flowmetrix::capture::PROGRAM;
 use flowmetrix_common::{
     BASELINE_PROGRAM_NAME, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL,
+    WAKEUP_BYTES_GLOBAL,
 };
 
 const REPEAT: u32 = 1_000_000;
@@ -34,6 +35,8 @@ fn ns_per_packet(program: &str, sample_rate: u32, packet: &[u8]) -> f64 {
             let mut ebpf = EbpfLoader::new()
                 .override_global(SAMPLE_RATE_GLOBAL, &sample_rate, true)
                 .override_global(SNAPLEN_GLOBAL, &192u32, true)
+                // Never wake: in steady state the reader keeps up and is not woken either.
+                .override_global(WAKEUP_BYTES_GLOBAL, &u32::MAX, true)
                 .map_max_entries(SAMPLES_MAP, 512 << 20)
                 .load(PROGRAM)
                 .expect("load the XDP object (run as root)");

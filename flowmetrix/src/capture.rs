@@ -11,6 +11,7 @@ use aya::{
 };
 use flowmetrix_common::{
     CpuStats, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP,
+    WAKEUP_BYTES_GLOBAL,
 };
 use tracing::{debug, info};
 
@@ -119,6 +120,7 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .override_global(SAMPLE_RATE_GLOBAL, &cfg.sample_rate, true)
             .override_global(SNAPLEN_GLOBAL, &cfg.snaplen, true)
+            .override_global(WAKEUP_BYTES_GLOBAL, &(cfg.ring_bytes / 4), true)
             .map_max_entries(SAMPLES_MAP, cfg.ring_bytes)
             .load(PROGRAM)
             .map_err(|e| CaptureError::Load {

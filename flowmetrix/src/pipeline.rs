@@ -19,6 +19,8 @@ use anyhow::Context as _;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
+use flowmetrix_common::DRAIN_INTERVAL_MS;
+
 use crate::{
     capture::{Capture, CaptureConfig},
     decode::{self, FrameMeta},
@@ -273,10 +275,14 @@ async fn live(
     let mut error = None;
     let mut sink_done = None;
     let mut tick = tokio::time::interval(TICK);
+    // The program wakes us only every few samples per CPU: drain on a timer too.
+    let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => stages.tick(capture.stats().ok()),
+            _ = drain.tick() => stages.batcher.drain(&mut ring),
             res = &mut stages.sink => {
                 sink_done = Some(res);
                 break;

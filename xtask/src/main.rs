@@ -100,8 +100,10 @@ fn xtask(args: Args) -> anyhow::Result<()> {
         }
         Verb::Bench { args } => {
             setup(&root)?;
-            // Kernel cost per packet (BPF_PROG_TEST_RUN; root), then userspace (criterion).
+            // Kernel cost per packet (BPF_PROG_TEST_RUN; root), capture rate on veth against
+            // tcpdump (root), then userspace (criterion).
             cargo(&["bench", "--package", "flowmetrix", "--bench", "kernel"])?;
+            cargo(&["bench", "--package", "flowmetrix", "--bench", "capture_rate"])?;
             let mut bench = vec!["bench", "--package", "flowmetrix", "--bench", "pipeline"];
             if !args.is_empty() {
                 bench.push("--");
