@@ -51,6 +51,15 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Sends the frames and lets the tool catch up: the achieved rate and the tool's CPU
+/// seconds meanwhile.
+fn measure(pid: u32, sender: &FrameSender, frame: &[u8], count: u64, rate: u64) -> (f64, f64) {
+    let cpu0 = cpu_seconds(pid);
+    let achieved = send(sender, frame, count, rate);
+    std::thread::sleep(Duration::from_millis(500));
+    (achieved, cpu_seconds(pid) - cpu0)
+}
+
 struct Outcome {
     recorded: u64,
     cpu: f64,
@@ -72,11 +81,7 @@ fn run_flowmetrix(
         "--ring-bytes",
         "64M",
     ]);
-    let pid = collector.pid() as u32;
-    let cpu0 = cpu_seconds(pid);
-    let achieved = send(sender, frame, count, rate);
-    std::thread::sleep(Duration::from_millis(500));
-    let cpu = cpu_seconds(pid) - cpu0;
+    let (achieved, cpu) = measure(collector.pid() as u32, sender, frame, count, rate);
     let s = collector.interrupt().summary();
     Outcome {
         recorded: s.written,
@@ -120,10 +125,7 @@ fn run_tcpdump(
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     let pid = child.id();
-    let cpu0 = cpu_seconds(pid);
-    let achieved = send(sender, frame, count, rate);
-    std::thread::sleep(Duration::from_millis(500));
-    let cpu = cpu_seconds(pid) - cpu0;
+    let (achieved, cpu) = measure(pid, sender, frame, count, rate);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let mut rest = String::new();

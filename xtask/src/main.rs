@@ -103,7 +103,13 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             // Kernel cost per packet (BPF_PROG_TEST_RUN; root), capture rate on veth against
             // tcpdump (root), then userspace (criterion).
             cargo(&["bench", "--package", "flowmetrix", "--bench", "kernel"])?;
-            cargo(&["bench", "--package", "flowmetrix", "--bench", "capture_rate"])?;
+            cargo(&[
+                "bench",
+                "--package",
+                "flowmetrix",
+                "--bench",
+                "capture_rate",
+            ])?;
             let mut bench = vec!["bench", "--package", "flowmetrix", "--bench", "pipeline"];
             if !args.is_empty() {
                 bench.push("--");
