@@ -305,6 +305,57 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     u32::try_from(bytes).map_err(|_| format!("{s} is too large"))
 }
 
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let bad = || format!("'{s}' is not host:port (e.g. 127.0.0.1:4001)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| format!("'{s}' is not a name (letters, digits, _ and -)"))
+}
+
+/// `250ms`, `1s`, `2m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 500ms, 1s or 2m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("'{s}' must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// A GreptimeDB TTL: a number and a unit (`30m`, `12h`, `7d`, `4w`), or `forever`.
+fn parse_ttl(s: &str) -> Result<String, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let ok = s == "forever"
+        || (!digits.is_empty()
+            && digits.parse::<u64>().is_ok_and(|n| n > 0)
+            && ["s", "m", "h", "d", "w", "y"].contains(&unit));
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| format!("'{s}' is not a TTL such as 12h, 7d, 4w or forever"))
+}
+
 /// Rewrites Go-style single-dash long flags (`-offset`, `-no-log`, `-sample-rate=10`, …) to
 /// their `--` form. Only names of long flags defined on [`Cli`] are touched, so short-flag
 /// clusters such as `-id` are left alone; nothing after `--` is touched.
