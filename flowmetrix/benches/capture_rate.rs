@@ -124,6 +124,9 @@ fn run_tcpdump(
         assert!(n > 0, "tcpdump: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    // tcpdump says "listening on" before libpcap sets its (empty) filter, and setting a
+    // filter flushes what the socket already holds: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
     let pid = child.id();
     let (achieved, cpu) = measure(pid, sender, frame, count, rate);
     // SAFETY: signalling our own child.
