@@ -542,6 +542,16 @@ mod tests {
         assert_eq!(decode(&f, meta(f.len())).unwrap().vlan_id, None);
     }
 
+    /// fd…fd → fe…fe, hop limit 64.
+    fn v6_header() -> Ipv6Header {
+        Ipv6Header {
+            source: [0xfd; 16],
+            destination: [0xfe; 16],
+            hop_limit: 64,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn ipv6_extension_headers_are_skipped_to_the_transport() {
         let exts = Ipv6Extensions {
@@ -552,15 +562,9 @@ mod tests {
             auth: Some(IpAuthHeader::new(IpNumber(0), 7, 1, &[0; 12]).unwrap()),
             ..Default::default()
         };
-        let header = Ipv6Header {
-            source: [0xfd; 16],
-            destination: [0xfe; 16],
-            hop_limit: 64,
-            ..Default::default()
-        };
         let mut f = Vec::new();
         PacketBuilder::ethernet2(SRC, DST)
-            .ip(IpHeaders::Ipv6(header, exts))
+            .ip(IpHeaders::Ipv6(v6_header(), exts))
             .tcp(5432, 40_000, 1, 100)
             .syn()
             .write(&mut f, b"")
@@ -587,15 +591,9 @@ mod tests {
             )),
             ..Default::default()
         };
-        let header = Ipv6Header {
-            source: [0xfd; 16],
-            destination: [0xfe; 16],
-            hop_limit: 64,
-            ..Default::default()
-        };
         let mut f = Vec::new();
         PacketBuilder::ethernet2(SRC, DST)
-            .ip(IpHeaders::Ipv6(header, exts))
+            .ip(IpHeaders::Ipv6(v6_header(), exts))
             .udp(4000, 53)
             .write(&mut f, &[0; 40])
             .unwrap();

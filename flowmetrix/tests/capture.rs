@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::{
     NetPair,
-    frames::{Case, assert_each_case_once, cases, udp_frame, without_ts},
+    frames::{Case, assert_each_case_once, cases, send_cases, udp_frame, without_ts},
 };
 
 #[test]
@@ -16,13 +16,7 @@ fn every_sent_frame_comes_out_once_with_every_column_right() {
     let collector = net.collector(&["--sample-rate", "1", "--output", "jsonl"]);
     let sender = net.sender();
     let cases = cases();
-    let before = SystemTime::now();
-    for case in &cases {
-        sender.send(&case.frame);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let after = SystemTime::now();
-    std::thread::sleep(Duration::from_millis(200));
+    let window = send_cases(&sender, &cases);
     let done = collector.interrupt();
     assert!(
         done.status.success(),
@@ -32,7 +26,7 @@ fn every_sent_frame_comes_out_once_with_every_column_right() {
     );
 
     let rows = done.rows();
-    assert_each_case_once(&rows, &cases, (before, after));
+    assert_each_case_once(&rows, &cases, window);
     // The link is quiet but for the test's frames: nothing else came out.
     assert_eq!(rows.len(), cases.len(), "unexpected rows:\n{}", done.stdout);
 

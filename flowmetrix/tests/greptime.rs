@@ -11,7 +11,7 @@ use std::{
 use common::{
     Collector, Finished, NetPair, Summary,
     endpoint::{Endpoint, Forwarder, TestPki},
-    frames::{assert_each_case_once, cases, udp_frame, without_ts},
+    frames::{assert_each_case_once, cases, send_cases, udp_frame, without_ts},
     live::{Live, base64},
 };
 use greptime_proto::v1::{ColumnDataType, SemanticType};
@@ -94,19 +94,13 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
     );
     let sender = net.sender();
     let cases = cases();
-    let before = SystemTime::now();
-    for case in &cases {
-        sender.send(&case.frame);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let after = SystemTime::now();
-    std::thread::sleep(Duration::from_millis(300));
+    let window = send_cases(&sender, &cases);
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
     assert_eq!(done.stdout, "", "rows go to GreptimeDB, not stdout");
 
     let rows = endpoint.rows("fm_packets");
-    assert_each_case_once(&rows, &cases, (before, after));
+    assert_each_case_once(&rows, &cases, window);
     assert_eq!(rows.len(), cases.len());
 
     use ColumnDataType as T;
@@ -387,11 +381,7 @@ fn live_greptimedb_stores_every_row() {
     let collector = net.collector(&["--greptime-endpoint", &addr, "--table", &table]);
     let sender = net.sender();
     let cases = cases();
-    for case in &cases {
-        sender.send(&case.frame);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    send_cases(&sender, &cases);
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
     assert_eq!(

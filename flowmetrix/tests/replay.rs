@@ -11,7 +11,7 @@ use std::{
 
 use common::{
     NetPair,
-    frames::{cases, without_ts},
+    frames::{cases, send_cases, without_ts},
 };
 use serde_json::Value;
 
@@ -65,11 +65,7 @@ fn replaying_tcpdumps_capture_gives_the_live_rows() {
     let collector = net.collector(&["--output", "jsonl"]);
     let sender = net.sender();
     let cases = cases();
-    for case in &cases {
-        sender.send(&case.frame);
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    send_cases(&sender, &cases);
     let live = collector.interrupt();
     assert!(live.status.success(), "{}", live.stderr);
     // SAFETY: signalling our own child.

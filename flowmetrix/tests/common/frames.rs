@@ -514,3 +514,16 @@ pub fn assert_each_case_once(rows: &[Value], cases: &[Case], window: (SystemTime
         );
     }
 }
+
+/// Sends each case's frame (2 ms apart) and gives the collector a moment to take them;
+/// returns the time window the sends happened in.
+pub fn send_cases(sender: &super::FrameSender, cases: &[Case]) -> (SystemTime, SystemTime) {
+    let before = SystemTime::now();
+    for case in cases {
+        sender.send(&case.frame);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let after = SystemTime::now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    (before, after)
+}
