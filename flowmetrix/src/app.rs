@@ -48,27 +48,54 @@ const TABLE: &[(u16, &str)] = &[
 /// Name used when no port matches.
 pub const UNKNOWN: &str = "UNKNOWN";
 
-/// Entries from the config file's `[applications]`, set once at start-up.
-static OVERRIDES: OnceLock<HashMap<u16, &'static str>> = OnceLock::new();
+/// Every port's application, as an index into `names` (0: none), built once: a lookup is
+/// one load from a 256 KiB array instead of a search (two per packet, at line rate).
+struct PortTable {
+    index: Box<[u32]>,
+    names: Vec<&'static str>,
+}
 
-/// Adds or overrides entries (config file `[applications]`). Only the first call counts.
+impl PortTable {
+    fn new(overrides: impl IntoIterator<Item = (u16, &'static str)>) -> Self {
+        let mut t = Self {
+            index: vec![0; 1 << 16].into_boxed_slice(),
+            names: Vec::new(),
+        };
+        let mut seen: HashMap<&'static str, u32> = HashMap::new();
+        for (port, name) in TABLE.iter().copied().chain(overrides) {
+            let next = t.names.len();
+            let i = *seen.entry(name).or_insert_with(|| {
+                t.names.push(name);
+                // Fewer names than ports plus the table: always fits.
+                u32::try_from(next + 1).unwrap_or(u32::MAX)
+            });
+            t.index[usize::from(port)] = i;
+        }
+        t
+    }
+
+    fn lookup(&self, port: u16) -> Option<&'static str> {
+        let i = self.index[usize::from(port)];
+        (i != 0).then(|| self.names[i as usize - 1])
+    }
+}
+
+/// The built-in table plus the config file's `[applications]`, fixed at first use.
+static PORTS: OnceLock<PortTable> = OnceLock::new();
+
+/// Adds or overrides entries (config file `[applications]`). Call it before the first
+/// packet is decoded; only the first call counts.
 pub fn set_overrides(entries: impl IntoIterator<Item = (u16, String)>) {
     // Leaked once at start-up: rows carry `&'static str` names.
-    let map = entries
+    let entries: Vec<(u16, &'static str)> = entries
         .into_iter()
         .map(|(p, n)| (p, &*Box::leak(n.into_boxed_str())))
         .collect();
-    let _ = OVERRIDES.set(map);
+    let _ = PORTS.set(PortTable::new(entries));
 }
 
 fn lookup(port: u16) -> Option<&'static str> {
-    if let Some(name) = OVERRIDES.get().and_then(|m| m.get(&port)) {
-        return Some(name);
-    }
-    TABLE
-        .binary_search_by_key(&port, |&(p, _)| p)
-        .ok()
-        .map(|i| TABLE[i].1)
+    PORTS.get_or_init(|| PortTable::new([])).lookup(port)
 }
 
 /// The application for a packet with these ports: destination port first, then source.
@@ -114,6 +141,17 @@ mod tests {
         for (port, name) in original {
             assert_eq!(application(None, Some(port)), name, "port {port}");
         }
+    }
+
+    #[test]
+    fn overrides_replace_and_add_names() {
+        let t = PortTable::new([(80, "WEB"), (9999, "CUSTOM"), (22, "SSH")]);
+        assert_eq!(t.lookup(80), Some("WEB"));
+        assert_eq!(t.lookup(9999), Some("CUSTOM"));
+        assert_eq!(t.lookup(22), Some("SSH"));
+        assert_eq!(t.lookup(443), Some("HTTPS"));
+        assert_eq!(t.lookup(0), None);
+        assert_eq!(t.lookup(u16::MAX), None);
     }
 
     #[test]

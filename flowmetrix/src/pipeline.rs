@@ -433,23 +433,22 @@ impl Batcher {
     }
 
     fn decode_at(&mut self, offset: Offset, frame: &[u8], wire_len: u32, ts: UnixNanos) {
-        let row = offset
-            .apply(frame, wire_len)
-            .map_err(anyhow::Error::from)
-            .and_then(|(frame, wire_len)| {
-                let meta = FrameMeta {
-                    ts,
-                    wire_len,
-                    sample_rate: self.sample_rate,
-                };
-                Ok(decode::decode(frame, meta)?)
-            });
-        match row {
+        // No combinators here: each one would move the ~200-byte row once more.
+        let (frame, wire_len) = match offset.apply(frame, wire_len) {
+            Ok(f) => f,
+            Err(e) => return self.not_decoded(e.into()),
+        };
+        let meta = FrameMeta {
+            ts,
+            wire_len,
+            sample_rate: self.sample_rate,
+        };
+        match decode::decode(frame, meta) {
             Ok(row) => {
                 Counters::add(&self.counters.decoded, 1);
                 self.batch.push(row);
             }
-            Err(e) => self.not_decoded(e),
+            Err(e) => self.not_decoded(e.into()),
         }
     }
 
