@@ -43,7 +43,7 @@ pub struct SampleHeader {
     pub ts_boot_ns: u64,
     /// The frame's full length on the wire (all XDP fragments), never truncated.
     pub wire_len: u32,
-    /// How many bytes of `Sample::data` are valid (0..=MAX_SNAPLEN).
+    /// How many bytes of `Sample::data` are valid (0..=the record's slot size).
     pub cap_len: u32,
     /// Interface index the frame arrived on.
     pub ifindex: u32,
@@ -51,13 +51,18 @@ pub struct SampleHeader {
     pub rx_queue: u32,
 }
 
-/// One ring-buffer record: a header and the first `cap_len` bytes of the frame.
+/// One ring-buffer record: a header and the first `cap_len` bytes of the frame, in a slot
+/// of `N` bytes. The XDP program picks the smallest of [`SLOT_SIZES`] that holds what it
+/// copies, so a flood of minimum-size frames takes a third of the ring a full slot would.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct Sample {
+pub struct Sample<const N: usize = MAX_SNAPLEN> {
     pub header: SampleHeader,
-    pub data: [u8; MAX_SNAPLEN],
+    pub data: [u8; N],
 }
+
+/// The data slot sizes a record can have, smallest first; the last is MAX_SNAPLEN.
+pub const SLOT_SIZES: [usize; 3] = [64, 128, MAX_SNAPLEN];
 
 /// Per-CPU state of the XDP program: counters and the sampling countdown. Counters only
 /// grow; userspace sums them over CPUs.
@@ -126,8 +131,16 @@ mod tests {
     fn sample_layout_is_fixed_and_ring_aligned() {
         assert_eq!(offset_of!(Sample, data), 24);
         assert_eq!(size_of::<Sample>(), 24 + MAX_SNAPLEN);
-        // bpf_ringbuf_reserve hands out 8-byte aligned records.
+        assert_eq!(size_of::<Sample<64>>(), 24 + 64);
+        assert_eq!(size_of::<Sample<128>>(), 24 + 128);
+        // bpf_ringbuf_reserve hands out 8-byte aligned records, and the XDP program masks
+        // lengths with a slot size - 1.
         assert_eq!(8 % align_of::<Sample>(), 0);
+        for n in SLOT_SIZES {
+            assert!(n.is_power_of_two() && n % 8 == 0);
+        }
+        assert!(SLOT_SIZES.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(SLOT_SIZES[SLOT_SIZES.len() - 1], MAX_SNAPLEN);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! FlowMetrix XDP sampler.
 //!
 //! For one packet in `SAMPLE_RATE` (per CPU, with a randomised skip so periodic traffic does
-//! not alias with the sampler), reserve a [`Sample`] in the `SAMPLES` ring buffer holding the
-//! kernel timestamp, the frame's full wire length and its first `SNAPLEN` bytes. Every run
-//! updates per-CPU counters. The program never drops traffic: it always returns XDP_PASS.
+//! not alias with the sampler), reserve a [`Sample`] in the `SAMPLES` ring buffer (with the
+//! smallest slot that fits) holding the kernel timestamp, the frame's full wire length and
+//! its first `SNAPLEN` bytes. Every run updates per-CPU counters. The program never drops traffic: it always returns XDP_PASS.
 #![no_std]
 #![no_main]
 
@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::error;
-use flowmetrix_common::{CpuStats, MAX_SNAPLEN, Sample, WAKEUP_EVERY, next_skip};
+use flowmetrix_common::{CpuStats, MAX_SNAPLEN, SLOT_SIZES, Sample, WAKEUP_EVERY, next_skip};
 
 /// 1 in SAMPLE_RATE packets is sampled. Set by userspace at load time.
 #[unsafe(no_mangle)]
@@ -76,20 +76,58 @@ fn sample(ctx: &XdpContext) {
     stats.countdown = next_skip(rate, random);
     stats.sampled += 1;
 
-    let Some(mut entry) = SAMPLES.reserve::<Sample>(0) else {
-        stats.ring_full += 1;
-        return;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `ctx.ctx` is the program's own xdp_md.
+    // SAFETY: `ctx.ctx` is the program's own xdp_md; reading a global set before load.
     let wire_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as u32;
     let snaplen = unsafe { read_volatile(&SNAPLEN) };
     let want = min(min(wire_len, snaplen), MAX_SNAPLEN as u32);
+    // The reader drains on a timer; wake it early only when the ring is filling up,
+    // looked at every WAKEUP_EVERY samples per CPU. (A wakeup per sample costs the reader
+    // far more than the sample costs here.)
+    stats.unwoken += 1;
+    let mut flags = BPF_RB_NO_WAKEUP;
+    if stats.unwoken >= WAKEUP_EVERY {
+        stats.unwoken = 0;
+        // SAFETY: reading a global set before load.
+        let wake_at = unsafe { read_volatile(&WAKEUP_BYTES) };
+        if SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wake_at) {
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+    }
+    // The smallest slot that holds `want` bytes (SLOT_SIZES): small frames, the ones that
+    // come at the highest rates, take the least ring.
+    let done = if want <= SLOT_SIZES[0] as u32 {
+        record::<{ SLOT_SIZES[0] }>(ctx, want, wire_len, ts, flags)
+    } else if want <= SLOT_SIZES[1] as u32 {
+        record::<{ SLOT_SIZES[1] }>(ctx, want, wire_len, ts, flags)
+    } else {
+        record::<MAX_SNAPLEN>(ctx, want, wire_len, ts, flags)
+    };
+    if done.is_none() {
+        stats.ring_full += 1;
+    }
+}
+
+/// Reserves a record with an `N`-byte slot, copies `want` (1..=N) bytes of the frame into
+/// it and submits it with `flags`. None when the ring is full.
+#[inline(always)]
+fn record<const N: usize>(
+    ctx: &XdpContext,
+    want: u32,
+    wire_len: u32,
+    ts: u64,
+    flags: u32,
+) -> Option<()> {
+    let mut entry = SAMPLES.reserve::<Sample<N>>(0)?;
+    let record = entry.as_mut_ptr();
     let mut cap_len = 0;
     if want > 0 {
-        // Give the verifier a provable range 1..=MAX_SNAPLEN; equal to `want` here.
-        let len = ((want - 1) & (MAX_SNAPLEN as u32 - 1)) + 1;
-        // SAFETY: `record` points at a reserved Sample whose data holds MAX_SNAPLEN bytes.
+        // Give the verifier a provable range 1..=N; equal to `want` here (want <= N). The
+        // volatile read keeps LLVM from dropping the mask as a no-op (it knows want <= N
+        // from the caller's branch; the verifier, after a spill, may not).
+        // SAFETY: reading a local.
+        let w = unsafe { read_volatile(&want) };
+        let len = (w.wrapping_sub(1) & (N as u32 - 1)) + 1;
+        // SAFETY: `record` points at a reserved Sample<N> whose data holds N bytes.
         let ret = unsafe {
             bpf_xdp_load_bytes(
                 ctx.ctx,
@@ -113,20 +151,8 @@ fn sample(ctx: &XdpContext) {
         (*record).header.ifindex = ctx.ingress_ifindex() as u32;
         (*record).header.rx_queue = ctx.rx_queue_index();
     }
-    // The reader drains on a timer; wake it early only when the ring is filling up,
-    // looked at every WAKEUP_EVERY samples per CPU. (A wakeup per sample costs the reader
-    // far more than the sample costs here.)
-    stats.unwoken += 1;
-    let mut flags = BPF_RB_NO_WAKEUP;
-    if stats.unwoken >= WAKEUP_EVERY {
-        stats.unwoken = 0;
-        // SAFETY: reading a global set before load.
-        let wake_at = unsafe { read_volatile(&WAKEUP_BYTES) };
-        if SAMPLES.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wake_at) {
-            flags = BPF_RB_FORCE_WAKEUP;
-        }
-    }
     entry.submit(u64::from(flags));
+    Some(())
 }
 
 #[cfg(not(test))]

@@ -4,20 +4,20 @@
 use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
-use flowmetrix_common::{MAX_SNAPLEN, Sample, SampleHeader};
+use flowmetrix_common::{SLOT_SIZES, SampleHeader};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::record::UnixNanos;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("ring record of {0} bytes is not a sample of {SAMPLE_SIZE} bytes")]
+    #[error("ring record of {0} bytes is not a sample (one of {SLOT_SIZES:?} bytes of data)")]
     BadSize(usize),
-    #[error("ring record claims {0} captured bytes (at most {MAX_SNAPLEN})")]
-    BadCapLen(u32),
+    #[error("ring record claims {0} captured bytes, more than its {1}-byte slot")]
+    BadCapLen(u32, usize),
 }
 
-const SAMPLE_SIZE: usize = size_of::<Sample>();
+const HEADER_SIZE: usize = size_of::<SampleHeader>();
 
 /// One record from the ring, borrowed.
 #[derive(Debug)]
@@ -28,21 +28,18 @@ pub struct RawSample<'a> {
 
 /// Validates a ring record and splits it into header and captured bytes.
 pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
-    if bytes.len() != SAMPLE_SIZE {
+    let slot = bytes.len().wrapping_sub(HEADER_SIZE);
+    if bytes.len() < HEADER_SIZE || !SLOT_SIZES.contains(&slot) {
         return Err(RecordError::BadSize(bytes.len()));
     }
-    let (head, data) = bytes.split_at(size_of::<SampleHeader>());
+    let (head, data) = bytes.split_at(HEADER_SIZE);
     // SAFETY: `head` has exactly size_of::<SampleHeader>() bytes; SampleHeader is plain
     // #[repr(C)] integers, valid for any bit pattern; read_unaligned needs no alignment.
     let header = unsafe { head.as_ptr().cast::<SampleHeader>().read_unaligned() };
-    let cap = header.cap_len as usize;
-    if cap > MAX_SNAPLEN {
-        return Err(RecordError::BadCapLen(header.cap_len));
-    }
-    Ok(RawSample {
-        header,
-        frame: &data[..cap],
-    })
+    let frame = data
+        .get(..header.cap_len as usize)
+        .ok_or(RecordError::BadCapLen(header.cap_len, slot))?;
+    Ok(RawSample { header, frame })
 }
 
 /// Converts kernel CLOCK_BOOTTIME stamps (bpf_ktime_get_boot_ns) to wall-clock time.
@@ -134,6 +131,10 @@ mod tests {
     use super::*;
 
     fn record(cap_len: u32, fill: u8) -> Vec<u8> {
+        record_in(flowmetrix_common::MAX_SNAPLEN, cap_len, fill)
+    }
+
+    fn record_in(slot: usize, cap_len: u32, fill: u8) -> Vec<u8> {
         let header = SampleHeader {
             ts_boot_ns: 5,
             wire_len: 1500,
@@ -141,11 +142,11 @@ mod tests {
             ifindex: 3,
             rx_queue: 1,
         };
-        let mut v = Vec::with_capacity(SAMPLE_SIZE);
+        let mut v = Vec::new();
         // SAFETY: SampleHeader is plain integers without padding.
         let head: [u8; size_of::<SampleHeader>()] = unsafe { std::mem::transmute(header) };
         v.extend_from_slice(&head);
-        v.resize(SAMPLE_SIZE, fill);
+        v.resize(HEADER_SIZE + slot, fill);
         v
     }
 
@@ -165,11 +166,28 @@ mod tests {
             parse_record(&[0; 10]).unwrap_err(),
             RecordError::BadSize(10)
         );
-        let r = record(MAX_SNAPLEN as u32 + 1, 0);
+        let r = record(257, 0);
         assert_eq!(
             parse_record(&r).unwrap_err(),
-            RecordError::BadCapLen(MAX_SNAPLEN as u32 + 1)
+            RecordError::BadCapLen(257, 256)
         );
+        let r = record_in(64, 65, 0);
+        assert_eq!(
+            parse_record(&r).unwrap_err(),
+            RecordError::BadCapLen(65, 64)
+        );
+        let r = record_in(100, 60, 0);
+        assert_eq!(parse_record(&r).unwrap_err(), RecordError::BadSize(124));
+    }
+
+    #[test]
+    fn parses_every_slot_size() {
+        for slot in SLOT_SIZES {
+            let r = record_in(slot, slot as u32, 0xcd);
+            assert_eq!(parse_record(&r).unwrap().frame, &vec![0xcd; slot][..]);
+            let r = record_in(slot, 0, 0xcd);
+            assert!(parse_record(&r).unwrap().frame.is_empty());
+        }
     }
 
     #[test]
