@@ -1,122 +1,429 @@
-//! Lossless 1:1 capture rate on veth, FlowMetrix against tcpdump, side by side in one run.
+//! Lossless 1:1 capture on veth: FlowMetrix against tcpdump, side by side in one run.
 //!
-//! For each rate, a fixed count of frames (2 s worth) goes from one namespace to the other;
-//! FlowMetrix (`--sample-rate 1 --output none`) and then `tcpdump -w /dev/null` listen on
-//! the receiving end in turn. A rate is lossless for a tool when it recorded every frame.
-//! CPU is the tool's own user+system time (the XDP program's run time is the kernel's, in
-//! softirq, and is not in it: see the kernel table). Needs root. `cargo xtask bench`.
+//! A sender of our own (one AF_PACKET socket per thread, `sendmmsg` batches, qdisc bypass,
+//! each thread pinned to its own CPU) sends a fixed count of 60-byte UDP frames from one
+//! namespace to the other, paced per rate step, then as fast as one thread and as fast as
+//! two threads can. At each step, in turn on the receiving veth: nothing (the host's own
+//! cost), an empty XDP program (what attaching any XDP program costs on veth), FlowMetrix
+//! (`--sample-rate 1`, `--output none` and to the GreptimeDB test endpoint), `tcpdump -w
+//! /dev/null` and `tcpdump -w FILE`. Every cell is repeated; the table shows medians.
+//!
+//! - recorded: FlowMetrix rows decoded (`--output none`), or written + spooled (endpoint);
+//!   tcpdump's "packets captured". Lossless: every frame sent, in every repetition.
+//! - CPU: the tool's own user+system time per million frames; host: the whole machine's
+//!   busy time per million frames above the run with nothing listening (so it includes
+//!   the kernel's work for the tool: the XDP program and veth's XDP path, or the AF_PACKET
+//!   copy; for the endpoint variant it also includes the test endpoint, in this process).
+//! - RSS: the tool's peak resident set (VmHWM), which for FlowMetrix includes the ring
+//!   buffer's mapping (the kernel maps its data pages twice: 16 MiB for the default 8M).
+//!
+//! Then FlowMetrix's peak RSS with the endpoint stalled, at the fastest rate. Needs root.
+//! `cargo xtask bench capture` (or `cargo bench --bench capture_rate`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
     io::Read as _,
-    process::{Command, Stdio},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{FrameSender, NetPair, frames::udp_frame};
+use aya::programs::{Xdp, XdpMode};
+use common::{MAC_A, MAC_B, NetPair, endpoint::Endpoint, in_netns};
+use etherparse::PacketBuilder;
+use flowmetrix::capture::PROGRAM;
+use flowmetrix_common::{BASELINE_PROGRAM_NAME, SAMPLES_MAP};
 
-const SECONDS: u64 = 2;
-const RATES: [u64; 7] = [25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 600_000];
+/// Repetitions of every cell (the table shows medians); `FLOWMETRIX_BENCH_REPS` overrides.
+const REPS: usize = 3;
+/// Frames per `sendmmsg` call.
+const BATCH: usize = 32;
 
-/// Sends `count` frames at `rate` per second (paced per millisecond); the achieved rate.
-fn send(sender: &FrameSender, frame: &[u8], count: u64, rate: u64) -> f64 {
-    let start = Instant::now();
-    let mut sent = 0;
-    while sent < count {
-        let due = ((start.elapsed().as_micros() as u64 * rate) / 1_000_000).min(count);
-        while sent < due {
-            sender.send(frame);
-            sent += 1;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    count as f64 / start.elapsed().as_secs_f64()
+struct Step {
+    /// Frames per second in all; `None`: as fast as the threads can.
+    rate: Option<u64>,
+    threads: usize,
+    count: u64,
 }
 
-/// user+system CPU seconds of a process so far.
+const STEPS: [Step; 6] = [
+    Step::paced(100_000),
+    Step::paced(250_000),
+    Step::paced(500_000),
+    Step::paced(750_000),
+    Step::flat(1),
+    Step::flat(2),
+];
+
+impl Step {
+    /// Two seconds' worth at `rate` from one thread.
+    const fn paced(rate: u64) -> Self {
+        Self {
+            rate: Some(rate),
+            threads: 1,
+            count: 2 * rate,
+        }
+    }
+
+    const fn flat(threads: usize) -> Self {
+        Self {
+            rate: None,
+            threads,
+            count: 2_000_000,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self.rate {
+            Some(r) => format!("{} k/s", r / 1000),
+            None => format!("max, {} thread{}", self.threads, plural(self.threads)),
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// A 60-byte UDP/IPv4 frame from `b` to `a`.
+fn frame() -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        .udp(40_000, 9999)
+        .write(&mut v, &[0u8; 18])
+        .expect("build the frame");
+    assert_eq!(v.len(), 60);
+    v
+}
+
+/// Sending sockets on `b`'s veth, one per thread.
+struct Sender {
+    sockets: Vec<OwnedFd>,
+}
+
+impl Sender {
+    fn new(net: &NetPair, threads: usize) -> Self {
+        let sockets = (0..threads)
+            .map(|_| {
+                let ifname = net.if_b.clone();
+                in_netns(&net.ns_b, move || open_socket(&ifname))
+            })
+            .collect();
+        Self { sockets }
+    }
+
+    /// Sends `count` frames from `threads` threads, at `rate` per second in all. A frame the
+    /// veth pushes back (ENOBUFS: the receiving ring is full) is sent again, so every one
+    /// counted was handed to the receiving end. Returns the achieved rate.
+    fn send(&self, frame: &[u8], step: &Step) -> f64 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (i, fd) in self.sockets[..step.threads].iter().enumerate() {
+                let share = step.count / step.threads as u64
+                    + u64::from(i == 0) * (step.count % step.threads as u64);
+                let rate = step.rate.map(|r| r as f64 / step.threads as f64);
+                s.spawn(move || {
+                    pin_to_cpu(i);
+                    blast(fd, frame, share, rate);
+                });
+            }
+        });
+        step.count as f64 / start.elapsed().as_secs_f64()
+    }
+}
+
+fn open_socket(ifname: &str) -> OwnedFd {
+    let name = std::ffi::CString::new(ifname).expect("interface name");
+    // SAFETY: plain syscalls with checked results.
+    unsafe {
+        // Protocol 0: this socket receives nothing, it only sends.
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let rc = libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        );
+        assert_eq!(rc, 0, "PACKET_QDISC_BYPASS");
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        assert!(sll.sll_ifindex > 0, "no interface {ifname}");
+        let rc = libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        fd
+    }
+}
+
+fn pin_to_cpu(i: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t is valid; this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(i % cpus, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// One thread's share: `count` frames at `rate` per second (paced every 100 µs), or as fast
+/// as the socket takes them.
+fn blast(fd: &OwnedFd, frame: &[u8], count: u64, rate: Option<f64>) {
+    let mut iov = libc::iovec {
+        iov_base: frame.as_ptr() as *mut libc::c_void,
+        iov_len: frame.len(),
+    };
+    // SAFETY: zeroed msghdrs are valid; each points at the one iovec, which outlives them.
+    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
+        .map(|_| unsafe {
+            let mut m: libc::mmsghdr = std::mem::zeroed();
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < count {
+        let due = rate.map_or(count, |r| {
+            ((start.elapsed().as_secs_f64() * r) as u64).min(count)
+        });
+        if due <= sent {
+            std::thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        let n = (due - sent).min(BATCH as u64) as u32;
+        // SAFETY: msgs holds BATCH valid headers; n <= BATCH.
+        let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
+        if rc > 0 {
+            sent += rc as u64;
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            // The veth's ring is full: this frame did not go; send it again.
+            Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => std::thread::yield_now(),
+            _ => panic!("sendmmsg: {err}"),
+        }
+    }
+}
+
+/// Busy seconds of the whole machine so far (user, nice, system, irq, softirq, steal).
+fn host_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| v.get(i))
+        .sum::<f64>()
+        / 100.0
+}
+
+/// User+system CPU seconds of a process so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(") ")
         .map(|(_, r)| r.split(' ').collect())
         .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
 }
 
-/// Sends the frames and lets the tool catch up: the achieved rate and the tool's CPU
-/// seconds meanwhile.
-fn measure(pid: u32, sender: &FrameSender, frame: &[u8], count: u64, rate: u64) -> (f64, f64) {
-    let cpu0 = cpu_seconds(pid);
-    let achieved = send(sender, frame, count, rate);
-    std::thread::sleep(Duration::from_millis(500));
-    (achieved, cpu_seconds(pid) - cpu0)
+/// Peak resident set of a process so far, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
-struct Outcome {
-    recorded: u64,
-    cpu: f64,
-    achieved: f64,
+/// Frames the receiving veth took in so far.
+fn rx_packets(net: &NetPair) -> u64 {
+    let out = Command::new("ip")
+        .args(["-n", &net.ns_a, "-s", "-j", "link", "show", &net.if_a])
+        .output()
+        .expect("ip link");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .expect("rx packets")
 }
 
-fn run_flowmetrix(
-    net: &NetPair,
-    sender: &FrameSender,
-    frame: &[u8],
-    count: u64,
-    rate: u64,
-) -> Outcome {
-    let collector = net.collector(&[
-        "--sample-rate",
-        "1",
-        "--output",
-        "none",
-        "--ring-bytes",
-        "64M",
-    ]);
-    let (achieved, cpu) = measure(collector.pid() as u32, sender, frame, count, rate);
-    let s = collector.interrupt().summary();
-    Outcome {
-        recorded: s.written,
-        cpu,
-        achieved,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Nothing,
+    EmptyXdp,
+    Flowmetrix,
+    FlowmetrixGreptime,
+    Tcpdump,
+    TcpdumpFile,
+}
+
+const TOOLS: [Tool; 6] = [
+    Tool::Nothing,
+    Tool::EmptyXdp,
+    Tool::Flowmetrix,
+    Tool::FlowmetrixGreptime,
+    Tool::Tcpdump,
+    Tool::TcpdumpFile,
+];
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nothing => "nothing listening",
+            Self::EmptyXdp => "empty XDP program",
+            Self::Flowmetrix => "FlowMetrix --output none",
+            Self::FlowmetrixGreptime => "FlowMetrix → test endpoint",
+            Self::Tcpdump => "tcpdump -w /dev/null",
+            Self::TcpdumpFile => "tcpdump -w FILE",
+        }
     }
 }
 
-fn run_tcpdump(
-    net: &NetPair,
-    sender: &FrameSender,
-    frame: &[u8],
-    count: u64,
-    rate: u64,
-) -> Outcome {
+/// One tool's run at one step.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    achieved: f64,
+    arrived: u64,
+    recorded: Option<u64>,
+    cpu: f64,
+    host: f64,
+    rss_mib: f64,
+}
+
+/// A listener being measured, and how to stop it and read what it recorded.
+enum Listener {
+    None,
+    /// Attached while this lives.
+    Xdp {
+        _ebpf: Box<aya::Ebpf>,
+    },
+    Collector(common::Collector, Option<Box<Endpoint>>),
+    Tcpdump(Child, Option<std::path::PathBuf>),
+}
+
+impl Listener {
+    fn start(tool: Tool, net: &NetPair) -> Self {
+        match tool {
+            Tool::Nothing => Self::None,
+            Tool::EmptyXdp => Self::Xdp {
+                _ebpf: Box::new(attach_empty_xdp(net)),
+            },
+            Tool::Flowmetrix => Self::Collector(
+                net.collector(&["--sample-rate", "1", "--output", "none"]),
+                None,
+            ),
+            Tool::FlowmetrixGreptime => {
+                let _ = std::fs::remove_dir_all(net.spool_dir());
+                let ep = Endpoint::start(Some(&net.ns_a));
+                ep.keys_only();
+                let c = net.greptime_collector(&ep, &["--sample-rate", "1"], &[]);
+                Self::Collector(c, Some(Box::new(ep)))
+            }
+            Tool::Tcpdump => Self::Tcpdump(tcpdump(net, None), None),
+            Tool::TcpdumpFile => {
+                let path = std::env::temp_dir().join(format!("{}.pcap", net.ns_a));
+                Self::Tcpdump(tcpdump(net, Some(&path)), Some(path))
+            }
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Collector(c, _) => Some(c.pid() as u32),
+            Self::Tcpdump(child, _) => Some(child.id()),
+            Self::None | Self::Xdp { .. } => None,
+        }
+    }
+
+    /// How long to wait after the last frame before reading the counters: FlowMetrix drains
+    /// its ring every 20 ms; tcpdump's libpcap hands over a partly filled block after its
+    /// 1 s timeout.
+    fn settle(&self) -> Duration {
+        match self {
+            Self::None | Self::Xdp { .. } => Duration::from_millis(200),
+            Self::Collector(_, None) => Duration::from_millis(500),
+            Self::Collector(_, Some(_)) => Duration::from_secs(2),
+            Self::Tcpdump(..) => Duration::from_millis(1500),
+        }
+    }
+
+    /// Stops the listener; what it recorded.
+    fn stop(self) -> Option<u64> {
+        match self {
+            Self::None | Self::Xdp { .. } => None,
+            Self::Collector(c, ep) => {
+                let s = c.interrupt().summary();
+                drop(ep);
+                // Rows delivered, or on disk waiting for the database.
+                Some((s.written + s.spooled).saturating_sub(s.spool_lost))
+            }
+            Self::Tcpdump(mut child, file) => {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                let _ = child.wait();
+                if let Some(f) = file {
+                    let _ = std::fs::remove_file(f);
+                }
+                err.lines()
+                    .find_map(|l| l.strip_suffix(" packets captured"))
+                    .and_then(|n| n.trim().parse().ok())
+            }
+        }
+    }
+}
+
+fn attach_empty_xdp(net: &NetPair) -> aya::Ebpf {
+    let ifname = net.if_a.clone();
+    in_netns(&net.ns_a, move || {
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(SAMPLES_MAP, 1 << 20)
+            .load(PROGRAM)
+            .expect("load the XDP object");
+        let prog: &mut Xdp = ebpf
+            .program_mut(BASELINE_PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("the baseline program");
+        prog.load().expect("load the baseline program");
+        prog.attach(&ifname, XdpMode::Driver)
+            .expect("attach the baseline program");
+        ebpf
+    })
+}
+
+fn tcpdump(net: &NetPair, file: Option<&std::path::Path>) -> Child {
+    let out = file.map_or("/dev/null".into(), |f| f.display().to_string());
     let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.ns_a,
-            "tcpdump",
-            "-Z",
-            "root",
-            "-n",
-            "-i",
-            &net.if_a,
-            "-w",
-            "/dev/null",
-        ])
+        .args(["netns", "exec", &net.ns_a, "tcpdump", "-Z", "root", "-n"])
+        .args(["-i", &net.if_a, "-w", &out])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("tcpdump");
-    let mut err = child.stderr.take().unwrap();
-    // Wait for "listening on" (tcpdump's first line).
+    let mut err = child.stderr.take().expect("stderr");
     let mut buf = [0u8; 256];
     let mut seen = String::new();
     while !seen.contains("listening on") {
@@ -124,58 +431,160 @@ fn run_tcpdump(
         assert!(n > 0, "tcpdump: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    child.stderr = Some(err);
     // tcpdump says "listening on" before libpcap sets its (empty) filter, and setting a
     // filter flushes what the socket already holds: give it a moment.
     std::thread::sleep(Duration::from_millis(500));
-    let pid = child.id();
-    let (achieved, cpu) = measure(pid, sender, frame, count, rate);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    let _ = err.read_to_string(&mut rest);
-    let _ = child.wait();
-    let recorded = rest
-        .lines()
-        .find_map(|l| l.strip_suffix(" packets captured"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    Outcome {
+    child
+}
+
+fn measure(tool: Tool, net: &NetPair, sender: &Sender, frame: &[u8], step: &Step) -> Run {
+    let listener = Listener::start(tool, net);
+    let pid = listener.pid();
+    let (rx0, host0) = (rx_packets(net), host_busy());
+    let cpu0 = pid.map_or(0.0, cpu_seconds);
+    let achieved = sender.send(frame, step);
+    std::thread::sleep(listener.settle());
+    let cpu = pid.map_or(0.0, cpu_seconds) - cpu0;
+    let host = host_busy() - host0;
+    let rss_mib = pid.map_or(0.0, peak_rss_mib);
+    let arrived = rx_packets(net) - rx0;
+    let recorded = listener.stop();
+    Run {
+        achieved,
+        arrived,
         recorded,
         cpu,
-        achieved,
+        host,
+        rss_mib,
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Medians of one tool's runs at one step.
+struct Cell {
+    achieved: f64,
+    recorded: Option<u64>,
+    lossless: bool,
+    cpu_per_m: f64,
+    host_per_m: f64,
+    rss_mib: f64,
+}
+
+fn cell(runs: &[Run], nothing_host: f64, count: u64) -> Cell {
+    let per_m = |x: f64| x / (count as f64 / 1e6);
+    Cell {
+        achieved: median(runs.iter().map(|r| r.achieved).collect()),
+        recorded: runs.iter().filter_map(|r| r.recorded).min(),
+        lossless: runs
+            .iter()
+            .all(|r| r.recorded == Some(count) && r.arrived == count),
+        cpu_per_m: per_m(median(runs.iter().map(|r| r.cpu).collect())),
+        host_per_m: per_m(median(runs.iter().map(|r| r.host).collect()) - nothing_host),
+        rss_mib: runs.iter().map(|r| r.rss_mib).fold(0.0, f64::max),
+    }
+}
+
+/// FlowMetrix's peak RSS at the fastest one-thread rate with the endpoint never answering.
+fn stalled_database(net: &NetPair, sender: &Sender, frame: &[u8]) {
+    let _ = std::fs::remove_dir_all(net.spool_dir());
+    let ep = Endpoint::start(Some(&net.ns_a));
+    ep.keys_only();
+    let collector = net.greptime_collector(&ep, &["--sample-rate", "1"], &[]);
+    ep.stall(Some(Duration::from_secs(3600)));
+    let step = Step {
+        rate: None,
+        threads: 1,
+        count: 4_000_000,
+    };
+    let achieved = sender.send(frame, &step);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = peak_rss_mib(collector.pid() as u32);
+    let s = collector.interrupt().summary();
+    println!(
+        "\nendpoint stalled: {} frames at {:.0}/s: peak RSS {rss:.1} MiB; \
+         {} written, {} spooled, {} ring drops, {} queue drops, {} spool lost",
+        step.count, achieved, s.written, s.spooled, s.ring_drops, s.queue_drops, s.spool_lost
+    );
 }
 
 fn main() {
     let net = NetPair::new();
-    let sender = net.sender();
-    let frame = udp_frame(1);
-    println!("lossless capture on veth: {SECONDS} s of 64-byte-payload UDP frames per rate");
+    let sender = Sender::new(&net, 2);
+    let frame = frame();
+    let reps = std::env::var("FLOWMETRIX_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REPS);
+    println!("lossless capture on veth: 60-byte UDP frames, medians of {reps} runs\n");
     println!(
-        "{:>9} {:>11} | {:>10} {:>9} {:>12} | {:>10} {:>9} {:>12}",
-        "rate/s",
-        "achieved/s",
-        "flowmetrix",
-        "lossless",
-        "CPU s/Mpkt",
-        "tcpdump",
-        "lossless",
-        "CPU s/Mpkt"
+        "| step | listener | sent/s | recorded | lossless | CPU s/Mpkt | host s/Mpkt | peak RSS MiB |"
     );
-    for rate in RATES {
-        let count = rate * SECONDS;
-        let f = run_flowmetrix(&net, &sender, &frame, count, rate);
-        let t = run_tcpdump(&net, &sender, &frame, count, rate);
-        let per_m = |o: &Outcome| o.cpu / (count as f64 / 1e6);
-        println!(
-            "{rate:>9} {:>11.0} | {:>10} {:>9} {:>12.2} | {:>10} {:>9} {:>12.2}",
-            f.achieved.min(t.achieved),
-            f.recorded,
-            f.recorded == count,
-            per_m(&f),
-            t.recorded,
-            t.recorded == count,
-            per_m(&t)
-        );
+    println!("|---|---|---|---|---|---|---|---|");
+    // Highest lossless rate per tool.
+    let mut best: Vec<(Tool, f64, f64)> = TOOLS.iter().map(|&t| (t, 0.0, 0.0)).collect();
+    let mut lossless_at_last = Vec::new();
+    for (n, step) in STEPS.iter().enumerate() {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); TOOLS.len()];
+        for _ in 0..reps {
+            for (i, &tool) in TOOLS.iter().enumerate() {
+                runs[i].push(measure(tool, &net, &sender, &frame, step));
+            }
+        }
+        let nothing_host = median(runs[0].iter().map(|r| r.host).collect());
+        for (i, &tool) in TOOLS.iter().enumerate() {
+            let c = cell(&runs[i], nothing_host, step.count);
+            let recorded = c.recorded.map_or("—".into(), |n| n.to_string());
+            let (cpu, rss) = match c.recorded {
+                Some(_) => (format!("{:.2}", c.cpu_per_m), format!("{:.1}", c.rss_mib)),
+                None => ("—".into(), "—".into()),
+            };
+            let host = if tool == Tool::Nothing {
+                format!("({:.2})", nothing_host / (step.count as f64 / 1e6))
+            } else {
+                format!("{:+.2}", c.host_per_m)
+            };
+            println!(
+                "| {} | {} | {:.0} | {recorded} | {} | {cpu} | {host} | {rss} |",
+                step.label(),
+                tool.name(),
+                c.achieved,
+                if c.recorded.is_none() {
+                    "—"
+                } else if c.lossless {
+                    "yes"
+                } else {
+                    "**no**"
+                },
+            );
+            if c.lossless && c.achieved > best[i].1 {
+                best[i] = (tool, c.achieved, c.cpu_per_m);
+            }
+            if c.lossless && n == STEPS.len() - 1 {
+                lossless_at_last.push(tool);
+            }
+        }
     }
+    // A tool lossless at the last step was limited by the sender, not by itself.
+    let last = STEPS.len() - 1;
+    println!("\nhighest lossless rate (CPU s/Mpkt there):");
+    for (tool, rate, cpu) in best
+        .iter()
+        .filter(|b| b.0 != Tool::Nothing && b.0 != Tool::EmptyXdp)
+    {
+        let limit = if lossless_at_last.contains(tool) {
+            format!(
+                " — lossless at every step: the sender's limit ({})",
+                STEPS[last].label()
+            )
+        } else {
+            String::new()
+        };
+        println!("- {}: {rate:.0}/s ({cpu:.2}){limit}", tool.name());
+    }
+    stalled_database(&net, &sender, &frame);
 }
