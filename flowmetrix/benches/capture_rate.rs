@@ -18,7 +18,8 @@
 //!   buffer's mapping (the kernel maps its data pages twice: 16 MiB for the default 8M).
 //!
 //! Then FlowMetrix's peak RSS with the endpoint stalled, at the fastest rate. Needs root.
-//! `cargo xtask bench capture` (or `cargo bench --bench capture_rate`).
+//! `cargo xtask bench` (or `cargo bench --bench capture_rate`); `FLOWMETRIX_BENCH_REPS=1`
+//! for a quick look.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -6,7 +6,8 @@
 //! - `build`: setup, then a release build (the XDP object is embedded in the binary).
 //! - `run -- ARGS`: setup, build, run `target/release/flowmetrix ARGS` (needs root).
 //! - `test`: setup, then format check, clippy and every test (kernel tests need root).
-//! - `bench`: setup, then the userspace criterion benchmarks (BENCHMARKS.md).
+//! - `bench [FILTER]`: setup, then the kernel per-packet cost, the capture rate against
+//!   tcpdump on veth (root) and the userspace criterion benchmarks (BENCHMARKS.md).
 //! - `dist`: setup, release build, then dist/ with the binary, man page, completions and
 //!   the deploy/ files.
 //! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder or the offset learner.
