@@ -26,13 +26,13 @@ mod common;
 
 use std::{
     io::Read as _,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use aya::programs::{Xdp, XdpMode};
-use common::{MAC_A, MAC_B, NetPair, endpoint::Endpoint, in_netns};
+use common::{MAC_A, MAC_B, NetPair, endpoint::Endpoint, in_netns, packet_socket};
 use etherparse::PacketBuilder;
 use flowmetrix::capture::PROGRAM;
 use flowmetrix_common::{BASELINE_PROGRAM_NAME, SAMPLES_MAP};
@@ -136,35 +136,22 @@ impl Sender {
     }
 }
 
+/// A sending socket on `ifname` that hands frames straight to the driver (no qdisc).
 fn open_socket(ifname: &str) -> OwnedFd {
-    let name = std::ffi::CString::new(ifname).expect("interface name");
-    // SAFETY: plain syscalls with checked results.
-    unsafe {
-        // Protocol 0: this socket receives nothing, it only sends.
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let fd = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let rc = libc::setsockopt(
+    let fd = packet_socket(ifname);
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and option value.
+    let rc = unsafe {
+        libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_PACKET,
             libc::PACKET_QDISC_BYPASS,
             (&one as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as u32,
-        );
-        assert_eq!(rc, 0, "PACKET_QDISC_BYPASS");
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-        assert!(sll.sll_ifindex > 0, "no interface {ifname}");
-        let rc = libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        );
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        fd
-    }
+        )
+    };
+    assert_eq!(rc, 0, "PACKET_QDISC_BYPASS");
+    fd
 }
 
 fn pin_to_cpu(i: usize) {

@@ -129,13 +129,12 @@ impl NetPair {
 
     /// A raw socket on `if_b` that sends whole Ethernet frames.
     pub fn sender(&self) -> FrameSender {
-        let ns = self.ns_b.clone();
         let ifname = self.if_b.clone();
-        // A socket belongs to the namespace it was created in: create it on a thread that
-        // entered ns_b, then use it from anywhere.
-        std::thread::spawn(move || FrameSender::open_in(&ns, &ifname))
-            .join()
-            .expect("sender thread")
+        // A socket belongs to the namespace it was created in: create it there, use it
+        // from anywhere.
+        in_netns(&self.ns_b, move || FrameSender {
+            fd: packet_socket(&ifname),
+        })
     }
 
     /// Runs the collector in `ns_a` on `if_a` with these extra arguments, and waits until
@@ -247,40 +246,36 @@ pub fn http_get_in(ns: &str, addr: &str, path: &str) -> String {
     })
 }
 
+/// An AF_PACKET socket in the calling thread's namespace, bound to `ifname`, that sends
+/// whole Ethernet frames and receives nothing.
+pub fn packet_socket(ifname: &str) -> OwnedFd {
+    let name = CString::new(ifname).unwrap();
+    // SAFETY: plain syscalls with checked results.
+    unsafe {
+        // Protocol 0: this socket receives nothing, it only sends.
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = OwnedFd::from_raw_fd(fd);
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        assert!(ifindex > 0, "no interface {ifname}");
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        let rc = libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        fd
+    }
+}
+
 pub struct FrameSender {
     fd: OwnedFd,
 }
 
 impl FrameSender {
-    fn open_in(ns: &str, ifname: &str) -> Self {
-        let path = CString::new(format!("/run/netns/{ns}")).unwrap();
-        // SAFETY: plain syscalls with checked results; this thread only.
-        unsafe {
-            let nsfd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            assert!(nsfd >= 0, "open {ns}: {}", std::io::Error::last_os_error());
-            let rc = libc::setns(nsfd, libc::CLONE_NEWNET);
-            libc::close(nsfd);
-            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            // Protocol 0: this socket receives nothing, it only sends.
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            let fd = OwnedFd::from_raw_fd(fd);
-            let name = CString::new(ifname).unwrap();
-            let ifindex = libc::if_nametoindex(name.as_ptr());
-            assert!(ifindex > 0, "no {ifname} in {ns}");
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = ifindex as i32;
-            let rc = libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            Self { fd }
-        }
-    }
-
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: valid fd and buffer.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
