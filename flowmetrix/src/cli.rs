@@ -120,8 +120,8 @@ pub struct Cli {
     pub greptime_username: Option<String>,
 
     /// gRPC compression of requests to GreptimeDB.
-    #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = Compression::None, value_name = "KIND")]
-    pub compression: Compression,
+    #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = CompressionArg::None, value_name = "KIND")]
+    pub compression: CompressionArg,
 
     /// Longest a row waits in a partial batch before it is sent (e.g. 500ms, 1s).
     #[arg(help_heading = "GreptimeDB", long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
@@ -238,6 +238,24 @@ pub enum XdpModeArg {
     Native,
     /// Generic (skb) mode only.
     Skb,
+}
+
+/// `--compression`, as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::None => Self::None,
+            CompressionArg::Gzip => Self::Gzip,
+            CompressionArg::Zstd => Self::Zstd,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

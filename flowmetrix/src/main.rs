@@ -114,7 +114,7 @@ fn sink_config(cli: &Cli) -> Result<SinkConfig, String> {
                 table: cli.table.clone(),
                 username: cli.greptime_username.clone(),
                 password,
-                compression: cli.compression,
+                compression: cli.compression.into(),
                 batch_size: cli.batch_size as usize,
                 flush_interval: cli.flush_interval,
                 ttl: cli.ttl.clone(),
