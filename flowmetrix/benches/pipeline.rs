@@ -17,11 +17,14 @@ use std::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use flowmetrix::{
+    app::Applications,
     decode::{FrameMeta, decode},
     metrics::Counters,
-    queue,
     record::{PacketRecord, UnixNanos},
-    sink::greptime::{self, Compression, GreptimeConfig},
+    sink::{
+        self, SinkConfig, SinkSettings,
+        greptime::{self, Compression, GreptimeConfig},
+    },
 };
 
 fn tcp_frame() -> Vec<u8> {
@@ -47,7 +50,7 @@ fn rows(n: usize) -> Vec<PacketRecord> {
     let frame = tcp_frame();
     (0..n)
         .map(|i| {
-            let mut r = decode(&frame, meta()).unwrap();
+            let mut r = decode(&frame, meta(), &Applications::default()).unwrap();
             r.ts = UnixNanos(r.ts.0 + i as i64);
             r
         })
@@ -58,8 +61,9 @@ fn bench_decode(c: &mut Criterion) {
     let frame = tcp_frame();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
+    let apps = Applications::default();
     g.bench_function("ipv4_tcp_sample", |b| {
-        b.iter(|| decode(black_box(&frame), meta()))
+        b.iter(|| decode(black_box(&frame), meta(), &apps))
     });
     g.finish();
 }
@@ -108,23 +112,21 @@ fn bench_sink(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let counters = Arc::new(Counters::default());
-                let (tx, rx) = queue::bounded(ROWS);
                 let (stop, stop_rx) = tokio::sync::watch::channel(false);
                 let start = Instant::now();
                 runtime.block_on(async {
-                    let sink = tokio::spawn(greptime::run(
-                        cfg.clone(),
-                        rx,
-                        Arc::clone(&counters),
-                        stop_rx,
-                        None,
-                    ));
+                    let settings = SinkSettings {
+                        output: SinkConfig::Greptime(Box::new(cfg.clone())),
+                        queue_rows: ROWS,
+                    };
+                    let sink::Sink { input, task } =
+                        sink::start(settings, Arc::clone(&counters), stop_rx).unwrap();
                     for _ in 0..ROWS / batch.len() {
-                        tx.try_send(batch.clone()).unwrap();
+                        input.offer(batch.clone());
                     }
-                    drop(tx);
+                    drop(input);
                     stop.send_replace(true);
-                    sink.await.unwrap().unwrap();
+                    task.await.unwrap().unwrap();
                 });
                 total += start.elapsed();
                 let written = counters.written.load(Ordering::Relaxed) as usize;

@@ -1,6 +1,6 @@
 //! Application guessed from transport ports: the destination port first, then the source.
 
-use std::{collections::HashMap, sync::OnceLock};
+use std::collections::HashMap;
 
 /// Well-known ports: the original tool's table, plus common infrastructure services.
 const TABLE: &[(u16, &str)] = &[
@@ -48,15 +48,42 @@ const TABLE: &[(u16, &str)] = &[
 /// Name used when no port matches.
 pub const UNKNOWN: &str = "UNKNOWN";
 
-/// Every port's application, as an index into `names` (0: none), built once: a lookup is
-/// one load from a 256 KiB array instead of a search (two per packet, at line rate).
-struct PortTable {
+/// The port → application table the decode stage uses: the built-in [`TABLE`] plus the
+/// config file's `[applications]` overrides. Every port's application is an index into
+/// `names` (0: none), built once: a lookup is one load from a 256 KiB array instead of a
+/// search (two per packet, at line rate).
+pub struct Applications {
     index: Box<[u32]>,
     names: Vec<&'static str>,
 }
 
-impl PortTable {
-    fn new(overrides: impl IntoIterator<Item = (u16, &'static str)>) -> Self {
+impl Default for Applications {
+    /// The built-in table alone.
+    fn default() -> Self {
+        Self::with(std::iter::empty())
+    }
+}
+
+impl std::fmt::Debug for Applications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applications")
+            .field("names", &self.names.len())
+            .finish()
+    }
+}
+
+impl Applications {
+    /// The built-in table with `overrides` (port, name) added or replacing entries.
+    pub fn new(overrides: impl IntoIterator<Item = (u16, String)>) -> Self {
+        // Leaked once at start-up: rows carry `&'static str` names.
+        Self::with(
+            overrides
+                .into_iter()
+                .map(|(p, n)| (p, &*Box::leak(n.into_boxed_str()))),
+        )
+    }
+
+    fn with(overrides: impl IntoIterator<Item = (u16, &'static str)>) -> Self {
         let mut t = Self {
             index: vec![0; 1 << 16].into_boxed_slice(),
             names: Vec::new(),
@@ -78,37 +105,23 @@ impl PortTable {
         let i = self.index[usize::from(port)];
         (i != 0).then(|| self.names[i as usize - 1])
     }
-}
 
-/// The built-in table plus the config file's `[applications]`, fixed at first use.
-static PORTS: OnceLock<PortTable> = OnceLock::new();
-
-/// Adds or overrides entries (config file `[applications]`). Call it before the first
-/// packet is decoded; only the first call counts.
-pub fn set_overrides(entries: impl IntoIterator<Item = (u16, String)>) {
-    // Leaked once at start-up: rows carry `&'static str` names.
-    let entries: Vec<(u16, &'static str)> = entries
-        .into_iter()
-        .map(|(p, n)| (p, &*Box::leak(n.into_boxed_str())))
-        .collect();
-    let _ = PORTS.set(PortTable::new(entries));
-}
-
-fn lookup(port: u16) -> Option<&'static str> {
-    PORTS.get_or_init(|| PortTable::new([])).lookup(port)
-}
-
-/// The application for a packet with these ports: destination port first, then source.
-pub fn application(src_port: Option<u16>, dst_port: Option<u16>) -> &'static str {
-    dst_port
-        .and_then(lookup)
-        .or_else(|| src_port.and_then(lookup))
-        .unwrap_or(UNKNOWN)
+    /// The application for a packet with these ports: destination port first, then source.
+    pub fn application(&self, src_port: Option<u16>, dst_port: Option<u16>) -> &'static str {
+        dst_port
+            .and_then(|p| self.lookup(p))
+            .or_else(|| src_port.and_then(|p| self.lookup(p)))
+            .unwrap_or(UNKNOWN)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn application(src: Option<u16>, dst: Option<u16>) -> &'static str {
+        Applications::default().application(src, dst)
+    }
 
     #[test]
     fn table_is_sorted_and_unique() {
@@ -145,7 +158,9 @@ mod tests {
 
     #[test]
     fn overrides_replace_and_add_names() {
-        let t = PortTable::new([(80, "WEB"), (9999, "CUSTOM"), (22, "SSH")]);
+        let t = Applications::new(
+            [(80, "WEB"), (9999, "CUSTOM"), (22, "SSH")].map(|(p, n)| (p, n.to_owned())),
+        );
         assert_eq!(t.lookup(80), Some("WEB"));
         assert_eq!(t.lookup(9999), Some("CUSTOM"));
         assert_eq!(t.lookup(22), Some("SSH"));

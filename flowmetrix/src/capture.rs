@@ -6,7 +6,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{Xdp, XdpMode, links::FdLink},
+    programs::{Xdp, links::FdLink},
     util::KernelVersion,
 };
 use flowmetrix_common::{
@@ -18,7 +18,7 @@ use tracing::{debug, info};
 /// Forwards the XDP program's log records to `log` (and so to tracing).
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-use crate::{cli::XdpModeArg, metrics::KernelStats};
+use crate::metrics::KernelStats;
 
 /// The XDP object built by build.rs, embedded so the binary is self-contained.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
@@ -51,11 +51,21 @@ pub enum CaptureError {
     Stats(#[source] aya::maps::MapError),
 }
 
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
 /// What to load and where to attach it.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub interface: String,
-    pub mode: XdpModeArg,
+    pub mode: XdpMode,
     pub sample_rate: u32,
     pub snaplen: u32,
     pub ring_bytes: u32,
@@ -150,10 +160,13 @@ impl Capture {
             source: Box::new(e),
         })?;
 
-        let attempts: &[(XdpMode, &'static str)] = match cfg.mode {
-            XdpModeArg::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "skb")],
-            XdpModeArg::Native => &[(XdpMode::Driver, "native")],
-            XdpModeArg::Skb => &[(XdpMode::Skb, "skb")],
+        let attempts: &[(aya::programs::XdpMode, &'static str)] = match cfg.mode {
+            XdpMode::Auto => &[
+                (aya::programs::XdpMode::Driver, "native"),
+                (aya::programs::XdpMode::Skb, "skb"),
+            ],
+            XdpMode::Native => &[(aya::programs::XdpMode::Driver, "native")],
+            XdpMode::Skb => &[(aya::programs::XdpMode::Skb, "skb")],
         };
         let mut last_err = None;
         let mut attached = None;

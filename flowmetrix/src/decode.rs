@@ -10,7 +10,7 @@ use etherparse::{
 };
 
 use crate::{
-    app,
+    app::Applications,
     record::{MacAddr, PacketRecord, PacketType, Tunnel, UnixNanos},
 };
 
@@ -29,8 +29,12 @@ pub enum DecodeError {
     TooShort(usize),
 }
 
-/// Decodes one Ethernet II frame (or the first bytes of one).
-pub fn decode(frame: &[u8], meta: FrameMeta) -> Result<PacketRecord, DecodeError> {
+/// Decodes one Ethernet II frame (or the first bytes of one); `apps` names the application.
+pub fn decode(
+    frame: &[u8],
+    meta: FrameMeta,
+    apps: &Applications,
+) -> Result<PacketRecord, DecodeError> {
     let packet =
         LaxSlicedPacket::from_ethernet(frame).map_err(|_| DecodeError::TooShort(frame.len()))?;
     let Some(LinkSlice::Ethernet2(eth)) = &packet.link else {
@@ -57,7 +61,7 @@ pub fn decode(frame: &[u8], meta: FrameMeta) -> Result<PacketRecord, DecodeError
         dst_port: ip.dst_port,
         tcp_flags: ip.tcp_flags,
         packet_type: packet_type(ether_type),
-        application: app::application(ip.src_port, ip.dst_port),
+        application: apps.application(ip.src_port, ip.dst_port),
         tunnel: ip.tunnel.map(|(t, _)| t),
         inner_src_ip: inner.as_ref().and_then(|i| i.src),
         inner_dst_ip: inner.as_ref().and_then(|i| i.dst),
@@ -281,6 +285,10 @@ mod tests {
 
     const SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
     const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
+    fn decode(frame: &[u8], meta: FrameMeta) -> Result<PacketRecord, DecodeError> {
+        super::decode(frame, meta, &Applications::default())
+    }
 
     fn meta(len: usize) -> FrameMeta {
         FrameMeta {

@@ -1,7 +1,10 @@
 //! FlowMetrix: XDP packet sampler → ring buffer → decoder → batches → output.
 //!
-//! Data flows one way: [`capture`] (kernel) → [`ring`] → [`offset`] + [`decode`] (+ [`app`])
-//! → [`pipeline`] batches → [`sink`].
+//! Data flows one way: [`settings`] (from [`cli`] + [`config`]) set up the stages; the
+//! [`source`] ([`capture`] + [`ring`] in the kernel, or a [`pcap`] file) yields samples; the
+//! decode stage ([`rows`]: [`offset`] + [`decode`] + [`app`]) makes rows; the [`sink`]
+//! batches and writes them. [`pipeline`] wires the stages and shuts them down; [`metrics`]
+//! and [`status`] report on them.
 
 pub mod app;
 pub mod capture;
@@ -15,4 +18,9 @@ pub mod pipeline;
 pub mod queue;
 pub mod record;
 pub mod ring;
+pub mod rows;
+pub mod settings;
 pub mod sink;
+pub mod source;
+pub mod status;
+pub mod throttle;

@@ -24,28 +24,31 @@ pub struct ShortForOffset {
     pub offset: usize,
 }
 
-/// A fixed number of bytes to skip before the Ethernet header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Offset(pub usize);
+/// How the VMware prefix is found: a fixed length (`-offset N`, 0 without the flag), or
+/// learned from the traffic (`-auto-detect`, [`AutoPrefix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Fixed(usize),
+    Auto,
+}
 
-impl Offset {
-    /// The frame without its prefix, and the wire length without it. A frame too short to
-    /// hold the prefix and an Ethernet header is an error, never decoded from garbage.
-    pub fn apply<'a>(
-        &self,
-        frame: &'a [u8],
-        wire_len: u32,
-    ) -> Result<(&'a [u8], u32), ShortForOffset> {
-        let offset = self.0;
-        if frame.len() < offset + ETHERNET_HEADER {
-            return Err(ShortForOffset {
-                len: frame.len(),
-                offset,
-            });
-        }
-        let skipped = u32::try_from(offset).unwrap_or(u32::MAX);
-        Ok((&frame[offset..], wire_len.saturating_sub(skipped)))
+impl Default for Prefix {
+    fn default() -> Self {
+        Self::Fixed(0)
     }
+}
+
+/// The frame without a `len`-byte prefix, and the wire length without it. A frame too short
+/// to hold the prefix and an Ethernet header is an error, never decoded from garbage.
+pub fn strip(frame: &[u8], wire_len: u32, len: usize) -> Result<(&[u8], u32), ShortForOffset> {
+    if frame.len() < len + ETHERNET_HEADER {
+        return Err(ShortForOffset {
+            len: frame.len(),
+            offset: len,
+        });
+    }
+    let skipped = u32::try_from(len).unwrap_or(u32::MAX);
+    Ok((&frame[len..], wire_len.saturating_sub(skipped)))
 }
 
 #[cfg(test)]
@@ -55,13 +58,13 @@ mod tests {
     #[test]
     fn zero_offset_is_identity() {
         let f = [7u8; 20];
-        assert_eq!(Offset(0).apply(&f, 20), Ok((&f[..], 20)));
+        assert_eq!(strip(&f, 20, 0), Ok((&f[..], 20)));
     }
 
     #[test]
     fn skips_the_prefix_and_shortens_the_wire_length() {
         let f: Vec<u8> = (0..60).collect();
-        let (rest, len) = Offset(24).apply(&f, 1000).unwrap();
+        let (rest, len) = strip(&f, 1000, 24).unwrap();
         assert_eq!(rest[0], 24);
         assert_eq!(rest.len(), 36);
         assert_eq!(len, 976);
@@ -71,13 +74,13 @@ mod tests {
     fn too_short_frames_are_refused() {
         let f = [0u8; 37];
         assert_eq!(
-            Offset(24).apply(&f, 37),
+            strip(&f, 37, 24),
             Err(ShortForOffset {
                 len: 37,
                 offset: 24
             })
         );
-        assert!(Offset(24).apply(&[0u8; 38], 38).is_ok());
+        assert!(strip(&[0u8; 38], 38, 24).is_ok());
     }
 }
 
@@ -91,7 +94,7 @@ mod tests {
 /// Once settled it keeps checking: when most recent frames stop reading as packets at that
 /// offset, it says so and learns again.
 #[derive(Debug)]
-pub struct AutoOffset {
+pub struct AutoPrefix {
     state: Learn,
 }
 
@@ -141,13 +144,13 @@ pub enum Step {
     Release { offset: usize, frames: Vec<Held> },
 }
 
-impl Default for AutoOffset {
+impl Default for AutoPrefix {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl AutoOffset {
+impl AutoPrefix {
     pub fn new() -> Self {
         Self {
             state: Self::learning(),
@@ -379,7 +382,7 @@ mod auto_tests {
     }
 
     fn learn(prefix: usize) -> (usize, usize) {
-        let mut a = AutoOffset::new();
+        let mut a = AutoPrefix::new();
         let now = Instant::now();
         for (i, f) in frames().iter().enumerate() {
             let framed = [junk(prefix, i as u32), f.clone()].concat();
@@ -415,7 +418,7 @@ mod auto_tests {
 
     #[test]
     fn settled_offset_is_used_and_relearned_when_traffic_changes() {
-        let mut a = AutoOffset::new();
+        let mut a = AutoPrefix::new();
         let now = Instant::now();
         let frames = frames();
         let mut step = Step::Hold;
@@ -449,7 +452,7 @@ mod auto_tests {
 
     #[test]
     fn a_quiet_link_decides_after_a_few_frames_and_a_while() {
-        let mut a = AutoOffset::new();
+        let mut a = AutoPrefix::new();
         let t0 = Instant::now();
         let frames = frames();
         for f in &frames[..3] {
@@ -465,7 +468,7 @@ mod auto_tests {
 
     #[test]
     fn finish_releases_held_frames() {
-        let mut a = AutoOffset::new();
+        let mut a = AutoPrefix::new();
         let f = &frames()[0];
         assert_eq!(
             a.observe(f, f.len() as u32, UnixNanos(0), Instant::now()),
@@ -478,7 +481,7 @@ mod auto_tests {
 
     #[test]
     fn nothing_plausible_settles_on_zero() {
-        let mut a = AutoOffset::new();
+        let mut a = AutoPrefix::new();
         let now = Instant::now();
         let mut last = Step::Hold;
         for i in 0..MAX_FRAMES {

@@ -1,6 +1,6 @@
-//! The queue between the decoder and the sink, bounded in rows (not batches, which may be
-//! small when traffic is light). The sender never waits: a batch that does not fit is
-//! handed back to be counted as dropped.
+//! A queue bounded in rows (not items, which may be small when traffic is light): between
+//! the decode stage and the sink, and between the sink and its spool writer. `try_send`
+//! never waits: an item that does not fit is handed back for its sender's overflow policy.
 
 use std::sync::{
     Arc,
@@ -13,30 +13,41 @@ use crate::record::PacketRecord;
 
 pub type Batch = Vec<PacketRecord>;
 
-/// Why a batch was not queued.
-#[derive(Debug)]
-pub enum Rejected {
-    /// The queue holds `capacity` rows already (or would with this batch).
-    Full(Batch),
-    /// The receiver is gone.
-    Closed(Batch),
+/// What the queue bounds: how many rows an item holds.
+pub trait Rows {
+    fn rows(&self) -> usize;
 }
 
-pub struct Sender {
-    tx: mpsc::UnboundedSender<Batch>,
+impl Rows for Batch {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Why a batch was not queued.
+#[derive(Debug)]
+pub enum Rejected<T = Batch> {
+    /// The queue holds `capacity` rows already (or would with this batch).
+    Full(T),
+    /// The receiver is gone.
+    Closed(T),
+}
+
+pub struct Sender<T = Batch> {
+    tx: mpsc::UnboundedSender<T>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
     room: Arc<Notify>,
 }
 
-pub struct Receiver {
-    rx: mpsc::UnboundedReceiver<Batch>,
+pub struct Receiver<T = Batch> {
+    rx: mpsc::UnboundedReceiver<T>,
     depth: Arc<AtomicUsize>,
     room: Arc<Notify>,
 }
 
 /// A queue that holds at most `capacity` rows.
-pub fn bounded(capacity: usize) -> (Sender, Receiver) {
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(AtomicUsize::new(0));
     let room = Arc::new(Notify::new());
@@ -51,9 +62,9 @@ pub fn bounded(capacity: usize) -> (Sender, Receiver) {
     )
 }
 
-impl Sender {
-    pub fn try_send(&self, batch: Batch) -> Result<(), Rejected> {
-        let n = batch.len();
+impl<T: Rows> Sender<T> {
+    pub fn try_send(&self, batch: T) -> Result<(), Rejected<T>> {
+        let n = batch.rows();
         // Only this sender adds, so a check-then-add cannot overshoot. An empty queue takes
         // any batch, so a batch larger than the capacity is not refused forever.
         let depth = self.depth.load(Ordering::Acquire);
@@ -68,7 +79,7 @@ impl Sender {
     }
 
     /// Queues the batch, waiting for room; hands it back if the receiver is gone.
-    pub async fn send_waiting(&self, mut batch: Batch) -> Result<(), Batch> {
+    pub async fn send_waiting(&self, mut batch: T) -> Result<(), T> {
         loop {
             let room = self.room.notified();
             match self.try_send(batch) {
@@ -86,14 +97,34 @@ impl Sender {
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::Acquire)
     }
+
+    /// Notified when the receiver takes an item.
+    pub fn room(&self) -> Arc<Notify> {
+        Arc::clone(&self.room)
+    }
 }
 
-impl Receiver {
-    pub async fn recv(&mut self) -> Option<Batch> {
+impl<T: Rows> Receiver<T> {
+    pub async fn recv(&mut self) -> Option<T> {
         let batch = self.rx.recv().await?;
-        self.depth.fetch_sub(batch.len(), Ordering::AcqRel);
+        Some(self.taken(batch))
+    }
+
+    /// For a receiver on a thread of its own (the spool writer).
+    pub fn blocking_recv(&mut self) -> Option<T> {
+        let batch = self.rx.blocking_recv()?;
+        Some(self.taken(batch))
+    }
+
+    fn taken(&self, batch: T) -> T {
+        self.depth.fetch_sub(batch.rows(), Ordering::AcqRel);
         self.room.notify_one();
-        Some(batch)
+        batch
+    }
+
+    /// Rows waiting.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -101,11 +132,11 @@ impl Receiver {
     }
 
     /// Stops accepting batches and returns those still queued.
-    pub fn close(&mut self) -> Vec<Batch> {
+    pub fn close(&mut self) -> Vec<T> {
         self.rx.close();
         let mut left = Vec::new();
         while let Ok(batch) = self.rx.try_recv() {
-            self.depth.fetch_sub(batch.len(), Ordering::AcqRel);
+            self.depth.fetch_sub(batch.rows(), Ordering::AcqRel);
             left.push(batch);
         }
         self.room.notify_one();
@@ -124,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_in_rows_and_freed_by_receiving() {
-        let (tx, mut rx) = bounded(10);
+        let (tx, mut rx) = bounded::<Batch>(10);
         for _ in 0..10 {
             tx.try_send(rows(1)).unwrap();
         }
@@ -138,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_queue_takes_a_batch_larger_than_its_capacity() {
-        let (tx, mut rx) = bounded(2);
+        let (tx, mut rx) = bounded::<Batch>(2);
         tx.try_send(rows(5)).unwrap();
         assert!(matches!(tx.try_send(rows(1)), Err(Rejected::Full(_))));
         assert_eq!(rx.recv().await.unwrap().len(), 5);
@@ -147,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn send_waiting_waits_for_room_instead_of_dropping() {
-        let (tx, mut rx) = bounded(2);
+        let (tx, mut rx) = bounded::<Batch>(2);
         tx.try_send(rows(2)).unwrap();
         let receiver = tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -165,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_receiver_hands_batches_back() {
-        let (tx, mut rx) = bounded(10);
+        let (tx, mut rx) = bounded::<Batch>(10);
         tx.try_send(rows(3)).unwrap();
         let left = rx.close();
         assert_eq!(left.iter().map(Vec::len).sum::<usize>(), 3);

@@ -3,8 +3,9 @@
 #![no_main]
 
 use flowmetrix::{
+    app::Applications,
     decode::{FrameMeta, decode},
-    offset::Offset,
+    offset::strip,
     record::UnixNanos,
 };
 use libfuzzer_sys::fuzz_target;
@@ -14,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let wire_len = frame.len() as u32 + u32::from(offset);
-    let Ok((frame, wire_len)) = Offset(usize::from(offset % 64)).apply(frame, wire_len) else {
+    let Ok((frame, wire_len)) = strip(frame, wire_len, usize::from(offset % 64)) else {
         return;
     };
     let meta = FrameMeta {
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         wire_len,
         sample_rate: 1,
     };
-    if let Ok(row) = decode(frame, meta) {
+    if let Ok(row) = decode(frame, meta, &Applications::default()) {
         // Ports only with a transport protocol, inner columns only inside a tunnel.
         if row.src_port.is_some() {
             assert!(matches!(row.protocol, Some(6 | 17)), "{row:?}");

@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use flowmetrix::{
-    offset::{AutoOffset, MAX_AUTO_OFFSET, Step, plausible},
+    offset::{AutoPrefix, MAX_AUTO_OFFSET, Step, plausible},
     record::UnixNanos,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut learner = AutoOffset::new();
+    let mut learner = AutoPrefix::new();
     let start = Instant::now();
     let mut observed = 0i64;
     let mut returned = Vec::new();

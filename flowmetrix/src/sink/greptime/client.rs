@@ -17,7 +17,8 @@ use super::{
 };
 use crate::sink::SinkError;
 
-pub fn connect(cfg: &GreptimeConfig) -> Result<Database, SinkError> {
+/// The client for the endpoints, and the database the run writes to.
+pub fn connect(cfg: &GreptimeConfig) -> Result<(Database, Client), SinkError> {
     let mut channel = ChannelConfig::default()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -44,14 +45,21 @@ pub fn connect(cfg: &GreptimeConfig) -> Result<Database, SinkError> {
         }
     };
     let client = Client::with_manager_and_urls(manager, &cfg.endpoints);
-    let mut db = Database::new_with_dbname(cfg.database.clone(), client);
-    if let Some(username) = &cfg.username {
-        db.set_auth(AuthScheme::Basic(Basic {
+    let mut db = Database::new_with_dbname(cfg.database.clone(), client.clone());
+    if let Some(auth) = auth(cfg) {
+        db.set_auth(auth);
+    }
+    Ok((db, client))
+}
+
+/// The credentials, when a user is set.
+pub fn auth(cfg: &GreptimeConfig) -> Option<AuthScheme> {
+    cfg.username.as_ref().map(|username| {
+        AuthScheme::Basic(Basic {
             username: username.clone(),
             password: cfg.password.clone().unwrap_or_default(),
-        }));
-    }
-    Ok(db)
+        })
+    })
 }
 
 /// Checks at start-up that the endpoint answers and accepts our database and credentials,

@@ -12,9 +12,42 @@ mod client;
 mod retry;
 mod schema;
 mod settings;
+pub mod spool;
+pub mod spool_writer;
 mod writer;
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::{metrics::Counters, sink::SinkError};
 
 pub use retry::{Failure, classify};
 pub use schema::{Column, SCHEMA, column_schemas, encode, encode_row};
 pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls};
 pub use writer::run;
+
+/// Opens the spool and starts its thread. A directory another collector holds is an error;
+/// any other failure runs without a spool (logged): rows GreptimeDB cannot take are then
+/// retried until the exit deadline.
+pub fn open_spool(
+    cfg: &SpoolConfig,
+    capacity: usize,
+    counters: &Arc<Counters>,
+) -> Result<Option<Arc<spool_writer::SpoolWriter>>, SinkError> {
+    match spool::Spool::open(&cfg.dir, cfg.max_bytes, Arc::clone(counters)) {
+        Ok(s) => Ok(Some(Arc::new(spool_writer::SpoolWriter::start(
+            Arc::new(s),
+            capacity,
+            Arc::clone(counters),
+        )))),
+        Err(e @ spool::SpoolError::Locked { .. }) => Err(e.into()),
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+            warn!(
+                "{e}{cause}; running without a spool: rows GreptimeDB cannot take are retried until the exit deadline"
+            );
+            Ok(None)
+        }
+    }
+}

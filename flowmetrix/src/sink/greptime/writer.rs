@@ -1,5 +1,8 @@
-//! The writer: batches from the queue, a bounded number of inserts in flight, retries, the
-//! outage log, and the spool replay.
+//! The writer: rows from the queue through the one batcher, a bounded number of inserts in
+//! flight, retries, the outage log, and the spool replay.
+//!
+//! Every batch a write task takes is accounted exactly once — written, a write error, or
+//! handed to the spool — also when the task panics or is cancelled ([`Unsettled`]).
 
 use std::{
     collections::HashSet,
@@ -7,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use greptimedb_ingester::{api::v1::RowInsertRequests, database::Database};
+use greptimedb_ingester::{api::v1::RowInsertRequests, client::Client, database::Database};
 use rand::Rng as _;
 use tokio::{
     sync::{Semaphore, watch},
@@ -21,20 +24,21 @@ use super::{
     retry::{BACKOFF_CAP, BACKOFF_START, Failure, REQUEST_TIMEOUT, classify},
     schema::encode,
     settings::GreptimeConfig,
+    spool::{Contents, Replayed},
+    spool_writer::{Item, Payload, SpoolWriter},
 };
 use crate::{
     metrics::Counters,
     queue::Receiver,
     record::PacketRecord,
-    sink::{
-        SinkError,
-        spool::{Contents, Segment, Spool},
-    },
+    sink::{SinkError, batch::Batcher},
 };
 
 /// Shared by the write tasks: the connection, counters, and what was already logged.
 pub(super) struct Writer {
     pub(super) db: Database,
+    /// For records of the spool meant for another database.
+    client: Client,
     hints: Vec<(&'static str, String)>,
     pub(super) cfg: GreptimeConfig,
     counters: Arc<Counters>,
@@ -44,7 +48,7 @@ pub(super) struct Writer {
     reported: Mutex<HashSet<Code>>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
-    spool: Option<Arc<Spool>>,
+    spool: Option<Arc<SpoolWriter>>,
 }
 
 impl Writer {
@@ -95,17 +99,29 @@ impl Writer {
         }
     }
 
+    /// The database a spooled record was meant for (`None`: the run's own).
+    fn db_for(&self, name: Option<&str>) -> Database {
+        match name {
+            Some(n) if n != self.cfg.database => {
+                let mut db = Database::new_with_dbname(n.to_owned(), self.client.clone());
+                if let Some(auth) = super::client::auth(&self.cfg) {
+                    db.set_auth(auth);
+                }
+                db
+            }
+            _ => self.db.clone(),
+        }
+    }
+
     /// One attempt at one insert, bounded by the request timeout and the shutdown
-    /// deadline.
-    async fn attempt(&self, request: &RowInsertRequests, rows: u64) -> Attempt {
+    /// deadline. The caller counts the rows.
+    async fn attempt(&self, db: &Database, request: &RowInsertRequests) -> Attempt {
         let budget = self
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
-        let res = tokio::time::timeout(
-            budget,
-            self.db.insert_with_hints(request.clone(), &self.hints()),
-        )
-        .await;
+        let res =
+            tokio::time::timeout(budget, db.insert_with_hints(request.clone(), &self.hints()))
+                .await;
         match res {
             Ok(Ok(_affected)) => {
                 self.succeeded();
@@ -115,7 +131,6 @@ impl Writer {
                 Failure::Retry(why) => Attempt::Retry(why),
                 Failure::Fatal { kind, message } => {
                     self.fatal(kind, &message);
-                    Counters::add(&self.counters.write_errors, rows);
                     Attempt::Fatal
                 }
             },
@@ -141,30 +156,40 @@ impl Writer {
     /// Writes one batch. What a retry cannot fix is counted as write errors; retriable
     /// failures go to the spool when there is one, else are retried until the deadline.
     async fn write(&self, rows: Vec<PacketRecord>) {
-        let n = rows.len() as u64;
+        let mut account = Unsettled::new(rows.len() as u64, &self.counters);
         let started = Instant::now();
         let request = encode(&self.cfg.table, &rows);
         drop(rows);
         let mut backoff = BACKOFF_START;
         loop {
-            match self.attempt(&request, n).await {
+            match self.attempt(&self.db, &request).await {
                 Attempt::Written => {
-                    Counters::add(&self.counters.written, n);
+                    account.settle(&self.counters.written);
                     self.counters.write_seconds.observe(started.elapsed());
                     return;
                 }
-                Attempt::Fatal => return,
+                Attempt::Fatal => return account.settle(&self.counters.write_errors),
                 Attempt::Retry(why) => {
                     self.outage_began(&why);
                     if let Some(spool) = &self.spool {
-                        spool.append(&request, n);
-                        return;
+                        let item = Item {
+                            database: self.cfg.database.clone(),
+                            payload: Payload::Insert {
+                                request,
+                                rows: account.n,
+                            },
+                        };
+                        let until = self.deadline.borrow().map(tokio::time::Instant::from_std);
+                        return match spool.put(item, until).await {
+                            // Counted as spooled by the spool.
+                            Ok(()) => account.handed_over(),
+                            Err(_) => account.settle(&self.counters.write_errors),
+                        };
                     }
                     Counters::add(&self.counters.write_retries, 1);
                     if !self.back_off(backoff).await {
                         // Shutting down and out of time: these rows are not written.
-                        Counters::add(&self.counters.write_errors, n);
-                        return;
+                        return account.settle(&self.counters.write_errors);
                     }
                     backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
@@ -172,42 +197,60 @@ impl Writer {
         }
     }
 
-    /// Replays the spool, oldest first, while live rows keep flowing; a segment is deleted
-    /// once all its records are acknowledged. Stops when shutdown begins, keeping on disk
-    /// only what was not acknowledged.
-    async fn replay(self: Arc<Self>, spool: Arc<Spool>) {
+    /// Replays the spool, oldest first, while live rows keep flowing; each record is
+    /// marked done once GreptimeDB acknowledged it, and a segment deleted once all are.
+    /// Stops when shutdown begins, keeping on disk only what was not acknowledged.
+    async fn replay(self: Arc<Self>, writer: Arc<SpoolWriter>) {
+        let spool = Arc::clone(writer.spool());
         // The segment being replayed and its next record.
-        let mut current: Option<(Segment, Contents, usize)> = None;
+        let mut current: Option<(Contents, usize)> = None;
         let mut backoff = BACKOFF_START;
         let mut deadline_set = self.deadline.subscribe();
         while self.deadline.borrow().is_none() {
             if current.is_none() {
-                current = spool.take_oldest().map(|(seg, c)| (seg, c, 0));
+                let s = Arc::clone(&spool);
+                // Reads a segment file: not on a runtime thread.
+                current = tokio::task::spawn_blocking(move || s.take_oldest())
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|(_, c)| (c, 0));
             }
-            let Some((seg, contents, next)) = current.as_mut() else {
+            let Some((contents, next)) = current.as_mut() else {
                 tokio::select! {
                     () = tokio::time::sleep(REPLAY_IDLE) => {}
                     _ = deadline_set.changed() => {}
                 }
                 continue;
             };
-            let Some(&(_, rows)) = contents.records.get(*next) else {
-                spool.done(seg);
+            let Some(record) = contents.records.get(*next).cloned() else {
+                spool.done();
                 current = None;
                 continue;
             };
+            if !spool.begin(record.rows) {
+                current = None; // dropped for room meanwhile: counted by the spool
+                continue;
+            }
             let Some(request) = contents.request(*next) else {
-                *next += 1; // checked when the segment was read; cannot happen
+                // Checked when the segment was read; cannot happen.
+                spool.finish(&record, Replayed::Refused);
+                *next += 1;
                 continue;
             };
-            match self.attempt(&request, rows).await {
+            let db = self.db_for(record.database.as_deref());
+            match self.attempt(&db, &request).await {
                 Attempt::Written => {
-                    Counters::add(&self.counters.spool_replayed, rows);
+                    spool.finish(&record, Replayed::Written);
                     *next += 1;
                     backoff = BACKOFF_START;
                 }
-                Attempt::Fatal => *next += 1,
+                Attempt::Fatal => {
+                    spool.finish(&record, Replayed::Refused);
+                    *next += 1;
+                }
                 Attempt::Retry(why) => {
+                    spool.finish(&record, Replayed::Failed);
                     self.outage_began(&why);
                     Counters::add(&self.counters.write_retries, 1);
                     if !self.back_off(backoff).await {
@@ -217,8 +260,44 @@ impl Writer {
                 }
             }
         }
-        if let Some((seg, contents, next)) = current {
-            spool.keep_rest(seg, &contents, next);
+        if current.is_some() {
+            spool.put_back();
+        }
+    }
+}
+
+/// The rows of one batch until they are accounted for: written, failed, or handed to the
+/// spool. Dropped unaccounted (a panic, a cancelled task), they count as write errors, so
+/// no row leaves the loss equation.
+struct Unsettled<'a> {
+    n: u64,
+    counters: &'a Counters,
+    settled: bool,
+}
+
+impl<'a> Unsettled<'a> {
+    fn new(n: u64, counters: &'a Counters) -> Self {
+        Self {
+            n,
+            counters,
+            settled: false,
+        }
+    }
+
+    fn settle(&mut self, counter: &std::sync::atomic::AtomicU64) {
+        Counters::add(counter, self.n);
+        self.settled = true;
+    }
+
+    fn handed_over(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            Counters::add(&self.counters.write_errors, self.n);
         }
     }
 }
@@ -226,13 +305,13 @@ impl Writer {
 /// How one attempt at an insert went.
 enum Attempt {
     Written,
-    /// Counted as write errors already.
     Fatal,
     Retry(String),
 }
 
 /// How often an idle replayer looks at the spool.
 const REPLAY_IDLE: Duration = Duration::from_millis(200);
+
 /// Writes batches from `rx` until it closes. When `shutdown` fires, retries get
 /// `shutdown_timeout` more before the rows they hold count as write errors (or, with a
 /// spool, go to it).
@@ -241,13 +320,15 @@ pub async fn run(
     mut rx: Receiver,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
-    spool: Option<Arc<Spool>>,
+    spool: Option<Arc<SpoolWriter>>,
 ) -> Result<(), SinkError> {
+    let (db, client) = connect(&cfg)?;
     let writer = Arc::new(Writer {
-        db: connect(&cfg)?,
+        db,
+        client,
         hints: cfg.hints(),
         cfg: cfg.clone(),
-        counters,
+        counters: Arc::clone(&counters),
         outage: Mutex::new(None),
         reported: Mutex::new(HashSet::new()),
         deadline: watch::Sender::new(None),
@@ -269,62 +350,74 @@ pub async fn run(
 
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
-    let mut pending: Vec<PacketRecord> = Vec::with_capacity(cfg.batch_size);
-    let mut flush_at: Option<tokio::time::Instant> = None;
-
-    let submit = |rows: Vec<PacketRecord>, tasks: &mut JoinSet<()>, permit| {
-        let writer = Arc::clone(&writer);
-        tasks.spawn(async move {
-            writer.write(rows).await;
-            drop(permit);
-        });
-    };
-
+    let mut batcher = Batcher::new(cfg.batch_size, cfg.flush_interval);
+    let mut full = Vec::new();
     loop {
-        let timer = async {
-            match flush_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            batch = rx.recv() => {
-                let Some(batch) = batch else { break };
-                if pending.is_empty() {
-                    flush_at = Some(tokio::time::Instant::now() + cfg.flush_interval);
-                }
-                pending.extend(batch);
-                while pending.len() >= cfg.batch_size {
-                    let rest = pending.split_off(cfg.batch_size);
-                    let full = std::mem::replace(&mut pending, rest);
-                    let permit = Arc::clone(&in_flight).acquire_owned().await;
-                    submit(full, &mut tasks, permit);
-                }
-                if pending.is_empty() {
-                    flush_at = None;
-                }
+            chunk = rx.recv() => {
+                let Some(chunk) = chunk else { break };
+                batcher.push(chunk, |b| full.push(b));
             }
-            () = timer => {
-                flush_at = None;
-                let rows = std::mem::take(&mut pending);
-                let permit = Arc::clone(&in_flight).acquire_owned().await;
-                submit(rows, &mut tasks, permit);
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = batcher.due() => full.extend(batcher.take()),
+            Some(res) = tasks.join_next(), if !tasks.is_empty() => reap(res),
         }
+        for rows in full.drain(..) {
+            submit(&writer, &in_flight, &mut tasks, rows).await;
+        }
+        Counters::set(&counters.queue_depth, rx.depth() as u64);
     }
 
     // The queue is closed: capture has stopped. Write what is left within the deadline.
-    if !pending.is_empty() {
-        let permit = Arc::clone(&in_flight).acquire_owned().await;
-        submit(pending, &mut tasks, permit);
+    if let Some(rows) = batcher.take() {
+        submit(&writer, &in_flight, &mut tasks, rows).await;
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(res) = tasks.join_next().await {
+        reap(res);
+    }
     if let Some(replayer) = replayer {
         let _ = replayer.await;
     }
-    if let Some(spool) = &spool {
-        spool.sync();
+    if let Some(spool) = spool {
+        let deadline = writer
+            .deadline
+            .borrow()
+            .unwrap_or_else(|| Instant::now() + cfg.shutdown_timeout);
+        let w = Arc::clone(&spool);
+        let _ = tokio::task::spawn_blocking(move || w.finish(deadline)).await;
+        let left = spool.spool().rows();
+        if left > 0 {
+            info!(
+                "spool {}: {left} rows kept for the next run",
+                spool.spool().dir().display()
+            );
+        }
     }
     Ok(())
+}
+
+/// Starts a write task once one of the `max_in_flight` places is free.
+async fn submit(
+    writer: &Arc<Writer>,
+    in_flight: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    rows: Vec<PacketRecord>,
+) {
+    let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
+        // The semaphore is never closed; keep the accounting exact all the same.
+        return Unsettled::new(rows.len() as u64, &writer.counters)
+            .settle(&writer.counters.write_errors);
+    };
+    let writer = Arc::clone(writer);
+    tasks.spawn(async move {
+        writer.write(rows).await;
+        drop(permit);
+    });
+}
+
+/// A write task that ended by a panic has had its rows counted (as write errors) by its
+/// [`Unsettled`]; say so once.
+fn reap(res: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = res {
+        error!("a GreptimeDB write task failed ({e}); its rows are counted as write errors");
+    }
 }

@@ -1,0 +1,221 @@
+//! The decode stage: samples → rows. The VMware prefix is taken off (fixed, or learned by
+//! `-auto-detect`, which holds frames until it has decided), then each frame is decoded
+//! into a [`PacketRecord`] with the port → application table it was given. What cannot
+//! become a row is counted as a decode error.
+
+use std::{sync::Arc, time::Instant};
+
+use tracing::{debug, warn};
+
+use crate::{
+    app::Applications,
+    decode::{self, FrameMeta},
+    metrics::Counters,
+    offset::{self, AutoPrefix, Prefix, Step},
+    record::{PacketRecord, UnixNanos},
+    ring::RecordError,
+    source::{Sample, SourceInfo},
+};
+
+/// What the decode stage is told.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeSettings {
+    pub prefix: Prefix,
+    pub applications: Arc<Applications>,
+}
+
+pub struct Decoder {
+    prefix: Prefix,
+    /// Learning or checking the prefix (`Prefix::Auto` only).
+    learner: Option<Box<AutoPrefix>>,
+    applications: Arc<Applications>,
+    sample_rate: u32,
+    counters: Arc<Counters>,
+    warned: bool,
+}
+
+impl Decoder {
+    pub fn new(settings: DecodeSettings, source: &SourceInfo, counters: Arc<Counters>) -> Self {
+        Self {
+            learner: (settings.prefix == Prefix::Auto).then(Box::default),
+            prefix: settings.prefix,
+            applications: settings.applications,
+            sample_rate: source.sample_rate,
+            counters,
+            warned: false,
+        }
+    }
+
+    /// One sample (or a ring record that was not one): its rows, if any, go to `out`.
+    pub fn push(&mut self, sample: Result<Sample<'_>, RecordError>, out: &mut Vec<PacketRecord>) {
+        let s = match sample {
+            Ok(s) => s,
+            Err(e) => return self.not_decoded(&e),
+        };
+        let step = match (&mut self.learner, self.prefix) {
+            (Some(auto), _) => auto.observe(s.frame, s.wire_len, s.ts, Instant::now()),
+            (None, Prefix::Fixed(len)) => Step::Use(len),
+            (None, Prefix::Auto) => Step::Use(0),
+        };
+        match step {
+            Step::Hold => {}
+            Step::Use(len) => self.decode_at(len, s.frame, s.wire_len, s.ts, out),
+            Step::Release { offset, frames } => {
+                for held in frames {
+                    self.decode_at(offset, &held.bytes, held.wire_len, held.ts, out);
+                }
+            }
+        }
+    }
+
+    /// At the end of input: decides the prefix for frames `-auto-detect` still holds, and
+    /// decodes them.
+    pub fn finish(&mut self, out: &mut Vec<PacketRecord>) {
+        let Some((offset, frames)) = self.learner.as_mut().and_then(|a| a.finish()) else {
+            return;
+        };
+        for held in frames {
+            self.decode_at(offset, &held.bytes, held.wire_len, held.ts, out);
+        }
+    }
+
+    fn decode_at(
+        &mut self,
+        prefix: usize,
+        frame: &[u8],
+        wire_len: u32,
+        ts: UnixNanos,
+        out: &mut Vec<PacketRecord>,
+    ) {
+        // No combinators here: each one would move the ~200-byte row once more.
+        let (frame, wire_len) = match offset::strip(frame, wire_len, prefix) {
+            Ok(f) => f,
+            Err(e) => return self.not_decoded(&e),
+        };
+        let meta = FrameMeta {
+            ts,
+            wire_len,
+            sample_rate: self.sample_rate,
+        };
+        match decode::decode(frame, meta, &self.applications) {
+            Ok(row) => {
+                Counters::add(&self.counters.decoded, 1);
+                out.push(row);
+            }
+            Err(e) => self.not_decoded(&e),
+        }
+    }
+
+    fn not_decoded(&mut self, e: &dyn std::fmt::Display) {
+        Counters::add(&self.counters.decode_errors, 1);
+        if self.warned {
+            debug!("sample not decoded: {e}");
+        } else {
+            warn!("sample not decoded: {e} (further ones are counted, logged at debug)");
+            self.warned = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::source::Direction;
+
+    fn udp(dst_port: u16) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 9, 0, 1], [10, 9, 0, 2], 64)
+            .udp(40_000, dst_port);
+        let mut out = Vec::new();
+        b.write(&mut out, &[0; 20]).unwrap();
+        out
+    }
+
+    fn sample(frame: &[u8], ts: i64) -> Result<Sample<'_>, RecordError> {
+        Ok(Sample {
+            frame,
+            wire_len: frame.len() as u32,
+            ts: UnixNanos(ts),
+            ifindex: 3,
+            direction: Direction::Ingress,
+        })
+    }
+
+    fn info(rate: u32) -> SourceInfo {
+        SourceInfo {
+            sample_rate: rate,
+            snaplen: 192,
+            waits: false,
+        }
+    }
+
+    #[test]
+    fn rows_carry_the_source_rate_and_the_table_given() {
+        let counters = Arc::new(Counters::default());
+        let settings = DecodeSettings {
+            prefix: Prefix::Fixed(0),
+            applications: Arc::new(Applications::new([(9000, "MINIO".to_owned())])),
+        };
+        let mut d = Decoder::new(settings, &info(10), Arc::clone(&counters));
+        let mut out = Vec::new();
+        let f = udp(9000);
+        d.push(sample(&f, 5), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].application, "MINIO");
+        assert_eq!(out[0].sample_rate, 10);
+        assert_eq!(out[0].ts, UnixNanos(5));
+        assert_eq!(out[0].dst_port, Some(9000));
+        // Another stage keeps its own table: no global.
+        let mut plain = Decoder::new(DecodeSettings::default(), &info(1), Arc::default());
+        plain.push(sample(&f, 5), &mut out);
+        assert_eq!(out[1].application, "UNKNOWN");
+        assert_eq!(Counters::get(&counters.decoded), 1);
+    }
+
+    #[test]
+    fn a_fixed_prefix_is_stripped_and_short_frames_counted() {
+        let counters = Arc::new(Counters::default());
+        let settings = DecodeSettings {
+            prefix: Prefix::Fixed(24),
+            ..Default::default()
+        };
+        let mut d = Decoder::new(settings, &info(1), Arc::clone(&counters));
+        let mut framed = vec![0xee; 24];
+        framed.extend(udp(53));
+        let mut out = Vec::new();
+        d.push(sample(&framed, 1), &mut out);
+        d.push(sample(&framed[..30], 2), &mut out);
+        d.push(Err(RecordError::BadSize(3)), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].application, "DNS");
+        assert_eq!(usize::from(out[0].packet_size), framed.len() - 24);
+        assert_eq!(Counters::get(&counters.decode_errors), 2);
+    }
+
+    #[test]
+    fn auto_detect_holds_frames_then_decodes_them_all_at_the_prefix_found() {
+        let counters = Arc::new(Counters::default());
+        let settings = DecodeSettings {
+            prefix: Prefix::Auto,
+            ..Default::default()
+        };
+        let mut d = Decoder::new(settings, &info(1), Arc::clone(&counters));
+        let mut framed = vec![0u8; 16];
+        framed.extend(udp(443));
+        let mut out = Vec::new();
+        for i in 0..3 {
+            d.push(sample(&framed, i), &mut out);
+        }
+        assert!(out.is_empty(), "held while learning");
+        d.finish(&mut out);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|r| r.application == "HTTPS"));
+        assert_eq!(
+            out.iter().map(|r| r.ts.0).collect::<Vec<_>>(),
+            [0, 1, 2],
+            "in order"
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! One step from what was asked for (flags, environment, config file: [`cli`]) to typed
+//! settings for each stage, with every check that spans several settings done here, each
+//! failure one line (exit 2). Only [`cli`] knows clap; the stages only know their own
+//! settings types.
+
+use std::{path::Path, sync::Arc};
+
+use crate::{
+    app::Applications,
+    capture::{self, CaptureConfig, XdpMode},
+    cli::{Cli, LogFormat, Output, PASSWORD_ENV, XdpModeArg},
+    config::FileSettings,
+    offset::Prefix,
+    pipeline::{MetricsSettings, PipelineSettings},
+    rows::DecodeSettings,
+    sink::{
+        SinkConfig, SinkSettings,
+        greptime::{GreptimeConfig, SpoolConfig, Tls},
+    },
+    source::SourceSettings,
+};
+
+/// Ethernet II header length: the least a sample must hold after the prefix.
+const ETHERNET_HEADER: u32 = 14;
+
+/// How much to log, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `None`: no logging at all (`-no-log`).
+    pub level: Option<LogLevel>,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    /// `-d`: debug for FlowMetrix (and its XDP program), not for the libraries.
+    Debug,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pipeline: PipelineSettings,
+    pub log: LogSettings,
+}
+
+/// A setting, or a combination of settings, that cannot work; one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+impl Settings {
+    /// The settings for `cli` (which already holds the config file's values) and the
+    /// file's `[applications]`; `password` is the GreptimeDB password from the environment.
+    pub fn new(
+        cli: &Cli,
+        file: &FileSettings,
+        password: Option<String>,
+    ) -> Result<Self, UsageError> {
+        let source = source(cli)?;
+        let decode = DecodeSettings {
+            prefix: if cli.auto_detect {
+                Prefix::Auto
+            } else {
+                Prefix::Fixed(cli.offset.map_or(0, usize::from))
+            },
+            applications: Arc::new(Applications::new(file.applications.iter().cloned())),
+        };
+        let sink = SinkSettings {
+            output: output(cli, password)?,
+            queue_rows: cli.queue_size as usize,
+        };
+        Ok(Self {
+            pipeline: PipelineSettings {
+                source,
+                decode,
+                sink,
+                metrics: MetricsSettings {
+                    addr: cli.metrics_addr,
+                    stats_interval: cli.stats_interval,
+                },
+            },
+            log: LogSettings {
+                level: match (cli.no_log, cli.debug) {
+                    (true, _) => None,
+                    (false, true) => Some(LogLevel::Debug),
+                    (false, false) => Some(LogLevel::Info),
+                },
+                format: cli.log_format,
+            },
+        })
+    }
+}
+
+fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
+    match (&cli.pcap, &cli.interface) {
+        (Some(_), Some(_)) => Err(usage(
+            "--pcap replays a file instead of capturing: give --interface or --pcap, not both",
+        )),
+        (Some(file), None) => Ok(SourceSettings::Pcap(file.clone())),
+        (None, None) => Err(usage(
+            "the following required arguments were not provided: --interface <IFACE> (see 'flowmetrix --help')",
+        )),
+        (None, Some(iface)) => {
+            if let Some(offset) = cli.offset
+                && u32::from(offset) + ETHERNET_HEADER > cli.snaplen
+            {
+                return Err(usage(format!(
+                    "--offset {offset} leaves no room for an Ethernet header in --snaplen {} bytes",
+                    cli.snaplen
+                )));
+            }
+            if capture::if_index(iface).is_none() {
+                return Err(usage(format!("no such interface: {iface}")));
+            }
+            Ok(SourceSettings::Live(CaptureConfig {
+                interface: iface.clone(),
+                mode: match cli.xdp_mode {
+                    XdpModeArg::Auto => XdpMode::Auto,
+                    XdpModeArg::Native => XdpMode::Native,
+                    XdpModeArg::Skb => XdpMode::Skb,
+                },
+                sample_rate: cli.sample_rate,
+                snaplen: cli.snaplen,
+                ring_bytes: cli.ring_bytes,
+            }))
+        }
+    }
+}
+
+fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError> {
+    Ok(match cli.output {
+        Output::Jsonl => SinkConfig::Jsonl,
+        Output::None => SinkConfig::None,
+        Output::Greptimedb => {
+            if password.is_some() && cli.greptime_username.is_none() {
+                return Err(usage(format!(
+                    "{PASSWORD_ENV} is set but no user: set FLOWMETRIX_GREPTIME_USERNAME or --greptime-username"
+                )));
+            }
+            SinkConfig::Greptime(Box::new(GreptimeConfig {
+                endpoints: cli.greptime_endpoint.clone(),
+                database: cli.database.clone(),
+                table: cli.table.clone(),
+                username: cli.greptime_username.clone(),
+                password,
+                compression: cli.compression.into(),
+                batch_size: cli.batch_size as usize,
+                flush_interval: cli.flush_interval,
+                ttl: cli.ttl.clone(),
+                max_in_flight: cli.max_in_flight as usize,
+                shutdown_timeout: cli.shutdown_timeout,
+                tls: tls(cli)?,
+                spool: (!cli.no_spool).then(|| SpoolConfig {
+                    dir: cli.spool_dir.clone(),
+                    max_bytes: cli.spool_max_bytes,
+                }),
+            }))
+        }
+    })
+}
+
+/// TLS files, checked for readability now so that a typo is a usage error, not an outage.
+fn tls(cli: &Cli) -> Result<Option<Tls>, UsageError> {
+    let (Some(ca), Some(cert), Some(key)) =
+        (&cli.tls_ca_file, &cli.tls_cert_file, &cli.tls_key_file)
+    else {
+        return Ok(None);
+    };
+    for (flag, path) in [
+        ("--tls-ca-file", ca),
+        ("--tls-cert-file", cert),
+        ("--tls-key-file", key),
+    ] {
+        readable(flag, path)?;
+    }
+    Ok(Some(Tls {
+        ca_file: ca.clone(),
+        cert_file: cert.clone(),
+        key_file: key.clone(),
+    }))
+}
+
+fn readable(flag: &str, path: &Path) -> Result<(), UsageError> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(usage(format!("{flag} {}: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{self, Parsed};
+
+    fn settings(args: &[&str]) -> Result<Settings, UsageError> {
+        let Ok(Parsed::Run(cli, file)) = cli::parse(args.iter().map(std::ffi::OsString::from))
+        else {
+            panic!("{args:?} did not parse")
+        };
+        Settings::new(&cli, &file, None)
+    }
+
+    #[test]
+    fn each_stage_gets_its_own_settings() {
+        let s = settings(&[
+            "fm",
+            "--pcap",
+            "x.pcap",
+            "-auto-detect",
+            "--queue-size",
+            "99",
+        ])
+        .unwrap();
+        assert!(
+            matches!(s.pipeline.source, SourceSettings::Pcap(ref p) if p.as_os_str() == "x.pcap")
+        );
+        assert_eq!(s.pipeline.decode.prefix, Prefix::Auto);
+        assert_eq!(s.pipeline.sink.queue_rows, 99);
+        assert!(matches!(s.pipeline.sink.output, SinkConfig::Greptime(_)));
+        assert_eq!(s.log.level, Some(LogLevel::Info));
+        let s = settings(&[
+            "fm", "--pcap", "x.pcap", "-offset", "--output", "jsonl", "-no-log",
+        ])
+        .unwrap();
+        assert_eq!(s.pipeline.decode.prefix, Prefix::Fixed(24));
+        assert!(matches!(s.pipeline.sink.output, SinkConfig::Jsonl));
+        assert_eq!(s.log.level, None);
+    }
+
+    #[test]
+    fn cross_setting_checks_are_one_line_each() {
+        let lo = "lo";
+        for (args, want) in [
+            (
+                vec!["fm", "-i", lo, "--snaplen", "20", "-offset", "10"],
+                "--offset 10 leaves no room for an Ethernet header in --snaplen 20 bytes",
+            ),
+            (
+                vec!["fm", "-i", "fmx-nosuch0"],
+                "no such interface: fmx-nosuch0",
+            ),
+        ] {
+            let e = settings(&args).unwrap_err();
+            assert_eq!(e.0, want);
+        }
+        // The live-only check does not apply to a file.
+        assert!(settings(&["fm", "--pcap", "x", "--output", "none", "-offset", "200"]).is_ok());
+    }
+
+    #[test]
+    fn a_password_without_a_user_is_refused() {
+        let Ok(Parsed::Run(cli, file)) =
+            cli::parse(["fm", "--pcap", "x"].map(std::ffi::OsString::from))
+        else {
+            panic!()
+        };
+        let e = Settings::new(&cli, &file, Some("pw".into())).unwrap_err();
+        assert!(e.0.starts_with(PASSWORD_ENV), "{e}");
+    }
+}

@@ -1,0 +1,1074 @@
+//! A bounded on-disk spool of GreptimeDB inserts, for when GreptimeDB is away or slower
+//! than the capture.
+//!
+//! Inserts are appended to segment files (`seg-<seq>.spool`) as checksummed records:
+//! `magic u32 | payload length u32 | crc32 u32 | rows u32 | payload` (little-endian). The
+//! payload is the database name (a length byte, then the name) and the protobuf
+//! `RowInsertRequests` (which names the table) as the ingester sends it, so a record is
+//! replayed where it was meant to go whatever the later run is told. Records of the first
+//! format (`FMX1`, the insert alone) replay into the run's own database.
+//!
+//! Segments are replayed oldest first. Each record GreptimeDB acknowledged (or refused for
+//! good) is marked done in place (its magic becomes `FMXD`), so a collector killed during a
+//! replay resumes after the last acknowledged record; a segment is deleted once every record
+//! is done. When the spool would exceed its size limit the oldest data is dropped first —
+//! quarantined files, then the oldest segment, the one being replayed included — and its
+//! rows counted as lost. A failed append (disk full) leaves the segment as it was. A torn or
+//! corrupt record (power loss mid-write) is found by its checksum: the records before it are
+//! replayed, the rest counted, the file quarantined (renamed `.bad`, counted in the limit,
+//! at most [`MAX_BAD_FILES`] kept).
+//!
+//! The directory is locked (`flock` on `lock`, which holds the owner's pid): a second
+//! collector on the same directory is refused with the pid of the one that has it.
+//!
+//! Accounting: every row handed to [`Spool::append`] counts as `spooled`; each is later
+//! `replayed`, counted as `spool lost` (dropped for room, damaged, refused by GreptimeDB on
+//! replay, not writable), or still on disk at exit ([`Spool::rows`]).
+
+use std::{
+    collections::VecDeque,
+    fs::{self, File, OpenOptions},
+    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    os::{fd::AsRawFd as _, unix::fs::FileExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use greptimedb_ingester::api::v1::RowInsertRequests;
+use prost::Message as _;
+use tracing::{info, warn};
+
+use crate::{metrics::Counters, throttle::Throttled};
+
+/// A record of the first format: the insert alone.
+const MAGIC_V1: u32 = 0x464d_5831; // "FMX1"
+/// A record: database name and insert.
+const MAGIC: u32 = 0x464d_5832; // "FMX2"
+/// A record that is done: acknowledged, or refused for good.
+const DONE: u32 = 0x464d_5844; // "FMXD"
+const HEADER: usize = 16;
+const LOCK_FILE: &str = "lock";
+/// Quarantined (`.bad`) files kept for inspection; older ones are deleted.
+pub const MAX_BAD_FILES: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool directory {path}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "spool directory {path} is in use by another collector (pid {holder}): give this one its own --spool-dir, or --no-spool"
+    )]
+    Locked { path: String, holder: String },
+}
+
+/// A closed segment waiting to be replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub seq: u64,
+    pub path: PathBuf,
+    /// Bytes of it that are ours (a failed append may have left more behind).
+    pub bytes: u64,
+    /// Rows in records not yet done.
+    pub rows: u64,
+}
+
+/// One good record of a segment, not yet done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Where its header starts in the file.
+    pub at: u64,
+    /// The protobuf insert, within [`Contents`]' bytes.
+    insert: std::ops::Range<usize>,
+    pub rows: u64,
+    /// The database it was meant for; `None` for a first-format record.
+    pub database: Option<String>,
+}
+
+/// What one segment holds, as read back: its bytes and its good records not yet done, each
+/// decoded only when it is sent (a decoded insert is several times its encoded size).
+#[derive(Debug, Default)]
+pub struct Contents {
+    bytes: Vec<u8>,
+    pub records: Vec<Record>,
+    /// Rows in records that were damaged (torn, corrupt) and cannot be replayed.
+    pub damaged_rows: u64,
+    pub damaged: bool,
+}
+
+impl Contents {
+    /// The insert of good record `i`.
+    pub fn request(&self, i: usize) -> Option<RowInsertRequests> {
+        let r = self.records.get(i)?;
+        RowInsertRequests::decode(self.bytes.get(r.insert.clone())?).ok()
+    }
+
+    /// Rows in the good records from `i` on.
+    pub fn rows_from(&self, i: usize) -> u64 {
+        self.records.iter().skip(i).map(|r| r.rows).sum()
+    }
+}
+
+/// How a replayed record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replayed {
+    /// GreptimeDB acknowledged it.
+    Written,
+    /// GreptimeDB refused it for good: its rows are lost.
+    Refused,
+    /// Not written this time; it will be tried again.
+    Failed,
+}
+
+#[derive(Debug)]
+struct Active {
+    seg: Segment,
+    file: File,
+}
+
+/// The segment the replayer holds.
+#[derive(Debug)]
+struct Replaying {
+    seg: Segment,
+    /// Rows of it done (written or refused).
+    done: u64,
+    /// Rows of the record being sent now.
+    in_flight: u64,
+    /// Dropped for room while being replayed: the replayer stops at its next record.
+    evicted: bool,
+    /// Renamed `.bad`: kept (not deleted) once replayed.
+    quarantined: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    closed: VecDeque<Segment>,
+    active: Option<Active>,
+    replaying: Option<Replaying>,
+    /// Quarantined files, oldest first, with their sizes.
+    bad: VecDeque<(PathBuf, u64)>,
+    bytes: u64,
+    next_seq: u64,
+}
+
+impl Inner {
+    fn rows(&self) -> u64 {
+        self.closed.iter().map(|s| s.rows).sum::<u64>()
+            + self.active.as_ref().map_or(0, |a| a.seg.rows)
+            + self
+                .replaying
+                .as_ref()
+                .filter(|r| !r.evicted)
+                .map_or(0, |r| r.seg.rows - r.done.min(r.seg.rows))
+    }
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    inner: Mutex<Inner>,
+    counters: Arc<Counters>,
+    /// Held for the spool's life: the directory lock.
+    _lock: File,
+    full: Throttled,
+    failed: Throttled,
+}
+
+fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("seg-{seq:016}.spool"))
+}
+
+fn seq_of(path: &Path, ext: &str) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("seg-")?
+        .strip_suffix(ext)?
+        .parse()
+        .ok()
+}
+
+/// One record: header, database and protobuf insert.
+fn record_bytes(database: &str, req: &RowInsertRequests, rows: u64) -> Vec<u8> {
+    let db = database.as_bytes();
+    let db = &db[..db.len().min(255)];
+    let mut payload = Vec::with_capacity(1 + db.len() + req.encoded_len());
+    payload.push(db.len() as u8);
+    payload.extend_from_slice(db);
+    req.encode(&mut payload)
+        .unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+    let mut record = Vec::with_capacity(HEADER + payload.len());
+    for word in [
+        MAGIC,
+        u32::try_from(payload.len()).unwrap_or(u32::MAX),
+        crc32fast::hash(&payload),
+        u32::try_from(rows).unwrap_or(u32::MAX),
+    ] {
+        record.extend_from_slice(&word.to_le_bytes());
+    }
+    record.extend_from_slice(&payload);
+    record
+}
+
+fn word(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The database and insert range of a payload at `range`, if it is well-formed.
+fn split_payload(
+    bytes: &[u8],
+    magic: u32,
+    range: std::ops::Range<usize>,
+) -> Option<(Option<String>, std::ops::Range<usize>)> {
+    let payload = bytes.get(range.clone())?;
+    let (database, skip) = if magic == MAGIC_V1 {
+        (None, 0)
+    } else {
+        let n = usize::from(*payload.first()?);
+        let name = std::str::from_utf8(payload.get(1..1 + n)?).ok()?;
+        (Some(name.to_owned()), 1 + n)
+    };
+    let insert = range.start + skip..range.end;
+    RowInsertRequests::decode(bytes.get(insert.clone())?).ok()?;
+    Some((database, insert))
+}
+
+/// Parses one segment's bytes into its good records not yet done, and what was damaged.
+pub fn parse_segment(bytes: Vec<u8>) -> Contents {
+    let mut out = Contents::default();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (Some(magic), Some(len), Some(crc), Some(rows)) = (
+            word(&bytes, at),
+            word(&bytes, at + 4),
+            word(&bytes, at + 8),
+            word(&bytes, at + 12),
+        ) else {
+            out.damaged = true; // a torn header: its rows are unknown
+            break;
+        };
+        let range = at + HEADER..at + HEADER + len as usize;
+        let known = matches!(magic, MAGIC | MAGIC_V1 | DONE);
+        let intact = known
+            && bytes
+                .get(range.clone())
+                .is_some_and(|p| crc32fast::hash(p) == crc);
+        if !intact {
+            out.damaged = true;
+            // The header may be intact (a torn payload): count its rows.
+            if matches!(magic, MAGIC | MAGIC_V1) {
+                out.damaged_rows += u64::from(rows);
+            }
+            break;
+        }
+        if magic != DONE {
+            let Some((database, insert)) = split_payload(&bytes, magic, range.clone()) else {
+                out.damaged = true;
+                out.damaged_rows += u64::from(rows);
+                break;
+            };
+            out.records.push(Record {
+                at: at as u64,
+                insert,
+                rows: u64::from(rows),
+                database,
+            });
+        }
+        at = range.end;
+    }
+    out.bytes = bytes;
+    out
+}
+
+/// Rows in the records of `path` not yet done, from the headers alone (checksums are
+/// checked when it is replayed).
+fn pending_rows(path: &Path) -> std::io::Result<u64> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut at = 0;
+    let mut rows = 0;
+    let mut head = [0u8; HEADER];
+    while at + HEADER as u64 <= len {
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut head)?;
+        let (Some(magic), Some(size), Some(n)) = (word(&head, 0), word(&head, 4), word(&head, 12))
+        else {
+            break;
+        };
+        match magic {
+            MAGIC | MAGIC_V1 => rows += u64::from(n),
+            DONE => {}
+            _ => break,
+        }
+        at += HEADER as u64 + u64::from(size);
+    }
+    Ok(rows)
+}
+
+/// Takes the directory's lock, or says who holds it.
+fn lock(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let dir_err = |source| SpoolError::Dir {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(dir_err)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(dir_err(e));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        return Err(SpoolError::Locked {
+            path: dir.display().to_string(),
+            holder: if holder.is_empty() {
+                "unknown".into()
+            } else {
+                holder.into()
+            },
+        });
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(dir_err)?;
+    Ok(file)
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir`, taking up segments an earlier run left.
+    pub fn open(dir: &Path, max_bytes: u64, counters: Arc<Counters>) -> Result<Self, SpoolError> {
+        let dir_err = |source| SpoolError::Dir {
+            path: dir.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(dir_err)?;
+        let lock = lock(dir)?;
+        let mut found: Vec<Segment> = Vec::new();
+        let mut bad: Vec<(u64, PathBuf, u64)> = Vec::new();
+        for entry in fs::read_dir(dir).map_err(dir_err)? {
+            let path = entry.map_err(dir_err)?.path();
+            let bytes = fs::metadata(&path).map_or(0, |m| m.len());
+            if let Some(seq) = seq_of(&path, ".spool") {
+                match pending_rows(&path) {
+                    Ok(0) if bytes > 0 => {
+                        let _ = fs::remove_file(&path); // every record was done
+                    }
+                    Ok(rows) => found.push(Segment {
+                        seq,
+                        path,
+                        bytes,
+                        rows,
+                    }),
+                    Err(e) => warn!("spool: cannot read {}: {e}; left alone", path.display()),
+                }
+            } else if let Some(seq) = seq_of(&path, ".bad") {
+                bad.push((seq, path, bytes));
+            } else if seq_of(&path, ".tmp").is_some() {
+                // An unfinished rewrite of an older version: the segment itself is intact.
+                let _ = fs::remove_file(&path);
+            }
+        }
+        found.sort_by_key(|s| s.seq);
+        bad.sort_by_key(|b| b.0);
+        while bad.len() > MAX_BAD_FILES {
+            let (_, path, _) = bad.remove(0);
+            let _ = fs::remove_file(&path);
+        }
+        let max_seq = found
+            .iter()
+            .map(|s| s.seq)
+            .chain(bad.iter().map(|b| b.0))
+            .max();
+        let inner = Inner {
+            bytes: found.iter().map(|s| s.bytes).sum::<u64>()
+                + bad.iter().map(|b| b.2).sum::<u64>(),
+            next_seq: max_seq.map_or(0, |s| s + 1),
+            closed: found.into(),
+            bad: bad.into_iter().map(|(_, p, b)| (p, b)).collect(),
+            ..Default::default()
+        };
+        if !inner.closed.is_empty() {
+            info!(
+                "spool {}: {} rows in {} segment(s), {} bytes from an earlier run to replay",
+                dir.display(),
+                inner.rows(),
+                inner.closed.len(),
+                inner.bytes
+            );
+        }
+        let spool = Self {
+            dir: dir.to_owned(),
+            max_bytes,
+            // Several segments fit in the limit, so dropping the oldest frees room.
+            // Small enough to read back whole without a memory spike.
+            segment_bytes: (max_bytes / 8).clamp(4096, 8 << 20),
+            inner: Mutex::new(inner),
+            counters,
+            _lock: lock,
+            full: Throttled::default(),
+            failed: Throttled::default(),
+        };
+        spool.publish();
+        Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self) {
+        let inner = self.lock();
+        let segments = inner.closed.len()
+            + inner.bad.len()
+            + usize::from(inner.active.is_some())
+            + usize::from(inner.replaying.as_ref().is_some_and(|r| !r.evicted));
+        Counters::set(&self.counters.spool_bytes, inner.bytes);
+        Counters::set(&self.counters.spool_segments, segments as u64);
+    }
+
+    /// Bytes on disk now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Rows on disk not yet replayed.
+    pub fn rows(&self) -> u64 {
+        self.lock().rows()
+    }
+
+    fn lose(&self, rows: u64) {
+        Counters::add(&self.counters.spool_lost, rows);
+    }
+
+    /// Appends one insert of `rows` rows for `database`. Never fails the caller: rows that
+    /// cannot be kept are counted as lost.
+    pub fn append(&self, database: &str, req: &RowInsertRequests, rows: u64) {
+        Counters::add(&self.counters.spooled, rows);
+        let record = record_bytes(database, req, rows);
+        let len = record.len() as u64;
+        if len > self.max_bytes {
+            self.lose(rows);
+            self.failed.warn(format_args!(
+                "spool: a {len}-byte batch is larger than the whole spool ({} bytes); {rows} rows lost",
+                self.max_bytes
+            ));
+            return;
+        }
+        let mut inner = self.lock();
+        self.make_room(&mut inner, len);
+        if inner.active.is_none() {
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            let path = seg_path(&self.dir, seq);
+            match OpenOptions::new().create_new(true).append(true).open(&path) {
+                Ok(file) => {
+                    inner.active = Some(Active {
+                        seg: Segment {
+                            seq,
+                            path,
+                            bytes: 0,
+                            rows: 0,
+                        },
+                        file,
+                    });
+                }
+                Err(e) => {
+                    drop(inner);
+                    self.lose(rows);
+                    self.failed.warn(format_args!(
+                        "spool: cannot create {}: {e}; {rows} rows lost",
+                        path.display()
+                    ));
+                    return;
+                }
+            }
+        }
+        let Some(active) = inner.active.as_mut() else {
+            return;
+        };
+        if let Err(e) = active.file.write_all(&record) {
+            // Leave the segment as it was: nothing may follow a partial record.
+            let path = active.seg.path.display().to_string();
+            if active.file.set_len(active.seg.bytes).is_err() {
+                // Cannot cut it back: no more appends to it; replay reads only our bytes.
+                Self::close_active(&mut inner);
+            }
+            drop(inner);
+            self.lose(rows);
+            self.failed.warn(format_args!(
+                "spool: cannot write {path}: {e}; {rows} rows lost"
+            ));
+            self.publish();
+            return;
+        }
+        active.seg.bytes += len;
+        active.seg.rows += rows;
+        let full = active.seg.bytes >= self.segment_bytes;
+        inner.bytes += len;
+        if full {
+            Self::close_active(&mut inner);
+        }
+        drop(inner);
+        self.publish();
+    }
+
+    /// Drops the oldest data until `len` more bytes fit: quarantined files, then the
+    /// segment being replayed, then closed segments, then the active one.
+    fn make_room(&self, inner: &mut Inner, len: u64) {
+        while inner.bytes + len > self.max_bytes {
+            let (path, bytes, rows) = if let Some((path, bytes)) = inner.bad.pop_front() {
+                (path, bytes, 0)
+            } else if let Some(r) = inner.replaying.as_mut().filter(|r| !r.evicted) {
+                // Taken from the front: older than every closed segment.
+                r.evicted = true;
+                let rows = r.seg.rows.saturating_sub(r.done + r.in_flight);
+                (r.seg.path.clone(), r.seg.bytes, rows)
+            } else if let Some(oldest) = inner.closed.pop_front() {
+                (oldest.path, oldest.bytes, oldest.rows)
+            } else if let Some(active) = inner.active.take() {
+                (active.seg.path, active.seg.bytes, active.seg.rows)
+            } else {
+                break;
+            };
+            let _ = fs::remove_file(&path);
+            inner.bytes -= bytes.min(inner.bytes);
+            self.lose(rows);
+            self.full.warn(format_args!(
+                "spool full ({} bytes): dropped the oldest data, {rows} rows lost",
+                self.max_bytes
+            ));
+        }
+    }
+
+    fn close_active(inner: &mut Inner) {
+        if let Some(active) = inner.active.take() {
+            let _ = active.file.sync_all();
+            if active.seg.rows > 0 {
+                inner.closed.push_back(active.seg);
+            } else {
+                let _ = fs::remove_file(&active.seg.path);
+                inner.bytes -= active.seg.bytes.min(inner.bytes);
+            }
+        }
+    }
+
+    /// Writes what is buffered to disk (at exit).
+    pub fn sync(&self) {
+        let mut inner = self.lock();
+        Self::close_active(&mut inner);
+    }
+
+    /// Takes the oldest segment for replay (closing the active one if it is all there
+    /// is), and reads it. Damage is counted and the file quarantined. Reads a file: call it
+    /// where blocking is allowed.
+    pub fn take_oldest(&self) -> Option<(Segment, Contents)> {
+        let mut seg = {
+            let mut inner = self.lock();
+            if inner.replaying.is_some() {
+                return None;
+            }
+            if inner.closed.is_empty() {
+                Self::close_active(&mut inner);
+            }
+            let seg = inner.closed.pop_front()?;
+            inner.replaying = Some(Replaying {
+                seg: seg.clone(),
+                done: 0,
+                in_flight: 0,
+                evicted: false,
+                quarantined: false,
+            });
+            seg
+        };
+        let mut contents = match fs::read(&seg.path) {
+            Ok(mut bytes) => {
+                bytes.truncate(usize::try_from(seg.bytes).unwrap_or(usize::MAX));
+                parse_segment(bytes)
+            }
+            Err(e) => {
+                warn!("spool: cannot read {}: {e}", seg.path.display());
+                Contents {
+                    damaged: true,
+                    ..Default::default()
+                }
+            }
+        };
+        // What the headers said may differ from what the checksums allow.
+        let good = contents.rows_from(0);
+        if contents.damaged {
+            let bad = seg.path.with_extension("bad");
+            let _ = fs::rename(&seg.path, &bad);
+            contents.damaged_rows = seg.rows.saturating_sub(good);
+            self.lose(contents.damaged_rows);
+            warn!(
+                "spool: {} is damaged after {} good records; {} rows lost; kept as {}",
+                seg.path.display(),
+                contents.records.len(),
+                contents.damaged_rows,
+                bad.display()
+            );
+            seg.path = bad;
+        }
+        seg.rows = good;
+        let mut inner = self.lock();
+        if let Some(r) = inner.replaying.as_mut() {
+            if r.evicted {
+                // Dropped for room while it was read: its rows are counted already.
+                drop(inner);
+                return self.stopped_evicted();
+            }
+            r.seg = seg.clone();
+            r.quarantined = contents.damaged;
+        }
+        Some((seg, contents))
+    }
+
+    fn stopped_evicted(&self) -> Option<(Segment, Contents)> {
+        self.lock().replaying = None;
+        self.publish();
+        None
+    }
+
+    /// About to send a record of `rows` rows of the segment held for replay: false when the
+    /// segment was dropped for room meanwhile (its rows are counted as lost; stop).
+    pub fn begin(&self, rows: u64) -> bool {
+        let mut inner = self.lock();
+        match inner.replaying.as_mut() {
+            Some(r) if !r.evicted => {
+                r.in_flight = rows;
+                true
+            }
+            _ => {
+                inner.replaying = None;
+                drop(inner);
+                self.publish();
+                false
+            }
+        }
+    }
+
+    /// How the record [`Spool::begin`] announced went.
+    pub fn finish(&self, record: &Record, how: Replayed) {
+        let mut inner = self.lock();
+        let Some(r) = inner.replaying.as_mut() else {
+            return;
+        };
+        r.in_flight = 0;
+        match how {
+            Replayed::Written => {
+                Counters::add(&self.counters.spool_replayed, record.rows);
+            }
+            Replayed::Refused => self.lose(record.rows),
+            Replayed::Failed => {
+                if r.evicted {
+                    self.lose(record.rows);
+                }
+                return;
+            }
+        }
+        r.done += record.rows;
+        if !r.evicted {
+            // Marked done in place: a restart resumes after it. Not synced: a power loss
+            // may replay it once more.
+            let marked = OpenOptions::new()
+                .write(true)
+                .open(&r.seg.path)
+                .and_then(|f| f.write_all_at(&DONE.to_le_bytes(), record.at));
+            if let Err(e) = marked {
+                self.failed.warn(format_args!(
+                    "spool: cannot mark a record of {} done ({e}); it may be sent again after a restart",
+                    r.seg.path.display()
+                ));
+            }
+        }
+    }
+
+    /// Every record of the segment held for replay is done: delete it (a quarantined one
+    /// is kept, counted in the limit).
+    pub fn done(&self) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.replaying.take()
+            && !r.evicted
+        {
+            if r.quarantined {
+                inner.bad.push_back((r.seg.path, r.seg.bytes));
+                while inner.bad.len() > MAX_BAD_FILES {
+                    if let Some((path, bytes)) = inner.bad.pop_front() {
+                        let _ = fs::remove_file(&path);
+                        inner.bytes -= bytes.min(inner.bytes);
+                    }
+                }
+            } else {
+                let _ = fs::remove_file(&r.seg.path);
+                inner.bytes -= r.seg.bytes.min(inner.bytes);
+            }
+        }
+        drop(inner);
+        self.publish();
+    }
+
+    /// Replay stopped before the end of the segment: it stays on disk, first in line. Its
+    /// done records are marked, so they are not sent again.
+    pub fn put_back(&self) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.replaying.take()
+            && !r.evicted
+        {
+            let mut seg = r.seg;
+            seg.rows = seg.rows.saturating_sub(r.done);
+            if r.quarantined {
+                // Good records remain in a `.bad` file: take them up as a segment again.
+                let back = seg_path(&self.dir, seg.seq);
+                if fs::rename(&seg.path, &back).is_ok() {
+                    seg.path = back;
+                }
+            }
+            inner.closed.push_front(seg);
+        }
+        drop(inner);
+        self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use greptimedb_ingester::api::v1::{RowInsertRequest, Rows};
+
+    use super::*;
+
+    fn req(tag: &str, rows: usize) -> RowInsertRequests {
+        RowInsertRequests {
+            inserts: vec![RowInsertRequest {
+                table_name: tag.to_owned(),
+                rows: Some(Rows {
+                    schema: vec![],
+                    rows: vec![Default::default(); rows],
+                }),
+            }],
+        }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fmx-spool-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn files(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_FILE)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn on_disk(d: &Path) -> u64 {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name() != LOCK_FILE)
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    /// Replays everything, acknowledging each record; returns (table, rows, database).
+    fn replay_all(spool: &Spool) -> Vec<(String, u64, Option<String>)> {
+        let mut seen = Vec::new();
+        while let Some((_, c)) = spool.take_oldest() {
+            for (i, r) in c.records.iter().enumerate() {
+                assert!(spool.begin(r.rows));
+                seen.push((
+                    c.request(i).unwrap().inserts[0].table_name.clone(),
+                    r.rows,
+                    r.database.clone(),
+                ));
+                spool.finish(r, Replayed::Written);
+            }
+            spool.done();
+        }
+        seen
+    }
+
+    #[test]
+    fn records_come_back_in_order_and_segments_are_deleted_when_done() {
+        let d = dir("order");
+        let counters = Arc::new(Counters::default());
+        let spool = Spool::open(&d, 1 << 20, Arc::clone(&counters)).unwrap();
+        for i in 0..5 {
+            spool.append("public", &req(&format!("t{i}"), 3), 3);
+        }
+        assert_eq!(Counters::get(&counters.spooled), 15);
+        assert_eq!(spool.rows(), 15);
+        let seen: Vec<(String, u64)> = replay_all(&spool)
+            .into_iter()
+            .map(|(t, n, _)| (t, n))
+            .collect();
+        assert_eq!(
+            seen,
+            (0..5).map(|i| (format!("t{i}"), 3)).collect::<Vec<_>>()
+        );
+        assert_eq!(Counters::get(&counters.spool_replayed), 15);
+        assert_eq!((spool.bytes(), spool.rows()), (0, 0));
+        assert!(spool.take_oldest().is_none(), "nothing left to replay");
+        assert!(files(&d).is_empty());
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_later_run_replays_what_an_earlier_one_left() {
+        let d = dir("restart");
+        {
+            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+            spool.append("public", &req("a", 2), 2);
+            spool.append("public", &req("b", 4), 4);
+            // no sync: as after kill -9, the data was written with write(2)
+        }
+        let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+        assert_eq!(spool.rows(), 6);
+        let (_, c) = spool.take_oldest().unwrap();
+        assert_eq!(c.rows_from(0), 6);
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn each_record_keeps_its_database_and_table() {
+        let d = dir("target");
+        let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+        spool.append("public", &req("packet_data", 1), 1);
+        spool.append("db2", &req("t_mix", 2), 2);
+        assert_eq!(
+            replay_all(&spool),
+            vec![
+                ("packet_data".into(), 1, Some("public".into())),
+                ("t_mix".into(), 2, Some("db2".into())),
+            ]
+        );
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn first_format_records_are_still_replayed() {
+        let d = dir("v1");
+        fs::create_dir_all(&d).unwrap();
+        let payload = req("old", 3).encode_to_vec();
+        let mut rec = Vec::new();
+        for w in [MAGIC_V1, payload.len() as u32, crc32fast::hash(&payload), 3] {
+            rec.extend_from_slice(&w.to_le_bytes());
+        }
+        rec.extend_from_slice(&payload);
+        fs::write(seg_path(&d, 7), &rec).unwrap();
+        let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+        assert_eq!(replay_all(&spool), vec![("old".into(), 3, None)]);
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_second_spool_on_the_same_directory_is_refused_naming_the_holder() {
+        let d = dir("lock");
+        let first = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+        let Err(e) = Spool::open(&d, 1 << 20, Arc::default()) else {
+            panic!("opened twice")
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&d.display().to_string())
+                && msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(first);
+        Spool::open(&d, 1 << 20, Arc::default()).expect("free again once the first is gone");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_restart_during_replay_resumes_after_the_last_acknowledged_record() {
+        let d = dir("resume");
+        {
+            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+            for i in 0..4 {
+                spool.append("public", &req(&format!("t{i}"), 1), 1);
+            }
+            let (_, c) = spool.take_oldest().unwrap();
+            for r in &c.records[..3] {
+                assert!(spool.begin(r.rows));
+                spool.finish(r, Replayed::Written);
+            }
+            // killed here: no put_back, no done
+        }
+        let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+        assert_eq!(spool.rows(), 1);
+        let tables: Vec<String> = replay_all(&spool).into_iter().map(|t| t.0).collect();
+        assert_eq!(tables, ["t3"]);
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_segment_torn_mid_record_gives_its_good_records_and_counts_the_rest() {
+        let d = dir("torn");
+        let counters = Arc::new(Counters::default());
+        {
+            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+            for i in 0..4 {
+                spool.append("public", &req(&format!("t{i}"), 10), 10);
+            }
+        }
+        let path = seg_path(&d, 0);
+        let len = fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 7).unwrap(); // cut inside the last record's payload
+        let spool = Spool::open(&d, 1 << 20, Arc::clone(&counters)).unwrap();
+        let (_, c) = spool.take_oldest().unwrap();
+        assert!(c.damaged);
+        assert_eq!(c.records.len(), 3);
+        assert_eq!(c.damaged_rows, 10);
+        assert_eq!(Counters::get(&counters.spool_lost), 10);
+        spool.done();
+        assert!(path.with_extension("bad").exists(), "quarantined");
+        assert_eq!(spool.bytes(), on_disk(&d), "the .bad file counts");
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn garbage_in_a_segment_is_detected_by_the_checksum() {
+        let good = {
+            let d = dir("crc");
+            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+            spool.append("public", &req("a", 1), 1);
+            spool.append("public", &req("b", 1), 1);
+            spool.sync();
+            let b = fs::read(seg_path(&d, 0)).unwrap();
+            drop(spool);
+            fs::remove_dir_all(d).unwrap();
+            b
+        };
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        let c = parse_segment(bad);
+        assert_eq!((c.records.len(), c.damaged, c.damaged_rows), (1, true, 1));
+        assert_eq!(parse_segment(good).records.len(), 2);
+        assert!(parse_segment(vec![1, 2, 3]).damaged);
+    }
+
+    #[test]
+    fn the_size_limit_holds_the_oldest_go_first_and_every_row_is_counted() {
+        let d = dir("limit");
+        let counters = Arc::new(Counters::default());
+        let max = 64 * 1024;
+        let spool = Spool::open(&d, max, Arc::clone(&counters)).unwrap();
+        let mut appended = 0;
+        let mut high = 0;
+        // A replay is under way the whole time: its segment may be dropped too.
+        let mut held: Option<Contents> = None;
+        for i in 0..2_000 {
+            spool.append("public", &req(&format!("t{i:05}"), 7), 7);
+            appended += 7;
+            if held.is_none() {
+                held = spool.take_oldest().map(|(_, c)| c);
+            }
+            let disk = on_disk(&d);
+            assert!(disk <= max, "{disk} bytes on disk > {max}");
+            assert_eq!(spool.bytes(), disk);
+            high = high.max(disk);
+        }
+        assert!(high > max * 9 / 10, "only {high} of {max} bytes used");
+        assert!(!spool.begin(7), "the held segment was dropped for room");
+        let mut first = None;
+        let mut kept = 0;
+        while let Some((_, c)) = spool.take_oldest() {
+            first.get_or_insert_with(|| c.request(0).unwrap().inserts[0].table_name.clone());
+            for r in &c.records {
+                assert!(spool.begin(r.rows));
+                spool.finish(r, Replayed::Written);
+                kept += r.rows;
+            }
+            spool.done();
+        }
+        let lost = Counters::get(&counters.spool_lost);
+        assert!(lost > 0);
+        assert_eq!(kept + lost, appended, "every row kept or counted as lost");
+        assert_eq!(Counters::get(&counters.spooled), appended);
+        assert_eq!(Counters::get(&counters.spool_replayed), kept);
+        // What is left is the newest rows, without a gap: the oldest went first.
+        assert_eq!(first.unwrap(), format!("t{:05}", 2_000 - kept / 7));
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_record_evicted_while_in_flight_is_counted_once() {
+        let d = dir("inflight");
+        let counters = Arc::new(Counters::default());
+        let spool = Spool::open(&d, 64 * 1024, Arc::clone(&counters)).unwrap();
+        spool.append("public", &req("a", 5), 5);
+        spool.append("public", &req("b", 5), 5);
+        let (_, c) = spool.take_oldest().unwrap();
+        assert!(spool.begin(5));
+        // Room is needed while "a" is in flight: the held segment goes.
+        for i in 0..2_000 {
+            spool.append("public", &req(&format!("n{i}"), 1), 1);
+        }
+        spool.finish(&c.records[0], Replayed::Written);
+        assert!(!spool.begin(5), "b is gone with its segment");
+        assert_eq!(Counters::get(&counters.spool_replayed), 5);
+        let mut kept = 0;
+        while let Some((_, c)) = spool.take_oldest() {
+            for r in &c.records {
+                assert!(spool.begin(r.rows));
+                spool.finish(r, Replayed::Written);
+                kept += r.rows;
+            }
+            spool.done();
+        }
+        let lost = Counters::get(&counters.spool_lost);
+        assert_eq!(5 + kept + lost, 2_010, "replayed + kept + lost = appended");
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn stale_tmp_files_go_and_bad_files_are_bounded() {
+        let d = dir("leftovers");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("seg-0000000000000001.tmp"), b"").unwrap();
+        for i in 0..(MAX_BAD_FILES as u64 + 3) {
+            fs::write(d.join(format!("seg-{i:016}.bad")), [0u8; 100]).unwrap();
+        }
+        let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+        let left = files(&d);
+        assert_eq!(left.len(), MAX_BAD_FILES, "{left:?}");
+        assert!(left.iter().all(|f| f.ends_with(".bad")));
+        assert_eq!(spool.bytes(), on_disk(&d));
+        // New segments do not reuse a quarantined file's number.
+        spool.append("public", &req("a", 1), 1);
+        spool.sync();
+        assert!(files(&d).contains(&format!("seg-{:016}.spool", MAX_BAD_FILES as u64 + 3)));
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -1,0 +1,194 @@
+//! The spool's own thread: encodes and appends what is handed to it, so no disk write,
+//! fsync or segment drop ever runs on the thread that drains the ring (or on a write task).
+//! It is fed by a queue bounded in rows; what does not fit is handed back to the caller,
+//! which counts it.
+
+use std::{
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use greptimedb_ingester::api::v1::RowInsertRequests;
+use tracing::warn;
+
+use super::{schema::encode, spool::Spool};
+use crate::{
+    metrics::Counters,
+    queue::{self, Rejected},
+    record::PacketRecord,
+};
+
+/// Test hook: a stalled disk, as a delay before every append (milliseconds).
+pub const STALL_ENV: &str = "FLOWMETRIX_TEST_SPOOL_STALL_MS";
+
+/// What goes to the spool.
+pub enum Payload {
+    /// Rows the queue to GreptimeDB had no room for (encoded on the spool's thread).
+    Rows {
+        table: String,
+        rows: Vec<PacketRecord>,
+    },
+    /// An insert GreptimeDB could not take now.
+    Insert {
+        request: RowInsertRequests,
+        rows: u64,
+    },
+}
+
+pub struct Item {
+    pub database: String,
+    pub payload: Payload,
+}
+
+impl queue::Rows for Item {
+    fn rows(&self) -> usize {
+        match &self.payload {
+            Payload::Rows { rows, .. } => rows.len(),
+            Payload::Insert { rows, .. } => usize::try_from(*rows).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+pub struct SpoolWriter {
+    spool: Arc<Spool>,
+    tx: Mutex<Option<queue::Sender<Item>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set at shutdown: what is still queued after it is counted, not written.
+    deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+impl SpoolWriter {
+    /// Starts the thread, with room for `capacity` rows waiting.
+    pub fn start(spool: Arc<Spool>, capacity: usize, counters: Arc<Counters>) -> Self {
+        let (tx, mut rx) = queue::bounded::<Item>(capacity);
+        let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let stall = std::env::var(STALL_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
+        let thread = {
+            let spool = Arc::clone(&spool);
+            let deadline = Arc::clone(&deadline);
+            std::thread::Builder::new()
+                .name("flowmetrix-spool".into())
+                .spawn(move || {
+                    let mut late = 0;
+                    while let Some(item) = rx.blocking_recv() {
+                        let past = deadline
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_some_and(|d| Instant::now() >= d);
+                        let rows = queue::Rows::rows(&item) as u64;
+                        if past {
+                            // Handed to the spool, but the exit deadline came first.
+                            Counters::add(&counters.spooled, rows);
+                            Counters::add(&counters.spool_lost, rows);
+                            late += rows;
+                            continue;
+                        }
+                        if let Some(d) = stall {
+                            std::thread::sleep(d);
+                        }
+                        match item.payload {
+                            Payload::Rows { table, rows: batch } => {
+                                spool.append(&item.database, &encode(&table, &batch), rows);
+                            }
+                            Payload::Insert { request, rows } => {
+                                spool.append(&item.database, &request, rows);
+                            }
+                        }
+                    }
+                    spool.sync();
+                    if late > 0 {
+                        warn!(
+                            "spool: {late} rows were not written to disk before the exit deadline; counted as lost"
+                        );
+                    }
+                })
+        };
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!("cannot start the spool thread: {e}; rows for the spool are dropped");
+                None
+            }
+        };
+        Self {
+            spool,
+            tx: Mutex::new(thread.is_some().then_some(tx)),
+            thread: Mutex::new(thread),
+            deadline,
+        }
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    fn sender(&self) -> std::sync::MutexGuard<'_, Option<queue::Sender<Item>>> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `item` now, or hands it back when the spool's queue is full or closed.
+    pub fn try_put(&self, item: Item) -> Result<(), Item> {
+        match self.sender().as_ref() {
+            Some(tx) => tx.try_send(item).map_err(|e| match e {
+                Rejected::Full(i) | Rejected::Closed(i) => i,
+            }),
+            None => Err(item),
+        }
+    }
+
+    /// Queues `item`, waiting for room until `until`; hands it back if that passes first
+    /// or the spool is closed.
+    pub async fn put(
+        &self,
+        mut item: Item,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<(), Item> {
+        loop {
+            // Not held across the wait: a room notification, then a retry.
+            let waited = {
+                let guard = self.sender();
+                let Some(tx) = guard.as_ref() else {
+                    return Err(item);
+                };
+                match tx.try_send(item) {
+                    Ok(()) => return Ok(()),
+                    Err(Rejected::Closed(i)) => return Err(i),
+                    Err(Rejected::Full(i)) => {
+                        item = i;
+                        tx.room()
+                    }
+                }
+            };
+            let wait = tokio::time::sleep(Duration::from_millis(50));
+            tokio::select! {
+                () = waited.notified() => {}
+                () = wait => {}
+            }
+            if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                return Err(item);
+            }
+        }
+    }
+
+    /// Rows waiting for the spool's thread.
+    pub fn depth(&self) -> usize {
+        self.sender().as_ref().map_or(0, queue::Sender::depth)
+    }
+
+    /// Closes the queue; the thread writes what is queued until `deadline`, counts the
+    /// rest, syncs and ends. Blocks until it has.
+    pub fn finish(&self, deadline: Instant) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+        self.sender().take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread
+            && t.join().is_err()
+        {
+            warn!("the spool thread panicked; rows it held may be missing from the counts");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Where samples come from: the kernel ring buffer (live capture) or a pcap file (replay).
+//! Both yield the same [`Sample`] and count what they read in the same [`KernelStats`]; the
+//! rest of the pipeline does not know which it has.
+
+use std::{path::PathBuf, time::Duration};
+
+use flowmetrix_common::DRAIN_INTERVAL_MS;
+use tracing::info;
+
+use crate::{
+    capture::{self, Capture, CaptureConfig, CaptureError},
+    metrics::KernelStats,
+    pcap::{PcapFileError, PcapFrames},
+    record::UnixNanos,
+    ring::{self, Clock, RecordError, Ring},
+};
+
+/// Which way a packet went through the interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Direction {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+/// One sampled frame, borrowed from the source.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    /// The captured bytes (any VMware prefix included).
+    pub frame: &'a [u8],
+    /// The frame's length on the wire.
+    pub wire_len: u32,
+    pub ts: UnixNanos,
+    pub ifindex: u32,
+    pub direction: Direction,
+}
+
+/// What the rows need to know about the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// 1 in N packets is sampled.
+    pub sample_rate: u32,
+    /// Bytes captured per sample (0: whole frames, as a file holds them).
+    pub snaplen: u32,
+    /// Whether the source waits for the output rather than dropping rows (a file can wait;
+    /// the kernel cannot).
+    pub waits: bool,
+}
+
+/// Where to read from.
+#[derive(Debug, Clone)]
+pub enum SourceSettings {
+    Live(CaptureConfig),
+    Pcap(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("cannot poll the ring buffer")]
+    Poll(#[source] std::io::Error),
+    #[error(transparent)]
+    Pcap(#[from] PcapFileError),
+    #[error("interface {0} went away; capture stopped")]
+    InterfaceGone(String),
+}
+
+/// Whether a source has more to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pulled {
+    More,
+    End,
+}
+
+pub enum Source {
+    Live(Box<Live>),
+    Pcap(Box<Replay>),
+}
+
+pub struct Live {
+    capture: Capture,
+    ring: Ring,
+    /// The program wakes us only every few samples per CPU: drain on a timer too.
+    drain: tokio::time::Interval,
+    config: CaptureConfig,
+    ifindex: u32,
+}
+
+pub struct Replay {
+    frames: PcapFrames,
+    buf: Vec<u8>,
+}
+
+/// How many frames a replay hands over at a time (and between looks at the shutdown
+/// signal).
+const REPLAY_CHUNK: usize = 256;
+
+impl Source {
+    /// Attaches the program, or opens the file.
+    pub fn open(settings: &SourceSettings) -> Result<Self, SourceError> {
+        match settings {
+            SourceSettings::Live(cfg) => {
+                let mut capture = Capture::attach(cfg)?;
+                let ring = Ring::new(capture.take_ring()?).map_err(SourceError::Poll)?;
+                if let Some(logger) = capture.take_logger() {
+                    ring::spawn_logger(logger).map_err(SourceError::Poll)?;
+                }
+                let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+                drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let ifindex = capture::if_index(&cfg.interface)
+                    .ok_or_else(|| CaptureError::NoSuchInterface(cfg.interface.clone()))?;
+                Ok(Self::Live(Box::new(Live {
+                    capture,
+                    ring,
+                    drain,
+                    config: cfg.clone(),
+                    ifindex,
+                })))
+            }
+            SourceSettings::Pcap(path) => {
+                let frames = PcapFrames::open(path)?;
+                info!(file = %path.display(), "replaying");
+                Ok(Self::Pcap(Box::new(Replay {
+                    frames,
+                    buf: Vec::new(),
+                })))
+            }
+        }
+    }
+
+    pub fn info(&self) -> SourceInfo {
+        match self {
+            Self::Live(l) => SourceInfo {
+                sample_rate: l.config.sample_rate,
+                snaplen: l.config.snaplen,
+                waits: false,
+            },
+            Self::Pcap(_) => SourceInfo {
+                sample_rate: 1,
+                snaplen: 0,
+                waits: true,
+            },
+        }
+    }
+
+    /// Waits until there may be samples to pull.
+    pub async fn ready(&mut self) -> Result<(), SourceError> {
+        match self {
+            Self::Live(l) => tokio::select! {
+                res = l.ring.readable() => res.map_err(SourceError::Poll),
+                _ = l.drain.tick() => Ok(()),
+            },
+            Self::Pcap(_) => Ok(()),
+        }
+    }
+
+    /// Hands what is available now to `f`: everything in the ring, or the file's next
+    /// frames. A ring record that is not a sample is handed over as its error.
+    pub fn pull(
+        &mut self,
+        mut f: impl FnMut(Result<Sample<'_>, RecordError>),
+    ) -> Result<Pulled, SourceError> {
+        match self {
+            Self::Live(l) => {
+                let clock = Clock::now();
+                let direction = Direction::Ingress;
+                l.ring.drain(|bytes| {
+                    f(ring::parse_record(bytes).map(|s| Sample {
+                        frame: s.frame,
+                        wire_len: s.header.wire_len,
+                        ts: clock.wall(s.header.ts_boot_ns),
+                        ifindex: s.header.ifindex,
+                        direction,
+                    }));
+                });
+                Ok(Pulled::More)
+            }
+            Self::Pcap(r) => {
+                for _ in 0..REPLAY_CHUNK {
+                    let Some(info) = r.frames.next_frame(&mut r.buf)? else {
+                        return Ok(Pulled::End);
+                    };
+                    f(Ok(Sample {
+                        frame: &r.buf,
+                        wire_len: info.wire_len,
+                        ts: info.ts,
+                        ifindex: 0,
+                        direction: Direction::Ingress,
+                    }));
+                }
+                Ok(Pulled::More)
+            }
+        }
+    }
+
+    /// What the source has read: the kernel's per-CPU counters summed, or the frames of
+    /// the file (each one seen and sampled).
+    pub fn stats(&self) -> Result<KernelStats, SourceError> {
+        match self {
+            Self::Live(l) => Ok(l.capture.stats()?),
+            Self::Pcap(r) => {
+                let read = r.frames.frames();
+                Ok(KernelStats {
+                    seen: read,
+                    sampled: read,
+                    ring_drops: 0,
+                })
+            }
+        }
+    }
+
+    /// Fails when the interface captured on is gone (deleted, or renamed and replaced).
+    pub fn check(&self) -> Result<(), SourceError> {
+        match self {
+            Self::Live(l) if capture::if_index(&l.config.interface) != Some(l.ifindex) => {
+                Err(SourceError::InterfaceGone(l.config.interface.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops new samples: detaches the program. What the ring holds can still be pulled.
+    pub fn stop(&mut self) {
+        if let Self::Live(l) = self {
+            l.capture.detach();
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self, Self::Live(_))
+    }
+}
