@@ -20,6 +20,10 @@ use crate::{
     source::SourceSettings,
 };
 
+/// Test hook (the fault tests): delay every spool append by this many milliseconds, as a
+/// stalled disk would.
+pub const SPOOL_STALL_ENV: &str = "FLOWMETRIX_TEST_SPOOL_STALL_MS";
+
 /// Ethernet II header length: the least a sample must hold after the prefix.
 const ETHERNET_HEADER: u32 = 14;
 
@@ -158,6 +162,10 @@ fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError>
                 spool: (!cli.no_spool).then(|| SpoolConfig {
                     dir: cli.spool_dir.clone(),
                     max_bytes: cli.spool_max_bytes,
+                    stall: std::env::var(SPOOL_STALL_ENV)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .map(std::time::Duration::from_millis),
                 }),
             }))
         }

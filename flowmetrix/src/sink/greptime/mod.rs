@@ -40,6 +40,7 @@ pub fn open_spool(
             Arc::new(s),
             capacity,
             Arc::clone(counters),
+            cfg.stall,
         )))),
         Err(e @ spool::SpoolError::Locked { .. }) => Err(e.into()),
         Err(e) => {

@@ -36,6 +36,8 @@ pub struct GreptimeConfig {
 pub struct SpoolConfig {
     pub dir: std::path::PathBuf,
     pub max_bytes: u64,
+    /// Test hook: a stalled disk, as a delay before every append.
+    pub stall: Option<Duration>,
 }
 
 /// PEM files for TLS. The ingester connects with a client certificate, so all three are

@@ -19,9 +19,6 @@ use crate::{
     record::PacketRecord,
 };
 
-/// Test hook: a stalled disk, as a delay before every append (milliseconds).
-pub const STALL_ENV: &str = "FLOWMETRIX_TEST_SPOOL_STALL_MS";
-
 /// What goes to the spool.
 pub enum Payload {
     /// Rows the queue to GreptimeDB had no room for (encoded on the spool's thread).
@@ -59,14 +56,16 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    /// Starts the thread, with room for `capacity` rows waiting.
-    pub fn start(spool: Arc<Spool>, capacity: usize, counters: Arc<Counters>) -> Self {
+    /// Starts the thread, with room for `capacity` rows waiting; `stall` delays every
+    /// append (a test hook for a slow disk).
+    pub fn start(
+        spool: Arc<Spool>,
+        capacity: usize,
+        counters: Arc<Counters>,
+        stall: Option<Duration>,
+    ) -> Self {
         let (tx, mut rx) = queue::bounded::<Item>(capacity);
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let stall = std::env::var(STALL_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis);
         let thread = {
             let spool = Arc::clone(&spool);
             let deadline = Arc::clone(&deadline);

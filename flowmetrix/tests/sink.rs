@@ -1,0 +1,442 @@
+//! The GreptimeDB sink against the in-process test endpoint (not a database: a gRPC server on
+//! greptime-proto's own `GreptimeDatabase` trait, see tests/common/endpoint.rs), through the
+//! library API: batching, retries, an outage with the spool, replay in order, torn spool
+//! records, fatal errors, the shutdown flush, a stalled spool disk. No root needed.
+//!
+//! Every test checks the sink's part of the loss equation: each row handed to the sink is
+//! written, a write error, a queue drop or spooled — and each spooled row replayed, lost by
+//! the spool, or still on disk.
+
+#[path = "common/endpoint.rs"]
+#[allow(dead_code)]
+mod endpoint;
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use endpoint::Endpoint;
+use flowmetrix::{
+    metrics::Counters,
+    record::{PacketRecord, UnixNanos},
+    sink::{
+        self, Sink, SinkConfig, SinkSettings,
+        greptime::{Compression, GreptimeConfig, SpoolConfig, spool::Spool},
+    },
+};
+use greptime_proto::v1::ColumnDataType;
+use tokio::sync::watch;
+use tonic::Code;
+
+fn cfg(endpoint: &Endpoint) -> GreptimeConfig {
+    GreptimeConfig {
+        endpoints: vec![endpoint.addr.to_string()],
+        database: "public".into(),
+        table: "packet_data".into(),
+        username: None,
+        password: None,
+        compression: Compression::None,
+        batch_size: 100,
+        flush_interval: Duration::from_millis(200),
+        ttl: None,
+        max_in_flight: 2,
+        shutdown_timeout: Duration::from_secs(5),
+        tls: None,
+        spool: None,
+    }
+}
+
+fn spool_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fmx-sinktest-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn with_spool(mut c: GreptimeConfig, dir: &std::path::Path) -> GreptimeConfig {
+    c.spool = Some(SpoolConfig {
+        dir: dir.to_owned(),
+        max_bytes: 64 << 20,
+        stall: None,
+    });
+    c
+}
+
+/// Row `i`: its src_port and ts say which it is.
+fn row(i: u32) -> PacketRecord {
+    PacketRecord {
+        ts: UnixNanos(1_795_000_000_000_000_000 + i64::from(i)),
+        packet_size: 60,
+        src_port: Some(10_000 + (i % 50_000) as u16),
+        dst_port: Some(53),
+        protocol: Some(17),
+        ..PacketRecord::default()
+    }
+}
+
+fn rows(range: std::ops::Range<u32>) -> Vec<PacketRecord> {
+    range.map(row).collect()
+}
+
+/// A sink on its own runtime, as the collector runs it.
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    sink: Option<Sink>,
+    stop: watch::Sender<bool>,
+    counters: Arc<Counters>,
+}
+
+impl Harness {
+    fn start(output: SinkConfig, queue_rows: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let sink = runtime
+            .block_on(async {
+                sink::start(
+                    SinkSettings { output, queue_rows },
+                    Arc::clone(&counters),
+                    stop_rx,
+                )
+            })
+            .expect("sink starts");
+        Self {
+            runtime,
+            sink: Some(sink),
+            stop,
+            counters,
+        }
+    }
+
+    fn offer(&self, rows: Vec<PacketRecord>) {
+        let _guard = self.runtime.enter();
+        self.sink.as_ref().unwrap().input.offer(rows);
+    }
+
+    /// As at Ctrl+C: capture stops, the input closes, the sink finishes within its deadline.
+    fn finish(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop.send_replace(true);
+        let Sink { input, task } = self.sink.take().unwrap();
+        drop(input);
+        self.runtime
+            .block_on(task)
+            .expect("the sink task does not panic")
+            .expect("the sink ends without error");
+        started.elapsed()
+    }
+
+    fn get(&self, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+        Counters::get(f(&self.counters))
+    }
+
+    /// Each of `offered` rows is accounted for exactly once.
+    fn assert_accounted(&self, offered: u64) {
+        let c = &self.counters;
+        let (written, errors, drops, spooled) = (
+            Counters::get(&c.written),
+            Counters::get(&c.write_errors),
+            Counters::get(&c.queue_drops),
+            Counters::get(&c.spooled),
+        );
+        assert_eq!(
+            written + errors + drops + spooled,
+            offered,
+            "written {written} + write errors {errors} + queue drops {drops} + spooled {spooled}"
+        );
+    }
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// The rows at the endpoint are exactly `want`, each once.
+fn assert_exactly(endpoint: &Endpoint, want: std::ops::Range<u32>) {
+    let keys = endpoint.row_keys("packet_data");
+    let unique: HashSet<(i64, u32)> = keys.iter().copied().collect();
+    assert_eq!(unique.len(), keys.len(), "duplicates arrived");
+    let want: HashSet<(i64, u32)> = want
+        .map(|i| {
+            let r = row(i);
+            (r.ts.0, u32::from(r.src_port.unwrap()))
+        })
+        .collect();
+    assert_eq!(unique.len(), want.len(), "rows at the endpoint");
+    assert!(unique == want, "other rows arrived");
+}
+
+#[test]
+fn rows_go_in_full_batches_and_a_partial_one_after_the_flush_interval() {
+    let endpoint = Endpoint::start(None);
+    let h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
+    for i in 0..25 {
+        h.offer(rows(i * 10..i * 10 + 10));
+    }
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("packet_data")
+        .len()
+        == 250));
+    let sizes: Vec<usize> = endpoint.received().iter().map(|r| r.rows.len()).collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 250);
+    let mut sorted = sizes.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [50, 100, 100],
+        "two full batches, then the rest once due"
+    );
+    assert_eq!(h.get(|c| &c.written), 250);
+    h.assert_accounted(250);
+    assert_exactly(&endpoint, 0..250);
+}
+
+#[test]
+fn a_partial_batch_is_written_at_shutdown_without_waiting_for_its_interval() {
+    let endpoint = Endpoint::start(None);
+    let mut c = cfg(&endpoint);
+    c.flush_interval = Duration::from_secs(60);
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 10_000);
+    h.offer(rows(0..7));
+    let took = h.finish();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert_exactly(&endpoint, 0..7);
+    h.assert_accounted(7);
+}
+
+#[test]
+fn retriable_failures_are_retried_until_written() {
+    let endpoint = Endpoint::start(None);
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
+    // After the start-up check, the next three inserts fail.
+    assert!(wait_until(Duration::from_secs(5), || endpoint.handled() >= 1));
+    endpoint.fail_next(3, Code::Unavailable);
+    h.offer(rows(0..100));
+    assert!(wait_until(Duration::from_secs(10), || endpoint
+        .row_keys("packet_data")
+        .len()
+        == 100));
+    h.finish();
+    assert!(h.get(|c| &c.write_retries) >= 3);
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (100, 0)
+    );
+    assert_exactly(&endpoint, 0..100);
+    h.assert_accounted(100);
+}
+
+#[test]
+fn what_a_retry_cannot_fix_is_counted_as_write_errors() {
+    // Wrong credentials, unknown database, a column of another type.
+    let endpoint = Endpoint::start(None);
+    endpoint.require_user("u", "right");
+    let mut c = cfg(&endpoint);
+    c.username = Some("u".into());
+    c.password = Some("wrong".into());
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 10_000);
+    h.offer(rows(0..100));
+    h.finish();
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (0, 100)
+    );
+    h.assert_accounted(100);
+
+    let endpoint = Endpoint::start(None);
+    let mut c = cfg(&endpoint);
+    c.database = "nosuchdb".into();
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 10_000);
+    h.offer(rows(0..100));
+    h.finish();
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (0, 100)
+    );
+
+    let endpoint = Endpoint::start(None);
+    endpoint.create_table(
+        "public",
+        "packet_data",
+        &[("protocol", ColumnDataType::String)],
+    );
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
+    h.offer(rows(0..100));
+    h.finish();
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (0, 100)
+    );
+    assert!(endpoint.row_keys("packet_data").is_empty());
+}
+
+#[test]
+fn an_outage_goes_to_the_spool_and_is_replayed_once_it_ends() {
+    let endpoint = Endpoint::start(None);
+    let dir = spool_dir("outage");
+    let mut h = Harness::start(
+        SinkConfig::Greptime(Box::new(with_spool(cfg(&endpoint), &dir))),
+        10_000,
+    );
+    h.offer(rows(0..200));
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("packet_data")
+        .len()
+        == 200));
+    endpoint.refuse_for(Duration::from_secs(3));
+    for i in 2..12 {
+        h.offer(rows(i * 100..i * 100 + 100));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
+    assert!(wait_until(Duration::from_secs(20), || endpoint
+        .row_keys("packet_data")
+        .len()
+        == 1_200));
+    h.finish();
+    assert_exactly(&endpoint, 0..1_200);
+    assert_eq!(h.get(|c| &c.spooled), h.get(|c| &c.spool_replayed));
+    assert_eq!(
+        (h.get(|c| &c.write_errors), h.get(|c| &c.spool_lost)),
+        (0, 0)
+    );
+    h.assert_accounted(1_200);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_spool_left_by_an_earlier_run_is_replayed_in_order_into_its_own_database() {
+    let endpoint = Endpoint::start(None);
+    endpoint.add_database("db2");
+    let dir = spool_dir("earlier");
+    {
+        // An earlier run wrote for another database and table, then stopped.
+        let spool = Spool::open(&dir, 64 << 20, Arc::default()).unwrap();
+        for i in 0..5 {
+            let req = flowmetrix::sink::greptime::encode("t_old", &rows(i * 10..i * 10 + 10));
+            spool.append("db2", &req, 10);
+        }
+    }
+    let mut c = with_spool(cfg(&endpoint), &dir);
+    c.table = "t_new".into();
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 10_000);
+    assert!(wait_until(Duration::from_secs(10), || h
+        .get(|c| &c.spool_replayed)
+        == 50));
+    h.finish();
+    let got = endpoint.received();
+    assert!(
+        got.iter()
+            .all(|r| r.database == "db2" && r.table == "t_old"),
+        "replayed where it was meant to go"
+    );
+    let ts: Vec<i64> = endpoint.row_keys("t_old").iter().map(|k| k.0).collect();
+    let want: Vec<i64> = rows(0..50).iter().map(|r| r.ts.0).collect();
+    assert_eq!(ts, want, "oldest first, each once");
+    assert!(endpoint.row_keys("t_new").is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_torn_spool_record_replays_the_good_ones_and_counts_the_rest() {
+    let endpoint = Endpoint::start(None);
+    let dir = spool_dir("torn");
+    {
+        let spool = Spool::open(&dir, 64 << 20, Arc::default()).unwrap();
+        for i in 0..4 {
+            let req = flowmetrix::sink::greptime::encode("packet_data", &rows(i * 10..i * 10 + 10));
+            spool.append("public", &req, 10);
+        }
+    }
+    let seg = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "spool"))
+        .unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let mut h = Harness::start(
+        SinkConfig::Greptime(Box::new(with_spool(cfg(&endpoint), &dir))),
+        10_000,
+    );
+    assert!(wait_until(Duration::from_secs(10), || h
+        .get(|c| &c.spool_replayed)
+        == 30));
+    h.finish();
+    assert_eq!(h.get(|c| &c.spool_lost), 10);
+    assert_exactly(&endpoint, 0..30);
+    assert!(seg.with_extension("bad").exists(), "kept for inspection");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_stalled_spool_disk_never_makes_the_input_wait_and_shutdown_keeps_its_deadline() {
+    let endpoint = Endpoint::start(None);
+    let dir = spool_dir("stall");
+    let mut c = with_spool(cfg(&endpoint), &dir);
+    c.shutdown_timeout = Duration::from_secs(2);
+    if let Some(s) = c.spool.as_mut() {
+        s.stall = Some(Duration::from_millis(500));
+    }
+    endpoint.refuse_for(Duration::from_secs(30));
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 1_000);
+    let mut slowest = Duration::ZERO;
+    let mut offered = 0;
+    for i in 0..200 {
+        let started = Instant::now();
+        h.offer(rows(i * 100..i * 100 + 100));
+        slowest = slowest.max(started.elapsed());
+        offered += 100;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A 500 ms disk stall per append; handing rows over never waits for it.
+    assert!(
+        slowest < Duration::from_millis(100),
+        "an offer took {slowest:?}"
+    );
+    assert!(
+        h.get(|c| &c.queue_drops) > 0,
+        "what could not be queued is counted"
+    );
+    let took = h.finish();
+    assert!(
+        took < Duration::from_secs(2 + 2),
+        "shutdown took {took:?} with a 2 s deadline"
+    );
+    h.assert_accounted(offered);
+    // The spool's own balance: each spooled row is on disk or counted as lost.
+    let spool = Spool::open(&dir, 64 << 20, Arc::default()).unwrap();
+    assert_eq!(
+        h.get(|c| &c.spooled),
+        spool.rows() + h.get(|c| &c.spool_lost) + h.get(|c| &c.spool_replayed)
+    );
+    drop(spool);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn json_lines_and_none_count_what_they_cannot_take() {
+    let mut h = Harness::start(SinkConfig::None, 10_000);
+    h.offer(rows(0..10));
+    h.finish();
+    assert_eq!(h.get(|c| &c.written), 10);
+    h.assert_accounted(10);
+}
