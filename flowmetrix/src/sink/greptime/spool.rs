@@ -34,7 +34,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use greptimedb_ingester::api::v1::RowInsertRequests;
+use greptimedb_ingester::api::v1::{RowInsertRequest, RowInsertRequests, Rows};
 use prost::Message as _;
 use tracing::{info, warn};
 
@@ -458,8 +458,35 @@ impl Spool {
     }
 
     /// Appends one insert of `rows` rows for `database`. Never fails the caller: rows that
-    /// cannot be kept are counted as lost.
+    /// cannot be kept are counted as lost. An insert larger than half a segment is split,
+    /// so that a small spool is used to its limit and drops the oldest rows in small steps.
     pub fn append(&self, database: &str, req: &RowInsertRequests, rows: u64) {
+        let limit = (self.segment_bytes / 2) as usize;
+        match &req.inserts[..] {
+            [one] if req.encoded_len() > limit && rows > 1 => {
+                let Some(r) = &one.rows else {
+                    return self.append_one(database, req, rows);
+                };
+                let parts = req.encoded_len().div_ceil(limit).min(r.rows.len());
+                let per = r.rows.len().div_ceil(parts);
+                for chunk in r.rows.chunks(per) {
+                    let part = RowInsertRequests {
+                        inserts: vec![RowInsertRequest {
+                            table_name: one.table_name.clone(),
+                            rows: Some(Rows {
+                                schema: r.schema.clone(),
+                                rows: chunk.to_vec(),
+                            }),
+                        }],
+                    };
+                    self.append_one(database, &part, chunk.len() as u64);
+                }
+            }
+            _ => self.append_one(database, req, rows),
+        }
+    }
+
+    fn append_one(&self, database: &str, req: &RowInsertRequests, rows: u64) {
         Counters::add(&self.counters.spooled, rows);
         let record = record_bytes(database, req, rows);
         let len = record.len() as u64;
@@ -749,8 +776,6 @@ impl Spool {
 
 #[cfg(test)]
 mod tests {
-    use greptimedb_ingester::api::v1::{RowInsertRequest, Rows};
-
     use super::*;
 
     fn req(tag: &str, rows: usize) -> RowInsertRequests {
@@ -1047,6 +1072,49 @@ mod tests {
         }
         let lost = Counters::get(&counters.spool_lost);
         assert_eq!(5 + kept + lost, 2_010, "replayed + kept + lost = appended");
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_large_insert_is_split_into_records_that_keep_every_row_in_order() {
+        let d = dir("split");
+        let counters = Arc::new(Counters::default());
+        let spool = Spool::open(&d, 64 * 1024, Arc::clone(&counters)).unwrap();
+        let mut big = req("t", 0);
+        if let Some(rows) = big.inserts[0].rows.as_mut() {
+            rows.rows = (0..4_000)
+                .map(|i| greptimedb_ingester::api::v1::Row {
+                    values: vec![greptimedb_ingester::api::v1::Value {
+                        value_data: Some(
+                            greptimedb_ingester::api::v1::value::ValueData::U32Value(i),
+                        ),
+                    }],
+                })
+                .collect();
+        }
+        assert!(big.encoded_len() > 4096);
+        spool.append("public", &big, 4_000);
+        assert_eq!(Counters::get(&counters.spooled), 4_000);
+        let mut values = Vec::new();
+        let mut records = 0;
+        while let Some((_, c)) = spool.take_oldest() {
+            for (i, r) in c.records.iter().enumerate() {
+                assert!(spool.begin(r.rows));
+                let part = c.request(i).unwrap();
+                let rows = &part.inserts[0].rows.as_ref().unwrap().rows;
+                assert_eq!(rows.len() as u64, r.rows);
+                values.extend(rows.iter().map(|row| row.values[0].value_data.clone()));
+                records += 1;
+                spool.finish(r, Replayed::Written);
+            }
+            spool.done();
+        }
+        assert!(records > 1, "split");
+        let want: Vec<_> = (0..4_000)
+            .map(|i| Some(greptimedb_ingester::api::v1::value::ValueData::U32Value(i)))
+            .collect();
+        assert_eq!(values, want);
         drop(spool);
         fs::remove_dir_all(d).unwrap();
     }

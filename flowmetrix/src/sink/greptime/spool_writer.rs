@@ -139,12 +139,12 @@ impl SpoolWriter {
         }
     }
 
-    /// Queues `item`, waiting for room until `until`; hands it back if that passes first
-    /// or the spool is closed.
+    /// Queues `item`, waiting for room until `deadline` (once one is set) passes; hands it
+    /// back if that comes first or the spool is closed.
     pub async fn put(
         &self,
         mut item: Item,
-        until: Option<tokio::time::Instant>,
+        deadline: &tokio::sync::watch::Receiver<Option<Instant>>,
     ) -> Result<(), Item> {
         loop {
             // Not held across the wait: a room notification, then a retry.
@@ -167,7 +167,7 @@ impl SpoolWriter {
                 () = waited.notified() => {}
                 () = wait => {}
             }
-            if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            if deadline.borrow().is_some_and(|d| Instant::now() >= d) {
                 return Err(item);
             }
         }

@@ -179,8 +179,7 @@ impl Writer {
                                 rows: account.n,
                             },
                         };
-                        let until = self.deadline.borrow().map(tokio::time::Instant::from_std);
-                        return match spool.put(item, until).await {
+                        return match spool.put(item, &self.deadline.subscribe()).await {
                             // Counted as spooled by the spool.
                             Ok(()) => account.handed_over(),
                             Err(_) => account.settle(&self.counters.write_errors),
