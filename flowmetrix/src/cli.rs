@@ -11,7 +11,7 @@ use std::{
 };
 
 use clap::{
-    ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum,
+    ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum, ValueHint,
     error::{ContextKind, ContextValue, ErrorKind},
     parser::ValueSource,
 };
@@ -40,7 +40,8 @@ pub struct Cli {
         short = 'i',
         long = "interface",
         value_name = "IFACE",
-        required_unless_present = "pcap"
+        value_hint = ValueHint::Other,
+        required_unless_present_any = ["pcap", "print_config"]
     )]
     pub interface: Option<String>,
 
@@ -323,7 +324,9 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     u32::try_from(bytes).map_err(|_| format!("{s} is too large"))
 }
 
+/// `host:port`; spaces around it (`"a:1, b:2"`) are not part of it.
 fn parse_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
     let bad = || format!("'{s}' is not host:port (e.g. 127.0.0.1:4001)");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
@@ -403,10 +406,25 @@ pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsSt
     out
 }
 
+/// A switch's value from the environment: 1/0, true/false, yes/no, on/off, in any case.
+/// (On the command line a switch takes no value; clap passes "true" when it is given.)
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("a switch is 1, 0, true, false, yes, no, on or off".to_owned()),
+    }
+}
+
 /// The command: [`Cli`]'s definition, with a `FLOWMETRIX_<LONG_NAME>` environment
 /// variable for every setting that does not name its own.
 pub fn command() -> Command {
     Cli::command().mut_args(|arg| {
+        let arg = if matches!(arg.get_action(), ArgAction::SetTrue) {
+            arg.value_parser(parse_switch)
+        } else {
+            arg
+        };
         let skip = arg.get_env().is_some()
             || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
             || arg
@@ -472,7 +490,7 @@ fn parse_with_default<I: IntoIterator<Item = OsString>>(
             .ignore_errors(true)
             .try_get_matches_from(&args)
             .map_err(|e| one_line(&e.render().to_string()))?,
-        Err(e) => return Err(one_line(&e.render().to_string())),
+        Err(e) => return Err(describe(&cmd, &args, &e, None)),
     };
     let path = first
         .get_one::<PathBuf>("config")
@@ -487,30 +505,77 @@ fn parse_with_default<I: IntoIterator<Item = OsString>>(
     let rest = all.split_off(1.min(all.len()));
     all.extend(file.args.iter().cloned());
     all.extend(rest);
-    let matches = cmd.clone().try_get_matches_from(&all).map_err(|e| {
-        let long = match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(s)) => s
-                .trim_start_matches('-')
-                .split([' ', '='])
-                .next()
-                .unwrap_or("")
-                .to_owned(),
-            _ => String::new(),
-        };
-        match file.origin(&long) {
-            Some((path, line)) => format!(
-                "config file {}, line {line}: {long}: {}",
-                path.display(),
-                one_line(&e.render().to_string()).trim_end_matches(" (see 'flowmetrix --help')")
-            ),
-            None => one_line(&e.render().to_string()),
-        }
-    })?;
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&all)
+        .map_err(|e| describe(&cmd, &all, &e, Some(&file)))?;
     let cli = Cli::from_arg_matches(&matches).map_err(|e| one_line(&e.render().to_string()))?;
     if cli.print_config {
         return Ok(Parsed::Print(effective_settings(&cmd, &matches, &file)));
     }
     Ok(Parsed::Run(Box::new(cli), Box::new(file)))
+}
+
+/// A clap error on one line, naming where the bad value came from: the config file (file,
+/// line and key), an environment variable, or else the command line.
+fn describe(
+    cmd: &Command,
+    args: &[OsString],
+    e: &clap::Error,
+    file: Option<&FileSettings>,
+) -> String {
+    let rendered = one_line(&e.render().to_string());
+    let Some(ContextValue::String(invalid)) = e.get(ContextKind::InvalidArg) else {
+        return rendered;
+    };
+    // "--sample-rate <N>", "-i <IFACE>": the flag's long name.
+    let flag = invalid.split([' ', '=']).next().unwrap_or("");
+    let Some(arg) = cmd.get_arguments().find(|a| {
+        a.get_long()
+            .is_some_and(|l| flag.strip_prefix("--") == Some(l))
+            || a.get_short().is_some_and(|c| flag == format!("-{c}"))
+    }) else {
+        return rendered;
+    };
+    let long = arg.get_long().unwrap_or_default();
+    if let Some((path, line)) = file.and_then(|f| f.origin(long)) {
+        return format!(
+            "config file {}, line {line}: {long}: {}",
+            path.display(),
+            rendered.trim_end_matches(" (see 'flowmetrix --help')")
+        );
+    }
+    if let Some(var) = env_culprit(cmd, args, arg.get_id().as_str(), invalid, e) {
+        let msg = rendered
+            .replace(&format!(" for '{invalid}'"), "")
+            .replace(" (see 'flowmetrix --help')", "");
+        return format!("environment variable {var}: {msg}");
+    }
+    rendered
+}
+
+/// The environment variable of argument `id`, if the error `e` about it (`invalid` is its
+/// flag as clap names it) comes from that variable: the same parse without the variable no
+/// longer fails over this argument.
+fn env_culprit(
+    cmd: &Command,
+    args: &[OsString],
+    id: &str,
+    invalid: &str,
+    e: &clap::Error,
+) -> Option<String> {
+    let arg = cmd.get_arguments().find(|a| a.get_id() == id)?;
+    let var = arg.get_env()?.to_string_lossy().into_owned();
+    std::env::var_os(&var)?;
+    let without = cmd
+        .clone()
+        .mut_arg(id, |a| a.env(None))
+        .try_get_matches_from(args);
+    let same = without.err().is_some_and(|e2| {
+        e2.kind() == e.kind()
+            && matches!(e2.get(ContextKind::InvalidArg), Some(ContextValue::String(s)) if s == invalid)
+    });
+    (!same).then_some(var)
 }
 
 /// A completion script or the man page, from the one definition of the flags.
@@ -569,7 +634,14 @@ fn effective_settings(cmd: &Command, m: &ArgMatches, file: &FileSettings) -> Str
                     continue;
                 }
                 1 if arg.get_value_delimiter().is_none() => quote(&raw[0]),
-                _ => format!("[{}]", raw.iter().map(quote).collect::<Vec<_>>().join(", ")),
+                // List items are trimmed when parsed ("a:1, b:2").
+                _ => format!(
+                    "[{}]",
+                    raw.iter()
+                        .map(|s| quote(&s.trim().to_owned()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             }
         };
         out.push_str(&format!("{long} = {value}  # {source}\n"));
@@ -778,6 +850,32 @@ mod tests {
         assert!(parse_name("bad;name").is_err() && parse_name("").is_err());
         let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1,b:2"]);
         assert_eq!(c.greptime_endpoint, ["a:1", "b:2"]);
+        let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1, b:2 ,c:3"]);
+        assert_eq!(c.greptime_endpoint, ["a:1", "b:2", "c:3"]);
+    }
+
+    #[test]
+    fn switch_values() {
+        for on in ["1", "true", "TRUE", "yes", "Yes", "on", "ON"] {
+            assert_eq!(parse_switch(on), Ok(true), "{on}");
+        }
+        for off in ["0", "false", "False", "no", "NO", "off", "Off"] {
+            assert_eq!(parse_switch(off), Ok(false), "{off}");
+        }
+        for bad in ["2", "y", "maybe", "enable"] {
+            assert!(parse_switch(bad).is_err(), "{bad}");
+        }
+        // The command line's switches still work.
+        let c = cli(&["fm", "-i", "x", "-d"]);
+        assert!(c.debug && !c.no_log);
+    }
+
+    #[test]
+    fn print_config_needs_no_interface() {
+        assert!(matches!(
+            parse_with_default(os(&["fm", "--print-config"]), Path::new("/nonexistent")),
+            Ok(Parsed::Print(p)) if p.contains("# interface (unset)")
+        ));
     }
 
     #[test]
