@@ -127,3 +127,63 @@ fn completions_and_man_page_come_from_the_flags() {
         );
     }
 }
+
+/// Where `packet_size` is multiplied without a cast first, in `text`: UInt16 × UInt32 is
+/// computed in 32 bits by GreptimeDB and wraps silently (9000 × 1 000 000 → 410 065 408).
+fn uncast_products(text: &str) -> Vec<String> {
+    let text = text.replace(['"', '`'], "");
+    let mut bad = Vec::new();
+    for (at, _) in text.match_indices("packet_size") {
+        let before = text[..at].trim_end();
+        let after = text[at + "packet_size".len()..].trim_start();
+        if before.ends_with('*') || after.starts_with('*') {
+            let line = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+            bad.push(text[line..end].to_owned());
+        }
+    }
+    bad
+}
+
+#[test]
+fn no_query_multiplies_packet_size_without_a_cast() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard = std::fs::read_to_string(deploy("grafana/flowmetrix-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queries: Vec<(String, String)> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| {
+            (
+                "dashboard".to_owned(),
+                t["rawSql"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for file in ["README.md", "deploy/README.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        queries.push((file.to_owned(), text));
+    }
+    let mut casts = 0;
+    for (file, text) in &queries {
+        let bad = uncast_products(text);
+        assert!(
+            bad.is_empty(),
+            "{file}: packet_size multiplied without a cast: {bad:?}"
+        );
+        casts += text
+            .matches("CAST(packet_size AS BIGINT UNSIGNED) * sample_rate")
+            .count();
+    }
+    // The byte panels, their documentation and the README's example.
+    assert!(casts >= 5, "{casts} casts");
+    assert_eq!(
+        uncast_products("sum(packet_size * sample_rate)\nsum(sample_rate*\"packet_size\")"),
+        [
+            "sum(packet_size * sample_rate)",
+            "sum(sample_rate*packet_size)"
+        ]
+    );
+}
