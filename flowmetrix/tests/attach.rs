@@ -109,13 +109,11 @@ fn a_second_collector_names_the_program_and_process_already_attached() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let id = text
-            .split("prog/xdp id ")
+        text.split("prog/xdp id ")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .unwrap_or_else(|| panic!("no XDP program in: {text}"))
-            .to_owned();
-        id
+            .to_owned()
     };
 
     let second = ns.collector().output().unwrap();
