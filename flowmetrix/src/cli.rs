@@ -528,13 +528,7 @@ fn describe(
     let Some(ContextValue::String(invalid)) = e.get(ContextKind::InvalidArg) else {
         return rendered;
     };
-    // "--sample-rate <N>", "-i <IFACE>": the flag's long name.
-    let flag = invalid.split([' ', '=']).next().unwrap_or("");
-    let Some(arg) = cmd.get_arguments().find(|a| {
-        a.get_long()
-            .is_some_and(|l| flag.strip_prefix("--") == Some(l))
-            || a.get_short().is_some_and(|c| flag == format!("-{c}"))
-    }) else {
+    let Some(arg) = arg_named(cmd, invalid) else {
         return rendered;
     };
     let long = arg.get_long().unwrap_or_default();
@@ -545,7 +539,26 @@ fn describe(
             rendered.trim_end_matches(" (see 'flowmetrix --help')")
         );
     }
-    if let Some(var) = env_culprit(cmd, args, arg.get_id().as_str(), invalid, e) {
+    if e.kind() == ErrorKind::ArgumentConflict {
+        // Either side of a conflict may come from the environment (a service's
+        // environment file under a one-off `--pcap` run, say).
+        let Some(ContextValue::String(prior)) = e.get(ContextKind::PriorArg) else {
+            return rendered;
+        };
+        for (this, other) in [(prior, invalid), (invalid, prior)] {
+            if let Some(a) = arg_named(cmd, this)
+                && let Some(var) = env_culprit(cmd, args, a.get_id().as_str(), e)
+            {
+                let other = other.split(' ').next().unwrap_or(other);
+                return format!(
+                    "environment variable {var} (--{}) cannot be used with {other}: unset it for this run",
+                    a.get_long().unwrap_or_default()
+                );
+            }
+        }
+        return rendered;
+    }
+    if let Some(var) = env_culprit(cmd, args, arg.get_id().as_str(), e) {
         let msg = rendered
             .replace(&format!(" for '{invalid}'"), "")
             .replace(" (see 'flowmetrix --help')", "");
@@ -554,16 +567,19 @@ fn describe(
     rendered
 }
 
-/// The environment variable of argument `id`, if the error `e` about it (`invalid` is its
-/// flag as clap names it) comes from that variable: the same parse without the variable no
-/// longer fails over this argument.
-fn env_culprit(
-    cmd: &Command,
-    args: &[OsString],
-    id: &str,
-    invalid: &str,
-    e: &clap::Error,
-) -> Option<String> {
+/// The argument clap names as "--sample-rate <N>" or "-i <IFACE>".
+fn arg_named<'a>(cmd: &'a Command, named: &str) -> Option<&'a clap::Arg> {
+    let flag = named.split([' ', '=']).next().unwrap_or("");
+    cmd.get_arguments().find(|a| {
+        a.get_long()
+            .is_some_and(|l| flag.strip_prefix("--") == Some(l))
+            || a.get_short().is_some_and(|c| flag == format!("-{c}"))
+    })
+}
+
+/// The environment variable of argument `id`, if the error `e` comes from its value: the
+/// same parse without that variable no longer fails this way.
+fn env_culprit(cmd: &Command, args: &[OsString], id: &str, e: &clap::Error) -> Option<String> {
     let arg = cmd.get_arguments().find(|a| a.get_id() == id)?;
     let var = arg.get_env()?.to_string_lossy().into_owned();
     std::env::var_os(&var)?;
@@ -571,10 +587,9 @@ fn env_culprit(
         .clone()
         .mut_arg(id, |a| a.env(None))
         .try_get_matches_from(args);
-    let same = without.err().is_some_and(|e2| {
-        e2.kind() == e.kind()
-            && matches!(e2.get(ContextKind::InvalidArg), Some(ContextValue::String(s)) if s == invalid)
-    });
+    let same = without
+        .err()
+        .is_some_and(|e2| e2.kind() == e.kind() && e2.to_string() == e.to_string());
     (!same).then_some(var)
 }
 

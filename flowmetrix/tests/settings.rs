@@ -200,6 +200,16 @@ fn a_bad_environment_value_names_the_variable_not_the_flag() {
         err.starts_with("error: invalid value 'abc' for '--sample-rate <N>'"),
         "{err}"
     );
+    // A variable that conflicts with a flag is named too.
+    let (code, _, err) = flowmetrix(
+        &["--pcap", "/dev/null", "--output", "none"],
+        &[("FLOWMETRIX_SAMPLE_RATE", "10")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err,
+        "error: environment variable FLOWMETRIX_SAMPLE_RATE (--sample-rate) cannot be used with --pcap: unset it for this run\n"
+    );
     // A bad variable under a good flag does not matter: the flag wins.
     let (code, out, err) = flowmetrix(
         &["-i", "lo", "--sample-rate", "7", "--print-config"],
