@@ -43,6 +43,13 @@ pub enum CaptureError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("interface {iface} already has an XDP program ({program}, id {id}){hint}")]
+    AlreadyAttached {
+        iface: String,
+        program: String,
+        id: u32,
+        hint: String,
+    },
     #[error("kernel {0} is too old: XDP bpf_link and BPF ring buffers need Linux 5.9 or later")]
     KernelTooOld(KernelVersion),
     #[error("the XDP object lacks {0}")]
@@ -189,6 +196,10 @@ impl Capture {
         }
         let Some((id, mode)) = attached else {
             let (mode, source) = last_err.ok_or(CaptureError::Missing("an attach mode"))?;
+            // "File exists" from the kernel: name the program that holds the interface.
+            if let Some(taken) = owner::attached_program(ifindex) {
+                return Err(taken.error(&cfg.interface));
+            }
             return Err(CaptureError::Attach {
                 iface: cfg.interface.clone(),
                 mode,
@@ -288,5 +299,237 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// Who holds an interface's XDP hook: asked of the kernel when attaching fails, so that the
+/// error names the program (and the process) instead of saying "File exists".
+mod owner {
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
+
+    use aya::programs::{ProgramInfo, links::LinkType, loaded_links, loaded_programs};
+
+    use super::CaptureError;
+
+    pub struct Attached {
+        id: u32,
+        name: String,
+        holder: Holder,
+    }
+
+    enum Holder {
+        /// A bpf_link that this process holds open (another collector).
+        Process { pid: u32, comm: String },
+        /// A bpf_link no process holds: pinned in bpffs.
+        Pinned { link: u32 },
+        /// Attached through netlink (`ip link set dev X xdp obj …`).
+        Netlink,
+    }
+
+    impl Attached {
+        pub fn error(&self, iface: &str) -> CaptureError {
+            let hint = match &self.holder {
+                Holder::Process { pid, comm } => format!(
+                    ": is another collector running? (process {pid}, {comm}, holds it: stop it and the program detaches)"
+                ),
+                Holder::Pinned { link } => format!(
+                    ": is another collector running? (bpf_link {link} holds it, pinned: detach it with `bpftool link detach id {link}`)"
+                ),
+                Holder::Netlink => {
+                    format!(": detach it with `ip link set dev {iface} xdp off`")
+                }
+            };
+            CaptureError::AlreadyAttached {
+                iface: iface.to_owned(),
+                program: self.name.clone(),
+                id: self.id,
+                hint,
+            }
+        }
+    }
+
+    /// The XDP program attached to interface `ifindex` (in this network namespace), if any.
+    pub fn attached_program(ifindex: u32) -> Option<Attached> {
+        let id = xdp_prog_id(ifindex)?;
+        let name = loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .as_ref()
+            .and_then(ProgramInfo::name_as_str)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("unnamed")
+            .to_owned();
+        let link = loaded_links()
+            .filter_map(Result::ok)
+            .find(|l| l.program_id() == id && matches!(l.link_type(), Ok(LinkType::Xdp)))
+            .map(|l| l.id());
+        let holder = match link {
+            Some(link) => link_holder(link).map_or(Holder::Pinned { link }, |(pid, comm)| {
+                Holder::Process { pid, comm }
+            }),
+            None => Holder::Netlink,
+        };
+        Some(Attached { id, name, holder })
+    }
+
+    /// The process holding bpf_link `link` open: its pid and command name.
+    fn link_holder(link: u32) -> Option<(u32, String)> {
+        let want = format!("link_id:\t{link}\n");
+        for proc in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+            let Some(pid) = proc
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.filter_map(Result::ok) {
+                let is_link = std::fs::read_link(fd.path())
+                    .is_ok_and(|t| t.as_os_str() == OsStr::from_bytes(b"anon_inode:bpf_link"));
+                if !is_link {
+                    continue;
+                }
+                let info = proc.path().join("fdinfo").join(fd.file_name());
+                if std::fs::read_to_string(info).is_ok_and(|i| i.contains(&want)) {
+                    let comm = std::fs::read_to_string(proc.path().join("comm"))
+                        .map(|c| c.trim().to_owned())
+                        .unwrap_or_default();
+                    return Some((pid, comm));
+                }
+            }
+        }
+        None
+    }
+
+    const IFLA_XDP: u16 = 43;
+    const IFLA_XDP_PROG_ID: u16 = 4;
+    const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+    const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+    const NLA_TYPE_MASK: u16 = 0x3fff;
+
+    /// The id of the XDP program on `ifindex`, asked with an RTM_GETLINK request.
+    fn xdp_prog_id(ifindex: u32) -> Option<u32> {
+        let mut req = Vec::with_capacity(32);
+        req.extend_from_slice(&32u32.to_ne_bytes()); // nlmsg_len
+        req.extend_from_slice(&libc::RTM_GETLINK.to_ne_bytes());
+        req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]); // family, pad, type
+        req.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+        req.extend_from_slice(&[0; 8]); // flags, change
+        let mut buf = vec![0u8; 64 << 10];
+        // SAFETY: a netlink socket we own, our own buffers with their lengths.
+        let n = unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if fd < 0 {
+                return None;
+            }
+            let timeout = libc::timeval {
+                tv_sec: 2,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            let sent = libc::send(fd, req.as_ptr().cast(), req.len(), 0);
+            let n = if sent == req.len() as isize {
+                libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
+            } else {
+                -1
+            };
+            libc::close(fd);
+            n
+        };
+        let msg = buf.get(..usize::try_from(n).ok()?)?;
+        parse_link_reply(msg)
+    }
+
+    fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    /// Netlink attributes in `b`: (type, payload).
+    fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+        std::iter::from_fn(move || {
+            let len = usize::from(u16_at(b, 0)?);
+            let kind = u16_at(b, 2)? & NLA_TYPE_MASK;
+            let payload = b.get(4..len)?;
+            b = b.get(len.next_multiple_of(4)..).unwrap_or_default();
+            Some((kind, payload))
+        })
+    }
+
+    /// The XDP program id in an RTM_NEWLINK reply (none for an error or no program).
+    fn parse_link_reply(msg: &[u8]) -> Option<u32> {
+        let len = usize::try_from(u32_at(msg, 0)?).ok()?;
+        if u16_at(msg, 4)? != libc::RTM_NEWLINK {
+            return None;
+        }
+        // nlmsghdr (16 bytes), ifinfomsg (16 bytes), then the attributes.
+        let (_, xdp) = attrs(msg.get(32..len)?).find(|(kind, _)| *kind == IFLA_XDP)?;
+        let mut ids = [None; 3];
+        for (kind, value) in attrs(xdp) {
+            let slot = match kind {
+                IFLA_XDP_PROG_ID => 0,
+                IFLA_XDP_DRV_PROG_ID => 1,
+                IFLA_XDP_SKB_PROG_ID => 2,
+                _ => continue,
+            };
+            ids[slot] = u32_at(value, 0).filter(|&id| id != 0);
+        }
+        ids.into_iter().flatten().next()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+            let mut v = Vec::new();
+            v.extend_from_slice(&(4 + payload.len() as u16).to_ne_bytes());
+            v.extend_from_slice(&kind.to_ne_bytes());
+            v.extend_from_slice(payload);
+            v.resize(v.len().next_multiple_of(4), 0);
+            v
+        }
+
+        fn reply(attributes: &[u8]) -> Vec<u8> {
+            let mut v = Vec::new();
+            v.extend_from_slice(&(32 + attributes.len() as u32).to_ne_bytes());
+            v.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+            v.extend_from_slice(&[0; 10]);
+            v.extend_from_slice(&[0; 16]);
+            v.extend_from_slice(attributes);
+            v
+        }
+
+        #[test]
+        fn the_program_id_is_read_from_the_nested_xdp_attribute() {
+            let xdp = [attr(2, &[1]), attr(IFLA_XDP_PROG_ID, &42u32.to_ne_bytes())].concat();
+            let msg = reply(&[attr(3, b"veth0\0"), attr(IFLA_XDP | 0x8000, &xdp)].concat());
+            assert_eq!(parse_link_reply(&msg), Some(42));
+            let skb_only = attr(IFLA_XDP, &attr(IFLA_XDP_SKB_PROG_ID, &7u32.to_ne_bytes()));
+            assert_eq!(parse_link_reply(&reply(&skb_only)), Some(7));
+            let none = attr(IFLA_XDP, &attr(2, &[0]));
+            assert_eq!(parse_link_reply(&reply(&none)), None);
+            assert_eq!(parse_link_reply(&reply(&attr(3, b"lo\0"))), None);
+            assert_eq!(parse_link_reply(&msg[..20]), None, "short");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use clap::{
-    ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum,
+    ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum, ValueHint,
     error::{ContextKind, ContextValue, ErrorKind},
     parser::ValueSource,
 };
@@ -40,7 +40,8 @@ pub struct Cli {
         short = 'i',
         long = "interface",
         value_name = "IFACE",
-        required_unless_present = "pcap"
+        value_hint = ValueHint::Other,
+        required_unless_present_any = ["pcap", "print_config"]
     )]
     pub interface: Option<String>,
 
@@ -323,7 +324,9 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     u32::try_from(bytes).map_err(|_| format!("{s} is too large"))
 }
 
+/// `host:port`; spaces around it (`"a:1, b:2"`) are not part of it.
 fn parse_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
     let bad = || format!("'{s}' is not host:port (e.g. 127.0.0.1:4001)");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
@@ -403,10 +406,25 @@ pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsSt
     out
 }
 
+/// A switch's value from the environment: 1/0, true/false, yes/no, on/off, in any case.
+/// (On the command line a switch takes no value; clap passes "true" when it is given.)
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("a switch is 1, 0, true, false, yes, no, on or off".to_owned()),
+    }
+}
+
 /// The command: [`Cli`]'s definition, with a `FLOWMETRIX_<LONG_NAME>` environment
 /// variable for every setting that does not name its own.
 pub fn command() -> Command {
     Cli::command().mut_args(|arg| {
+        let arg = if matches!(arg.get_action(), ArgAction::SetTrue) {
+            arg.value_parser(parse_switch)
+        } else {
+            arg
+        };
         let skip = arg.get_env().is_some()
             || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version)
             || arg
@@ -472,7 +490,7 @@ fn parse_with_default<I: IntoIterator<Item = OsString>>(
             .ignore_errors(true)
             .try_get_matches_from(&args)
             .map_err(|e| one_line(&e.render().to_string()))?,
-        Err(e) => return Err(one_line(&e.render().to_string())),
+        Err(e) => return Err(describe(&cmd, &args, &e, None)),
     };
     let path = first
         .get_one::<PathBuf>("config")
@@ -487,30 +505,92 @@ fn parse_with_default<I: IntoIterator<Item = OsString>>(
     let rest = all.split_off(1.min(all.len()));
     all.extend(file.args.iter().cloned());
     all.extend(rest);
-    let matches = cmd.clone().try_get_matches_from(&all).map_err(|e| {
-        let long = match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(s)) => s
-                .trim_start_matches('-')
-                .split([' ', '='])
-                .next()
-                .unwrap_or("")
-                .to_owned(),
-            _ => String::new(),
-        };
-        match file.origin(&long) {
-            Some((path, line)) => format!(
-                "config file {}, line {line}: {long}: {}",
-                path.display(),
-                one_line(&e.render().to_string()).trim_end_matches(" (see 'flowmetrix --help')")
-            ),
-            None => one_line(&e.render().to_string()),
-        }
-    })?;
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&all)
+        .map_err(|e| describe(&cmd, &all, &e, Some(&file)))?;
     let cli = Cli::from_arg_matches(&matches).map_err(|e| one_line(&e.render().to_string()))?;
     if cli.print_config {
         return Ok(Parsed::Print(effective_settings(&cmd, &matches, &file)));
     }
     Ok(Parsed::Run(Box::new(cli), Box::new(file)))
+}
+
+/// A clap error on one line, naming where the bad value came from: the config file (file,
+/// line and key), an environment variable, or else the command line.
+fn describe(
+    cmd: &Command,
+    args: &[OsString],
+    e: &clap::Error,
+    file: Option<&FileSettings>,
+) -> String {
+    let rendered = one_line(&e.render().to_string());
+    let Some(ContextValue::String(invalid)) = e.get(ContextKind::InvalidArg) else {
+        return rendered;
+    };
+    let Some(arg) = arg_named(cmd, invalid) else {
+        return rendered;
+    };
+    let long = arg.get_long().unwrap_or_default();
+    if let Some((path, line)) = file.and_then(|f| f.origin(long)) {
+        return format!(
+            "config file {}, line {line}: {long}: {}",
+            path.display(),
+            rendered.trim_end_matches(" (see 'flowmetrix --help')")
+        );
+    }
+    if e.kind() == ErrorKind::ArgumentConflict {
+        // Either side of a conflict may come from the environment (a service's
+        // environment file under a one-off `--pcap` run, say).
+        let Some(ContextValue::String(prior)) = e.get(ContextKind::PriorArg) else {
+            return rendered;
+        };
+        for (this, other) in [(prior, invalid), (invalid, prior)] {
+            if let Some(a) = arg_named(cmd, this)
+                && let Some(var) = env_culprit(cmd, args, a.get_id().as_str(), e)
+            {
+                let other = other.split(' ').next().unwrap_or(other);
+                return format!(
+                    "environment variable {var} (--{}) cannot be used with {other}: unset it for this run",
+                    a.get_long().unwrap_or_default()
+                );
+            }
+        }
+        return rendered;
+    }
+    if let Some(var) = env_culprit(cmd, args, arg.get_id().as_str(), e) {
+        let msg = rendered
+            .replace(&format!(" for '{invalid}'"), "")
+            .replace(" (see 'flowmetrix --help')", "");
+        return format!("environment variable {var}: {msg}");
+    }
+    rendered
+}
+
+/// The argument clap names as "--sample-rate <N>" or "-i <IFACE>".
+fn arg_named<'a>(cmd: &'a Command, named: &str) -> Option<&'a clap::Arg> {
+    let flag = named.split([' ', '=']).next().unwrap_or("");
+    cmd.get_arguments().find(|a| {
+        a.get_long()
+            .is_some_and(|l| flag.strip_prefix("--") == Some(l))
+            || a.get_short().is_some_and(|c| flag == format!("-{c}"))
+    })
+}
+
+/// The environment variable of argument `id`, if the error `e` comes from its value: the
+/// same parse without that variable no longer fails this way.
+fn env_culprit(cmd: &Command, args: &[OsString], id: &str, e: &clap::Error) -> Option<String> {
+    let arg = cmd.get_arguments().find(|a| a.get_id() == id)?;
+    let var = arg.get_env()?.to_string_lossy().into_owned();
+    std::env::var_os(&var)?;
+    let without = cmd
+        .clone()
+        .mut_arg(id, |a| a.env(None))
+        .try_get_matches_from(args);
+    let same = without
+        .err()
+        .is_some_and(|e2| e2.kind() == e.kind() && e2.to_string() == e.to_string());
+    (!same).then_some(var)
 }
 
 /// A completion script or the man page, from the one definition of the flags.
@@ -521,14 +601,191 @@ fn generate(what: Generate) -> String {
         Generate::Bash => clap_complete::Shell::Bash,
         Generate::Zsh => clap_complete::Shell::Zsh,
         Generate::Fish => clap_complete::Shell::Fish,
-        Generate::Man => {
-            // Writing into a Vec cannot fail.
-            let _ = clap_mangen::Man::new(cmd).render(&mut out);
-            return String::from_utf8_lossy(&out).into_owned();
-        }
+        Generate::Man => return man_page(cmd),
     };
     clap_complete::generate(shell, &mut cmd, "flowmetrix", &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    complete_interfaces(what, &String::from_utf8_lossy(&out))
+}
+
+/// Where the shells find network interfaces to complete `-i` with.
+const NET_CLASS: &str = "/sys/class/net";
+
+/// clap_complete has no value hint for network interfaces: `-i`/`--interface` is declared
+/// `ValueHint::Other` (nothing offered), and here given each shell's own interface list.
+fn complete_interfaces(what: Generate, script: &str) -> String {
+    match what {
+        Generate::Bash => {
+            // In the `case "${prev}"` of the generated function, replace the body of the
+            // `--interface)` and `-i)` branches (up to their `return 0`).
+            let mut out = String::new();
+            let mut lines = script.lines();
+            while let Some(line) = lines.next() {
+                out.push_str(line);
+                out.push('\n');
+                if matches!(line.trim(), "--interface)" | "-i)") {
+                    let indent = " ".repeat(line.len() - line.trim_start().len() + 4);
+                    out.push_str(&format!(
+                        "{indent}COMPREPLY=($(compgen -W \"$(ls {NET_CLASS} 2>/dev/null)\" -- \"${{cur}}\"))\n"
+                    ));
+                    for skipped in lines.by_ref() {
+                        if skipped.trim() == "return 0" {
+                            out.push_str(skipped);
+                            out.push('\n');
+                            break;
+                        }
+                    }
+                }
+            }
+            out
+        }
+        // zsh and fish ship interface completers of their own.
+        Generate::Zsh => script.replace(":IFACE:'", ":IFACE:_net_interfaces'"),
+        Generate::Fish => {
+            script
+                .lines()
+                .map(|l| {
+                    if l.contains(" -l interface ") {
+                        format!("{l} -a '(__fish_print_interfaces)'")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n"
+        }
+        Generate::Man => script.to_owned(),
+    }
+}
+
+/// Text for a roff document: backslashes and dashes escaped, no line read as a request.
+fn roff(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let l = l.replace('\\', "\\e").replace('-', "\\-");
+            if l.starts_with(['.', '\'']) {
+                format!("\\&{l}")
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One `.TP` item: a bold term and its text.
+fn roff_item(term: &str, text: &str) -> String {
+    format!(".TP\n\\fB{}\\fR\n{}\n", roff(term), roff(text))
+}
+
+/// The man page: clap_mangen's (name, synopsis, options) and our own EXIT STATUS,
+/// ENVIRONMENT, FILES and EXAMPLES, with the environment variables taken from the flags.
+fn man_page(cmd: Command) -> String {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = clap_mangen::Man::new(cmd.clone()).render(&mut out);
+    let generated = String::from_utf8_lossy(&out).into_owned();
+
+    let mut ours = String::from(".SH \"EXIT STATUS\"\n");
+    for (code, what) in [
+        (
+            "0",
+            "Success; also after Ctrl+C or SIGTERM, once queued rows are written and the summary line is printed.",
+        ),
+        (
+            "1",
+            "A runtime failure: the XDP program cannot be loaded or attached, a pcap file is damaged, the metrics address cannot be bound.",
+        ),
+        (
+            "2",
+            "A usage error: a bad flag, environment variable or config file value, or a missing interface.",
+        ),
+    ] {
+        ours.push_str(&roff_item(code, what));
+    }
+
+    ours.push_str(".SH ENVIRONMENT\n");
+    ours.push_str(&roff(
+        "Every setting can also be given by an environment variable; a flag overrides it, and it overrides the config file. Switches take 1, 0, true, false, yes, no, on or off.",
+    ));
+    ours.push('\n');
+    for arg in cmd.get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        ours.push_str(&roff_item(
+            &var.to_string_lossy(),
+            &format!("--{long}: {}.", help.trim_end_matches('.')),
+        ));
+    }
+    ours.push_str(&roff_item(
+        PASSWORD_ENV,
+        "The GreptimeDB password (with --greptime-username); it has no flag or config-file key and is never logged or printed.",
+    ));
+    ours.push_str(&roff_item(
+        "RUST_LOG",
+        "A tracing filter (e.g. info,flowmetrix=trace) that replaces the one --debug chooses.",
+    ));
+
+    let spool = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some("spool-dir"))
+        .and_then(|a| a.get_default_values().first())
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    ours.push_str(".SH FILES\n");
+    ours.push_str(&roff_item(
+        config::DEFAULT_PATH,
+        "The config file read when it exists and no --config is given: TOML whose keys are the long flag names, plus an [applications] table of port = \"NAME\".",
+    ));
+    ours.push_str(&roff_item(
+        &spool,
+        "The disk spool (--spool-dir) that keeps rows while GreptimeDB is away.",
+    ));
+    ours.push_str(&roff_item(
+        NET_CLASS,
+        "The interfaces -i can name (and shell completion offers).",
+    ));
+
+    ours.push_str(".SH EXAMPLES\n");
+    for (line, what) in [
+        (
+            "flowmetrix -i eth0 -d",
+            "Capture on eth0 into GreptimeDB at 127.0.0.1:4001, with debug logging.",
+        ),
+        (
+            "flowmetrix -i eth0 --sample-rate 100",
+            "Sample 1 packet in 100.",
+        ),
+        (
+            "flowmetrix -i ens192 -offset 24",
+            "VMware hosts: skip a 24-byte prefix before each Ethernet header (-auto-detect learns it).",
+        ),
+        (
+            "flowmetrix -i eth0 --output jsonl",
+            "JSON lines on standard output instead of GreptimeDB.",
+        ),
+        (
+            "flowmetrix --pcap capture.pcap --output jsonl",
+            "Replay a pcap or pcapng file through the same decoder.",
+        ),
+        (
+            "tcpdump -i eth0 -w - | flowmetrix --pcap -",
+            "Replay a capture read from standard input.",
+        ),
+        (
+            "FLOWMETRIX_SAMPLE_RATE=10 flowmetrix --config ./fm.toml --print-config",
+            "Show the effective settings and where each comes from.",
+        ),
+    ] {
+        ours.push_str(&format!(".TP\n.B {}\n{}\n", roff(line), roff(what)));
+    }
+
+    match generated.find(".SH VERSION") {
+        Some(at) => format!("{}{ours}{}", &generated[..at], &generated[at..]),
+        None => generated + &ours,
+    }
 }
 
 /// The settings in force, as a config file, each with where it came from; the password
@@ -569,7 +826,14 @@ fn effective_settings(cmd: &Command, m: &ArgMatches, file: &FileSettings) -> Str
                     continue;
                 }
                 1 if arg.get_value_delimiter().is_none() => quote(&raw[0]),
-                _ => format!("[{}]", raw.iter().map(quote).collect::<Vec<_>>().join(", ")),
+                // List items are trimmed when parsed ("a:1, b:2").
+                _ => format!(
+                    "[{}]",
+                    raw.iter()
+                        .map(|s| quote(&s.trim().to_owned()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             }
         };
         out.push_str(&format!("{long} = {value}  # {source}\n"));
@@ -778,6 +1042,32 @@ mod tests {
         assert!(parse_name("bad;name").is_err() && parse_name("").is_err());
         let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1,b:2"]);
         assert_eq!(c.greptime_endpoint, ["a:1", "b:2"]);
+        let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1, b:2 ,c:3"]);
+        assert_eq!(c.greptime_endpoint, ["a:1", "b:2", "c:3"]);
+    }
+
+    #[test]
+    fn switch_values() {
+        for on in ["1", "true", "TRUE", "yes", "Yes", "on", "ON"] {
+            assert_eq!(parse_switch(on), Ok(true), "{on}");
+        }
+        for off in ["0", "false", "False", "no", "NO", "off", "Off"] {
+            assert_eq!(parse_switch(off), Ok(false), "{off}");
+        }
+        for bad in ["2", "y", "maybe", "enable"] {
+            assert!(parse_switch(bad).is_err(), "{bad}");
+        }
+        // The command line's switches still work.
+        let c = cli(&["fm", "-i", "x", "-d"]);
+        assert!(c.debug && !c.no_log);
+    }
+
+    #[test]
+    fn print_config_needs_no_interface() {
+        assert!(matches!(
+            parse_with_default(os(&["fm", "--print-config"]), Path::new("/nonexistent")),
+            Ok(Parsed::Print(p)) if p.contains("# interface (unset)")
+        ));
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! Frames from a pcap or pcapng file (`--pcap FILE`), for replay through the same
 //! offset → decode → sink path as live capture.
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    io::Read,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use pcap_parser::{
     Block, Linktype, PcapBlockOwned, PcapError, create_reader, traits::PcapReaderIterator,
@@ -9,6 +14,7 @@ use pcap_parser::{
 
 use crate::record::UnixNanos;
 
+/// Every error is one sentence about the file, never a parser's internal name.
 #[derive(Debug, thiserror::Error)]
 pub enum PcapFileError {
     #[error("cannot open {path}")]
@@ -17,18 +23,100 @@ pub enum PcapFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is a directory, not a pcap or pcapng file")]
+    IsDirectory { path: String },
+    #[error("{path} is empty, not a pcap or pcapng file")]
+    Empty { path: String },
     #[error("{path} is not a pcap or pcapng file")]
     NotPcap { path: String },
+    #[error("{path} is truncated: it ends inside its file header")]
+    TruncatedHeader { path: String },
     #[error("{path} is truncated: it ends inside a record after {frames} frames")]
     Truncated { path: String, frames: u64 },
-    #[error("{path} is corrupt after {frames} frames ({detail})")]
+    #[error("cannot read {path} after {frames} frames")]
+    Read {
+        path: String,
+        frames: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt after {frames} frames: {detail}")]
     Corrupt {
         path: String,
         frames: u64,
         detail: String,
     },
-    #[error("{path}: link type {linktype} is not Ethernet; only Ethernet captures can be replayed")]
-    LinkType { path: String, linktype: i32 },
+    #[error(
+        "{path} has unsupported link type {linktype}{name}: only Ethernet (link type 1) captures can be replayed"
+    )]
+    LinkType {
+        path: String,
+        linktype: i32,
+        name: String,
+    },
+}
+
+/// What `--pcap -` reads.
+pub const STDIN: &str = "-";
+
+/// The file (or standard input) under the pcap reader: it keeps the last I/O error, which
+/// the parser replaces by a bare "read error", and the first bytes, to tell a truncated
+/// header from something that is no capture at all. Its first read returns at least a
+/// file header's worth of bytes, also from a pipe that delivers them a few at a time.
+struct Input {
+    inner: Box<dyn Read + Send>,
+    first: bool,
+    seen: Arc<Mutex<Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    error: Option<std::io::Error>,
+    head: Vec<u8>,
+}
+
+/// More than a pcap (24) or pcapng (28) file header.
+const HEAD: usize = 64;
+
+impl Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = if self.first { HEAD.min(buf.len()) } else { 1 };
+        let mut n = 0;
+        while n < want.max(1) {
+            match self.inner.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let kind = e.kind();
+                    if let Ok(mut seen) = self.seen.lock() {
+                        seen.error = Some(e);
+                    }
+                    return Err(kind.into());
+                }
+            }
+            if !self.first {
+                break;
+            }
+        }
+        if self.first {
+            self.first = false;
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.head = buf[..n.min(4)].to_vec();
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The magic numbers a pcap (either byte order, µs or ns) or pcapng file starts with.
+fn is_capture_magic(head: &[u8]) -> bool {
+    let Ok(m) = <[u8; 4]>::try_from(head) else {
+        return false;
+    };
+    [0xa1b2_c3d4u32, 0xa1b2_3c4d, 0x0a0d_0d0a]
+        .iter()
+        .any(|magic| m == magic.to_le_bytes() || m == magic.to_be_bytes())
 }
 
 /// One frame from the file.
@@ -50,6 +138,8 @@ struct Interface {
 
 pub struct PcapFrames {
     reader: Box<dyn PcapReaderIterator + Send>,
+    /// The input's last I/O error.
+    seen: Arc<Mutex<Seen>>,
     st: State,
 }
 
@@ -65,24 +155,57 @@ struct State {
 const BUFFER: usize = 1 << 20;
 
 impl PcapFrames {
+    /// Opens a capture file, or standard input for `-`.
     pub fn open(path: &Path) -> Result<Self, PcapFileError> {
-        let name = path.display().to_string();
-        let file = File::open(path).map_err(|source| PcapFileError::Open {
-            path: name.clone(),
-            source,
-        })?;
-        let reader = create_reader(BUFFER, file).map_err(|e| match e {
-            PcapError::Eof | PcapError::HeaderNotRecognized | PcapError::Incomplete(_) => {
-                PcapFileError::NotPcap { path: name.clone() }
-            }
-            other => PcapFileError::Corrupt {
+        let stdin = path.as_os_str() == STDIN;
+        let name = if stdin {
+            "standard input".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        let inner: Box<dyn Read + Send> = if stdin {
+            Box::new(std::io::stdin())
+        } else {
+            let file = File::open(path).map_err(|source| PcapFileError::Open {
                 path: name.clone(),
-                frames: 0,
-                detail: format!("{other:?}"),
-            },
+                source,
+            })?;
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(PcapFileError::IsDirectory { path: name });
+            }
+            Box::new(file)
+        };
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let input = Input {
+            inner,
+            first: true,
+            seen: Arc::clone(&seen),
+        };
+        let reader = create_reader(BUFFER, input).map_err(|e| {
+            let mut seen = seen
+                .lock()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default();
+            let path = name.clone();
+            match e {
+                PcapError::Eof => PcapFileError::Empty { path },
+                PcapError::Incomplete(_) if is_capture_magic(&seen.head) => {
+                    PcapFileError::TruncatedHeader { path }
+                }
+                PcapError::ReadError => match seen.error.take() {
+                    Some(source) => PcapFileError::Read {
+                        path,
+                        frames: 0,
+                        source,
+                    },
+                    None => PcapFileError::NotPcap { path },
+                },
+                _ => PcapFileError::NotPcap { path },
+            }
         })?;
         Ok(Self {
             reader,
+            seen,
             st: State {
                 path: name,
                 legacy: None,
@@ -107,31 +230,61 @@ impl PcapFrames {
                 }
                 Err(PcapError::Eof) => return Ok(None),
                 Err(PcapError::Incomplete(_)) => {
-                    let st = &self.st;
-                    self.reader.refill().map_err(|e| match e {
-                        PcapError::Eof | PcapError::UnexpectedEof | PcapError::Incomplete(_) => {
-                            PcapFileError::Truncated {
-                                path: st.path.clone(),
-                                frames: st.frames,
-                            }
-                        }
-                        other => st.corrupt(format!("{other:?}")),
-                    })?;
+                    let refilled = self.reader.refill().map_err(|e| reason(&e));
+                    if let Err(why) = refilled {
+                        return Err(self.error(why));
+                    }
                     continue;
                 }
-                Err(PcapError::UnexpectedEof) => {
-                    return Err(PcapFileError::Truncated {
-                        path: self.st.path.clone(),
-                        frames: self.st.frames,
-                    });
+                Err(e) => {
+                    let why = reason(&e);
+                    return Err(self.error(why));
                 }
-                Err(e) => return Err(self.st.corrupt(format!("{e:?}"))),
             };
             self.reader.consume(consumed);
             if let Some(info) = info {
                 self.st.frames += 1;
                 return Ok(Some(info));
             }
+        }
+    }
+
+    fn error(&self, why: Reason) -> PcapFileError {
+        let (path, frames) = (self.st.path.clone(), self.st.frames);
+        match why {
+            Reason::Truncated => PcapFileError::Truncated { path, frames },
+            Reason::Read => match self.seen.lock().ok().and_then(|mut s| s.error.take()) {
+                Some(source) => PcapFileError::Read {
+                    path,
+                    frames,
+                    source,
+                },
+                None => self.st.corrupt("a read failed".into()),
+            },
+            Reason::Corrupt(detail) => self.st.corrupt(detail.into()),
+        }
+    }
+}
+
+/// What a parser error means for the file.
+enum Reason {
+    Truncated,
+    Read,
+    Corrupt(&'static str),
+}
+
+fn reason<I>(e: &PcapError<I>) -> Reason {
+    match e {
+        PcapError::Eof | PcapError::UnexpectedEof | PcapError::Incomplete(_) => Reason::Truncated,
+        PcapError::ReadError => Reason::Read,
+        PcapError::BufferTooSmall => {
+            Reason::Corrupt("a record claims to be larger than 1 MiB (its length field is damaged)")
+        }
+        PcapError::HeaderNotRecognized => {
+            Reason::Corrupt("a section does not start with a pcap or pcapng header")
+        }
+        PcapError::NomError(..) | PcapError::OwnedNomError(..) => {
+            Reason::Corrupt("a record's header does not parse (it is damaged)")
         }
     }
 }
@@ -149,9 +302,20 @@ impl State {
         if linktype == Linktype::ETHERNET {
             Ok(())
         } else {
+            // pcap-parser names the link types it knows (LINUX_SLL, RAW, …).
+            let name = linktype.to_string();
+            let name = if name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                format!(" ({name})")
+            } else {
+                String::new()
+            };
             Err(PcapFileError::LinkType {
                 path: self.path.clone(),
                 linktype: linktype.0,
+                name,
             })
         }
     }
@@ -354,6 +518,109 @@ mod tests {
         assert!(matches!(e, PcapFileError::Open { .. }), "{e}");
     }
 
+    /// Every error is a sentence about the file: no parser-internal names leak.
+    fn assert_clear(e: &PcapFileError) {
+        let text = e.to_string();
+        for internal in [
+            "ReadError",
+            "BufferTooSmall",
+            "NomError",
+            "Incomplete",
+            "UnexpectedEof",
+            "HeaderNotRecognized",
+            "Linktype(",
+        ] {
+            assert!(!text.contains(internal), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_directory_is_named_as_one() {
+        let dir = std::env::temp_dir().join(format!("fmx-{}-dir.pcap", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = PcapFrames::open(&dir).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is a directory, not a pcap or pcapng file",
+                dir.display()
+            )
+        );
+        std::fs::remove_dir(dir).unwrap();
+    }
+
+    #[test]
+    fn empty_and_header_only_files_say_so() {
+        let p = write_tmp("empty.pcap", b"");
+        let e = PcapFrames::open(&p).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("{} is empty, not a pcap or pcapng file", p.display())
+        );
+        let header = legacy(&[]);
+        std::fs::write(&p, &header[..10]).unwrap();
+        let e = PcapFrames::open(&p).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is truncated: it ends inside its file header",
+                p.display()
+            )
+        );
+        std::fs::write(&p, b"short").unwrap();
+        let e = PcapFrames::open(&p).err().unwrap();
+        assert!(matches!(e, PcapFileError::NotPcap { .. }), "{e}");
+        // A file of only a header holds no frames: that is not an error.
+        std::fs::write(&p, &header).unwrap();
+        let mut f = PcapFrames::open(&p).unwrap();
+        assert!(f.next_frame(&mut Vec::new()).unwrap().is_none());
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_record_length_is_corruption_after_the_good_frames() {
+        let mut bytes = legacy(&[(10, 5, &[1; 60]), (11, 0, &[2; 42])]);
+        // The second record's caplen (after 24 + 16 + 60 bytes, then ts_sec and ts_usec).
+        let at = 24 + 16 + 60 + 8;
+        bytes[at..at + 4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        bytes.extend_from_slice(&[0; 2 << 20]);
+        let p = write_tmp("huge.pcap", &bytes);
+        let mut f = PcapFrames::open(&p).unwrap();
+        let mut buf = Vec::new();
+        assert!(f.next_frame(&mut buf).unwrap().is_some());
+        let e = f.next_frame(&mut buf).unwrap_err();
+        assert_clear(&e);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is corrupt after 1 frames: a record claims to be larger than 1 MiB (its length field is damaged)",
+                p.display()
+            )
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_pipe_that_trickles_bytes_still_reads() {
+        /// Gives one byte per read, as a slow pipe may.
+        struct Trickle(std::io::Cursor<Vec<u8>>);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(1);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let bytes = legacy(&[(10, 5, &[1; 60])]);
+        let mut input = Input {
+            inner: Box::new(Trickle(std::io::Cursor::new(bytes))),
+            first: true,
+            seen: Arc::default(),
+        };
+        let mut buf = [0u8; 1024];
+        assert_eq!(input.read(&mut buf).unwrap(), HEAD);
+        assert_eq!(input.read(&mut buf).unwrap(), 1, "later reads pass through");
+    }
+
     #[test]
     fn non_ethernet_captures_are_refused() {
         let mut bytes = legacy(&[(1, 0, &[0; 20])]);
@@ -365,6 +632,25 @@ mod tests {
             matches!(e, PcapFileError::LinkType { linktype: 113, .. }),
             "{e}"
         );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} has unsupported link type 113 (LINUX_SLL): only Ethernet (link type 1) captures can be replayed",
+                p.display()
+            )
+        );
+        std::fs::write(&p, {
+            let mut b = legacy(&[(1, 0, &[0; 20])]);
+            b[20..24].copy_from_slice(&4000u32.to_le_bytes());
+            b
+        })
+        .unwrap();
+        let e = PcapFrames::open(&p)
+            .unwrap()
+            .next_frame(&mut Vec::new())
+            .unwrap_err();
+        assert_clear(&e);
+        assert!(e.to_string().contains("unsupported link type 4000:"), "{e}");
         std::fs::remove_file(p).unwrap();
     }
 }

@@ -187,3 +187,97 @@ fn config_file_applications_add_and_override_port_names() {
     assert_eq!(apps, ["MYAPP", "RESOLVER", "HTTP"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `flowmetrix --pcap ARG --output jsonl -no-log` with `input` on its standard input.
+fn replay_with_stdin(arg: &std::ffi::OsStr, input: &[u8]) -> (Option<i32>, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+        .arg("--pcap")
+        .arg(arg)
+        .args(["--output", "jsonl", "-no-log"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Written from another thread in small pieces, as a pipe from tcpdump would be.
+    let writer = std::thread::spawn(move || {
+        for chunk in input.chunks(7) {
+            if stdin.write_all(chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pcap_dash_reads_the_capture_from_standard_input() {
+    let udp = |dst: u16| {
+        common::frames::write(|v| {
+            common::frames::eth()
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(40_000, dst)
+                .write(v, b"x")
+                .unwrap()
+        })
+    };
+    let bytes = pcap_of(&[udp(53), udp(80), udp(443)]);
+    let (code, out, err) = replay_with_stdin("-".as_ref(), &bytes);
+    assert_eq!(code, Some(0), "{err}");
+    let apps: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["application"].to_string())
+        .collect();
+    assert_eq!(apps, ["\"DNS\"", "\"HTTP\"", "\"HTTPS\""]);
+    let s = common::Summary::parse(&err).unwrap();
+    assert_eq!((s.seen, s.written), (3, 3));
+
+    // Cut short on standard input: the frames before the cut, then one sentence.
+    let (code, out, err) = replay_with_stdin("-".as_ref(), &bytes[..bytes.len() - 5]);
+    assert_eq!(code, Some(1));
+    assert_eq!(out.lines().count(), 2);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors,
+        ["error: standard input is truncated: it ends inside a record after 2 frames"],
+        "{err}"
+    );
+}
+
+#[test]
+fn pcap_errors_are_plain_sentences() {
+    let dir = std::env::temp_dir().join(format!("fmx-pcap-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, out, err) = replay_with_stdin(dir.as_os_str(), b"");
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "error: {} is a directory, not a pcap or pcapng file",
+            dir.display()
+        )],
+        "{err}"
+    );
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "not a capture, just some words in a file").unwrap();
+    let (code, _, err) = replay_with_stdin(text.as_os_str(), b"");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "error: {} is not a pcap or pcapng file",
+            text.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

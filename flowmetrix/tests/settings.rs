@@ -172,3 +172,130 @@ fn original_single_dash_command_lines_mean_the_same_as_long_forms() {
         assert_eq!(a, b, "{go:?} vs {long:?}");
     }
 }
+
+#[test]
+fn a_bad_environment_value_names_the_variable_not_the_flag() {
+    let (code, out, err) = flowmetrix(&["-i", "lo"], &[("FLOWMETRIX_SAMPLE_RATE", "abc")]);
+    assert_eq!((code, out.as_str()), (Some(2), ""), "{err}");
+    assert_eq!(
+        err,
+        "error: environment variable FLOWMETRIX_SAMPLE_RATE: invalid value 'abc': invalid digit found in string\n"
+    );
+    let (code, _, err) = flowmetrix(&["-i", "lo"], &[("FLOWMETRIX_OUTPUT", "csv")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.starts_with("error: environment variable FLOWMETRIX_OUTPUT: invalid value 'csv'")
+            && !err.contains("--output")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    // The same value on the command line is still a flag error, even with the variable set
+    // to something good.
+    let (code, _, err) = flowmetrix(
+        &["-i", "lo", "--sample-rate", "abc"],
+        &[("FLOWMETRIX_SAMPLE_RATE", "5")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.starts_with("error: invalid value 'abc' for '--sample-rate <N>'"),
+        "{err}"
+    );
+    // A variable that conflicts with a flag is named too.
+    let (code, _, err) = flowmetrix(
+        &["--pcap", "/dev/null", "--output", "none"],
+        &[("FLOWMETRIX_SAMPLE_RATE", "10")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err,
+        "error: environment variable FLOWMETRIX_SAMPLE_RATE (--sample-rate) cannot be used with --pcap: unset it for this run\n"
+    );
+    // A bad variable under a good flag does not matter: the flag wins.
+    let (code, out, err) = flowmetrix(
+        &["-i", "lo", "--sample-rate", "7", "--print-config"],
+        &[("FLOWMETRIX_SAMPLE_RATE", "abc")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        setting(&out, "sample-rate"),
+        "sample-rate = 7  # command line"
+    );
+}
+
+#[test]
+fn switches_from_the_environment_take_the_usual_spellings() {
+    for (value, on) in [
+        ("1", true),
+        ("true", true),
+        ("YES", true),
+        ("On", true),
+        ("0", false),
+        ("False", false),
+        ("no", false),
+        ("OFF", false),
+    ] {
+        let (code, out, err) = flowmetrix(
+            &["-i", "lo", "--print-config"],
+            &[("FLOWMETRIX_DEBUG", value)],
+        );
+        assert_eq!(code, Some(0), "FLOWMETRIX_DEBUG={value}: {err}");
+        assert_eq!(
+            setting(&out, "debug"),
+            format!("debug = {on}  # environment"),
+            "FLOWMETRIX_DEBUG={value}"
+        );
+    }
+    let (code, _, err) = flowmetrix(&["-i", "lo"], &[("FLOWMETRIX_NO_LOG", "maybe")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err,
+        "error: environment variable FLOWMETRIX_NO_LOG: invalid value 'maybe': a switch is 1, 0, true, false, yes, no, on or off\n"
+    );
+    // On the command line a switch still takes no value.
+    let (_, out, _) = flowmetrix(&["-i", "lo", "-d", "--print-config"], &[]);
+    assert_eq!(setting(&out, "debug"), "debug = true  # command line");
+}
+
+#[test]
+fn endpoint_lists_are_trimmed_from_every_layer() {
+    let want = "greptime-endpoint = [\"a:1\", \"b:2\"]";
+    let (code, out, err) = flowmetrix(
+        &[
+            "-i",
+            "lo",
+            "--greptime-endpoint",
+            "a:1, b:2",
+            "--print-config",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        setting(&out, "greptime-endpoint"),
+        format!("{want}  # command line")
+    );
+    let (code, out, err) = flowmetrix(
+        &["-i", "lo", "--print-config"],
+        &[("FLOWMETRIX_GREPTIME_ENDPOINT", " a:1 ,  b:2 ")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        setting(&out, "greptime-endpoint"),
+        format!("{want}  # environment")
+    );
+}
+
+#[test]
+fn print_config_needs_no_interface_but_a_run_does() {
+    let (code, out, err) = flowmetrix(&["--print-config"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("# interface (unset)\n"), "{out}");
+    assert_eq!(setting(&out, "sample-rate"), "sample-rate = 1  # default");
+
+    let (code, out, err) = flowmetrix(&[], &[]);
+    assert_eq!((code, out.as_str()), (Some(2), ""));
+    assert_eq!(
+        err,
+        "error: the following required arguments were not provided: --interface <IFACE> (see 'flowmetrix --help')\n"
+    );
+}
