@@ -1,0 +1,191 @@
+//! The `/metrics` page: a `prometheus-client` registry whose one collector reads the
+//! [`Registry`]'s atomics at scrape time (no second set of counters to keep in step).
+//!
+//! Encoded in the Prometheus text format 0.0.4, so every name, `# TYPE` line and `le` label is
+//! what the hand-written page had. `prometheus-client` appends `_total` to counter names
+//! itself, so counters are declared without it; no metric is given a unit (that would append a
+//! suffix too): the unit is already part of each name.
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::{Counters, Registry, WRITE_BUCKETS};
+
+/// Every metric name starts with this, then `_`.
+pub const PREFIX: &str = "flowmetrix";
+
+/// `Content-Type` of the page.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The `prometheus-client` registry that serves `registry`.
+pub fn exposition(registry: Arc<Registry>) -> prometheus_client::registry::Registry {
+    let mut r = prometheus_client::registry::Registry::with_prefix(PREFIX);
+    r.register_collector(Box::new(Scrape(registry)));
+    r
+}
+
+/// The page for `r`, in the Prometheus text format.
+pub fn encode(r: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    // Writing to a String cannot fail, and every value here is encodable.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, r);
+    out
+}
+
+/// Reads the counters when a scrape encodes it.
+#[derive(Debug)]
+struct Scrape(Arc<Registry>);
+
+/// Declared without `_total`: the encoder appends it.
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let m = ConstCounter::new(v);
+    m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let m = ConstGauge::new(v);
+    m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let k = self.0.kernel();
+        let c = &self.0.counters;
+        let g = self.0.gauges;
+        let get = Counters::get;
+        let e = &mut e;
+        counter(
+            e,
+            "packets_seen",
+            "Packets the XDP program ran on, all CPUs.",
+            k.seen,
+        )?;
+        counter(
+            e,
+            "packets_sampled",
+            "Packets the sampler chose.",
+            k.sampled,
+        )?;
+        counter(
+            e,
+            "ring_drops",
+            "Sampled packets lost because the kernel ring buffer was full.",
+            k.ring_drops,
+        )?;
+        counter(
+            e,
+            "samples_decoded",
+            "Samples turned into rows.",
+            get(&c.decoded),
+        )?;
+        counter(
+            e,
+            "decode_errors",
+            "Samples that could not be turned into a row.",
+            get(&c.decode_errors),
+        )?;
+        counter(
+            e,
+            "queue_drops",
+            "Rows dropped because the queue to the output was full.",
+            get(&c.queue_drops),
+        )?;
+        gauge(
+            e,
+            "queue_depth_rows",
+            "Rows waiting for the output.",
+            get(&c.queue_depth),
+        )?;
+        counter(
+            e,
+            "rows_written",
+            "Rows the output accepted.",
+            get(&c.written),
+        )?;
+        counter(
+            e,
+            "write_errors",
+            "Rows the output failed to write.",
+            get(&c.write_errors),
+        )?;
+        counter(
+            e,
+            "write_retries",
+            "Write attempts that failed and were retried.",
+            get(&c.write_retries),
+        )?;
+        counter(
+            e,
+            "spooled_rows",
+            "Rows put in the disk spool (GreptimeDB away, or the queue full).",
+            get(&c.spooled),
+        )?;
+        counter(
+            e,
+            "spool_replayed_rows",
+            "Rows from the spool that GreptimeDB acknowledged (they may be from an earlier run).",
+            get(&c.spool_replayed),
+        )?;
+        counter(
+            e,
+            "spool_lost_rows",
+            "Rows the spool lost: dropped for space, or damaged on disk.",
+            get(&c.spool_lost),
+        )?;
+        gauge(
+            e,
+            "spool_bytes",
+            "Size of the spool on disk.",
+            get(&c.spool_bytes),
+        )?;
+        gauge(
+            e,
+            "spool_segments",
+            "Segment files in the spool.",
+            get(&c.spool_segments),
+        )?;
+        gauge(
+            e,
+            "sample_rate",
+            "1 in N packets is sampled.",
+            u64::from(g.sample_rate),
+        )?;
+        gauge(
+            e,
+            "snaplen_bytes",
+            "Bytes captured per sample.",
+            u64::from(g.snaplen),
+        )?;
+
+        let (per_bucket, sum) = c.write_seconds.buckets();
+        let buckets: Vec<(f64, u64)> = WRITE_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(per_bucket)
+            .collect();
+        let count = per_bucket.iter().sum();
+        e.encode_descriptor(
+            "write_duration_seconds",
+            "Time to write one batch, retries included.",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+
+        // A gauge with a label (not an OpenMetrics info, which would be renamed `_info`).
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        let mut m = e.encode_descriptor(
+            "build_info",
+            "FlowMetrix version.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(1u64).encode(m.encode_family(&version)?)
+    }
+}
