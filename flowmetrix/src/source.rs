@@ -10,7 +10,7 @@ use tracing::info;
 use crate::{
     capture::{self, Capture, CaptureConfig, CaptureError},
     metrics::KernelStats,
-    pcap::{PcapFileError, PcapFrames},
+    pcap::{self, FrameInfo, PcapFileError, PcapFrames},
     record::UnixNanos,
     ring::{self, Clock, RecordError, Ring},
 };
@@ -87,14 +87,52 @@ pub struct Live {
     ifindex: u32,
 }
 
+/// A file read on a thread of its own (a pipe on standard input may block for as long as
+/// its writer likes; Ctrl+C must still be heard), handed over in chunks.
 pub struct Replay {
-    frames: PcapFrames,
-    buf: Vec<u8>,
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    chunk: Option<Chunk>,
+    /// Frames handed to the pipeline.
+    read: u64,
+}
+
+/// Frames read from the file, and how the file ended after them, if it did.
+struct Chunk {
+    frames: Vec<(Vec<u8>, FrameInfo)>,
+    end: Option<Result<(), PcapFileError>>,
 }
 
 /// How many frames a replay hands over at a time (and between looks at the shutdown
-/// signal).
+/// signal), and how many such chunks may be read ahead.
 const REPLAY_CHUNK: usize = 256;
+const READ_AHEAD: usize = 4;
+
+fn read_file(mut frames: PcapFrames, tx: tokio::sync::mpsc::Sender<Chunk>) {
+    loop {
+        let mut chunk = Chunk {
+            frames: Vec::with_capacity(REPLAY_CHUNK),
+            end: None,
+        };
+        while chunk.frames.len() < REPLAY_CHUNK {
+            let mut buf = Vec::new();
+            match frames.next_frame(&mut buf) {
+                Ok(Some(info)) => chunk.frames.push((buf, info)),
+                Ok(None) => {
+                    chunk.end = Some(Ok(()));
+                    break;
+                }
+                Err(e) => {
+                    chunk.end = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        let last = chunk.end.is_some();
+        if tx.blocking_send(chunk).is_err() || last {
+            return;
+        }
+    }
+}
 
 impl Source {
     /// Attaches the program, or opens the file.
@@ -120,10 +158,20 @@ impl Source {
             }
             SourceSettings::Pcap(path) => {
                 let frames = PcapFrames::open(path)?;
-                info!(file = %path.display(), "replaying");
+                if path.as_os_str() == pcap::STDIN {
+                    info!("replaying standard input");
+                } else {
+                    info!(file = %path.display(), "replaying");
+                }
+                let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+                std::thread::Builder::new()
+                    .name("flowmetrix-pcap".into())
+                    .spawn(move || read_file(frames, tx))
+                    .map_err(SourceError::Poll)?;
                 Ok(Self::Pcap(Box::new(Replay {
-                    frames,
-                    buf: Vec::new(),
+                    rx,
+                    chunk: None,
+                    read: 0,
                 })))
             }
         }
@@ -151,7 +199,15 @@ impl Source {
                 res = l.ring.readable() => res.map_err(SourceError::Poll),
                 _ = l.drain.tick() => Ok(()),
             },
-            Self::Pcap(_) => Ok(()),
+            Self::Pcap(r) => {
+                if r.chunk.is_none() {
+                    r.chunk = Some(r.rx.recv().await.unwrap_or(Chunk {
+                        frames: Vec::new(),
+                        end: Some(Ok(())), // the reading thread is gone
+                    }));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -177,19 +233,24 @@ impl Source {
                 Ok(Pulled::More)
             }
             Self::Pcap(r) => {
-                for _ in 0..REPLAY_CHUNK {
-                    let Some(info) = r.frames.next_frame(&mut r.buf)? else {
-                        return Ok(Pulled::End);
-                    };
+                let Some(chunk) = r.chunk.take() else {
+                    return Ok(Pulled::More);
+                };
+                for (frame, info) in &chunk.frames {
+                    r.read += 1;
                     f(Ok(Sample {
-                        frame: &r.buf,
+                        frame,
                         wire_len: info.wire_len,
                         ts: info.ts,
                         ifindex: 0,
                         direction: Direction::Ingress,
                     }));
                 }
-                Ok(Pulled::More)
+                match chunk.end {
+                    None => Ok(Pulled::More),
+                    Some(Ok(())) => Ok(Pulled::End),
+                    Some(Err(e)) => Err(e.into()),
+                }
             }
         }
     }
@@ -200,7 +261,7 @@ impl Source {
         match self {
             Self::Live(l) => Ok(l.capture.stats()?),
             Self::Pcap(r) => {
-                let read = r.frames.frames();
+                let read = r.read;
                 Ok(KernelStats {
                     seen: read,
                     sampled: read,
