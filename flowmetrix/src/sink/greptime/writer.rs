@@ -7,18 +7,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use greptimedb_ingester::{api::v1::RowInsertRequests, database::Database};
+use greptimedb_ingester::api::v1::RowInsertRequests;
 use rand::Rng as _;
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
 };
-use tonic::Code;
 use tracing::{error, info, warn};
 
 use super::{
-    client::{connect, startup_check},
-    retry::{BACKOFF_CAP, BACKOFF_START, Failure, REQUEST_TIMEOUT, classify},
+    client::startup_check,
+    endpoints::Endpoints,
+    retry::{BACKOFF_CAP, BACKOFF_START, Failure, Problem, REQUEST_TIMEOUT},
     schema::encode,
     settings::GreptimeConfig,
 };
@@ -32,16 +32,17 @@ use crate::{
     },
 };
 
-/// Shared by the write tasks: the connection, counters, and what was already logged.
+/// Shared by the write tasks: the connections, counters, and what was already logged.
 pub(super) struct Writer {
-    pub(super) db: Database,
+    /// The endpoints; `insert` picks a healthy one.
+    pub(super) endpoints: Arc<Endpoints>,
     hints: Vec<(&'static str, String)>,
     pub(super) cfg: GreptimeConfig,
     counters: Arc<Counters>,
     /// When the current outage began (None while writes succeed).
     outage: Mutex<Option<Instant>>,
-    /// Fatal error kinds already reported (each is logged once).
-    reported: Mutex<HashSet<Code>>,
+    /// Fatal problems already reported (each is logged once).
+    reported: Mutex<HashSet<Problem>>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
     spool: Option<Arc<Spool>>,
@@ -58,9 +59,15 @@ impl Writer {
     }
 
     pub(super) fn outage_began(&self, why: &str) {
+        self.outage_began_at(why, Instant::now());
+    }
+
+    /// An outage whose first failed attempt started at `started` (a request that timed out
+    /// after 10 s began 10 s before it failed).
+    pub(super) fn outage_began_at(&self, why: &str, started: Instant) {
         let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
         if outage.is_none() {
-            *outage = Some(Instant::now());
+            *outage = Some(started);
             let meanwhile = if self.spool.is_some() {
                 "rows go to the disk spool meanwhile"
             } else {
@@ -84,7 +91,7 @@ impl Writer {
         }
     }
 
-    pub(super) fn fatal(&self, kind: Code, message: &str) {
+    pub(super) fn fatal(&self, kind: Problem, message: &str) {
         let first = self
             .reported
             .lock()
@@ -101,25 +108,21 @@ impl Writer {
         let budget = self
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
-        let res = tokio::time::timeout(
-            budget,
-            self.db.insert_with_hints(request.clone(), &self.hints()),
-        )
-        .await;
-        match res {
-            Ok(Ok(_affected)) => {
+        let started = Instant::now();
+        match self.endpoints.insert(request, &self.hints(), budget).await {
+            Ok(_affected) => {
                 self.succeeded();
                 Attempt::Written
             }
-            Ok(Err(e)) => match classify(&e, &self.cfg) {
-                Failure::Retry(why) => Attempt::Retry(why),
-                Failure::Fatal { kind, message } => {
-                    self.fatal(kind, &message);
-                    Counters::add(&self.counters.write_errors, rows);
-                    Attempt::Fatal
-                }
-            },
-            Err(_) => Attempt::Retry(format!("no answer within {budget:?}")),
+            Err(Failure::Retry { why, .. }) => {
+                self.outage_began_at(&why, started);
+                Attempt::Retry(why)
+            }
+            Err(Failure::Fatal { kind, message }) => {
+                self.fatal(kind, &message);
+                Counters::add(&self.counters.write_errors, rows);
+                Attempt::Fatal
+            }
         }
     }
 
@@ -244,7 +247,7 @@ pub async fn run(
     spool: Option<Arc<Spool>>,
 ) -> Result<(), SinkError> {
     let writer = Arc::new(Writer {
-        db: connect(&cfg)?,
+        endpoints: Endpoints::connect(&cfg)?,
         hints: cfg.hints(),
         cfg: cfg.clone(),
         counters,
