@@ -300,7 +300,11 @@ fn unknown_database_is_reported_at_start() {
     let done = collector.interrupt();
     let errors = error_lines(&done);
     assert_eq!(errors.len(), 1, "{}", done.stderr);
-    assert!(errors[0].contains("Database not found"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("Failed to find schema, schema info: nosuchdb"),
+        "{}",
+        errors[0]
+    );
     assert!(
         errors[0].contains("CREATE DATABASE nosuchdb"),
         "{}",

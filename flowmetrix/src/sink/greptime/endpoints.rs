@@ -116,7 +116,11 @@ impl Endpoints {
         let why = self
             .members
             .iter()
-            .filter_map(|m| lock(&m.down).as_ref().map(|(_, w)| format!("{}: {w}", m.addr)))
+            .filter_map(|m| {
+                lock(&m.down)
+                    .as_ref()
+                    .map(|(_, w)| format!("{}: {w}", m.addr))
+            })
             .collect::<Vec<_>>()
             .join("; ");
         Err(AllDown(why))
@@ -186,8 +190,9 @@ impl Endpoints {
                 endpoint: false,
             })?;
             let left = budget.saturating_sub(started.elapsed());
-            let res = tokio::time::timeout(left, chosen.db.insert_with_hints(request.clone(), hints))
-                .await;
+            let res =
+                tokio::time::timeout(left, chosen.db.insert_with_hints(request.clone(), hints))
+                    .await;
             let failure = match res {
                 Ok(Ok(affected)) => {
                     self.mark_up(chosen.index);
@@ -263,7 +268,10 @@ impl Endpoints {
     /// empty insert does not look the database up.)
     async fn check_database(&self, index: usize) -> Result<(), Failure> {
         let m = &self.members[index];
-        let (_, channel) = m.client.find_channel().map_err(|e| classify(&e, &self.cfg))?;
+        let (_, channel) = m
+            .client
+            .find_channel()
+            .map_err(|e| classify(&e, &self.cfg))?;
         let mut client = GreptimeDatabaseClient::new(channel);
         if let Some(c) = m.client.send_compression() {
             client = client.send_compressed(c);
@@ -344,7 +352,9 @@ async fn probe_loop(pool: Weak<Endpoints>) {
 }
 
 /// Runs futures concurrently on this task and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
     let mut futures: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
     let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

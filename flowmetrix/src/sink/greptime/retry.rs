@@ -198,7 +198,9 @@ fn invalid_request(gt: u32, msg: &str, grpc: Code, cfg: &GreptimeConfig) -> (Pro
     }
     (
         Problem::Other(grpc, Some(gt)),
-        format!("GreptimeDB refused the rows for table {table} (code {gt}); see the GreptimeDB server log"),
+        format!(
+            "GreptimeDB refused the rows for table {table} (code {gt}); see the GreptimeDB server log"
+        ),
     )
 }
 
@@ -343,7 +345,10 @@ mod tests {
             "Invalid InsertRequest, reason: Table `packet_data` does not exist, and `auto_create_table` hint is disabled",
         );
         assert_eq!(kind, Problem::MissingTable);
-        assert!(message.contains("table packet_data does not exist"), "{message}");
+        assert!(
+            message.contains("table packet_data does not exist"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -354,14 +359,20 @@ mod tests {
             "Username and password does not match, username: u",
         );
         assert_eq!(kind, Problem::WrongPassword);
-        assert!(message.contains("FLOWMETRIX_GREPTIME_PASSWORD"), "{message}");
+        assert!(
+            message.contains("FLOWMETRIX_GREPTIME_PASSWORD"),
+            "{message}"
+        );
         let (kind, message) = fatal(
             Code::Unauthenticated,
             Some(7003),
             "Not found http or grpc authorization header",
         );
         assert_eq!(kind, Problem::NoCredentials);
-        assert!(message.contains("FLOWMETRIX_GREPTIME_USERNAME"), "{message}");
+        assert!(
+            message.contains("FLOWMETRIX_GREPTIME_USERNAME"),
+            "{message}"
+        );
         // NotFound, like a missing table: the number tells them apart.
         let (kind, message) = fatal(Code::NotFound, Some(7000), "User not found, username: u");
         assert_eq!(kind, Problem::UnknownUser);
