@@ -300,11 +300,55 @@ fn unknown_database_is_reported_at_start() {
     let done = collector.interrupt();
     let errors = error_lines(&done);
     assert_eq!(errors.len(), 1, "{}", done.stderr);
-    assert!(errors[0].contains("Database not found"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("Failed to find schema, schema info: nosuchdb"),
+        "{}",
+        errors[0]
+    );
     assert!(
         errors[0].contains("CREATE DATABASE nosuchdb"),
         "{}",
         errors[0]
+    );
+}
+
+/// Issue 16 item 6: with the first of two endpoints dead, every row goes to the live one,
+/// nothing is spooled, the dead one is named once, and it is no outage.
+#[test]
+fn a_dead_endpoint_of_two_is_named_once_and_rows_go_to_the_other() {
+    let net = NetPair::new();
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    // Nothing listens on port 1 inside the collector's namespace.
+    let endpoints = format!("127.0.0.1:1,{}", endpoint.addr);
+    let spool = net.spool_dir();
+    let collector = net.collector(&[
+        "--greptime-endpoint",
+        &endpoints,
+        "--flush-interval",
+        "100ms",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
+    send_udp(&net, 0..3_000);
+    wait_for_rows(&endpoint, "packet_data", 3_000, Duration::from_secs(10));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let s = done.summary();
+    let rows = endpoint.rows("packet_data");
+    assert_eq!(rows.len(), 3_000, "{s:?}\n{}", done.stderr);
+    assert_eq!((s.spooled, s.write_errors), (0, 0), "{s:?}");
+    assert_accounted(&s, rows.len());
+    assert_no_duplicates(&rows);
+    let down: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("endpoint 127.0.0.1:1 is down"))
+        .collect();
+    assert_eq!(down.len(), 1, "{}", done.stderr);
+    assert!(
+        !done.stderr.contains("retrying") && !done.stderr.contains("writable again"),
+        "one live endpoint is no outage:\n{}",
+        done.stderr
     );
 }
 

@@ -175,7 +175,11 @@ fn hundred_thousand_frames_per_second_with_greptimedb_away_all_arrive_later() {
         "loss equation: {s:?}"
     );
     assert_eq!(s.ring_drops, 0, "{s:?}");
-    assert_eq!((s.queue_drops, s.write_errors, s.spool_lost), (0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.queue_drops, s.write_errors, s.spool_lost),
+        (0, 0, 0),
+        "{s:?}"
+    );
     assert!(s.spooled > 0 && s.replayed == s.spooled, "{s:?}");
     let keys = endpoint.row_keys("packet_data");
     let unique: HashSet<(i64, u32)> = keys.iter().copied().collect();

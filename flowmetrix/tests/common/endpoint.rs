@@ -3,10 +3,17 @@
 //! A tonic server built on `greptime_proto`'s own `GreptimeDatabase` (and `HealthCheck`)
 //! server traits, the gRPC the ingester speaks. It answers `Handle` with affected rows and
 //! keeps every `RowInsertRequests` with its metadata (database, hints, auth). It enforces
-//! what the real server enforces that matters here: a table's column types are fixed by the
-//! insert that created it, unknown databases are rejected, credentials are checked when
-//! required; errors carry the same gRPC codes and `x-greptime-err-code`/`-msg` metadata as
-//! GreptimeDB's. It can be told to fail, stall, or refuse connections for a while.
+//! what the real server enforces that matters here, answering each case with the gRPC
+//! code, `x-greptime-err-code`/`-msg` metadata and message GreptimeDB 1.0/1.1 gives
+//! (/work/shared/GREPTIMEDB.md): credentials first (no header 7003, unknown user NotFound
+//! 7000, wrong password 7002), then the database (unknown: InvalidArgument 1004 "Failed to
+//! find schema, schema info: …"; an insert without rows does not look it up), then the table
+//! (column types fixed by the insert that created it: 1004 "Invalid request to region …,
+//! reason: column x expect type …, given: …"; missing with `auto_create_table=false`: 1004).
+//! SQL over `Handle`: `USE db` answers 1004 for an unknown database, else Unimplemented
+//! "GreptimeDatabase::Handle for query" without a code, as the server does for any
+//! statement with a result; other statements are kept and answer AffectedRows(0). It can
+//! be told to fail (with any code), stall, or refuse connections for a while.
 //!
 //! The server listens on the host's loopback; a small TCP front, whose listener is created
 //! inside the collector's network namespace, forwards to it. Refusing connections closes
@@ -22,12 +29,13 @@ use std::{
 
 use greptime_proto::v1::{
     AffectedRows, ColumnDataType, ColumnSchema, GreptimeRequest, GreptimeResponse,
-    HealthCheckRequest, HealthCheckResponse, ResponseHeader, Row, Status as GtStatus,
+    HealthCheckRequest, HealthCheckResponse, QueryRequest, ResponseHeader, Row, Status as GtStatus,
     auth_header::AuthScheme,
     greptime_database_server::{GreptimeDatabase, GreptimeDatabaseServer},
     greptime_request::Request as GtRequest,
     greptime_response,
     health_check_server::{HealthCheck, HealthCheckServer},
+    query_request::Query,
     value::ValueData,
 };
 use serde_json::{Map, Value, json};
@@ -54,8 +62,10 @@ struct State {
     /// (database, table) → column name → type, fixed when first seen.
     tables: HashMap<(String, String), Vec<(String, i32)>>,
     received: Vec<Received>,
-    /// Fail this many coming requests with this code.
-    fail: Option<(usize, Code)>,
+    /// Fail this many coming requests with this gRPC code, greptime code and message.
+    fail: Option<(usize, Code, u32, String)>,
+    /// SQL statements received, in order.
+    sql: Vec<String>,
     stall: Option<Duration>,
     handled: usize,
     /// Keep only (table, ts, src_port) of each row, for long runs.
@@ -81,8 +91,72 @@ fn gt_error(code: Code, gt_code: u32, msg: String) -> Status {
     status
 }
 
-fn type_name(t: i32) -> String {
-    ColumnDataType::try_from(t).map_or_else(|_| format!("type {t}"), |t| format!("{t:?}"))
+/// A column type as the server's region names it (`ConcreteDataType`'s Debug form).
+fn region_type_name(t: i32) -> String {
+    use ColumnDataType as T;
+    match ColumnDataType::try_from(t) {
+        Ok(T::Uint8) => "UInt8(UInt8Type)".into(),
+        Ok(T::Uint16) => "UInt16(UInt16Type)".into(),
+        Ok(T::Uint32) => "UInt32(UInt32Type)".into(),
+        Ok(T::Uint64) => "UInt64(UInt64Type)".into(),
+        Ok(T::String) => "String(StringType)".into(),
+        Ok(T::TimestampNanosecond) => "Timestamp(Nanosecond(TimestampNanosecondType))".into(),
+        Ok(other) => format!("{other:?}"),
+        Err(_) => format!("type {t}"),
+    }
+}
+
+/// A column type as the request gave it (the proto enum's name and number).
+fn request_type_name(t: i32) -> String {
+    ColumnDataType::try_from(t).map_or_else(
+        |_| format!("type {t}"),
+        |c| format!("{}({t})", c.as_str_name()),
+    )
+}
+
+/// The greptime code GreptimeDB pairs with a gRPC code for the failures tests inject.
+fn greptime_code_for(code: Code) -> u32 {
+    match code {
+        Code::Unavailable => 5000,       // StorageUnavailable
+        Code::ResourceExhausted => 6001, // RateLimited
+        Code::Internal => 1003,          // Internal
+        Code::DeadlineExceeded => 1008,  // DeadlineExceeded
+        Code::InvalidArgument => 1004,   // InvalidArguments
+        Code::Unauthenticated => 7002,   // UserPasswordMismatch
+        Code::PermissionDenied => 7005,  // AccessDenied
+        Code::NotFound => 4001,          // TableNotFound
+        _ => 1000,                       // Unknown
+    }
+}
+
+/// `USE x`, `USE "x"` or ``USE `x` `` → x.
+fn use_target(sql: &str) -> Option<String> {
+    let sql = sql.trim().trim_end_matches(';').trim();
+    let (kw, rest) = sql.split_once(char::is_whitespace)?;
+    if !kw.eq_ignore_ascii_case("use") {
+        return None;
+    }
+    let rest = rest.trim();
+    for q in ['"', '`'] {
+        if let Some(inner) = rest.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+            return Some(inner.replace(&format!("{q}{q}"), &q.to_string()));
+        }
+    }
+    Some(rest.to_lowercase())
+}
+
+fn affected_rows(value: u32) -> Response<GreptimeResponse> {
+    Response::new(GreptimeResponse {
+        header: Some(ResponseHeader {
+            status: Some(GtStatus {
+                status_code: 0,
+                err_msg: String::new(),
+            }),
+        }),
+        response: Some(greptime_response::Response::AffectedRows(AffectedRows {
+            value,
+        })),
+    })
 }
 
 #[tonic::async_trait]
@@ -109,17 +183,14 @@ impl GreptimeDatabase for Service {
         let mut st = self.0.lock().unwrap();
         st.handled += 1;
         if st.down {
-            return Err(gt_error(
-                Code::Unavailable,
-                5003,
-                "Service unavailable".into(),
-            ));
+            // A server going away: the transport refuses, GreptimeDB says nothing.
+            return Err(Status::unavailable("the server is shutting down"));
         }
-        if let Some((n, code)) = st.fail {
-            st.fail = (n > 1).then_some((n - 1, code));
-            return Err(gt_error(code, 5000, "injected failure".into()));
+        if let Some((n, code, gt, msg)) = st.fail.clone() {
+            st.fail = (n > 1).then(|| (n - 1, code, gt, msg.clone()));
+            return Err(gt_error(code, gt, msg));
         }
-        if let Some(user) = &st.user {
+        if let Some((user, password)) = &st.user {
             match &auth {
                 None => {
                     return Err(gt_error(
@@ -128,35 +199,87 @@ impl GreptimeDatabase for Service {
                         "Not found http or grpc authorization header".into(),
                     ));
                 }
-                Some(given) if given != user => {
+                Some((given, _)) if given != user => {
+                    return Err(gt_error(
+                        Code::NotFound,
+                        7000,
+                        format!("User not found, username: {given}"),
+                    ));
+                }
+                Some((given, given_password)) if given_password != password => {
                     return Err(gt_error(
                         Code::Unauthenticated,
                         7002,
-                        "Username and password does not match".into(),
+                        format!("Username and password does not match, username: {given}"),
                     ));
                 }
                 Some(_) => {}
             }
         }
         let db = header.dbname;
-        if !st.databases.contains(&db) {
-            return Err(gt_error(
-                Code::NotFound,
-                4004,
-                format!("Database not found: greptime.{db}"),
-            ));
-        }
-        let Some(GtRequest::RowInserts(inserts)) = request.request else {
-            return Err(gt_error(
-                Code::Unimplemented,
-                1001,
-                "only row inserts here".into(),
-            ));
+        let schema_not_found = |name: &str| {
+            gt_error(
+                Code::InvalidArgument,
+                1004,
+                format!("Failed to find schema, schema info: {name}"),
+            )
         };
+        let inserts = match request.request {
+            Some(GtRequest::RowInserts(inserts)) => inserts,
+            Some(GtRequest::Query(QueryRequest {
+                query: Some(Query::Sql(sql)),
+            })) => {
+                st.sql.push(sql.clone());
+                if let Some(target) = use_target(&sql) {
+                    if !st.databases.contains(&target) {
+                        return Err(schema_not_found(&target));
+                    }
+                    // The statement ran; its (empty) result cannot go back over Handle.
+                    return Err(Status::unimplemented("GreptimeDatabase::Handle for query"));
+                }
+                let head = sql.trim_start().to_ascii_uppercase();
+                if ["SELECT", "SHOW", "DESC", "EXPLAIN", "TQL"]
+                    .iter()
+                    .any(|k| head.starts_with(k))
+                {
+                    return Err(Status::unimplemented("GreptimeDatabase::Handle for query"));
+                }
+                if !st.databases.contains(&db) {
+                    return Err(schema_not_found(&db));
+                }
+                return Ok(affected_rows(0));
+            }
+            _ => {
+                return Err(gt_error(
+                    Code::Unimplemented,
+                    1001,
+                    "only row inserts and SQL here".into(),
+                ));
+            }
+        };
+        // Inserts without rows are dropped first: an empty request looks nothing up.
+        let mut inserts = inserts;
+        inserts
+            .inserts
+            .retain(|i| i.rows.as_ref().is_some_and(|r| !r.rows.is_empty()));
+        if inserts.inserts.is_empty() {
+            return Ok(affected_rows(0));
+        }
+        if !st.databases.contains(&db) {
+            return Err(schema_not_found(&db));
+        }
+        let auto_create = !hints
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .any(|h| h.trim() == "auto_create_table=false");
         // Check every insert before keeping any (one request, one outcome).
         for insert in &inserts.inserts {
             let rows = insert.rows.clone().unwrap_or_default();
-            if let Some(cols) = st.tables.get(&(db.clone(), insert.table_name.clone())) {
+            let key = (db.clone(), insert.table_name.clone());
+            if let Some(cols) = st.tables.get(&key) {
+                // Region ids as the server forms them: table id << 32 | region number.
+                let table_id = 1024 + st.tables.keys().filter(|k| **k < key).count() as u64;
                 for c in &rows.schema {
                     if let Some((_, t)) = cols.iter().find(|(n, _)| *n == c.column_name)
                         && *t != c.datatype
@@ -165,14 +288,24 @@ impl GreptimeDatabase for Service {
                             Code::InvalidArgument,
                             1004,
                             format!(
-                                "Invalid request to region, reason: column {} expect type {}, given: {}",
+                                "Invalid request to region {}({table_id}, 0), reason: column {} expect type {}, given: {}",
+                                table_id << 32,
                                 c.column_name,
-                                type_name(*t),
-                                type_name(c.datatype)
+                                region_type_name(*t),
+                                request_type_name(c.datatype)
                             ),
                         ));
                     }
                 }
+            } else if !auto_create {
+                return Err(gt_error(
+                    Code::InvalidArgument,
+                    1004,
+                    format!(
+                        "Invalid InsertRequest, reason: Table `{}` does not exist, and `auto_create_table` hint is disabled",
+                        insert.table_name
+                    ),
+                ));
             }
             for row in &rows.rows {
                 if row.values.len() != rows.schema.len() {
@@ -222,17 +355,7 @@ impl GreptimeDatabase for Service {
                 rows: rows.rows,
             });
         }
-        Ok(Response::new(GreptimeResponse {
-            header: Some(ResponseHeader {
-                status: Some(GtStatus {
-                    status_code: 0,
-                    err_msg: String::new(),
-                }),
-            }),
-            response: Some(greptime_response::Response::AffectedRows(AffectedRows {
-                value: affected,
-            })),
-        }))
+        Ok(affected_rows(affected))
     }
 
     async fn handle_requests(
@@ -519,9 +642,20 @@ impl Endpoint {
             .insert((db.into(), table.into()), cols);
     }
 
-    /// The next `n` requests fail with `code`.
+    /// The next `n` requests fail with `code` and the greptime code GreptimeDB pairs with
+    /// it (Unavailable: 5000 StorageUnavailable, ResourceExhausted: 6001 RateLimited, …).
     pub fn fail_next(&self, n: usize, code: Code) {
-        self.state.lock().unwrap().fail = Some((n, code));
+        self.fail_next_with(n, code, greptime_code_for(code), "injected failure");
+    }
+
+    /// The next `n` requests fail with exactly this answer.
+    pub fn fail_next_with(&self, n: usize, code: Code, greptime_code: u32, msg: &str) {
+        self.state.lock().unwrap().fail = Some((n, code, greptime_code, msg.into()));
+    }
+
+    /// SQL statements received over `Handle`, in order.
+    pub fn sql(&self) -> Vec<String> {
+        self.state.lock().unwrap().sql.clone()
     }
 
     /// Every request waits this long before it is answered.

@@ -1,9 +1,9 @@
-//! The connection to GreptimeDB and the start-up check.
+//! The connections to GreptimeDB (one client per endpoint) and the start-up check.
 
 use std::{sync::Arc, time::Duration};
 
 use greptimedb_ingester::{
-    api::v1::{Basic, RowInsertRequests, auth_header::AuthScheme},
+    api::v1::{Basic, auth_header::AuthScheme},
     channel_manager::{ChannelConfig, ChannelManager, ClientTlsOption, GrpcCompression},
     client::Client,
     database::Database,
@@ -11,14 +11,42 @@ use greptimedb_ingester::{
 use tracing::info;
 
 use super::{
-    retry::{CONNECT_TIMEOUT, Failure, REQUEST_TIMEOUT, classify},
+    retry::{CONNECT_TIMEOUT, Failure, REQUEST_TIMEOUT},
     settings::{Compression, GreptimeConfig},
     writer::Writer,
 };
 use crate::sink::SinkError;
 
-/// The client for the endpoints, and the database the run writes to.
-pub fn connect(cfg: &GreptimeConfig) -> Result<(Database, Client), SinkError> {
+/// How long the start-up check waits for each endpoint.
+pub const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One (address, client, database handle) per endpoint, sharing one channel manager.
+pub fn connect_all(cfg: &GreptimeConfig) -> Result<Vec<(String, Client, Database)>, SinkError> {
+    let manager = channel_manager(cfg)?;
+    Ok(cfg
+        .endpoints
+        .iter()
+        .map(|addr| {
+            let client = Client::with_manager_and_urls(manager.clone(), [addr]);
+            let db = database(cfg, &cfg.database, &client);
+            (addr.clone(), client, db)
+        })
+        .collect())
+}
+
+/// `name` on `client`, with the credentials, when a user is set.
+pub fn database(cfg: &GreptimeConfig, name: &str, client: &Client) -> Database {
+    let mut db = Database::new_with_dbname(name.to_owned(), client.clone());
+    if let Some(username) = &cfg.username {
+        db.set_auth(AuthScheme::Basic(Basic {
+            username: username.clone(),
+            password: cfg.password.clone().unwrap_or_default(),
+        }));
+    }
+    db
+}
+
+fn channel_manager(cfg: &GreptimeConfig) -> Result<ChannelManager, SinkError> {
     let mut channel = ChannelConfig::default()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -31,8 +59,8 @@ pub fn connect(cfg: &GreptimeConfig) -> Result<(Database, Client), SinkError> {
     if let Some(c) = compression {
         channel = channel.with_send_compression(c).with_accept_compression(c);
     }
-    let manager = match &cfg.tls {
-        None => ChannelManager::with_config(channel),
+    match &cfg.tls {
+        None => Ok(ChannelManager::with_config(channel)),
         Some(tls) => {
             let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
             let option = ClientTlsOption {
@@ -41,42 +69,32 @@ pub fn connect(cfg: &GreptimeConfig) -> Result<(Database, Client), SinkError> {
                 client_key_path: path(&tls.key_file),
             };
             ChannelManager::with_tls_config(channel.client_tls_config(option))
-                .map_err(|e| SinkError::Tls(e.to_string()))?
+                .map_err(|e| SinkError::Tls(e.to_string()))
         }
-    };
-    let client = Client::with_manager_and_urls(manager, &cfg.endpoints);
-    let mut db = Database::new_with_dbname(cfg.database.clone(), client.clone());
-    if let Some(auth) = auth(cfg) {
-        db.set_auth(auth);
     }
-    Ok((db, client))
 }
 
-/// The credentials, when a user is set.
-pub fn auth(cfg: &GreptimeConfig) -> Option<AuthScheme> {
-    cfg.username.as_ref().map(|username| {
-        AuthScheme::Basic(Basic {
-            username: username.clone(),
-            password: cfg.password.clone().unwrap_or_default(),
-        })
-    })
-}
-
-/// Checks at start-up that the endpoint answers and accepts our database and credentials,
-/// and says so; capture goes on either way.
+/// Checks at start-up that the endpoints answer and accept our database and credentials,
+/// and says so in one line; capture goes on either way.
 pub async fn startup_check(writer: Arc<Writer>) {
-    let empty = RowInsertRequests { inserts: vec![] };
-    let res = tokio::time::timeout(
-        Duration::from_secs(3),
-        writer.db.insert_with_hints(empty, &writer.hints()),
-    )
-    .await;
-    match res {
-        Ok(Ok(_)) => info!("{} is ready", writer.cfg.describe()),
-        Ok(Err(e)) => match classify(&e, &writer.cfg) {
-            Failure::Retry(why) => writer.outage_began(&why),
-            Failure::Fatal { kind, message } => writer.fatal(kind, &message),
-        },
-        Err(_) => writer.outage_began("no answer within 3s"),
+    let started = std::time::Instant::now();
+    let results = writer.endpoints.check(STARTUP_CHECK_TIMEOUT).await;
+    let mut up = Vec::new();
+    let mut unreachable = Vec::new();
+    for (addr, res) in results {
+        match res {
+            Ok(()) => up.push(addr),
+            Err(Failure::Fatal { kind, message }) => {
+                // Wrong database or credentials: the same on every endpoint, logged once.
+                writer.fatal(kind, &message);
+                return;
+            }
+            Err(Failure::Retry { why, .. }) => unreachable.push(format!("{addr}: {why}")),
+        }
+    }
+    if !up.is_empty() {
+        info!("{} is ready", writer.cfg.describe());
+    } else if !unreachable.is_empty() {
+        writer.outage_began_at(&unreachable.join("; "), started);
     }
 }

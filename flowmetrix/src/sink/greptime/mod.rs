@@ -9,7 +9,8 @@
 //! with what to do, and their rows counted as write errors.
 
 mod client;
-mod retry;
+pub mod endpoints;
+pub mod retry;
 mod schema;
 mod settings;
 pub mod spool;
@@ -22,7 +23,8 @@ use tracing::warn;
 
 use crate::{metrics::Counters, sink::SinkError};
 
-pub use retry::{Failure, classify};
+pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints};
+pub use retry::{Failure, Problem, classify, classify_status};
 pub use schema::{Column, SCHEMA, column_schemas, encode, encode_row};
 pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls};
 pub use writer::run;

@@ -1086,9 +1086,9 @@ mod tests {
             rows.rows = (0..4_000)
                 .map(|i| greptimedb_ingester::api::v1::Row {
                     values: vec![greptimedb_ingester::api::v1::Value {
-                        value_data: Some(
-                            greptimedb_ingester::api::v1::value::ValueData::U32Value(i),
-                        ),
+                        value_data: Some(greptimedb_ingester::api::v1::value::ValueData::U32Value(
+                            i,
+                        )),
                     }],
                 })
                 .collect();

@@ -10,18 +10,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use greptimedb_ingester::{api::v1::RowInsertRequests, client::Client, database::Database};
+use greptimedb_ingester::api::v1::RowInsertRequests;
 use rand::Rng as _;
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
 };
-use tonic::Code;
 use tracing::{error, info, warn};
 
 use super::{
-    client::{connect, startup_check},
-    retry::{BACKOFF_CAP, BACKOFF_START, Failure, REQUEST_TIMEOUT, classify},
+    client::startup_check,
+    endpoints::Endpoints,
+    retry::{BACKOFF_CAP, BACKOFF_START, Failure, Problem, REQUEST_TIMEOUT},
     schema::encode,
     settings::GreptimeConfig,
     spool::{Contents, Replayed},
@@ -34,18 +34,17 @@ use crate::{
     sink::{SinkError, batch::Batcher},
 };
 
-/// Shared by the write tasks: the connection, counters, and what was already logged.
+/// Shared by the write tasks: the connections, counters, and what was already logged.
 pub(super) struct Writer {
-    pub(super) db: Database,
-    /// For records of the spool meant for another database.
-    client: Client,
+    /// The endpoints; `insert` picks a healthy one.
+    pub(super) endpoints: Arc<Endpoints>,
     hints: Vec<(&'static str, String)>,
     pub(super) cfg: GreptimeConfig,
     counters: Arc<Counters>,
     /// When the current outage began (None while writes succeed).
     outage: Mutex<Option<Instant>>,
-    /// Fatal error kinds already reported (each is logged once).
-    reported: Mutex<HashSet<Code>>,
+    /// Fatal problems already reported (each is logged once).
+    reported: Mutex<HashSet<Problem>>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
     spool: Option<Arc<SpoolWriter>>,
@@ -62,9 +61,15 @@ impl Writer {
     }
 
     pub(super) fn outage_began(&self, why: &str) {
+        self.outage_began_at(why, Instant::now());
+    }
+
+    /// An outage whose first failed attempt started at `started` (a request that timed out
+    /// after 10 s began 10 s before it failed).
+    pub(super) fn outage_began_at(&self, why: &str, started: Instant) {
         let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
         if outage.is_none() {
-            *outage = Some(Instant::now());
+            *outage = Some(started);
             let meanwhile = if self.spool.is_some() {
                 "rows go to the disk spool meanwhile"
             } else {
@@ -88,7 +93,7 @@ impl Writer {
         }
     }
 
-    pub(super) fn fatal(&self, kind: Code, message: &str) {
+    pub(super) fn fatal(&self, kind: Problem, message: &str) {
         let first = self
             .reported
             .lock()
@@ -99,42 +104,30 @@ impl Writer {
         }
     }
 
-    /// The database a spooled record was meant for (`None`: the run's own).
-    fn db_for(&self, name: Option<&str>) -> Database {
-        match name {
-            Some(n) if n != self.cfg.database => {
-                let mut db = Database::new_with_dbname(n.to_owned(), self.client.clone());
-                if let Some(auth) = super::client::auth(&self.cfg) {
-                    db.set_auth(auth);
-                }
-                db
-            }
-            _ => self.db.clone(),
-        }
-    }
-
     /// One attempt at one insert, bounded by the request timeout and the shutdown
     /// deadline. The caller counts the rows.
-    async fn attempt(&self, db: &Database, request: &RowInsertRequests) -> Attempt {
+    async fn attempt(&self, database: Option<&str>, request: &RowInsertRequests) -> Attempt {
         let budget = self
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
-        let res =
-            tokio::time::timeout(budget, db.insert_with_hints(request.clone(), &self.hints()))
-                .await;
-        match res {
-            Ok(Ok(_affected)) => {
+        let started = Instant::now();
+        match self
+            .endpoints
+            .insert(database, request, &self.hints(), budget)
+            .await
+        {
+            Ok(_affected) => {
                 self.succeeded();
                 Attempt::Written
             }
-            Ok(Err(e)) => match classify(&e, &self.cfg) {
-                Failure::Retry(why) => Attempt::Retry(why),
-                Failure::Fatal { kind, message } => {
-                    self.fatal(kind, &message);
-                    Attempt::Fatal
-                }
-            },
-            Err(_) => Attempt::Retry(format!("no answer within {budget:?}")),
+            Err(Failure::Retry { why, .. }) => {
+                self.outage_began_at(&why, started);
+                Attempt::Retry(why)
+            }
+            Err(Failure::Fatal { kind, message }) => {
+                self.fatal(kind, &message);
+                Attempt::Fatal
+            }
         }
     }
 
@@ -162,7 +155,7 @@ impl Writer {
         drop(rows);
         let mut backoff = BACKOFF_START;
         loop {
-            match self.attempt(&self.db, &request).await {
+            match self.attempt(None, &request).await {
                 Attempt::Written => {
                     account.settle(&self.counters.written);
                     self.counters.write_seconds.observe(started.elapsed());
@@ -237,8 +230,7 @@ impl Writer {
                 *next += 1;
                 continue;
             };
-            let db = self.db_for(record.database.as_deref());
-            match self.attempt(&db, &request).await {
+            match self.attempt(record.database.as_deref(), &request).await {
                 Attempt::Written => {
                     spool.finish(&record, Replayed::Written);
                     *next += 1;
@@ -321,10 +313,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     spool: Option<Arc<SpoolWriter>>,
 ) -> Result<(), SinkError> {
-    let (db, client) = connect(&cfg)?;
     let writer = Arc::new(Writer {
-        db,
-        client,
+        endpoints: Endpoints::connect(&cfg)?,
         hints: cfg.hints(),
         cfg: cfg.clone(),
         counters: Arc::clone(&counters),

@@ -1,0 +1,405 @@
+//! Several GreptimeDB endpoints, health-aware: one client per endpoint, requests spread
+//! round-robin over the healthy ones. An endpoint whose connection fails (refused, reset,
+//! timed out: no answer from GreptimeDB proper) is taken out of rotation at once and the
+//! request goes to the next one; a background probe puts it back when it answers again.
+//! Only when every endpoint is down does a request fail with a retriable error, and only
+//! that is an outage for the writer. (The ingester's own `Client::with_urls` picks a random
+//! URL per call and never notices a dead one.)
+
+use std::{
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use greptimedb_ingester::{
+    api::v1::{
+        AuthHeader, Basic, GreptimeRequest, QueryRequest, RequestHeader, RowInsertRequests,
+        auth_header::AuthScheme, greptime_database_client::GreptimeDatabaseClient,
+        greptime_request::Request, query_request::Query,
+    },
+    client::Client,
+    database::Database,
+};
+use tonic::Code;
+use tracing::{info, warn};
+
+use super::{
+    client::connect_all,
+    retry::{Failure, REQUEST_TIMEOUT, classify, classify_status, greptime_code},
+    settings::GreptimeConfig,
+};
+use crate::sink::SinkError;
+
+/// How often a down endpoint is probed, and how long a probe may take.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The endpoints of one sink.
+pub struct Endpoints {
+    members: Vec<Member>,
+    next: AtomicUsize,
+    cfg: GreptimeConfig,
+}
+
+struct Member {
+    addr: String,
+    client: Client,
+    db: Database,
+    /// Since when and why it is out of rotation; None while it is up.
+    down: Mutex<Option<(Instant, String)>>,
+    /// Requests to it that failed for the endpoint's sake (connection, timeout).
+    failures: AtomicU64,
+}
+
+/// An endpoint chosen for one request.
+#[derive(Clone)]
+pub struct Chosen {
+    index: usize,
+    pub addr: String,
+    pub db: Database,
+}
+
+/// Every endpoint is out of rotation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("every GreptimeDB endpoint is down ({0})")]
+pub struct AllDown(pub String);
+
+/// One endpoint as the pool sees it (for tests and status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointState {
+    pub addr: String,
+    pub up: bool,
+    pub failures: u64,
+}
+
+impl Endpoints {
+    /// One client per endpoint of `cfg`, all up until a request says otherwise; starts the
+    /// background probe (needs a Tokio runtime).
+    pub fn connect(cfg: &GreptimeConfig) -> Result<Arc<Self>, SinkError> {
+        let members = connect_all(cfg)?
+            .into_iter()
+            .map(|(addr, client, db)| Member {
+                addr,
+                client,
+                db,
+                down: Mutex::new(None),
+                failures: AtomicU64::new(0),
+            })
+            .collect();
+        let this = Arc::new(Self {
+            members,
+            next: AtomicUsize::new(0),
+            cfg: cfg.clone(),
+        });
+        tokio::spawn(probe_loop(Arc::downgrade(&this)));
+        Ok(this)
+    }
+
+    /// A Database to use now: the next endpoint in rotation.
+    pub fn pick(&self) -> Result<Chosen, AllDown> {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let index = (start + i) % n;
+            let m = &self.members[index];
+            if lock(&m.down).is_none() {
+                return Ok(Chosen {
+                    index,
+                    addr: m.addr.clone(),
+                    db: m.db.clone(),
+                });
+            }
+        }
+        let why = self
+            .members
+            .iter()
+            .filter_map(|m| {
+                lock(&m.down)
+                    .as_ref()
+                    .map(|(_, w)| format!("{}: {w}", m.addr))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(AllDown(why))
+    }
+
+    /// Takes the endpoint out of rotation (logged once, by name, when there are several).
+    pub fn mark_down(&self, chosen: &Chosen, why: &str) {
+        let m = &self.members[chosen.index];
+        m.failures.fetch_add(1, Ordering::Relaxed);
+        let mut down = lock(&m.down);
+        if down.is_none() {
+            *down = Some((Instant::now(), why.to_owned()));
+            if self.members.len() > 1 {
+                warn!(
+                    "GreptimeDB endpoint {} is down: {why}; out of rotation until it answers again",
+                    m.addr
+                );
+            }
+        }
+    }
+
+    /// Puts the endpoint back into rotation (logged once when there are several).
+    fn mark_up(&self, index: usize) {
+        let m = &self.members[index];
+        if let Some((since, _)) = lock(&m.down).take()
+            && self.members.len() > 1
+        {
+            info!(
+                "GreptimeDB endpoint {} answers again after {:.1}s; back in rotation",
+                m.addr,
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Whether some endpoint is in rotation.
+    pub fn any_up(&self) -> bool {
+        self.members.iter().any(|m| lock(&m.down).is_none())
+    }
+
+    pub fn states(&self) -> Vec<EndpointState> {
+        self.members
+            .iter()
+            .map(|m| EndpointState {
+                addr: m.addr.clone(),
+                up: lock(&m.down).is_none(),
+                failures: m.failures.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// One insert, within `budget`: sent to an endpoint in rotation; when that endpoint
+    /// fails (connection, timeout), it leaves the rotation and the next one gets the
+    /// request. Errs with a retriable failure only when every endpoint is down or GreptimeDB
+    /// itself asked for a retry (overloaded, region not ready, …).
+    /// Inserts into `database` (`None`: the run's own), failing over between endpoints.
+    pub async fn insert(
+        &self,
+        database: Option<&str>,
+        request: &RowInsertRequests,
+        hints: &[(&str, &str)],
+        budget: Duration,
+    ) -> Result<u32, Failure> {
+        let started = Instant::now();
+        // Each endpoint at most once per insert.
+        for _ in 0..self.members.len() {
+            let chosen = self.pick().map_err(|e| Failure::Retry {
+                why: e.to_string(),
+                endpoint: false,
+            })?;
+            let left = budget.saturating_sub(started.elapsed());
+            let db = match database {
+                Some(name) if name != self.cfg.database => {
+                    super::client::database(&self.cfg, name, &self.members[chosen.index].client)
+                }
+                _ => chosen.db.clone(),
+            };
+            let res =
+                tokio::time::timeout(left, db.insert_with_hints(request.clone(), hints)).await;
+            let failure = match res {
+                Ok(Ok(affected)) => {
+                    self.mark_up(chosen.index);
+                    return Ok(affected);
+                }
+                Ok(Err(e)) => classify(&e, &self.cfg),
+                // Cut short by the caller's budget (the shutdown deadline), not the
+                // endpoint's fault, unless it had the whole request timeout.
+                Err(_) => Failure::Retry {
+                    why: format!("no answer within {left:?}"),
+                    endpoint: left >= REQUEST_TIMEOUT,
+                },
+            };
+            match failure {
+                Failure::Retry {
+                    why,
+                    endpoint: true,
+                } => {
+                    self.mark_down(&chosen, &why);
+                    if !self.any_up() || started.elapsed() >= budget {
+                        return Err(Failure::Retry {
+                            why,
+                            endpoint: true,
+                        });
+                    }
+                }
+                other => return Err(other),
+            }
+        }
+        Err(Failure::Retry {
+            why: self.pick().err().map_or_else(
+                || "every endpoint failed this request".to_owned(),
+                |e| e.to_string(),
+            ),
+            endpoint: true,
+        })
+    }
+
+    /// Checks every endpoint at once: that it answers, and that the database exists and
+    /// takes our credentials. Per endpoint: Ok, or what went wrong (an endpoint that does
+    /// not answer is taken out of rotation).
+    pub async fn check(&self, timeout: Duration) -> Vec<(String, Result<(), Failure>)> {
+        let checks = (0..self.members.len()).map(|index| async move {
+            let m = &self.members[index];
+            let res = match tokio::time::timeout(timeout, self.check_database(index)).await {
+                Ok(res) => res,
+                Err(_) => Err(Failure::Retry {
+                    why: format!("no answer within {timeout:?}"),
+                    endpoint: true,
+                }),
+            };
+            if let Err(Failure::Retry {
+                why,
+                endpoint: true,
+            }) = &res
+            {
+                let chosen = Chosen {
+                    index,
+                    addr: m.addr.clone(),
+                    db: m.db.clone(),
+                };
+                self.mark_down(&chosen, why);
+            }
+            (m.addr.clone(), res)
+        });
+        futures_join_all(checks).await
+    }
+
+    /// `USE <database>` over the gRPC SQL call: GreptimeDB answers 1004 "Failed to find
+    /// schema" for an unknown database, and for a known one runs it and refuses to return
+    /// its (empty) result over this call: Unimplemented "GreptimeDatabase::Handle for
+    /// query", without a greptime code. It passes authentication first, like an insert. (An
+    /// empty insert does not look the database up.)
+    async fn check_database(&self, index: usize) -> Result<(), Failure> {
+        let m = &self.members[index];
+        let (_, channel) = m
+            .client
+            .find_channel()
+            .map_err(|e| classify(&e, &self.cfg))?;
+        let mut client = GreptimeDatabaseClient::new(channel);
+        if let Some(c) = m.client.send_compression() {
+            client = client.send_compressed(c);
+        }
+        if let Some(c) = m.client.accept_compression() {
+            client = client.accept_compressed(c);
+        }
+        let request = GreptimeRequest {
+            header: Some(RequestHeader {
+                dbname: self.cfg.database.clone(),
+                authorization: self.auth_header(),
+                ..Default::default()
+            }),
+            request: Some(Request::Query(QueryRequest {
+                query: Some(Query::Sql(use_statement(&self.cfg.database))),
+            })),
+        };
+        match client.handle(request).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::Unimplemented && greptime_code(&s).is_none() => Ok(()),
+            Err(s) => Err(classify_status(&s, &self.cfg)),
+        }
+    }
+
+    fn auth_header(&self) -> Option<AuthHeader> {
+        self.cfg.username.as_ref().map(|username| AuthHeader {
+            auth_scheme: Some(AuthScheme::Basic(Basic {
+                username: username.clone(),
+                password: self.cfg.password.clone().unwrap_or_default(),
+            })),
+        })
+    }
+
+    /// An empty insert to a down endpoint: any answer from GreptimeDB (even an error with a
+    /// greptime code) means it is up again.
+    async fn probe(&self, index: usize) {
+        let m = &self.members[index];
+        let empty = RowInsertRequests { inserts: vec![] };
+        let res = tokio::time::timeout(PROBE_TIMEOUT, m.db.insert(empty)).await;
+        let up = match res {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => !matches!(
+                classify(&e, &self.cfg),
+                Failure::Retry { endpoint: true, .. }
+            ),
+            Err(_) => false,
+        };
+        if up {
+            self.mark_up(index);
+        }
+    }
+}
+
+/// The database part of a `--database` value, as the server reads the header: `cat-db` is
+/// database `db` of catalog `cat`; names are lower-cased.
+fn schema_of(dbname: &str) -> String {
+    dbname
+        .split_once('-')
+        .map_or(dbname, |(_, schema)| schema)
+        .to_lowercase()
+}
+
+/// `USE "<database>"`, quoted (some names are keywords).
+pub fn use_statement(dbname: &str) -> String {
+    format!("USE \"{}\"", schema_of(dbname).replace('"', "\"\""))
+}
+
+/// Probes the down endpoints every [`PROBE_INTERVAL`] until the pool is dropped.
+async fn probe_loop(pool: Weak<Endpoints>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let down: Vec<usize> = (0..pool.members.len())
+            .filter(|&i| lock(&pool.members[i].down).is_some())
+            .collect();
+        futures_join_all(down.into_iter().map(|i| pool.probe(i))).await;
+    }
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, fut) in out.iter_mut().zip(futures.iter_mut()) {
+            if let Some(f) = fut {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *slot = Some(v);
+                        *fut = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn use_statement_names_the_database_as_the_server_reads_it() {
+        assert_eq!(use_statement("public"), "USE \"public\"");
+        assert_eq!(use_statement("Flows"), "USE \"flows\"");
+        assert_eq!(use_statement("greptime-netflows"), "USE \"netflows\"");
+        assert_eq!(use_statement("a\"b"), "USE \"a\"\"b\"");
+    }
+}
