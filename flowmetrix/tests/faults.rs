@@ -303,3 +303,50 @@ fn an_interface_deleted_under_the_collector_ends_it_with_an_error() {
     assert_equation(&s);
     assert_eq!(s.written, 100);
 }
+
+#[test]
+fn a_kill_during_replay_resumes_after_the_last_acknowledged_record() {
+    let net = NetPair::new();
+    let spool = net.spool_dir();
+    let spool_arg = spool.to_str().unwrap().to_owned();
+    // A first run spools 20 000 rows with GreptimeDB away.
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    endpoint.refuse_for(Duration::from_secs(3600));
+    let collector = on_spool(&net, &endpoint, &spool_arg);
+    send(&net, 0..20_000);
+    std::thread::sleep(Duration::from_secs(1));
+    let first = collector.interrupt().summary();
+    assert_eq!(first.spooled, 20_000, "{first:?}");
+
+    // A second run replays slowly and is killed half-way.
+    let endpoint = Endpoint::start(Some(&net.ns_a));
+    endpoint.keys_only();
+    endpoint.stall(Some(Duration::from_millis(100)));
+    let collector = on_spool(&net, &endpoint, &spool_arg);
+    assert!(wait_until(Duration::from_secs(60), || {
+        endpoint.row_keys("packet_data").len() >= 5_000
+    }));
+    let killed = collector.stop_with(libc::SIGKILL);
+    assert!(!killed.status.success());
+    let before = endpoint.row_keys("packet_data").len();
+    assert!(before < 20_000, "killed before the end ({before} rows)");
+
+    // A third run replays the rest: each row once, but for the one record that may have
+    // been in flight at the kill.
+    endpoint.stall(None);
+    let collector = on_spool(&net, &endpoint, &spool_arg);
+    assert!(wait_until(Duration::from_secs(60), || {
+        endpoint.row_keys("packet_data").len() >= 20_000
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    let third = collector.interrupt().summary();
+    let keys = endpoint.row_keys("packet_data");
+    let unique: HashSet<(i64, u32)> = keys.iter().copied().collect();
+    assert_eq!(unique.len(), 20_000, "every row arrived");
+    let duplicates = keys.len() - unique.len();
+    eprintln!(
+        "kill -9 during replay: {before} rows before the kill, {} replayed after, {duplicates} duplicates",
+        third.replayed
+    );
+    assert!(duplicates <= 1_024, "{duplicates} duplicates: more than one record was re-sent");
+}
