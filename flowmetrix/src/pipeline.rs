@@ -64,7 +64,14 @@ pub async fn run(
     settings: PipelineSettings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
-    let mut source = Source::open(&settings.source)?;
+    tokio::pin!(shutdown);
+    let mut source = tokio::select! {
+        s = Source::open(&settings.source) => s?,
+        () = &mut shutdown => return Ok(Outcome {
+            summary: Summary::default(),
+            error: None,
+        }),
+    };
     let info = source.info();
     let counters = Arc::new(Counters::default());
     let registry = Arc::new(Registry {
@@ -91,7 +98,6 @@ pub async fn run(
     let mut error = None;
     let mut sink_done = None;
 
-    tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
             () = &mut shutdown => Event::Stop,

@@ -64,6 +64,8 @@ pub enum SourceError {
     Pcap(#[from] PcapFileError),
     #[error("interface {0} went away; capture stopped")]
     InterfaceGone(String),
+    #[error("the thread reading the capture file stopped")]
+    ReaderGone,
 }
 
 /// Whether a source has more to give.
@@ -136,7 +138,7 @@ fn read_file(mut frames: PcapFrames, tx: tokio::sync::mpsc::Sender<Chunk>) {
 
 impl Source {
     /// Attaches the program, or opens the file.
-    pub fn open(settings: &SourceSettings) -> Result<Self, SourceError> {
+    pub async fn open(settings: &SourceSettings) -> Result<Self, SourceError> {
         match settings {
             SourceSettings::Live(cfg) => {
                 let mut capture = Capture::attach(cfg)?;
@@ -157,17 +159,34 @@ impl Source {
                 })))
             }
             SourceSettings::Pcap(path) => {
-                let frames = PcapFrames::open(path)?;
-                if path.as_os_str() == pcap::STDIN {
-                    info!("replaying standard input");
-                } else {
-                    info!(file = %path.display(), "replaying");
-                }
+                // Opening reads the file header, which a pipe may hold back: on the thread
+                // too, so that Ctrl+C is heard meanwhile.
+                let (opened_tx, opened) = tokio::sync::oneshot::channel();
                 let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+                let path = path.clone();
                 std::thread::Builder::new()
                     .name("flowmetrix-pcap".into())
-                    .spawn(move || read_file(frames, tx))
+                    .spawn(move || match PcapFrames::open(&path) {
+                        Ok(frames) => {
+                            if path.as_os_str() == pcap::STDIN {
+                                info!("replaying standard input");
+                            } else {
+                                info!(file = %path.display(), "replaying");
+                            }
+                            if opened_tx.send(Ok(())).is_ok() {
+                                read_file(frames, tx);
+                            }
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                        }
+                    })
                     .map_err(SourceError::Poll)?;
+                match opened.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(SourceError::ReaderGone),
+                }
                 Ok(Self::Pcap(Box::new(Replay {
                     rx,
                     chunk: None,

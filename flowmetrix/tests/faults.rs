@@ -348,5 +348,8 @@ fn a_kill_during_replay_resumes_after_the_last_acknowledged_record() {
         "kill -9 during replay: {before} rows before the kill, {} replayed after, {duplicates} duplicates",
         third.replayed
     );
-    assert!(duplicates <= 1_024, "{duplicates} duplicates: more than one record was re-sent");
+    assert!(
+        duplicates <= 1_024,
+        "{duplicates} duplicates: more than one record was re-sent"
+    );
 }

@@ -151,7 +151,11 @@ fn send_paced(net: &NetPair, frames: &[Vec<u8>], total: usize, rate: f64) -> f64
 /// figure in BENCHMARKS.md is the release build's (`cargo xtask bench` runs it so).
 #[test]
 fn ten_seconds_at_a_steady_rate_with_greptimedb_away_all_arrive_later() {
-    const RATE: f64 = if cfg!(debug_assertions) { 20_000.0 } else { 100_000.0 };
+    const RATE: f64 = if cfg!(debug_assertions) {
+        20_000.0
+    } else {
+        100_000.0
+    };
     const TOTAL: usize = RATE as usize * 10;
     let net = NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
