@@ -281,3 +281,27 @@ fn pcap_errors_are_plain_sentences() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ctrl_c_is_heard_while_standard_input_holds_back_the_file() {
+    // No root needed: a replay attaches nothing.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+        .args(["--pcap", "-", "--output", "none"])
+        .stdin(Stdio::piped()) // open, silent: the file header never comes
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let sent = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(sent.elapsed() < Duration::from_secs(5), "no exit after Ctrl+C");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("summary: seen 0, sampled 0"), "{err}");
+}
