@@ -64,6 +64,7 @@ pub struct Input {
     overflow: Overflow,
     counters: Arc<Counters>,
     full: Throttled,
+    spooling: Throttled,
 }
 
 impl Input {
@@ -96,7 +97,9 @@ impl Input {
                 },
             };
             if writer.try_put(item).is_ok() {
-                return;
+                return self.spooling.warn(format_args!(
+                    "GreptimeDB falls behind the capture: rows go to the disk spool (raise --max-in-flight or --batch-size, or sample with --sample-rate)"
+                ));
             }
             self.full.warn(format_args!(
                 "the output and its spool both fall behind: rows are dropped (raise --queue-size or --max-in-flight, or sample with --sample-rate)"
@@ -192,6 +195,7 @@ pub fn start(
             overflow,
             counters,
             full: Throttled::default(),
+            spooling: Throttled::default(),
         },
         task,
     })
