@@ -410,3 +410,39 @@ fn reap(res: Result<(), tokio::task::JoinError>) {
         error!("a GreptimeDB write task failed ({e}); its rows are counted as write errors");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_counted_once_however_a_write_task_ends() {
+        let c = Counters::default();
+        Unsettled::new(3, &c).settle(&c.written);
+        Unsettled::new(5, &c).handed_over();
+        drop(Unsettled::new(7, &c)); // cancelled
+        let panicked = std::panic::catch_unwind(|| {
+            let _rows = Unsettled::new(11, &c);
+            panic!("a write task panics");
+        });
+        assert!(panicked.is_err());
+        assert_eq!(Counters::get(&c.written), 3);
+        assert_eq!(Counters::get(&c.write_errors), 7 + 11);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_task_leaves_its_rows_counted() {
+        let c = Arc::new(Counters::default());
+        let mut tasks = JoinSet::new();
+        let counters = Arc::clone(&c);
+        tasks.spawn(async move {
+            let _rows = Unsettled::new(9, &counters);
+            panic!("boom");
+        });
+        while let Some(res) = tasks.join_next().await {
+            assert!(res.is_err());
+            reap(res);
+        }
+        assert_eq!(Counters::get(&c.write_errors), 9);
+    }
+}
