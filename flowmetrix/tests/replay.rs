@@ -23,7 +23,9 @@ fn sorted(rows: &[Value]) -> Vec<String> {
 
 #[test]
 fn replaying_tcpdumps_capture_gives_the_live_rows() {
-    let net = NetPair::new();
+    let Some(net) = NetPair::new() else {
+        return;
+    };
     let dir = std::env::temp_dir().join(format!("fmx-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("live.pcap");
@@ -62,7 +64,7 @@ fn replaying_tcpdumps_capture_gives_the_live_rows() {
         );
     }
 
-    let collector = net.collector(&["--output", "jsonl"]);
+    let collector = net.collector().args(&["--output", "jsonl"]).start();
     let sender = net.sender();
     let cases = cases();
     send_cases(&sender, &cases);
