@@ -5,16 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    NetPair,
-    frames::{Case, assert_each_case_once, cases, send_cases, udp_frame, without_ts},
-};
+use common::frames::{Case, assert_each_case_once, cases, send_cases, udp_frame, without_ts};
 
 #[test]
 fn every_sent_frame_comes_out_once_with_every_column_right() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net
         .collector()
         .args(&["--sample-rate", "1", "--output", "jsonl"])
@@ -48,9 +43,7 @@ fn every_sent_frame_comes_out_once_with_every_column_right() {
 
 #[test]
 fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     // One page: room for about a dozen samples.
     let collector = net
         .collector()
@@ -84,9 +77,7 @@ fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
 
 #[test]
 fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net
         .collector()
         .args(&["--sample-rate", "10", "--output", "jsonl"])
@@ -124,9 +115,7 @@ fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
 
 #[test]
 fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net
         .collector()
         .args(&["-offset", "24", "--output", "jsonl"])
@@ -169,9 +158,7 @@ fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
 /// Sends every case `rounds` times with `prefix` junk bytes in front, under `-auto-detect`,
 /// and checks that every frame came out exactly as without the prefix.
 fn auto_detect_decodes_exactly(prefix: usize) {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net
         .collector()
         .args(&["-auto-detect", "--output", "jsonl"])

@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::{
-    Finished, NetPair, Ran, Summary,
+    Finished, Ran, Summary,
     endpoint::{Endpoint, Forwarder, TestPki},
     frames::{assert_each_case_once, cases, send_cases, without_ts},
     live::{Live, base64},
@@ -47,9 +47,7 @@ fn error_lines(done: &Finished) -> Vec<&str> {
 
 #[test]
 fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.add_database("flows");
     let collector = net
@@ -126,9 +124,7 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
 
 #[test]
 fn a_hundred_thousand_frames_rows_plus_counted_drops_equal_sampled() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let collector = net
         .collector()
@@ -148,9 +144,7 @@ fn a_hundred_thousand_frames_rows_plus_counted_drops_equal_sampled() {
 
 #[test]
 fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let collector = net.collector().greptime(&endpoint).start();
     net.send_udp(0..3_000);
@@ -197,9 +191,7 @@ fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
 
 #[test]
 fn schema_conflict_is_one_clear_error_naming_table_and_column() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.create_table(
         "public",
@@ -226,9 +218,7 @@ fn schema_conflict_is_one_clear_error_naming_table_and_column() {
 
 #[test]
 fn wrong_password_is_one_clear_error_and_the_password_is_never_shown() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.require_user("flow", "right-secret");
     let env = [
@@ -281,9 +271,7 @@ fn wrong_password_is_one_clear_error_and_the_password_is_never_shown() {
 
 #[test]
 fn unknown_database_is_reported_at_start() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let collector = net
         .collector()
@@ -305,9 +293,7 @@ fn unknown_database_is_reported_at_start() {
 
 #[test]
 fn ctrl_c_with_fifty_thousand_queued_rows_writes_them_all() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     // A slow server: rows pile up in the queue.
     endpoint.stall(Some(Duration::from_secs(2)));
@@ -339,9 +325,7 @@ fn ctrl_c_with_fifty_thousand_queued_rows_writes_them_all() {
 
 #[test]
 fn ctrl_c_with_the_server_down_gives_up_at_the_deadline_and_counts_every_row() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.fail_next(usize::MAX, Code::Unavailable);
     let collector = net
@@ -373,9 +357,7 @@ fn live_greptimedb_stores_every_row() {
         eprintln!("live GreptimeDB test not run: FLOWMETRIX_TEST_GREPTIMEDB is not set");
         return;
     };
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let forward = Forwarder::start(runtime.handle().clone(), Some(&net.ns_a), live.grpc);
     let table = format!(
@@ -433,9 +415,7 @@ fn live_mode_basic_auth_encoding_is_standard_base64() {
 
 #[test]
 fn tls_with_client_certificate() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let pki = TestPki::new();
     let endpoint = Endpoint::start_tls(Some(&net.ns_a), &pki);
     let (ca, cert, key) = (

@@ -5,13 +5,11 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{NetPair, Ran, wait_until};
+use common::{Ran, wait_until};
 
 #[test]
 fn ctrl_c_with_no_traffic_exits_within_a_second_and_detaches() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net.collector().start();
     assert!(
         net.xdp_attached(),
@@ -38,9 +36,7 @@ fn ctrl_c_with_no_traffic_exits_within_a_second_and_detaches() {
 
 #[test]
 fn sigterm_detaches_and_exits_cleanly() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net.collector().args(&["--output", "none"]).start();
     let done = collector.stop_with(libc::SIGTERM);
     assert!(
@@ -60,9 +56,7 @@ fn sigterm_detaches_and_exits_cleanly() {
 
 #[test]
 fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     for (mode, shown) in [("skb", "xdpgeneric"), ("native", "xdp ")] {
         let collector = net.collector().args(&["--xdp-mode", mode]).start();
         assert!(net.link_a().contains(shown), "{mode}: {}", net.link_a());
@@ -79,9 +73,7 @@ fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
 
 #[test]
 fn sigkill_leaves_no_program_attached() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net.collector().start();
     assert!(net.xdp_attached());
     let _ = collector.stop_with(libc::SIGKILL);
@@ -95,9 +87,7 @@ fn sigkill_leaves_no_program_attached() {
 
 #[test]
 fn bad_command_lines_give_one_line_and_exit_2_with_nothing_attached() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let iface = net.if_a.clone();
     let cases: [(&[&str], &str); 5] = [
         (

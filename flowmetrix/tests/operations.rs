@@ -5,7 +5,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{NetPair, Ran, http_get_in, wait_until};
+use common::{Ran, http_get_in, wait_until};
 
 /// `name value` lines of a Prometheus text page.
 fn metric(page: &str, name: &str) -> u64 {
@@ -18,9 +18,7 @@ fn metric(page: &str, name: &str) -> u64 {
 
 #[test]
 fn metrics_match_the_rows_and_the_exit_summary() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net
         .collector()
         .args(&[
@@ -72,9 +70,7 @@ fn metrics_match_the_rows_and_the_exit_summary() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let collector = net
         .collector()
         .args(&["--output", "none", "--log-format", "json"])
@@ -99,9 +95,7 @@ fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn startup_errors_are_one_clear_line() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let iface = net.if_a.clone();
 
     // Not root: the kernel refuses the program; say what is needed. Exit 1 (runtime).

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{NetPair, endpoint::Endpoint, frames::udp_frame, wait_until};
+use common::{endpoint::Endpoint, frames::udp_frame, wait_until};
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -28,9 +28,7 @@ fn sixty_second_outage_at_ten_thousand_rows_per_second_loses_nothing() {
     const OUTAGE: Duration = Duration::from_secs(60);
     const AFTER: Duration = Duration::from_secs(10);
 
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.keys_only();
     let collector = net.collector().greptime(&endpoint).start();

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{NetPair, Summary, endpoint::Endpoint, frames::udp_frame, wait_for_rows, wait_until};
+use common::{Summary, endpoint::Endpoint, frames::udp_frame, wait_for_rows, wait_until};
 use tonic::Code;
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -41,9 +41,7 @@ fn port(i: u32) -> u32 {
 
 #[test]
 fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
@@ -79,9 +77,7 @@ fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
 
 #[test]
 fn kill_9_while_greptimedb_is_down_then_a_restart_delivers_the_spool() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
@@ -101,9 +97,7 @@ fn kill_9_while_greptimedb_is_down_then_a_restart_delivers_the_spool() {
 
 #[test]
 fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
@@ -152,9 +146,7 @@ fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
 
 #[test]
 fn a_spool_smaller_than_the_outage_drops_the_oldest_and_counts_them() {
-    let Some(net) = NetPair::new() else {
-        return;
-    };
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);

@@ -74,8 +74,8 @@ enum Verb {
 
 #[derive(Subcommand)]
 enum Tier {
-    /// Only the tests that need no root (unit tests, the sink against the in-process
-    /// endpoint, the binary without an interface); root-tier tests are skipped. Any user.
+    /// Only the tests that need no root (unit tests, the binary without an interface);
+    /// root-tier tests say they were skipped. Any user.
     Unit {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

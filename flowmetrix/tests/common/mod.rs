@@ -87,6 +87,18 @@ fn must(args: &[&str]) {
     );
 }
 
+/// `let net = net_pair_or_skip!();`: a fresh [`NetPair`], or, when the root tier does not
+/// run ([`root_tier`]), return from the test (which then passes, having said it skipped).
+#[macro_export]
+macro_rules! net_pair_or_skip {
+    () => {
+        match $crate::common::NetPair::new() {
+            Some(net) => net,
+            None => return,
+        }
+    };
+}
+
 /// Two namespaces, `a` (where the collector runs, on `if_a`) and `b` (the sender, `if_b`).
 /// IPv6 is disabled and ARP off on both ends, so the kernel sends nothing of its own: every
 /// frame on the link is one the test sent.
@@ -101,7 +113,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl NetPair {
     /// A fresh pair, or None (after one line saying so) when the root tier does not run
-    /// ([`root_tier`]): `let Some(net) = NetPair::new() else { return };`
+    /// ([`root_tier`]); tests say `let net = net_pair_or_skip!();`.
     pub fn new() -> Option<Self> {
         if !root_tier() {
             return None;
