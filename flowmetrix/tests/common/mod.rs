@@ -307,9 +307,12 @@ impl CollectorBuilder<'_> {
     }
 }
 
-/// Polls `done` every 50 ms until it holds or `limit` has passed; whether it held.
+/// Polls `done` until it holds or `limit` has passed; whether it held. The pause between
+/// polls doubles from 10 ms to 250 ms: a short wait ends promptly, and a long one does not
+/// keep taking the locks of what it watches (the endpoint's rows, say) from the collector.
 pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(10);
     loop {
         if done() {
             return true;
@@ -317,7 +320,8 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 
