@@ -317,14 +317,20 @@ impl Listener {
                 _ebpf: Box::new(attach_empty_xdp(net)),
             },
             Tool::Flowmetrix => Self::Collector(
-                net.collector(&["--sample-rate", "1", "--output", "none"]),
+                net.collector()
+                    .args(&["--sample-rate", "1", "--output", "none"])
+                    .start(),
                 None,
             ),
             Tool::FlowmetrixGreptime => {
                 let _ = std::fs::remove_dir_all(net.spool_dir());
                 let ep = Endpoint::start(Some(&net.ns_a));
                 ep.keys_only();
-                let c = net.greptime_collector(&ep, &["--sample-rate", "1"], &[]);
+                let c = net
+                    .collector()
+                    .greptime(&ep)
+                    .args(&["--sample-rate", "1"])
+                    .start();
                 Self::Collector(c, Some(Box::new(ep)))
             }
             Tool::Tcpdump => Self::Tcpdump(tcpdump(net, None), None),
@@ -482,7 +488,11 @@ fn stalled_database(net: &NetPair, sender: &Sender, frame: &[u8]) {
     let _ = std::fs::remove_dir_all(net.spool_dir());
     let ep = Endpoint::start(Some(&net.ns_a));
     ep.keys_only();
-    let collector = net.greptime_collector(&ep, &["--sample-rate", "1"], &[]);
+    let collector = net
+        .collector()
+        .greptime(&ep)
+        .args(&["--sample-rate", "1"])
+        .start();
     ep.stall(Some(Duration::from_secs(3600)));
     let step = Step {
         rate: None,
@@ -501,7 +511,7 @@ fn stalled_database(net: &NetPair, sender: &Sender, frame: &[u8]) {
 }
 
 fn main() {
-    let net = NetPair::new();
+    let net = NetPair::new().expect("the capture-rate bench needs root");
     let sender = Sender::new(&net, 2);
     let frame = frame();
     let reps = std::env::var("FLOWMETRIX_BENCH_REPS")

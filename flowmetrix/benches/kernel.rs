@@ -3,16 +3,14 @@
 //! ours with the packet sampled in (ring-buffer reservation and copy), at 64- and 1500-byte
 //! frames. Needs root. Run with `cargo xtask bench` (or `cargo bench --bench kernel`).
 
-use aya::{
-    EbpfLoader,
-    programs::{TestRun as _, TestRunOptions, Xdp},
-};
+// The loader the kernel tests use (tests/kernel.rs); the bench needs only load and run.
+#[path = "../tests/common/xdp.rs"]
+#[allow(dead_code)]
+mod xdp;
+
 use etherparse::PacketBuilder;
-use flowmetrix::capture::PROGRAM;
-use flowmetrix_common::{
-    BASELINE_PROGRAM_NAME, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL,
-    WAKEUP_BYTES_GLOBAL,
-};
+use flowmetrix_common::{BASELINE_PROGRAM_NAME, PROGRAM_NAME};
+use xdp::{Loaded, Settings};
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 7;
@@ -29,28 +27,20 @@ fn frame(len: usize) -> Vec<u8> {
 
 /// ns per packet, median of RUNS runs of REPEAT packets each (a fresh load per run, so the
 /// ring buffer starts empty and is big enough for every sample).
-fn ns_per_packet(program: &str, sample_rate: u32, packet: &[u8]) -> f64 {
+fn ns_per_packet(program: &'static str, sample_rate: u32, packet: &[u8]) -> f64 {
     let mut runs: Vec<f64> = (0..RUNS)
         .map(|_| {
-            let mut ebpf = EbpfLoader::new()
-                .override_global(SAMPLE_RATE_GLOBAL, &sample_rate, true)
-                .override_global(SNAPLEN_GLOBAL, &192u32, true)
+            let loaded = Loaded::load(Settings {
+                program,
+                sample_rate,
+                snaplen: 192,
+                ring_bytes: 512 << 20,
                 // Never wake: in steady state the reader keeps up and is not woken either.
-                .override_global(WAKEUP_BYTES_GLOBAL, &u32::MAX, true)
-                .map_max_entries(SAMPLES_MAP, 512 << 20)
-                .load(PROGRAM)
-                .expect("load the XDP object (run as root)");
-            let prog: &mut Xdp = ebpf.program_mut(program).unwrap().try_into().unwrap();
-            prog.load().expect("load the program");
-            let result = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(packet),
-                    repeat: REPEAT,
-                    ..Default::default()
-                })
-                .expect("BPF_PROG_TEST_RUN");
-            assert_eq!(result.return_value, 2, "XDP_PASS");
-            result.duration.as_nanos() as f64
+                wakeup_bytes: u32::MAX,
+            });
+            let run = loaded.run(packet, REPEAT);
+            assert_eq!(run.action, 2, "XDP_PASS");
+            run.per_run.as_nanos() as f64
         })
         .collect();
     runs.sort_by(f64::total_cmp);

@@ -5,15 +5,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    NetPair,
-    frames::{Case, assert_each_case_once, cases, send_cases, udp_frame, without_ts},
-};
+use common::frames::{Case, assert_each_case_once, cases, send_cases, udp_frame, without_ts};
 
 #[test]
 fn every_sent_frame_comes_out_once_with_every_column_right() {
-    let net = NetPair::new();
-    let collector = net.collector(&["--sample-rate", "1", "--output", "jsonl"]);
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&["--sample-rate", "1", "--output", "jsonl"])
+        .start();
     let sender = net.sender();
     let cases = cases();
     let window = send_cases(&sender, &cases);
@@ -43,16 +43,19 @@ fn every_sent_frame_comes_out_once_with_every_column_right() {
 
 #[test]
 fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     // One page: room for about a dozen samples.
-    let collector = net.collector(&[
-        "--sample-rate",
-        "1",
-        "--ring-bytes",
-        "4096",
-        "--output",
-        "jsonl",
-    ]);
+    let collector = net
+        .collector()
+        .args(&[
+            "--sample-rate",
+            "1",
+            "--ring-bytes",
+            "4096",
+            "--output",
+            "jsonl",
+        ])
+        .start();
     let sender = net.sender();
     let frames = 5_000u32;
     for i in 0..frames {
@@ -74,17 +77,14 @@ fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
 
 #[test]
 fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
-    let net = NetPair::new();
-    let collector = net.collector(&["--sample-rate", "10", "--output", "jsonl"]);
-    let sender = net.sender();
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&["--sample-rate", "10", "--output", "jsonl"])
+        .start();
     let frames = 10_000u32;
-    for i in 0..frames {
-        sender.send(&udp_frame(i));
-        if i % 100 == 99 {
-            // Stay below veth's 256-frame XDP queue so every frame reaches the program.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+    // Paced below veth's 256-frame XDP queue: every frame reaches the program.
+    net.send_udp(0..frames);
     std::thread::sleep(Duration::from_millis(200));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -115,8 +115,11 @@ fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
 
 #[test]
 fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
-    let net = NetPair::new();
-    let collector = net.collector(&["-offset", "24", "--output", "jsonl"]);
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&["-offset", "24", "--output", "jsonl"])
+        .start();
     let sender = net.sender();
     let cases = cases();
     let prefixed: Vec<(&Case, Vec<u8>)> = cases
@@ -155,8 +158,11 @@ fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
 /// Sends every case `rounds` times with `prefix` junk bytes in front, under `-auto-detect`,
 /// and checks that every frame came out exactly as without the prefix.
 fn auto_detect_decodes_exactly(prefix: usize) {
-    let net = NetPair::new();
-    let collector = net.collector(&["-auto-detect", "--output", "jsonl"]);
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&["-auto-detect", "--output", "jsonl"])
+        .start();
     let sender = net.sender();
     let cases = cases();
     let rounds = 4;

@@ -9,27 +9,15 @@ use std::{
 };
 
 use common::{
-    Collector, Finished, NetPair, Summary,
+    Finished, Ran, Summary,
     endpoint::{Endpoint, Forwarder, TestPki},
-    frames::{assert_each_case_once, cases, send_cases, udp_frame, without_ts},
+    frames::{assert_each_case_once, cases, send_cases, without_ts},
     live::{Live, base64},
+    wait_for_rows,
 };
 use greptime_proto::v1::{ColumnDataType, SemanticType};
 use serde_json::Value;
 use tonic::Code;
-
-fn start(net: &NetPair, endpoint: &Endpoint, extra: &[&str]) -> Collector {
-    net.greptime_collector(endpoint, extra, &[])
-}
-
-fn start_with_env(
-    net: &NetPair,
-    endpoint: &Endpoint,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Collector {
-    net.greptime_collector(endpoint, extra, env)
-}
 
 /// Every sample became a row at the endpoint, a spooled row, or a counted loss, exactly.
 fn assert_accounted(s: &Summary, rows_at_endpoint: usize) {
@@ -50,24 +38,6 @@ fn assert_no_duplicates(rows: &[Value]) {
     }
 }
 
-fn send_udp(net: &NetPair, range: std::ops::Range<u32>) {
-    let sender = net.sender();
-    for i in range {
-        sender.send(&udp_frame(i));
-        if i % 100 == 99 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-/// Waits until the endpoint holds `n` rows of `table` (or the time is up).
-fn wait_for_rows(endpoint: &Endpoint, table: &str, n: usize, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while endpoint.rows(table).len() < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn error_lines(done: &Finished) -> Vec<&str> {
     done.stderr
         .lines()
@@ -77,21 +47,21 @@ fn error_lines(done: &Finished) -> Vec<&str> {
 
 #[test]
 fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.add_database("flows");
-    let collector = start(
-        &net,
-        &endpoint,
-        &[
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&[
             "--database",
             "flows",
             "--table",
             "fm_packets",
             "--ttl",
             "7d",
-        ],
-    );
+        ])
+        .start();
     let sender = net.sender();
     let cases = cases();
     let window = send_cases(&sender, &cases);
@@ -154,10 +124,14 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
 
 #[test]
 fn a_hundred_thousand_frames_rows_plus_counted_drops_equal_sampled() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let collector = start(&net, &endpoint, &["--sample-rate", "1"]);
-    send_udp(&net, 0..100_000);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--sample-rate", "1"])
+        .start();
+    net.send_udp(0..100_000);
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -170,10 +144,10 @@ fn a_hundred_thousand_frames_rows_plus_counted_drops_equal_sampled() {
 
 #[test]
 fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let collector = start(&net, &endpoint, &[]);
-    send_udp(&net, 0..3_000);
+    let collector = net.collector().greptime(&endpoint).start();
+    net.send_udp(0..3_000);
     // Let the first rows land, so no request is in flight when the connections are cut
     // (a request cut after the server applied it would be retried: at-least-once).
     wait_for_rows(&endpoint, "packet_data", 3_000, Duration::from_secs(10));
@@ -182,7 +156,7 @@ fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
     // Traffic goes on during the outage and after it.
     let mut i = 3_000;
     while outage.elapsed() < Duration::from_secs(7) {
-        send_udp(&net, i..i + 200);
+        net.send_udp(i..i + 200);
         i += 200;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -217,15 +191,15 @@ fn five_second_outage_is_logged_once_retried_and_nothing_is_lost_or_doubled() {
 
 #[test]
 fn schema_conflict_is_one_clear_error_naming_table_and_column() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.create_table(
         "public",
         "packet_data",
         &[("protocol", ColumnDataType::String)],
     );
-    let collector = start(&net, &endpoint, &[]);
-    send_udp(&net, 0..2_500);
+    let collector = net.collector().greptime(&endpoint).start();
+    net.send_udp(0..2_500);
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -244,15 +218,20 @@ fn schema_conflict_is_one_clear_error_naming_table_and_column() {
 
 #[test]
 fn wrong_password_is_one_clear_error_and_the_password_is_never_shown() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.require_user("flow", "right-secret");
     let env = [
         ("FLOWMETRIX_GREPTIME_USERNAME", "flow"),
         ("FLOWMETRIX_GREPTIME_PASSWORD", "wrong-secret"),
     ];
-    let collector = start_with_env(&net, &endpoint, &["-d"], &env);
-    send_udp(&net, 0..50);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["-d"])
+        .env(&env)
+        .start();
+    net.send_udp(0..50);
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();
     let errors = error_lines(&done);
@@ -280,8 +259,8 @@ fn wrong_password_is_one_clear_error_and_the_password_is_never_shown() {
         ("FLOWMETRIX_GREPTIME_USERNAME", "flow"),
         ("FLOWMETRIX_GREPTIME_PASSWORD", "right-secret"),
     ];
-    let collector = start_with_env(&net, &endpoint, &[], &env);
-    send_udp(&net, 0..50);
+    let collector = net.collector().greptime(&endpoint).env(&env).start();
+    net.send_udp(0..50);
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();
     assert!(error_lines(&done).is_empty(), "{}", done.stderr);
@@ -292,9 +271,13 @@ fn wrong_password_is_one_clear_error_and_the_password_is_never_shown() {
 
 #[test]
 fn unknown_database_is_reported_at_start() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let collector = start(&net, &endpoint, &["--database", "nosuchdb"]);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--database", "nosuchdb"])
+        .start();
     // Reported by the start-up check, before any traffic.
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();
@@ -354,12 +337,16 @@ fn a_dead_endpoint_of_two_is_named_once_and_rows_go_to_the_other() {
 
 #[test]
 fn ctrl_c_with_fifty_thousand_queued_rows_writes_them_all() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     // A slow server: rows pile up in the queue.
     endpoint.stall(Some(Duration::from_secs(2)));
-    let collector = start(&net, &endpoint, &["--shutdown-timeout", "20s"]);
-    send_udp(&net, 0..50_000);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--shutdown-timeout", "20s"])
+        .start();
+    net.send_udp(0..50_000);
     std::thread::sleep(Duration::from_millis(300));
     let handled_before = endpoint.handled();
     // Ctrl+C while nearly all rows are still queued, then let the server catch up.
@@ -382,11 +369,15 @@ fn ctrl_c_with_fifty_thousand_queued_rows_writes_them_all() {
 
 #[test]
 fn ctrl_c_with_the_server_down_gives_up_at_the_deadline_and_counts_every_row() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.fail_next(usize::MAX, Code::Unavailable);
-    let collector = start(&net, &endpoint, &["--shutdown-timeout", "2s", "--no-spool"]);
-    send_udp(&net, 0..5_000);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--shutdown-timeout", "2s", "--no-spool"])
+        .start();
+    net.send_udp(0..5_000);
     std::thread::sleep(Duration::from_millis(300));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -410,7 +401,7 @@ fn live_greptimedb_stores_every_row() {
         eprintln!("live GreptimeDB test not run: FLOWMETRIX_TEST_GREPTIMEDB is not set");
         return;
     };
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let forward = Forwarder::start(runtime.handle().clone(), Some(&net.ns_a), live.grpc);
     let table = format!(
@@ -422,7 +413,10 @@ fn live_greptimedb_stores_every_row() {
             .as_secs()
     );
     let addr = forward.addr.to_string();
-    let collector = net.collector(&["--greptime-endpoint", &addr, "--table", &table]);
+    let collector = net
+        .collector()
+        .args(&["--greptime-endpoint", &addr, "--table", &table])
+        .start();
     let sender = net.sender();
     let cases = cases();
     send_cases(&sender, &cases);
@@ -465,7 +459,7 @@ fn live_mode_basic_auth_encoding_is_standard_base64() {
 
 #[test]
 fn tls_with_client_certificate() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let pki = TestPki::new();
     let endpoint = Endpoint::start_tls(Some(&net.ns_a), &pki);
     let (ca, cert, key) = (
@@ -481,8 +475,8 @@ fn tls_with_client_certificate() {
         "--tls-key-file",
         &key,
     ];
-    let collector = start(&net, &endpoint, &tls);
-    send_udp(&net, 0..100);
+    let collector = net.collector().greptime(&endpoint).args(&tls).start();
+    net.send_udp(0..100);
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -497,26 +491,22 @@ fn tls_with_client_certificate() {
     assert_accounted(&s, 100);
 
     // A missing file is a usage error naming it, before anything is attached.
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.ns_a,
-            env!("CARGO_BIN_EXE_flowmetrix"),
+    let Ran {
+        code, stderr: err, ..
+    } = net.run_in(
+        &[],
+        &[
             "-i",
             &net.if_a,
-        ])
-        .args([
             "--tls-ca-file",
             "/nonexistent/ca.pem",
             "--tls-cert-file",
             &cert,
-        ])
-        .args(["--tls-key-file", &key])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+            "--tls-key-file",
+            &key,
+        ],
+    );
+    assert_eq!(code, Some(2));
     assert!(
         err.starts_with("error: --tls-ca-file /nonexistent/ca.pem: "),
         "{err}"

@@ -3,17 +3,14 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
-use common::NetPair;
+use common::{Ran, wait_until};
 
 #[test]
 fn ctrl_c_with_no_traffic_exits_within_a_second_and_detaches() {
-    let net = NetPair::new();
-    let collector = net.collector(&[]);
+    let net = net_pair_or_skip!();
+    let collector = net.collector().start();
     assert!(
         net.xdp_attached(),
         "no XDP on the link while running:\n{}",
@@ -39,8 +36,8 @@ fn ctrl_c_with_no_traffic_exits_within_a_second_and_detaches() {
 
 #[test]
 fn sigterm_detaches_and_exits_cleanly() {
-    let net = NetPair::new();
-    let collector = net.collector(&["--output", "none"]);
+    let net = net_pair_or_skip!();
+    let collector = net.collector().args(&["--output", "none"]).start();
     let done = collector.stop_with(libc::SIGTERM);
     assert!(
         done.status.success(),
@@ -59,9 +56,9 @@ fn sigterm_detaches_and_exits_cleanly() {
 
 #[test]
 fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     for (mode, shown) in [("skb", "xdpgeneric"), ("native", "xdp ")] {
-        let collector = net.collector(&["--xdp-mode", mode]);
+        let collector = net.collector().args(&["--xdp-mode", mode]).start();
         assert!(net.link_a().contains(shown), "{mode}: {}", net.link_a());
         let done = collector.interrupt();
         assert!(done.status.success(), "{}", done.stderr);
@@ -76,39 +73,21 @@ fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
 
 #[test]
 fn sigkill_leaves_no_program_attached() {
-    let net = NetPair::new();
-    let collector = net.collector(&[]);
+    let net = net_pair_or_skip!();
+    let collector = net.collector().start();
     assert!(net.xdp_attached());
     let _ = collector.stop_with(libc::SIGKILL);
     // The bpf_link goes away with the process's last file descriptor.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while net.xdp_attached() {
-        assert!(
-            Instant::now() < deadline,
-            "XDP outlived SIGKILL:\n{}",
-            net.link_a()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs the binary in the test namespace and returns (exit code, stdout, stderr).
-fn run_in(net: &NetPair, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &net.ns_a, env!("CARGO_BIN_EXE_flowmetrix")])
-        .args(args)
-        .output()
-        .expect("run flowmetrix");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    assert!(
+        wait_until(Duration::from_secs(2), || !net.xdp_attached()),
+        "XDP outlived SIGKILL:\n{}",
+        net.link_a()
+    );
 }
 
 #[test]
 fn bad_command_lines_give_one_line_and_exit_2_with_nothing_attached() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let iface = net.if_a.clone();
     let cases: [(&[&str], &str); 5] = [
         (
@@ -127,7 +106,11 @@ fn bad_command_lines_give_one_line_and_exit_2_with_nothing_attached() {
         (&[], "--interface <IFACE>"),
     ];
     for (args, want) in cases {
-        let (code, stdout, stderr) = run_in(&net, args);
+        let Ran {
+            code,
+            stdout,
+            stderr,
+        } = net.run_in(&[], args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert_eq!(
             stderr.lines().count(),

@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
-use common::{NetPair, frames::udp_frame, http_get_in};
+use common::{Ran, http_get_in, wait_until};
 
 /// `name value` lines of a Prometheus text page.
 fn metric(page: &str, name: &str) -> u64 {
@@ -21,33 +18,27 @@ fn metric(page: &str, name: &str) -> u64 {
 
 #[test]
 fn metrics_match_the_rows_and_the_exit_summary() {
-    let net = NetPair::new();
-    let collector = net.collector(&[
-        "--output",
-        "jsonl",
-        "--sample-rate",
-        "2",
-        "--metrics-addr",
-        "127.0.0.1:9464",
-        "--stats-interval",
-        "1s",
-    ]);
-    let sender = net.sender();
-    for i in 0..2_000 {
-        sender.send(&udp_frame(i));
-        if i % 100 == 99 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&[
+            "--output",
+            "jsonl",
+            "--sample-rate",
+            "2",
+            "--metrics-addr",
+            "127.0.0.1:9464",
+            "--stats-interval",
+            "1s",
+        ])
+        .start();
+    net.send_udp(0..2_000);
     // The kernel counters are read once a second: wait until the page shows all frames.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let page = loop {
-        let page = http_get_in(&net.ns_a, "127.0.0.1:9464", "/metrics");
-        if metric(&page, "flowmetrix_packets_seen_total") == 2_000 || Instant::now() > deadline {
-            break page;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut page = String::new();
+    wait_until(Duration::from_secs(10), || {
+        page = http_get_in(&net.ns_a, "127.0.0.1:9464", "/metrics");
+        metric(&page, "flowmetrix_packets_seen_total") == 2_000
+    });
     std::thread::sleep(Duration::from_millis(1_200)); // one status line at least
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -79,11 +70,12 @@ fn metrics_match_the_rows_and_the_exit_summary() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let net = NetPair::new();
-    let collector = net.collector_until(
-        &["--output", "none", "--log-format", "json"],
-        "XDP attached",
-    );
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&["--output", "none", "--log-format", "json"])
+        .ready("XDP attached")
+        .start();
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
     let logs: Vec<&str> = done
@@ -101,28 +93,15 @@ fn json_logs_are_one_object_per_line() {
     }
 }
 
-fn run_in(net: &NetPair, pre: &[&str], args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &net.ns_a])
-        .args(pre)
-        .arg(env!("CARGO_BIN_EXE_flowmetrix"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn startup_errors_are_one_clear_line() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let iface = net.if_a.clone();
 
     // Not root: the kernel refuses the program; say what is needed. Exit 1 (runtime).
-    let (code, err) = run_in(
-        &net,
+    let Ran {
+        code, stderr: err, ..
+    } = net.run_in(
         &[
             "setpriv",
             "--reuid=65534",
@@ -147,7 +126,9 @@ fn startup_errors_are_one_clear_line() {
         .status()
         .unwrap();
     assert!(down.success());
-    let (code, err) = run_in(&net, &[], &["-i", &iface, "--output", "none", "-no-log"]);
+    let Ran {
+        code, stderr: err, ..
+    } = net.run_in(&[], &["-i", &iface, "--output", "none", "-no-log"]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(
         err,
@@ -155,8 +136,9 @@ fn startup_errors_are_one_clear_line() {
     );
 
     // Native XDP where the driver has none (loopback).
-    let (code, err) = run_in(
-        &net,
+    let Ran {
+        code, stderr: err, ..
+    } = net.run_in(
         &[],
         &[
             "-i",
@@ -181,8 +163,9 @@ fn startup_errors_are_one_clear_line() {
         .status()
         .unwrap();
     assert!(up.success());
-    let (code, err) = run_in(
-        &net,
+    let Ran {
+        code, stderr: err, ..
+    } = net.run_in(
         &[],
         &[
             "-i",

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{NetPair, endpoint::Endpoint, frames::udp_frame};
+use common::{endpoint::Endpoint, frames::udp_frame, wait_until};
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -29,10 +29,10 @@ fn an_outage_in_a_steady_ten_thousand_rows_per_second_run_loses_nothing() {
     const OUTAGE: Duration = Duration::from_secs(15);
     const AFTER: Duration = Duration::from_secs(5);
 
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.keys_only();
-    let collector = net.greptime_collector(&endpoint, &[], &[]);
+    let collector = net.collector().greptime(&endpoint).start();
     let pid = collector.pid();
 
     // 100 frames every 10 ms, on a schedule.
@@ -60,11 +60,10 @@ fn an_outage_in_a_steady_ten_thousand_rows_per_second_run_loses_nothing() {
         std::thread::sleep(Duration::from_millis(10));
     }
     // The spool drains after the outage: wait for every row.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while endpoint.row_keys("packet_data").len() < sent as usize && Instant::now() < deadline {
+    wait_until(Duration::from_secs(60), || {
         max_rss = max_rss.max(rss_kib(pid));
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        endpoint.row_keys("packet_data").len() >= sent as usize
+    });
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
     let s = done.summary();

@@ -9,10 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    NetPair,
-    frames::{cases, send_cases, without_ts},
-};
+use common::frames::{cases, send_cases, without_ts};
 use serde_json::Value;
 
 fn sorted(rows: &[Value]) -> Vec<String> {
@@ -23,7 +20,7 @@ fn sorted(rows: &[Value]) -> Vec<String> {
 
 #[test]
 fn replaying_tcpdumps_capture_gives_the_live_rows() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let dir = std::env::temp_dir().join(format!("fmx-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("live.pcap");
@@ -62,7 +59,7 @@ fn replaying_tcpdumps_capture_gives_the_live_rows() {
         );
     }
 
-    let collector = net.collector(&["--output", "jsonl"]);
+    let collector = net.collector().args(&["--output", "jsonl"]).start();
     let sender = net.sender();
     let cases = cases();
     send_cases(&sender, &cases);

@@ -6,15 +6,11 @@ mod common;
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{Collector, NetPair, Summary, endpoint::Endpoint, frames::udp_frame};
+use common::{Summary, endpoint::Endpoint, frames::udp_frame, wait_for_rows, wait_until};
 use tonic::Code;
-
-fn collector(net: &NetPair, endpoint: &Endpoint, extra: &[&str]) -> Collector {
-    net.greptime_collector(endpoint, extra, &[])
-}
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -24,23 +20,6 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn send(net: &NetPair, range: std::ops::Range<u32>) {
-    let sender = net.sender();
-    for i in range {
-        sender.send(&udp_frame(i));
-        if i % 100 == 99 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-fn wait_for(endpoint: &Endpoint, n: usize, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while endpoint.row_keys("packet_data").len() < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The rows at the endpoint are exactly `ports`, each once.
@@ -62,12 +41,12 @@ fn port(i: u32) -> u32 {
 
 #[test]
 fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
-    let first = collector(&net, &endpoint, &[]);
-    send(&net, 0..5_000);
+    let first = net.collector().greptime(&endpoint).start();
+    net.send_udp(0..5_000);
     std::thread::sleep(Duration::from_millis(300));
     let done = first.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -84,8 +63,8 @@ fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
     assert!(!files(&spool, "spool").is_empty());
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &[]);
-    wait_for(&endpoint, 5_000, Duration::from_secs(20));
+    let second = net.collector().greptime(&endpoint).start();
+    wait_for_rows(&endpoint, "packet_data", 5_000, Duration::from_secs(20));
     let done = second.interrupt();
     let s2 = done.summary();
     assert_eq!(s2.replayed, 5_000, "{s2:?}\n{}", done.stderr);
@@ -98,19 +77,19 @@ fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
 
 #[test]
 fn kill_9_while_greptimedb_is_down_then_a_restart_delivers_the_spool() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
-    let first = collector(&net, &endpoint, &[]);
-    send(&net, 0..3_000);
+    let first = net.collector().greptime(&endpoint).start();
+    net.send_udp(0..3_000);
     std::thread::sleep(Duration::from_millis(1_000));
     let _ = first.stop_with(libc::SIGKILL);
     assert!(!files(&spool, "spool").is_empty());
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &[]);
-    wait_for(&endpoint, 3_000, Duration::from_secs(20));
+    let second = net.collector().greptime(&endpoint).start();
+    wait_for_rows(&endpoint, "packet_data", 3_000, Duration::from_secs(20));
     let done = second.interrupt();
     assert_eq!(done.summary().replayed, 3_000, "{}", done.stderr);
     assert_exactly_once(&endpoint, (0..3_000).map(port));
@@ -118,13 +97,17 @@ fn kill_9_while_greptimedb_is_down_then_a_restart_delivers_the_spool() {
 
 #[test]
 fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
-    let first = collector(&net, &endpoint, &["--batch-size", "100"]);
+    let first = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--batch-size", "100"])
+        .start();
     for chunk in 0..20 {
-        send(&net, chunk * 100..(chunk + 1) * 100);
+        net.send_udp(chunk * 100..(chunk + 1) * 100);
         std::thread::sleep(Duration::from_millis(150)); // one record per flush
     }
     let s1 = first.interrupt().summary();
@@ -141,9 +124,9 @@ fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
         .unwrap();
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &[]);
+    let second = net.collector().greptime(&endpoint).start();
     // At most the torn record (100 rows) is lost; the rest arrives.
-    wait_for(&endpoint, 1_900, Duration::from_secs(20));
+    wait_for_rows(&endpoint, "packet_data", 1_900, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     let done = second.interrupt();
     let s: Summary = done.summary();
@@ -163,16 +146,16 @@ fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
 
 #[test]
 fn a_spool_smaller_than_the_outage_drops_the_oldest_and_counts_them() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
     let limit: u64 = 256 << 10;
-    let first = collector(
-        &net,
-        &endpoint,
-        &["--spool-max-bytes", "256K", "--batch-size", "200"],
-    );
+    let first = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--spool-max-bytes", "256K", "--batch-size", "200"])
+        .start();
     let sender = net.sender();
     let mut max_on_disk = 0;
     for chunk in 0..40u32 {
@@ -194,11 +177,14 @@ fn a_spool_smaller_than_the_outage_drops_the_oldest_and_counts_them() {
     assert_eq!(s1.spooled, s1.sampled, "{s1:?}");
 
     endpoint.heal();
-    let second = collector(&net, &endpoint, &["--spool-max-bytes", "256K"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !files(&spool, "spool").is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let second = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--spool-max-bytes", "256K"])
+        .start();
+    wait_until(Duration::from_secs(20), || {
+        files(&spool, "spool").is_empty()
+    });
     let s2 = second.interrupt().summary();
     // Every spooled row either arrived or was counted as dropped for space, exactly.
     assert_eq!(s2.replayed + s1.spool_lost, s1.spooled, "{s1:?} {s2:?}");

@@ -5,7 +5,10 @@
 //!   the XDP program, and bpf-linker.
 //! - `build`: setup, then a release build (the XDP object is embedded in the binary).
 //! - `run -- ARGS`: setup, build, run `target/release/flowmetrix ARGS` (needs root).
-//! - `test`: setup, then format check, clippy and every test (kernel tests need root).
+//! - `test [ARGS]`: setup, then format check, clippy and every test, both tiers, with
+//!   FLOWMETRIX_ROOT_TESTS=1 (as root: a root-tier test that cannot run fails).
+//! - `test unit [ARGS]`: only the no-root tier, as any user: `cargo test` with
+//!   FLOWMETRIX_ROOT_TESTS=0 (root-tier tests say they were skipped); no fmt or clippy.
 //! - `bench [FILTER]`: setup, then the kernel per-packet cost, the capture rate against
 //!   tcpdump on veth (root) and the userspace criterion benchmarks (BENCHMARKS.md).
 //! - `dist`: setup, release build, then dist/ with the binary, man page, completions and
@@ -57,13 +60,32 @@ enum Verb {
         #[arg(default_value_t = 600)]
         seconds: u64,
     },
-    /// Setup, then fmt --check, clippy -D warnings, and all tests.
+    /// Setup, then fmt --check, clippy -D warnings, and all tests of both tiers (as root);
+    /// `test unit` runs only the tier that needs no root.
+    #[command(args_conflicts_with_subcommands = true)]
     Test {
+        #[command(subcommand)]
+        tier: Option<Tier>,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
+
+#[derive(Subcommand)]
+enum Tier {
+    /// Only the tests that need no root (unit tests, the binary without an interface);
+    /// root-tier tests say they were skipped. Any user.
+    Unit {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Chooses the root tier in the tests (tests/common/mod.rs `root_tier`): 1 runs it and
+/// fails where not root, 0 skips it.
+const ROOT_TESTS_ENV: &str = "FLOWMETRIX_ROOT_TESTS";
 
 /// Debian packages: the command each provides, and the package.
 const APT: &[(&str, &str)] = &[
@@ -154,13 +176,28 @@ fn xtask(args: Args) -> anyhow::Result<()> {
                     "-print_final_stats=1",
                 ]))
         }
-        Verb::Test { args } => {
+        Verb::Test {
+            tier: Some(Tier::Unit { args }),
+            ..
+        } => {
+            rust_tools(&root)?;
+            let mut test = vec!["test"];
+            test.extend(args.iter().map(String::as_str));
+            run(cargo_cmd(&test).env(ROOT_TESTS_ENV, "0"))
+        }
+        Verb::Test { tier: None, args } => {
+            if !is_root() {
+                bail!(
+                    "`cargo xtask test` runs the root tier (network namespaces, XDP): run it as \
+                     root, or `cargo xtask test unit` for the tests that need no root"
+                );
+            }
             setup(&root)?;
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             let mut test = vec!["test"];
             test.extend(args.iter().map(String::as_str));
-            cargo(&test)
+            run(cargo_cmd(&test).env(ROOT_TESTS_ENV, "1"))
         }
     }
 }
@@ -185,7 +222,12 @@ fn setup(root: &Path) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    rust_tools(root)
+}
 
+/// The part of setup any user can do (into their own rustup and cargo homes): the pinned
+/// nightly with rust-src and bpf-linker, which the build needs.
+fn rust_tools(root: &Path) -> anyhow::Result<()> {
     let toolchain_file = root.join("flowmetrix-ebpf/TOOLCHAIN");
     let toolchain = std::fs::read_to_string(&toolchain_file)
         .with_context(|| format!("cannot read {}", toolchain_file.display()))?;
@@ -213,6 +255,13 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     }
     eprintln!("xtask: setup complete (toolchain {toolchain}, bpf-linker {BPF_LINKER_VERSION})");
     Ok(())
+}
+
+/// Whether this process runs as root (the owner of its own /proc entry is its effective
+/// user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 fn dist(root: &Path) -> anyhow::Result<()> {
@@ -271,13 +320,23 @@ fn has_rust_src(toolchain: &str) -> bool {
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run(&mut cargo_cmd(args))
+}
+
+fn cargo_cmd(args: &[&str]) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args))
+    let mut cmd = Command::new(cargo);
+    cmd.args(args);
+    cmd
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let env: String = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={} ", k.to_string_lossy(), v?.to_string_lossy())))
+        .collect();
     let shown = format!(
-        "{} {}",
+        "{env}{} {}",
         cmd.get_program().to_string_lossy(),
         cmd.get_args()
             .map(|a| a.to_string_lossy())

@@ -23,31 +23,22 @@ pub fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
     PacketBuilder::ethernet2(MAC_B, MAC_A)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn row(
-    frame: &[u8],
-    ether_type: u16,
-    protocol: Option<u8>,
-    ips: (&str, &str),
-    ports: (Option<u16>, Option<u16>),
-    tcp_flags: Option<u8>,
-    packet_type: &str,
-    application: &str,
-    dst_mac: [u8; 6],
-) -> Value {
+/// The row a frame from MAC_B to MAC_A produces before anything is known of its layers:
+/// every case's row is this plus the fields that differ.
+fn base_row(frame: &[u8]) -> Value {
     json!({
         "packet_size": frame.len(),
-        "ether_type": ether_type,
+        "ether_type": null,
         "src_mac": mac_str(MAC_B),
-        "dst_mac": mac_str(dst_mac),
-        "protocol": protocol,
-        "src_ip": ips.0,
-        "dst_ip": ips.1,
-        "src_port": ports.0,
-        "dst_port": ports.1,
-        "tcp_flags": tcp_flags,
-        "packet_type": packet_type,
-        "application": application,
+        "dst_mac": mac_str(MAC_A),
+        "protocol": null,
+        "src_ip": null,
+        "dst_ip": null,
+        "src_port": null,
+        "dst_port": null,
+        "tcp_flags": null,
+        "packet_type": null,
+        "application": "UNKNOWN",
         "vlan_id": null,
         "tunnel": null,
         "inner_src_ip": null,
@@ -59,6 +50,18 @@ fn row(
     })
 }
 
+/// A case: `frame`, and its row = the base row with each of `fields` laid over it in turn.
+fn case(name: &'static str, frame: Vec<u8>, fields: &[&Value]) -> Case {
+    let mut row = base_row(&frame);
+    for f in fields {
+        for (k, v) in f.as_object().expect("fields are an object") {
+            assert!(row.get(k).is_some(), "{name}: no column {k}");
+            row[k] = v.clone();
+        }
+    }
+    Case { name, frame, row }
+}
+
 pub fn write(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut v = Vec::new();
     b(&mut v);
@@ -66,156 +69,66 @@ pub fn write(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 }
 
 pub fn cases() -> Vec<Case> {
-    let (a4, b4) = ("10.77.0.1", "10.77.0.2");
-    let (a6, b6) = ("fd77::1", "fd77::2");
-    let mut cases = Vec::new();
-
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .udp(40001, 53)
-            .write(v, &[7; 20])
-            .unwrap()
+    // What every IPv4 / IPv6 frame from B to A has in its row.
+    let v4 = json!({
+        "ether_type": 0x0800, "packet_type": "IPv4", "src_ip": "10.77.0.2", "dst_ip": "10.77.0.1",
     });
-    let r = row(
-        &f,
-        0x0800,
-        Some(17),
-        (b4, a4),
-        (Some(40001), Some(53)),
-        None,
-        "IPv4",
-        "DNS",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "udp4",
-        frame: f,
-        row: r,
+    let v6 = json!({
+        "ether_type": 0x86dd, "packet_type": "IPv6", "src_ip": "fd77::2", "dst_ip": "fd77::1",
     });
-
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .tcp(40002, 80, 1, 64240)
-            .syn()
-            .write(v, &[])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x0800,
-        Some(6),
-        (b4, a4),
-        (Some(40002), Some(80)),
-        Some(0x02),
-        "IPv4",
-        "HTTP",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "tcp4 syn",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv6(IP6_B, IP6_A, 64)
-            .udp(40003, 123)
-            .write(v, &[1; 48])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x86dd,
-        Some(17),
-        (b6, a6),
-        (Some(40003), Some(123)),
-        None,
-        "IPv6",
-        "NTP",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "udp6",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv6(IP6_B, IP6_A, 64)
-            .tcp(443, 50000, 9, 1000)
-            .ack(5)
-            .psh()
-            .write(v, b"hello")
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x86dd,
-        Some(6),
-        (b6, a6),
-        (Some(443), Some(50000)),
-        Some(0x18),
-        "IPv6",
-        "HTTPS",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "tcp6 psh+ack",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .icmpv4_echo_request(1, 1)
-            .write(v, &[0; 56])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x0800,
-        Some(1),
-        (b4, a4),
-        (None, None),
-        None,
-        "IPv4",
-        "UNKNOWN",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "icmp4 echo",
-        frame: f,
-        row: r,
-    });
-
-    let f = write(|v| {
-        eth()
-            .ipv6(IP6_B, IP6_A, 64)
-            .icmpv6_echo_request(1, 1)
-            .write(v, &[0; 8])
-            .unwrap()
-    });
-    let r = row(
-        &f,
-        0x86dd,
-        Some(58),
-        (b6, a6),
-        (None, None),
-        None,
-        "IPv6",
-        "UNKNOWN",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "icmp6 echo",
-        frame: f,
-        row: r,
-    });
+    let udp = |src: u16, dst: u16, app: &str| json!({"protocol": 17, "src_port": src, "dst_port": dst, "application": app});
+    let tcp = |src: u16, dst: u16, flags: u8, app: &str| {
+        json!({
+            "protocol": 6, "src_port": src, "dst_port": dst, "tcp_flags": flags,
+            "application": app,
+        })
+    };
+    let v4_frame =
+        |b: &dyn Fn(etherparse::PacketBuilderStep<etherparse::IpHeaders>, &mut Vec<u8>)| {
+            write(|v| b(eth().ipv4(IP4_B, IP4_A, 64), v))
+        };
+    let v6_frame =
+        |b: &dyn Fn(etherparse::PacketBuilderStep<etherparse::IpHeaders>, &mut Vec<u8>)| {
+            write(|v| b(eth().ipv6(IP6_B, IP6_A, 64), v))
+        };
+    let mut cases = vec![
+        case(
+            "udp4",
+            v4_frame(&|p, v| p.udp(40001, 53).write(v, &[7; 20]).unwrap()),
+            &[&v4, &udp(40001, 53, "DNS")],
+        ),
+        case(
+            "tcp4 syn",
+            v4_frame(&|p, v| p.tcp(40002, 80, 1, 64240).syn().write(v, &[]).unwrap()),
+            &[&v4, &tcp(40002, 80, 0x02, "HTTP")],
+        ),
+        case(
+            "udp6",
+            v6_frame(&|p, v| p.udp(40003, 123).write(v, &[1; 48]).unwrap()),
+            &[&v6, &udp(40003, 123, "NTP")],
+        ),
+        case(
+            "tcp6 psh+ack",
+            v6_frame(&|p, v| {
+                p.tcp(443, 50000, 9, 1000)
+                    .ack(5)
+                    .psh()
+                    .write(v, b"hello")
+                    .unwrap()
+            }),
+            &[&v6, &tcp(443, 50000, 0x18, "HTTPS")],
+        ),
+        case(
+            "icmp4 echo",
+            v4_frame(&|p, v| p.icmpv4_echo_request(1, 1).write(v, &[0; 56]).unwrap()),
+            &[&v4, &json!({"protocol": 1})],
+        ),
+        case(
+            "icmp6 echo",
+            v6_frame(&|p, v| p.icmpv6_echo_request(1, 1).write(v, &[0; 8]).unwrap()),
+            &[&v6, &json!({"protocol": 58})],
+        ),
+    ];
 
     let arp = |op, dst_mac: [u8; 6], sender: [u8; 4], target: [u8; 4], target_mac: [u8; 6]| {
         let p = ArpPacket::new(
@@ -235,100 +148,51 @@ pub fn cases() -> Vec<Case> {
                 .unwrap()
         })
     };
+    let arp_row = |src_ip: &str, dst_mac: [u8; 6]| {
+        json!({
+            "ether_type": 0x0806, "packet_type": "ARP", "src_ip": src_ip, "dst_ip": "10.77.0.1",
+            "dst_mac": mac_str(dst_mac),
+        })
+    };
     let f = arp(ArpOperation::REQUEST, [0xff; 6], IP4_B, IP4_A, [0; 6]);
     assert!(f.len() < 64);
-    let r = row(
-        &f,
-        0x0806,
-        None,
-        (b4, a4),
-        (None, None),
-        None,
-        "ARP",
-        "UNKNOWN",
-        [0xff; 6],
-    );
-    cases.push(Case {
-        name: "arp request (42 bytes)",
-        frame: f,
-        row: r,
-    });
-
+    cases.push(case(
+        "arp request (42 bytes)",
+        f,
+        &[&arp_row("10.77.0.2", [0xff; 6])],
+    ));
     let f = arp(ArpOperation::REPLY, MAC_A, [10, 77, 0, 3], IP4_A, MAC_A);
-    let r = row(
-        &f,
-        0x0806,
-        None,
-        ("10.77.0.3", a4),
-        (None, None),
-        None,
-        "ARP",
-        "UNKNOWN",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "arp reply",
-        frame: f,
-        row: r,
-    });
+    cases.push(case("arp reply", f, &[&arp_row("10.77.0.3", MAC_A)]));
 
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .udp(40004, 161)
-            .write(v, &[])
-            .unwrap()
-    });
+    let f = v4_frame(&|p, v| p.udp(40004, 161).write(v, &[]).unwrap());
     assert_eq!(f.len(), 42);
-    let r = row(
-        &f,
-        0x0800,
-        Some(17),
-        (b4, a4),
-        (Some(40004), Some(161)),
-        None,
-        "IPv4",
-        "SNMP",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "udp4 empty (42 bytes)",
-        frame: f,
-        row: r,
-    });
+    cases.push(case(
+        "udp4 empty (42 bytes)",
+        f,
+        &[&v4, &udp(40004, 161, "SNMP")],
+    ));
 
     // Longer than the snap length: packet_size is the wire length, not the captured bytes.
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .tcp(5432, 40005, 1, 1000)
+    let f = v4_frame(&|p, v| {
+        p.tcp(5432, 40005, 1, 1000)
             .fin()
             .ack(2)
             .write(v, &[0xaa; 1400])
             .unwrap()
     });
-    let r = row(
-        &f,
-        0x0800,
-        Some(6),
-        (b4, a4),
-        (Some(5432), Some(40005)),
-        Some(0x11),
-        "IPv4",
-        "PostgreSQL",
-        MAC_A,
-    );
-    cases.push(Case {
-        name: "tcp4 1454 bytes",
-        frame: f,
-        row: r,
-    });
+    cases.push(case(
+        "tcp4 1454 bytes",
+        f,
+        &[&v4, &tcp(5432, 40005, 0x11, "PostgreSQL")],
+    ));
 
     // IPv6 fragments, the fragment header laid out as on the wire (RFC 8200: offset << 3 |
     // M): the first carries the UDP ports, a later one only addresses and protocol.
-    for (name, offset, more) in [
-        ("ipv6 first fragment", 0u16, true),
-        ("ipv6 later fragment", 4, false),
+    let first = udp(40008, 53, "DNS");
+    let later = json!({"protocol": 17});
+    for (name, offset, more, fields) in [
+        ("ipv6 first fragment", 0u16, true, &first),
+        ("ipv6 later fragment", 4, false, &later),
     ] {
         let exts = etherparse::Ipv6Extensions {
             fragment: Some(etherparse::Ipv6FragmentHeader::new(
@@ -354,36 +218,7 @@ pub fn cases() -> Vec<Case> {
         });
         f[14 + 40 + 2..14 + 40 + 4]
             .copy_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
-        let r = if offset == 0 {
-            row(
-                &f,
-                0x86dd,
-                Some(17),
-                (b6, a6),
-                (Some(40008), Some(53)),
-                None,
-                "IPv6",
-                "DNS",
-                MAC_A,
-            )
-        } else {
-            row(
-                &f,
-                0x86dd,
-                Some(17),
-                (b6, a6),
-                (None, None),
-                None,
-                "IPv6",
-                "UNKNOWN",
-                MAC_A,
-            )
-        };
-        cases.push(Case {
-            name,
-            frame: f,
-            row: r,
-        });
+        cases.push(case(name, f, &[&v6, fields]));
     }
 
     // VLAN 100: ether_type after the tag, vlan_id set.
@@ -395,23 +230,11 @@ pub fn cases() -> Vec<Case> {
             .write(v, b"<13>syslog")
             .unwrap()
     });
-    let mut r = row(
-        &f,
-        0x0800,
-        Some(17),
-        (b4, a4),
-        (Some(40006), Some(514)),
-        None,
-        "IPv4",
-        "SYSLOG",
-        MAC_A,
-    );
-    r["vlan_id"] = json!(100);
-    cases.push(Case {
-        name: "vlan 100 udp4",
-        frame: f,
-        row: r,
-    });
+    cases.push(case(
+        "vlan 100 udp4",
+        f,
+        &[&v4, &udp(40006, 514, "SYSLOG"), &json!({"vlan_id": 100})],
+    ));
 
     // VXLAN carrying an Ethernet frame with IPv6/TCP.
     let mut inner = Vec::new();
@@ -426,35 +249,16 @@ pub fn cases() -> Vec<Case> {
         .write(&mut inner, &[])
         .unwrap();
     let payload = [&[0x08, 0, 0, 0, 0, 0, 0x2a, 0][..], &inner].concat();
-    let f = write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .udp(40007, 4789)
-            .write(v, &payload)
-            .unwrap()
+    let f = v4_frame(&|p, v| p.udp(40007, 4789).write(v, &payload).unwrap());
+    let inner = json!({
+        "tunnel": "VXLAN", "inner_src_ip": "fd99::1", "inner_dst_ip": "fd99::2",
+        "inner_protocol": 6, "inner_src_port": 41000, "inner_dst_port": 6379,
     });
-    let mut r = row(
-        &f,
-        0x0800,
-        Some(17),
-        (b4, a4),
-        (Some(40007), Some(4789)),
-        None,
-        "IPv4",
-        "VXLAN",
-        MAC_A,
-    );
-    r["tunnel"] = json!("VXLAN");
-    r["inner_src_ip"] = json!("fd99::1");
-    r["inner_dst_ip"] = json!("fd99::2");
-    r["inner_protocol"] = json!(6);
-    r["inner_src_port"] = json!(41000);
-    r["inner_dst_port"] = json!(6379);
-    cases.push(Case {
-        name: "vxlan ipv6 tcp",
-        frame: f,
-        row: r,
-    });
+    cases.push(case(
+        "vxlan ipv6 tcp",
+        f,
+        &[&v4, &udp(40007, 4789, "VXLAN"), &inner],
+    ));
 
     cases
 }

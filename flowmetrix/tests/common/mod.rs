@@ -6,10 +6,11 @@
 pub mod endpoint;
 pub mod frames;
 pub mod live;
+pub mod xdp;
 
 use std::{
     ffi::CString,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -30,13 +31,44 @@ pub fn mac_str(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-pub fn require_root() {
+/// The environment variable that chooses the root tier: `1` (what `cargo xtask test` sets)
+/// makes every root-tier test run and fail when not root; `0` (`cargo xtask test unit`)
+/// skips them even as root; unset, they run exactly when the test runs as root.
+pub const ROOT_TESTS_ENV: &str = "FLOWMETRIX_ROOT_TESTS";
+
+/// Whether a root-tier test (network namespaces, the real binary attached to an interface,
+/// BPF) runs. When it does not, prints one line saying why, for the test to return at once:
+///
+/// ```ignore
+/// if !common::root_tier() {
+///     return;
+/// }
+/// ```
+pub fn root_tier() -> bool {
     // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "kernel-path tests need root: they create network namespaces and attach XDP"
-    );
+    let root = unsafe { libc::geteuid() } == 0;
+    let wanted = std::env::var(ROOT_TESTS_ENV).ok();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a root-tier test")
+        .to_owned();
+    let skip = match wanted.as_deref() {
+        Some("1") => {
+            assert!(
+                root,
+                "{test} needs root: it creates network namespaces and loads XDP, and \
+                 {ROOT_TESTS_ENV}=1 asks for the root tier (run as root, or use \
+                 `cargo xtask test unit`)"
+            );
+            return true;
+        }
+        Some("0") => format!("{ROOT_TESTS_ENV}=0"),
+        _ if root => return true,
+        _ => "needs root".to_owned(),
+    };
+    // Straight to stderr, past the test harness's capture, so `cargo test` shows it.
+    let _ = writeln!(std::io::stderr(), "skipped {test}: {skip} (root tier)");
+    false
 }
 
 fn sh(args: &[&str]) -> std::process::Output {
@@ -55,6 +87,18 @@ fn must(args: &[&str]) {
     );
 }
 
+/// `let net = net_pair_or_skip!();`: a fresh [`NetPair`], or, when the root tier does not
+/// run ([`root_tier`]), return from the test (which then passes, having said it skipped).
+#[macro_export]
+macro_rules! net_pair_or_skip {
+    () => {
+        match $crate::common::NetPair::new() {
+            Some(net) => net,
+            None => return,
+        }
+    };
+}
+
 /// Two namespaces, `a` (where the collector runs, on `if_a`) and `b` (the sender, `if_b`).
 /// IPv6 is disabled and ARP off on both ends, so the kernel sends nothing of its own: every
 /// frame on the link is one the test sent.
@@ -68,8 +112,12 @@ pub struct NetPair {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl NetPair {
-    pub fn new() -> Self {
-        require_root();
+    /// A fresh pair, or None (after one line saying so) when the root tier does not run
+    /// ([`root_tier`]); tests say `let net = net_pair_or_skip!();`.
+    pub fn new() -> Option<Self> {
+        if !root_tier() {
+            return None;
+        }
         let id = format!(
             "{}{}",
             std::process::id() % 100_000,
@@ -113,7 +161,7 @@ impl NetPair {
         for (ns, ifname) in [(&pair.ns_a, &pair.if_a), (&pair.ns_b, &pair.if_b)] {
             must(&["ip", "-n", ns, "link", "set", ifname, "arp", "off", "up"]);
         }
-        pair
+        Some(pair)
     }
 
     /// `ip link` output for the collector's interface.
@@ -137,67 +185,154 @@ impl NetPair {
         })
     }
 
-    /// Runs the collector in `ns_a` on `if_a` with these extra arguments, and waits until
-    /// it says XDP is attached.
-    pub fn collector(&self, args: &[&str]) -> Collector {
-        self.spawn(args, &[], "XDP attached")
+    /// The collector to run in `ns_a` on `if_a`: add arguments, environment, a GreptimeDB
+    /// endpoint, then [`start`](CollectorBuilder::start) it.
+    pub fn collector(&self) -> CollectorBuilder<'_> {
+        CollectorBuilder {
+            net: self,
+            args: Vec::new(),
+            env: Vec::new(),
+            ready: "XDP attached".into(),
+        }
     }
 
-    /// Like [`collector`](Self::collector), waiting for a log line containing `ready`.
-    pub fn collector_until(&self, args: &[&str], ready: &str) -> Collector {
-        self.spawn(args, &[], ready)
+    /// Sends UDP frames `udp_frame(i)` for each `i` in `range` from `if_b`, pausing 1 ms
+    /// every 100 frames to stay below veth's 256-frame XDP queue, so that every frame
+    /// reaches the program.
+    pub fn send_udp(&self, range: std::ops::Range<u32>) {
+        let sender = self.sender();
+        for i in range {
+            sender.send(&frames::udp_frame(i));
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
-    /// Like [`collector`](Self::collector), with extra environment variables.
-    pub fn collector_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Collector {
-        self.spawn(args, env, "XDP attached")
-    }
-
-    fn spawn(&self, args: &[&str], env: &[(&str, &str)], ready: &str) -> Collector {
-        let mut cmd = Command::new("ip");
-        cmd.envs(env.iter().copied())
-            .args([
-                "netns",
-                "exec",
-                &self.ns_a,
-                env!("CARGO_BIN_EXE_flowmetrix"),
-                "-i",
-                &self.if_a,
-            ])
+    /// Runs `pre… flowmetrix args…` in `ns_a` to its end (`pre` wraps the binary, e.g.
+    /// `setpriv …`; `args` name no interface unless the caller does).
+    pub fn run_in(&self, pre: &[&str], args: &[&str]) -> Ran {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns_a])
+            .args(pre)
+            .arg(env!("CARGO_BIN_EXE_flowmetrix"))
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Collector::start_until(cmd, ready)
-    }
-
-    /// The collector writing to a GreptimeDB test endpoint, with a spool directory of this
-    /// pair's own and a short flush interval.
-    pub fn greptime_collector(
-        &self,
-        endpoint: &endpoint::Endpoint,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Collector {
-        let addr = endpoint.addr.to_string();
-        let spool = self.spool_dir();
-        let spool = spool.to_str().unwrap();
-        let mut args = vec![
-            "--greptime-endpoint",
-            &addr,
-            "--flush-interval",
-            "100ms",
-            "--spool-dir",
-            spool,
-        ];
-        args.extend_from_slice(extra);
-        self.spawn(&args, env, "XDP attached")
+            .output()
+            .expect("run flowmetrix");
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// A spool directory of this pair's own.
     pub fn spool_dir(&self) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("fmx-spool-{}", self.ns_a))
     }
+}
+
+/// A finished run of the binary ([`NetPair::run_in`]).
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What [`NetPair::collector`] will start.
+pub struct CollectorBuilder<'a> {
+    net: &'a NetPair,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    ready: String,
+}
+
+impl CollectorBuilder<'_> {
+    /// More command-line arguments (after `-i IFACE`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// More environment variables.
+    pub fn env(mut self, env: &[(&str, &str)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        self
+    }
+
+    /// Start-up is done when a log line contains `needle` (default: "XDP attached").
+    pub fn ready(mut self, needle: &str) -> Self {
+        self.ready = needle.to_owned();
+        self
+    }
+
+    /// Writes to this GreptimeDB test endpoint, with a spool directory of the pair's own
+    /// and a short flush interval (these come before the other arguments).
+    pub fn greptime(mut self, endpoint: &endpoint::Endpoint) -> Self {
+        let spool = self.net.spool_dir().to_string_lossy().into_owned();
+        let addr = endpoint.addr.to_string();
+        let mut args: Vec<String> = [
+            "--greptime-endpoint",
+            &addr,
+            "--flush-interval",
+            "100ms",
+            "--spool-dir",
+            &spool,
+        ]
+        .map(str::to_owned)
+        .into();
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
+
+    /// Spawns it and waits until it is ready.
+    pub fn start(self) -> Collector {
+        let mut cmd = Command::new("ip");
+        cmd.envs(self.env)
+            .args([
+                "netns",
+                "exec",
+                &self.net.ns_a,
+                env!("CARGO_BIN_EXE_flowmetrix"),
+                "-i",
+                &self.net.if_a,
+            ])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Collector::start_until(cmd, &self.ready)
+    }
+}
+
+/// Polls `done` until it holds or `limit` has passed; whether it held. The pause between
+/// polls doubles from 10 ms to 250 ms: a short wait ends promptly, and a long one does not
+/// keep taking the locks of what it watches (the endpoint's rows, say) from the collector.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Waits (at most `limit`) until the endpoint holds `n` rows of `table`; whether it does.
+pub fn wait_for_rows(
+    endpoint: &endpoint::Endpoint,
+    table: &str,
+    n: usize,
+    limit: Duration,
+) -> bool {
+    wait_until(limit, || endpoint.row_keys(table).len() >= n)
 }
 
 impl Drop for NetPair {
@@ -229,7 +364,6 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 
 /// `GET path` from inside namespace `ns`; the response body.
 pub fn http_get_in(ns: &str, addr: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
     let (addr, path) = (addr.to_owned(), path.to_owned());
     in_netns(ns, move || {
         let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));

@@ -1,0 +1,134 @@
+//! The embedded XDP object (`flowmetrix::capture::PROGRAM`) loaded into this process with
+//! chosen settings and run on frames with BPF_PROG_TEST_RUN: no interface, nothing attached.
+//! The kernel tests (`tests/kernel.rs`) and the kernel bench (`benches/kernel.rs`) share it.
+//! Needs root (CAP_BPF).
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use flowmetrix::capture::PROGRAM;
+use flowmetrix_common::{
+    CpuStats, DEFAULT_SNAPLEN, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL,
+    STATS_MAP, WAKEUP_BYTES_GLOBAL,
+};
+
+/// The load-time settings userspace gives the program (what `capture` sets from the flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Which program of the object: [`PROGRAM_NAME`] or the do-nothing baseline.
+    pub program: &'static str,
+    pub sample_rate: u32,
+    pub snaplen: u32,
+    /// Bytes of ring buffer (a power-of-two multiple of the page size).
+    pub ring_bytes: u32,
+    pub wakeup_bytes: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            program: PROGRAM_NAME,
+            sample_rate: 1,
+            snaplen: DEFAULT_SNAPLEN,
+            ring_bytes: 4 << 20,
+            // Never wake: nobody waits on the ring here.
+            wakeup_bytes: u32::MAX,
+        }
+    }
+}
+
+/// What one BPF_PROG_TEST_RUN call gives back.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// The program's XDP action (2 is XDP_PASS).
+    pub action: u32,
+    /// Mean time per repetition, as the kernel measured it.
+    pub per_run: Duration,
+}
+
+/// The loaded program with its ring buffer and counters.
+pub struct Loaded {
+    ebpf: Ebpf,
+    program: &'static str,
+    ring: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, CpuStats>,
+}
+
+/// The kernel's per-CPU counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub seen: u64,
+    pub sampled: u64,
+    pub ring_full: u64,
+}
+
+impl Loaded {
+    pub fn load(s: Settings) -> Self {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(SAMPLE_RATE_GLOBAL, &s.sample_rate, true)
+            .override_global(SNAPLEN_GLOBAL, &s.snaplen, true)
+            .override_global(WAKEUP_BYTES_GLOBAL, &s.wakeup_bytes, true)
+            .map_max_entries(SAMPLES_MAP, s.ring_bytes)
+            .load(PROGRAM)
+            .expect("load the XDP object (needs root)");
+        let ring = ebpf.take_map(SAMPLES_MAP).expect("the SAMPLES map");
+        let ring = RingBuf::try_from(ring).expect("SAMPLES is a ring buffer");
+        let stats = ebpf.take_map(STATS_MAP).expect("the STATS map");
+        let stats = PerCpuArray::try_from(stats).expect("STATS is a per-CPU array");
+        let prog: &mut Xdp = ebpf
+            .program_mut(s.program)
+            .expect("the program is in the object")
+            .try_into()
+            .expect("an XDP program");
+        prog.load().expect("the verifier accepts the program");
+        Self {
+            ebpf,
+            program: s.program,
+            ring,
+            stats,
+        }
+    }
+
+    /// Runs the program `repeat` times on `frame`.
+    pub fn run(&self, frame: &[u8], repeat: u32) -> Run {
+        let prog: &Xdp = self
+            .ebpf
+            .program(self.program)
+            .expect("loaded above")
+            .try_into()
+            .expect("an XDP program");
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()));
+        Run {
+            action: result.return_value,
+            per_run: result.duration,
+        }
+    }
+
+    /// Every record waiting in the ring, in order, copied out (the ring is then empty).
+    pub fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            out.push(item.to_vec());
+        }
+        out
+    }
+
+    pub fn counters(&self) -> Counters {
+        let per_cpu = self.stats.get(&0, 0).expect("read STATS");
+        per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
+            seen: acc.seen + c.seen,
+            sampled: acc.sampled + c.sampled,
+            ring_full: acc.ring_full + c.ring_full,
+        })
+    }
+}

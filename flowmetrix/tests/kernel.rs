@@ -1,0 +1,251 @@
+//! The XDP program itself, in this process (root tier): the embedded object is loaded with
+//! chosen settings and run on frames with BPF_PROG_TEST_RUN (tests/common/xdp.rs), and the
+//! ring records and per-CPU counters are read back and checked exactly — like aya's own
+//! `test/integration-test/src/tests/prog_test_run.rs`.
+
+mod common;
+
+use std::mem::{offset_of, size_of};
+
+use common::xdp::{Counters, Loaded, Settings};
+use flowmetrix_common::{MAX_SNAPLEN, SLOT_SIZES, SampleHeader};
+
+const XDP_PASS: u32 = 2;
+
+/// A frame of `len` bytes: Ethernet/IPv4/UDP with a counting payload from 42 bytes on, the
+/// first `len` bytes of one below that (BPF_PROG_TEST_RUN takes 14 bytes at least).
+fn frame(len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len.saturating_sub(42))
+        .map(|i| (i * 7 + len) as u8)
+        .collect();
+    let mut f = common::frames::write(|v| {
+        common::frames::eth()
+            .ipv4(common::frames::IP4_B, common::frames::IP4_A, 64)
+            .udp(40_000, 53)
+            .write(v, &payload)
+            .unwrap()
+    });
+    f.truncate(len);
+    f
+}
+
+/// One ring record, taken apart with the layout of flowmetrix-common.
+struct Record {
+    header: SampleHeader,
+    /// The record's data slot: every byte after the header.
+    slot: Vec<u8>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn parse(record: &[u8]) -> Record {
+    let head = size_of::<SampleHeader>();
+    assert!(record.len() >= head, "record of {} bytes", record.len());
+    let header = SampleHeader {
+        ts_boot_ns: u64::from_ne_bytes(record[..8].try_into().unwrap()),
+        wire_len: u32_at(record, offset_of!(SampleHeader, wire_len)),
+        cap_len: u32_at(record, offset_of!(SampleHeader, cap_len)),
+        ifindex: u32_at(record, offset_of!(SampleHeader, ifindex)),
+        rx_queue: u32_at(record, offset_of!(SampleHeader, rx_queue)),
+    };
+    Record {
+        header,
+        slot: record[head..].to_vec(),
+    }
+}
+
+/// The smallest slot that holds `n` bytes.
+fn slot_for(n: usize) -> usize {
+    SLOT_SIZES
+        .into_iter()
+        .find(|&s| s >= n)
+        .expect("n <= MAX_SNAPLEN")
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out pointer.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Every length from the smallest the kernel takes to past the largest slot, longer frames
+/// up to what one page of XDP test buffer holds, and a 9000-byte jumbo frame, which the
+/// kernel hands over as a page plus fragments: `wire_len` must count them all.
+fn lengths() -> Vec<usize> {
+    (14..=300)
+        .chain([
+            511, 512, 513, 1000, 1499, 1500, 1514, 2048, 3000, 3500, 9000,
+        ])
+        .collect()
+}
+
+#[test]
+fn every_length_passes_with_the_smallest_slot_and_the_first_min_wire_snaplen_bytes() {
+    if !common::root_tier() {
+        return;
+    }
+    let lengths = lengths();
+    // Around each slot boundary, the default, the maximum, and one above the maximum (the
+    // collector refuses it; the program must still clamp to MAX_SNAPLEN).
+    for snaplen in [1u32, 14, 63, 64, 65, 127, 128, 129, 192, 255, 256, 4096] {
+        let mut prog = Loaded::load(Settings {
+            snaplen,
+            ..Default::default()
+        });
+        for (i, &len) in lengths.iter().enumerate() {
+            let f = frame(len);
+            let before = boot_ns();
+            let run = prog.run(&f, 1);
+            let after = boot_ns();
+            let what = format!("{len}-byte frame, snaplen {snaplen}");
+            assert_eq!(run.action, XDP_PASS, "{what}");
+
+            let records = prog.drain();
+            assert_eq!(records.len(), 1, "{what}: rate 1 samples every frame");
+            let r = parse(&records[0]);
+            let want = len.min(snaplen as usize).min(MAX_SNAPLEN);
+            assert_eq!(r.slot.len(), slot_for(want), "{what}: slot size");
+            assert_eq!(r.header.cap_len as usize, want, "{what}: cap_len");
+            assert_eq!(&r.slot[..want], &f[..want], "{what}: copied bytes");
+            assert_eq!(r.header.wire_len as usize, len, "{what}: wire_len");
+            assert!(
+                (before..=after).contains(&r.header.ts_boot_ns),
+                "{what}: ts {} outside {before}..={after}",
+                r.header.ts_boot_ns
+            );
+            // BPF_PROG_TEST_RUN without a context runs on loopback's first queue.
+            assert_eq!((r.header.ifindex, r.header.rx_queue), (1, 0), "{what}");
+
+            let n = i as u64 + 1;
+            assert_eq!(
+                prog.counters(),
+                Counters {
+                    seen: n,
+                    sampled: n,
+                    ring_full: 0
+                },
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn counters_are_exact_at_every_rate() {
+    if !common::root_tier() {
+        return;
+    }
+    let f = frame(60);
+    for rate in [1u32, 2, 7, 100, 1_000_000] {
+        let mut prog = Loaded::load(Settings {
+            sample_rate: rate,
+            ..Default::default()
+        });
+        let mut records = 0;
+        for round in 1..=5u64 {
+            assert_eq!(prog.run(&f, 1_000).action, XDP_PASS, "rate {rate}");
+            records += prog.drain().len() as u64;
+            let c = prog.counters();
+            assert_eq!(c.seen, round * 1_000, "rate {rate}: {c:?}");
+            assert_eq!(c.ring_full, 0, "rate {rate}: {c:?}");
+            assert_eq!(c.sampled, records, "rate {rate}: every sample is a record");
+        }
+        if rate == 1 {
+            assert_eq!(records, 5_000);
+        }
+        if rate == 1_000_000 {
+            // The first frame on a CPU is always sampled; then a skip of up to 2 million.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+            assert!((1..=cpus).contains(&records), "{records}");
+        }
+    }
+}
+
+#[test]
+fn one_in_n_over_a_hundred_thousand_frames_samples_about_runs_over_n() {
+    if !common::root_tier() {
+        return;
+    }
+    const RUNS: u32 = 100_000;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let f = frame(60);
+    for rate in [2u32, 10, 100, 1_000] {
+        let mut prog = Loaded::load(Settings {
+            sample_rate: rate,
+            // Room for every sample at rate 2: 50 000 records of 96 bytes.
+            ring_bytes: 8 << 20,
+            ..Default::default()
+        });
+        assert_eq!(prog.run(&f, RUNS).action, XDP_PASS);
+        let records = prog.drain().len() as u64;
+        let c = prog.counters();
+        assert_eq!((c.seen, c.ring_full), (u64::from(RUNS), 0), "{c:?}");
+        assert_eq!(c.sampled, records);
+
+        // The gaps between samples are independent and uniform on 1..=2N-1: mean N,
+        // variance N(N-1)/3. By the renewal central limit theorem the count over R frames
+        // is about normal with mean R/N and variance R·(N(N-1)/3)/N³ = R(N-1)/(3N²):
+        // for N = 10, sd 55; N = 100, sd 18; N = 1000, sd 5.8. Allow 6 sd (a chance of
+        // 2e-9 to fail by luck) plus one extra sample per CPU (the first frame a CPU sees
+        // is always sampled; the kernel may move the run between CPUs).
+        let (r, n) = (f64::from(RUNS), f64::from(rate));
+        let sd = (r * (n - 1.0) / (3.0 * n * n)).sqrt();
+        let mean = r / n;
+        let bound = 6.0 * sd + cpus;
+        let got = c.sampled as f64;
+        assert!(
+            (got - mean).abs() <= bound,
+            "rate {rate}: sampled {got} of {RUNS}, want {mean} ± {bound:.0}"
+        );
+    }
+}
+
+/// Bytes a record of data slot `slot` takes in the ring: the kernel's 8-byte record header,
+/// ours, the slot, rounded up to 8.
+fn ring_record_bytes(slot: usize) -> usize {
+    (8 + size_of::<SampleHeader>() + slot).div_ceil(8) * 8
+}
+
+#[test]
+fn a_full_ring_counts_ring_full_and_still_passes() {
+    if !common::root_tier() {
+        return;
+    }
+    // SAFETY: no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    for len in [60, 100, 1500] {
+        // The smallest ring there is: one page.
+        let mut prog = Loaded::load(Settings {
+            ring_bytes: page as u32,
+            snaplen: MAX_SNAPLEN as u32,
+            ..Default::default()
+        });
+        let fits = (page / ring_record_bytes(slot_for(len.min(MAX_SNAPLEN)))) as u64;
+        let f = frame(len);
+        assert_eq!(prog.run(&f, 200).action, XDP_PASS, "{len}");
+        let c = prog.counters();
+        assert_eq!(
+            c,
+            Counters {
+                seen: 200,
+                sampled: 200,
+                ring_full: 200 - fits
+            },
+            "{len}-byte frames, {fits} fit"
+        );
+        assert_eq!(prog.drain().len() as u64, fits, "{len}");
+        // Drained, the ring takes records again.
+        assert_eq!(prog.run(&f, 5).action, XDP_PASS);
+        assert_eq!(prog.drain().len(), 5);
+        assert_eq!(prog.counters().ring_full, 200 - fits);
+    }
+}
