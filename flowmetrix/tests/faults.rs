@@ -9,31 +9,10 @@ use std::{
     collections::HashSet,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{NetPair, Summary, endpoint::Endpoint, frames::udp_frame};
-
-fn send(net: &NetPair, range: std::ops::Range<u32>) {
-    let sender = net.sender();
-    for i in range {
-        sender.send(&udp_frame(i));
-        if i % 100 == 99 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    done()
-}
+use common::{NetPair, Summary, endpoint::Endpoint, frames::udp_frame, wait_until};
 
 /// `sampled = ring drops + decode errors + queue drops + write errors + written + spooled`.
 fn assert_equation(s: &Summary) {
@@ -100,12 +79,12 @@ fn on_spool(net: &NetPair, endpoint: &Endpoint, dir: &str) -> common::Collector 
         "--spool-dir",
         dir,
     ];
-    net.collector(&args)
+    net.collector().args(&args).start()
 }
 
 #[test]
 fn a_disk_that_fills_mid_record_loses_only_the_rows_it_counts() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let disk = Tmpfs::new("full", "1m");
     let spool = disk.0.join("spool");
     let spool_arg = spool.to_str().unwrap().to_owned();
@@ -115,10 +94,10 @@ fn a_disk_that_fills_mid_record_loses_only_the_rows_it_counts() {
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.refuse_for(Duration::from_secs(3600));
     let collector = on_spool(&net, &endpoint, &spool_arg);
-    send(&net, 0..4_000);
+    net.send_udp(0..4_000);
     std::thread::sleep(Duration::from_secs(2));
     std::fs::remove_file(&filler).unwrap();
-    send(&net, 4_000..7_000);
+    net.send_udp(4_000..7_000);
     std::thread::sleep(Duration::from_secs(2));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -154,9 +133,9 @@ fn a_disk_that_fills_mid_record_loses_only_the_rows_it_counts() {
 
 #[test]
 fn a_second_collector_on_the_same_spool_is_refused_naming_the_first() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let first = net.greptime_collector(&endpoint, &[], &[]);
+    let first = net.collector().greptime(&endpoint).start();
     let spool = net.spool_dir();
     // A replay beside the running service, on its default spool directory.
     let pcap = std::env::temp_dir().join(format!("fmx-one-{}.pcap", std::process::id()));
@@ -213,11 +192,15 @@ fn one_frame_pcap() -> Vec<u8> {
 
 #[test]
 fn a_full_spool_drops_the_oldest_rows_counts_each_and_uses_the_whole_limit() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.refuse_for(Duration::from_secs(3600));
-    let collector = net.greptime_collector(&endpoint, &["--spool-max-bytes", "256K"], &[]);
-    send(&net, 0..10_000);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--spool-max-bytes", "256K"])
+        .start();
+    net.send_udp(0..10_000);
     std::thread::sleep(Duration::from_secs(2));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -238,7 +221,11 @@ fn a_full_spool_drops_the_oldest_rows_counts_each_and_uses_the_whole_limit() {
 
     // What is left is the newest rows: a second run replays them.
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    let collector = net.greptime_collector(&endpoint, &["--spool-max-bytes", "256K"], &[]);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--spool-max-bytes", "256K"])
+        .start();
     let kept = s.spooled - s.spool_lost;
     assert!(wait_until(Duration::from_secs(30), || {
         endpoint.row_keys("packet_data").len() as u64 >= kept
@@ -252,15 +239,16 @@ fn a_full_spool_drops_the_oldest_rows_counts_each_and_uses_the_whole_limit() {
 
 #[test]
 fn a_stalled_spool_disk_never_stalls_the_ring_and_ctrl_c_keeps_its_deadline() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.refuse_for(Duration::from_secs(3600));
-    let collector = net.greptime_collector(
-        &endpoint,
-        &["--queue-size", "2000", "--shutdown-timeout", "2s"],
-        &[("FLOWMETRIX_TEST_SPOOL_STALL_MS", "1000")],
-    );
-    send(&net, 0..20_000);
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--queue-size", "2000", "--shutdown-timeout", "2s"])
+        .env(&[("FLOWMETRIX_TEST_SPOOL_STALL_MS", "1000")])
+        .start();
+    net.send_udp(0..20_000);
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
@@ -280,9 +268,9 @@ fn a_stalled_spool_disk_never_stalls_the_ring_and_ctrl_c_keeps_its_deadline() {
 
 #[test]
 fn an_interface_deleted_under_the_collector_ends_it_with_an_error() {
-    let net = NetPair::new();
-    let collector = net.collector(&["--output", "none"]);
-    send(&net, 0..100);
+    let net = net_pair_or_skip!();
+    let collector = net.collector().args(&["--output", "none"]).start();
+    net.send_udp(0..100);
     std::thread::sleep(Duration::from_millis(300));
     let ok = Command::new("ip")
         .args(["netns", "exec", &net.ns_a, "ip", "link", "del", &net.if_a])
@@ -306,14 +294,14 @@ fn an_interface_deleted_under_the_collector_ends_it_with_an_error() {
 
 #[test]
 fn a_kill_during_replay_resumes_after_the_last_acknowledged_record() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let spool = net.spool_dir();
     let spool_arg = spool.to_str().unwrap().to_owned();
     // A first run spools 20 000 rows with GreptimeDB away.
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.refuse_for(Duration::from_secs(3600));
     let collector = on_spool(&net, &endpoint, &spool_arg);
-    send(&net, 0..20_000);
+    net.send_udp(0..20_000);
     std::thread::sleep(Duration::from_secs(1));
     let first = collector.interrupt().summary();
     assert_eq!(first.spooled, 20_000, "{first:?}");

@@ -299,20 +299,23 @@ fn unknown_database_is_reported_at_start() {
 /// nothing is spooled, the dead one is named once, and it is no outage.
 #[test]
 fn a_dead_endpoint_of_two_is_named_once_and_rows_go_to_the_other() {
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     // Nothing listens on port 1 inside the collector's namespace.
     let endpoints = format!("127.0.0.1:1,{}", endpoint.addr);
     let spool = net.spool_dir();
-    let collector = net.collector(&[
-        "--greptime-endpoint",
-        &endpoints,
-        "--flush-interval",
-        "100ms",
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ]);
-    send_udp(&net, 0..3_000);
+    let collector = net
+        .collector()
+        .args(&[
+            "--greptime-endpoint",
+            &endpoints,
+            "--flush-interval",
+            "100ms",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ])
+        .start();
+    net.send_udp(0..3_000);
     wait_for_rows(&endpoint, "packet_data", 3_000, Duration::from_secs(10));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{endpoint::Endpoint, frames::udp_frame, wait_until};
+use common::{NetPair, endpoint::Endpoint, frames::udp_frame, wait_until};
 
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -156,10 +156,10 @@ fn ten_seconds_at_a_steady_rate_with_greptimedb_away_all_arrive_later() {
         100_000.0
     };
     const TOTAL: usize = RATE as usize * 10;
-    let net = NetPair::new();
+    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.keys_only();
-    let collector = net.greptime_collector(&endpoint, &[], &[]);
+    let collector = net.collector().greptime(&endpoint).start();
     let pid = collector.pid();
     endpoint.refuse_for(Duration::from_secs(12));
     // 50 000 distinct frames (by source port), each sent 20 times: (ts, port) tells rows apart.

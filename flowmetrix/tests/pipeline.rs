@@ -44,7 +44,12 @@ fn pcap(name: &str, frames: &[Vec<u8>]) -> PathBuf {
     }
     for (i, f) in frames.iter().enumerate() {
         let usec = (i as u32) * 1_000;
-        for w in [1_795_000_000 + usec / 1_000_000, usec % 1_000_000, f.len() as u32, f.len() as u32] {
+        for w in [
+            1_795_000_000 + usec / 1_000_000,
+            usec % 1_000_000,
+            f.len() as u32,
+            f.len() as u32,
+        ] {
             v.extend_from_slice(&w.to_le_bytes());
         }
         v.extend_from_slice(f);
@@ -105,7 +110,9 @@ fn assert_equation(s: &Summary) {
 #[test]
 fn a_file_goes_through_every_stage_into_greptimedb() {
     let endpoint = Endpoint::start(None);
-    let frames: Vec<Vec<u8>> = (0..500).map(|i| frame(i, if i % 2 == 0 { 53 } else { 9000 })).collect();
+    let frames: Vec<Vec<u8>> = (0..500)
+        .map(|i| frame(i, if i % 2 == 0 { 53 } else { 9000 }))
+        .collect();
     let file = pcap("all", &frames);
     let decode = DecodeSettings {
         prefix: Prefix::Fixed(0),
@@ -115,7 +122,10 @@ fn a_file_goes_through_every_stage_into_greptimedb() {
     assert!(out.error.is_none(), "{:?}", out.error);
     let s = out.summary;
     assert_equation(&s);
-    assert_eq!((s.kernel.seen, s.kernel.sampled, s.decoded, s.written), (500, 500, 500, 500));
+    assert_eq!(
+        (s.kernel.seen, s.kernel.sampled, s.decoded, s.written),
+        (500, 500, 500, 500)
+    );
     let rows = endpoint.rows("packet_data");
     assert_eq!(rows.len(), 500);
     for r in &rows {
@@ -155,7 +165,10 @@ fn auto_detect_learns_the_prefix_of_a_file_and_decodes_every_frame() {
     assert_equation(&out.summary);
     assert_eq!((out.summary.written, out.summary.decode_errors), (40, 0));
     let rows = endpoint.rows("packet_data");
-    assert!(rows.iter().all(|r| r["application"] == "DNS" && r["src_mac"] == "02:00:00:00:00:01"));
+    assert!(
+        rows.iter()
+            .all(|r| r["application"] == "DNS" && r["src_mac"] == "02:00:00:00:00:01")
+    );
     std::fs::remove_file(file).unwrap();
 }
 
@@ -171,7 +184,11 @@ fn a_truncated_file_writes_the_frames_before_the_damage_and_says_so() {
         .unwrap()
         .set_len(len - 10)
         .unwrap();
-    let out = run(settings(file.clone(), DecodeSettings::default(), greptime(&endpoint)));
+    let out = run(settings(
+        file.clone(),
+        DecodeSettings::default(),
+        greptime(&endpoint),
+    ));
     let err = out.error.expect("the damage is reported").to_string();
     assert!(err.contains("truncated") && err.contains("299"), "{err}");
     assert_equation(&out.summary);
@@ -185,7 +202,11 @@ fn frames_that_are_not_packets_are_counted_as_decode_errors() {
     let mut frames: Vec<Vec<u8>> = (0..10).map(|i| frame(i, 53)).collect();
     frames.push(vec![1, 2, 3]); // shorter than an Ethernet header
     let file = pcap("bad", &frames);
-    let out = run(settings(file.clone(), DecodeSettings::default(), SinkConfig::None));
+    let out = run(settings(
+        file.clone(),
+        DecodeSettings::default(),
+        SinkConfig::None,
+    ));
     assert!(out.error.is_none());
     assert_equation(&out.summary);
     assert_eq!((out.summary.written, out.summary.decode_errors), (10, 1));
