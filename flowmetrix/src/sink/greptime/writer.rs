@@ -353,7 +353,6 @@ pub async fn run(
         for rows in full.drain(..) {
             submit(&writer, &in_flight, &mut tasks, rows).await;
         }
-        Counters::set(&counters.queue_depth, rx.depth() as u64);
     }
 
     // The queue is closed: capture has stopped. Write what is left within the deadline.
