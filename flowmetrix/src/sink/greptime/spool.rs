@@ -97,6 +97,8 @@ pub struct Contents {
     /// Rows in records that were damaged (torn, corrupt) and cannot be replayed.
     pub damaged_rows: u64,
     pub damaged: bool,
+    /// Where the intact records end (the damage begins).
+    pub good_len: usize,
 }
 
 impl Contents {
@@ -139,8 +141,8 @@ struct Replaying {
     in_flight: u64,
     /// Dropped for room while being replayed: the replayer stops at its next record.
     evicted: bool,
-    /// Renamed `.bad`: kept (not deleted) once replayed.
-    quarantined: bool,
+    /// Renamed `.bad`: kept (not deleted) once replayed; its records end here.
+    quarantined: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -280,6 +282,7 @@ pub fn parse_segment(bytes: Vec<u8>) -> Contents {
         }
         at = range.end;
     }
+    out.good_len = at;
     out.bytes = bytes;
     out
 }
@@ -464,10 +467,10 @@ impl Spool {
         let limit = (self.segment_bytes / 2) as usize;
         match &req.inserts[..] {
             [one] if req.encoded_len() > limit && rows > 1 => {
-                let Some(r) = &one.rows else {
+                let Some(r) = one.rows.as_ref().filter(|r| r.rows.len() > 1) else {
                     return self.append_one(database, req, rows);
                 };
-                let parts = req.encoded_len().div_ceil(limit).min(r.rows.len());
+                let parts = req.encoded_len().div_ceil(limit).clamp(1, r.rows.len());
                 let per = r.rows.len().div_ceil(parts);
                 for chunk in r.rows.chunks(per) {
                     let part = RowInsertRequests {
@@ -620,7 +623,7 @@ impl Spool {
                 done: 0,
                 in_flight: 0,
                 evicted: false,
-                quarantined: false,
+                quarantined: None,
             });
             seg
         };
@@ -662,7 +665,7 @@ impl Spool {
                 return self.stopped_evicted();
             }
             r.seg = seg.clone();
-            r.quarantined = contents.damaged;
+            r.quarantined = contents.damaged.then_some(contents.good_len as u64);
         }
         Some((seg, contents))
     }
@@ -734,7 +737,7 @@ impl Spool {
         if let Some(r) = inner.replaying.take()
             && !r.evicted
         {
-            if r.quarantined {
+            if r.quarantined.is_some() {
                 inner.bad.push_back((r.seg.path, r.seg.bytes));
                 while inner.bad.len() > MAX_BAD_FILES {
                     if let Some((path, bytes)) = inner.bad.pop_front() {
@@ -760,11 +763,25 @@ impl Spool {
         {
             let mut seg = r.seg;
             seg.rows = seg.rows.saturating_sub(r.done);
-            if r.quarantined {
-                // Good records remain in a `.bad` file: take them up as a segment again.
+            if let Some(good_len) = r.quarantined {
+                // Good records remain in a `.bad` file: a segment again, cut before the
+                // damage (its rows are counted as lost already, and must not be twice).
                 let back = seg_path(&self.dir, seg.seq);
-                if fs::rename(&seg.path, &back).is_ok() {
+                let cut = OpenOptions::new()
+                    .write(true)
+                    .open(&seg.path)
+                    .and_then(|f| f.set_len(good_len));
+                if cut.is_ok() && fs::rename(&seg.path, &back).is_ok() {
+                    inner.bytes -= (seg.bytes - good_len.min(seg.bytes)).min(inner.bytes);
                     seg.path = back;
+                    seg.bytes = good_len;
+                } else {
+                    // Kept as it is: its good records are not replayed (counted as lost).
+                    self.lose(seg.rows);
+                    inner.bad.push_back((seg.path, seg.bytes));
+                    drop(inner);
+                    self.publish();
+                    return;
                 }
             }
             inner.closed.push_front(seg);
@@ -974,6 +991,47 @@ mod tests {
         spool.done();
         assert!(path.with_extension("bad").exists(), "quarantined");
         assert_eq!(spool.bytes(), on_disk(&d), "the .bad file counts");
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_segment_put_back_is_not_counted_twice() {
+        let d = dir("torn-back");
+        let counters = Arc::new(Counters::default());
+        {
+            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+            for i in 0..4 {
+                spool.append("public", &req(&format!("t{i}"), 10), 10);
+            }
+        }
+        let path = seg_path(&d, 0);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 7)
+            .unwrap();
+        {
+            let spool = Spool::open(&d, 1 << 20, Arc::clone(&counters)).unwrap();
+            let (_, c) = spool.take_oldest().unwrap();
+            assert!(spool.begin(10));
+            spool.finish(&c.records[0], Replayed::Written);
+            spool.put_back(); // shutdown during the replay
+            assert_eq!(spool.rows(), 20);
+            assert_eq!(spool.bytes(), on_disk(&d));
+        }
+        assert_eq!(Counters::get(&counters.spool_lost), 10);
+        let again = Arc::new(Counters::default());
+        let spool = Spool::open(&d, 1 << 20, Arc::clone(&again)).unwrap();
+        let tables: Vec<String> = replay_all(&spool).into_iter().map(|t| t.0).collect();
+        assert_eq!(tables, ["t1", "t2"]);
+        assert_eq!(
+            Counters::get(&again.spool_lost),
+            0,
+            "the damage was counted once"
+        );
         drop(spool);
         fs::remove_dir_all(d).unwrap();
     }
