@@ -61,6 +61,8 @@ struct State {
     user: Option<(String, String)>,
     /// (database, table) → column name → type, fixed when first seen.
     tables: HashMap<(String, String), Vec<(String, i32)>>,
+    /// Tables that keep every row (created with the `append_mode=true` hint, or altered).
+    append_only: std::collections::HashSet<(String, String)>,
     received: Vec<Received>,
     /// Fail this many coming requests with this gRPC code, greptime code and message.
     fail: Option<(usize, Code, u32, String)>,
@@ -126,6 +128,25 @@ fn greptime_code_for(code: Code) -> u32 {
         Code::PermissionDenied => 7005,  // AccessDenied
         Code::NotFound => 4001,          // TableNotFound
         _ => 1000,                       // Unknown
+    }
+}
+
+/// `ALTER TABLE "t" SET 'append_mode' = 'true'` → t.
+fn alter_append_mode(sql: &str) -> Option<String> {
+    let words: Vec<&str> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect();
+    match words[..] {
+        [alter, table, name, set, "'append_mode'", "=", "'true'"]
+            if alter.eq_ignore_ascii_case("alter")
+                && table.eq_ignore_ascii_case("table")
+                && set.eq_ignore_ascii_case("set") =>
+        {
+            Some(name.trim_matches('"').replace("\"\"", "\""))
+        }
+        _ => None,
     }
 }
 
@@ -237,6 +258,21 @@ impl GreptimeDatabase for Service {
                     // The statement ran; its (empty) result cannot go back over Handle.
                     return Err(Status::unimplemented("GreptimeDatabase::Handle for query"));
                 }
+                if let Some(table) = alter_append_mode(&sql) {
+                    if !st.databases.contains(&db) {
+                        return Err(schema_not_found(&db));
+                    }
+                    let key = (db.clone(), table);
+                    if !st.tables.contains_key(&key) {
+                        return Err(gt_error(
+                            Code::NotFound,
+                            4001,
+                            format!("Table not found: greptime.{}.{}", key.0, key.1),
+                        ));
+                    }
+                    st.append_only.insert(key);
+                    return Ok(affected_rows(0));
+                }
                 let head = sql.trim_start().to_ascii_uppercase();
                 if ["SELECT", "SHOW", "DESC", "EXPLAIN", "TQL"]
                     .iter()
@@ -317,9 +353,19 @@ impl GreptimeDatabase for Service {
                 }
             }
         }
+        let append_hint = hints
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .any(|h| h.trim() == "append_mode=true");
         let mut affected = 0;
         for insert in inserts.inserts {
             let rows = insert.rows.unwrap_or_default();
+            let key = (db.clone(), insert.table_name.clone());
+            if append_hint && !st.tables.contains_key(&key) {
+                // Table options apply only when the insert creates the table.
+                st.append_only.insert(key);
+            }
             let cols = st
                 .tables
                 .entry((db.clone(), insert.table_name.clone()))
@@ -654,6 +700,15 @@ impl Endpoint {
     }
 
     /// SQL statements received over `Handle`, in order.
+    /// Whether `db.table` keeps every row (append mode).
+    pub fn append_only(&self, db: &str, table: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .append_only
+            .contains(&(db.to_owned(), table.to_owned()))
+    }
+
     pub fn sql(&self) -> Vec<String> {
         self.state.lock().unwrap().sql.clone()
     }

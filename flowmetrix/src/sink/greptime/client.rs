@@ -8,9 +8,10 @@ use greptimedb_ingester::{
     client::Client,
     database::Database,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
+    endpoints::AppendMode,
     retry::{CONNECT_TIMEOUT, Failure, REQUEST_TIMEOUT},
     settings::{Compression, GreptimeConfig},
     writer::Writer,
@@ -94,6 +95,20 @@ pub async fn startup_check(writer: Arc<Writer>) {
     }
     if !up.is_empty() {
         info!("{} is ready", writer.cfg.describe());
+        let table = &writer.cfg.table;
+        match writer
+            .endpoints
+            .ensure_append_mode(STARTUP_CHECK_TIMEOUT)
+            .await
+        {
+            AppendMode::Ensured => info!(
+                "table {table} exists; it is append-only (rows with equal tags and timestamp are all kept)"
+            ),
+            AppendMode::NoTable => {}
+            AppendMode::Failed(why) => warn!(
+                "cannot make table {table} append-only ({why}): if it was created without append mode (by the Go original, say), GreptimeDB merges rows with equal tags and timestamp; run ALTER TABLE \"{table}\" SET 'append_mode' = 'true'"
+            ),
+        }
     } else if !unreachable.is_empty() {
         writer.outage_began_at(&unreachable.join("; "), started);
     }

@@ -62,6 +62,23 @@ pub struct Chosen {
     pub db: Database,
 }
 
+/// How [`Endpoints::ensure_append_mode`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendMode {
+    /// The table exists and is append-only now.
+    Ensured,
+    /// No such table yet: the first insert creates it append-only.
+    NoTable,
+    /// The statement failed (permissions, …): the table may merge rows.
+    Failed(String),
+}
+
+/// A SQL statement that did not run.
+enum SqlError {
+    Client(Failure),
+    Server(tonic::Status),
+}
+
 /// Every endpoint is out of rotation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("every GreptimeDB endpoint is down ({0})")]
@@ -274,11 +291,22 @@ impl Endpoints {
     /// query", without a greptime code. It passes authentication first, like an insert. (An
     /// empty insert does not look the database up.)
     async fn check_database(&self, index: usize) -> Result<(), Failure> {
+        self.sql(index, use_statement(&self.cfg.database))
+            .await
+            .map_err(|e| match e {
+                SqlError::Client(f) => f,
+                SqlError::Server(s) => classify_status(&s, &self.cfg),
+            })
+    }
+
+    /// One SQL statement on endpoint `index`, in the run's database. A statement whose
+    /// result cannot come back over this call (Unimplemented without a greptime code) ran.
+    async fn sql(&self, index: usize, statement: String) -> Result<(), SqlError> {
         let m = &self.members[index];
         let (_, channel) = m
             .client
             .find_channel()
-            .map_err(|e| classify(&e, &self.cfg))?;
+            .map_err(|e| SqlError::Client(classify(&e, &self.cfg)))?;
         let mut client = GreptimeDatabaseClient::new(channel);
         if let Some(c) = m.client.send_compression() {
             client = client.send_compressed(c);
@@ -293,13 +321,37 @@ impl Endpoints {
                 ..Default::default()
             }),
             request: Some(Request::Query(QueryRequest {
-                query: Some(Query::Sql(use_statement(&self.cfg.database))),
+                query: Some(Query::Sql(statement)),
             })),
         };
         match client.handle(request).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::Unimplemented && greptime_code(&s).is_none() => Ok(()),
-            Err(s) => Err(classify_status(&s, &self.cfg)),
+            Err(s) => Err(SqlError::Server(s)),
+        }
+    }
+
+    /// Makes an existing table append-only (`ALTER TABLE … SET 'append_mode' = 'true'`,
+    /// which GreptimeDB allows from false to true, and to the value it has): a table created
+    /// without it — by the Go original, say — merges rows with equal tags and timestamp.
+    /// A table that does not exist yet is created append-only by the first insert.
+    pub async fn ensure_append_mode(&self, timeout: Duration) -> AppendMode {
+        let Ok(chosen) = self.pick() else {
+            return AppendMode::Failed("no endpoint is up".into());
+        };
+        let statement = format!(
+            "ALTER TABLE \"{}\" SET 'append_mode' = 'true'",
+            self.cfg.table.replace('"', "\"\"")
+        );
+        match tokio::time::timeout(timeout, self.sql(chosen.index, statement)).await {
+            Err(_) => AppendMode::Failed(format!("no answer within {timeout:?}")),
+            Ok(Ok(())) => AppendMode::Ensured,
+            Ok(Err(SqlError::Server(s))) if greptime_code(&s) == Some(4001) => AppendMode::NoTable,
+            Ok(Err(SqlError::Server(s))) => AppendMode::Failed(s.message().to_owned()),
+            Ok(Err(SqlError::Client(f))) => AppendMode::Failed(match f {
+                Failure::Retry { why, .. } => why,
+                Failure::Fatal { message, .. } => message,
+            }),
         }
     }
 
