@@ -7,8 +7,10 @@ use std::{path::Path, sync::Arc};
 
 use crate::{
     app::Applications,
-    capture::{self, CaptureConfig, XdpMode},
-    cli::{Cli, LogFormat, Output, PASSWORD_ENV, XdpModeArg},
+    capture::{self, CaptureConfig, Directions, IngressHook, TcAttach, XdpMode},
+    cli::{
+        Cli, DirectionArg, IngressHookArg, LogFormat, Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
+    },
     config::FileSettings,
     offset::Prefix,
     pipeline::{MetricsSettings, PipelineSettings},
@@ -131,6 +133,20 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                 sample_rate: cli.sample_rate,
                 snaplen: cli.snaplen,
                 ring_bytes: cli.ring_bytes,
+                directions: match cli.direction {
+                    DirectionArg::Ingress => Directions::Ingress,
+                    DirectionArg::Egress => Directions::Egress,
+                    DirectionArg::Both => Directions::Both,
+                },
+                ingress_hook: match cli.ingress_hook {
+                    IngressHookArg::Xdp => IngressHook::Xdp,
+                    IngressHookArg::Tc => IngressHook::Tc,
+                },
+                tc_attach: match cli.tc_attach {
+                    TcAttachArg::Auto => TcAttach::Auto,
+                    TcAttachArg::Tcx => TcAttach::Tcx,
+                    TcAttachArg::Netlink => TcAttach::Netlink,
+                },
             }))
         }
     }
