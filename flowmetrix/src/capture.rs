@@ -249,14 +249,6 @@ impl Capture {
             tc_links.push(link);
             tc_attached = how;
         }
-        info!(
-            interface = %cfg.interface,
-            xdp = mode,
-            tc = tc_attached,
-            sample_rate = cfg.sample_rate,
-            snaplen = cfg.snaplen,
-            "capture attached"
-        );
         Ok(Self {
             ebpf,
             link,
@@ -395,7 +387,13 @@ fn attach_xdp(
             hint: "",
             source,
         })?;
-    debug!(interface = %cfg.interface, mode, "XDP attached");
+    info!(
+        interface = %cfg.interface,
+        mode,
+        sample_rate = cfg.sample_rate,
+        snaplen = cfg.snaplen,
+        "XDP attached"
+    );
     Ok((link, mode))
 }
 
@@ -440,7 +438,14 @@ fn attach_tc(
                 let link = program
                     .take_link(id)
                     .map_err(|e| fail("tcx", "", Box::new(e)))?;
-                debug!(interface = iface, direction, "TC attached through TCX");
+                info!(
+                    interface = iface,
+                    direction,
+                    attach = "tcx",
+                    sample_rate = cfg.sample_rate,
+                    snaplen = cfg.snaplen,
+                    "TC attached"
+                );
                 return Ok((link, "tcx"));
             }
             Err(e) if cfg.tc_attach == TcAttach::Tcx => {
@@ -463,7 +468,15 @@ fn attach_tc(
     warn!(
         interface = iface,
         direction,
-        "TC attached as a clsact filter (no TCX): it stays attached if the collector is killed with SIGKILL"
+        "a clsact filter (no TCX) stays attached if the collector is killed with SIGKILL"
+    );
+    info!(
+        interface = iface,
+        direction,
+        attach = "netlink",
+        sample_rate = cfg.sample_rate,
+        snaplen = cfg.snaplen,
+        "TC attached"
     );
     Ok((link, "netlink"))
 }

@@ -362,4 +362,3 @@ fn full_ring(program: &'static str) {
         assert_eq!(prog.counters().ring_full, 200 - fits);
     }
 }
-
