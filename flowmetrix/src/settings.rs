@@ -257,6 +257,41 @@ mod tests {
     }
 
     #[test]
+    fn the_direction_flags_reach_the_capture_config() {
+        let live = |args: &[&str]| match settings(args).unwrap().pipeline.source {
+            SourceSettings::Live(c) => (c.directions, c.ingress_hook, c.tc_attach),
+            SourceSettings::Pcap(_) => panic!("{args:?}: not live"),
+        };
+        assert_eq!(
+            live(&["fm", "-i", "lo"]),
+            (Directions::Ingress, IngressHook::Xdp, TcAttach::Auto)
+        );
+        assert_eq!(
+            live(&[
+                "fm",
+                "-i",
+                "lo",
+                "--direction",
+                "both",
+                "--ingress-hook",
+                "tc",
+                "--tc-attach",
+                "netlink"
+            ]),
+            (Directions::Both, IngressHook::Tc, TcAttach::Netlink)
+        );
+        assert_eq!(
+            live(&["fm", "-i", "lo", "--direction", "egress"]).0,
+            Directions::Egress
+        );
+        // A file has no directions to choose.
+        let parsed = cli::parse(
+            ["fm", "--pcap", "x", "--direction", "egress"].map(std::ffi::OsString::from),
+        );
+        assert!(parsed.is_err());
+    }
+
+    #[test]
     fn cross_setting_checks_are_one_line_each() {
         let lo = "lo";
         for (args, want) in [
