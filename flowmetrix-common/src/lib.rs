@@ -1,4 +1,4 @@
-//! Types shared by the XDP program (`flowmetrix-ebpf`) and the collector (`flowmetrix`).
+//! Types shared by the XDP and TC programs (`flowmetrix-ebpf`) and the collector (`flowmetrix`).
 //!
 //! Everything here is `#[repr(C)]` and crosses the kernel/user boundary byte for byte, so
 //! sizes and field offsets are pinned by the tests at the bottom of this file.
@@ -24,8 +24,10 @@ const _: () = {
 
 /// Name of the ring buffer map that carries [`Sample`]s to userspace.
 pub const SAMPLES_MAP: &str = "SAMPLES";
-/// Name of the per-CPU array (one entry) of [`CpuStats`].
+/// Name of the per-CPU array of [`CpuStats`]: one entry per [`Direction`], indexed by it.
 pub const STATS_MAP: &str = "STATS";
+/// Entries of [`STATS_MAP`]: ingress, egress.
+pub const DIRECTIONS: u32 = 2;
 /// Name of the global holding the sampling rate N (1 in N packets is sampled).
 pub const SAMPLE_RATE_GLOBAL: &str = "SAMPLE_RATE";
 /// Name of the global holding the snap length in bytes (1..=MAX_SNAPLEN).
@@ -34,6 +36,23 @@ pub const SNAPLEN_GLOBAL: &str = "SNAPLEN";
 pub const PROGRAM_NAME: &str = "flowmetrix";
 /// Name of the do-nothing XDP program benchmarks compare against.
 pub const BASELINE_PROGRAM_NAME: &str = "flowmetrix_baseline";
+/// Name of the TC (sched_cls) program for the ingress hook (`--ingress-hook tc`). Program
+/// names are kept within the kernel's 15 characters, so they show whole in `tc filter show`
+/// and program listings.
+pub const TC_INGRESS_PROGRAM_NAME: &str = "flowmetrix_in";
+/// Name of the TC program for the egress hook.
+pub const TC_EGRESS_PROGRAM_NAME: &str = "flowmetrix_eg";
+/// Name of the do-nothing TC program benchmarks compare against.
+pub const TC_BASELINE_PROGRAM_NAME: &str = "flowmetrix_nop";
+
+/// Which way a packet went through the interface, as the kernel records it in
+/// [`SampleHeader::direction`] and indexes [`STATS_MAP`] with.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
 
 /// Metadata the kernel writes in front of the captured bytes.
 #[repr(C)]
@@ -45,10 +64,13 @@ pub struct SampleHeader {
     pub wire_len: u32,
     /// How many bytes of `Sample::data` are valid (0..=the record's slot size).
     pub cap_len: u32,
-    /// Interface index the frame arrived on.
+    /// Interface index the frame arrived on (ingress) or leaves by (egress).
     pub ifindex: u32,
-    /// Receive queue the frame arrived on.
-    pub rx_queue: u32,
+    /// Receive queue the frame arrived on (XDP: `rx_queue_index`; TC: the skb's
+    /// `queue_mapping`, on egress the transmit queue), truncated to 16 bits.
+    pub rx_queue: u16,
+    /// A [`Direction`] as its u16 value (0 ingress, 1 egress).
+    pub direction: u16,
 }
 
 /// One ring-buffer record: a header and the first `cap_len` bytes of the frame, in a slot
@@ -64,8 +86,9 @@ pub struct Sample<const N: usize = MAX_SNAPLEN> {
 /// The data slot sizes a record can have, smallest first; the last is MAX_SNAPLEN.
 pub const SLOT_SIZES: [usize; 3] = [64, 128, MAX_SNAPLEN];
 
-/// Per-CPU state of the XDP program: counters and the sampling countdown. Counters only
-/// grow; userspace sums them over CPUs.
+/// Per-CPU, per-direction state of the programs: counters and the sampling countdown (so
+/// each direction is sampled 1 in N on its own). Counters only grow; userspace sums them
+/// over CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuStats {
@@ -125,6 +148,10 @@ mod tests {
         assert_eq!(offset_of!(SampleHeader, cap_len), 12);
         assert_eq!(offset_of!(SampleHeader, ifindex), 16);
         assert_eq!(offset_of!(SampleHeader, rx_queue), 20);
+        assert_eq!(offset_of!(SampleHeader, direction), 22);
+        assert_eq!(Direction::Ingress as u16, 0);
+        assert_eq!(Direction::Egress as u16, 1);
+        assert_eq!(DIRECTIONS, 2);
     }
 
     #[test]

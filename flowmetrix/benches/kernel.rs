@@ -1,7 +1,9 @@
 //! Kernel cost per packet, measured by the kernel itself (BPF_PROG_TEST_RUN, repeated):
-//! an XDP program that does nothing (the baseline), ours with the packet sampled out, and
-//! ours with the packet sampled in (ring-buffer reservation and copy), at 64- and 1500-byte
-//! frames. Needs root. Run with `cargo xtask bench` (or `cargo bench --bench kernel`).
+//! a program that does nothing (the baseline), ours with the packet sampled out, and ours
+//! with the packet sampled in (ring-buffer reservation and copy), at 64- and 1500-byte
+//! frames; for the XDP program against an empty XDP program, and for the TC egress program
+//! against an empty TC program. Needs root. Run with `cargo xtask bench` (or
+//! `cargo bench --bench kernel`).
 
 // The loader the kernel tests use (tests/kernel.rs); the bench needs only load and run.
 #[path = "../tests/common/xdp.rs"]
@@ -9,7 +11,9 @@
 mod xdp;
 
 use etherparse::PacketBuilder;
-use flowmetrix_common::{BASELINE_PROGRAM_NAME, PROGRAM_NAME};
+use flowmetrix_common::{
+    BASELINE_PROGRAM_NAME, PROGRAM_NAME, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
+};
 use xdp::{Loaded, Settings};
 
 const REPEAT: u32 = 1_000_000;
@@ -39,7 +43,8 @@ fn ns_per_packet(program: &'static str, sample_rate: u32, packet: &[u8]) -> f64 
                 wakeup_bytes: u32::MAX,
             });
             let run = loaded.run(packet, REPEAT);
-            assert_eq!(run.action, 2, "XDP_PASS");
+            let pass = if xdp::is_tc(program) { u32::MAX } else { 2 };
+            assert_eq!(run.action, pass, "XDP_PASS / TC_ACT_UNSPEC");
             run.per_run.as_nanos() as f64
         })
         .collect();
@@ -53,20 +58,31 @@ fn main() {
         "kernel cost per packet, BPF_PROG_TEST_RUN, {REPEAT} packets a run, median of {RUNS} runs"
     );
     println!(
-        "{:<12} {:>14} {:>14} {:>14} {:>12} {:>12}",
-        "frame", "baseline ns", "sampled-out ns", "sampled-in ns", "out - base", "in - base"
+        "{:<5} {:<12} {:>14} {:>14} {:>14} {:>12} {:>12}",
+        "hook",
+        "frame",
+        "baseline ns",
+        "sampled-out ns",
+        "sampled-in ns",
+        "out - base",
+        "in - base"
     );
-    for len in [64, 1500] {
-        let packet = frame(len);
-        let base = ns_per_packet(BASELINE_PROGRAM_NAME, 1, &packet);
-        // Rate 1 000 000: after the first packet, every one is skipped.
-        let out = ns_per_packet(PROGRAM_NAME, 1_000_000, &packet);
-        let inn = ns_per_packet(PROGRAM_NAME, 1, &packet);
-        println!(
-            "{:<12} {base:>14.1} {out:>14.1} {inn:>14.1} {:>12.1} {:>12.1}",
-            format!("{len} bytes"),
-            out - base,
-            inn - base
-        );
+    for (hook, baseline, program) in [
+        ("xdp", BASELINE_PROGRAM_NAME, PROGRAM_NAME),
+        ("tc", TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME),
+    ] {
+        for len in [64, 1500] {
+            let packet = frame(len);
+            let base = ns_per_packet(baseline, 1, &packet);
+            // Rate 1 000 000: after the first packet, every one is skipped.
+            let out = ns_per_packet(program, 1_000_000, &packet);
+            let inn = ns_per_packet(program, 1, &packet);
+            println!(
+                "{hook:<5} {:<12} {base:>14.1} {out:>14.1} {inn:>14.1} {:>12.1} {:>12.1}",
+                format!("{len} bytes"),
+                out - base,
+                inn - base
+            );
+        }
     }
 }

@@ -1,24 +1,41 @@
-//! Load the embedded XDP program, attach it to an interface, read its counters, detach.
+//! Load the embedded programs, attach them to an interface, read their counters, detach.
 //!
-//! Attachment is a bpf_link: the kernel detaches the program when the last file descriptor
-//! on the link closes, so a crashed or SIGKILLed collector leaves nothing behind.
+//! Ingress is sampled by the XDP program (or, with `--ingress-hook tc`, a TC program),
+//! egress by a TC program; all of them write to one ring buffer and one per-CPU counter
+//! array indexed by direction.
+//!
+//! XDP is attached through a bpf_link, TC through TCX (Linux 6.6+), a bpf_link too: the
+//! kernel detaches a program when the last file descriptor on its link closes, so a crashed
+//! or SIGKILLed collector leaves nothing behind. Where TCX is missing (or with the hidden
+//! `--tc-attach netlink`), TC programs are attached as a `clsact` qdisc filter through
+//! netlink. Such a filter is removed when the collector exits normally (Ctrl+C, SIGTERM, an
+//! error), but **not on kill -9**: the kernel keeps the filter, which keeps running the
+//! program (it never changes a packet's fate, but costs its few nanoseconds per packet and
+//! samples into a ring no one reads). The next collector started with the netlink path
+//! removes such stale filters of ours first, when no running process holds programs of ours;
+//! by hand: `tc filter show dev IF egress` then `tc filter del dev IF egress pref P`.
+//! The `clsact` qdisc itself is left in place (other filters may use it).
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{Xdp, links::FdLink},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        links::FdLink,
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
+    },
     util::KernelVersion,
 };
 use flowmetrix_common::{
-    CpuStats, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP,
-    WAKEUP_BYTES_GLOBAL,
+    CpuStats, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP,
+    TC_EGRESS_PROGRAM_NAME, TC_INGRESS_PROGRAM_NAME, WAKEUP_BYTES_GLOBAL,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Forwards the XDP program's log records to `log` (and so to tracing).
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-use crate::metrics::KernelStats;
+use crate::metrics::{DirectionStats, KernelStats};
 
 /// The XDP object built by build.rs, embedded so the binary is self-contained.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
@@ -56,6 +73,15 @@ pub enum CaptureError {
     Missing(&'static str),
     #[error("cannot read the kernel counters")]
     Stats(#[source] aya::maps::MapError),
+    #[error("cannot attach the TC {direction} program to {iface} ({how}){hint}")]
+    TcAttach {
+        iface: String,
+        direction: &'static str,
+        how: &'static str,
+        hint: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// How to attach the XDP program.
@@ -68,6 +94,48 @@ pub enum XdpMode {
     Skb,
 }
 
+/// Which directions to capture (`--direction`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Directions {
+    /// Packets arriving (the original's behaviour).
+    #[default]
+    Ingress,
+    /// Packets leaving.
+    Egress,
+    Both,
+}
+
+impl Directions {
+    pub fn ingress(self) -> bool {
+        matches!(self, Self::Ingress | Self::Both)
+    }
+
+    pub fn egress(self) -> bool {
+        matches!(self, Self::Egress | Self::Both)
+    }
+}
+
+/// Where ingress is sampled (`--ingress-hook`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IngressHook {
+    #[default]
+    Xdp,
+    /// A TC program, for interfaces whose driver's XDP is unsuitable.
+    Tc,
+}
+
+/// How TC programs are attached (the hidden `--tc-attach`, for tests and old kernels).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TcAttach {
+    /// TCX where the kernel has it (6.6+), else a clsact qdisc filter through netlink.
+    #[default]
+    Auto,
+    /// TCX only.
+    Tcx,
+    /// A clsact filter through netlink only (not detached by kill -9: see the module doc).
+    Netlink,
+}
+
 /// What to load and where to attach it.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -76,16 +144,23 @@ pub struct CaptureConfig {
     pub sample_rate: u32,
     pub snaplen: u32,
     pub ring_bytes: u32,
+    pub directions: Directions,
+    pub ingress_hook: IngressHook,
+    pub tc_attach: TcAttach,
 }
 
 /// A loaded, attached sampler.
 pub struct Capture {
     ebpf: Ebpf,
     link: Option<FdLink>,
+    /// TC programs' links (TCX: a bpf_link fd; netlink: removed by their drop).
+    tc_links: Vec<SchedClassifierLink>,
     logger: Option<EbpfLogger>,
     stats: PerCpuArray<MapData, CpuStats>,
-    /// The mode the program ended up attached in ("native" or "skb").
+    /// The mode the XDP program ended up attached in ("native" or "skb"), "" without XDP.
     pub mode: &'static str,
+    /// How the TC programs were attached ("tcx" or "netlink"), "" without TC.
+    pub tc_attached: &'static str,
 }
 
 /// Whether an interface is administratively up (IFF_UP), if it exists.
@@ -154,87 +229,34 @@ impl Capture {
             .ok_or(CaptureError::Missing(STATS_MAP))?;
         let stats = PerCpuArray::try_from(stats).map_err(CaptureError::Stats)?;
 
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(CaptureError::Missing(PROGRAM_NAME))?
-            .try_into()
-            .map_err(|e| CaptureError::Load {
-                hint: "",
-                source: Box::new(e),
-            })?;
-        program.load().map_err(|e| CaptureError::Load {
-            hint: privilege_hint(),
-            source: Box::new(e),
-        })?;
-
-        let attempts: &[(aya::programs::XdpMode, &'static str)] = match cfg.mode {
-            XdpMode::Auto => &[
-                (aya::programs::XdpMode::Driver, "native"),
-                (aya::programs::XdpMode::Skb, "skb"),
-            ],
-            XdpMode::Native => &[(aya::programs::XdpMode::Driver, "native")],
-            XdpMode::Skb => &[(aya::programs::XdpMode::Skb, "skb")],
+        let (link, mode) = if cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Xdp {
+            let (link, mode) = attach_xdp(&mut ebpf, cfg, ifindex)?;
+            (Some(link), mode)
+        } else {
+            (None, "")
         };
-        let mut last_err = None;
-        let mut attached = None;
-        for &(mode, name) in attempts {
-            match program.attach_to_if_index(ifindex, mode) {
-                Ok(id) => {
-                    attached = Some((id, name));
-                    break;
-                }
-                Err(e) => {
-                    if attempts.len() > 1 {
-                        debug!(
-                            "{name} XDP on {} failed ({e}); trying the next mode",
-                            cfg.interface
-                        );
-                    }
-                    last_err = Some((name, e));
-                }
-            }
+        let mut tc = Vec::new();
+        if cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Tc {
+            tc.push((TC_INGRESS_PROGRAM_NAME, TcAttachType::Ingress, "ingress"));
         }
-        let Some((id, mode)) = attached else {
-            let (mode, source) = last_err.ok_or(CaptureError::Missing("an attach mode"))?;
-            // "File exists" from the kernel: name the program that holds the interface.
-            if let Some(taken) = owner::attached_program(ifindex) {
-                return Err(taken.error(&cfg.interface));
-            }
-            return Err(CaptureError::Attach {
-                iface: cfg.interface.clone(),
-                mode,
-                hint: if mode == "native" {
-                    " (the driver may lack native XDP: try --xdp-mode skb)"
-                } else {
-                    ""
-                },
-                source: Box::new(source),
-            });
-        };
-        // Own the link as a bpf_link fd: closing it (drop, exit, SIGKILL) detaches.
-        let link = program
-            .take_link(id)
-            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
-            .and_then(|link| FdLink::try_from(link).map_err(|e| Box::new(e) as _))
-            .map_err(|source| CaptureError::Attach {
-                iface: cfg.interface.clone(),
-                mode,
-                hint: "",
-                source,
-            })?;
-        info!(
-            interface = %cfg.interface,
-            mode,
-            sample_rate = cfg.sample_rate,
-            snaplen = cfg.snaplen,
-            "XDP attached"
-        );
+        if cfg.directions.egress() {
+            tc.push((TC_EGRESS_PROGRAM_NAME, TcAttachType::Egress, "egress"));
+        }
+        let mut tc_links = Vec::new();
+        let mut tc_attached = "";
+        for (name, kind, direction) in tc {
+            let (link, how) = attach_tc(&mut ebpf, cfg, name, kind, direction)?;
+            tc_links.push(link);
+            tc_attached = how;
+        }
         Ok(Self {
             ebpf,
-            link: Some(link),
+            link,
+            tc_links,
             logger,
             stats,
             mode,
+            tc_attached,
         })
     }
 
@@ -252,22 +274,35 @@ impl Capture {
         self.logger.take()
     }
 
-    /// Kernel counters summed over all CPUs.
+    /// Kernel counters summed over all CPUs, per direction and in total.
     pub fn stats(&self) -> Result<KernelStats, CaptureError> {
-        let per_cpu = self.stats.get(&0, 0).map_err(CaptureError::Stats)?;
-        Ok(per_cpu
-            .iter()
-            .fold(KernelStats::default(), |acc, c| KernelStats {
-                seen: acc.seen + c.seen,
-                sampled: acc.sampled + c.sampled,
-                ring_drops: acc.ring_drops + c.ring_full,
-            }))
+        let mut dirs = [DirectionStats::default(); 2];
+        for d in [Direction::Ingress, Direction::Egress] {
+            let per_cpu = self
+                .stats
+                .get(&(d as u32), 0)
+                .map_err(CaptureError::Stats)?;
+            dirs[d as usize] =
+                per_cpu
+                    .iter()
+                    .fold(DirectionStats::default(), |acc, c| DirectionStats {
+                        seen: acc.seen + c.seen,
+                        sampled: acc.sampled + c.sampled,
+                        ring_drops: acc.ring_drops + c.ring_full,
+                    });
+        }
+        Ok(KernelStats::from_directions(dirs))
     }
 
-    /// Detaches the program (closes the link). Idempotent; also happens on drop.
+    /// Detaches the programs (closes the links, removes netlink filters). Idempotent; also
+    /// happens on drop.
     pub fn detach(&mut self) {
         if self.link.take().is_some() {
             info!("XDP detached");
+        }
+        if !self.tc_links.is_empty() {
+            self.tc_links.clear();
+            info!("TC detached");
         }
     }
 }
@@ -275,6 +310,237 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         self.detach();
+    }
+}
+
+/// Loads the XDP program and attaches it to `ifindex`; returns its link and mode.
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    cfg: &CaptureConfig,
+    ifindex: u32,
+) -> Result<(FdLink, &'static str), CaptureError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(CaptureError::Missing(PROGRAM_NAME))?
+        .try_into()
+        .map_err(|e| CaptureError::Load {
+            hint: "",
+            source: Box::new(e),
+        })?;
+    program.load().map_err(|e| CaptureError::Load {
+        hint: privilege_hint(),
+        source: Box::new(e),
+    })?;
+
+    let attempts: &[(aya::programs::XdpMode, &'static str)] = match cfg.mode {
+        XdpMode::Auto => &[
+            (aya::programs::XdpMode::Driver, "native"),
+            (aya::programs::XdpMode::Skb, "skb"),
+        ],
+        XdpMode::Native => &[(aya::programs::XdpMode::Driver, "native")],
+        XdpMode::Skb => &[(aya::programs::XdpMode::Skb, "skb")],
+    };
+    let mut last_err = None;
+    let mut attached = None;
+    for &(mode, name) in attempts {
+        match program.attach_to_if_index(ifindex, mode) {
+            Ok(id) => {
+                attached = Some((id, name));
+                break;
+            }
+            Err(e) => {
+                if attempts.len() > 1 {
+                    debug!(
+                        "{name} XDP on {} failed ({e}); trying the next mode",
+                        cfg.interface
+                    );
+                }
+                last_err = Some((name, e));
+            }
+        }
+    }
+    let Some((id, mode)) = attached else {
+        let (mode, source) = last_err.ok_or(CaptureError::Missing("an attach mode"))?;
+        // "File exists" from the kernel: name the program that holds the interface.
+        if let Some(taken) = owner::attached_program(ifindex) {
+            return Err(taken.error(&cfg.interface));
+        }
+        return Err(CaptureError::Attach {
+            iface: cfg.interface.clone(),
+            mode,
+            hint: if mode == "native" {
+                " (the driver may lack native XDP: try --xdp-mode skb)"
+            } else {
+                ""
+            },
+            source: Box::new(source),
+        });
+    };
+    // Own the link as a bpf_link fd: closing it (drop, exit, SIGKILL) detaches.
+    let link = program
+        .take_link(id)
+        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        .and_then(|link| FdLink::try_from(link).map_err(|e| Box::new(e) as _))
+        .map_err(|source| CaptureError::Attach {
+            iface: cfg.interface.clone(),
+            mode,
+            hint: "",
+            source,
+        })?;
+    info!(
+        interface = %cfg.interface,
+        mode,
+        sample_rate = cfg.sample_rate,
+        snaplen = cfg.snaplen,
+        "XDP attached"
+    );
+    Ok((link, mode))
+}
+
+/// Loads TC program `name` and attaches it to the interface's `kind` hook: through TCX, or
+/// through a clsact qdisc filter (see the module doc). Returns the link and which it was.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    cfg: &CaptureConfig,
+    name: &'static str,
+    kind: TcAttachType,
+    direction: &'static str,
+) -> Result<(SchedClassifierLink, &'static str), CaptureError> {
+    let iface = cfg.interface.as_str();
+    let fail =
+        |how, hint, source: Box<dyn std::error::Error + Send + Sync>| CaptureError::TcAttach {
+            iface: iface.to_owned(),
+            direction,
+            how,
+            hint,
+            source,
+        };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|e| CaptureError::Load {
+            hint: "",
+            source: Box::new(e),
+        })?;
+    program.load().map_err(|e| CaptureError::Load {
+        hint: privilege_hint(),
+        source: Box::new(e),
+    })?;
+    let tcx_here = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if cfg.tc_attach == TcAttach::Tcx || (cfg.tc_attach == TcAttach::Auto && tcx_here) {
+        match program.attach_with_options(
+            iface,
+            kind,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        ) {
+            Ok(id) => {
+                let link = program
+                    .take_link(id)
+                    .map_err(|e| fail("tcx", "", Box::new(e)))?;
+                info!(
+                    interface = iface,
+                    direction,
+                    attach = "tcx",
+                    sample_rate = cfg.sample_rate,
+                    snaplen = cfg.snaplen,
+                    "TC attached"
+                );
+                return Ok((link, "tcx"));
+            }
+            Err(e) if cfg.tc_attach == TcAttach::Tcx => {
+                return Err(fail("tcx", " (TCX needs Linux 6.6 or later)", Box::new(e)));
+            }
+            Err(e) => debug!("TCX attach on {iface} failed ({e}); trying a clsact qdisc"),
+        }
+    }
+    // A clsact qdisc may be there already (ours from an earlier run, or someone else's).
+    if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+        debug!("adding a clsact qdisc to {iface}: {e} (it may exist already)");
+    }
+    stale::remove(iface, kind, name);
+    let id = program
+        .attach_with_options(iface, kind, TcAttachOptions::Netlink(NlOptions::default()))
+        .map_err(|e| fail("clsact filter", "", Box::new(e)))?;
+    let link = program
+        .take_link(id)
+        .map_err(|e| fail("clsact filter", "", Box::new(e)))?;
+    warn!(
+        interface = iface,
+        direction,
+        "a clsact filter (no TCX) stays attached if the collector is killed with SIGKILL"
+    );
+    info!(
+        interface = iface,
+        direction,
+        attach = "netlink",
+        sample_rate = cfg.sample_rate,
+        snaplen = cfg.snaplen,
+        "TC attached"
+    );
+    Ok((link, "netlink"))
+}
+
+/// Filters of ours left on an interface by a collector killed with SIGKILL (netlink path).
+mod stale {
+    use aya::programs::{TcAttachType, loaded_programs, tc::qdisc_detach_program};
+    use tracing::{debug, info};
+
+    /// Removes the `kind` filters named `name` from `iface` when nothing but filters holds
+    /// a program of that name: no running process has one open (another collector would,
+    /// for as long as it runs), so every such filter is a leftover.
+    pub fn remove(iface: &str, kind: TcAttachType, name: &str) {
+        // The kernel keeps 15 characters of a program's name.
+        let short = &name[..name.len().min(15)];
+        let ids: Vec<u32> = loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| p.name_as_str() == Some(short))
+            .map(|p| p.id())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let me = std::process::id();
+        if let Some(pid) = holder(&ids, me) {
+            debug!("programs named {name} are held by process {pid}: leaving their filters");
+            return;
+        }
+        match qdisc_detach_program(iface, kind, name) {
+            Ok(()) => info!(
+                interface = iface,
+                "removed a stale {name} filter left by a collector that was killed"
+            ),
+            Err(e) => debug!("no stale {name} filter on {iface}: {e}"),
+        }
+    }
+
+    /// A process other than `me` with a file descriptor on one of programs `ids`.
+    fn holder(ids: &[u32], me: u32) -> Option<u32> {
+        let wants: Vec<String> = ids.iter().map(|id| format!("prog_id:\t{id}\n")).collect();
+        for proc in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+            let Some(pid) = proc
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(proc.path().join("fdinfo")) else {
+                continue;
+            };
+            for fd in fds.filter_map(Result::ok) {
+                let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                    continue;
+                };
+                if wants.iter().any(|w| info.contains(w.as_str())) {
+                    return Some(pid);
+                }
+            }
+        }
+        None
     }
 }
 

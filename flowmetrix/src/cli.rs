@@ -50,9 +50,22 @@ pub struct Cli {
         help_heading = "Capture",
         long,
         value_name = "FILE",
-        conflicts_with_all = ["interface", "xdp_mode", "sample_rate", "snaplen", "ring_bytes"]
+        conflicts_with_all = ["interface", "xdp_mode", "sample_rate", "snaplen", "ring_bytes", "direction", "ingress_hook", "tc_attach"]
     )]
     pub pcap: Option<PathBuf>,
+
+    /// Which packets to capture: arriving (ingress), leaving (egress, a TC program) or both.
+    #[arg(help_heading = "Capture", long, value_enum, default_value_t = DirectionArg::Ingress, value_name = "DIR")]
+    pub direction: DirectionArg,
+
+    /// Where ingress is sampled: XDP, or a TC program where the driver's XDP is unsuitable.
+    #[arg(help_heading = "Capture", long, value_enum, default_value_t = IngressHookArg::Xdp, value_name = "HOOK")]
+    pub ingress_hook: IngressHookArg,
+
+    /// How TC programs are attached: auto (TCX, else a clsact filter), tcx or netlink. For
+    /// tests and old kernels.
+    #[arg(long, value_enum, default_value_t = TcAttachArg::Auto, value_name = "HOW", hide = true)]
+    pub tc_attach: TcAttachArg,
 
     /// XDP attach mode: native (driver) with fallback to skb (generic), or one forced.
     #[arg(help_heading = "Capture", long, value_enum, default_value_t = XdpModeArg::Auto, value_name = "MODE")]
@@ -239,6 +252,32 @@ pub enum XdpModeArg {
     Native,
     /// Generic (skb) mode only.
     Skb,
+}
+
+/// `--direction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    /// Packets arriving on the interface (XDP, as before).
+    Ingress,
+    /// Packets leaving the interface (TC).
+    Egress,
+    /// Both.
+    Both,
+}
+
+/// `--ingress-hook`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IngressHookArg {
+    Xdp,
+    Tc,
+}
+
+/// `--tc-attach` (hidden).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TcAttachArg {
+    Auto,
+    Tcx,
+    Netlink,
 }
 
 /// `--compression`, as the command line spells it.
@@ -965,6 +1004,9 @@ mod tests {
         assert_eq!(c.snaplen, DEFAULT_SNAPLEN);
         assert_eq!(c.ring_bytes, 8 << 20);
         assert_eq!(c.xdp_mode, XdpModeArg::Auto);
+        assert_eq!(c.direction, DirectionArg::Ingress);
+        assert_eq!(c.ingress_hook, IngressHookArg::Xdp);
+        assert_eq!(c.tc_attach, TcAttachArg::Auto);
         assert_eq!(c.output, Output::Greptimedb);
         assert_eq!(c.greptime_endpoint, ["127.0.0.1:4001"]);
         assert_eq!(

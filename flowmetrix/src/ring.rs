@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
-use flowmetrix_common::{SLOT_SIZES, SampleHeader};
+use flowmetrix_common::{Direction, SLOT_SIZES, SampleHeader};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::record::UnixNanos;
@@ -15,6 +15,8 @@ pub enum RecordError {
     BadSize(usize),
     #[error("ring record claims {0} captured bytes, more than its {1}-byte slot")]
     BadCapLen(u32, usize),
+    #[error("ring record has direction {0}, neither ingress (0) nor egress (1)")]
+    BadDirection(u16),
 }
 
 const HEADER_SIZE: usize = size_of::<SampleHeader>();
@@ -23,6 +25,8 @@ const HEADER_SIZE: usize = size_of::<SampleHeader>();
 #[derive(Debug)]
 pub struct RawSample<'a> {
     pub header: SampleHeader,
+    /// `header.direction`, checked.
+    pub direction: Direction,
     pub frame: &'a [u8],
 }
 
@@ -39,7 +43,16 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
     let frame = data
         .get(..header.cap_len as usize)
         .ok_or(RecordError::BadCapLen(header.cap_len, slot))?;
-    Ok(RawSample { header, frame })
+    let direction = match header.direction {
+        d if d == Direction::Ingress as u16 => Direction::Ingress,
+        d if d == Direction::Egress as u16 => Direction::Egress,
+        d => return Err(RecordError::BadDirection(d)),
+    };
+    Ok(RawSample {
+        header,
+        direction,
+        frame,
+    })
 }
 
 /// Converts kernel CLOCK_BOOTTIME stamps (bpf_ktime_get_boot_ns) to wall-clock time.
@@ -135,12 +148,17 @@ mod tests {
     }
 
     fn record_in(slot: usize, cap_len: u32, fill: u8) -> Vec<u8> {
+        record_dir(slot, cap_len, fill, 0)
+    }
+
+    fn record_dir(slot: usize, cap_len: u32, fill: u8, direction: u16) -> Vec<u8> {
         let header = SampleHeader {
             ts_boot_ns: 5,
             wire_len: 1500,
             cap_len,
             ifindex: 3,
             rx_queue: 1,
+            direction,
         };
         let mut v = Vec::new();
         // SAFETY: SampleHeader is plain integers without padding.
@@ -157,7 +175,16 @@ mod tests {
         assert_eq!(s.header.wire_len, 1500);
         assert_eq!(s.header.ifindex, 3);
         assert_eq!(s.header.rx_queue, 1);
+        assert_eq!(s.direction, Direction::Ingress);
         assert_eq!(s.frame, &[0xab; 60][..]);
+        let r = record_dir(64, 10, 0, 1);
+        assert_eq!(parse_record(&r).unwrap().direction, Direction::Egress);
+    }
+
+    #[test]
+    fn rejects_an_unknown_direction() {
+        let r = record_dir(64, 10, 0, 2);
+        assert_eq!(parse_record(&r).unwrap_err(), RecordError::BadDirection(2));
     }
 
     #[test]

@@ -7,8 +7,10 @@ use std::{path::Path, sync::Arc};
 
 use crate::{
     app::Applications,
-    capture::{self, CaptureConfig, XdpMode},
-    cli::{Cli, LogFormat, Output, PASSWORD_ENV, XdpModeArg},
+    capture::{self, CaptureConfig, Directions, IngressHook, TcAttach, XdpMode},
+    cli::{
+        Cli, DirectionArg, IngressHookArg, LogFormat, Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
+    },
     config::FileSettings,
     offset::Prefix,
     pipeline::{MetricsSettings, PipelineSettings},
@@ -131,6 +133,20 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                 sample_rate: cli.sample_rate,
                 snaplen: cli.snaplen,
                 ring_bytes: cli.ring_bytes,
+                directions: match cli.direction {
+                    DirectionArg::Ingress => Directions::Ingress,
+                    DirectionArg::Egress => Directions::Egress,
+                    DirectionArg::Both => Directions::Both,
+                },
+                ingress_hook: match cli.ingress_hook {
+                    IngressHookArg::Xdp => IngressHook::Xdp,
+                    IngressHookArg::Tc => IngressHook::Tc,
+                },
+                tc_attach: match cli.tc_attach {
+                    TcAttachArg::Auto => TcAttach::Auto,
+                    TcAttachArg::Tcx => TcAttach::Tcx,
+                    TcAttachArg::Netlink => TcAttach::Netlink,
+                },
             }))
         }
     }
@@ -238,6 +254,41 @@ mod tests {
         assert_eq!(s.pipeline.decode.prefix, Prefix::Fixed(24));
         assert!(matches!(s.pipeline.sink.output, SinkConfig::Jsonl));
         assert_eq!(s.log.level, None);
+    }
+
+    #[test]
+    fn the_direction_flags_reach_the_capture_config() {
+        let live = |args: &[&str]| match settings(args).unwrap().pipeline.source {
+            SourceSettings::Live(c) => (c.directions, c.ingress_hook, c.tc_attach),
+            SourceSettings::Pcap(_) => panic!("{args:?}: not live"),
+        };
+        assert_eq!(
+            live(&["fm", "-i", "lo"]),
+            (Directions::Ingress, IngressHook::Xdp, TcAttach::Auto)
+        );
+        assert_eq!(
+            live(&[
+                "fm",
+                "-i",
+                "lo",
+                "--direction",
+                "both",
+                "--ingress-hook",
+                "tc",
+                "--tc-attach",
+                "netlink"
+            ]),
+            (Directions::Both, IngressHook::Tc, TcAttach::Netlink)
+        );
+        assert_eq!(
+            live(&["fm", "-i", "lo", "--direction", "egress"]).0,
+            Directions::Egress
+        );
+        // A file has no directions to choose.
+        let parsed = cli::parse(
+            ["fm", "--pcap", "x", "--direction", "egress"].map(std::ffi::OsString::from),
+        );
+        assert!(parsed.is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::{
     capture::{self, Capture, CaptureConfig, CaptureError},
-    metrics::KernelStats,
+    metrics::{DirectionStats, KernelStats},
     pcap::{self, FrameInfo, PcapFileError, PcapFrames},
     record::UnixNanos,
     ring::{self, Clock, RecordError, Ring},
@@ -239,14 +239,16 @@ impl Source {
         match self {
             Self::Live(l) => {
                 let clock = Clock::now();
-                let direction = Direction::Ingress;
                 l.ring.drain(|bytes| {
                     f(ring::parse_record(bytes).map(|s| Sample {
                         frame: s.frame,
                         wire_len: s.header.wire_len,
                         ts: clock.wall(s.header.ts_boot_ns),
                         ifindex: s.header.ifindex,
-                        direction,
+                        direction: match s.direction {
+                            flowmetrix_common::Direction::Ingress => Direction::Ingress,
+                            flowmetrix_common::Direction::Egress => Direction::Egress,
+                        },
                     }));
                 });
                 Ok(Pulled::More)
@@ -281,11 +283,14 @@ impl Source {
             Self::Live(l) => Ok(l.capture.stats()?),
             Self::Pcap(r) => {
                 let read = r.read;
-                Ok(KernelStats {
-                    seen: read,
-                    sampled: read,
-                    ring_drops: 0,
-                })
+                Ok(KernelStats::from_directions([
+                    DirectionStats {
+                        seen: read,
+                        sampled: read,
+                        ring_drops: 0,
+                    },
+                    DirectionStats::default(),
+                ]))
             }
         }
     }

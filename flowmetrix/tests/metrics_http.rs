@@ -26,6 +26,7 @@ async fn start(limits: Limits) -> (SocketAddr, Arc<Registry>) {
         seen: 40,
         sampled: 10,
         ring_drops: 0,
+        ..Default::default()
     });
     Counters::add(&registry.counters.written, 10);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -14,7 +14,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::{Counters, Registry, WRITE_BUCKETS};
+use super::{Counters, DIRECTIONS, DirectionStats, Registry, WRITE_BUCKETS};
 
 /// Every metric name starts with this, then `_`.
 pub const PREFIX: &str = "flowmetrix";
@@ -62,7 +62,7 @@ impl Collector for Scrape {
         counter(
             e,
             "packets_seen",
-            "Packets the XDP program ran on, all CPUs.",
+            "Packets the programs ran on, all CPUs, both directions.",
             k.seen,
         )?;
         counter(
@@ -186,6 +186,39 @@ impl Collector for Scrape {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        ConstGauge::new(1u64).encode(m.encode_family(&version)?)
+        ConstGauge::new(1u64).encode(m.encode_family(&version)?)?;
+
+        // The kernel counters again, split by direction (the unlabelled ones are their sums).
+        type Field = fn(&DirectionStats) -> u64;
+        let split: [(&str, &str, Field); 3] = [
+            (
+                "packets_seen_by_direction",
+                "Packets the programs ran on, all CPUs, by direction.",
+                |d| d.seen,
+            ),
+            (
+                "packets_sampled_by_direction",
+                "Packets the sampler chose, by direction.",
+                |d| d.sampled,
+            ),
+            (
+                "ring_drops_by_direction",
+                "Sampled packets lost because the kernel ring buffer was full, by direction.",
+                |d| d.ring_drops,
+            ),
+        ];
+        for (name, help, field) in split {
+            let mut m = e.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (d, label) in DIRECTIONS {
+                let labels = [("direction", label)];
+                ConstCounter::new(field(&k.direction(d))).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }

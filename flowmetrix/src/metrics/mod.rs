@@ -1,6 +1,7 @@
 //! Counters for every place a sample or row can be lost, named for the place.
 //!
-//! The kernel keeps its own per-CPU counters (`seen`, `sampled`, `ring_drops`); userspace
+//! The kernel keeps its own per-CPU counters (`seen`, `sampled`, `ring_drops`), per
+//! direction (their sums are the totals the summary and the unlabelled metrics show); userspace
 //! stages count here. When everything has drained:
 //! `sampled == ring_drops + decode_errors + queue_drops + write_errors + written + spooled`.
 //!
@@ -13,6 +14,8 @@ use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering::Relaxed},
 };
+
+pub use flowmetrix_common::Direction;
 
 pub use http::{Limits, MAX_CONNECTIONS, READ_TIMEOUT, serve, serve_with};
 
@@ -107,12 +110,47 @@ impl Counters {
     }
 }
 
-/// Kernel counters summed over CPUs.
+/// Kernel counters of one direction, summed over CPUs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct KernelStats {
+pub struct DirectionStats {
     pub seen: u64,
     pub sampled: u64,
     pub ring_drops: u64,
+}
+
+/// Kernel counters summed over CPUs: the totals, and the same split by direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Totals over both directions.
+    pub seen: u64,
+    pub sampled: u64,
+    pub ring_drops: u64,
+    /// Indexed by [`Direction`] (ingress, egress); they add up to the totals.
+    pub directions: [DirectionStats; 2],
+}
+
+/// The directions in [`KernelStats::directions`] order, with their label values.
+pub const DIRECTIONS: [(Direction, &str); 2] = [
+    (Direction::Ingress, "ingress"),
+    (Direction::Egress, "egress"),
+];
+
+impl KernelStats {
+    /// Totals computed from the per-direction counters.
+    pub fn from_directions(directions: [DirectionStats; 2]) -> Self {
+        let [i, e] = directions;
+        Self {
+            seen: i.seen + e.seen,
+            sampled: i.sampled + e.sampled,
+            ring_drops: i.ring_drops + e.ring_drops,
+            directions,
+        }
+    }
+
+    /// The counters of direction `d`.
+    pub fn direction(&self, d: Direction) -> DirectionStats {
+        self.directions[d as usize]
+    }
 }
 
 /// The numbers of one run, printed at exit.
@@ -172,7 +210,16 @@ impl std::fmt::Display for Summary {
             self.spooled,
             self.replayed,
             self.spool_lost
-        )
+        )?;
+        for (d, name) in DIRECTIONS {
+            let k = self.kernel.direction(d);
+            write!(
+                f,
+                "; {name}: seen {} sampled {} ring drops {}",
+                k.seen, k.sampled, k.ring_drops
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -214,11 +261,18 @@ mod tests {
     #[test]
     fn summary_line_format() {
         let s = Summary {
-            kernel: KernelStats {
-                seen: 10,
-                sampled: 9,
-                ring_drops: 1,
-            },
+            kernel: KernelStats::from_directions([
+                DirectionStats {
+                    seen: 7,
+                    sampled: 6,
+                    ring_drops: 1,
+                },
+                DirectionStats {
+                    seen: 3,
+                    sampled: 3,
+                    ring_drops: 0,
+                },
+            ]),
             decoded: 8,
             decode_errors: 0,
             queue_drops: 2,
@@ -230,7 +284,7 @@ mod tests {
         };
         assert_eq!(
             s.to_string(),
-            "seen 10, sampled 9, ring drops 1, decoded 8, decode errors 0, queue drops 2, written 5, write errors 0, spooled 1, replayed 3, spool lost 0"
+            "seen 10, sampled 9, ring drops 1, decoded 8, decode errors 0, queue drops 2, written 5, write errors 0, spooled 1, replayed 3, spool lost 0; ingress: seen 7 sampled 6 ring drops 1; egress: seen 3 sampled 3 ring drops 0"
         );
         assert_eq!(s.unaccounted(), 0);
     }
@@ -258,17 +312,30 @@ mod tests {
             },
             ..Default::default()
         });
-        r.set_kernel(KernelStats {
-            seen: 100,
-            sampled: 10,
-            ring_drops: 1,
-        });
+        r.set_kernel(KernelStats::from_directions([
+            DirectionStats {
+                seen: 60,
+                sampled: 6,
+                ring_drops: 1,
+            },
+            DirectionStats {
+                seen: 40,
+                sampled: 4,
+                ring_drops: 0,
+            },
+        ]));
         Counters::add(&r.counters.written, 9);
         let text = r.render();
         for line in [
             "flowmetrix_packets_seen_total 100",
             "flowmetrix_packets_sampled_total 10",
             "flowmetrix_ring_drops_total 1",
+            "flowmetrix_packets_seen_by_direction_total{direction=\"ingress\"} 60",
+            "flowmetrix_packets_seen_by_direction_total{direction=\"egress\"} 40",
+            "flowmetrix_packets_sampled_by_direction_total{direction=\"ingress\"} 6",
+            "flowmetrix_packets_sampled_by_direction_total{direction=\"egress\"} 4",
+            "flowmetrix_ring_drops_by_direction_total{direction=\"ingress\"} 1",
+            "flowmetrix_ring_drops_by_direction_total{direction=\"egress\"} 0",
             "flowmetrix_rows_written_total 9",
             "flowmetrix_sample_rate 10",
             "flowmetrix_snaplen_bytes 192",
@@ -316,6 +383,10 @@ mod tests {
                 "# TYPE flowmetrix_snaplen_bytes gauge",
                 "# TYPE flowmetrix_write_duration_seconds histogram",
                 "# TYPE flowmetrix_build_info gauge",
+                // The kernel counters per direction, last (added with egress capture).
+                "# TYPE flowmetrix_packets_seen_by_direction_total counter",
+                "# TYPE flowmetrix_packets_sampled_by_direction_total counter",
+                "# TYPE flowmetrix_ring_drops_by_direction_total counter",
             ]
         );
         let buckets: Vec<&str> = text
@@ -377,6 +448,7 @@ mod tests {
             seen: 1000,
             sampled: 100,
             ring_drops: 3,
+            ..Default::default()
         });
         let c = &r.counters;
         for (counter, n) in [
@@ -399,6 +471,7 @@ mod tests {
                     seen,
                     sampled,
                     ring_drops,
+                    directions: _,
                 },
             decoded,
             decode_errors,

@@ -436,13 +436,49 @@ pub struct Summary {
     pub spooled: u64,
     pub replayed: u64,
     pub spool_lost: u64,
+    /// The kernel counters per direction (`; ingress: seen N sampled N ring drops N; …`).
+    pub ingress: DirectionSummary,
+    pub egress: DirectionSummary,
+}
+
+/// The summary's numbers of one direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DirectionSummary {
+    pub seen: u64,
+    pub sampled: u64,
+    pub ring_drops: u64,
+}
+
+impl DirectionSummary {
+    /// `seen N sampled N ring drops N`.
+    fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("seen ")?;
+        let (seen, rest) = rest.split_once(" sampled ")?;
+        let (sampled, ring_drops) = rest.split_once(" ring drops ")?;
+        Some(Self {
+            seen: seen.parse().ok()?,
+            sampled: sampled.parse().ok()?,
+            ring_drops: ring_drops.parse().ok()?,
+        })
+    }
 }
 
 impl Summary {
     pub fn parse(stderr: &str) -> Option<Self> {
         let line = stderr.lines().find_map(|l| l.strip_prefix("summary: "))?;
         let mut s = Self::default();
-        for part in line.split(", ") {
+        let mut parts = line.split("; ");
+        let totals = parts.next()?;
+        for part in parts {
+            let (name, counts) = part.split_once(": ")?;
+            let counts = DirectionSummary::parse(counts)?;
+            match name {
+                "ingress" => s.ingress = counts,
+                "egress" => s.egress = counts,
+                _ => return None,
+            }
+        }
+        for part in totals.split(", ") {
             let (name, n) = part.rsplit_once(' ')?;
             let n: u64 = n.parse().ok()?;
             let slot = match name {

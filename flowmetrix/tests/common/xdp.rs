@@ -1,5 +1,6 @@
-//! The embedded XDP object (`flowmetrix::capture::PROGRAM`) loaded into this process with
-//! chosen settings and run on frames with BPF_PROG_TEST_RUN: no interface, nothing attached.
+//! The embedded object (`flowmetrix::capture::PROGRAM`) loaded into this process with chosen
+//! settings, and one of its programs (XDP or TC) run on frames with BPF_PROG_TEST_RUN: no
+//! interface, nothing attached.
 //! The kernel tests (`tests/kernel.rs`) and the kernel bench (`benches/kernel.rs`) share it.
 //! Needs root (CAP_BPF).
 
@@ -8,18 +9,29 @@ use std::time::Duration;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use flowmetrix::capture::PROGRAM;
 use flowmetrix_common::{
-    CpuStats, DEFAULT_SNAPLEN, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL,
-    STATS_MAP, WAKEUP_BYTES_GLOBAL,
+    CpuStats, DEFAULT_SNAPLEN, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
+    SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
+    TC_INGRESS_PROGRAM_NAME, WAKEUP_BYTES_GLOBAL,
 };
+
+/// Whether program `name` of the object is a TC (sched_cls) program; else it is XDP.
+pub fn is_tc(name: &str) -> bool {
+    [
+        TC_INGRESS_PROGRAM_NAME,
+        TC_EGRESS_PROGRAM_NAME,
+        TC_BASELINE_PROGRAM_NAME,
+    ]
+    .contains(&name)
+}
 
 /// The load-time settings userspace gives the program (what `capture` sets from the flags).
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Which program of the object: [`PROGRAM_NAME`] or the do-nothing baseline.
+    /// Which program of the object: [`PROGRAM_NAME`], a TC program or a do-nothing baseline.
     pub program: &'static str,
     pub sample_rate: u32,
     pub snaplen: u32,
@@ -44,7 +56,7 @@ impl Default for Settings {
 /// What one BPF_PROG_TEST_RUN call gives back.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
-    /// The program's XDP action (2 is XDP_PASS).
+    /// The program's return value (XDP: 2 is XDP_PASS; TC: u32::MAX is TC_ACT_UNSPEC).
     pub action: u32,
     /// Mean time per repetition, as the kernel measured it.
     pub per_run: Duration,
@@ -79,12 +91,16 @@ impl Loaded {
         let ring = RingBuf::try_from(ring).expect("SAMPLES is a ring buffer");
         let stats = ebpf.take_map(STATS_MAP).expect("the STATS map");
         let stats = PerCpuArray::try_from(stats).expect("STATS is a per-CPU array");
-        let prog: &mut Xdp = ebpf
+        let prog = ebpf
             .program_mut(s.program)
-            .expect("the program is in the object")
-            .try_into()
-            .expect("an XDP program");
-        prog.load().expect("the verifier accepts the program");
+            .expect("the program is in the object");
+        if is_tc(s.program) {
+            let prog: &mut SchedClassifier = prog.try_into().expect("a TC program");
+            prog.load().expect("the verifier accepts the program");
+        } else {
+            let prog: &mut Xdp = prog.try_into().expect("an XDP program");
+            prog.load().expect("the verifier accepts the program");
+        }
         Self {
             ebpf,
             program: s.program,
@@ -95,19 +111,21 @@ impl Loaded {
 
     /// Runs the program `repeat` times on `frame`.
     pub fn run(&self, frame: &[u8], repeat: u32) -> Run {
-        let prog: &Xdp = self
-            .ebpf
-            .program(self.program)
-            .expect("loaded above")
-            .try_into()
-            .expect("an XDP program");
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()));
+        let prog = self.ebpf.program(self.program).expect("loaded above");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let result: Result<TestRunResult, _> = if is_tc(self.program) {
+            let prog: &SchedClassifier = prog.try_into().expect("a TC program");
+            prog.test_run(opts)
+        } else {
+            let prog: &Xdp = prog.try_into().expect("an XDP program");
+            prog.test_run(opts)
+        };
+        let result =
+            result.unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()));
         Run {
             action: result.return_value,
             per_run: result.duration,
@@ -123,8 +141,22 @@ impl Loaded {
         out
     }
 
+    /// The counters of both directions added up.
     pub fn counters(&self) -> Counters {
-        let per_cpu = self.stats.get(&0, 0).expect("read STATS");
+        let (i, e) = (
+            self.counters_of(Direction::Ingress),
+            self.counters_of(Direction::Egress),
+        );
+        Counters {
+            seen: i.seen + e.seen,
+            sampled: i.sampled + e.sampled,
+            ring_full: i.ring_full + e.ring_full,
+        }
+    }
+
+    /// The counters of one direction.
+    pub fn counters_of(&self, d: Direction) -> Counters {
+        let per_cpu = self.stats.get(&(d as u32), 0).expect("read STATS");
         per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
             seen: acc.seen + c.seen,
             sampled: acc.sampled + c.sampled,
