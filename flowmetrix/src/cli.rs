@@ -99,6 +99,10 @@ pub struct Cli {
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
     pub output: Output,
 
+    /// The `host` column of every row (e.g. a Kubernetes node name); default: the host name.
+    #[arg(help_heading = "Output", long, value_name = "NAME", value_parser = parse_host_name)]
+    pub host_name: Option<String>,
+
     /// Rows per batch handed to the output.
     #[arg(help_heading = "Output", long, default_value_t = 1024, value_name = "ROWS",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -372,6 +376,13 @@ fn parse_endpoint(s: &str) -> Result<String, String> {
         return Err(bad());
     }
     Ok(s.to_owned())
+}
+
+/// A `host` value: 1 to 253 printable characters without spaces.
+fn parse_host_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_graphic());
+    ok.then(|| s.to_owned())
+        .ok_or_else(|| format!("'{s}' is not a host name (1-253 printable characters, no spaces)"))
 }
 
 fn parse_name(s: &str) -> Result<String, String> {

@@ -11,7 +11,7 @@ use etherparse::{
 
 use crate::{
     app::Applications,
-    record::{MacAddr, PacketRecord, PacketType, Tunnel, UnixNanos},
+    record::{self, Direction, MacAddr, PacketRecord, PacketType, Tunnel, UnixNanos},
 };
 
 /// What the sampler knows about a frame besides its bytes.
@@ -69,6 +69,9 @@ pub fn decode(
         inner_src_port: inner.as_ref().and_then(|i| i.src_port),
         inner_dst_port: inner.as_ref().and_then(|i| i.dst_port),
         sample_rate: meta.sample_rate,
+        host: record::unnamed(),
+        interface: record::unnamed(),
+        direction: Direction::Ingress,
     })
 }
 

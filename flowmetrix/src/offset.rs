@@ -9,7 +9,7 @@ use etherparse::{
 };
 use tracing::{info, warn};
 
-use crate::record::UnixNanos;
+use crate::record::{Direction, UnixNanos};
 
 /// The prefix length `-offset` means when it is given without a value.
 pub const VMWARE_DEFAULT: usize = 24;
@@ -117,6 +117,7 @@ pub struct Held {
     pub bytes: Vec<u8>,
     pub wire_len: u32,
     pub ts: UnixNanos,
+    pub direction: Direction,
 }
 
 #[derive(Debug)]
@@ -173,7 +174,20 @@ impl AutoPrefix {
         }
     }
 
+    /// [`observe_in`](Self::observe_in) for an ingress frame.
     pub fn observe(&mut self, frame: &[u8], wire_len: u32, ts: UnixNanos, now: Instant) -> Step {
+        self.observe_in(frame, wire_len, ts, Direction::Ingress, now)
+    }
+
+    /// Takes in one frame; what to do with it (and with the frames held so far).
+    pub fn observe_in(
+        &mut self,
+        frame: &[u8],
+        wire_len: u32,
+        ts: UnixNanos,
+        direction: Direction,
+        now: Instant,
+    ) -> Step {
         match &mut self.state {
             Learn::Settled { offset, seen, good } => {
                 let offset = *offset;
@@ -188,7 +202,7 @@ impl AutoPrefix {
                             *seen
                         );
                         self.state = Self::learning();
-                        return self.observe(frame, wire_len, ts, now);
+                        return self.observe_in(frame, wire_len, ts, direction, now);
                     }
                     (*seen, *good) = (0, 0);
                 }
@@ -207,6 +221,7 @@ impl AutoPrefix {
                     bytes: frame.to_vec(),
                     wire_len,
                     ts,
+                    direction,
                 });
                 let n = held.len();
                 let (best, score) = best(scores);

@@ -3,7 +3,7 @@
 //! Plain data. Sinks decide how to encode it; the JSON form (keys = column names, absent
 //! values null, `ts` as RFC 3339 UTC with nanoseconds) is defined here by serde.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use serde::{Serialize, Serializer};
 
@@ -32,6 +32,39 @@ impl Serialize for PacketType {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
+}
+
+/// Which way a packet went through its interface (`direction` column).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Direction {
+    #[default]
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+impl Serialize for Direction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+fn name<S: Serializer>(n: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n)
+}
+
+/// An empty name, shared: a row gets its host and interface from the decode stage.
+pub fn unnamed() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Arc::clone(EMPTY.get_or_init(|| Arc::from("")))
 }
 
 /// The encapsulation a packet carries (`tunnel` column).
@@ -130,6 +163,13 @@ pub struct PacketRecord {
     pub inner_dst_port: Option<u16>,
     /// The 1-in-N rate this row was sampled at: multiply counts by it.
     pub sample_rate: u32,
+    /// The host that captured it (`--host-name`; by default the host's name).
+    #[serde(serialize_with = "name")]
+    pub host: Arc<str>,
+    /// The interface it was captured on; for a file replayed, the file's name.
+    #[serde(serialize_with = "name")]
+    pub interface: Arc<str>,
+    pub direction: Direction,
 }
 
 impl Default for PacketRecord {
@@ -157,12 +197,15 @@ impl Default for PacketRecord {
             inner_src_port: None,
             inner_dst_port: None,
             sample_rate: 1,
+            host: unnamed(),
+            interface: unnamed(),
+            direction: Direction::Ingress,
         }
     }
 }
 
-/// Column names in table order, as the JSON keys and (later) the table use them.
-pub const COLUMNS: [&str; 21] = [
+/// Column names in table order, as the JSON keys and the table use them.
+pub const COLUMNS: [&str; 24] = [
     "ts",
     "packet_size",
     "ether_type",
@@ -184,6 +227,9 @@ pub const COLUMNS: [&str; 21] = [
     "inner_src_port",
     "inner_dst_port",
     "sample_rate",
+    "host",
+    "interface",
+    "direction",
 ];
 
 #[cfg(test)]
@@ -220,7 +266,7 @@ mod tests {
         let line = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
             line,
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"sample_rate":1}"#
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"sample_rate":1,"host":"","interface":"","direction":"ingress"}"#
         );
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     decode::{self, FrameMeta},
     metrics::Counters,
     offset::{self, AutoPrefix, Prefix, Step},
-    record::{PacketRecord, UnixNanos},
+    record::{Direction, PacketRecord, UnixNanos},
     ring::RecordError,
     source::{Sample, SourceInfo},
 };
@@ -22,6 +22,8 @@ use crate::{
 pub struct DecodeSettings {
     pub prefix: Prefix,
     pub applications: Arc<Applications>,
+    /// The `host` column (`--host-name`, by default the host's name).
+    pub host: Arc<str>,
 }
 
 pub struct Decoder {
@@ -30,6 +32,8 @@ pub struct Decoder {
     learner: Option<Box<AutoPrefix>>,
     applications: Arc<Applications>,
     sample_rate: u32,
+    host: Arc<str>,
+    interface: Arc<str>,
     counters: Arc<Counters>,
     warned: bool,
 }
@@ -41,6 +45,8 @@ impl Decoder {
             prefix: settings.prefix,
             applications: settings.applications,
             sample_rate: source.sample_rate,
+            host: settings.host,
+            interface: Arc::clone(&source.interface),
             counters,
             warned: false,
         }
@@ -53,16 +59,19 @@ impl Decoder {
             Err(e) => return self.not_decoded(&e),
         };
         let step = match (&mut self.learner, self.prefix) {
-            (Some(auto), _) => auto.observe(s.frame, s.wire_len, s.ts, Instant::now()),
+            (Some(auto), _) => {
+                auto.observe_in(s.frame, s.wire_len, s.ts, s.direction, Instant::now())
+            }
             (None, Prefix::Fixed(len)) => Step::Use(len),
             (None, Prefix::Auto) => Step::Use(0),
         };
         match step {
             Step::Hold => {}
-            Step::Use(len) => self.decode_at(len, s.frame, s.wire_len, s.ts, out),
+            Step::Use(len) => self.decode_at(len, s.frame, s.wire_len, s.ts, s.direction, out),
             Step::Release { offset, frames } => {
                 for held in frames {
-                    self.decode_at(offset, &held.bytes, held.wire_len, held.ts, out);
+                    let (wire_len, ts) = (held.wire_len, held.ts);
+                    self.decode_at(offset, &held.bytes, wire_len, ts, held.direction, out);
                 }
             }
         }
@@ -75,7 +84,8 @@ impl Decoder {
             return;
         };
         for held in frames {
-            self.decode_at(offset, &held.bytes, held.wire_len, held.ts, out);
+            let (wire_len, ts) = (held.wire_len, held.ts);
+            self.decode_at(offset, &held.bytes, wire_len, ts, held.direction, out);
         }
     }
 
@@ -85,6 +95,7 @@ impl Decoder {
         frame: &[u8],
         wire_len: u32,
         ts: UnixNanos,
+        direction: Direction,
         out: &mut Vec<PacketRecord>,
     ) {
         // No combinators here: each one would move the ~200-byte row once more.
@@ -98,8 +109,11 @@ impl Decoder {
             sample_rate: self.sample_rate,
         };
         match decode::decode(frame, meta, &self.applications) {
-            Ok(row) => {
+            Ok(mut row) => {
                 Counters::add(&self.counters.decoded, 1);
+                row.host = Arc::clone(&self.host);
+                row.interface = Arc::clone(&self.interface);
+                row.direction = direction;
                 out.push(row);
             }
             Err(e) => self.not_decoded(&e),
@@ -145,6 +159,7 @@ mod tests {
 
     fn info(rate: u32) -> SourceInfo {
         SourceInfo {
+            interface: "veth7".into(),
             sample_rate: rate,
             snaplen: 192,
             waits: false,
@@ -157,6 +172,7 @@ mod tests {
         let settings = DecodeSettings {
             prefix: Prefix::Fixed(0),
             applications: Arc::new(Applications::new([(9000, "MINIO".to_owned())])),
+            host: "node-3".into(),
         };
         let mut d = Decoder::new(settings, &info(10), Arc::clone(&counters));
         let mut out = Vec::new();
@@ -167,6 +183,10 @@ mod tests {
         assert_eq!(out[0].sample_rate, 10);
         assert_eq!(out[0].ts, UnixNanos(5));
         assert_eq!(out[0].dst_port, Some(9000));
+        assert_eq!(
+            (&*out[0].host, &*out[0].interface, out[0].direction),
+            ("node-3", "veth7", Direction::Ingress)
+        );
         // Another stage keeps its own table: no global.
         let mut plain = Decoder::new(DecodeSettings::default(), &info(1), Arc::default());
         plain.push(sample(&f, 5), &mut out);

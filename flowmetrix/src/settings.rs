@@ -75,6 +75,7 @@ impl Settings {
                 Prefix::Fixed(cli.offset.map_or(0, usize::from))
             },
             applications: Arc::new(Applications::new(file.applications.iter().cloned())),
+            host: cli.host_name.clone().unwrap_or_else(host_name).into(),
         };
         let sink = SinkSettings {
             output: output(cli, password)?,
@@ -207,6 +208,18 @@ fn tls(cli: &Cli) -> Result<Option<Tls>, UsageError> {
         cert_file: cert.clone(),
         key_file: key.clone(),
     }))
+}
+
+/// This host's name (gethostname), or `localhost` when it has none.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: a buffer of the length given; the name is NUL-terminated within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_owned(),
+        _ => "localhost".to_owned(),
+    }
 }
 
 fn readable(flag: &str, path: &Path) -> Result<(), UsageError> {

@@ -15,13 +15,7 @@ use crate::{
     ring::{self, Clock, RecordError, Ring},
 };
 
-/// Which way a packet went through the interface.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum Direction {
-    #[default]
-    Ingress,
-    Egress,
-}
+pub use crate::record::Direction;
 
 /// One sampled frame, borrowed from the source.
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +30,10 @@ pub struct Sample<'a> {
 }
 
 /// What the rows need to know about the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceInfo {
+    /// The interface captured on; for a file, the file's name.
+    pub interface: std::sync::Arc<str>,
     /// 1 in N packets is sampled.
     pub sample_rate: u32,
     /// Bytes captured per sample (0: whole frames, as a file holds them).
@@ -92,6 +88,8 @@ pub struct Live {
 /// A file read on a thread of its own (a pipe on standard input may block for as long as
 /// its writer likes; Ctrl+C must still be heard), handed over in chunks.
 pub struct Replay {
+    /// The file's name (`stdin` for standard input), as the rows' interface.
+    name: std::sync::Arc<str>,
     rx: tokio::sync::mpsc::Receiver<Chunk>,
     chunk: Option<Chunk>,
     /// Frames handed to the pipeline.
@@ -163,6 +161,14 @@ impl Source {
                 // too, so that Ctrl+C is heard meanwhile.
                 let (opened_tx, opened) = tokio::sync::oneshot::channel();
                 let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+                let name = if path.as_os_str() == pcap::STDIN {
+                    "stdin".into()
+                } else {
+                    path.file_name()
+                        .map_or_else(|| path.to_string_lossy(), |n| n.to_string_lossy())
+                        .as_ref()
+                        .into()
+                };
                 let path = path.clone();
                 std::thread::Builder::new()
                     .name("flowmetrix-pcap".into())
@@ -188,6 +194,7 @@ impl Source {
                     Err(_) => return Err(SourceError::ReaderGone),
                 }
                 Ok(Self::Pcap(Box::new(Replay {
+                    name,
                     rx,
                     chunk: None,
                     read: 0,
@@ -199,11 +206,13 @@ impl Source {
     pub fn info(&self) -> SourceInfo {
         match self {
             Self::Live(l) => SourceInfo {
+                interface: l.config.interface.as_str().into(),
                 sample_rate: l.config.sample_rate,
                 snaplen: l.config.snaplen,
                 waits: false,
             },
-            Self::Pcap(_) => SourceInfo {
+            Self::Pcap(r) => SourceInfo {
+                interface: r.name.clone(),
                 sample_rate: 1,
                 snaplen: 0,
                 waits: true,

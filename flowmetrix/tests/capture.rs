@@ -26,7 +26,7 @@ fn every_sent_frame_comes_out_once_with_every_column_right() {
     );
 
     let rows = done.rows();
-    assert_each_case_once(&rows, &cases, window);
+    assert_each_case_once(&rows, &cases, window, &net.if_a);
     // The link is quiet but for the test's frames: nothing else came out.
     assert_eq!(rows.len(), cases.len(), "unexpected rows:\n{}", done.stdout);
 

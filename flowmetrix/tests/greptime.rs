@@ -70,7 +70,7 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
     assert_eq!(done.stdout, "", "rows go to GreptimeDB, not stdout");
 
     let rows = endpoint.rows("fm_packets");
-    assert_each_case_once(&rows, &cases, window);
+    assert_each_case_once(&rows, &cases, window, &net.if_a);
     assert_eq!(rows.len(), cases.len());
 
     use ColumnDataType as T;
@@ -97,6 +97,9 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
         ("inner_src_port", T::Uint16, Field),
         ("inner_dst_port", T::Uint16, Field),
         ("sample_rate", T::Uint32, Field),
+        ("host", T::String, Tag),
+        ("interface", T::String, Tag),
+        ("direction", T::String, Tag),
     ];
     let received = endpoint.received();
     assert!(!received.is_empty());

@@ -117,7 +117,9 @@ fn a_file_goes_through_every_stage_into_greptimedb() {
     let decode = DecodeSettings {
         prefix: Prefix::Fixed(0),
         applications: Arc::new(Applications::new([(9000, "MINIO".to_owned())])),
+        host: "node-7".into(),
     };
+    let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
     let out = run(settings(file.clone(), decode, greptime(&endpoint)));
     assert!(out.error.is_none(), "{:?}", out.error);
     let s = out.summary;
@@ -134,6 +136,14 @@ fn a_file_goes_through_every_stage_into_greptimedb() {
         assert_eq!(r["application"], want, "{r}");
         assert_eq!(r["sample_rate"], 1);
         assert_eq!(r["src_ip"], "10.8.0.1");
+        assert_eq!(
+            (&r["host"], &r["interface"], &r["direction"]),
+            (
+                &"node-7".into(),
+                &file_name.as_str().into(),
+                &"ingress".into()
+            )
+        );
         assert_eq!(r["packet_size"], frames[port as usize].len() as u64);
         let ms = port * 1_000_000;
         assert_eq!(

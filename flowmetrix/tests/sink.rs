@@ -474,3 +474,24 @@ fn an_existing_table_is_made_append_only_and_a_new_one_is_created_so() {
     assert!(endpoint.append_only("public", "packet_data"));
     assert_exactly(&endpoint, 0..10);
 }
+
+#[test]
+fn a_table_of_an_older_version_gains_the_new_columns_on_insert() {
+    // As GreptimeDB does: an insert with columns the table lacks adds them; rows written
+    // before have them null.
+    let endpoint = Endpoint::start(None);
+    let old: Vec<(&str, ColumnDataType)> = flowmetrix::sink::greptime::SCHEMA
+        .iter()
+        .filter(|c| !["host", "interface", "direction"].contains(&c.name))
+        .map(|c| (c.name, c.data_type))
+        .collect();
+    endpoint.create_table("public", "packet_data", &old);
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
+    h.offer(rows(0..10));
+    h.finish();
+    assert_eq!(h.get(|c| &c.written), 10);
+    let cols = endpoint.columns("public", "packet_data");
+    assert_eq!(cols.len(), old.len() + 3);
+    assert_eq!(&cols[old.len()..], ["host", "interface", "direction"]);
+    assert_exactly(&endpoint, 0..10);
+}

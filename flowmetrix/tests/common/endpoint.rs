@@ -700,6 +700,17 @@ impl Endpoint {
     }
 
     /// SQL statements received over `Handle`, in order.
+    /// The columns of `db.table`, in the order they were added.
+    pub fn columns(&self, db: &str, table: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .tables
+            .get(&(db.to_owned(), table.to_owned()))
+            .map(|cols| cols.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether `db.table` keeps every row (append mode).
     pub fn append_only(&self, db: &str, table: &str) -> bool {
         self.state

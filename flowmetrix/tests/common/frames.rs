@@ -47,6 +47,7 @@ fn base_row(frame: &[u8]) -> Value {
         "inner_src_port": null,
         "inner_dst_port": null,
         "sample_rate": 1,
+        "direction": "ingress",
     })
 }
 
@@ -276,10 +277,22 @@ pub fn udp_frame(i: u32) -> Vec<u8> {
 }
 
 /// A row without its `ts` (which no test can predict exactly).
+/// A row without what depends on when and where it was captured: `ts`, `host` and
+/// `interface` (checked on their own, see [`assert_each_case_once`]).
 pub fn without_ts(row: &Value) -> Value {
     let mut r = row.clone();
-    r.as_object_mut().unwrap().remove("ts");
+    let o = r.as_object_mut().unwrap();
+    for k in ["ts", "host", "interface"] {
+        o.remove(k);
+    }
     r
+}
+
+/// This machine's host name, as the collector puts it in the `host` column.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 pub fn ts_nanos(row: &Value) -> i128 {
@@ -297,8 +310,22 @@ pub fn unix_nanos(t: SystemTime) -> i128 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i128
 }
 
-/// Each case's row is among `rows` exactly once, with a `ts` inside the send window.
-pub fn assert_each_case_once(rows: &[Value], cases: &[Case], window: (SystemTime, SystemTime)) {
+/// Each case's row is among `rows` exactly once, with a `ts` inside the send window, and
+/// every row says this host and `interface`.
+pub fn assert_each_case_once(
+    rows: &[Value],
+    cases: &[Case],
+    window: (SystemTime, SystemTime),
+    interface: &str,
+) {
+    let host = host_name();
+    for r in rows {
+        assert_eq!(
+            (r["host"].as_str(), r["interface"].as_str()),
+            (Some(host.as_str()), Some(interface)),
+            "{r}"
+        );
+    }
     let (from, to) = (unix_nanos(window.0), unix_nanos(window.1));
     for case in cases {
         let hits: Vec<&Value> = rows.iter().filter(|r| without_ts(r) == case.row).collect();

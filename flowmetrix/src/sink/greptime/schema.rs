@@ -24,10 +24,11 @@ const fn col(name: &'static str, data_type: ColumnDataType, semantic: SemanticTy
 }
 
 /// The `packet_data` table, in [`PacketRecord`] field order. `ts` is the time index, in
-/// nanoseconds; `src_ip`, `dst_port`, `packet_type` and `application` are tags. Columns
+/// nanoseconds; `src_ip`, `dst_port`, `packet_type`, `application`, `host`, `interface` and
+/// `direction` are tags. Columns
 /// added later (`vlan_id`, `tunnel`, `inner_*`) are added to an existing table by
 /// GreptimeDB's insert.
-pub const SCHEMA: [Column; 21] = {
+pub const SCHEMA: [Column; 24] = {
     use ColumnDataType as T;
     use SemanticType::{Field, Tag, Timestamp};
     [
@@ -52,6 +53,9 @@ pub const SCHEMA: [Column; 21] = {
         col("inner_src_port", T::Uint16, Field),
         col("inner_dst_port", T::Uint16, Field),
         col("sample_rate", T::Uint32, Field),
+        col("host", T::String, Tag),
+        col("interface", T::String, Tag),
+        col("direction", T::String, Tag),
     ]
 };
 
@@ -106,6 +110,9 @@ pub fn encode_row(r: &PacketRecord) -> Row {
             value(u16v(r.inner_src_port)),
             value(u16v(r.inner_dst_port)),
             value(Some(ValueData::U32Value(r.sample_rate))),
+            value(string(&*r.host)),
+            value(string(&*r.interface)),
+            value(string(r.direction.as_str())),
         ],
     }
 }
@@ -151,6 +158,9 @@ mod tests {
             inner_src_port: Some(5353),
             inner_dst_port: Some(53),
             sample_rate: 10,
+            host: "node-1".into(),
+            interface: "eth0".into(),
+            direction: crate::record::Direction::Egress,
         }
     }
 
@@ -163,7 +173,18 @@ mod tests {
             .filter(|c| c.semantic == SemanticType::Tag)
             .map(|c| c.name)
             .collect();
-        assert_eq!(tags, ["src_ip", "dst_port", "packet_type", "application"]);
+        assert_eq!(
+            tags,
+            [
+                "src_ip",
+                "dst_port",
+                "packet_type",
+                "application",
+                "host",
+                "interface",
+                "direction"
+            ]
+        );
         let ts: Vec<&Column> = SCHEMA
             .iter()
             .filter(|c| c.semantic == SemanticType::Timestamp)
