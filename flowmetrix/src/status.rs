@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::metrics::{Counters, Registry, Summary};
+use crate::metrics::{Counters, DIRECTIONS, Registry, Summary};
 
 /// An episode of drops ends after this long without new ones.
 const QUIET: Duration = Duration::from_secs(10);
@@ -59,6 +59,17 @@ impl Status {
             Counters::get(&c.queue_depth),
             Counters::get(&c.spool_bytes),
         );
+        for (dir, name) in DIRECTIONS {
+            let (k, was) = (now.kernel.direction(dir), self.last.kernel.direction(dir));
+            if k.seen > 0 {
+                info!(
+                    "{name}: seen {:.1}/s, sampled {:.1}/s, ring drops {} since the last line",
+                    d(k.seen, was.seen) as f64 / secs,
+                    d(k.sampled, was.sampled) as f64 / secs,
+                    d(k.ring_drops, was.ring_drops),
+                );
+            }
+        }
         self.last = now;
         self.last_at = Instant::now();
     }

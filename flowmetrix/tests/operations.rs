@@ -66,6 +66,14 @@ fn metrics_match_the_rows_and_the_exit_summary() {
         "no status line:\n{}",
         done.stderr
     );
+    // And one for the direction that saw packets, with its rates.
+    assert!(
+        done.stderr.lines().any(|l| l.contains("INFO")
+            && l.contains("ingress: seen ")
+            && l.contains("/s, sampled ")),
+        "no ingress status line:\n{}",
+        done.stderr
+    );
 }
 
 #[test]
