@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::{
     capture::{self, Capture, CaptureConfig, CaptureError},
+    decode::Link,
     metrics::KernelStats,
     pcap::{self, FrameInfo, PcapFileError, PcapFrames},
     record::UnixNanos,
@@ -33,6 +34,8 @@ pub struct Sample<'a> {
     pub ts: UnixNanos,
     pub ifindex: u32,
     pub direction: Direction,
+    /// What the frame starts with: Ethernet live, the file's link type in a replay.
+    pub link: Link,
 }
 
 /// What the rows need to know about the source.
@@ -247,6 +250,7 @@ impl Source {
                         ts: clock.wall(s.header.ts_boot_ns),
                         ifindex: s.header.ifindex,
                         direction,
+                        link: Link::Ethernet,
                     }));
                 });
                 Ok(Pulled::More)
@@ -263,6 +267,7 @@ impl Source {
                         ts: info.ts,
                         ifindex: 0,
                         direction: Direction::Ingress,
+                        link: info.link,
                     }));
                 }
                 match chunk.end {

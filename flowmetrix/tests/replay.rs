@@ -297,7 +297,10 @@ fn ctrl_c_is_heard_while_standard_input_holds_back_the_file() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let sent = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        assert!(sent.elapsed() < Duration::from_secs(5), "no exit after Ctrl+C");
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "no exit after Ctrl+C"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = child.wait_with_output().unwrap();

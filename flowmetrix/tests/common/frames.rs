@@ -55,6 +55,7 @@ fn row(
         "inner_protocol": null,
         "inner_src_port": null,
         "inner_dst_port": null,
+        "mpls_labels": null,
         "sample_rate": 1,
     })
 }
