@@ -1,5 +1,6 @@
 //! Frames from a pcap or pcapng file (`--pcap FILE`), for replay through the same
-//! offset → decode → sink path as live capture.
+//! offset → decode → sink path as live capture. Each frame carries its link type (pcapng
+//! keeps one per interface); a trailing FCS the file declares is taken off.
 
 use std::{
     fs::File,
@@ -12,7 +13,7 @@ use pcap_parser::{
     Block, Linktype, PcapBlockOwned, PcapError, create_reader, traits::PcapReaderIterator,
 };
 
-use crate::record::UnixNanos;
+use crate::{decode::Link, record::UnixNanos};
 
 /// Every error is one sentence about the file, never a parser's internal name.
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +48,11 @@ pub enum PcapFileError {
         detail: String,
     },
     #[error(
-        "{path} has unsupported link type {linktype}{name}: only Ethernet (link type 1) captures can be replayed"
+        "{path} has unsupported link type {linktype}{name}: replayed are Ethernet (1), Linux cooked captures (113, 276), raw IP (101, 228, 229) and BSD loopback (0, 108)"
     )]
     LinkType {
         path: String,
-        linktype: i32,
+        linktype: u16,
         name: String,
     },
 }
@@ -123,14 +124,18 @@ fn is_capture_magic(head: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameInfo {
     pub ts: UnixNanos,
-    /// Length on the wire (`origlen`); the bytes may be fewer.
+    /// Length on the wire (`origlen`, less any FCS); the bytes may be fewer.
     pub wire_len: u32,
+    /// What the frame starts with.
+    pub link: Link,
 }
 
 /// Per pcapng interface: link type and timestamp units.
 #[derive(Debug, Clone, Copy)]
 struct Interface {
-    linktype: Linktype,
+    link: Link,
+    /// Bytes of FCS at the end of each frame (0: none).
+    fcs: u32,
     /// Timestamp units per second.
     resolution: u64,
     offset_s: i64,
@@ -146,8 +151,9 @@ pub struct PcapFrames {
 /// What the blocks read so far said.
 struct State {
     path: String,
-    /// Legacy pcap: link type and whether timestamps are in nanoseconds.
-    legacy: Option<(Linktype, bool)>,
+    /// Legacy pcap: link type, FCS bytes per frame and whether timestamps are in
+    /// nanoseconds.
+    legacy: Option<(Link, u32, bool)>,
     interfaces: Vec<Interface>,
     frames: u64,
 }
@@ -157,6 +163,11 @@ const BUFFER: usize = 1 << 20;
 impl PcapFrames {
     /// Opens a capture file, or standard input for `-`.
     pub fn open(path: &Path) -> Result<Self, PcapFileError> {
+        let (name, inner) = Self::input(path)?;
+        Self::from_reader(name, inner)
+    }
+
+    fn input(path: &Path) -> Result<(String, Box<dyn Read + Send>), PcapFileError> {
         let stdin = path.as_os_str() == STDIN;
         let name = if stdin {
             "standard input".to_owned()
@@ -175,6 +186,11 @@ impl PcapFrames {
             }
             Box::new(file)
         };
+        Ok((name, inner))
+    }
+
+    /// Reads a capture from `inner`, named `name` in errors.
+    pub fn from_reader(name: String, inner: Box<dyn Read + Send>) -> Result<Self, PcapFileError> {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let input = Input {
             inner,
@@ -289,6 +305,58 @@ fn reason<I>(e: &PcapError<I>) -> Reason {
     }
 }
 
+/// Copies a frame's captured bytes (`caplen` of `data`) into `buf`, without the `fcs`
+/// trailing bytes of a frame that has them; returns its length on the wire, without them too.
+fn fill(buf: &mut Vec<u8>, data: &[u8], caplen: u32, origlen: u32, fcs: u32) -> u32 {
+    let wire_len = origlen.saturating_sub(fcs);
+    let captured = data.len().min(caplen as usize);
+    let keep = if fcs == 0 {
+        captured
+    } else {
+        captured.min(wire_len as usize)
+    };
+    buf.clear();
+    buf.extend_from_slice(data.get(..keep).unwrap_or_default());
+    wire_len
+}
+
+/// A pcap header's FCS length: when bit 28 of the link-type field is set, bits 29–31 count
+/// the 16-bit words of FCS at the end of every frame.
+fn legacy_fcs(field: Linktype) -> u32 {
+    let field = field.0 as u32;
+    if field & (1 << 28) != 0 {
+        (field >> 29) * 2
+    } else {
+        0
+    }
+}
+
+/// `if_fcslen` (option 13): the FCS length of every frame on the interface. The
+/// specification says bits; some writers put bytes. Either reading of 2 or 4 bytes is taken.
+fn idb_fcs(options: &[pcap_parser::PcapNGOption<'_>]) -> u32 {
+    const IF_FCSLEN: u16 = 13;
+    let value = options
+        .iter()
+        .find(|o| o.code.0 == IF_FCSLEN)
+        .and_then(|o| o.as_bytes().ok()?.first().copied());
+    match value {
+        Some(v @ (2 | 4)) => u32::from(v),
+        Some(v @ (16 | 32)) => u32::from(v) / 8,
+        _ => 0,
+    }
+}
+
+/// `epb_flags` (option 2) bits 5–8: this packet's FCS length in bytes, when given.
+fn epb_fcs(options: &[pcap_parser::PcapNGOption<'_>]) -> Option<u32> {
+    const EPB_FLAGS: u16 = 2;
+    let flags = options
+        .iter()
+        .find(|o| o.code.0 == EPB_FLAGS)?
+        .as_u32_le()
+        .ok()?;
+    Some((flags >> 5) & 0xf).filter(|&n| n != 0)
+}
+
 impl State {
     fn corrupt(&self, detail: String) -> PcapFileError {
         PcapFileError::Corrupt {
@@ -298,12 +366,15 @@ impl State {
         }
     }
 
-    fn ethernet_only(&self, linktype: Linktype) -> Result<(), PcapFileError> {
-        if linktype == Linktype::ETHERNET {
-            Ok(())
+    /// The link type in a file's field: its lower 16 bits (a pcap header keeps the FCS
+    /// length above them).
+    fn link(&self, linktype: Linktype) -> Result<Link, PcapFileError> {
+        let number = (linktype.0 as u32 & 0xffff) as u16;
+        if let Some(link) = Link::from_linktype(number) {
+            Ok(link)
         } else {
-            // pcap-parser names the link types it knows (LINUX_SLL, RAW, …).
-            let name = linktype.to_string();
+            // pcap-parser names the link types it knows (IEEE802_11, …).
+            let name = Linktype(i32::from(number)).to_string();
             let name = if name
                 .chars()
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
@@ -314,7 +385,7 @@ impl State {
             };
             Err(PcapFileError::LinkType {
                 path: self.path.clone(),
-                linktype: linktype.0,
+                linktype: number,
                 name,
             })
         }
@@ -326,23 +397,19 @@ impl State {
         block: PcapBlockOwned<'_>,
         buf: &mut Vec<u8>,
     ) -> Result<Option<FrameInfo>, PcapFileError> {
-        let mut copy = |data: &[u8], caplen: u32| {
-            buf.clear();
-            buf.extend_from_slice(&data[..data.len().min(caplen as usize)]);
-        };
         match block {
             PcapBlockOwned::LegacyHeader(h) => {
-                self.ethernet_only(h.network)?;
-                self.legacy = Some((h.network, h.is_nanosecond_precision()));
+                let link = self.link(h.network)?;
+                self.legacy = Some((link, legacy_fcs(h.network), h.is_nanosecond_precision()));
                 Ok(None)
             }
             PcapBlockOwned::Legacy(b) => {
-                let nanos = self.legacy.is_some_and(|(_, ns)| ns);
+                let (link, fcs, nanos) = self.legacy.unwrap_or((Link::Ethernet, 0, false));
                 let frac = i64::from(b.ts_usec) * if nanos { 1 } else { 1_000 };
-                copy(b.data, b.caplen);
                 Ok(Some(FrameInfo {
                     ts: UnixNanos(i64::from(b.ts_sec) * 1_000_000_000 + frac),
-                    wire_len: b.origlen,
+                    wire_len: fill(buf, b.data, b.caplen, b.origlen, fcs),
+                    link,
                 }))
             }
             PcapBlockOwned::NG(Block::SectionHeader(_)) => {
@@ -350,12 +417,14 @@ impl State {
                 Ok(None)
             }
             PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                self.ethernet_only(idb.linktype)?;
+                let link = self.link(idb.linktype)?;
                 let resolution = idb
                     .ts_resolution()
+                    .filter(|&r| r > 0)
                     .ok_or_else(|| self.corrupt("invalid timestamp resolution".into()))?;
                 self.interfaces.push(Interface {
-                    linktype: idb.linktype,
+                    link,
+                    fcs: idb_fcs(&idb.options),
                     resolution,
                     offset_s: idb.ts_offset(),
                 });
@@ -365,23 +434,31 @@ impl State {
                 let iface = *self.interfaces.get(epb.if_id as usize).ok_or_else(|| {
                     self.corrupt(format!("packet on undeclared interface {}", epb.if_id))
                 })?;
-                debug_assert_eq!(iface.linktype, Linktype::ETHERNET);
                 let units = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
-                let secs = (units / iface.resolution) as i64 + iface.offset_s;
+                let secs = i64::try_from(units / iface.resolution)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(iface.offset_s);
                 let frac = (units % iface.resolution) as i128 * 1_000_000_000
                     / i128::from(iface.resolution);
-                copy(epb.data, epb.caplen);
+                let fcs = epb_fcs(&epb.options).unwrap_or(iface.fcs);
                 Ok(Some(FrameInfo {
-                    ts: UnixNanos(secs * 1_000_000_000 + frac as i64),
-                    wire_len: epb.origlen,
+                    ts: UnixNanos(
+                        secs.saturating_mul(1_000_000_000)
+                            .saturating_add(frac as i64),
+                    ),
+                    wire_len: fill(buf, epb.data, epb.caplen, epb.origlen, fcs),
+                    link: iface.link,
                 }))
             }
             PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
-                // No timestamp in a simple packet block: the best we have is none (0).
-                copy(spb.data, spb.origlen);
+                // Of the first interface; no timestamp: the best we have is none (0).
+                let iface = *self.interfaces.first().ok_or_else(|| {
+                    self.corrupt("packet before any interface is declared".into())
+                })?;
                 Ok(Some(FrameInfo {
                     ts: UnixNanos(0),
-                    wire_len: spb.origlen,
+                    wire_len: fill(buf, spb.data, spb.origlen, spb.origlen, iface.fcs),
+                    link: iface.link,
                 }))
             }
             PcapBlockOwned::NG(_) => Ok(None),
@@ -622,20 +699,20 @@ mod tests {
     }
 
     #[test]
-    fn non_ethernet_captures_are_refused() {
+    fn unsupported_link_types_are_refused() {
         let mut bytes = legacy(&[(1, 0, &[0; 20])]);
-        bytes[20..24].copy_from_slice(&113u32.to_le_bytes()); // Linux cooked capture
-        let p = write_tmp("sll.pcap", &bytes);
+        bytes[20..24].copy_from_slice(&239u32.to_le_bytes()); // netfilter log
+        let p = write_tmp("nflog.pcap", &bytes);
         let mut f = PcapFrames::open(&p).unwrap();
         let e = f.next_frame(&mut Vec::new()).unwrap_err();
         assert!(
-            matches!(e, PcapFileError::LinkType { linktype: 113, .. }),
+            matches!(e, PcapFileError::LinkType { linktype: 239, .. }),
             "{e}"
         );
         assert_eq!(
             e.to_string(),
             format!(
-                "{} has unsupported link type 113 (LINUX_SLL): only Ethernet (link type 1) captures can be replayed",
+                "{} has unsupported link type 239 (NFLOG): replayed are Ethernet (1), Linux cooked captures (113, 276), raw IP (101, 228, 229) and BSD loopback (0, 108)",
                 p.display()
             )
         );
@@ -652,5 +729,181 @@ mod tests {
         assert_clear(&e);
         assert!(e.to_string().contains("unsupported link type 4000:"), "{e}");
         std::fs::remove_file(p).unwrap();
+    }
+
+    /// A legacy pcap with this link-type field whose records are whole (caplen = origlen).
+    fn legacy_whole(field: u32, frames: &[&[u8]]) -> Vec<u8> {
+        let records: Vec<(u32, u32, &[u8])> = frames.iter().map(|f| (1, 0, *f)).collect();
+        let mut bytes = legacy(&records);
+        bytes[20..24].copy_from_slice(&field.to_le_bytes());
+        let mut at = 24;
+        for f in frames {
+            bytes[at + 12..at + 16].copy_from_slice(&(f.len() as u32).to_le_bytes());
+            at += 16 + f.len();
+        }
+        bytes
+    }
+
+    fn read_all(bytes: Vec<u8>) -> Vec<(FrameInfo, Vec<u8>)> {
+        let mut f =
+            PcapFrames::from_reader("test".into(), Box::new(std::io::Cursor::new(bytes))).unwrap();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(info) = f.next_frame(&mut buf).unwrap() {
+            out.push((info, buf.clone()));
+        }
+        out
+    }
+
+    #[test]
+    fn every_replayed_link_type_reaches_the_frames() {
+        for link in Link::ALL {
+            let frames = read_all(legacy_whole(u32::from(link.linktype()), &[&[9; 30]]));
+            assert_eq!(frames.len(), 1);
+            assert_eq!(
+                (frames[0].0.link, frames[0].0.wire_len),
+                (link, 30),
+                "{link}"
+            );
+            assert_eq!(frames[0].1, [9; 30]);
+        }
+    }
+
+    #[test]
+    fn fcs_bits_in_the_link_type_field_strip_the_fcs() {
+        let frame: Vec<u8> = (0..64).collect();
+        // F bit (28) set, 2 16-bit words (bits 29-31): a 4-byte FCS; link type Ethernet.
+        let field = (2 << 29) | (1 << 28) | 1;
+        let frames = read_all(legacy_whole(field, &[&frame]));
+        assert_eq!(frames[0].0.link, Link::Ethernet);
+        assert_eq!(frames[0].0.wire_len, 60);
+        assert_eq!(frames[0].1, frame[..60]);
+        // Length bits without the F bit: no FCS. Reserved bits: ignored.
+        let frames = read_all(legacy_whole((2 << 29) | 1, &[&frame]));
+        assert_eq!((frames[0].0.wire_len, frames[0].1.len()), (64, 64));
+        let frames = read_all(legacy_whole((0x3ff << 16) | 113, &[&frame]));
+        assert_eq!(frames[0].0.link, Link::LinuxSll);
+        // A record cut before its FCS keeps what it has; the wire length loses the FCS.
+        let mut bytes = legacy(&[(1, 0, &frame[..40])]);
+        bytes[20..24].copy_from_slice(&((2u32 << 29) | (1 << 28) | 1).to_le_bytes());
+        let frames = read_all(bytes);
+        assert_eq!((frames[0].0.wire_len, frames[0].1.len()), (136, 40));
+        // A 2-byte FCS on a frame shorter than it: nothing left, no panic.
+        let frames = read_all(legacy_whole((1 << 29) | (1 << 28) | 1, &[&[1]]));
+        assert_eq!((frames[0].0.wire_len, frames[0].1.len()), (0, 0));
+    }
+
+    /// One pcapng block.
+    fn block(v: &mut Vec<u8>, kind: u32, body: &[u8]) {
+        let len = 12 + body.len() as u32;
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(body);
+        v.extend_from_slice(&len.to_le_bytes());
+    }
+
+    /// Options (code, value), padded, with the end-of-options mark.
+    fn options(opts: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (code, value) in opts {
+            v.extend_from_slice(&code.to_le_bytes());
+            v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            v.extend_from_slice(value);
+            v.resize(v.len().div_ceil(4) * 4, 0);
+        }
+        v.extend_from_slice(&[0; 4]);
+        v
+    }
+
+    /// A pcapng with these interfaces (link type, options) and packets (interface, frame,
+    /// options).
+    fn pcapng_multi(ifaces: &[(u16, Vec<u8>)], packets: &[(u32, &[u8], Vec<u8>)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut shb = Vec::new();
+        shb.extend_from_slice(&0x1a2b_3c4du32.to_le_bytes());
+        shb.extend_from_slice(&1u16.to_le_bytes());
+        shb.extend_from_slice(&0u16.to_le_bytes());
+        shb.extend_from_slice(&(-1i64).to_le_bytes());
+        block(&mut v, 0x0a0d_0d0a, &shb);
+        for (linktype, opts) in ifaces {
+            let mut idb = Vec::new();
+            idb.extend_from_slice(&linktype.to_le_bytes());
+            idb.extend_from_slice(&0u16.to_le_bytes());
+            idb.extend_from_slice(&0u32.to_le_bytes());
+            idb.extend_from_slice(opts);
+            block(&mut v, 1, &idb);
+        }
+        for (if_id, data, opts) in packets {
+            let mut epb = Vec::new();
+            epb.extend_from_slice(&if_id.to_le_bytes());
+            epb.extend_from_slice(&0u32.to_le_bytes());
+            epb.extend_from_slice(&1_000_000u32.to_le_bytes());
+            epb.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            epb.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            epb.extend_from_slice(data);
+            epb.resize(epb.len().div_ceil(4) * 4, 0);
+            epb.extend_from_slice(opts);
+            block(&mut v, 6, &epb);
+        }
+        v
+    }
+
+    #[test]
+    fn pcapng_interfaces_keep_their_own_link_type_and_fcs() {
+        let frame: Vec<u8> = (0..64).collect();
+        let bytes = pcapng_multi(
+            &[
+                (1, Vec::new()),
+                (276, Vec::new()),
+                (1, options(&[(13, &[4])])),    // if_fcslen: 4
+                (101, options(&[(13, &[32])])), // if_fcslen in bits
+            ],
+            &[
+                (0, &frame, Vec::new()),
+                (1, &frame, Vec::new()),
+                (2, &frame, Vec::new()),
+                (3, &frame, Vec::new()),
+                // epb_flags with an FCS length of 2 (bits 5-8) overrides the interface's.
+                (2, &frame, options(&[(2, &(2u32 << 5).to_le_bytes())])),
+                (0, &frame, options(&[(2, &(4u32 << 5).to_le_bytes())])),
+            ],
+        );
+        let got: Vec<(Link, u32, usize)> = read_all(bytes)
+            .into_iter()
+            .map(|(i, b)| (i.link, i.wire_len, b.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Link::Ethernet, 64, 64),
+                (Link::LinuxSll2, 64, 64),
+                (Link::Ethernet, 60, 60),
+                (Link::RawIp, 60, 60),
+                (Link::Ethernet, 62, 62),
+                (Link::Ethernet, 60, 60),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unsupported_pcapng_interface_is_refused() {
+        let bytes = pcapng_multi(&[(1, Vec::new()), (105, Vec::new())], &[]);
+        let mut f =
+            PcapFrames::from_reader("x".into(), Box::new(std::io::Cursor::new(bytes))).unwrap();
+        let e = f.next_frame(&mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(e, PcapFileError::LinkType { linktype: 105, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_pcapng_timestamp_saturates() {
+        let mut bytes = pcapng_multi(&[(1, Vec::new())], &[(0, &[1; 20], Vec::new())]);
+        // The EPB's timestamp words (after SHB 28 + IDB 20 + EPB type, length, if_id).
+        let at = 28 + 20 + 12;
+        bytes[at..at + 8].copy_from_slice(&[0xff; 8]);
+        let frames = read_all(bytes);
+        assert_eq!(frames[0].0.ts, UnixNanos(i64::MAX));
     }
 }

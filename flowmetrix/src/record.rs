@@ -111,6 +111,72 @@ impl Serialize for MacAddr {
     }
 }
 
+/// An MPLS label stack, outermost label first (`mpls_labels` column), written as the
+/// labels in decimal joined by `/` (`16/1001`), as `ip route … encap mpls` writes it. At most
+/// [`MplsLabels::MAX`] labels are kept (the decoder walks no deeper).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MplsLabels {
+    labels: [u32; MplsLabels::MAX],
+    len: u8,
+}
+
+impl MplsLabels {
+    pub const MAX: usize = 8;
+
+    /// Appends a label (its 20 bits); false when the stack is full.
+    pub fn push(&mut self, label: u32) -> bool {
+        let Some(slot) = self.labels.get_mut(usize::from(self.len)) else {
+            return false;
+        };
+        *slot = label & 0xf_ffff;
+        self.len += 1;
+        true
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.labels[..usize::from(self.len).min(Self::MAX)]
+    }
+
+    pub fn is_full(&self) -> bool {
+        usize::from(self.len) >= Self::MAX
+    }
+}
+
+impl MplsLabels {
+    /// The first [`MplsLabels::MAX`] of these labels.
+    pub fn from_slice(labels: &[u32]) -> Self {
+        let mut stack = Self::default();
+        for &l in labels {
+            stack.push(l);
+        }
+        stack
+    }
+}
+
+impl<const N: usize> From<[u32; N]> for MplsLabels {
+    fn from(labels: [u32; N]) -> Self {
+        Self::from_slice(&labels)
+    }
+}
+
+impl std::fmt::Display for MplsLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, l) in self.as_slice().iter().enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            write!(f, "{l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for MplsLabels {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Capture time as nanoseconds since the Unix epoch (UTC).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnixNanos(pub i64);
@@ -138,8 +204,10 @@ pub struct PacketRecord {
     pub packet_size: u16,
     /// EtherType of the frame.
     pub ether_type: u16,
-    pub src_mac: MacAddr,
-    pub dst_mac: MacAddr,
+    /// Null when the link type has no such address (raw IP, loopback; `dst_mac` for Linux
+    /// cooked captures).
+    pub src_mac: Option<MacAddr>,
+    pub dst_mac: Option<MacAddr>,
     /// Outer VLAN id (802.1Q/802.1ad); null when untagged.
     pub vlan_id: Option<u16>,
     /// IP protocol number (upper layer); null for non-IP frames.
@@ -161,6 +229,8 @@ pub struct PacketRecord {
     pub inner_protocol: Option<u8>,
     pub inner_src_port: Option<u16>,
     pub inner_dst_port: Option<u16>,
+    /// The MPLS label stack the packet was carried under; null without MPLS.
+    pub mpls_labels: Option<MplsLabels>,
     /// The 1-in-N rate this row was sampled at: multiply counts by it.
     pub sample_rate: u32,
     /// The host that captured it (`--host-name`; by default the host's name).
@@ -179,8 +249,8 @@ impl Default for PacketRecord {
             ts: UnixNanos::default(),
             packet_size: 0,
             ether_type: 0,
-            src_mac: MacAddr::default(),
-            dst_mac: MacAddr::default(),
+            src_mac: None,
+            dst_mac: None,
             vlan_id: None,
             protocol: None,
             src_ip: None,
@@ -196,6 +266,7 @@ impl Default for PacketRecord {
             inner_protocol: None,
             inner_src_port: None,
             inner_dst_port: None,
+            mpls_labels: None,
             sample_rate: 1,
             host: unnamed(),
             interface: unnamed(),
@@ -205,7 +276,7 @@ impl Default for PacketRecord {
 }
 
 /// Column names in table order, as the JSON keys and the table use them.
-pub const COLUMNS: [&str; 24] = [
+pub const COLUMNS: [&str; 25] = [
     "ts",
     "packet_size",
     "ether_type",
@@ -226,6 +297,7 @@ pub const COLUMNS: [&str; 24] = [
     "inner_protocol",
     "inner_src_port",
     "inner_dst_port",
+    "mpls_labels",
     "sample_rate",
     "host",
     "interface",
@@ -241,8 +313,8 @@ mod tests {
             ts: UnixNanos(1_795_000_000_000_000_042),
             packet_size: 60,
             ether_type: 0x0806,
-            src_mac: MacAddr([0xAA, 0xBB, 0xCC, 0, 1, 2]),
-            dst_mac: MacAddr([0xff; 6]),
+            src_mac: Some(MacAddr([0xAA, 0xBB, 0xCC, 0, 1, 2])),
+            dst_mac: Some(MacAddr([0xff; 6])),
             src_ip: Some("10.0.0.1".parse().unwrap()),
             dst_ip: Some("fe80::1".parse().unwrap()),
             packet_type: PacketType::Arp,
@@ -266,7 +338,36 @@ mod tests {
         let line = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
             line,
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"sample_rate":1,"host":"","interface":"","direction":"ingress"}"#
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"mpls_labels":null,"sample_rate":1,"host":"","interface":"","direction":"ingress"}"#
+        );
+    }
+
+    #[test]
+    fn absent_macs_and_mpls_labels_in_json() {
+        let r = PacketRecord {
+            mpls_labels: Some(MplsLabels::from([16, 1_048_575, 3])),
+            ..PacketRecord::default()
+        };
+        let v = serde_json::to_value(r).unwrap();
+        assert_eq!(v["src_mac"], serde_json::Value::Null);
+        assert_eq!(v["dst_mac"], serde_json::Value::Null);
+        assert_eq!(v["mpls_labels"], "16/1048575/3");
+    }
+
+    #[test]
+    fn mpls_label_stack_is_bounded() {
+        let mut s = MplsLabels::default();
+        assert_eq!(s.to_string(), "");
+        for l in 0..MplsLabels::MAX as u32 {
+            assert!(s.push(l));
+        }
+        assert!(s.is_full());
+        assert!(!s.push(99), "full");
+        assert_eq!(s.to_string(), "0/1/2/3/4/5/6/7");
+        assert_eq!(
+            MplsLabels::from([0x1f_ffff]).as_slice(),
+            [0xf_ffff],
+            "20 bits"
         );
     }
 }

@@ -1,7 +1,9 @@
 //! The decode stage: samples → rows. The VMware prefix is taken off (fixed, or learned by
 //! `-auto-detect`, which holds frames until it has decided), then each frame is decoded
 //! into a [`PacketRecord`] with the port → application table it was given. What cannot
-//! become a row is counted as a decode error.
+//! become a row is counted as a decode error. The prefix is an Ethernet matter: frames of
+//! other link types (from a pcap file) are decoded as they are, with one warning when a
+//! prefix was asked for.
 
 use std::{sync::Arc, time::Instant};
 
@@ -9,7 +11,7 @@ use tracing::{debug, warn};
 
 use crate::{
     app::Applications,
-    decode::{self, FrameMeta},
+    decode::{self, FrameMeta, Link},
     metrics::Counters,
     offset::{self, AutoPrefix, Prefix, Step},
     record::{Direction, PacketRecord, UnixNanos},
@@ -36,6 +38,8 @@ pub struct Decoder {
     interface: Arc<str>,
     counters: Arc<Counters>,
     warned: bool,
+    /// Whether the prefix was said to be ignored for a non-Ethernet frame.
+    warned_prefix: bool,
 }
 
 impl Decoder {
@@ -49,6 +53,7 @@ impl Decoder {
             interface: Arc::clone(&source.interface),
             counters,
             warned: false,
+            warned_prefix: false,
         }
     }
 
@@ -58,6 +63,20 @@ impl Decoder {
             Ok(s) => s,
             Err(e) => return self.not_decoded(&e),
         };
+        if s.link != Link::Ethernet {
+            if self.prefix != Prefix::Fixed(0) && !self.warned_prefix {
+                let flag = match self.prefix {
+                    Prefix::Auto => "-auto-detect",
+                    Prefix::Fixed(_) => "-offset",
+                };
+                warn!(
+                    "{flag} applies to Ethernet frames only; ignored for {}",
+                    s.link
+                );
+                self.warned_prefix = true;
+            }
+            return self.decode_at(s.link, 0, s.frame, s.wire_len, (s.ts, s.direction), out);
+        }
         let step = match (&mut self.learner, self.prefix) {
             (Some(auto), _) => {
                 auto.observe_in(s.frame, s.wire_len, s.ts, s.direction, Instant::now())
@@ -67,11 +86,15 @@ impl Decoder {
         };
         match step {
             Step::Hold => {}
-            Step::Use(len) => self.decode_at(len, s.frame, s.wire_len, s.ts, s.direction, out),
+            Step::Use(len) => {
+                let when = (s.ts, s.direction);
+                self.decode_at(Link::Ethernet, len, s.frame, s.wire_len, when, out);
+            }
             Step::Release { offset, frames } => {
                 for held in frames {
-                    let (wire_len, ts) = (held.wire_len, held.ts);
-                    self.decode_at(offset, &held.bytes, wire_len, ts, held.direction, out);
+                    let (bytes, len, when) =
+                        (&held.bytes, held.wire_len, (held.ts, held.direction));
+                    self.decode_at(Link::Ethernet, offset, bytes, len, when, out);
                 }
             }
         }
@@ -84,22 +107,27 @@ impl Decoder {
             return;
         };
         for held in frames {
-            let (wire_len, ts) = (held.wire_len, held.ts);
-            self.decode_at(offset, &held.bytes, wire_len, ts, held.direction, out);
+            let (bytes, len, when) = (&held.bytes, held.wire_len, (held.ts, held.direction));
+            self.decode_at(Link::Ethernet, offset, bytes, len, when, out);
         }
     }
 
     fn decode_at(
         &mut self,
+        link: Link,
         prefix: usize,
         frame: &[u8],
         wire_len: u32,
-        ts: UnixNanos,
-        direction: Direction,
+        (ts, direction): (UnixNanos, Direction),
         out: &mut Vec<PacketRecord>,
     ) {
         // No combinators here: each one would move the ~200-byte row once more.
-        let (frame, wire_len) = match offset::strip(frame, wire_len, prefix) {
+        // The prefix (and its check for a whole Ethernet header) is for Ethernet only.
+        let stripped = match link {
+            Link::Ethernet => offset::strip(frame, wire_len, prefix),
+            _ => Ok((frame, wire_len)),
+        };
+        let (frame, wire_len) = match stripped {
             Ok(f) => f,
             Err(e) => return self.not_decoded(&e),
         };
@@ -108,7 +136,7 @@ impl Decoder {
             wire_len,
             sample_rate: self.sample_rate,
         };
-        match decode::decode(frame, meta, &self.applications) {
+        match decode::decode_link(link, frame, meta, &self.applications) {
             Ok(mut row) => {
                 Counters::add(&self.counters.decoded, 1);
                 row.host = Arc::clone(&self.host);
@@ -154,6 +182,7 @@ mod tests {
             ts: UnixNanos(ts),
             ifindex: 3,
             direction: Direction::Ingress,
+            link: Link::Ethernet,
         })
     }
 
@@ -237,5 +266,61 @@ mod tests {
             [0, 1, 2],
             "in order"
         );
+    }
+
+    #[test]
+    fn the_prefix_is_for_ethernet_frames_only() {
+        let mut raw = Vec::new();
+        PacketBuilder::ipv4([10, 9, 0, 1], [10, 9, 0, 2], 64)
+            .udp(40_000, 53)
+            .write(&mut raw, &[0; 4])
+            .unwrap();
+        let raw_sample = |ts| {
+            Ok(Sample {
+                link: Link::RawIp,
+                ..sample(&raw, ts).unwrap()
+            })
+        };
+        let counters = Arc::new(Counters::default());
+        let settings = DecodeSettings {
+            prefix: Prefix::Fixed(24),
+            ..Default::default()
+        };
+        let mut d = Decoder::new(settings, &info(1), Arc::clone(&counters));
+        let mut framed = vec![0xee; 24];
+        framed.extend(udp(443));
+        let mut out = Vec::new();
+        d.push(raw_sample(1), &mut out);
+        d.push(sample(&framed, 2), &mut out);
+        d.push(raw_sample(3), &mut out);
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (r.ts.0, r.application, r.src_mac.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            [(1, "DNS", false), (2, "HTTPS", true), (3, "DNS", false)]
+        );
+        assert!(d.warned_prefix);
+        assert_eq!(Counters::get(&counters.decode_errors), 0);
+
+        // -auto-detect holds Ethernet frames only; a 20-byte raw frame is no error either.
+        let settings = DecodeSettings {
+            prefix: Prefix::Auto,
+            ..Default::default()
+        };
+        let mut d = Decoder::new(settings, &info(1), Arc::clone(&counters));
+        let mut out = Vec::new();
+        d.push(sample(&framed, 1), &mut out);
+        d.push(raw_sample(2), &mut out);
+        assert_eq!(out.iter().map(|r| r.ts.0).collect::<Vec<_>>(), [2]);
+        d.finish(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].application, "HTTPS");
+
+        // No prefix asked for: no warning.
+        let mut d = Decoder::new(DecodeSettings::default(), &info(1), Arc::default());
+        d.push(raw_sample(1), &mut Vec::new());
+        assert!(!d.warned_prefix);
     }
 }

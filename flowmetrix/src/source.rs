@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::{
     capture::{self, Capture, CaptureConfig, CaptureError},
+    decode::Link,
     metrics::{DirectionStats, KernelStats},
     pcap::{self, FrameInfo, PcapFileError, PcapFrames},
     record::UnixNanos,
@@ -27,6 +28,8 @@ pub struct Sample<'a> {
     pub ts: UnixNanos,
     pub ifindex: u32,
     pub direction: Direction,
+    /// What the frame starts with: Ethernet live, the file's link type in a replay.
+    pub link: Link,
 }
 
 /// What the rows need to know about the source.
@@ -258,6 +261,7 @@ impl Source {
                             flowmetrix_common::Direction::Ingress => Direction::Ingress,
                             flowmetrix_common::Direction::Egress => Direction::Egress,
                         },
+                        link: Link::Ethernet,
                     }));
                 });
                 Ok(Pulled::More)
@@ -274,6 +278,7 @@ impl Source {
                         ts: info.ts,
                         ifindex: 0,
                         direction: Direction::Ingress,
+                        link: info.link,
                     }));
                 }
                 match chunk.end {

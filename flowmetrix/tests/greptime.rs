@@ -96,6 +96,7 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
         ("inner_protocol", T::Uint8, Field),
         ("inner_src_port", T::Uint16, Field),
         ("inner_dst_port", T::Uint16, Field),
+        ("mpls_labels", T::String, Field),
         ("sample_rate", T::Uint32, Field),
         ("host", T::String, Tag),
         ("interface", T::String, Tag),

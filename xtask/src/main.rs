@@ -13,7 +13,8 @@
 //!   tcpdump on veth (root) and the userspace criterion benchmarks (BENCHMARKS.md).
 //! - `dist`: setup, release build, then dist/ with the binary, man page, completions and
 //!   the deploy/ files.
-//! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder or the offset learner.
+//! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder, the pcap reader or
+//!   the offset learner.
 
 use std::{
     path::{Path, PathBuf},
@@ -51,7 +52,7 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then run a cargo-fuzz target (decode, offset_learner) for a while.
+    /// Setup, then run a cargo-fuzz target (decode, pcap, offset_learner) for a while.
     Fuzz {
         /// Fuzz target.
         #[arg(default_value = "decode")]

@@ -46,6 +46,7 @@ fn base_row(frame: &[u8]) -> Value {
         "inner_protocol": null,
         "inner_src_port": null,
         "inner_dst_port": null,
+        "mpls_labels": null,
         "sample_rate": 1,
         "direction": "ingress",
     })

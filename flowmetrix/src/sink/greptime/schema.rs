@@ -25,10 +25,10 @@ const fn col(name: &'static str, data_type: ColumnDataType, semantic: SemanticTy
 
 /// The `packet_data` table, in [`PacketRecord`] field order. `ts` is the time index, in
 /// nanoseconds; `src_ip`, `dst_port`, `packet_type`, `application`, `host`, `interface` and
-/// `direction` are tags. Columns
-/// added later (`vlan_id`, `tunnel`, `inner_*`) are added to an existing table by
+/// `direction` are tags. Columns added later (`vlan_id`, `tunnel`, `inner_*`,
+/// `mpls_labels`, `host`, `interface`, `direction`) are added to an existing table by
 /// GreptimeDB's insert.
-pub const SCHEMA: [Column; 24] = {
+pub const SCHEMA: [Column; 25] = {
     use ColumnDataType as T;
     use SemanticType::{Field, Tag, Timestamp};
     [
@@ -52,6 +52,7 @@ pub const SCHEMA: [Column; 24] = {
         col("inner_protocol", T::Uint8, Field),
         col("inner_src_port", T::Uint16, Field),
         col("inner_dst_port", T::Uint16, Field),
+        col("mpls_labels", T::String, Field),
         col("sample_rate", T::Uint32, Field),
         col("host", T::String, Tag),
         col("interface", T::String, Tag),
@@ -79,8 +80,8 @@ fn string(s: impl ToString) -> Option<ValueData> {
     Some(ValueData::StringValue(s.to_string()))
 }
 
-fn mac(m: MacAddr) -> Option<ValueData> {
-    string(m)
+fn mac(m: Option<MacAddr>) -> Option<ValueData> {
+    m.and_then(string)
 }
 
 /// One row, values in [`SCHEMA`] order.
@@ -109,6 +110,7 @@ pub fn encode_row(r: &PacketRecord) -> Row {
             value(u8v(r.inner_protocol)),
             value(u16v(r.inner_src_port)),
             value(u16v(r.inner_dst_port)),
+            value(r.mpls_labels.as_ref().and_then(string)),
             value(Some(ValueData::U32Value(r.sample_rate))),
             value(string(&*r.host)),
             value(string(&*r.interface)),
@@ -133,15 +135,15 @@ pub fn encode(table: &str, rows: &[PacketRecord]) -> RowInsertRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{COLUMNS, PacketType, Tunnel, UnixNanos};
+    use crate::record::{COLUMNS, MplsLabels, PacketType, Tunnel, UnixNanos};
 
     fn record() -> PacketRecord {
         PacketRecord {
             ts: UnixNanos(1_795_000_000_123_456_789),
             packet_size: 1514,
             ether_type: 0x0800,
-            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            src_mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
+            dst_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
             protocol: Some(6),
             src_ip: Some("10.0.0.1".parse().unwrap()),
             dst_ip: Some("10.0.0.2".parse().unwrap()),
@@ -157,6 +159,7 @@ mod tests {
             inner_protocol: Some(17),
             inner_src_port: Some(5353),
             inner_dst_port: Some(53),
+            mpls_labels: Some(MplsLabels::from([16, 1001])),
             sample_rate: 10,
             host: "node-1".into(),
             interface: "eth0".into(),
@@ -240,6 +243,9 @@ mod tests {
         };
         let row = encode_row(&r);
         for name in [
+            "src_mac",
+            "dst_mac",
+            "mpls_labels",
             "protocol",
             "src_ip",
             "dst_ip",

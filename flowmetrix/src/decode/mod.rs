@@ -1,17 +1,24 @@
-//! Frame bytes → [`PacketRecord`], with etherparse.
+//! Frame bytes → [`PacketRecord`]: the link header ([`link`]), what lies between it and the
+//! network packet ([`l2`]: VLAN, MPLS, PPPoE, MACsec), then IP and tunnels with etherparse.
 //!
 //! Parsing is lax: a sample cut short by the snap length fills the columns it has and leaves
-//! the rest null. Only a frame without a whole Ethernet header is an error.
+//! the rest null. Only a frame without a whole link header is an error.
+
+mod l2;
+mod link;
+#[cfg(test)]
+mod link_tests;
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{
-    EtherType, IpNumber, LaxIpPayloadSlice, LaxNetSlice, LaxSlicedPacket, LinkSlice, TransportSlice,
+    EtherType, IpNumber, LaxIpPayloadSlice, LaxNetSlice, LaxSlicedPacket, TransportSlice,
 };
 
+pub use self::link::Link;
 use crate::{
     app::Applications,
-    record::{self, Direction, MacAddr, PacketRecord, PacketType, Tunnel, UnixNanos},
+    record::{self, Direction, PacketRecord, PacketType, Tunnel, UnixNanos},
 };
 
 /// What the sampler knows about a frame besides its bytes.
@@ -27,6 +34,8 @@ pub struct FrameMeta {
 pub enum DecodeError {
     #[error("{0}-byte sample is shorter than an Ethernet header")]
     TooShort(usize),
+    #[error("{len}-byte sample is shorter than a {} header", .link.name())]
+    ShortLink { len: usize, link: Link },
 }
 
 /// Decodes one Ethernet II frame (or the first bytes of one); `apps` names the application.
@@ -35,32 +44,37 @@ pub fn decode(
     meta: FrameMeta,
     apps: &Applications,
 ) -> Result<PacketRecord, DecodeError> {
-    let packet =
-        LaxSlicedPacket::from_ethernet(frame).map_err(|_| DecodeError::TooShort(frame.len()))?;
-    let Some(LinkSlice::Ethernet2(eth)) = &packet.link else {
-        return Err(DecodeError::TooShort(frame.len()));
-    };
-    // The EtherType after any VLAN tags.
-    let ether_type = packet
-        .ether_payload()
-        .map_or(eth.ether_type(), |p| p.ether_type);
-    let ip = IpFields::of(&packet);
+    decode_link(Link::Ethernet, frame, meta, apps)
+}
+
+/// Decodes one frame that starts with a `link` header.
+pub fn decode_link(
+    link: Link,
+    frame: &[u8],
+    meta: FrameMeta,
+    apps: &Applications,
+) -> Result<PacketRecord, DecodeError> {
+    let head = link::header(link, frame)?;
+    let l2 = l2::walk(head.ether_type, head.payload);
+    let ip = l2.net.map_or_else(IpFields::default, |(t, bytes)| {
+        IpFields::of(&LaxSlicedPacket::from_ether_type(t, bytes))
+    });
     let inner = ip.tunnel.and_then(|(_, payload)| payload.decode());
 
     Ok(PacketRecord {
         ts: meta.ts,
         packet_size: u16::try_from(meta.wire_len).unwrap_or(u16::MAX),
-        ether_type: ether_type.0,
-        src_mac: MacAddr(eth.source()),
-        dst_mac: MacAddr(eth.destination()),
-        vlan_id: packet.vlan_ids().first().map(|id| id.value()),
+        ether_type: l2.ether_type,
+        src_mac: head.src_mac,
+        dst_mac: head.dst_mac,
+        vlan_id: l2.vlan_id,
         protocol: ip.protocol,
         src_ip: ip.src,
         dst_ip: ip.dst,
         src_port: ip.src_port,
         dst_port: ip.dst_port,
         tcp_flags: ip.tcp_flags,
-        packet_type: packet_type(ether_type),
+        packet_type: l2.net.map_or(PacketType::Other, |(t, _)| packet_type(t)),
         application: apps.application(ip.src_port, ip.dst_port),
         tunnel: ip.tunnel.map(|(t, _)| t),
         inner_src_ip: inner.as_ref().and_then(|i| i.src),
@@ -68,6 +82,7 @@ pub fn decode(
         inner_protocol: inner.as_ref().and_then(|i| i.protocol),
         inner_src_port: inner.as_ref().and_then(|i| i.src_port),
         inner_dst_port: inner.as_ref().and_then(|i| i.dst_port),
+        mpls_labels: l2.mpls_labels,
         sample_rate: meta.sample_rate,
         host: record::unnamed(),
         interface: record::unnamed(),
@@ -285,6 +300,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::record::MacAddr;
 
     const SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
     const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -314,8 +330,8 @@ mod tests {
     fn udp_over_ipv4() {
         let f = udp4(b"hello");
         let r = decode(&f, meta(f.len())).unwrap();
-        assert_eq!(r.src_mac, MacAddr(SRC));
-        assert_eq!(r.dst_mac, MacAddr(DST));
+        assert_eq!(r.src_mac, Some(MacAddr(SRC)));
+        assert_eq!(r.dst_mac, Some(MacAddr(DST)));
         assert_eq!(r.ether_type, 0x0800);
         assert_eq!(r.packet_type, PacketType::Ipv4);
         assert_eq!(r.protocol, Some(17));
