@@ -373,6 +373,7 @@ fn ip_udp_row(size: usize, ether_type: u16, src_mac: Value, dst_mac: Value, mpls
         "inner_dst_port": null,
         "mpls_labels": mpls,
         "sample_rate": 1,
+        "direction": "ingress",
     })
 }
 
