@@ -3,7 +3,7 @@
 //! into a [`PacketRecord`] with the port → application table it was given. What cannot
 //! become a row is counted as a decode error.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::VecDeque, sync::Arc, time::Instant};
 
 use tracing::{debug, warn};
 
@@ -33,7 +33,10 @@ pub struct Decoder {
     applications: Arc<Applications>,
     sample_rate: u32,
     host: Arc<str>,
+    /// For samples that do not say their interface.
     interface: Arc<str>,
+    /// The interface of each frame `-auto-detect` holds, in order.
+    held: VecDeque<Arc<str>>,
     counters: Arc<Counters>,
     warned: bool,
 }
@@ -47,6 +50,7 @@ impl Decoder {
             sample_rate: source.sample_rate,
             host: settings.host,
             interface: Arc::clone(&source.interface),
+            held: VecDeque::new(),
             counters,
             warned: false,
         }
@@ -65,14 +69,16 @@ impl Decoder {
             (None, Prefix::Fixed(len)) => Step::Use(len),
             (None, Prefix::Auto) => Step::Use(0),
         };
+        let interface = Arc::clone(s.interface.unwrap_or(&self.interface));
         match step {
-            Step::Hold => {}
-            Step::Use(len) => self.decode_at(len, s.frame, s.wire_len, s.ts, s.direction, out),
+            Step::Hold => self.held.push_back(interface),
+            Step::Use(len) => {
+                let frame = (s.frame, s.wire_len, s.ts, s.direction);
+                self.decode_at(len, frame, interface, out);
+            }
             Step::Release { offset, frames } => {
-                for held in frames {
-                    let (wire_len, ts) = (held.wire_len, held.ts);
-                    self.decode_at(offset, &held.bytes, wire_len, ts, held.direction, out);
-                }
+                self.held.push_back(interface);
+                self.release(offset, frames, out);
             }
         }
     }
@@ -83,19 +89,27 @@ impl Decoder {
         let Some((offset, frames)) = self.learner.as_mut().and_then(|a| a.finish()) else {
             return;
         };
-        for held in frames {
-            let (wire_len, ts) = (held.wire_len, held.ts);
-            self.decode_at(offset, &held.bytes, wire_len, ts, held.direction, out);
-        }
+        self.release(offset, frames, out);
     }
 
+    fn release(&mut self, offset: usize, frames: Vec<offset::Held>, out: &mut Vec<PacketRecord>) {
+        for held in frames {
+            let interface = self
+                .held
+                .pop_front()
+                .unwrap_or_else(|| Arc::clone(&self.interface));
+            let frame = (&held.bytes[..], held.wire_len, held.ts, held.direction);
+            self.decode_at(offset, frame, interface, out);
+        }
+        self.held.clear();
+    }
+
+    /// Decodes `frame` (bytes, wire length, time, direction) after a prefix of `prefix`.
     fn decode_at(
         &mut self,
         prefix: usize,
-        frame: &[u8],
-        wire_len: u32,
-        ts: UnixNanos,
-        direction: Direction,
+        (frame, wire_len, ts, direction): (&[u8], u32, UnixNanos, Direction),
+        interface: Arc<str>,
         out: &mut Vec<PacketRecord>,
     ) {
         // No combinators here: each one would move the ~200-byte row once more.
@@ -112,7 +126,7 @@ impl Decoder {
             Ok(mut row) => {
                 Counters::add(&self.counters.decoded, 1);
                 row.host = Arc::clone(&self.host);
-                row.interface = Arc::clone(&self.interface);
+                row.interface = interface;
                 row.direction = direction;
                 out.push(row);
             }
@@ -154,6 +168,7 @@ mod tests {
             ts: UnixNanos(ts),
             ifindex: 3,
             direction: Direction::Ingress,
+            interface: None,
         })
     }
 
