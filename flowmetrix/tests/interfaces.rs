@@ -1,7 +1,6 @@
 //! Many interfaces (issue 12): `-i` lists and patterns, interfaces that appear after start
 //! and go away while captured, and the kernel's counters per interface. Root tier.
 
-#[allow(dead_code)]
 mod common;
 
 use std::{
