@@ -24,10 +24,25 @@ const _: () = {
 
 /// Name of the ring buffer map that carries [`Sample`]s to userspace.
 pub const SAMPLES_MAP: &str = "SAMPLES";
-/// Name of the per-CPU array of [`CpuStats`]: one entry per [`Direction`], indexed by it.
+/// Name of the per-CPU array of [`CpuStats`]: one entry per interface slot and
+/// [`Direction`], at [`stats_index`]. Slot 0 counts packets of interfaces that have no slot.
 pub const STATS_MAP: &str = "STATS";
-/// Entries of [`STATS_MAP`]: ingress, egress.
+/// Directions: ingress, egress.
 pub const DIRECTIONS: u32 = 2;
+/// Interface slots in [`STATS_MAP`], slot 0 (no slot) included: at most this many less one
+/// interfaces are counted apart at once.
+pub const IF_SLOTS: u32 = 512;
+/// Name of the array that gives an interface's slot, indexed by ifindex (0: no slot). Set by
+/// userspace when it attaches to an interface, cleared when it detaches.
+pub const IF_SLOT_MAP: &str = "IFSLOT";
+/// Entries of [`IF_SLOT_MAP`]: interfaces with a larger ifindex are counted in slot 0.
+pub const MAX_IFINDEX: u32 = 1 << 16;
+
+/// The [`STATS_MAP`] entry of interface slot `slot`, direction `dir`.
+#[inline(always)]
+pub const fn stats_index(slot: u32, dir: Direction) -> u32 {
+    slot * DIRECTIONS + dir as u32
+}
 /// Name of the global holding the sampling rate N (1 in N packets is sampled).
 pub const SAMPLE_RATE_GLOBAL: &str = "SAMPLE_RATE";
 /// Name of the global holding the snap length in bytes (1..=MAX_SNAPLEN).
@@ -152,6 +167,12 @@ mod tests {
         assert_eq!(Direction::Ingress as u16, 0);
         assert_eq!(Direction::Egress as u16, 1);
         assert_eq!(DIRECTIONS, 2);
+        assert_eq!(stats_index(0, Direction::Egress), 1);
+        assert_eq!(stats_index(3, Direction::Ingress), 6);
+        assert_eq!(
+            stats_index(IF_SLOTS - 1, Direction::Egress),
+            IF_SLOTS * DIRECTIONS - 1
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! periodic traffic does not alias with the sampler), reserve a [`Sample`] in the `SAMPLES`
 //! ring buffer (with the smallest slot that fits) holding the kernel timestamp, the frame's
 //! full length, its direction and its first `SNAPLEN` bytes. Every run updates the per-CPU
-//! counters of its direction.
+//! counters of its interface (the slot userspace gave it in `IFSLOT`) and direction; the
+//! countdown is kept per interface and direction too.
 
 use core::{cmp::min, ffi::c_void, ptr::read_volatile};
 
@@ -17,12 +18,13 @@ use aya_ebpf::{
         bpf_xdp_load_bytes,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::error;
 use flowmetrix_common::{
-    CpuStats, DIRECTIONS, Direction, MAX_SNAPLEN, SLOT_SIZES, Sample, WAKEUP_EVERY, next_skip,
+    CpuStats, DIRECTIONS, Direction, IF_SLOTS, MAX_IFINDEX, MAX_SNAPLEN, SLOT_SIZES, Sample,
+    WAKEUP_EVERY, next_skip, stats_index,
 };
 
 /// 1 in SAMPLE_RATE packets is sampled. Set by userspace at load time.
@@ -41,9 +43,13 @@ static WAKEUP_BYTES: u32 = 1 << 20;
 #[map]
 static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Indexed by [`Direction`].
+/// Indexed by interface slot and [`Direction`] ([`stats_index`]).
 #[map]
-static STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(DIRECTIONS, 0);
+static STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(IF_SLOTS * DIRECTIONS, 0);
+
+/// An interface's slot in STATS, by ifindex; 0 (no slot) unless userspace set one.
+#[map]
+static IFSLOT: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
 
 /// What the sampler needs from a packet, whichever hook it came through.
 pub trait Packet: EbpfContext {
@@ -111,12 +117,16 @@ impl Packet for TcContext {
 /// Counts the packet in direction `dir`'s counters and samples it if its turn has come.
 #[inline(always)]
 pub fn sample<P: Packet>(ctx: &P, dir: Direction) {
-    let Some(stats) = STATS.get_ptr_mut(dir as u32) else {
+    // Both lookups are array lookups, which the verifier inlines.
+    let slot = IFSLOT.get(ctx.ifindex()).copied().unwrap_or(0);
+    let slot = if slot < IF_SLOTS { slot } else { 0 };
+    let Some(stats) = STATS.get_ptr_mut(stats_index(slot, dir)) else {
         return;
     };
-    // SAFETY: a per-CPU slot of this direction; the programs run with migration disabled,
-    // and one direction's program does not nest on a CPU (TC egress runs with bottom halves
-    // off, so neither XDP nor TC ingress interrupts it, and they use the other slot anyway).
+    // SAFETY: a per-CPU entry of this interface and direction; the programs run with
+    // migration disabled, and one direction's program does not nest on a CPU (TC egress
+    // runs with bottom halves off, so neither XDP nor TC ingress interrupts it, and they use
+    // the other entry anyway).
     let stats = unsafe { &mut *stats };
     stats.seen += 1;
     if stats.countdown > 0 {

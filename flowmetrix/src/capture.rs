@@ -1,8 +1,10 @@
-//! Load the embedded programs, attach them to an interface, read their counters, detach.
+//! Load the embedded programs, attach them to interfaces, read their counters, detach.
 //!
 //! Ingress is sampled by the XDP program (or, with `--ingress-hook tc`, a TC program),
-//! egress by a TC program; all of them write to one ring buffer and one per-CPU counter
-//! array indexed by direction.
+//! egress by a TC program; the programs are loaded once and attached to every interface
+//! captured on, and all of them write to one ring buffer and one per-CPU counter array
+//! indexed by interface slot and direction (a slot is given to each interface attached, in
+//! the `IFSLOT` map; see [`SlotBook`]).
 //!
 //! XDP is attached through a bpf_link, TC through TCX (Linux 6.6+), a bpf_link too: the
 //! kernel detaches a program when the last file descriptor on its link closes, so a crashed
@@ -18,7 +20,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp,
         links::FdLink,
@@ -26,16 +28,22 @@ use aya::{
     },
     util::KernelVersion,
 };
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
+
 use flowmetrix_common::{
-    CpuStats, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP,
-    TC_EGRESS_PROGRAM_NAME, TC_INGRESS_PROGRAM_NAME, WAKEUP_BYTES_GLOBAL,
+    CpuStats, Direction, IF_SLOT_MAP, IF_SLOTS, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL,
+    SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP, TC_EGRESS_PROGRAM_NAME, TC_INGRESS_PROGRAM_NAME,
+    WAKEUP_BYTES_GLOBAL, stats_index,
 };
 use tracing::{debug, info, warn};
 
 /// Forwards the XDP program's log records to `log` (and so to tracing).
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-use crate::metrics::{DirectionStats, KernelStats};
+use crate::metrics::{DirectionStats, InterfaceStats, KernelStats};
 
 /// The XDP object built by build.rs, embedded so the binary is self-contained.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
@@ -139,7 +147,8 @@ pub enum TcAttach {
 /// What to load and where to attach it.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
-    pub interface: String,
+    /// The `-i` values: interface names and patterns (see [`crate::watch::Selection`]).
+    pub interfaces: Vec<String>,
     pub mode: XdpMode,
     pub sample_rate: u32,
     pub snaplen: u32,
@@ -149,18 +158,29 @@ pub struct CaptureConfig {
     pub tc_attach: TcAttach,
 }
 
-/// A loaded, attached sampler.
+/// The loaded programs, and the interfaces they are attached to.
 pub struct Capture {
     ebpf: Ebpf,
-    link: Option<FdLink>,
-    /// TC programs' links (TCX: a bpf_link fd; netlink: removed by their drop).
-    tc_links: Vec<SchedClassifierLink>,
+    cfg: CaptureConfig,
+    attached: BTreeMap<u32, Attached>,
     logger: Option<EbpfLogger>,
     stats: PerCpuArray<MapData, CpuStats>,
-    /// The mode the XDP program ended up attached in ("native" or "skb"), "" without XDP.
+    slot_of: Array<MapData, u32>,
+    book: SlotBook,
+    /// The mode the XDP program was last attached in ("native" or "skb"), "" without XDP.
     pub mode: &'static str,
-    /// How the TC programs were attached ("tcx" or "netlink"), "" without TC.
+    /// How the TC programs were last attached ("tcx" or "netlink"), "" without TC.
     pub tc_attached: &'static str,
+}
+
+/// One interface the programs are attached to.
+struct Attached {
+    name: Arc<str>,
+    /// Its counters' slot (0: none was free; counted with the other unslotted ones).
+    slot: u32,
+    xdp: Option<FdLink>,
+    /// TC programs' links (TCX: a bpf_link fd; netlink: removed by their drop).
+    tc: Vec<SchedClassifierLink>,
 }
 
 /// Whether an interface is administratively up (IFF_UP), if it exists.
@@ -195,12 +215,8 @@ pub fn if_index(name: &str) -> Option<u32> {
 }
 
 impl Capture {
-    pub fn attach(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
-        let ifindex = if_index(&cfg.interface)
-            .ok_or_else(|| CaptureError::NoSuchInterface(cfg.interface.clone()))?;
-        if if_is_up(&cfg.interface) == Some(false) {
-            return Err(CaptureError::InterfaceDown(cfg.interface.clone()));
-        }
+    /// Loads the programs (attached to nothing yet).
+    pub fn load(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
         // Ring buffers came in 5.8, XDP bpf_links in 5.9.
         if let Ok(v) = KernelVersion::current()
             && v < KernelVersion::new(5, 9, 0)
@@ -228,36 +244,143 @@ impl Capture {
             .take_map(STATS_MAP)
             .ok_or(CaptureError::Missing(STATS_MAP))?;
         let stats = PerCpuArray::try_from(stats).map_err(CaptureError::Stats)?;
+        let slot_of = ebpf
+            .take_map(IF_SLOT_MAP)
+            .ok_or(CaptureError::Missing(IF_SLOT_MAP))?;
+        let slot_of = Array::try_from(slot_of).map_err(CaptureError::Stats)?;
 
-        let (link, mode) = if cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Xdp {
-            let (link, mode) = attach_xdp(&mut ebpf, cfg, ifindex)?;
-            (Some(link), mode)
-        } else {
-            (None, "")
-        };
-        let mut tc = Vec::new();
-        if cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Tc {
-            tc.push((TC_INGRESS_PROGRAM_NAME, TcAttachType::Ingress, "ingress"));
+        if cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Xdp {
+            load_program::<Xdp>(&mut ebpf, PROGRAM_NAME)?;
         }
-        if cfg.directions.egress() {
-            tc.push((TC_EGRESS_PROGRAM_NAME, TcAttachType::Egress, "egress"));
-        }
-        let mut tc_links = Vec::new();
-        let mut tc_attached = "";
-        for (name, kind, direction) in tc {
-            let (link, how) = attach_tc(&mut ebpf, cfg, name, kind, direction)?;
-            tc_links.push(link);
-            tc_attached = how;
+        for (name, _, _) in tc_hooks(cfg) {
+            load_program::<SchedClassifier>(&mut ebpf, name)?;
         }
         Ok(Self {
             ebpf,
-            link,
-            tc_links,
+            cfg: cfg.clone(),
+            attached: BTreeMap::new(),
             logger,
             stats,
-            mode,
-            tc_attached,
+            slot_of,
+            book: SlotBook::default(),
+            mode: "",
+            tc_attached: "",
         })
+    }
+
+    /// Attaches the programs to interface `name` (index `ifindex`), and gives it a slot for
+    /// its counters. Does nothing if they are attached there already.
+    pub fn attach_to(&mut self, name: &str, ifindex: u32) -> Result<(), CaptureError> {
+        if self.attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let name: Arc<str> = name.into();
+        let slot = match self.book.take() {
+            Some(slot) if ifindex < MAX_IFINDEX => {
+                let now = self.read_slot(slot)?;
+                self.book.start(slot, Arc::clone(&name), now);
+                // Set before attaching, so that the first packet already counts in it.
+                if let Err(e) = self.slot_of.set(ifindex, slot, 0) {
+                    warn!(interface = %name, "cannot give the interface its counters: {e}");
+                }
+                slot
+            }
+            other => {
+                if let Some(slot) = other {
+                    self.book.put_back(slot);
+                }
+                warn!(
+                    interface = %name,
+                    "no counter slot for this interface (ifindex {ifindex}): counted under interface \"other\""
+                );
+                0
+            }
+        };
+        let mut on = Attached {
+            name: Arc::clone(&name),
+            slot,
+            xdp: None,
+            tc: Vec::new(),
+        };
+        // Whatever fails, what was attached is detached by `on`'s drop.
+        let result = (|| {
+            if self.cfg.directions.ingress() && self.cfg.ingress_hook == IngressHook::Xdp {
+                let (link, mode) = attach_xdp(&mut self.ebpf, &self.cfg, &name, ifindex)?;
+                on.xdp = Some(link);
+                self.mode = mode;
+            }
+            for (program, kind, direction) in tc_hooks(&self.cfg) {
+                let (link, how) =
+                    attach_tc(&mut self.ebpf, &self.cfg, &name, program, kind, direction)?;
+                on.tc.push(link);
+                self.tc_attached = how;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.attached.insert(ifindex, on);
+                Ok(())
+            }
+            Err(e) => {
+                drop(on);
+                self.release(ifindex, slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// Detaches the programs from interface `ifindex` (gone, or no longer wanted). Its
+    /// counters are kept, under its name.
+    pub fn detach_from(&mut self, ifindex: u32) {
+        if let Some(on) = self.attached.remove(&ifindex) {
+            let slot = on.slot;
+            info!(interface = %on.name, "detached");
+            drop(on);
+            self.release(ifindex, slot);
+        }
+    }
+
+    fn release(&mut self, ifindex: u32, slot: u32) {
+        if slot == 0 {
+            return;
+        }
+        if ifindex < MAX_IFINDEX
+            && let Err(e) = self.slot_of.set(ifindex, 0, 0)
+        {
+            debug!("clearing the counter slot of ifindex {ifindex}: {e}");
+        }
+        self.book.release(slot);
+    }
+
+    /// The interfaces attached to: ifindex and name.
+    pub fn attached(&self) -> impl Iterator<Item = (u32, &Arc<str>)> {
+        self.attached.iter().map(|(i, a)| (*i, &a.name))
+    }
+
+    /// The name of interface `ifindex`, if attached to.
+    pub fn name_of(&self, ifindex: u32) -> Option<Arc<str>> {
+        self.attached.get(&ifindex).map(|a| Arc::clone(&a.name))
+    }
+
+    /// The counters of slot `slot`, summed over CPUs, by direction.
+    fn read_slot(&self, slot: u32) -> Result<[DirectionStats; 2], CaptureError> {
+        let mut dirs = [DirectionStats::default(); 2];
+        for d in [Direction::Ingress, Direction::Egress] {
+            let per_cpu = self
+                .stats
+                .get(&stats_index(slot, d), 0)
+                .map_err(CaptureError::Stats)?;
+            dirs[d as usize] =
+                per_cpu
+                    .iter()
+                    .fold(DirectionStats::default(), |acc, c| DirectionStats {
+                        seen: acc.seen + c.seen,
+                        sampled: acc.sampled + c.sampled,
+                        ring_drops: acc.ring_drops + c.ring_full,
+                    });
+        }
+        Ok(dirs)
     }
 
     /// The ring buffer the program writes samples to (once).
@@ -276,33 +399,30 @@ impl Capture {
 
     /// Kernel counters summed over all CPUs, per direction and in total.
     pub fn stats(&self) -> Result<KernelStats, CaptureError> {
-        let mut dirs = [DirectionStats::default(); 2];
-        for d in [Direction::Ingress, Direction::Egress] {
-            let per_cpu = self
-                .stats
-                .get(&(d as u32), 0)
-                .map_err(CaptureError::Stats)?;
-            dirs[d as usize] =
-                per_cpu
-                    .iter()
-                    .fold(DirectionStats::default(), |acc, c| DirectionStats {
-                        seen: acc.seen + c.seen,
-                        sampled: acc.sampled + c.sampled,
-                        ring_drops: acc.ring_drops + c.ring_full,
-                    });
-        }
-        Ok(KernelStats::from_directions(dirs))
+        Ok(self.counters()?.0)
     }
 
-    /// Detaches the programs (closes the links, removes netlink filters). Idempotent; also
-    /// happens on drop.
-    pub fn detach(&mut self) {
-        if self.link.take().is_some() {
-            info!("XDP detached");
+    /// Kernel counters summed over all CPUs: in total and per direction, and per interface
+    /// (those that went away included), from one reading, so the second add up to the first.
+    pub fn counters(&self) -> Result<(KernelStats, Vec<InterfaceStats>), CaptureError> {
+        let raw = (0..self.book.used())
+            .map(|slot| self.read_slot(slot))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut dirs = [DirectionStats::default(); 2];
+        for slot in &raw {
+            for (total, d) in dirs.iter_mut().zip(slot) {
+                total.add(d);
+            }
         }
-        if !self.tc_links.is_empty() {
-            self.tc_links.clear();
-            info!("TC detached");
+        Ok((KernelStats::from_directions(dirs), self.book.report(&raw)))
+    }
+
+    /// Detaches the programs from every interface (closes the links, removes netlink
+    /// filters). Idempotent; also happens on drop.
+    pub fn detach(&mut self) {
+        let all: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in all {
+            self.detach_from(ifindex);
         }
     }
 }
@@ -313,10 +433,172 @@ impl Drop for Capture {
     }
 }
 
+/// The TC programs `cfg` wants: program name, hook, direction.
+fn tc_hooks(cfg: &CaptureConfig) -> Vec<(&'static str, TcAttachType, &'static str)> {
+    let mut tc = Vec::new();
+    if cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Tc {
+        tc.push((TC_INGRESS_PROGRAM_NAME, TcAttachType::Ingress, "ingress"));
+    }
+    if cfg.directions.egress() {
+        tc.push((TC_EGRESS_PROGRAM_NAME, TcAttachType::Egress, "egress"));
+    }
+    tc
+}
+
+fn load_program<P>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: Loadable,
+{
+    let program: &mut P = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|e| CaptureError::Load {
+            hint: "",
+            source: Box::new(e),
+        })?;
+    program.load_it().map_err(|e| CaptureError::Load {
+        hint: privilege_hint(),
+        source: Box::new(e),
+    })
+}
+
+/// The programs' `load`, which aya does not put in a trait.
+trait Loadable {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl Loadable for Xdp {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for SchedClassifier {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+/// Who the counts in each interface slot belong to: slots are given to interfaces as they
+/// are attached and taken back when they go, and a slot's counters keep growing across
+/// owners, so each owner's share is the growth since it got the slot. Counts that arrive
+/// after an owner left (packets in flight) stay its own until the slot has a new one. So
+/// the per-interface counters always add up to the slots' sums, the totals.
+#[derive(Debug, Default)]
+pub struct SlotBook {
+    /// By slot (slot 0, for interfaces without one, is never given out).
+    slots: Vec<Slot>,
+    /// Slots given back, the longest free first.
+    free: VecDeque<u32>,
+    /// What interfaces that no longer hold a slot counted, by name.
+    gone: BTreeMap<Arc<str>, [DirectionStats; 2]>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    owner: Option<Arc<str>>,
+    /// The slot's counters when `owner` got it.
+    base: [DirectionStats; 2],
+}
+
+/// Where the counts of interfaces without a slot (and of names past [`MAX_GONE`]) go.
+pub const OTHER: &str = "other";
+/// Interfaces gone whose counters are kept by name; more are added to [`OTHER`].
+const MAX_GONE: usize = 1024;
+
+impl SlotBook {
+    /// Slots to read (0..used).
+    pub fn used(&self) -> u32 {
+        (self.slots.len() as u32).max(1)
+    }
+
+    /// A free slot, if any (not yet owned: [`start`](Self::start) it).
+    pub fn take(&mut self) -> Option<u32> {
+        if self.slots.is_empty() {
+            self.slots.push(Slot::default()); // slot 0
+        }
+        if let Some(slot) = self.free.pop_front() {
+            return Some(slot);
+        }
+        let next = self.slots.len() as u32;
+        (next < IF_SLOTS).then(|| {
+            self.slots.push(Slot::default());
+            next
+        })
+    }
+
+    /// Gives back a slot taken but not started.
+    pub fn put_back(&mut self, slot: u32) {
+        self.free.push_front(slot);
+    }
+
+    /// `name` owns `slot` from now on; `now` is the slot's counters at this moment.
+    pub fn start(&mut self, slot: u32, name: Arc<str>, now: [DirectionStats; 2]) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        if let Some(old) = s.owner.take() {
+            let share = since(now, s.base);
+            let key = if self.gone.len() < MAX_GONE || self.gone.contains_key(&old) {
+                old
+            } else {
+                OTHER.into()
+            };
+            let entry = self.gone.entry(key).or_default();
+            for (e, d) in entry.iter_mut().zip(&share) {
+                e.add(d);
+            }
+        }
+        s.owner = Some(name);
+        s.base = now;
+    }
+
+    /// The owner of `slot` has gone; the slot may be given out again.
+    pub fn release(&mut self, slot: u32) {
+        if slot != 0 && (slot as usize) < self.slots.len() && !self.free.contains(&slot) {
+            self.free.push_back(slot);
+        }
+    }
+
+    /// Per-interface counters from the slots' counters `raw` (by slot), sorted by name;
+    /// [`OTHER`] only when it counted something.
+    pub fn report(&self, raw: &[[DirectionStats; 2]]) -> Vec<InterfaceStats> {
+        let mut by: BTreeMap<Arc<str>, [DirectionStats; 2]> = self.gone.clone();
+        for (i, now) in raw.iter().enumerate() {
+            let (name, share) = match self.slots.get(i).and_then(|s| s.owner.as_ref()) {
+                Some(owner) => (Arc::clone(owner), since(*now, self.slots[i].base)),
+                None => (OTHER.into(), *now),
+            };
+            let entry = by.entry(name).or_default();
+            for (e, d) in entry.iter_mut().zip(&share) {
+                e.add(d);
+            }
+        }
+        by.into_iter()
+            .filter(|(n, d)| &**n != OTHER || d.iter().any(|d| d.seen > 0 || d.sampled > 0))
+            .map(|(interface, directions)| InterfaceStats {
+                interface,
+                directions,
+            })
+            .collect()
+    }
+}
+
+fn since(now: [DirectionStats; 2], base: [DirectionStats; 2]) -> [DirectionStats; 2] {
+    std::array::from_fn(|i| DirectionStats {
+        seen: now[i].seen.saturating_sub(base[i].seen),
+        sampled: now[i].sampled.saturating_sub(base[i].sampled),
+        ring_drops: now[i].ring_drops.saturating_sub(base[i].ring_drops),
+    })
+}
+
 /// Loads the XDP program and attaches it to `ifindex`; returns its link and mode.
 fn attach_xdp(
     ebpf: &mut Ebpf,
     cfg: &CaptureConfig,
+    iface: &str,
     ifindex: u32,
 ) -> Result<(FdLink, &'static str), CaptureError> {
     let program: &mut Xdp = ebpf
@@ -327,10 +609,6 @@ fn attach_xdp(
             hint: "",
             source: Box::new(e),
         })?;
-    program.load().map_err(|e| CaptureError::Load {
-        hint: privilege_hint(),
-        source: Box::new(e),
-    })?;
 
     let attempts: &[(aya::programs::XdpMode, &'static str)] = match cfg.mode {
         XdpMode::Auto => &[
@@ -350,10 +628,7 @@ fn attach_xdp(
             }
             Err(e) => {
                 if attempts.len() > 1 {
-                    debug!(
-                        "{name} XDP on {} failed ({e}); trying the next mode",
-                        cfg.interface
-                    );
+                    debug!("{name} XDP on {iface} failed ({e}); trying the next mode");
                 }
                 last_err = Some((name, e));
             }
@@ -363,10 +638,10 @@ fn attach_xdp(
         let (mode, source) = last_err.ok_or(CaptureError::Missing("an attach mode"))?;
         // "File exists" from the kernel: name the program that holds the interface.
         if let Some(taken) = owner::attached_program(ifindex) {
-            return Err(taken.error(&cfg.interface));
+            return Err(taken.error(iface));
         }
         return Err(CaptureError::Attach {
-            iface: cfg.interface.clone(),
+            iface: iface.to_owned(),
             mode,
             hint: if mode == "native" {
                 " (the driver may lack native XDP: try --xdp-mode skb)"
@@ -382,13 +657,13 @@ fn attach_xdp(
         .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
         .and_then(|link| FdLink::try_from(link).map_err(|e| Box::new(e) as _))
         .map_err(|source| CaptureError::Attach {
-            iface: cfg.interface.clone(),
+            iface: iface.to_owned(),
             mode,
             hint: "",
             source,
         })?;
     info!(
-        interface = %cfg.interface,
+        interface = iface,
         mode,
         sample_rate = cfg.sample_rate,
         snaplen = cfg.snaplen,
@@ -402,11 +677,11 @@ fn attach_xdp(
 fn attach_tc(
     ebpf: &mut Ebpf,
     cfg: &CaptureConfig,
+    iface: &str,
     name: &'static str,
     kind: TcAttachType,
     direction: &'static str,
 ) -> Result<(SchedClassifierLink, &'static str), CaptureError> {
-    let iface = cfg.interface.as_str();
     let fail =
         |how, hint, source: Box<dyn std::error::Error + Send + Sync>| CaptureError::TcAttach {
             iface: iface.to_owned(),
@@ -423,10 +698,6 @@ fn attach_tc(
             hint: "",
             source: Box::new(e),
         })?;
-    program.load().map_err(|e| CaptureError::Load {
-        hint: privilege_hint(),
-        source: Box::new(e),
-    })?;
     let tcx_here = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if cfg.tc_attach == TcAttach::Tcx || (cfg.tc_attach == TcAttach::Auto && tcx_here) {
         match program.attach_with_options(
@@ -797,5 +1068,97 @@ mod owner {
             assert_eq!(parse_link_reply(&reply(&attr(3, b"lo\0"))), None);
             assert_eq!(parse_link_reply(&msg[..20]), None, "short");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(seen: u64, sampled: u64, ring_drops: u64) -> DirectionStats {
+        DirectionStats {
+            seen,
+            sampled,
+            ring_drops,
+        }
+    }
+
+    fn sum(report: &[InterfaceStats]) -> [DirectionStats; 2] {
+        let mut t = [DirectionStats::default(); 2];
+        for i in report {
+            for (t, d) in t.iter_mut().zip(&i.directions) {
+                t.add(d);
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn per_interface_counters_add_up_to_the_slots_across_owners() {
+        let mut b = SlotBook::default();
+        let zero = [DirectionStats::default(); 2];
+        let s1 = b.take().unwrap();
+        b.start(s1, "veth1".into(), zero);
+        let s2 = b.take().unwrap();
+        b.start(s2, "veth2".into(), zero);
+        assert_eq!((s1, s2, b.used()), (1, 2, 3), "slot 0 is never given out");
+        // veth1 counts 10 ingress, 4 egress; veth2 5; 1 packet on an interface without a slot.
+        let mut raw = vec![
+            [d(1, 1, 0), d(0, 0, 0)],
+            [d(10, 2, 1), d(4, 1, 0)],
+            [d(5, 1, 0), d(0, 0, 0)],
+        ];
+        // veth1 goes; 2 of its packets were in flight; veth3 gets its slot.
+        b.release(s1);
+        raw[1][0] = d(12, 3, 1);
+        let s3 = b.take().unwrap();
+        assert_eq!(s3, s1, "a slot given back is reused");
+        b.start(s3, "veth3".into(), raw[1]);
+        raw[1][0] = d(20, 4, 1);
+        let r = b.report(&raw);
+        let names: Vec<&str> = r.iter().map(|i| &*i.interface).collect();
+        assert_eq!(names, ["other", "veth1", "veth2", "veth3"]);
+        assert_eq!(r[1].directions, [d(12, 3, 1), d(4, 1, 0)]);
+        assert_eq!(r[3].directions, [d(8, 1, 0), d(0, 0, 0)]);
+        let mut total = [DirectionStats::default(); 2];
+        for slot in &raw {
+            for (t, x) in total.iter_mut().zip(slot) {
+                t.add(x);
+            }
+        }
+        assert_eq!(sum(&r), total);
+        // A name that comes back adds to what it had.
+        b.release(s3);
+        let s = b.take().unwrap();
+        b.start(s, "veth1".into(), raw[1]);
+        raw[1][0] = d(21, 4, 1);
+        let r = b.report(&raw);
+        assert_eq!(
+            r.iter()
+                .find(|i| &*i.interface == "veth1")
+                .unwrap()
+                .directions[0],
+            d(13, 3, 1)
+        );
+        assert_eq!(sum(&r), {
+            let mut t = total;
+            t[0].seen += 1;
+            t
+        });
+    }
+
+    #[test]
+    fn slots_run_out_and_other_is_shown_only_when_it_counted() {
+        let mut b = SlotBook::default();
+        let taken: Vec<u32> = std::iter::from_fn(|| b.take()).collect();
+        assert_eq!(taken.len() as u32, IF_SLOTS - 1);
+        assert_eq!(b.take(), None);
+        b.put_back(7);
+        assert_eq!(b.take(), Some(7));
+        let raw = vec![[DirectionStats::default(); 2]; b.used() as usize];
+        assert!(
+            b.report(&raw).is_empty(),
+            "nothing started, nothing counted"
+        );
     }
 }

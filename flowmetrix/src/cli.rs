@@ -34,16 +34,18 @@ use crate::{
                   Ctrl+C or SIGTERM detaches, writes what is queued, prints a summary and exits 0."
 )]
 pub struct Cli {
-    /// Interface to capture on (ingress).
+    /// Interface(s) to capture on: names and patterns (`veth*`, `ens?`), comma-separated or
+    /// repeated; patterns also take interfaces that appear later.
     #[arg(
         help_heading = "Capture",
         short = 'i',
         long = "interface",
         value_name = "IFACE",
         value_hint = ValueHint::Other,
+        value_delimiter = ',',
         required_unless_present_any = ["pcap", "print_config"]
     )]
-    pub interface: Option<String>,
+    pub interface: Vec<String>,
 
     /// Replay a pcap or pcapng file (Ethernet) instead of capturing; ts comes from the file.
     #[arg(
@@ -875,7 +877,8 @@ fn effective_settings(cmd: &Command, m: &ArgMatches, file: &FileSettings) -> Str
                     out.push_str(&format!("# {long} (unset)\n"));
                     continue;
                 }
-                1 if arg.get_value_delimiter().is_none() => quote(&raw[0]),
+                // One interface is written as the original's single name.
+                1 if arg.get_value_delimiter().is_none() || long == "interface" => quote(&raw[0]),
                 // List items are trimmed when parsed ("a:1, b:2").
                 _ => format!(
                     "[{}]",

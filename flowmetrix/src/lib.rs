@@ -1,7 +1,7 @@
 //! FlowMetrix: XDP packet sampler → ring buffer → decoder → batches → output.
 //!
 //! Data flows one way: [`settings`] (from [`cli`] + [`config`]) set up the stages; the
-//! [`source`] ([`capture`] + [`ring`] in the kernel, or a [`pcap`] file) yields samples; the
+//! [`source`] ([`capture`] + [`ring`] in the kernel, [`watch`] for interfaces coming and going, or a [`pcap`] file) yields samples; the
 //! decode stage ([`rows`]: [`offset`] + [`decode`] + [`app`]) makes rows; the [`sink`]
 //! batches and writes them. [`pipeline`] wires the stages and shuts them down; [`metrics`]
 //! and [`status`] report on them.
@@ -24,3 +24,4 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod throttle;
+pub mod watch;

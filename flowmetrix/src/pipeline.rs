@@ -77,6 +77,7 @@ pub async fn run(
     let registry = Arc::new(Registry {
         counters: Arc::clone(&counters),
         kernel: Default::default(),
+        interfaces: Default::default(),
         gauges: Gauges {
             sample_rate: info.sample_rate,
             snaplen: info.snaplen,
@@ -112,8 +113,8 @@ pub async fn run(
                 break;
             }
             Event::Tick => {
-                if let Ok(k) = source.stats() {
-                    registry.set_kernel(k);
+                if let Ok((k, interfaces)) = source.counters() {
+                    registry.set_counters(k, interfaces);
                 }
                 Counters::set(&counters.queue_depth, sink.input.depth() as u64);
                 status.tick(&registry);
@@ -152,7 +153,7 @@ pub async fn run(
     if source.is_live() {
         tokio::time::sleep(DETACH_SETTLE).await;
     }
-    let kernel = source.stats();
+    let kernel = source.counters();
     if source.is_live() {
         let _ = source.pull(|s| decoder.push(s, &mut rows));
     }
@@ -175,11 +176,11 @@ pub async fn run(
         Ok(Err(e)) => error = error.or(Some(e.into())),
         Err(join) => error = error.or(Some(anyhow::anyhow!("output task failed: {join}"))),
     }
-    let kernel = kernel.unwrap_or_else(|e| {
+    let (kernel, interfaces) = kernel.unwrap_or_else(|e| {
         error.get_or_insert(e.into());
-        KernelStats::default()
+        (KernelStats::default(), Vec::new())
     });
-    registry.set_kernel(kernel);
+    registry.set_counters(kernel, interfaces);
     Ok(Outcome {
         summary: Summary::new(kernel, &counters),
         error,

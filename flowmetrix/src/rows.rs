@@ -5,7 +5,7 @@
 //! other link types (from a pcap file) are decoded as they are, with one warning when a
 //! prefix was asked for.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::VecDeque, sync::Arc, time::Instant};
 
 use tracing::{debug, warn};
 
@@ -35,7 +35,10 @@ pub struct Decoder {
     applications: Arc<Applications>,
     sample_rate: u32,
     host: Arc<str>,
+    /// For samples that do not say their interface.
     interface: Arc<str>,
+    /// The interface of each frame `-auto-detect` holds, in order.
+    held: VecDeque<Arc<str>>,
     counters: Arc<Counters>,
     warned: bool,
     /// Whether the prefix was said to be ignored for a non-Ethernet frame.
@@ -51,6 +54,7 @@ impl Decoder {
             sample_rate: source.sample_rate,
             host: settings.host,
             interface: Arc::clone(&source.interface),
+            held: VecDeque::new(),
             counters,
             warned: false,
             warned_prefix: false,
@@ -75,7 +79,9 @@ impl Decoder {
                 );
                 self.warned_prefix = true;
             }
-            return self.decode_at(s.link, 0, s.frame, s.wire_len, (s.ts, s.direction), out);
+            let interface = Arc::clone(s.interface.unwrap_or(&self.interface));
+            let frame = (s.frame, s.wire_len, s.ts, s.direction);
+            return self.decode_at(s.link, 0, frame, interface, out);
         }
         let step = match (&mut self.learner, self.prefix) {
             (Some(auto), _) => {
@@ -84,18 +90,16 @@ impl Decoder {
             (None, Prefix::Fixed(len)) => Step::Use(len),
             (None, Prefix::Auto) => Step::Use(0),
         };
+        let interface = Arc::clone(s.interface.unwrap_or(&self.interface));
         match step {
-            Step::Hold => {}
+            Step::Hold => self.held.push_back(interface),
             Step::Use(len) => {
-                let when = (s.ts, s.direction);
-                self.decode_at(Link::Ethernet, len, s.frame, s.wire_len, when, out);
+                let frame = (s.frame, s.wire_len, s.ts, s.direction);
+                self.decode_at(Link::Ethernet, len, frame, interface, out);
             }
             Step::Release { offset, frames } => {
-                for held in frames {
-                    let (bytes, len, when) =
-                        (&held.bytes, held.wire_len, (held.ts, held.direction));
-                    self.decode_at(Link::Ethernet, offset, bytes, len, when, out);
-                }
+                self.held.push_back(interface);
+                self.release(offset, frames, out);
             }
         }
     }
@@ -106,19 +110,28 @@ impl Decoder {
         let Some((offset, frames)) = self.learner.as_mut().and_then(|a| a.finish()) else {
             return;
         };
-        for held in frames {
-            let (bytes, len, when) = (&held.bytes, held.wire_len, (held.ts, held.direction));
-            self.decode_at(Link::Ethernet, offset, bytes, len, when, out);
-        }
+        self.release(offset, frames, out);
     }
 
+    fn release(&mut self, offset: usize, frames: Vec<offset::Held>, out: &mut Vec<PacketRecord>) {
+        for held in frames {
+            let interface = self
+                .held
+                .pop_front()
+                .unwrap_or_else(|| Arc::clone(&self.interface));
+            let frame = (&held.bytes[..], held.wire_len, held.ts, held.direction);
+            self.decode_at(Link::Ethernet, offset, frame, interface, out);
+        }
+        self.held.clear();
+    }
+
+    /// Decodes `frame` (bytes, wire length, time, direction) after a prefix of `prefix`.
     fn decode_at(
         &mut self,
         link: Link,
         prefix: usize,
-        frame: &[u8],
-        wire_len: u32,
-        (ts, direction): (UnixNanos, Direction),
+        (frame, wire_len, ts, direction): (&[u8], u32, UnixNanos, Direction),
+        interface: Arc<str>,
         out: &mut Vec<PacketRecord>,
     ) {
         // No combinators here: each one would move the ~200-byte row once more.
@@ -140,7 +153,7 @@ impl Decoder {
             Ok(mut row) => {
                 Counters::add(&self.counters.decoded, 1);
                 row.host = Arc::clone(&self.host);
-                row.interface = Arc::clone(&self.interface);
+                row.interface = interface;
                 row.direction = direction;
                 out.push(row);
             }
@@ -183,6 +196,7 @@ mod tests {
             ifindex: 3,
             direction: Direction::Ingress,
             link: Link::Ethernet,
+            interface: None,
         })
     }
 

@@ -20,6 +20,7 @@ use crate::{
         greptime::{GreptimeConfig, SpoolConfig, Tls},
     },
     source::SourceSettings,
+    watch,
 };
 
 /// Test hook (the fault tests): delay every spool append by this many milliseconds, as a
@@ -104,15 +105,21 @@ impl Settings {
 }
 
 fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
-    match (&cli.pcap, &cli.interface) {
-        (Some(_), Some(_)) => Err(usage(
+    let interfaces = cli
+        .interface
+        .iter()
+        .map(|i| i.trim())
+        .filter(|i| !i.is_empty())
+        .collect::<Vec<_>>();
+    match (&cli.pcap, interfaces.is_empty()) {
+        (Some(_), false) => Err(usage(
             "--pcap replays a file instead of capturing: give --interface or --pcap, not both",
         )),
-        (Some(file), None) => Ok(SourceSettings::Pcap(file.clone())),
-        (None, None) => Err(usage(
+        (Some(file), true) => Ok(SourceSettings::Pcap(file.clone())),
+        (None, true) => Err(usage(
             "the following required arguments were not provided: --interface <IFACE> (see 'flowmetrix --help')",
         )),
-        (None, Some(iface)) => {
+        (None, false) => {
             if let Some(offset) = cli.offset
                 && u32::from(offset) + ETHERNET_HEADER > cli.snaplen
             {
@@ -121,11 +128,15 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                     cli.snaplen
                 )));
             }
-            if capture::if_index(iface).is_none() {
+            // Named interfaces must exist; patterns may match nothing yet (a warning then).
+            if let Some(iface) = interfaces
+                .iter()
+                .find(|i| !watch::is_pattern(i) && capture::if_index(i).is_none())
+            {
                 return Err(usage(format!("no such interface: {iface}")));
             }
             Ok(SourceSettings::Live(CaptureConfig {
-                interface: iface.clone(),
+                interfaces: interfaces.iter().map(|i| (*i).to_owned()).collect(),
                 mode: match cli.xdp_mode {
                     XdpModeArg::Auto => XdpMode::Auto,
                     XdpModeArg::Native => XdpMode::Native,

@@ -2,18 +2,24 @@
 //! Both yield the same [`Sample`] and count what they read in the same [`KernelStats`]; the
 //! rest of the pipeline does not know which it has.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use flowmetrix_common::DRAIN_INTERVAL_MS;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     capture::{self, Capture, CaptureConfig, CaptureError},
     decode::Link,
-    metrics::{DirectionStats, KernelStats},
+    metrics::{DirectionStats, InterfaceStats, KernelStats},
     pcap::{self, FrameInfo, PcapFileError, PcapFrames},
     record::UnixNanos,
     ring::{self, Clock, RecordError, Ring},
+    watch::{self, LinkEvent, Selection, Watcher},
 };
 
 pub use crate::record::Direction;
@@ -30,12 +36,15 @@ pub struct Sample<'a> {
     pub direction: Direction,
     /// What the frame starts with: Ethernet live, the file's link type in a replay.
     pub link: Link,
+    /// The name of the interface `ifindex` is (live capture); None: [`SourceInfo::interface`].
+    pub interface: Option<&'a Arc<str>>,
 }
 
 /// What the rows need to know about the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceInfo {
-    /// The interface captured on; for a file, the file's name.
+    /// The interface captured on (the `-i` values, for rows whose interface is not known);
+    /// for a file, the file's name.
     pub interface: std::sync::Arc<str>,
     /// 1 in N packets is sampled.
     pub sample_rate: u32,
@@ -63,6 +72,8 @@ pub enum SourceError {
     Pcap(#[from] PcapFileError),
     #[error("interface {0} went away; capture stopped")]
     InterfaceGone(String),
+    #[error("cannot watch link changes (rtnetlink)")]
+    Watch(#[source] std::io::Error),
     #[error("the thread reading the capture file stopped")]
     ReaderGone,
 }
@@ -85,7 +96,152 @@ pub struct Live {
     /// The program wakes us only every few samples per CPU: drain on a timer too.
     drain: tokio::time::Interval,
     config: CaptureConfig,
-    ifindex: u32,
+    selection: Selection,
+    /// One interface named and nothing else: it is watched the original way, and its going
+    /// away ends the run ([`Source::check`]).
+    single: Option<(String, u32)>,
+    /// Link changes, for lists and patterns.
+    watcher: Option<Watcher>,
+    /// ifindex → name, for the rows: the interfaces attached to, and for a few seconds those
+    /// just gone (their last samples may still be in the ring).
+    names: HashMap<u32, Arc<str>>,
+    forget: Vec<(u32, Instant)>,
+}
+
+/// How long the name of an interface gone is kept for its samples still in the ring.
+const FORGET_AFTER: Duration = Duration::from_secs(5);
+
+impl Live {
+    /// Attaches to interface `name` (`ifindex`) if the `-i` values want it and it is not
+    /// attached yet. Errors are logged: an interface that appears later is no reason to stop.
+    fn offer(&mut self, ifindex: u32, name: &str) {
+        match self.capture.name_of(ifindex) {
+            Some(was) if &*was == name => return,
+            Some(_) => {
+                // Renamed: keep it if the new name is wanted too.
+                self.capture.detach_from(ifindex);
+                self.forget.push((ifindex, Instant::now()));
+            }
+            None => {}
+        }
+        if !self.selection.matches(name) {
+            return;
+        }
+        match self.capture.attach_to(name, ifindex) {
+            Ok(()) => {
+                info!(interface = name, ifindex, "capturing");
+                self.names.insert(ifindex, name.into());
+                self.forget.retain(|(i, _)| *i != ifindex);
+            }
+            Err(e) => warn!(interface = name, "not captured: {e}"),
+        }
+    }
+
+    fn gone(&mut self, ifindex: u32) {
+        if let Some(name) = self.capture.name_of(ifindex) {
+            info!(interface = %name, ifindex, "interface went away; detaching");
+            self.capture.detach_from(ifindex);
+            self.forget.push((ifindex, Instant::now()));
+        }
+    }
+
+    /// Attaches to every wanted interface there is, detaches from those gone.
+    fn resync(&mut self) {
+        let now = watch::interfaces();
+        let gone: Vec<u32> = self
+            .capture
+            .attached()
+            .filter(|(i, n)| !now.iter().any(|(j, m)| i == j && &***n == m.as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        for ifindex in gone {
+            self.gone(ifindex);
+        }
+        for (ifindex, name) in now {
+            self.offer(ifindex, &name);
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Present { ifindex, name } => self.offer(ifindex, &name),
+            LinkEvent::Gone { ifindex } => self.gone(ifindex),
+            LinkEvent::Resync => {
+                warn!("the kernel's link notifications stopped; looking at the interfaces again");
+                self.resync();
+                match Watcher::start() {
+                    Ok(w) => {
+                        self.watcher = Some(w);
+                        self.resync();
+                    }
+                    Err(e) => warn!("cannot watch link changes any more: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Loads the programs and attaches them to the interfaces `cfg` names or its patterns
+/// match; named ones must exist (and be up when only one is named).
+fn open_live(cfg: &CaptureConfig) -> Result<Live, SourceError> {
+    let selection = Selection::new(&cfg.interfaces);
+    let single = selection.single().map(str::to_owned);
+    for name in &selection.names {
+        if capture::if_index(name).is_none() {
+            return Err(CaptureError::NoSuchInterface(name.clone()).into());
+        }
+        if capture::if_is_up(name) == Some(false) {
+            return Err(CaptureError::InterfaceDown(name.clone()).into());
+        }
+    }
+    let mut capture = Capture::load(cfg)?;
+    let ring = Ring::new(capture.take_ring()?).map_err(SourceError::Poll)?;
+    if let Some(logger) = capture.take_logger() {
+        ring::spawn_logger(logger).map_err(SourceError::Poll)?;
+    }
+    let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Subscribed before listing, so an interface that appears in between is not missed.
+    let watcher = match single {
+        Some(_) => None,
+        None => Some(Watcher::start().map_err(SourceError::Watch)?),
+    };
+    let mut live = Live {
+        capture,
+        ring,
+        drain,
+        config: cfg.clone(),
+        selection,
+        single: None,
+        watcher,
+        names: HashMap::new(),
+        forget: Vec::new(),
+    };
+    let present = watch::interfaces();
+    // Named interfaces first: failing to attach to one is a start-up error.
+    for name in live.selection.names.clone() {
+        let ifindex =
+            capture::if_index(&name).ok_or_else(|| CaptureError::NoSuchInterface(name.clone()))?;
+        live.capture.attach_to(&name, ifindex)?;
+        live.names.insert(ifindex, name.as_str().into());
+        if single.is_some() {
+            live.single = Some((name.clone(), ifindex));
+        }
+    }
+    for pattern in &live.selection.patterns {
+        if !present.iter().any(|(_, n)| watch::glob(pattern, n)) {
+            warn!(
+                pattern = pattern.as_str(),
+                "no interface matches -i {pattern} yet; waiting for one"
+            );
+        }
+    }
+    if live.watcher.is_some() {
+        for (ifindex, name) in present {
+            live.offer(ifindex, &name);
+        }
+    }
+    Ok(live)
 }
 
 /// A file read on a thread of its own (a pipe on standard input may block for as long as
@@ -141,24 +297,7 @@ impl Source {
     /// Attaches the program, or opens the file.
     pub async fn open(settings: &SourceSettings) -> Result<Self, SourceError> {
         match settings {
-            SourceSettings::Live(cfg) => {
-                let mut capture = Capture::attach(cfg)?;
-                let ring = Ring::new(capture.take_ring()?).map_err(SourceError::Poll)?;
-                if let Some(logger) = capture.take_logger() {
-                    ring::spawn_logger(logger).map_err(SourceError::Poll)?;
-                }
-                let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
-                drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let ifindex = capture::if_index(&cfg.interface)
-                    .ok_or_else(|| CaptureError::NoSuchInterface(cfg.interface.clone()))?;
-                Ok(Self::Live(Box::new(Live {
-                    capture,
-                    ring,
-                    drain,
-                    config: cfg.clone(),
-                    ifindex,
-                })))
-            }
+            SourceSettings::Live(cfg) => Ok(Self::Live(Box::new(open_live(cfg)?))),
             SourceSettings::Pcap(path) => {
                 // Opening reads the file header, which a pipe may hold back: on the thread
                 // too, so that Ctrl+C is heard meanwhile.
@@ -209,7 +348,7 @@ impl Source {
     pub fn info(&self) -> SourceInfo {
         match self {
             Self::Live(l) => SourceInfo {
-                interface: l.config.interface.as_str().into(),
+                interface: l.config.interfaces.join(",").into(),
                 sample_rate: l.config.sample_rate,
                 snaplen: l.config.snaplen,
                 waits: false,
@@ -226,10 +365,21 @@ impl Source {
     /// Waits until there may be samples to pull.
     pub async fn ready(&mut self) -> Result<(), SourceError> {
         match self {
-            Self::Live(l) => tokio::select! {
-                res = l.ring.readable() => res.map_err(SourceError::Poll),
-                _ = l.drain.tick() => Ok(()),
-            },
+            Self::Live(l) => {
+                let watcher = l.watcher.as_mut();
+                let link = tokio::select! {
+                    res = l.ring.readable() => return res.map_err(SourceError::Poll),
+                    _ = l.drain.tick() => return Ok(()),
+                    ev = async move {
+                        match watcher {
+                            Some(w) => w.next().await,
+                            None => std::future::pending().await,
+                        }
+                    } => ev,
+                };
+                l.on_link(link);
+                Ok(())
+            }
             Self::Pcap(r) => {
                 if r.chunk.is_none() {
                     r.chunk = Some(r.rx.recv().await.unwrap_or(Chunk {
@@ -251,8 +401,19 @@ impl Source {
         match self {
             Self::Live(l) => {
                 let clock = Clock::now();
+                let names = &l.names;
+                // Samples come in runs from one interface: look its name up once a run.
+                let mut last: Option<(u32, Option<&Arc<str>>)> = None;
                 l.ring.drain(|bytes| {
                     f(ring::parse_record(bytes).map(|s| Sample {
+                        interface: match last {
+                            Some((i, name)) if i == s.header.ifindex => name,
+                            _ => {
+                                let name = names.get(&s.header.ifindex);
+                                last = Some((s.header.ifindex, name));
+                                name
+                            }
+                        },
                         frame: s.frame,
                         wire_len: s.header.wire_len,
                         ts: clock.wall(s.header.ts_boot_ns),
@@ -279,6 +440,7 @@ impl Source {
                         ifindex: 0,
                         direction: Direction::Ingress,
                         link: info.link,
+                        interface: None,
                     }));
                 }
                 match chunk.end {
@@ -293,30 +455,53 @@ impl Source {
     /// What the source has read: the kernel's per-CPU counters summed, or the frames of
     /// the file (each one seen and sampled).
     pub fn stats(&self) -> Result<KernelStats, SourceError> {
+        Ok(self.counters()?.0)
+    }
+
+    /// [`stats`](Self::stats), and the same per interface (none for a file), from one
+    /// reading.
+    pub fn counters(&self) -> Result<(KernelStats, Vec<InterfaceStats>), SourceError> {
         match self {
-            Self::Live(l) => Ok(l.capture.stats()?),
+            Self::Live(l) => Ok(l.capture.counters()?),
             Self::Pcap(r) => {
                 let read = r.read;
-                Ok(KernelStats::from_directions([
-                    DirectionStats {
-                        seen: read,
-                        sampled: read,
-                        ring_drops: 0,
-                    },
-                    DirectionStats::default(),
-                ]))
+                Ok((
+                    KernelStats::from_directions([
+                        DirectionStats {
+                            seen: read,
+                            sampled: read,
+                            ring_drops: 0,
+                        },
+                        DirectionStats::default(),
+                    ]),
+                    Vec::new(),
+                ))
             }
         }
     }
 
-    /// Fails when the interface captured on is gone (deleted, or renamed and replaced).
-    pub fn check(&self) -> Result<(), SourceError> {
-        match self {
-            Self::Live(l) if capture::if_index(&l.config.interface) != Some(l.ifindex) => {
-                Err(SourceError::InterfaceGone(l.config.interface.clone()))
-            }
-            _ => Ok(()),
+    /// With one interface named and nothing else: fails when it is gone (deleted, or
+    /// renamed and replaced). With lists and patterns interfaces come and go (watched), and
+    /// the names of those gone are forgotten here once their samples are through.
+    pub fn check(&mut self) -> Result<(), SourceError> {
+        let Self::Live(l) = self else {
+            return Ok(());
+        };
+        if let Some((name, ifindex)) = &l.single
+            && capture::if_index(name) != Some(*ifindex)
+        {
+            return Err(SourceError::InterfaceGone(name.clone()));
         }
+        let now = Instant::now();
+        let names = &mut l.names;
+        l.forget.retain(|&(ifindex, at)| {
+            let keep = now.duration_since(at) < FORGET_AFTER;
+            if !keep {
+                names.remove(&ifindex);
+            }
+            keep
+        });
+        Ok(())
     }
 
     /// Stops new samples: detaches the program. What the ring holds can still be pulled.

@@ -207,7 +207,7 @@ impl Collector for Scrape {
                 |d| d.ring_drops,
             ),
         ];
-        for (name, help, field) in split {
+        for (name, help, field) in &split {
             let mut m = e.encode_descriptor(
                 name,
                 help,
@@ -217,6 +217,28 @@ impl Collector for Scrape {
             for (d, label) in DIRECTIONS {
                 let labels = [("direction", label)];
                 ConstCounter::new(field(&k.direction(d))).encode(m.encode_family(&labels)?)?;
+            }
+        }
+
+        // And by interface (they add up to the unlabelled ones too).
+        let interfaces = self.0.interfaces();
+        if !interfaces.is_empty() {
+            for (name, help, field) in &split {
+                let name = name.replace("_by_direction", "_by_interface");
+                let help = help.replace(", by direction.", ", by interface and direction.");
+                let mut m = e.encode_descriptor(
+                    &name,
+                    &help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for i in &interfaces {
+                    for (d, label) in DIRECTIONS {
+                        let labels = [("interface", &*i.interface), ("direction", label)];
+                        ConstCounter::new(field(&i.directions[d as usize]))
+                            .encode(m.encode_family(&labels)?)?;
+                    }
+                }
             }
         }
         Ok(())

@@ -118,6 +118,23 @@ pub struct DirectionStats {
     pub ring_drops: u64,
 }
 
+impl DirectionStats {
+    pub fn add(&mut self, other: &Self) {
+        self.seen += other.seen;
+        self.sampled += other.sampled;
+        self.ring_drops += other.ring_drops;
+    }
+}
+
+/// Kernel counters of one interface, by direction (indexed by [`Direction`]). Over every
+/// interface (those gone included, and `other` for packets of interfaces that had no
+/// counters of their own) they add up to [`KernelStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceStats {
+    pub interface: Arc<str>,
+    pub directions: [DirectionStats; 2],
+}
+
 /// Kernel counters summed over CPUs: the totals, and the same split by direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct KernelStats {
@@ -236,6 +253,8 @@ pub struct Gauges {
 pub struct Registry {
     pub counters: Arc<Counters>,
     pub kernel: std::sync::Mutex<KernelStats>,
+    /// The kernel's counters per interface, read with `kernel`.
+    pub interfaces: std::sync::Mutex<Vec<InterfaceStats>>,
     pub gauges: Gauges,
 }
 
@@ -246,6 +265,20 @@ impl Registry {
 
     pub fn set_kernel(&self, k: KernelStats) {
         *self.kernel.lock().unwrap_or_else(|e| e.into_inner()) = k;
+    }
+
+    pub fn interfaces(&self) -> Vec<InterfaceStats> {
+        self.interfaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The kernel's counters, in total and per interface, from one reading.
+    pub fn set_counters(&self, k: KernelStats, interfaces: Vec<InterfaceStats>) {
+        // Per interface first: a scrape between the two sees totals no smaller than them.
+        *self.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = interfaces;
+        self.set_kernel(k);
     }
 
     /// The `/metrics` page, in the Prometheus text format (0.0.4).

@@ -558,7 +558,8 @@ impl Collector {
         c
     }
 
-    fn wait_for_line(&self, needle: &str, timeout: Duration) {
+    /// Waits (at most `timeout`) for a log line containing `needle`; panics without one.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
