@@ -121,19 +121,23 @@ fn is_capture_magic(head: &[u8]) -> bool {
 }
 
 /// One frame from the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameInfo {
     pub ts: UnixNanos,
     /// Length on the wire (`origlen`, less any FCS); the bytes may be fewer.
     pub wire_len: u32,
     /// What the frame starts with.
     pub link: Link,
+    /// The name of the interface it was captured on, when the file says (pcapng `if_name`).
+    pub interface: Option<std::sync::Arc<str>>,
 }
 
-/// Per pcapng interface: link type and timestamp units.
-#[derive(Debug, Clone, Copy)]
+/// Per pcapng interface: link type, name and timestamp units.
+#[derive(Debug, Clone)]
 struct Interface {
     link: Link,
+    /// `if_name`, when given.
+    name: Option<std::sync::Arc<str>>,
     /// Bytes of FCS at the end of each frame (0: none).
     fcs: u32,
     /// Timestamp units per second.
@@ -331,6 +335,22 @@ fn legacy_fcs(field: Linktype) -> u32 {
     }
 }
 
+/// `if_name` (option 2): the interface's name, when it is printable UTF-8.
+fn idb_name(options: &[pcap_parser::PcapNGOption<'_>]) -> Option<std::sync::Arc<str>> {
+    const IF_NAME: u16 = 2;
+    let bytes = options
+        .iter()
+        .find(|o| o.code.0 == IF_NAME)?
+        .as_bytes()
+        .ok()?;
+    let name = std::str::from_utf8(bytes)
+        .ok()?
+        .trim_end_matches('\0')
+        .trim();
+    (!name.is_empty() && name.len() <= 255 && name.chars().all(|c| !c.is_control()))
+        .then(|| name.into())
+}
+
 /// `if_fcslen` (option 13): the FCS length of every frame on the interface. The
 /// specification says bits; some writers put bytes. Either reading of 2 or 4 bytes is taken.
 fn idb_fcs(options: &[pcap_parser::PcapNGOption<'_>]) -> u32 {
@@ -410,6 +430,7 @@ impl State {
                     ts: UnixNanos(i64::from(b.ts_sec) * 1_000_000_000 + frac),
                     wire_len: fill(buf, b.data, b.caplen, b.origlen, fcs),
                     link,
+                    interface: None,
                 }))
             }
             PcapBlockOwned::NG(Block::SectionHeader(_)) => {
@@ -424,6 +445,7 @@ impl State {
                     .ok_or_else(|| self.corrupt("invalid timestamp resolution".into()))?;
                 self.interfaces.push(Interface {
                     link,
+                    name: idb_name(&idb.options),
                     fcs: idb_fcs(&idb.options),
                     resolution,
                     offset_s: idb.ts_offset(),
@@ -431,9 +453,13 @@ impl State {
                 Ok(None)
             }
             PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
-                let iface = *self.interfaces.get(epb.if_id as usize).ok_or_else(|| {
-                    self.corrupt(format!("packet on undeclared interface {}", epb.if_id))
-                })?;
+                let iface = self
+                    .interfaces
+                    .get(epb.if_id as usize)
+                    .cloned()
+                    .ok_or_else(|| {
+                        self.corrupt(format!("packet on undeclared interface {}", epb.if_id))
+                    })?;
                 let units = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
                 let secs = i64::try_from(units / iface.resolution)
                     .unwrap_or(i64::MAX)
@@ -448,17 +474,19 @@ impl State {
                     ),
                     wire_len: fill(buf, epb.data, epb.caplen, epb.origlen, fcs),
                     link: iface.link,
+                    interface: iface.name,
                 }))
             }
             PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                 // Of the first interface; no timestamp: the best we have is none (0).
-                let iface = *self.interfaces.first().ok_or_else(|| {
+                let iface = self.interfaces.first().cloned().ok_or_else(|| {
                     self.corrupt("packet before any interface is declared".into())
                 })?;
                 Ok(Some(FrameInfo {
                     ts: UnixNanos(0),
                     wire_len: fill(buf, spb.data, spb.origlen, spb.origlen, iface.fcs),
                     link: iface.link,
+                    interface: iface.name,
                 }))
             }
             PcapBlockOwned::NG(_) => Ok(None),
@@ -883,6 +911,28 @@ mod tests {
                 (Link::Ethernet, 60, 60),
             ]
         );
+    }
+
+    #[test]
+    fn pcapng_interfaces_keep_their_names() {
+        let frame: Vec<u8> = (0..64).collect();
+        let bytes = pcapng_multi(
+            &[
+                (1, options(&[(2, b"eth3")])), // if_name
+                (1, Vec::new()),
+                (1, options(&[(2, b"bad\x01name")])),
+            ],
+            &[
+                (0, &frame, Vec::new()),
+                (1, &frame, Vec::new()),
+                (2, &frame, Vec::new()),
+            ],
+        );
+        let names: Vec<Option<String>> = read_all(bytes)
+            .into_iter()
+            .map(|(i, _)| i.interface.map(|n| n.to_string()))
+            .collect();
+        assert_eq!(names, [Some("eth3".to_owned()), None, None]);
     }
 
     #[test]

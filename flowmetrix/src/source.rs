@@ -440,7 +440,7 @@ impl Source {
                         ifindex: 0,
                         direction: Direction::Ingress,
                         link: info.link,
-                        interface: None,
+                        interface: info.interface.as_ref(),
                     }));
                 }
                 match chunk.end {
