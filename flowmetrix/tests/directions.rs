@@ -187,6 +187,38 @@ fn both_directions_give_a_request_row_in_and_a_reply_row_out_for_each_echo() {
             (common::mac_str(want.0), common::mac_str(want.1)),
             "{r}"
         );
+        // And every other column of an ICMP echo captured on this host's interface.
+        let host = common::frames::host_name();
+        assert_eq!(r["interface"], net.if_a.as_str(), "{r}");
+        assert_eq!(r["host"], host.as_str(), "{r}");
+        assert_eq!(
+            (
+                &r["ether_type"],
+                &r["protocol"],
+                &r["packet_type"],
+                &r["application"]
+            ),
+            (&2048.into(), &1.into(), &"IPv4".into(), &"UNKNOWN".into()),
+            "{r}"
+        );
+        assert_eq!(r["packet_size"], 98, "56-byte echo payload: {r}");
+        assert_eq!(r["sample_rate"], 1, "{r}");
+        for null in [
+            "src_port",
+            "dst_port",
+            "tcp_flags",
+            "vlan_id",
+            "tunnel",
+            "inner_src_ip",
+            "inner_dst_ip",
+            "inner_protocol",
+            "inner_src_port",
+            "inner_dst_port",
+            "mpls_labels",
+        ] {
+            assert!(r[null].is_null(), "{null}: {r}");
+        }
+        assert!(r["ts"].is_string(), "{r}");
     }
     let s = done.summary();
     let n = ECHOES as u64;
