@@ -17,6 +17,14 @@ const ADDR_A: &str = "10.99.0.2";
 const ADDR_B: &str = "10.99.0.1";
 const ECHOES: usize = 5;
 
+/// One test of this file at a time: the clsact path leaves a stale filter alone while any
+/// other process holds a program of ours (another collector may be using it), so a collector
+/// of a test running beside the stale-filter test would keep it from being cleaned up.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn must(args: &[&str]) {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -144,6 +152,7 @@ fn our_filters(net: &NetPair, hook: &str, name: &str) -> usize {
 
 #[test]
 fn both_directions_give_a_request_row_in_and_a_reply_row_out_for_each_echo() {
+    let _one_at_a_time = one_at_a_time();
     let net = net_pair_or_skip!();
     addresses(&net);
     let collector = net
@@ -240,6 +249,7 @@ fn both_directions_give_a_request_row_in_and_a_reply_row_out_for_each_echo() {
 
 #[test]
 fn egress_only_gives_only_the_replies() {
+    let _one_at_a_time = one_at_a_time();
     let net = net_pair_or_skip!();
     addresses(&net);
     let collector = net
@@ -261,6 +271,7 @@ fn egress_only_gives_only_the_replies() {
 
 #[test]
 fn tc_ingress_hook_samples_the_requests_without_xdp() {
+    let _one_at_a_time = one_at_a_time();
     let net = net_pair_or_skip!();
     addresses(&net);
     let collector = net
@@ -281,6 +292,7 @@ fn tc_ingress_hook_samples_the_requests_without_xdp() {
 
 #[test]
 fn tcx_programs_are_gone_after_ctrl_c_sigterm_and_kill_9() {
+    let _one_at_a_time = one_at_a_time();
     let net = net_pair_or_skip!();
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let collector = net
@@ -319,6 +331,7 @@ fn tcx_programs_are_gone_after_ctrl_c_sigterm_and_kill_9() {
 
 #[test]
 fn forced_clsact_fallback_captures_both_ways_and_removes_its_filters() {
+    let _one_at_a_time = one_at_a_time();
     let net = net_pair_or_skip!();
     addresses(&net);
     let start = || {
