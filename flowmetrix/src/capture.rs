@@ -445,19 +445,26 @@ fn tc_hooks(cfg: &CaptureConfig) -> Vec<(&'static str, TcAttachType, &'static st
     tc
 }
 
-fn load_program<P>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError>
+/// The program `name` of the object, as its kind `P`.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, CaptureError>
 where
-    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-    P: Loadable,
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let program: &mut P = ebpf
-        .program_mut(name)
+    ebpf.program_mut(name)
         .ok_or(CaptureError::Missing(name))?
         .try_into()
         .map_err(|e| CaptureError::Load {
             hint: "",
             source: Box::new(e),
-        })?;
+        })
+}
+
+fn load_program<P>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: Loadable,
+{
+    let program: &mut P = program(ebpf, name)?;
     program.load_it().map_err(|e| CaptureError::Load {
         hint: privilege_hint(),
         source: Box::new(e),
@@ -601,14 +608,7 @@ fn attach_xdp(
     iface: &str,
     ifindex: u32,
 ) -> Result<(FdLink, &'static str), CaptureError> {
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or(CaptureError::Missing(PROGRAM_NAME))?
-        .try_into()
-        .map_err(|e| CaptureError::Load {
-            hint: "",
-            source: Box::new(e),
-        })?;
+    let program: &mut Xdp = program(ebpf, PROGRAM_NAME)?;
 
     let attempts: &[(aya::programs::XdpMode, &'static str)] = match cfg.mode {
         XdpMode::Auto => &[
@@ -690,14 +690,7 @@ fn attach_tc(
             hint,
             source,
         };
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or(CaptureError::Missing(name))?
-        .try_into()
-        .map_err(|e| CaptureError::Load {
-            hint: "",
-            source: Box::new(e),
-        })?;
+    let program: &mut SchedClassifier = program(ebpf, name)?;
     let tcx_here = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if cfg.tc_attach == TcAttach::Tcx || (cfg.tc_attach == TcAttach::Auto && tcx_here) {
         match program.attach_with_options(

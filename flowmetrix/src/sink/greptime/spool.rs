@@ -968,20 +968,27 @@ mod tests {
         fs::remove_dir_all(d).unwrap();
     }
 
-    #[test]
-    fn a_segment_torn_mid_record_gives_its_good_records_and_counts_the_rest() {
-        let d = dir("torn");
-        let counters = Arc::new(Counters::default());
+    /// A segment of four 10-row records in `d`, the last cut inside its payload (as by a
+    /// power loss); its path.
+    fn torn_segment(d: &Path) -> PathBuf {
         {
-            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+            let spool = Spool::open(d, 1 << 20, Arc::default()).unwrap();
             for i in 0..4 {
                 spool.append("public", &req(&format!("t{i}"), 10), 10);
             }
         }
-        let path = seg_path(&d, 0);
+        let path = seg_path(d, 0);
         let len = fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(len - 7).unwrap(); // cut inside the last record's payload
+        f.set_len(len - 7).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_segment_torn_mid_record_gives_its_good_records_and_counts_the_rest() {
+        let d = dir("torn");
+        let counters = Arc::new(Counters::default());
+        let path = torn_segment(&d);
         let spool = Spool::open(&d, 1 << 20, Arc::clone(&counters)).unwrap();
         let (_, c) = spool.take_oldest().unwrap();
         assert!(c.damaged);
@@ -999,20 +1006,7 @@ mod tests {
     fn a_damaged_segment_put_back_is_not_counted_twice() {
         let d = dir("torn-back");
         let counters = Arc::new(Counters::default());
-        {
-            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
-            for i in 0..4 {
-                spool.append("public", &req(&format!("t{i}"), 10), 10);
-            }
-        }
-        let path = seg_path(&d, 0);
-        let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 7)
-            .unwrap();
+        torn_segment(&d);
         {
             let spool = Spool::open(&d, 1 << 20, Arc::clone(&counters)).unwrap();
             let (_, c) = spool.take_oldest().unwrap();
