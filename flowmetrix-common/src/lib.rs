@@ -4,6 +4,8 @@
 //! sizes and field offsets are pinned by the tests at the bottom of this file.
 #![no_std]
 
+pub mod flow;
+
 /// Largest number of frame bytes one sample can carry (the compiled maximum of `--snaplen`).
 /// A power of two, so the XDP program can bound copy lengths with a mask.
 pub const MAX_SNAPLEN: usize = 256;
@@ -117,6 +119,15 @@ pub struct CpuStats {
     pub countdown: u64,
     /// Samples submitted on this CPU since the last one that woke the reader.
     pub unwoken: u64,
+    /// Flows mode: packets the flow parser could not key ([`flow`] rules), and their bytes.
+    pub flow_unkeyed: u64,
+    pub flow_unkeyed_bytes: u64,
+    /// Flows mode: packets the full flow map could not take, sent as flow events through
+    /// the ring instead.
+    pub flow_events: u64,
+    /// Flows mode: packets neither the map nor the event ring could take, and their bytes.
+    pub flow_overflow: u64,
+    pub flow_overflow_bytes: u64,
 }
 
 /// Every this many samples a CPU looks at how full the ring is, and wakes the reader when
@@ -148,6 +159,9 @@ mod user {
     // SAFETY: plain-old-data, #[repr(C)], no padding (checked by the layout tests).
     unsafe impl aya::Pod for super::CpuStats {}
     unsafe impl aya::Pod for super::SampleHeader {}
+    unsafe impl aya::Pod for super::flow::FlowKey {}
+    unsafe impl aya::Pod for super::flow::FlowValue {}
+    unsafe impl aya::Pod for super::flow::FlowEvent {}
 }
 
 #[cfg(test)]
@@ -193,7 +207,10 @@ mod tests {
 
     #[test]
     fn cpu_stats_layout_is_fixed() {
-        assert_eq!(size_of::<CpuStats>(), 40);
+        assert_eq!(size_of::<CpuStats>(), 80);
+        assert_eq!(offset_of!(CpuStats, flow_unkeyed), 40);
+        assert_eq!(offset_of!(CpuStats, flow_events), 56);
+        assert_eq!(offset_of!(CpuStats, flow_overflow_bytes), 72);
         assert_eq!(offset_of!(CpuStats, seen), 0);
         assert_eq!(offset_of!(CpuStats, sampled), 8);
         assert_eq!(offset_of!(CpuStats, ring_full), 16);
