@@ -172,8 +172,7 @@ pub fn parse<F: Frame + ?Sized>(f: &F, prefix: usize, key: &mut FlowKey) -> Opti
     f.bytes::<1>(off + ETH_HEADER - 1)?;
     off += ETH_HEADER;
     let mut tags = 0;
-    while tags < VLAN_TAGS_MAX && (ether_type == ETHERTYPE_VLAN || ether_type == ETHERTYPE_QINQ)
-    {
+    while tags < VLAN_TAGS_MAX && (ether_type == ETHERTYPE_VLAN || ether_type == ETHERTYPE_QINQ) {
         let tag = f.bytes::<4>(off)?;
         if tags == 0 {
             key.vlan_id = be16([tag[0], tag[1]]) & 0x0fff;
@@ -363,7 +362,10 @@ mod tests {
         assert_eq!(&k.src_addr[..4], &[10, 0, 0, 1]);
         assert_eq!(&k.dst_addr[..4], &[10, 0, 0, 2]);
         assert_eq!(k.src_addr[4..], [0; 12]);
-        assert_eq!((k.ether_type, k.protocol, k.src_port, k.dst_port), (0x0800, 17, 12345, 53));
+        assert_eq!(
+            (k.ether_type, k.protocol, k.src_port, k.dst_port),
+            (0x0800, 17, 12345, 53)
+        );
         assert_eq!((k.vlan_id, flags), (0, 0));
         // More-fragments set, offset 0: still the first fragment.
         let (k, _) = key_of(&ipv4_udp(0x2000), 0).unwrap();

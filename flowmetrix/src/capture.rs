@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 /// Forwards the XDP program's log records to `log` (and so to tracing).
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-use crate::metrics::{DirectionStats, InterfaceStats, KernelStats};
+use crate::metrics::{DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};
 
 /// The XDP object built by build.rs, embedded so the binary is self-contained.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
@@ -156,6 +156,20 @@ pub struct CaptureConfig {
     pub directions: Directions,
     pub ingress_hook: IngressHook,
     pub tc_attach: TcAttach,
+    /// Sample packets into the ring (`--mode packets|both`).
+    pub packets: bool,
+    /// Count every packet in the flow maps (`--mode flows|both`).
+    pub flows: Option<FlowsConfig>,
+}
+
+/// The kernel side of `--mode flows|both`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowsConfig {
+    /// Entries of each of the two flow maps (`--flow-max-entries`).
+    pub max_entries: u32,
+    /// The prefix before the Ethernet header: `-offset`'s, or `None` with `-auto-detect`
+    /// until it is learned ([`crate::flowmap::FlowMaps::set_prefix`]).
+    pub prefix: Option<u32>,
 }
 
 /// The loaded programs, and the interfaces they are attached to.
@@ -371,14 +385,23 @@ impl Capture {
                 .stats
                 .get(&stats_index(slot, d), 0)
                 .map_err(CaptureError::Stats)?;
-            dirs[d as usize] =
-                per_cpu
-                    .iter()
-                    .fold(DirectionStats::default(), |acc, c| DirectionStats {
-                        seen: acc.seen + c.seen,
-                        sampled: acc.sampled + c.sampled,
-                        ring_drops: acc.ring_drops + c.ring_full,
-                    });
+            dirs[d as usize] = per_cpu.iter().fold(DirectionStats::default(), |acc, c| {
+                acc.zip(
+                    DirectionStats {
+                        seen: c.seen,
+                        sampled: c.sampled,
+                        ring_drops: c.ring_full,
+                        flows: FlowKernelStats {
+                            unkeyed: c.flow_unkeyed,
+                            unkeyed_bytes: c.flow_unkeyed_bytes,
+                            events: c.flow_events,
+                            overflow: c.flow_overflow,
+                            overflow_bytes: c.flow_overflow_bytes,
+                        },
+                    },
+                    |a, b| a + b,
+                )
+            });
         }
         Ok(dirs)
     }
@@ -390,6 +413,12 @@ impl Capture {
             .take_map(SAMPLES_MAP)
             .ok_or(CaptureError::Missing(SAMPLES_MAP))?;
         RingBuf::try_from(map).map_err(CaptureError::Stats)
+    }
+
+    /// The flow maps (once), when loaded with [`CaptureConfig::flows`].
+    /// INTERFACE STUB (lead): the kernel side fills this in.
+    pub fn take_flow_maps(&mut self) -> Option<crate::flowmap::FlowMaps> {
+        None
     }
 
     /// Messages the XDP program logs (errors only), to be polled by the caller.
@@ -594,11 +623,7 @@ impl SlotBook {
 }
 
 fn since(now: [DirectionStats; 2], base: [DirectionStats; 2]) -> [DirectionStats; 2] {
-    std::array::from_fn(|i| DirectionStats {
-        seen: now[i].seen.saturating_sub(base[i].seen),
-        sampled: now[i].sampled.saturating_sub(base[i].sampled),
-        ring_drops: now[i].ring_drops.saturating_sub(base[i].ring_drops),
-    })
+    std::array::from_fn(|i| now[i].zip(base[i], u64::saturating_sub))
 }
 
 /// Loads the XDP program and attaches it to `ifindex`; returns its link and mode.
@@ -1073,6 +1098,7 @@ mod tests {
             seen,
             sampled,
             ring_drops,
+            ..Default::default()
         }
     }
 

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod flowmap;
 pub mod metrics;
 pub mod offset;
 pub mod pcap;

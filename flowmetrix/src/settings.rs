@@ -159,6 +159,9 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                     TcAttachArg::Tcx => TcAttach::Tcx,
                     TcAttachArg::Netlink => TcAttach::Netlink,
                 },
+                // `--mode` (issue 18) sets these; until then: packets only.
+                packets: true,
+                flows: None,
             }))
         }
     }

@@ -471,6 +471,7 @@ impl Source {
                             seen: read,
                             sampled: read,
                             ring_drops: 0,
+                            ..Default::default()
                         },
                         DirectionStats::default(),
                     ]),

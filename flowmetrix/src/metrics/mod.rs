@@ -116,13 +116,49 @@ pub struct DirectionStats {
     pub seen: u64,
     pub sampled: u64,
     pub ring_drops: u64,
+    /// Flows mode (zero otherwise).
+    pub flows: FlowKernelStats,
+}
+
+/// The kernel's flow counters of one direction (`CpuStats::flow_*`), summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlowKernelStats {
+    /// Packets the flow parser could not key, and their bytes.
+    pub unkeyed: u64,
+    pub unkeyed_bytes: u64,
+    /// Packets sent as flow events through the ring because the flow map was full.
+    pub events: u64,
+    /// Packets neither the map nor the ring could take, and their bytes.
+    pub overflow: u64,
+    pub overflow_bytes: u64,
+}
+
+impl FlowKernelStats {
+    /// Each counter of `self` and `other` combined by `f`.
+    pub fn zip(self, other: Self, f: impl Fn(u64, u64) -> u64) -> Self {
+        Self {
+            unkeyed: f(self.unkeyed, other.unkeyed),
+            unkeyed_bytes: f(self.unkeyed_bytes, other.unkeyed_bytes),
+            events: f(self.events, other.events),
+            overflow: f(self.overflow, other.overflow),
+            overflow_bytes: f(self.overflow_bytes, other.overflow_bytes),
+        }
+    }
 }
 
 impl DirectionStats {
+    /// Each counter of `self` and `other` combined by `f`.
+    pub fn zip(self, other: Self, f: impl Fn(u64, u64) -> u64 + Copy) -> Self {
+        Self {
+            seen: f(self.seen, other.seen),
+            sampled: f(self.sampled, other.sampled),
+            ring_drops: f(self.ring_drops, other.ring_drops),
+            flows: self.flows.zip(other.flows, f),
+        }
+    }
+
     pub fn add(&mut self, other: &Self) {
-        self.seen += other.seen;
-        self.sampled += other.sampled;
-        self.ring_drops += other.ring_drops;
+        *self = self.zip(*other, |a, b| a + b);
     }
 }
 
@@ -299,11 +335,13 @@ mod tests {
                     seen: 7,
                     sampled: 6,
                     ring_drops: 1,
+                    ..Default::default()
                 },
                 DirectionStats {
                     seen: 3,
                     sampled: 3,
                     ring_drops: 0,
+                    ..Default::default()
                 },
             ]),
             decoded: 8,
@@ -350,11 +388,13 @@ mod tests {
                 seen: 60,
                 sampled: 6,
                 ring_drops: 1,
+                ..Default::default()
             },
             DirectionStats {
                 seen: 40,
                 sampled: 4,
                 ring_drops: 0,
+                ..Default::default()
             },
         ]));
         Counters::add(&r.counters.written, 9);
