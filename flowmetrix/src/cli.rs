@@ -15,7 +15,7 @@ use clap::{
     error::{ContextKind, ContextValue, ErrorKind},
     parser::ValueSource,
 };
-use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN};
+use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN, flow::DEFAULT_FLOW_MAX_ENTRIES};
 
 use crate::{
     config::{self, FileSettings},
@@ -96,6 +96,28 @@ pub struct Cli {
     /// Learn the VMware prefix length from the traffic (0 to 64 bytes).
     #[arg(help_heading = "Capture", long, conflicts_with = "offset")]
     pub auto_detect: bool,
+
+    /// What to write: sampled packet rows, exact flow rows (every packet counted in the
+    /// kernel, one row per flow and --flow-interval), or both.
+    #[arg(help_heading = "Flows", long, value_enum, default_value_t = ModeArg::Packets, value_name = "MODE")]
+    pub mode: ModeArg,
+
+    /// How often flows are collected and written, one row per flow and interval (e.g. 10s,
+    /// 500ms; 100ms to 1h).
+    #[arg(help_heading = "Flows", long, default_value = "10s", value_name = "DURATION",
+          value_parser = parse_flow_interval)]
+    pub flow_interval: Duration,
+
+    /// Flows each of the kernel's two flow maps holds; packets of flows beyond it still
+    /// count, through the ring (16 to 16M).
+    #[arg(help_heading = "Flows", long, default_value_t = DEFAULT_FLOW_MAX_ENTRIES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(i64::from(MIN_FLOW_MAX_ENTRIES)..=i64::from(MAX_FLOW_MAX_ENTRIES)))]
+    pub flow_max_entries: u32,
+
+    /// GreptimeDB table of the flow rows (created by the first insert, append-only).
+    #[arg(help_heading = "Flows", long, default_value = "flow_data", value_name = "NAME",
+          value_parser = parse_name)]
+    pub flow_table: String,
 
     /// Where rows go: GreptimeDB, JSON lines on stdout, or nowhere (decode and count only).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
@@ -260,6 +282,21 @@ pub enum XdpModeArg {
     Skb,
 }
 
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Sampled packet rows (as before).
+    Packets,
+    /// Flow rows only: every packet counted, no packet rows.
+    Flows,
+    /// Both.
+    Both,
+}
+
+/// Bounds of `--flow-max-entries`.
+pub const MIN_FLOW_MAX_ENTRIES: u32 = 16;
+pub const MAX_FLOW_MAX_ENTRIES: u32 = 16 << 20;
+
 /// `--direction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DirectionArg {
@@ -413,6 +450,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if d.is_zero() {
         return Err(format!("'{s}' must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// `--flow-interval`: a duration from 100ms to 1h.
+fn parse_flow_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("'{s}' is not between 100ms and 1h"));
     }
     Ok(d)
 }
@@ -1092,6 +1138,11 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err() && parse_duration("1d").is_err());
+        assert_eq!(parse_flow_interval("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_flow_interval("10s"), Ok(Duration::from_secs(10)));
+        for bad in ["0", "0ms", "99ms", "2h", "x"] {
+            assert!(parse_flow_interval(bad).is_err(), "{bad}");
+        }
         assert!(parse_ttl("7d").is_ok() && parse_ttl("forever").is_ok());
         assert!(parse_ttl("7").is_err() && parse_ttl("0d").is_err() && parse_ttl("d").is_err());
         assert!(parse_name("packet_data").is_ok());

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod flowmap;
+pub mod flows;
 pub mod metrics;
 pub mod offset;
 pub mod pcap;

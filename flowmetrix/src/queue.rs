@@ -18,7 +18,7 @@ pub trait Rows {
     fn rows(&self) -> usize;
 }
 
-impl Rows for Batch {
+impl<R> Rows for Vec<R> {
     fn rows(&self) -> usize {
         self.len()
     }

@@ -304,6 +304,65 @@ pub const COLUMNS: [&str; 25] = [
     "direction",
 ];
 
+/// One flow in one `--flow-interval`: field for field the columns of `flow_data`, in
+/// table order. The key columns have `packet_data`'s names and text forms; a JSON line
+/// with `interval_ms` is a flow row (packet rows have no such key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    /// The end of the interval the packets were counted in.
+    pub ts: UnixNanos,
+    #[serde(serialize_with = "name")]
+    pub host: Arc<str>,
+    #[serde(serialize_with = "name")]
+    pub interface: Arc<str>,
+    pub direction: Direction,
+    /// From the ports, as for packet rows (TCP and UDP only; `UNKNOWN` otherwise).
+    pub application: &'static str,
+    /// Outer VLAN id; null when untagged.
+    pub vlan_id: Option<u16>,
+    pub ether_type: u16,
+    /// Null for flows that are not IP.
+    pub src_ip: Option<IpAddr>,
+    pub dst_ip: Option<IpAddr>,
+    /// IP protocol number, 0 for non-IP flows.
+    pub protocol: u8,
+    /// TCP/UDP ports; ICMP type and code; 0 otherwise (and on later fragments).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Packets and bytes (wire length less any prefix) of the flow in the interval: exact.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Kernel times of the flow's first and last packet in the interval.
+    pub first_seen: UnixNanos,
+    pub last_seen: UnixNanos,
+    /// OR of the TCP flags bytes (0 unless TCP).
+    pub tcp_flags: u8,
+    /// The interval's length.
+    pub interval_ms: u32,
+}
+
+/// `flow_data`'s column names in table order (the JSON keys of a [`FlowRecord`]).
+pub const FLOW_COLUMNS: [&str; 18] = [
+    "ts",
+    "host",
+    "interface",
+    "direction",
+    "application",
+    "vlan_id",
+    "ether_type",
+    "src_ip",
+    "dst_ip",
+    "protocol",
+    "src_port",
+    "dst_port",
+    "packets",
+    "bytes",
+    "first_seen",
+    "last_seen",
+    "tcp_flags",
+    "interval_ms",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +380,41 @@ mod tests {
             vlan_id: Some(42),
             ..PacketRecord::default()
         }
+    }
+
+    #[test]
+    fn flow_json_keys_are_the_flow_columns_in_order() {
+        let r = FlowRecord {
+            ts: UnixNanos(1_795_000_000_000_000_042),
+            host: "h".into(),
+            interface: "eth0".into(),
+            direction: Direction::Egress,
+            application: "DNS",
+            vlan_id: None,
+            ether_type: 0x0800,
+            src_ip: Some("10.0.0.1".parse().unwrap()),
+            dst_ip: Some("fd00::2".parse().unwrap()),
+            protocol: 17,
+            src_port: 40_000,
+            dst_port: 53,
+            packets: 3,
+            bytes: 300,
+            first_seen: UnixNanos(1),
+            last_seen: UnixNanos(2),
+            tcp_flags: 0,
+            interval_ms: 10_000,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = FLOW_COLUMNS.to_vec();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"h","interface":"eth0","direction":"egress","application":"DNS","vlan_id":null,"ether_type":2048,"src_ip":"10.0.0.1","dst_ip":"fd00::2","protocol":17,"src_port":40000,"dst_port":53,"packets":3,"bytes":300,"first_seen":"1970-01-01T00:00:00.000000001Z","last_seen":"1970-01-01T00:00:00.000000002Z","tcp_flags":0,"interval_ms":10000}"#
+        );
     }
 
     #[test]

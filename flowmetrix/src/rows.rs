@@ -104,6 +104,16 @@ impl Decoder {
         }
     }
 
+    /// The prefix before the Ethernet header: `-offset`'s, or the one `-auto-detect` has
+    /// learned (`None` while it is still learning).
+    pub fn prefix(&self) -> Option<usize> {
+        match (self.prefix, &self.learner) {
+            (Prefix::Fixed(n), _) => Some(n),
+            (Prefix::Auto, Some(l)) => l.offset(),
+            (Prefix::Auto, None) => Some(0),
+        }
+    }
+
     /// At the end of input: decides the prefix for frames `-auto-detect` still holds, and
     /// decodes them.
     pub fn finish(&mut self, out: &mut Vec<PacketRecord>) {

@@ -7,11 +7,13 @@ use std::{path::Path, sync::Arc};
 
 use crate::{
     app::Applications,
-    capture::{self, CaptureConfig, Directions, IngressHook, TcAttach, XdpMode},
+    capture::{self, CaptureConfig, Directions, FlowsConfig, IngressHook, TcAttach, XdpMode},
     cli::{
-        Cli, DirectionArg, IngressHookArg, LogFormat, Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
+        Cli, DirectionArg, IngressHookArg, LogFormat, ModeArg, Output, PASSWORD_ENV, TcAttachArg,
+        XdpModeArg,
     },
     config::FileSettings,
+    flows::FlowSettings,
     offset::Prefix,
     pipeline::{MetricsSettings, PipelineSettings},
     rows::DecodeSettings,
@@ -68,6 +70,11 @@ impl Settings {
         file: &FileSettings,
         password: Option<String>,
     ) -> Result<Self, UsageError> {
+        if cli.auto_detect && cli.mode == ModeArg::Flows {
+            return Err(usage(
+                "-auto-detect learns the prefix from sampled packets, and --mode flows samples none: use --mode both, or give the prefix with -offset",
+            ));
+        }
         let source = source(cli)?;
         let decode = DecodeSettings {
             prefix: if cli.auto_detect {
@@ -87,6 +94,11 @@ impl Settings {
                 source,
                 decode,
                 sink,
+                packets: cli.mode != ModeArg::Flows,
+                flows: (cli.mode != ModeArg::Packets).then(|| FlowSettings {
+                    interval: cli.flow_interval,
+                    table: cli.flow_table.clone(),
+                }),
                 metrics: MetricsSettings {
                     addr: cli.metrics_addr,
                     stats_interval: cli.stats_interval,
@@ -159,9 +171,12 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                     TcAttachArg::Tcx => TcAttach::Tcx,
                     TcAttachArg::Netlink => TcAttach::Netlink,
                 },
-                // `--mode` (issue 18) sets these; until then: packets only.
-                packets: true,
-                flows: None,
+                packets: cli.mode != ModeArg::Flows,
+                flows: (cli.mode != ModeArg::Packets).then(|| FlowsConfig {
+                    max_entries: cli.flow_max_entries,
+                    // With -auto-detect, pushed once learned (FlowMaps::set_prefix).
+                    prefix: (!cli.auto_detect).then(|| cli.offset.map_or(0, u32::from)),
+                }),
             }))
         }
     }
@@ -254,6 +269,62 @@ mod tests {
             panic!("{args:?} did not parse")
         };
         Settings::new(&cli, &file, None)
+    }
+
+    #[test]
+    fn mode_and_flow_settings_reach_the_stages() {
+        let s = settings(&["fm", "--pcap", "x.pcap"]).unwrap();
+        assert!(s.pipeline.packets && s.pipeline.flows.is_none());
+        let s = settings(&[
+            "fm",
+            "--pcap",
+            "x.pcap",
+            "--mode",
+            "both",
+            "--flow-interval",
+            "200ms",
+            "--flow-table",
+            "flows2",
+        ])
+        .unwrap();
+        let f = s.pipeline.flows.unwrap();
+        assert!(s.pipeline.packets);
+        assert_eq!(f.interval, std::time::Duration::from_millis(200));
+        assert_eq!(f.table, "flows2");
+        let s = settings(&["fm", "--pcap", "x.pcap", "--mode", "flows"]).unwrap();
+        assert!(!s.pipeline.packets);
+        assert_eq!(s.pipeline.flows.unwrap().table, "flow_data");
+        let e = settings(&["fm", "--pcap", "x.pcap", "--mode", "flows", "-auto-detect"]);
+        assert!(e.unwrap_err().0.contains("--mode both"));
+        assert!(settings(&["fm", "--pcap", "x", "--mode", "both", "-auto-detect"]).is_ok());
+        let live = settings(&[
+            "fm",
+            "-i",
+            "lo",
+            "--mode",
+            "flows",
+            "-offset",
+            "--flow-max-entries",
+            "64",
+        ])
+        .unwrap();
+        let SourceSettings::Live(c) = live.pipeline.source else {
+            panic!("live")
+        };
+        assert!(!c.packets);
+        assert_eq!(
+            c.flows,
+            Some(FlowsConfig {
+                max_entries: 64,
+                prefix: Some(24)
+            })
+        );
+        let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();
+        let SourceSettings::Live(c) = live.pipeline.source else {
+            panic!("live")
+        };
+        assert!(c.packets);
+        assert_eq!(c.flows.unwrap().prefix, None);
     }
 
     #[test]

@@ -512,6 +512,22 @@ impl Source {
         }
     }
 
+    /// Live, `--mode flows|both`: the kernel's flow maps (once).
+    pub fn take_flow_maps(&mut self) -> Option<crate::flowmap::FlowMaps> {
+        match self {
+            Self::Live(l) => l.capture.take_flow_maps(),
+            Self::Pcap(_) => None,
+        }
+    }
+
+    /// Live: the name of interface `ifindex`, as its samples' rows have it.
+    pub fn interface_name(&self, ifindex: u32) -> Option<Arc<str>> {
+        match self {
+            Self::Live(l) => l.names.get(&ifindex).cloned(),
+            Self::Pcap(_) => None,
+        }
+    }
+
     pub fn is_live(&self) -> bool {
         matches!(self, Self::Live(_))
     }

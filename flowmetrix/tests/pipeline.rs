@@ -79,6 +79,8 @@ fn greptime(endpoint: &Endpoint) -> SinkConfig {
 
 fn settings(file: PathBuf, decode: DecodeSettings, output: SinkConfig) -> PipelineSettings {
     PipelineSettings {
+        packets: true,
+        flows: None,
         source: SourceSettings::Pcap(file),
         decode,
         sink: SinkSettings {

@@ -47,6 +47,14 @@ pub fn decode(
     decode_link(Link::Ethernet, frame, meta, apps)
 }
 
+/// What follows a `link` header: its EtherType and bytes (the flows stage keys frames of
+/// non-Ethernet link types from here), or `None` when the link header is cut short.
+pub fn network_of(link: Link, frame: &[u8]) -> Option<(u16, &[u8])> {
+    link::header(link, frame)
+        .ok()
+        .map(|h| (h.ether_type, h.payload))
+}
+
 /// Decodes one frame that starts with a `link` header.
 pub fn decode_link(
     link: Link,

@@ -50,6 +50,32 @@ pub struct Counters {
     pub write_seconds: Histogram,
 }
 
+/// The flows stage's counters (`--mode flows|both`). The flow table's own sink counters
+/// (written, write errors, queue drops, spooled, …) are in `sink`, a [`Counters`] of its own;
+/// when everything has drained, `rows == sink.written + sink.write_errors +
+/// sink.queue_drops + sink.spooled`.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    pub sink: Arc<Counters>,
+    /// Flow rows made (one per flow and interval with packets).
+    pub rows: AtomicU64,
+    /// Packets and bytes in those rows.
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Flow events the collector took from the ring (packets the full map could not take).
+    pub events: AtomicU64,
+    /// Replay: frames the flow parser could not key, and their bytes (live, the kernel
+    /// counts these: [`FlowKernelStats`]).
+    pub unkeyed: AtomicU64,
+    pub unkeyed_bytes: AtomicU64,
+    /// Entries of the flow map at the last collection, and its size (gauges).
+    pub map_entries: AtomicU64,
+    pub map_max: AtomicU64,
+    /// Collections of the kernel's maps that failed (their packets stay in the map for
+    /// the next one, or are lost if the maps are gone).
+    pub collect_errors: AtomicU64,
+}
+
 /// Upper bounds (seconds) of the write-latency histogram buckets.
 pub const WRITE_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0];
 
@@ -206,6 +232,89 @@ impl KernelStats {
     }
 }
 
+/// The flows part of the summary (`--mode flows|both`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSummary {
+    pub rows: u64,
+    pub written: u64,
+    pub write_errors: u64,
+    pub queue_drops: u64,
+    pub spooled: u64,
+    pub replayed: u64,
+    pub spool_lost: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub events: u64,
+    /// The kernel's (live) and the replay's together.
+    pub unkeyed: u64,
+    pub unkeyed_bytes: u64,
+    pub overflow: u64,
+    pub overflow_bytes: u64,
+    pub map_entries: u64,
+    pub map_max: u64,
+}
+
+impl FlowSummary {
+    pub fn new(kernel: &KernelStats, f: &FlowCounters) -> Self {
+        let k = kernel.directions[0]
+            .flows
+            .zip(kernel.directions[1].flows, |a, b| a + b);
+        let s = &f.sink;
+        Self {
+            rows: f.rows.load(Relaxed),
+            written: s.written.load(Relaxed),
+            write_errors: s.write_errors.load(Relaxed),
+            queue_drops: s.queue_drops.load(Relaxed),
+            spooled: s.spooled.load(Relaxed),
+            replayed: s.spool_replayed.load(Relaxed),
+            spool_lost: s.spool_lost.load(Relaxed),
+            packets: f.packets.load(Relaxed),
+            bytes: f.bytes.load(Relaxed),
+            events: f.events.load(Relaxed),
+            unkeyed: k.unkeyed + f.unkeyed.load(Relaxed),
+            unkeyed_bytes: k.unkeyed_bytes + f.unkeyed_bytes.load(Relaxed),
+            overflow: k.overflow,
+            overflow_bytes: k.overflow_bytes,
+            map_entries: f.map_entries.load(Relaxed),
+            map_max: f.map_max.load(Relaxed),
+        }
+    }
+
+    /// Flow rows unaccounted for: 0 when every row was written or counted as lost.
+    pub fn unaccounted(&self) -> i128 {
+        i128::from(self.rows)
+            - i128::from(self.written)
+            - i128::from(self.write_errors)
+            - i128::from(self.queue_drops)
+            - i128::from(self.spooled)
+    }
+}
+
+impl std::fmt::Display for FlowSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rows {}, written {}, write errors {}, queue drops {}, spooled {}, replayed {}, spool lost {}, packets {}, bytes {}, events {}, unkeyed {}, unkeyed bytes {}, overflow {}, overflow bytes {}, map entries {}, map max {}",
+            self.rows,
+            self.written,
+            self.write_errors,
+            self.queue_drops,
+            self.spooled,
+            self.replayed,
+            self.spool_lost,
+            self.packets,
+            self.bytes,
+            self.events,
+            self.unkeyed,
+            self.unkeyed_bytes,
+            self.overflow,
+            self.overflow_bytes,
+            self.map_entries,
+            self.map_max
+        )
+    }
+}
+
 /// The numbers of one run, printed at exit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -218,9 +327,17 @@ pub struct Summary {
     pub spooled: u64,
     pub replayed: u64,
     pub spool_lost: u64,
+    /// `--mode flows|both`: printed as a `; flows: …` part after the others.
+    pub flows: Option<FlowSummary>,
 }
 
 impl Summary {
+    /// With the flows part.
+    pub fn with_flows(mut self, f: &FlowCounters) -> Self {
+        self.flows = Some(FlowSummary::new(&self.kernel, f));
+        self
+    }
+
     pub fn new(kernel: KernelStats, c: &Counters) -> Self {
         Self {
             kernel,
@@ -232,6 +349,7 @@ impl Summary {
             spooled: c.spooled.load(Relaxed),
             replayed: c.spool_replayed.load(Relaxed),
             spool_lost: c.spool_lost.load(Relaxed),
+            flows: None,
         }
     }
 
@@ -272,6 +390,9 @@ impl std::fmt::Display for Summary {
                 k.seen, k.sampled, k.ring_drops
             )?;
         }
+        if let Some(flows) = &self.flows {
+            write!(f, "; flows: {flows}")?;
+        }
         Ok(())
     }
 }
@@ -292,6 +413,8 @@ pub struct Registry {
     /// The kernel's counters per interface, read with `kernel`.
     pub interfaces: std::sync::Mutex<Vec<InterfaceStats>>,
     pub gauges: Gauges,
+    /// `--mode flows|both`.
+    pub flows: Option<Arc<FlowCounters>>,
 }
 
 impl Registry {
@@ -352,12 +475,51 @@ mod tests {
             spooled: 1,
             replayed: 3,
             spool_lost: 0,
+            flows: None,
         };
         assert_eq!(
             s.to_string(),
             "seen 10, sampled 9, ring drops 1, decoded 8, decode errors 0, queue drops 2, written 5, write errors 0, spooled 1, replayed 3, spool lost 0; ingress: seen 7 sampled 6 ring drops 1; egress: seen 3 sampled 3 ring drops 0"
         );
         assert_eq!(s.unaccounted(), 0);
+    }
+
+    #[test]
+    fn summary_line_appends_the_flows_part() {
+        let mut k = KernelStats::from_directions([
+            DirectionStats {
+                seen: 10,
+                flows: FlowKernelStats {
+                    unkeyed: 1,
+                    unkeyed_bytes: 60,
+                    events: 2,
+                    overflow: 1,
+                    overflow_bytes: 100,
+                },
+                ..Default::default()
+            },
+            DirectionStats::default(),
+        ]);
+        k.directions[1].flows.unkeyed = 1;
+        let f = FlowCounters::default();
+        Counters::add(&f.rows, 3);
+        Counters::add(&f.sink.written, 2);
+        Counters::add(&f.sink.queue_drops, 1);
+        Counters::add(&f.packets, 7);
+        Counters::add(&f.bytes, 700);
+        Counters::add(&f.events, 2);
+        Counters::add(&f.unkeyed, 1);
+        Counters::set(&f.map_entries, 4);
+        Counters::set(&f.map_max, 16);
+        let s = Summary::new(k, &Counters::default()).with_flows(&f);
+        let text = s.to_string();
+        let (packets, flows) = text.split_once("; flows: ").unwrap();
+        assert_eq!(packets, Summary::new(k, &Counters::default()).to_string());
+        assert_eq!(
+            flows,
+            "rows 3, written 2, write errors 0, queue drops 1, spooled 0, replayed 0, spool lost 0, packets 7, bytes 700, events 2, unkeyed 3, unkeyed bytes 60, overflow 1, overflow bytes 100, map entries 4, map max 16"
+        );
+        assert_eq!(s.flows.unwrap().unaccounted(), 0);
     }
 
     #[test]
@@ -554,6 +716,7 @@ mod tests {
             spooled,
             replayed,
             spool_lost,
+            flows: _,
         } = s;
         let text = r.render();
         let page = |name| value(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));

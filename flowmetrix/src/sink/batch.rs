@@ -8,15 +8,15 @@ use tokio::time::Instant;
 
 use crate::record::PacketRecord;
 
-pub struct Batcher {
+pub struct Batcher<R = PacketRecord> {
     size: usize,
     interval: Duration,
-    pending: Vec<PacketRecord>,
+    pending: Vec<R>,
     /// When the partial batch is due.
     due: Option<Instant>,
 }
 
-impl Batcher {
+impl<R> Batcher<R> {
     pub fn new(size: usize, interval: Duration) -> Self {
         let size = size.max(1);
         Self {
@@ -28,7 +28,7 @@ impl Batcher {
     }
 
     /// Adds `rows`; hands every full batch to `full`.
-    pub fn push(&mut self, mut rows: Vec<PacketRecord>, mut full: impl FnMut(Vec<PacketRecord>)) {
+    pub fn push(&mut self, mut rows: Vec<R>, mut full: impl FnMut(Vec<R>)) {
         if self.pending.is_empty() {
             if rows.len() == self.size {
                 return full(rows); // as it came: no copy
@@ -59,7 +59,7 @@ impl Batcher {
     }
 
     /// The partial batch, if any.
-    pub fn take(&mut self) -> Option<Vec<PacketRecord>> {
+    pub fn take(&mut self) -> Option<Vec<R>> {
         self.due = None;
         (!self.pending.is_empty())
             .then(|| std::mem::replace(&mut self.pending, Vec::with_capacity(self.size)))

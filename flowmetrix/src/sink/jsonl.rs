@@ -1,37 +1,95 @@
-//! JSON lines on stdout: one object per row, keys = column names.
+//! JSON lines on stdout: one object per row, keys = column names. Packet rows and flow rows
+//! (`--mode both`) go through one writer, so lines never interleave; a reader tells a flow
+//! row by its `interval_ms` key (packet rows have `packet_size` instead).
+
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{SinkError, fail_remaining};
-use crate::{metrics::Counters, queue::Receiver, record::PacketRecord};
+use super::{SinkError, Table, fail_remaining};
+use crate::{
+    metrics::Counters,
+    queue::Receiver,
+    record::{FlowRecord, PacketRecord},
+};
 
 /// Appends one row as a JSON line.
-pub fn encode(buf: &mut Vec<u8>, row: &PacketRecord) {
-    // Serializing this plain struct into a Vec cannot fail.
+pub fn encode<R: Table>(buf: &mut Vec<u8>, row: &R) {
+    // Serializing these plain structs into a Vec cannot fail.
     if serde_json::to_writer(&mut *buf, row).is_ok() {
         buf.push(b'\n');
     }
 }
 
-pub async fn run(mut rx: Receiver, counters: &Counters) -> Result<(), SinkError> {
+/// Packet rows only.
+pub async fn run(rx: Receiver, counters: &Counters) -> Result<(), SinkError> {
+    run_tables(rx, counters, None).await
+}
+
+/// Packet rows from `rx`, and flow rows from `flows` when given, each counted in its own
+/// counters.
+pub async fn run_tables(
+    mut rx: Receiver,
+    counters: &Counters,
+    flows: Option<(Receiver<Vec<FlowRecord>>, Arc<Counters>)>,
+) -> Result<(), SinkError> {
     let mut out = tokio::io::stdout();
     let mut buf = Vec::with_capacity(1 << 16);
-    while let Some(batch) = rx.recv().await {
-        buf.clear();
-        for row in &batch {
-            encode(&mut buf, row);
+    let (mut frx, fc) = match flows {
+        Some((r, c)) => (Some(r), Some(c)),
+        None => (None, None),
+    };
+    let mut packets_open = true;
+    loop {
+        enum Got {
+            Packets(Option<Vec<PacketRecord>>),
+            Flows(Option<Vec<FlowRecord>>),
         }
-        let n = batch.len() as u64;
+        let got = tokio::select! {
+            b = rx.recv(), if packets_open => Got::Packets(b),
+            b = async { match frx.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            } }, if frx.is_some() => Got::Flows(b),
+            else => break,
+        };
+        buf.clear();
+        let (n, c, more) = match got {
+            Got::Packets(None) => {
+                packets_open = false;
+                continue;
+            }
+            Got::Flows(None) => {
+                frx = None;
+                continue;
+            }
+            Got::Packets(Some(batch)) => {
+                batch.iter().for_each(|r| encode(&mut buf, r));
+                (batch.len() as u64, counters, !rx.is_empty())
+            }
+            Got::Flows(Some(batch)) => {
+                batch.iter().for_each(|r| encode(&mut buf, r));
+                let c = fc.as_deref().unwrap_or(counters);
+                (
+                    batch.len() as u64,
+                    c,
+                    frx.as_ref().is_some_and(|r| !r.is_empty()),
+                )
+            }
+        };
         let res = match out.write_all(&buf).await {
-            Ok(()) if rx.is_empty() => out.flush().await,
+            Ok(()) if !more => out.flush().await,
             other => other,
         };
         if let Err(e) = res {
-            Counters::add(&counters.write_errors, n);
+            Counters::add(&c.write_errors, n);
             fail_remaining(rx, counters);
+            if let (Some(r), Some(c)) = (frx, &fc) {
+                fail_remaining(r, c);
+            }
             return Err(SinkError::Stdout(e));
         }
-        Counters::add(&counters.written, n);
+        Counters::add(&c.written, n);
     }
     out.flush().await.map_err(SinkError::Stdout)
 }

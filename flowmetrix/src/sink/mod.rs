@@ -4,6 +4,10 @@
 //! is full the sink's own overflow policy decides: the GreptimeDB sink hands the rows to
 //! its disk spool, JSON lines and `none` count them as `queue drops`. Batching (size or
 //! flush interval), retries and the spool live inside the sink.
+//!
+//! A sink writes one or two tables (`packet_data`, and `flow_data` with `--mode
+//! flows|both`): the code is generic over the row type ([`Table`]), with a queue, a batcher
+//! and [`Counters`] per table, over one GreptimeDB connection set and one spool.
 
 pub mod batch;
 pub mod greptime;
@@ -15,10 +19,12 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     metrics::Counters,
-    queue::{self, Batch, Receiver, Rejected},
+    queue::{self, Receiver, Rejected},
+    record::{FlowRecord, PacketRecord},
     throttle::Throttled,
 };
-use greptime::spool_writer::{Item, Payload, SpoolWriter};
+pub use greptime::Table;
+use greptime::spool_writer::{Item, Payload, SpoolWriter, TableRows};
 
 /// Which output, with its settings.
 #[derive(Debug, Clone)]
@@ -58,19 +64,20 @@ enum Overflow {
     },
 }
 
-/// The sink's front door, used by the thread that drains the source.
-pub struct Input {
-    tx: queue::Sender,
+/// A table's front door, used by the thread that drains the source. One per table: its
+/// own queue, overflow and counters.
+pub struct Input<R = PacketRecord> {
+    tx: queue::Sender<Vec<R>>,
     overflow: Overflow,
     counters: Arc<Counters>,
     full: Throttled,
     spooling: Throttled,
 }
 
-impl Input {
+impl<R: Table> Input<R> {
     /// Hands `rows` over without waiting: to the queue, else to the overflow policy, else
     /// counted.
-    pub fn offer(&self, rows: Batch) {
+    pub fn offer(&self, rows: Vec<R>) {
         if rows.is_empty() {
             return;
         }
@@ -91,22 +98,25 @@ impl Input {
         {
             let item = Item {
                 database: database.clone(),
-                payload: Payload::Rows {
+                payload: Payload::Rows(Box::new(TableRows {
                     table: table.clone(),
                     rows,
-                },
+                })),
             };
             if writer.try_put(item).is_ok() {
                 return self.spooling.warn(format_args!(
-                    "GreptimeDB falls behind the capture: rows go to the disk spool (raise --max-in-flight or --batch-size, or sample with --sample-rate)"
+                    "GreptimeDB falls behind the capture: {} go to the disk spool (raise --max-in-flight or --batch-size, or sample with --sample-rate)",
+                    R::ROWS
                 ));
             }
             self.full.warn(format_args!(
-                "the output and its spool both fall behind: rows are dropped (raise --queue-size or --max-in-flight, or sample with --sample-rate)"
+                "the output and its spool both fall behind: {} are dropped (raise --queue-size or --max-in-flight, or sample with --sample-rate)",
+                R::ROWS
             ));
         } else {
             self.full.warn(format_args!(
-                "the output falls behind: rows are dropped (raise --queue-size, or sample with --sample-rate)"
+                "the output falls behind: {} are dropped (raise --queue-size, or sample with --sample-rate)",
+                R::ROWS
             ));
         }
         Counters::add(&self.counters.queue_drops, n);
@@ -114,7 +124,7 @@ impl Input {
 
     /// Hands `rows` over, waiting for room in the queue (replay: nothing is lost by going
     /// slower).
-    pub async fn send(&self, rows: Batch) {
+    pub async fn send(&self, rows: Vec<R>) {
         if rows.is_empty() {
             return;
         }
@@ -140,6 +150,15 @@ pub struct Sink {
     pub task: JoinHandle<Result<(), SinkError>>,
 }
 
+/// A started sink of packet rows and, with `--mode flows|both`, flow rows: one output, one
+/// GreptimeDB connection set and one spool for both, a queue and counters per table. The
+/// task ends once both inputs are dropped and every row is written, spooled or counted.
+pub struct Sinks {
+    pub packets: Input<PacketRecord>,
+    pub flows: Option<Input<FlowRecord>>,
+    pub task: JoinHandle<Result<(), SinkError>>,
+}
+
 /// Starts the sink. `stopping` turns true when capture stops; sinks that retry use it to
 /// start their shutdown deadline.
 pub fn start(
@@ -147,25 +166,67 @@ pub fn start(
     counters: Arc<Counters>,
     stopping: watch::Receiver<bool>,
 ) -> Result<Sink, SinkError> {
+    let Sinks { packets, task, .. } = start_tables(settings, counters, None, stopping)?;
+    Ok(Sink {
+        input: packets,
+        task,
+    })
+}
+
+/// Where flow rows go: their table and their counters.
+#[derive(Debug, Clone)]
+pub struct FlowOutput {
+    pub table: String,
+    pub counters: Arc<Counters>,
+}
+
+/// Starts the sink of packet rows (`counters`) and, when `flows` is given, of flow rows.
+pub fn start_tables(
+    settings: SinkSettings,
+    counters: Arc<Counters>,
+    flows: Option<FlowOutput>,
+    stopping: watch::Receiver<bool>,
+) -> Result<Sinks, SinkError> {
     let (tx, rx) = queue::bounded(settings.queue_rows);
+    let (flow_tx, flow_rx) = match &flows {
+        Some(f) => {
+            let (t, r) = queue::bounded::<Vec<FlowRecord>>(settings.queue_rows);
+            (Some((t, f.clone())), Some(r))
+        }
+        None => (None, None),
+    };
+    let mut flow_overflow = Overflow::Drop;
     let (overflow, task) = match settings.output {
         SinkConfig::Greptime(cfg) => {
             let writer = match &cfg.spool {
                 Some(s) => greptime::open_spool(s, settings.queue_rows, &counters)?,
                 None => None,
             };
-            let overflow = match &writer {
+            if let (Some(w), Some(f)) = (&writer, &flows) {
+                w.spool().add_table(&f.table, Arc::clone(&f.counters));
+            }
+            let spill = |table: &str| match &writer {
                 Some(w) => Overflow::Spool {
                     writer: Arc::clone(w),
                     database: cfg.database.clone(),
-                    table: cfg.table.clone(),
+                    table: table.to_owned(),
                 },
                 None => Overflow::Drop,
             };
-            let task = tokio::spawn(greptime::run(
+            let overflow = spill(&cfg.table);
+            if let Some(f) = &flows {
+                flow_overflow = spill(&f.table);
+            }
+            let flow_table = flow_rx.zip(flows).map(|(rx, f)| greptime::FlowTable {
+                table: f.table,
+                rx,
+                counters: f.counters,
+            });
+            let task = tokio::spawn(greptime::run_tables(
                 *cfg,
                 rx,
                 Arc::clone(&counters),
+                flow_table,
                 stopping,
                 writer,
             ));
@@ -173,44 +234,59 @@ pub fn start(
         }
         SinkConfig::Jsonl => {
             let c = Arc::clone(&counters);
+            let flows = flow_rx.zip(flows.map(|f| f.counters));
             (
                 Overflow::Drop,
-                tokio::spawn(async move { jsonl::run(rx, &c).await }),
+                tokio::spawn(async move { jsonl::run_tables(rx, &c, flows).await }),
             )
         }
         SinkConfig::None => {
             let c = Arc::clone(&counters);
+            let flows = flow_rx.zip(flows.map(|f| f.counters));
             (
                 Overflow::Drop,
                 tokio::spawn(async move {
-                    discard(rx, &c).await;
+                    let packets = discard(rx, &c);
+                    match flows {
+                        Some((rx, fc)) => {
+                            tokio::join!(packets, discard(rx, &fc));
+                        }
+                        None => packets.await,
+                    }
                     Ok(())
                 }),
             )
         }
     };
-    Ok(Sink {
-        input: Input {
+    Ok(Sinks {
+        packets: Input {
             tx,
             overflow,
             counters,
             full: Throttled::default(),
             spooling: Throttled::default(),
         },
+        flows: flow_tx.map(|(tx, f)| Input {
+            tx,
+            overflow: flow_overflow,
+            counters: f.counters,
+            full: Throttled::default(),
+            spooling: Throttled::default(),
+        }),
         task,
     })
 }
 
 /// `--output none`: rows are accepted and dropped on purpose (benchmarks), so they count
 /// as written.
-async fn discard(mut rx: Receiver, counters: &Counters) {
+async fn discard<R>(mut rx: Receiver<Vec<R>>, counters: &Counters) {
     while let Some(batch) = rx.recv().await {
         Counters::add(&counters.written, batch.len() as u64);
     }
 }
 
 /// After a fatal error: stop accepting batches and count what was queued as failed.
-fn fail_remaining(mut rx: Receiver, counters: &Counters) {
+fn fail_remaining<R>(mut rx: Receiver<Vec<R>>, counters: &Counters) {
     for batch in rx.close() {
         Counters::add(&counters.write_errors, batch.len() as u64);
     }

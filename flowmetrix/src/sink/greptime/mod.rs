@@ -15,6 +15,7 @@ mod schema;
 mod settings;
 pub mod spool;
 pub mod spool_writer;
+pub mod tables;
 mod writer;
 
 use std::sync::Arc;
@@ -25,9 +26,10 @@ use crate::{metrics::Counters, sink::SinkError};
 
 pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints};
 pub use retry::{Failure, Problem, classify, classify_status};
-pub use schema::{Column, SCHEMA, column_schemas, encode, encode_row};
+pub use schema::{Column, SCHEMA, column_schemas, encode_row};
 pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls};
-pub use writer::run;
+pub use tables::{FLOW_SCHEMA, Table, encode};
+pub use writer::{FlowTable, run, run_tables};
 
 /// Opens the spool and starts its thread. A directory another collector holds is an error;
 /// any other failure runs without a spool (logged): rows GreptimeDB cannot take are then

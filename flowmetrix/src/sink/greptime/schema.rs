@@ -1,8 +1,7 @@
 //! The `packet_data` schema, declared once, and the encoding of rows into inserts.
 
 use greptimedb_ingester::api::v1::{
-    ColumnDataType, ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows, SemanticType,
-    Value, value::ValueData,
+    ColumnDataType, ColumnSchema, Row, SemanticType, Value, value::ValueData,
 };
 
 use crate::record::{MacAddr, PacketRecord};
@@ -116,19 +115,6 @@ pub fn encode_row(r: &PacketRecord) -> Row {
             value(string(&*r.interface)),
             value(string(r.direction.as_str())),
         ],
-    }
-}
-
-/// An insert of these rows into `table`.
-pub fn encode(table: &str, rows: &[PacketRecord]) -> RowInsertRequests {
-    RowInsertRequests {
-        inserts: vec![RowInsertRequest {
-            table_name: table.to_owned(),
-            rows: Some(Rows {
-                schema: column_schemas(),
-                rows: rows.iter().map(encode_row).collect(),
-            }),
-        }],
     }
 }
 

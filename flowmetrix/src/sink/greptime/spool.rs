@@ -86,6 +86,8 @@ pub struct Record {
     pub rows: u64,
     /// The database it was meant for; `None` for a first-format record.
     pub database: Option<String>,
+    /// The table its insert is for.
+    pub table: Option<String>,
 }
 
 /// What one segment holds, as read back: its bytes and its good records not yet done, each
@@ -174,6 +176,8 @@ pub struct Spool {
     segment_bytes: u64,
     inner: Mutex<Inner>,
     counters: Arc<Counters>,
+    /// Tables other than the first whose rows are counted apart ([`Spool::add_table`]).
+    tables: Mutex<Vec<(String, Arc<Counters>)>>,
     /// Held for the spool's life: the directory lock.
     _lock: File,
     full: Throttled,
@@ -225,7 +229,7 @@ fn split_payload(
     bytes: &[u8],
     magic: u32,
     range: std::ops::Range<usize>,
-) -> Option<(Option<String>, std::ops::Range<usize>)> {
+) -> Option<(Option<String>, std::ops::Range<usize>, Option<String>)> {
     let payload = bytes.get(range.clone())?;
     let (database, skip) = if magic == MAGIC_V1 {
         (None, 0)
@@ -235,8 +239,9 @@ fn split_payload(
         (Some(name.to_owned()), 1 + n)
     };
     let insert = range.start + skip..range.end;
-    RowInsertRequests::decode(bytes.get(insert.clone())?).ok()?;
-    Some((database, insert))
+    let req = RowInsertRequests::decode(bytes.get(insert.clone())?).ok()?;
+    let table = req.inserts.into_iter().next().map(|i| i.table_name);
+    Some((database, insert, table))
 }
 
 /// Parses one segment's bytes into its good records not yet done, and what was damaged.
@@ -268,7 +273,8 @@ pub fn parse_segment(bytes: Vec<u8>) -> Contents {
             break;
         }
         if magic != DONE {
-            let Some((database, insert)) = split_payload(&bytes, magic, range.clone()) else {
+            let Some((database, insert, table)) = split_payload(&bytes, magic, range.clone())
+            else {
                 out.damaged = true;
                 out.damaged_rows += u64::from(rows);
                 break;
@@ -278,6 +284,7 @@ pub fn parse_segment(bytes: Vec<u8>) -> Contents {
                 insert,
                 rows: u64::from(rows),
                 database,
+                table,
             });
         }
         at = range.end;
@@ -420,6 +427,7 @@ impl Spool {
             segment_bytes: (max_bytes / 8).clamp(4096, 8 << 20),
             inner: Mutex::new(inner),
             counters,
+            tables: Mutex::new(Vec::new()),
             _lock: lock,
             full: Throttled::default(),
             failed: Throttled::default(),
@@ -460,6 +468,25 @@ impl Spool {
         Counters::add(&self.counters.spool_lost, rows);
     }
 
+    /// Counts the spooled, replayed and lost rows of inserts for `table` in `counters`
+    /// instead of the spool's own (which keep the gauges, and the rows of every other
+    /// table). Rows lost in bulk — a segment dropped for room or damaged — are counted in
+    /// the spool's own counters.
+    pub fn add_table(&self, table: &str, counters: Arc<Counters>) {
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((table.to_owned(), counters));
+    }
+
+    /// The counters of `table`'s rows.
+    fn counters_of(&self, table: Option<&str>) -> Arc<Counters> {
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        table
+            .and_then(|t| tables.iter().find(|(n, _)| n == t))
+            .map_or_else(|| Arc::clone(&self.counters), |(_, c)| Arc::clone(c))
+    }
+
     /// Appends one insert of `rows` rows for `database`. Never fails the caller: rows that
     /// cannot be kept are counted as lost. An insert larger than half a segment is split,
     /// so that a small spool is used to its limit and drops the oldest rows in small steps.
@@ -490,11 +517,13 @@ impl Spool {
     }
 
     fn append_one(&self, database: &str, req: &RowInsertRequests, rows: u64) {
-        Counters::add(&self.counters.spooled, rows);
+        let table = self.counters_of(req.inserts.first().map(|i| i.table_name.as_str()));
+        Counters::add(&table.spooled, rows);
+        let lose = |rows| Counters::add(&table.spool_lost, rows);
         let record = record_bytes(database, req, rows);
         let len = record.len() as u64;
         if len > self.max_bytes {
-            self.lose(rows);
+            lose(rows);
             self.failed.warn(format_args!(
                 "spool: a {len}-byte batch is larger than the whole spool ({} bytes); {rows} rows lost",
                 self.max_bytes
@@ -521,7 +550,7 @@ impl Spool {
                 }
                 Err(e) => {
                     drop(inner);
-                    self.lose(rows);
+                    lose(rows);
                     self.failed.warn(format_args!(
                         "spool: cannot create {}: {e}; {rows} rows lost",
                         path.display()
@@ -541,7 +570,7 @@ impl Spool {
                 Self::close_active(&mut inner);
             }
             drop(inner);
-            self.lose(rows);
+            lose(rows);
             self.failed.warn(format_args!(
                 "spool: cannot write {path}: {e}; {rows} rows lost"
             ));
@@ -701,14 +730,15 @@ impl Spool {
             return;
         };
         r.in_flight = 0;
+        let table = self.counters_of(record.table.as_deref());
         match how {
             Replayed::Written => {
-                Counters::add(&self.counters.spool_replayed, record.rows);
+                Counters::add(&table.spool_replayed, record.rows);
             }
-            Replayed::Refused => self.lose(record.rows),
+            Replayed::Refused => Counters::add(&table.spool_lost, record.rows),
             Replayed::Failed => {
                 if r.evicted {
-                    self.lose(record.rows);
+                    Counters::add(&table.spool_lost, record.rows);
                 }
                 return;
             }

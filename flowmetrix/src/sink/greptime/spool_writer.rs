@@ -12,20 +12,41 @@ use std::{
 use greptimedb_ingester::api::v1::RowInsertRequests;
 use tracing::warn;
 
-use super::{schema::encode, spool::Spool};
+use super::{
+    spool::Spool,
+    tables::{Table, encode},
+};
 use crate::{
     metrics::Counters,
     queue::{self, Rejected},
-    record::PacketRecord,
 };
+
+/// Rows of some table, encoded only on the spool's thread.
+pub trait Unencoded: Send {
+    fn rows(&self) -> usize;
+    fn encode(&self) -> RowInsertRequests;
+}
+
+/// Rows for `table`.
+pub struct TableRows<R> {
+    pub table: String,
+    pub rows: Vec<R>,
+}
+
+impl<R: Table> Unencoded for TableRows<R> {
+    fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn encode(&self) -> RowInsertRequests {
+        encode(&self.table, &self.rows)
+    }
+}
 
 /// What goes to the spool.
 pub enum Payload {
     /// Rows the queue to GreptimeDB had no room for (encoded on the spool's thread).
-    Rows {
-        table: String,
-        rows: Vec<PacketRecord>,
-    },
+    Rows(Box<dyn Unencoded>),
     /// An insert GreptimeDB could not take now.
     Insert {
         request: RowInsertRequests,
@@ -41,7 +62,7 @@ pub struct Item {
 impl queue::Rows for Item {
     fn rows(&self) -> usize {
         match &self.payload {
-            Payload::Rows { rows, .. } => rows.len(),
+            Payload::Rows(rows) => rows.rows(),
             Payload::Insert { rows, .. } => usize::try_from(*rows).unwrap_or(usize::MAX),
         }
     }
@@ -90,8 +111,8 @@ impl SpoolWriter {
                             std::thread::sleep(d);
                         }
                         match item.payload {
-                            Payload::Rows { table, rows: batch } => {
-                                spool.append(&item.database, &encode(&table, &batch), rows);
+                            Payload::Rows(batch) => {
+                                spool.append(&item.database, &batch.encode(), rows);
                             }
                             Payload::Insert { request, rows } => {
                                 spool.append(&item.database, &request, rows);

@@ -22,15 +22,15 @@ use super::{
     client::startup_check,
     endpoints::Endpoints,
     retry::{BACKOFF_CAP, BACKOFF_START, Failure, Problem, REQUEST_TIMEOUT},
-    schema::encode,
     settings::GreptimeConfig,
     spool::{Contents, Replayed},
     spool_writer::{Item, Payload, SpoolWriter},
+    tables::{Table, encode},
 };
 use crate::{
     metrics::Counters,
     queue::Receiver,
-    record::PacketRecord,
+    record::FlowRecord,
     sink::{SinkError, batch::Batcher},
 };
 
@@ -146,22 +146,24 @@ impl Writer {
         true
     }
 
-    /// Writes one batch. What a retry cannot fix is counted as write errors; retriable
-    /// failures go to the spool when there is one, else are retried until the deadline.
-    async fn write(&self, rows: Vec<PacketRecord>) {
-        let mut account = Unsettled::new(rows.len() as u64, &self.counters);
+    /// Writes one batch of `out`'s table. What a retry cannot fix is counted as write
+    /// errors; retriable failures go to the spool when there is one, else are retried until
+    /// the deadline.
+    async fn write<R: Table>(&self, out: &TableOut, rows: Vec<R>) {
+        let counters = &*out.counters;
+        let mut account = Unsettled::new(rows.len() as u64, counters);
         let started = Instant::now();
-        let request = encode(&self.cfg.table, &rows);
+        let request = encode(&out.table, &rows);
         drop(rows);
         let mut backoff = BACKOFF_START;
         loop {
             match self.attempt(None, &request).await {
                 Attempt::Written => {
-                    account.settle(&self.counters.written);
-                    self.counters.write_seconds.observe(started.elapsed());
+                    account.settle(&counters.written);
+                    counters.write_seconds.observe(started.elapsed());
                     return;
                 }
-                Attempt::Fatal => return account.settle(&self.counters.write_errors),
+                Attempt::Fatal => return account.settle(&counters.write_errors),
                 Attempt::Retry(why) => {
                     self.outage_began(&why);
                     if let Some(spool) = &self.spool {
@@ -175,13 +177,13 @@ impl Writer {
                         return match spool.put(item, &self.deadline.subscribe()).await {
                             // Counted as spooled by the spool.
                             Ok(()) => account.handed_over(),
-                            Err(_) => account.settle(&self.counters.write_errors),
+                            Err(_) => account.settle(&counters.write_errors),
                         };
                     }
-                    Counters::add(&self.counters.write_retries, 1);
+                    Counters::add(&counters.write_retries, 1);
                     if !self.back_off(backoff).await {
                         // Shutting down and out of time: these rows are not written.
-                        return account.settle(&self.counters.write_errors);
+                        return account.settle(&counters.write_errors);
                     }
                     backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
@@ -303,13 +305,40 @@ enum Attempt {
 /// How often an idle replayer looks at the spool.
 const REPLAY_IDLE: Duration = Duration::from_millis(200);
 
+/// One table the writer writes: its name and counters.
+struct TableOut {
+    table: String,
+    counters: Arc<Counters>,
+}
+
+/// The flow table, for [`run_tables`].
+pub struct FlowTable {
+    pub table: String,
+    pub rx: Receiver<Vec<FlowRecord>>,
+    pub counters: Arc<Counters>,
+}
+
 /// Writes batches from `rx` until it closes. When `shutdown` fires, retries get
 /// `shutdown_timeout` more before the rows they hold count as write errors (or, with a
 /// spool, go to it).
 pub async fn run(
     cfg: GreptimeConfig,
-    mut rx: Receiver,
+    rx: Receiver,
     counters: Arc<Counters>,
+    shutdown: watch::Receiver<bool>,
+    spool: Option<Arc<SpoolWriter>>,
+) -> Result<(), SinkError> {
+    run_tables(cfg, rx, counters, None, shutdown, spool).await
+}
+
+/// [`run`] for packet rows (`cfg.table`) and, when given, flow rows: both over the same
+/// connections, retries, outage log and spool, each with its own batcher and counters, and
+/// `--max-in-flight` requests in flight over both.
+pub async fn run_tables(
+    cfg: GreptimeConfig,
+    rx: Receiver,
+    counters: Arc<Counters>,
+    flows: Option<FlowTable>,
     mut shutdown: watch::Receiver<bool>,
     spool: Option<Arc<SpoolWriter>>,
 ) -> Result<(), SinkError> {
@@ -338,30 +367,22 @@ pub async fn run(
     }
 
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let mut tasks = JoinSet::new();
-    let mut batcher = Batcher::new(cfg.batch_size, cfg.flush_interval);
-    let mut full = Vec::new();
-    loop {
-        tokio::select! {
-            chunk = rx.recv() => {
-                let Some(chunk) = chunk else { break };
-                batcher.push(chunk, |b| full.push(b));
-            }
-            () = batcher.due() => full.extend(batcher.take()),
-            Some(res) = tasks.join_next(), if !tasks.is_empty() => reap(res),
+    let packets = TableOut {
+        table: cfg.table.clone(),
+        counters,
+    };
+    let packets = feed(&writer, &in_flight, packets, rx);
+    match flows {
+        Some(f) => {
+            let out = TableOut {
+                table: f.table,
+                counters: f.counters,
+            };
+            tokio::join!(packets, feed(&writer, &in_flight, out, f.rx));
         }
-        for rows in full.drain(..) {
-            submit(&writer, &in_flight, &mut tasks, rows).await;
-        }
+        None => packets.await,
     }
 
-    // The queue is closed: capture has stopped. Write what is left within the deadline.
-    if let Some(rows) = batcher.take() {
-        submit(&writer, &in_flight, &mut tasks, rows).await;
-    }
-    while let Some(res) = tasks.join_next().await {
-        reap(res);
-    }
     if let Some(replayer) = replayer {
         let _ = replayer.await;
     }
@@ -383,21 +404,56 @@ pub async fn run(
     Ok(())
 }
 
+/// One table's rows from `rx` through its batcher into write tasks, until `rx` closes and
+/// every batch it gave is accounted for.
+async fn feed<R: Table>(
+    writer: &Arc<Writer>,
+    in_flight: &Arc<Semaphore>,
+    out: TableOut,
+    mut rx: Receiver<Vec<R>>,
+) {
+    let out = Arc::new(out);
+    let mut tasks = JoinSet::new();
+    let mut batcher = Batcher::new(writer.cfg.batch_size, writer.cfg.flush_interval);
+    let mut full = Vec::new();
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => {
+                let Some(chunk) = chunk else { break };
+                batcher.push(chunk, |b| full.push(b));
+            }
+            () = batcher.due() => full.extend(batcher.take()),
+            Some(res) = tasks.join_next(), if !tasks.is_empty() => reap(res),
+        }
+        for rows in full.drain(..) {
+            submit(writer, in_flight, &mut tasks, &out, rows).await;
+        }
+    }
+    // The queue is closed: capture has stopped. Write what is left within the deadline.
+    if let Some(rows) = batcher.take() {
+        submit(writer, in_flight, &mut tasks, &out, rows).await;
+    }
+    while let Some(res) = tasks.join_next().await {
+        reap(res);
+    }
+}
+
 /// Starts a write task once one of the `max_in_flight` places is free.
-async fn submit(
+async fn submit<R: Table>(
     writer: &Arc<Writer>,
     in_flight: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
-    rows: Vec<PacketRecord>,
+    out: &Arc<TableOut>,
+    rows: Vec<R>,
 ) {
     let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
         // The semaphore is never closed; keep the accounting exact all the same.
-        return Unsettled::new(rows.len() as u64, &writer.counters)
-            .settle(&writer.counters.write_errors);
+        return Unsettled::new(rows.len() as u64, &out.counters).settle(&out.counters.write_errors);
     };
     let writer = Arc::clone(writer);
+    let out = Arc::clone(out);
     tasks.spawn(async move {
-        writer.write(rows).await;
+        writer.write(&out, rows).await;
         drop(permit);
     });
 }
