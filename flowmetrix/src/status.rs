@@ -70,7 +70,30 @@ impl Status {
                 );
             }
         }
-        self.last = now;
+        if let Some(f) = &registry.flows {
+            let (now, was) = (
+                crate::metrics::FlowSummary::new(&now.kernel, f),
+                self.last.flows.unwrap_or_default(),
+            );
+            info!(
+                "flows: rows {:.1}/s, written {:.1}/s, packets {:.1}/s; since the last line: flow events {}, unkeyed {}, overflow {}, write errors {}, queue drops {}, spooled {}; map {}/{} entries",
+                d(now.rows, was.rows) as f64 / secs,
+                d(now.written, was.written) as f64 / secs,
+                d(now.packets, was.packets) as f64 / secs,
+                d(now.events, was.events),
+                d(now.unkeyed, was.unkeyed),
+                d(now.overflow, was.overflow),
+                d(now.write_errors, was.write_errors),
+                d(now.queue_drops, was.queue_drops),
+                d(now.spooled, was.spooled),
+                now.map_entries,
+                now.map_max,
+            );
+        }
+        self.last = match &registry.flows {
+            Some(f) => now.with_flows(f),
+            None => now,
+        };
         self.last_at = Instant::now();
     }
 }

@@ -241,6 +241,102 @@ impl Collector for Scrape {
                 }
             }
         }
+        if let Some(f) = &self.0.flows {
+            flows(e, &super::FlowSummary::new(&k, f), f)?;
+        }
         Ok(())
     }
+}
+
+/// `--mode flows|both`: the flow rows and the packets counted in them.
+fn flows(
+    e: &mut DescriptorEncoder,
+    s: &super::FlowSummary,
+    f: &super::FlowCounters,
+) -> fmt::Result {
+    let counters: [(&str, &str, u64); 12] = [
+        (
+            "flow_rows",
+            "Flow rows made (one per flow and interval).",
+            s.rows,
+        ),
+        (
+            "flow_rows_written",
+            "Flow rows the output accepted.",
+            s.written,
+        ),
+        (
+            "flow_write_errors",
+            "Flow rows the output failed to write.",
+            s.write_errors,
+        ),
+        (
+            "flow_queue_drops",
+            "Flow rows dropped because the queue to the output was full.",
+            s.queue_drops,
+        ),
+        (
+            "flow_spooled_rows",
+            "Flow rows put in the disk spool.",
+            s.spooled,
+        ),
+        (
+            "flow_spool_replayed_rows",
+            "Flow rows from the spool that GreptimeDB acknowledged.",
+            s.replayed,
+        ),
+        ("flow_packets", "Packets counted in flow rows.", s.packets),
+        (
+            "flow_bytes",
+            "Bytes (wire length less any prefix) counted in flow rows.",
+            s.bytes,
+        ),
+        (
+            "flow_events",
+            "Packets the full flow map could not take, counted through the ring.",
+            s.events,
+        ),
+        (
+            "flow_unkeyed_packets",
+            "Packets the flow parser could not key.",
+            s.unkeyed,
+        ),
+        (
+            "flow_overflow_packets",
+            "Packets neither the flow map nor the ring could take.",
+            s.overflow,
+        ),
+        (
+            "flow_overflow_bytes",
+            "Bytes of the packets neither the flow map nor the ring could take.",
+            s.overflow_bytes,
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(e, name, help, v)?;
+    }
+    counter(
+        e,
+        "flow_unkeyed_bytes",
+        "Bytes of the packets the flow parser could not key.",
+        s.unkeyed_bytes,
+    )?;
+    counter(
+        e,
+        "flow_collect_errors",
+        "Collections of the kernel's flow maps that failed.",
+        Counters::get(&f.collect_errors),
+    )?;
+    gauge(
+        e,
+        "flow_map_entries",
+        "Entries of the flow map at the last collection.",
+        s.map_entries,
+    )?;
+    gauge(
+        e,
+        "flow_map_max_entries",
+        "Size of each flow map (--flow-max-entries).",
+        s.map_max,
+    )
 }

@@ -814,6 +814,7 @@ fn json_value(v: Option<&ValueData>) -> Value {
     match v {
         None => Value::Null,
         Some(ValueData::U8Value(n) | ValueData::U16Value(n) | ValueData::U32Value(n)) => json!(n),
+        Some(ValueData::U64Value(n)) => json!(n),
         Some(ValueData::StringValue(s)) => json!(s),
         Some(ValueData::TimestampNanosecondValue(ns)) => json!(
             chrono::DateTime::from_timestamp_nanos(*ns)

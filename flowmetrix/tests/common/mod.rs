@@ -423,7 +423,7 @@ impl FrameSender {
 }
 
 /// The summary line's numbers.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub seen: u64,
     pub sampled: u64,
@@ -439,6 +439,18 @@ pub struct Summary {
     /// The kernel counters per direction (`; ingress: seen N sampled N ring drops N; …`).
     pub ingress: DirectionSummary,
     pub egress: DirectionSummary,
+    /// `--mode flows|both`: the `; flows: rows N, written N, …` part, by name.
+    pub flows: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Summary {
+    /// A number of the flows part (`rows`, `written`, `packets`, `unkeyed bytes`, …).
+    pub fn flow(&self, name: &str) -> u64 {
+        let flows = self.flows.as_ref().expect("the summary has a flows part");
+        *flows
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in the flows part: {flows:?}"))
+    }
 }
 
 /// The summary's numbers of one direction.
@@ -471,6 +483,15 @@ impl Summary {
         let totals = parts.next()?;
         for part in parts {
             let (name, counts) = part.split_once(": ")?;
+            if name == "flows" {
+                let mut f = std::collections::BTreeMap::new();
+                for item in counts.split(", ") {
+                    let (k, n) = item.rsplit_once(' ')?;
+                    f.insert(k.to_owned(), n.parse().ok()?);
+                }
+                s.flows = Some(f);
+                continue;
+            }
             let counts = DirectionSummary::parse(counts)?;
             match name {
                 "ingress" => s.ingress = counts,

@@ -1,0 +1,332 @@
+//! `--mode flows|both` (issue 18). No-root tier: pcaps replayed by the real binary give
+//! exact flow rows (JSON lines and GreptimeDB), intervals by packet time. The root tier
+//! (real traffic in network namespaces, the kernel's flow maps) is at the bottom.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use common::{
+    Summary,
+    endpoint::Endpoint,
+    frames::{eth, write},
+};
+use etherparse::PacketBuilder;
+use serde_json::Value;
+
+const SEC: u64 = 1_000_000_000;
+/// 2026-11-18T11:06:40Z, a multiple of 10 s.
+const T0: u64 = 1_795_000_000 * SEC;
+
+/// A classic pcap (Ethernet, microseconds) of `frames` at their times (ns since the epoch).
+fn pcap(name: &str, frames: &[(u64, Vec<u8>)]) -> PathBuf {
+    let mut out = Vec::new();
+    for w in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65_535, 1] {
+        match w {
+            0x0004_0002 => {
+                out.extend_from_slice(&2u16.to_le_bytes());
+                out.extend_from_slice(&4u16.to_le_bytes());
+            }
+            w => out.extend_from_slice(&w.to_le_bytes()),
+        }
+    }
+    for (ts, f) in frames {
+        let len = f.len() as u32;
+        for w in [(ts / SEC) as u32, ((ts % SEC) / 1000) as u32, len, len] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(f);
+    }
+    let dir = std::env::temp_dir().join(format!("fmx-flows-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+fn udp(src_port: u16, dst_port: u16, payload: usize) -> Vec<u8> {
+    write(|v| {
+        eth()
+            .ipv4([10, 1, 0, 1], [10, 1, 0, 2], 64)
+            .udp(src_port, dst_port)
+            .write(v, &vec![0; payload])
+            .unwrap()
+    })
+}
+
+fn tcp6(flags_syn: bool, payload: usize) -> Vec<u8> {
+    let b = eth()
+        .ipv6([0xfd; 16], [0xfe; 16], 64)
+        .tcp(40_000, 443, 1, 1000);
+    let b = if flags_syn { b.syn() } else { b.ack(1).psh() };
+    write(|v| b.write(v, &vec![0; payload]).unwrap())
+}
+
+fn vlan_udp() -> Vec<u8> {
+    write(|v| {
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .single_vlan(100u16.try_into().unwrap())
+            .ipv4([10, 2, 0, 1], [10, 2, 0, 2], 64)
+            .udp(5353, 53)
+            .write(v, &[0; 30])
+            .unwrap()
+    })
+}
+
+fn arp() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x06]);
+    f.extend_from_slice(&[0; 46]);
+    f
+}
+
+/// The frames, and per flow (name, interval end) the packets and bytes they must give.
+fn traffic() -> (Vec<(u64, Vec<u8>)>, BTreeMap<(String, u64), (u64, u64)>) {
+    let a = udp(40_000, 53, 20);
+    let syn = tcp6(true, 0);
+    let data = tcp6(false, 100);
+    let frames = vec![
+        (T0 + SEC, a.clone()),
+        (T0 + 2 * SEC, syn.clone()),
+        (T0 + 3 * SEC, a.clone()),
+        (T0 + 4 * SEC, data.clone()),
+        (T0 + 5 * SEC, vlan_udp()),
+        (T0 + 6 * SEC, arp()),
+        (T0 + 7 * SEC, a[..20].to_vec()), // IP header cut short: not keyed
+        // The next interval: flow a again; the TCP flow is idle.
+        (T0 + 12 * SEC, a.clone()),
+        // Two intervals later (none in between).
+        (T0 + 31 * SEC, data.clone()),
+    ];
+    let n = |f: &[u8]| f.len() as u64;
+    let mut want = BTreeMap::new();
+    let end = |k: u64| T0 + k * 10 * SEC;
+    want.insert(("udp".into(), end(1)), (2, 2 * n(&a)));
+    want.insert(("tcp6".into(), end(1)), (2, n(&syn) + n(&data)));
+    want.insert(("vlan".into(), end(1)), (1, n(&vlan_udp())));
+    want.insert(("arp".into(), end(1)), (1, n(&arp())));
+    want.insert(("udp".into(), end(2)), (1, n(&a)));
+    want.insert(("tcp6".into(), end(4)), (1, n(&data)));
+    (frames, want)
+}
+
+fn ts_of(row: &Value) -> u64 {
+    let s = row["ts"].as_str().unwrap();
+    let t = chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    t.timestamp_nanos_opt().unwrap() as u64
+}
+
+/// A flow row's name in [`traffic`], checking its key columns on the way.
+fn flow_name(r: &Value) -> String {
+    let s = |k: &str| r[k].as_str().map(str::to_owned);
+    match (r["protocol"].as_u64(), r["ether_type"].as_u64()) {
+        (Some(17), _) if r["vlan_id"] == 100 => {
+            assert_eq!(
+                (s("src_ip"), s("dst_ip")),
+                (Some("10.2.0.1".into()), Some("10.2.0.2".into()))
+            );
+            assert_eq!(
+                (r["src_port"].as_u64(), r["dst_port"].as_u64()),
+                (Some(5353), Some(53))
+            );
+            assert_eq!(r["application"], "DNS");
+            "vlan".into()
+        }
+        (Some(17), _) => {
+            assert_eq!(r["vlan_id"], Value::Null, "{r}");
+            assert_eq!(
+                (s("src_ip"), s("dst_ip")),
+                (Some("10.1.0.1".into()), Some("10.1.0.2".into()))
+            );
+            assert_eq!(r["application"], "DNS");
+            assert_eq!(r["tcp_flags"], 0);
+            "udp".into()
+        }
+        (Some(6), Some(0x86dd)) => {
+            assert_eq!(
+                s("src_ip").as_deref(),
+                Some("fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd:fdfd")
+            );
+            assert_eq!(
+                (r["src_port"].as_u64(), r["dst_port"].as_u64()),
+                (Some(40_000), Some(443))
+            );
+            assert_eq!(r["application"], "HTTPS");
+            "tcp6".into()
+        }
+        (Some(0), Some(0x0806)) => {
+            assert_eq!((&r["src_ip"], &r["dst_ip"]), (&Value::Null, &Value::Null));
+            assert_eq!(r["application"], "UNKNOWN");
+            "arp".into()
+        }
+        _ => panic!("unexpected flow row {r}"),
+    }
+}
+
+/// The rows by (flow, interval end) → (packets, bytes), checking every row's other columns.
+fn by_flow(rows: &[Value], file: &str) -> BTreeMap<(String, u64), (u64, u64)> {
+    let mut got = BTreeMap::new();
+    for r in rows {
+        assert_eq!(r["interval_ms"], 10_000, "{r}");
+        assert_eq!(
+            (r["interface"].as_str(), r["direction"].as_str()),
+            (Some(file), Some("ingress"))
+        );
+        let ts = ts_of(r);
+        let first =
+            chrono::DateTime::parse_from_rfc3339(r["first_seen"].as_str().unwrap()).unwrap();
+        let last = chrono::DateTime::parse_from_rfc3339(r["last_seen"].as_str().unwrap()).unwrap();
+        let (first, last) = (
+            first.timestamp_nanos_opt().unwrap() as u64,
+            last.timestamp_nanos_opt().unwrap() as u64,
+        );
+        assert!(ts - 10 * SEC <= first && first <= last && last < ts, "{r}");
+        let prev = got.insert(
+            (flow_name(r), ts),
+            (r["packets"].as_u64().unwrap(), r["bytes"].as_u64().unwrap()),
+        );
+        assert!(prev.is_none(), "two rows for one flow and interval: {r}");
+    }
+    got
+}
+
+fn replay(file: &PathBuf, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+        .arg("--pcap")
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn summary(out: &Output) -> Summary {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Summary::parse(&stderr).unwrap_or_else(|| panic!("no summary:\n{stderr}"))
+}
+
+#[test]
+fn a_pcap_replayed_in_flows_mode_gives_exact_flow_rows_and_no_packet_rows() {
+    let (frames, want) = traffic();
+    let file = pcap("flows.pcap", &frames);
+    let out = replay(&file, &["--mode", "flows", "--output", "jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rows = lines(&out);
+    assert!(
+        rows.iter().all(|r| r.get("interval_ms").is_some()),
+        "only flow rows"
+    );
+    assert_eq!(by_flow(&rows, "flows.pcap"), want);
+    let s = summary(&out);
+    // No packet rows: nothing sampled, so the packet loss equation holds with zeros.
+    assert_eq!(
+        (s.seen, s.sampled, s.decoded, s.written),
+        (9, 0, 0, 0),
+        "{stderr}"
+    );
+    assert_eq!(s.flow("rows"), want.len() as u64);
+    assert_eq!(s.flow("written"), want.len() as u64);
+    let packets: u64 = want.values().map(|v| v.0).sum();
+    let bytes: u64 = want.values().map(|v| v.1).sum();
+    assert_eq!((s.flow("packets"), s.flow("bytes")), (packets, bytes));
+    // Every frame is in a row or counted as not keyed.
+    assert_eq!((s.flow("unkeyed"), s.flow("unkeyed bytes")), (1, 20));
+    assert_eq!(s.flow("packets") + s.flow("unkeyed"), s.seen);
+}
+
+#[test]
+fn both_mode_writes_packet_rows_and_flow_rows_told_apart_by_interval_ms() {
+    let (frames, want) = traffic();
+    let file = pcap("both.pcap", &frames);
+    let out = replay(&file, &["--mode", "both", "--output", "jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let (flows, packets): (Vec<Value>, Vec<Value>) = lines(&out)
+        .into_iter()
+        .partition(|r| r.get("interval_ms").is_some());
+    assert!(packets.iter().all(|r| r.get("packet_size").is_some()));
+    assert_eq!(by_flow(&flows, "both.pcap"), want);
+    let s = summary(&out);
+    assert_eq!(packets.len() as u64, s.written, "{stderr}");
+    assert_eq!(s.sampled, 9);
+    assert_eq!(s.sampled, s.decode_errors + s.written, "{s:?}");
+    assert_eq!(s.flow("written"), flows.len() as u64);
+    // The packets mode summary line is unchanged: no flows part.
+    let out = replay(&file, &["--output", "jsonl"]);
+    assert!(summary(&out).flows.is_none());
+    assert!(lines(&out).iter().all(|r| r.get("interval_ms").is_none()));
+}
+
+#[test]
+fn flow_rows_reach_greptimedb_with_their_types_next_to_packet_rows() {
+    let (frames, want) = traffic();
+    let file = pcap("greptime.pcap", &frames);
+    let endpoint = Endpoint::start(None);
+    let addr = endpoint.addr.to_string();
+    let spool = std::env::temp_dir().join(format!("fmx-flows-spool-{}", std::process::id()));
+    let out = replay(
+        &file,
+        &[
+            "--mode",
+            "both",
+            "--greptime-endpoint",
+            &addr,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let flows = endpoint.rows("flow_data");
+    assert_eq!(by_flow(&flows, "greptime.pcap"), want, "{stderr}");
+    let s = summary(&out);
+    assert_eq!(endpoint.rows("packet_data").len() as u64, s.written);
+    assert_eq!(s.flow("written"), flows.len() as u64);
+    assert_eq!(
+        s.flow("rows"),
+        s.flow("written") + s.flow("write errors") + s.flow("queue drops") + s.flow("spooled")
+    );
+    // The flow table's schema as declared: types and tags.
+    let received = endpoint.received();
+    let insert = received.iter().find(|r| r.table == "flow_data").unwrap();
+    let names: Vec<&str> = insert
+        .schema
+        .iter()
+        .map(|c| c.column_name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ts",
+            "host",
+            "interface",
+            "direction",
+            "application",
+            "vlan_id",
+            "ether_type",
+            "src_ip",
+            "dst_ip",
+            "protocol",
+            "src_port",
+            "dst_port",
+            "packets",
+            "bytes",
+            "first_seen",
+            "last_seen",
+            "tcp_flags",
+            "interval_ms"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+}
