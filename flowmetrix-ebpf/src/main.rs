@@ -3,8 +3,12 @@
 //! counters (per direction). The programs never change a packet's fate: XDP always returns
 //! XDP_PASS, TC always TC_ACT_UNSPEC (go on with the next program or the default action).
 #![no_std]
+// The atomic add and or intrinsics (see flows::bump).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 #![no_main]
 
+mod flows;
 mod sampler;
 
 use aya_ebpf::{

@@ -7,9 +7,13 @@
 //! full length, its direction and its first `SNAPLEN` bytes. Every run updates the per-CPU
 //! counters of its interface (the slot userspace gave it in `IFSLOT`) and direction; the
 //! countdown is kept per interface and direction too.
+//!
+//! The load-time `MODE` chooses what runs: sampling (`packets`), counting every packet in
+//! the flow maps ([`crate::flows`], `flows`), or both.
 
 use core::{cmp::min, ffi::c_void, ptr::read_volatile};
 
+use crate::flows;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -24,7 +28,9 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use flowmetrix_common::{
     CpuStats, DIRECTIONS, Direction, IF_SLOTS, MAX_IFINDEX, MAX_SNAPLEN, SLOT_SIZES, Sample,
-    WAKEUP_EVERY, next_skip, stats_index,
+    WAKEUP_EVERY,
+    flow::{MODE_FLOWS, MODE_PACKETS},
+    next_skip, stats_index,
 };
 
 /// 1 in SAMPLE_RATE packets is sampled. Set by userspace at load time.
@@ -63,6 +69,12 @@ pub trait Packet: EbpfContext {
     unsafe fn load(&self, dst: *mut c_void, len: u32) -> i64;
     fn ifindex(&self) -> u32;
     fn queue(&self) -> u32;
+    /// Whether [`pull`](Self::pull) can bring more of the frame into the linear part.
+    const PULLS: bool;
+    /// Start and end of the part of the frame readable in place (direct packet access).
+    fn linear(&self) -> (usize, usize);
+    /// Makes the first `len` bytes linear (skb only); false when it could not.
+    fn pull(&self, len: u32) -> bool;
 }
 
 impl Packet for XdpContext {
@@ -86,6 +98,18 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn queue(&self) -> u32 {
         self.rx_queue_index()
+    }
+
+    const PULLS: bool = false;
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn pull(&self, _len: u32) -> bool {
+        false
     }
 }
 
@@ -112,6 +136,18 @@ impl Packet for TcContext {
         // SAFETY: reading a field of the program's own context.
         unsafe { (*self.skb.skb).queue_mapping }
     }
+
+    const PULLS: bool = true;
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn pull(&self, len: u32) -> bool {
+        self.pull_data(len).is_ok()
+    }
 }
 
 /// Counts the packet in direction `dir`'s counters and samples it if its turn has come.
@@ -129,6 +165,14 @@ pub fn sample<P: Packet>(ctx: &P, dir: Direction) {
     // the other entry anyway).
     let stats = unsafe { &mut *stats };
     stats.seen += 1;
+    // MODE is a load-time constant: the verifier keeps only the paths the mode takes.
+    let mode = flows::mode();
+    if mode & MODE_FLOWS != 0 {
+        flows::count(ctx, dir, stats);
+    }
+    if mode & MODE_PACKETS == 0 {
+        return;
+    }
     if stats.countdown > 0 {
         stats.countdown -= 1;
         return;

@@ -33,12 +33,15 @@ use std::{
     sync::Arc,
 };
 
+use flowmetrix_common::flow::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_FLOWS, MODE_GLOBAL, MODE_PACKETS};
 use flowmetrix_common::{
     CpuStats, Direction, IF_SLOT_MAP, IF_SLOTS, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL,
     SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP, TC_EGRESS_PROGRAM_NAME, TC_INGRESS_PROGRAM_NAME,
     WAKEUP_BYTES_GLOBAL, stats_index,
 };
 use tracing::{debug, info, warn};
+
+use crate::flowmap::FlowMaps;
 
 /// Forwards the XDP program's log records to `log` (and so to tracing).
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -81,6 +84,8 @@ pub enum CaptureError {
     Missing(&'static str),
     #[error("cannot read the kernel counters")]
     Stats(#[source] aya::maps::MapError),
+    #[error("cannot set up the flow maps")]
+    Flows(#[source] crate::flowmap::FlowMapError),
     #[error("cannot attach the TC {direction} program to {iface} ({how}){hint}")]
     TcAttach {
         iface: String,
@@ -181,6 +186,8 @@ pub struct Capture {
     stats: PerCpuArray<MapData, CpuStats>,
     slot_of: Array<MapData, u32>,
     book: SlotBook,
+    /// The flow maps, until taken (`--mode flows|both`).
+    flow_maps: Option<FlowMaps>,
     /// The mode the XDP program was last attached in ("native" or "skb"), "" without XDP.
     pub mode: &'static str,
     /// How the TC programs were last attached ("tcx" or "netlink"), "" without TC.
@@ -239,16 +246,26 @@ impl Capture {
         }
         raise_memlock_limit();
 
+        let sizes = MapSizes::of(cfg);
         let mut ebpf = EbpfLoader::new()
             .override_global(SAMPLE_RATE_GLOBAL, &cfg.sample_rate, true)
             .override_global(SNAPLEN_GLOBAL, &cfg.snaplen, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &(cfg.ring_bytes / 4), true)
-            .map_max_entries(SAMPLES_MAP, cfg.ring_bytes)
+            .override_global(MODE_GLOBAL, &sizes.mode, true)
+            .map_max_entries(SAMPLES_MAP, sizes.samples_bytes)
+            .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
+            .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
+            .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
             .load(PROGRAM)
             .map_err(|e| CaptureError::Load {
                 hint: privilege_hint(),
                 source: Box::new(e),
             })?;
+        // Generation 0 and the prefix are set before any program is attached.
+        let flow_maps = match cfg.flows {
+            Some(f) => Some(FlowMaps::from_ebpf(&mut ebpf, f.prefix).map_err(CaptureError::Flows)?),
+            None => None,
+        };
         // The logger owns the program's log map: it must live as long as the program.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| debug!("eBPF logger not started: {e}"))
@@ -277,6 +294,7 @@ impl Capture {
             stats,
             slot_of,
             book: SlotBook::default(),
+            flow_maps,
             mode: "",
             tc_attached: "",
         })
@@ -416,9 +434,8 @@ impl Capture {
     }
 
     /// The flow maps (once), when loaded with [`CaptureConfig::flows`].
-    /// INTERFACE STUB (lead): the kernel side fills this in.
-    pub fn take_flow_maps(&mut self) -> Option<crate::flowmap::FlowMaps> {
-        None
+    pub fn take_flow_maps(&mut self) -> Option<FlowMaps> {
+        self.flow_maps.take()
     }
 
     /// Messages the XDP program logs (errors only), to be polled by the caller.
@@ -460,6 +477,56 @@ impl Drop for Capture {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+/// Load-time mode and map sizes for `cfg`: what a mode does not use is shrunk to the
+/// kernel's minimum (one flow entry, one page of ring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// `MODE` bits.
+    pub mode: u32,
+    pub samples_bytes: u32,
+    pub flow_entries: u32,
+    pub events_bytes: u32,
+}
+
+/// Smallest and largest flow-event ring: it holds about as many events as the map holds
+/// flows (80 bytes a record), within these bounds.
+const EVENTS_MIN_BYTES: u32 = 1 << 20;
+const EVENTS_MAX_BYTES: u32 = 64 << 20;
+
+impl MapSizes {
+    pub fn of(cfg: &CaptureConfig) -> Self {
+        let page = page_size();
+        let mut mode = 0;
+        if cfg.packets {
+            mode |= MODE_PACKETS;
+        }
+        let (flow_entries, events_bytes) = match cfg.flows {
+            Some(f) => {
+                mode |= MODE_FLOWS;
+                let want = u64::from(f.max_entries) * 80;
+                let bytes = want
+                    .clamp(u64::from(EVENTS_MIN_BYTES), u64::from(EVENTS_MAX_BYTES))
+                    .next_power_of_two()
+                    .min(u64::from(EVENTS_MAX_BYTES)) as u32;
+                (f.max_entries.max(1), bytes.max(page))
+            }
+            None => (1, page),
+        };
+        Self {
+            mode,
+            samples_bytes: if cfg.packets { cfg.ring_bytes } else { page },
+            flow_entries,
+            events_bytes,
+        }
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(page).unwrap_or(4096).max(4096)
 }
 
 /// The TC programs `cfg` wants: program name, hook, direction.
@@ -1164,6 +1231,48 @@ mod tests {
             t[0].seen += 1;
             t
         });
+    }
+
+    #[test]
+    fn map_sizes_shrink_what_the_mode_does_not_use() {
+        let mut cfg = CaptureConfig {
+            interfaces: vec![],
+            mode: XdpMode::Auto,
+            sample_rate: 1,
+            snaplen: 192,
+            ring_bytes: 8 << 20,
+            directions: Directions::Ingress,
+            ingress_hook: IngressHook::Xdp,
+            tc_attach: TcAttach::Auto,
+            packets: true,
+            flows: None,
+        };
+        let page = page_size();
+        let s = MapSizes::of(&cfg);
+        assert_eq!((s.mode, s.samples_bytes), (MODE_PACKETS, 8 << 20));
+        assert_eq!((s.flow_entries, s.events_bytes), (1, page));
+        cfg.flows = Some(FlowsConfig {
+            max_entries: 100_000,
+            prefix: None,
+        });
+        let s = MapSizes::of(&cfg);
+        assert_eq!(s.mode, MODE_PACKETS | MODE_FLOWS);
+        // 100 000 events of 80 bytes: 8 MB, rounded up to a power of two.
+        assert_eq!((s.flow_entries, s.events_bytes), (100_000, 8 << 20));
+        cfg.packets = false;
+        let s = MapSizes::of(&cfg);
+        assert_eq!((s.mode, s.samples_bytes), (MODE_FLOWS, page));
+        cfg.flows = Some(FlowsConfig {
+            max_entries: 10,
+            prefix: Some(0),
+        });
+        assert_eq!(MapSizes::of(&cfg).events_bytes, 1 << 20, "at least 1 MiB");
+        cfg.flows = Some(FlowsConfig {
+            max_entries: u32::MAX,
+            prefix: Some(0),
+        });
+        assert_eq!(MapSizes::of(&cfg).events_bytes, 64 << 20, "at most 64 MiB");
+        assert!(MapSizes::of(&cfg).events_bytes.is_power_of_two());
     }
 
     #[test]

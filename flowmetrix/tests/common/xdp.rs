@@ -11,11 +11,12 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
-use flowmetrix::capture::PROGRAM;
+use flowmetrix::{capture::PROGRAM, flowmap::FlowMaps};
 use flowmetrix_common::{
     CpuStats, DEFAULT_SNAPLEN, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
     TC_INGRESS_PROGRAM_NAME, WAKEUP_BYTES_GLOBAL,
+    flow::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_FLOWS, MODE_GLOBAL, MODE_PACKETS},
 };
 
 /// Whether program `name` of the object is a TC (sched_cls) program; else it is XDP.
@@ -38,6 +39,12 @@ pub struct Settings {
     /// Bytes of ring buffer (a power-of-two multiple of the page size).
     pub ring_bytes: u32,
     pub wakeup_bytes: u32,
+    /// `MODE` bits ([`MODE_PACKETS`], [`MODE_FLOWS`]).
+    pub mode: u32,
+    /// Entries of each flow map, bytes of the flow-event ring, the prefix (flows mode).
+    pub flow_entries: u32,
+    pub event_bytes: u32,
+    pub prefix: Option<u32>,
 }
 
 impl Default for Settings {
@@ -49,6 +56,10 @@ impl Default for Settings {
             ring_bytes: 4 << 20,
             // Never wake: nobody waits on the ring here.
             wakeup_bytes: u32::MAX,
+            mode: MODE_PACKETS,
+            flow_entries: 1024,
+            event_bytes: 1 << 20,
+            prefix: Some(0),
         }
     }
 }
@@ -68,6 +79,8 @@ pub struct Loaded {
     program: &'static str,
     ring: RingBuf<MapData>,
     stats: PerCpuArray<MapData, CpuStats>,
+    /// The flow maps (until taken; in `packets` mode, of one entry each).
+    pub flows: Option<FlowMaps>,
 }
 
 /// The kernel's per-CPU counters, summed over CPUs.
@@ -80,13 +93,20 @@ pub struct Counters {
 
 impl Loaded {
     pub fn load(s: Settings) -> Self {
+        let flows = s.mode & MODE_FLOWS != 0;
         let mut ebpf = EbpfLoader::new()
             .override_global(SAMPLE_RATE_GLOBAL, &s.sample_rate, true)
             .override_global(SNAPLEN_GLOBAL, &s.snaplen, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &s.wakeup_bytes, true)
+            .override_global(MODE_GLOBAL, &s.mode, true)
             .map_max_entries(SAMPLES_MAP, s.ring_bytes)
+            .map_max_entries(FLOW_MAPS[0], if flows { s.flow_entries } else { 1 })
+            .map_max_entries(FLOW_MAPS[1], if flows { s.flow_entries } else { 1 })
+            .map_max_entries(FLOW_EVENTS_MAP, if flows { s.event_bytes } else { 4096 })
             .load(PROGRAM)
             .expect("load the XDP object (needs root)");
+        // Built in every mode: in `packets` mode the programs never touch them.
+        let flows = Some(FlowMaps::from_ebpf(&mut ebpf, s.prefix).expect("flow maps"));
         let ring = ebpf.take_map(SAMPLES_MAP).expect("the SAMPLES map");
         let ring = RingBuf::try_from(ring).expect("SAMPLES is a ring buffer");
         let stats = ebpf.take_map(STATS_MAP).expect("the STATS map");
@@ -106,7 +126,31 @@ impl Loaded {
             program: s.program,
             ring,
             stats,
+            flows,
         }
+    }
+
+    /// The flow maps (not taken).
+    pub fn flow_maps(&mut self) -> &mut FlowMaps {
+        self.flows.as_mut().expect("loaded in flows mode")
+    }
+
+    /// Every counter of both directions, summed over CPUs (the flow ones included).
+    pub fn cpu_stats(&self) -> CpuStats {
+        let mut t = CpuStats::default();
+        for d in [Direction::Ingress, Direction::Egress] {
+            for c in self.stats.get(&(d as u32), 0).expect("read STATS").iter() {
+                t.seen += c.seen;
+                t.sampled += c.sampled;
+                t.ring_full += c.ring_full;
+                t.flow_unkeyed += c.flow_unkeyed;
+                t.flow_unkeyed_bytes += c.flow_unkeyed_bytes;
+                t.flow_events += c.flow_events;
+                t.flow_overflow += c.flow_overflow;
+                t.flow_overflow_bytes += c.flow_overflow_bytes;
+            }
+        }
+        t
     }
 
     /// Runs the program `repeat` times on `frame`.

@@ -1,0 +1,241 @@
+//! Flows (`--mode flows|both`): every packet — not sampled — counted under its
+//! [`FlowKey`] in one of two shared hash maps, `FLOWS{generation & 1}`.
+//!
+//! The key comes from [`flowmetrix_common::flow::parse`], the same parser userspace runs on
+//! pcap frames, reading the packet in place through [`Linear`] (direct packet access,
+//! bounds-checked against `data_end`). Per packet:
+//! - the generation and the prefix are read from `FLOWCFG` once; a prefix that is
+//!   [`PREFIX_UNKNOWN`] or above [`MAX_PREFIX`], or a frame the parser cannot key, is
+//!   counted as not keyed (`flow_unkeyed`, `flow_unkeyed_bytes`);
+//! - a hit adds 1 packet and the bytes with atomic adds, stores `last_seen`, ors the TCP
+//!   flags (only when there are some); a miss inserts with `BPF_NOEXIST`; `EEXIST` (another
+//!   CPU inserted the key meanwhile) looks up again and adds;
+//! - when the map is full, the packet goes to userspace as a [`FlowEvent`] tagged with its
+//!   generation, in `FLOWEVENTS` (submitted without a wakeup: userspace drains it at every
+//!   interval), and `flow_events` counts it; when that ring is full too, `flow_overflow`
+//!   and `flow_overflow_bytes` count it.
+//!
+//! Userspace flips the generation, waits an RCU grace period and reads the idle map
+//! (`flowmetrix/src/flowmap.rs` says why that is exact).
+//!
+//! The maps are shared, not per-CPU (memory must not grow with the CPU count), so every
+//! counter update is an atomic instruction.
+
+use core::{
+    cell::Cell,
+    intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd},
+    ptr::read_volatile,
+};
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_ktime_get_boot_ns,
+    macros::map,
+    maps::{Array, HashMap, RingBuf},
+};
+use flowmetrix_common::{
+    CpuStats, Direction,
+    flow::{
+        DEFAULT_FLOW_MAX_ENTRIES, FLOW_CFG_ENTRIES, FLOW_CFG_GENERATION, FLOW_CFG_PREFIX,
+        FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, MODE_PACKETS,
+        PREFIX_UNKNOWN, parse,
+    },
+};
+
+use crate::sampler::Packet;
+
+/// The mode bits (`MODE_PACKETS`, `MODE_FLOWS`). Set by userspace at load time, as a
+/// constant: the verifier drops the path a mode does not take.
+#[unsafe(no_mangle)]
+static MODE: u32 = MODE_PACKETS;
+
+/// The mode bits, as loaded.
+#[inline(always)]
+pub fn mode() -> u32 {
+    // SAFETY: reading a global set before load.
+    unsafe { read_volatile(&MODE) }
+}
+
+/// The two flow maps; the programs count into `FLOWS{generation & 1}`. Sized by userspace
+/// (`--flow-max-entries`; the minimum in `packets` mode).
+#[map]
+static FLOWS0: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_FLOW_MAX_ENTRIES, 0);
+#[map]
+static FLOWS1: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_FLOW_MAX_ENTRIES, 0);
+
+/// Generation and prefix, written by userspace ([`FLOW_CFG_GENERATION`], [`FLOW_CFG_PREFIX`]).
+#[map]
+static FLOWCFG: Array<u32> = Array::with_max_entries(FLOW_CFG_ENTRIES, 0);
+
+/// Packets the full flow map could not take. Sized by userspace.
+#[map]
+static FLOWEVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Largest offset [`Linear`] reads at: the parser's own bounds keep every offset below it
+/// (prefix ≤ 64, then at most 14 + 8 + 60 bytes of headers before IPv4's transport header;
+/// IPv6 extension headers stop at [`MAX_L4_OFFSET`]), and this check gives the verifier a
+/// provable range for every packet pointer.
+const MAX_READ_OFFSET: usize = MAX_L4_OFFSET + MAX_PREFIX as usize + 64;
+
+/// Bytes of an skb the parser may read at most; what a TC program pulls into the linear part
+/// when the headers are not all there.
+const MAX_PARSE_BYTES: u32 = MAX_READ_OFFSET as u32 + 64;
+
+/// The packet's linear part, read in place. `short` records that a read ran past its end
+/// (the headers may be in the non-linear part of an skb).
+struct Linear {
+    data: usize,
+    end: usize,
+    short: Cell<bool>,
+}
+
+impl Frame for Linear {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if off > MAX_READ_OFFSET {
+            return None;
+        }
+        let start = self.data + off;
+        if start + N > self.end {
+            self.short.set(true);
+            return None;
+        }
+        // SAFETY: `start..start + N` lies inside the packet (checked against data_end just
+        // above; the verifier checks it again).
+        Some(unsafe { (start as *const [u8; N]).read_unaligned() })
+    }
+}
+
+/// Counts the packet (direction `dir`) in the active flow map, or as an event, an
+/// overflow or not keyed, in `stats`.
+#[inline(always)]
+pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
+    let generation = FLOWCFG.get(FLOW_CFG_GENERATION).copied().unwrap_or(0);
+    let prefix = FLOWCFG
+        .get(FLOW_CFG_PREFIX)
+        .copied()
+        .unwrap_or(PREFIX_UNKNOWN);
+    let wire_len = ctx.wire_len();
+    if prefix > MAX_PREFIX {
+        stats.flow_unkeyed += 1;
+        stats.flow_unkeyed_bytes += u64::from(wire_len);
+        return;
+    }
+    let bytes = u64::from(wire_len.saturating_sub(prefix));
+    let mut key = FlowKey::ZERO;
+    let Some(flags) = key_of(ctx, prefix as usize, wire_len, &mut key) else {
+        stats.flow_unkeyed += 1;
+        stats.flow_unkeyed_bytes += bytes;
+        return;
+    };
+    key.ifindex = ctx.ifindex();
+    key.direction = dir as u8;
+    // SAFETY: no arguments.
+    let ts = unsafe { bpf_ktime_get_boot_ns() };
+    let counted = if generation & 1 == 0 {
+        add(&FLOWS0, &key, bytes, ts, flags)
+    } else {
+        add(&FLOWS1, &key, bytes, ts, flags)
+    };
+    if counted {
+        return;
+    }
+    match FLOWEVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(FlowEvent {
+                key,
+                ts_boot_ns: ts,
+                bytes: bytes as u32,
+                generation,
+                tcp_flags: flags,
+                _pad: [0; 7],
+            });
+            entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+            stats.flow_events += 1;
+        }
+        None => {
+            stats.flow_overflow += 1;
+            stats.flow_overflow_bytes += bytes;
+        }
+    }
+}
+
+/// Keys the frame: [`parse`] on the linear part; for an skb whose headers run past it, once
+/// more after pulling them in.
+#[inline(always)]
+fn key_of<P: Packet>(ctx: &P, prefix: usize, wire_len: u32, key: &mut FlowKey) -> Option<u8> {
+    let (data, end) = ctx.linear();
+    let f = Linear {
+        data,
+        end,
+        short: Cell::new(false),
+    };
+    let flags = parse(&f, prefix, key);
+    if !P::PULLS || !f.short.get() || (end - data) as u32 >= wire_len {
+        return flags;
+    }
+    let want = if wire_len < MAX_PARSE_BYTES {
+        wire_len
+    } else {
+        MAX_PARSE_BYTES
+    };
+    if !ctx.pull(want) {
+        return flags;
+    }
+    *key = FlowKey::ZERO;
+    let (data, end) = ctx.linear();
+    let f = Linear {
+        data,
+        end,
+        short: Cell::new(false),
+    };
+    parse(&f, prefix, key)
+}
+
+/// Adds the packet to `key`'s entry of `map`, creating it if need be. False when the map
+/// has no room for a new entry.
+#[inline(always)]
+fn add(map: &HashMap<FlowKey, FlowValue>, key: &FlowKey, bytes: u64, ts: u64, flags: u8) -> bool {
+    if let Some(v) = map.get_ptr_mut(key) {
+        bump(v, bytes, ts, flags);
+        return true;
+    }
+    let fresh = FlowValue {
+        packets: 1,
+        bytes,
+        first_seen_ns: ts,
+        last_seen_ns: ts,
+        tcp_flags: u64::from(flags),
+    };
+    match map.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        // EEXIST: another CPU created the entry since the lookup.
+        Err(-17) => match map.get_ptr_mut(key) {
+            Some(v) => {
+                bump(v, bytes, ts, flags);
+                true
+            }
+            None => false,
+        },
+        // E2BIG (full), ENOMEM: no room.
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8) {
+    // The intrinsics, not `AtomicU64`: the bpf target declares no compare-and-swap, so core
+    // leaves out the atomic types' read-modify-write methods; the intrinsics compile to the
+    // BPF atomic instructions (`lock *(u64 *)(r + off) += r`, and the atomic or of BPF v3,
+    // Linux 5.12), which is all an add or an or whose result is unused needs.
+    // SAFETY: `v` points at a live, 8-byte aligned map value; every writer updates the
+    // counters with atomic instructions.
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, 1);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, bytes);
+        (&raw mut (*v).last_seen_ns).write_volatile(ts);
+        if flags != 0 {
+            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, u64::from(flags));
+        }
+    }
+}
