@@ -61,7 +61,7 @@ enum Event {
     Tick,
     Ready(Result<(), crate::source::SourceError>),
     FlowTick,
-    Collected(flows::CollectResult),
+    Collected(Box<flows::CollectResult>),
     SinkDone(Result<Result<(), SinkError>, tokio::task::JoinError>),
 }
 
@@ -171,7 +171,7 @@ pub async fn run(
             res = async { match stage.as_mut() {
                 Some(s) => s.collecting().await,
                 None => std::future::pending().await,
-            } }, if flows_live => Event::Collected(res),
+            } }, if flows_live => Event::Collected(Box::new(res)),
         };
         match event {
             Event::Stop => break,
@@ -186,7 +186,7 @@ pub async fn run(
             }
             Event::Collected(res) => {
                 if let Some(s) = stage.as_mut() {
-                    let rows = s.collected(res, |i| interface_of(&source, &info, i));
+                    let rows = s.collected(*res, |i| interface_of(&source, &info, i));
                     if let Some(input) = &sink.flows {
                         input.offer(rows);
                     }

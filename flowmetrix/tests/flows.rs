@@ -84,8 +84,11 @@ fn arp() -> Vec<u8> {
     f
 }
 
-/// The frames, and per flow (name, interval end) the packets and bytes they must give.
-fn traffic() -> (Vec<(u64, Vec<u8>)>, BTreeMap<(String, u64), (u64, u64)>) {
+/// Per flow (name, interval end): packets and bytes.
+type Flows = BTreeMap<(String, u64), (u64, u64)>;
+
+/// The frames, and per flow the packets and bytes they must give.
+fn traffic() -> (Vec<(u64, Vec<u8>)>, Flows) {
     let a = udp(40_000, 53, 20);
     let syn = tcp6(true, 0);
     let data = tcp6(false, 100);
@@ -168,7 +171,7 @@ fn flow_name(r: &Value) -> String {
 }
 
 /// The rows by (flow, interval end) → (packets, bytes), checking every row's other columns.
-fn by_flow(rows: &[Value], file: &str) -> BTreeMap<(String, u64), (u64, u64)> {
+fn by_flow(rows: &[Value], file: &str) -> Flows {
     let mut got = BTreeMap::new();
     for r in rows {
         assert_eq!(r["interval_ms"], 10_000, "{r}");
@@ -329,4 +332,59 @@ fn flow_rows_reach_greptimedb_with_their_types_next_to_packet_rows() {
         ]
     );
     let _ = std::fs::remove_dir_all(&spool);
+}
+
+// Root tier: the real binary on a veth pair, the kernel's flow maps.
+
+/// Acceptance 2 (and 1 in part): a steady stream over many short intervals — every packet
+/// in exactly one row, the rows' sums equal to what was sent and to the kernel's `seen`
+/// less what it could not key.
+#[test]
+fn live_flows_over_many_interval_boundaries_are_exact() {
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&[
+            "--mode",
+            "flows",
+            "--flow-interval",
+            "100ms",
+            "--output",
+            "jsonl",
+        ])
+        .start();
+    const N: u32 = 6_000;
+    // About 6 s of traffic: ~60 intervals.
+    for chunk in 0..60 {
+        net.send_udp(chunk * 100..chunk * 100 + 100);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let rows = done.rows();
+    let ours: Vec<&Value> = rows.iter().filter(|r| r["dst_port"] == 9999).collect();
+    let packets: u64 = ours.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
+    let bytes: u64 = ours.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    let sent_bytes: u64 = (0..N)
+        .map(|i| common::frames::udp_frame(i).len() as u64)
+        .sum();
+    assert_eq!(
+        (packets, bytes),
+        (u64::from(N), sent_bytes),
+        "{}",
+        done.stderr
+    );
+    let intervals: std::collections::BTreeSet<&str> =
+        ours.iter().map(|r| r["ts"].as_str().unwrap()).collect();
+    assert!(intervals.len() >= 20, "{} intervals", intervals.len());
+    let s = done.summary();
+    let all: u64 = rows.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
+    assert_eq!(s.flow("packets"), all, "{}", done.stderr);
+    assert_eq!(
+        all + s.flow("unkeyed") + s.flow("overflow"),
+        s.seen,
+        "{s:?}"
+    );
+    assert_eq!(s.flow("rows"), s.flow("written"));
+    assert_eq!(s.flow("rows"), rows.len() as u64);
 }
