@@ -155,6 +155,21 @@ impl Endpoints {
         Err(AllDown(why))
     }
 
+    /// The first endpoint in rotation, in the order given: where DDL goes, so that every
+    /// statement of the start-up runs on one frontend.
+    fn first_up(&self) -> Result<Chosen, AllDown> {
+        self.members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| lock(&m.down).is_none())
+            .map(|(index, m)| Chosen {
+                index,
+                addr: m.addr.clone(),
+                db: m.db.clone(),
+            })
+            .ok_or_else(|| self.pick().err().unwrap_or_else(|| AllDown(String::new())))
+    }
+
     /// Takes the endpoint out of rotation (logged once, by name, when there are several).
     pub fn mark_down(&self, chosen: &Chosen, why: &str) {
         let m = &self.members[chosen.index];
@@ -393,8 +408,8 @@ impl Endpoints {
         }
     }
 
-    /// One DDL statement, once, on one endpoint in rotation; an endpoint that does not
-    /// answer leaves the rotation and the next one gets the statement.
+    /// One DDL statement, once, on the first endpoint in rotation; an endpoint that does
+    /// not answer leaves the rotation and the next one gets the statement.
     pub async fn execute(&self, statement: &str, timeout: Duration) -> Result<(), StatementError> {
         let unreachable = |message: String| StatementError {
             code: None,
@@ -402,7 +417,7 @@ impl Endpoints {
             unreachable: true,
         };
         for _ in 0..self.members.len() {
-            let chosen = self.pick().map_err(|e| unreachable(e.to_string()))?;
+            let chosen = self.first_up().map_err(|e| unreachable(e.to_string()))?;
             let failure =
                 match tokio::time::timeout(timeout, self.sql(chosen.index, statement.to_owned()))
                     .await

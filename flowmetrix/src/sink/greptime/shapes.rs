@@ -95,9 +95,11 @@ impl Shapes {
             if !declares {
                 continue;
             }
+            // Declared otherwise: worth sending again, fitted (also when another request
+            // taught it meanwhile).
+            learned = true;
             let table = known.entry(insert.table_name.clone()).or_default();
             if table.insert(column.to_owned(), role) != Some(role) {
-                learned = true;
                 info!(
                     "table {} has column {column} as {} (an older FlowMetrix or the Go original created it): rows are written to fit it",
                     insert.table_name,
@@ -162,6 +164,8 @@ mod tests {
         assert_eq!(schema[1].semantic_type, Field as i32);
         // The same answer to the fixed request teaches nothing: no endless resending.
         assert!(!shapes.learn(&fixed, msg));
+        // A request sent before it was learned is fitted too (worth sending again).
+        assert!(shapes.learn(&req, msg));
         // Another table is not touched.
         let mut other = req.clone();
         other.inserts[0].table_name = "flow_data".into();
