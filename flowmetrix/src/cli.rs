@@ -215,7 +215,7 @@ pub struct Cli {
 
     /// Partition the tables the collector creates by host, split at these names, in order
     /// (e.g. `m` gives host < 'm' and host >= 'm'): for a fleet writing to a cluster.
-    #[arg(help_heading = "GreptimeDB", long, value_delimiter = ',', value_name = "HOST[,HOST…]",
+    #[arg(help_heading = "GreptimeDB", long, value_delimiter = ',', value_name = "HOST",
           value_parser = parse_host_name)]
     pub partition_hosts: Vec<String>,
 

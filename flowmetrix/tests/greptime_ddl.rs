@@ -489,7 +489,8 @@ fn a_type_clash_is_one_clear_error_line_and_counted() {
     let errors = logs.lines_with("ERROR");
     assert_eq!(errors.len(), 1, "{}", logs.text());
     assert!(
-        errors[0].contains("table packet_data has column dst_port as String, flowmetrix writes UINT16"),
+        errors[0]
+            .contains("table packet_data has column dst_port as String, flowmetrix writes UINT16"),
         "{}",
         errors[0]
     );
