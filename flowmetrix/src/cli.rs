@@ -169,7 +169,7 @@ pub struct Cli {
     #[arg(help_heading = "GreptimeDB", long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
     pub flush_interval: Duration,
 
-    /// Time-to-live of the table the first insert creates (e.g. 7d, 12h); default: none.
+    /// Time-to-live of the tables the collector creates (e.g. 7d, 12h); default: none.
     #[arg(help_heading = "GreptimeDB", long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<String>,
 
@@ -225,6 +225,21 @@ pub struct Cli {
     /// counted as write errors.
     #[arg(help_heading = "GreptimeDB", long)]
     pub no_spool: bool,
+
+    /// Do not create the tables at start (for who manages the DDL): the first insert then
+    /// creates a missing table, without indexes.
+    #[arg(help_heading = "GreptimeDB", long)]
+    pub no_create_table: bool,
+
+    /// Do not create the per-minute rollups (GreptimeDB Flows) at start.
+    #[arg(help_heading = "GreptimeDB", long)]
+    pub no_rollups: bool,
+
+    /// Partition the tables the collector creates by host, split at these names, in order
+    /// (e.g. `m` gives host < 'm' and host >= 'm'): for a fleet writing to a cluster.
+    #[arg(help_heading = "GreptimeDB", long, value_delimiter = ',', value_name = "HOST",
+          value_parser = parse_host_name)]
+    pub partition_hosts: Vec<String>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
     #[arg(help_heading = "Operations", long, value_name = "ADDR")]

@@ -19,7 +19,7 @@ use crate::{
     rows::DecodeSettings,
     sink::{
         SinkConfig, SinkSettings,
-        greptime::{GreptimeConfig, SpoolConfig, Tls},
+        greptime::{DdlOptions, GreptimeConfig, SpoolConfig, Tls},
     },
     source::SourceSettings,
     watch,
@@ -192,6 +192,12 @@ fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError>
                     "{PASSWORD_ENV} is set but no user: set FLOWMETRIX_GREPTIME_USERNAME or --greptime-username"
                 )));
             }
+            if cli.partition_hosts.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(usage(format!(
+                    "--partition-hosts {}: the split points must be in ascending order, each once",
+                    cli.partition_hosts.join(",")
+                )));
+            }
             SinkConfig::Greptime(Box::new(GreptimeConfig {
                 endpoints: cli.greptime_endpoint.clone(),
                 database: cli.database.clone(),
@@ -213,6 +219,13 @@ fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError>
                         .and_then(|v| v.parse().ok())
                         .map(std::time::Duration::from_millis),
                 }),
+                ddl: DdlOptions {
+                    create_tables: !cli.no_create_table,
+                    rollups: !cli.no_rollups,
+                    partition_hosts: cli.partition_hosts.clone(),
+                    // `--mode` (issue 18) sets `flows`.
+                    ..DdlOptions::default()
+                },
             }))
         }
     })

@@ -19,6 +19,9 @@
 //! inside the collector's network namespace, forwards to it. Refusing connections closes
 //! that front (listener and open connections) and reopens it on the same port later.
 
+#[path = "ddl.rs"]
+mod ddl;
+
 use std::{
     collections::HashMap,
     ffi::CString,
@@ -29,7 +32,8 @@ use std::{
 
 use greptime_proto::v1::{
     AffectedRows, ColumnDataType, ColumnSchema, GreptimeRequest, GreptimeResponse,
-    HealthCheckRequest, HealthCheckResponse, QueryRequest, ResponseHeader, Row, Status as GtStatus,
+    HealthCheckRequest, HealthCheckResponse, QueryRequest, ResponseHeader, Row, SemanticType,
+    Status as GtStatus,
     auth_header::AuthScheme,
     greptime_database_server::{GreptimeDatabase, GreptimeDatabaseServer},
     greptime_request::Request as GtRequest,
@@ -75,6 +79,11 @@ struct State {
     /// Going away: every request is refused before it is applied.
     down: bool,
     keys: Vec<(String, i64, u32)>,
+    /// (database, table) → column → semantic type, for tables whose roles are known (made
+    /// by DDL or by an insert here; [`Endpoint::create_table`] leaves them unchecked).
+    roles: HashMap<(String, String), HashMap<String, i32>>,
+    /// (database, flow) → its CREATE FLOW statement.
+    flows: HashMap<(String, String), String>,
 }
 
 #[derive(Clone)]
@@ -164,6 +173,165 @@ fn use_target(sql: &str) -> Option<String> {
         }
     }
     Some(rest.to_lowercase())
+}
+
+/// A semantic type as the region prints it (`SemanticType`'s Debug form).
+fn role_debug(role: i32) -> &'static str {
+    match SemanticType::try_from(role) {
+        Ok(SemanticType::Tag) => "Tag",
+        Ok(SemanticType::Field) => "Field",
+        Ok(SemanticType::Timestamp) => "Timestamp",
+        Err(_) => "Unknown",
+    }
+}
+
+type Answer = Result<Response<GreptimeResponse>, Status>;
+
+/// CREATE TABLE, ALTER TABLE … ADD COLUMN and CREATE FLOW, answered as GreptimeDB does;
+/// None for any other statement.
+fn ddl_statement(st: &mut State, db: &str, sql: &str) -> Option<Answer> {
+    let syntax = |m: String| {
+        gt_error(
+            Code::InvalidArgument,
+            2000,
+            format!("Invalid SQL syntax: sql parser error: {m}"),
+        )
+    };
+    let known_db = st.databases.iter().any(|d| d == db);
+    let schema_not_found = || {
+        gt_error(
+            Code::InvalidArgument,
+            1004,
+            format!("Failed to find schema, schema info: {db}"),
+        )
+    };
+    if let Some(parsed) = ddl::create_table(sql) {
+        let t = match parsed {
+            Ok(t) => t,
+            Err(m) => return Some(Err(syntax(m))),
+        };
+        if !known_db {
+            return Some(Err(schema_not_found()));
+        }
+        let key = (db.to_owned(), t.name.clone());
+        if st.tables.contains_key(&key) {
+            return Some(if t.if_not_exists {
+                Ok(affected_rows(0))
+            } else {
+                Err(gt_error(
+                    Code::AlreadyExists,
+                    4000,
+                    format!("Table already exists: `greptime.{db}.{}`", t.name),
+                ))
+            });
+        }
+        st.tables.insert(
+            key.clone(),
+            t.columns
+                .iter()
+                .map(|(n, ty, _)| (n.clone(), *ty))
+                .collect(),
+        );
+        st.roles.insert(
+            key.clone(),
+            t.columns.iter().map(|(n, _, r)| (n.clone(), *r)).collect(),
+        );
+        if t.append_mode {
+            st.append_only.insert(key);
+        }
+        return Some(Ok(affected_rows(0)));
+    }
+    if let Some(parsed) = ddl::alter_add_column(sql) {
+        let (table, column, ty) = match parsed {
+            Ok(a) => a,
+            Err(m) => return Some(Err(syntax(m))),
+        };
+        let key = (db.to_owned(), table.clone());
+        let Some(cols) = st.tables.get_mut(&key) else {
+            return Some(Err(gt_error(
+                Code::NotFound,
+                4001,
+                format!("Table not found: greptime.{db}.{table}"),
+            )));
+        };
+        if !cols.iter().any(|(n, _)| *n == column) {
+            cols.push((column.clone(), ty));
+            if let Some(roles) = st.roles.get_mut(&key) {
+                roles.insert(column, SemanticType::Field as i32);
+            }
+        }
+        return Some(Ok(affected_rows(0)));
+    }
+    let parsed = ddl::create_flow(sql)?;
+    let f = match parsed {
+        Ok(f) => f,
+        Err(m) => return Some(Err(syntax(m))),
+    };
+    if !known_db {
+        return Some(Err(schema_not_found()));
+    }
+    let plan = |m: String| gt_error(Code::Internal, 3000, format!("Failed to plan SQL: {m}"));
+    let Some(source) = st.tables.get(&(db.to_owned(), f.source.clone())).cloned() else {
+        return Some(Err(plan(format!(
+            "Table not found: greptime.{db}.{}",
+            f.source
+        ))));
+    };
+    let valid: Vec<String> = source
+        .iter()
+        .map(|(n, _)| format!("{}.{n}", f.source))
+        .collect();
+    for c in f.columns.iter().chain(&f.group_by) {
+        let alias = f.outputs.iter().any(|(a, _, named)| *named && a == c);
+        if !alias && !source.iter().any(|(n, _)| n == c) {
+            return Some(Err(plan(format!(
+                "No field named {c}. Valid fields are {}.",
+                valid.join(", ")
+            ))));
+        }
+    }
+    let key = (db.to_owned(), f.name.clone());
+    if st.flows.contains_key(&key) {
+        return Some(if f.if_not_exists {
+            Ok(affected_rows(0))
+        } else {
+            Err(gt_error(
+                Code::AlreadyExists,
+                8000,
+                format!("Flow already exists: greptime.{}", f.name),
+            ))
+        });
+    }
+    st.flows.insert(key, sql.to_owned());
+    // The flow engine creates a missing sink table: group-by columns as tags, the window
+    // as the time index, the sums as BIGINT UNSIGNED, plus update_at.
+    let sink = (db.to_owned(), f.sink.clone());
+    if !st.tables.contains_key(&sink) {
+        let mut cols = Vec::new();
+        let mut roles = HashMap::new();
+        for (name, aggregate, _) in &f.outputs {
+            let (ty, role) = if *aggregate {
+                (ColumnDataType::Uint64 as i32, SemanticType::Field)
+            } else if let Some((_, ty)) = source.iter().find(|(n, _)| n == name) {
+                (*ty, SemanticType::Tag)
+            } else {
+                (
+                    ColumnDataType::TimestampNanosecond as i32,
+                    SemanticType::Timestamp,
+                )
+            };
+            cols.push((name.clone(), ty));
+            roles.insert(name.clone(), role as i32);
+        }
+        cols.push((
+            "update_at".to_owned(),
+            ColumnDataType::TimestampMillisecond as i32,
+        ));
+        roles.insert("update_at".to_owned(), SemanticType::Field as i32);
+        st.tables.insert(sink.clone(), cols);
+        st.roles.insert(sink, roles);
+    }
+    Some(Ok(affected_rows(0)))
 }
 
 fn affected_rows(value: u32) -> Response<GreptimeResponse> {
@@ -273,6 +441,9 @@ impl GreptimeDatabase for Service {
                     st.append_only.insert(key);
                     return Ok(affected_rows(0));
                 }
+                if let Some(answer) = ddl_statement(&mut st, &db, &sql) {
+                    return answer;
+                }
                 let head = sql.trim_start().to_ascii_uppercase();
                 if ["SELECT", "SHOW", "DESC", "EXPLAIN", "TQL"]
                     .iter()
@@ -333,6 +504,27 @@ impl GreptimeDatabase for Service {
                         ));
                     }
                 }
+                if let Some(roles) = st.roles.get(&key) {
+                    for c in &rows.schema {
+                        if let Some(role) = roles.get(&c.column_name)
+                            && *role != c.semantic_type
+                        {
+                            return Err(gt_error(
+                                Code::InvalidArgument,
+                                1004,
+                                format!(
+                                    "Invalid request to region {}({table_id}, 0), reason: column {} has semantic type {}, given: {}({})",
+                                    table_id << 32,
+                                    c.column_name,
+                                    role_debug(*role),
+                                    SemanticType::try_from(c.semantic_type)
+                                        .map_or("Unknown", |r| r.as_str_name()),
+                                    c.semantic_type
+                                ),
+                            ));
+                        }
+                    }
+                }
             } else if !auto_create {
                 return Err(gt_error(
                     Code::InvalidArgument,
@@ -364,16 +556,23 @@ impl GreptimeDatabase for Service {
             let key = (db.clone(), insert.table_name.clone());
             if append_hint && !st.tables.contains_key(&key) {
                 // Table options apply only when the insert creates the table.
-                st.append_only.insert(key);
+                st.append_only.insert(key.clone());
             }
+            let created = !st.tables.contains_key(&key);
+            let checked = created || st.roles.contains_key(&key);
             let cols = st
                 .tables
                 .entry((db.clone(), insert.table_name.clone()))
                 .or_default();
+            let mut added = Vec::new();
             for c in &rows.schema {
                 if !cols.iter().any(|(n, _)| *n == c.column_name) {
                     cols.push((c.column_name.clone(), c.datatype));
+                    added.push((c.column_name.clone(), c.semantic_type));
                 }
+            }
+            if checked {
+                st.roles.entry(key.clone()).or_default().extend(added);
             }
             affected += rows.rows.len() as u32;
             if st.keys_only {
@@ -686,6 +885,90 @@ impl Endpoint {
             .unwrap()
             .tables
             .insert((db.into(), table.into()), cols);
+    }
+
+    /// A table as if created earlier by someone else (the Go original, say), with these
+    /// column types and roles: inserts declaring another role are refused, as the server's
+    /// region does.
+    pub fn create_table_with_roles(
+        &self,
+        db: &str,
+        table: &str,
+        columns: &[(&str, ColumnDataType, SemanticType)],
+    ) {
+        let mut st = self.state.lock().unwrap();
+        let key = (db.to_owned(), table.to_owned());
+        st.tables.insert(
+            key.clone(),
+            columns
+                .iter()
+                .map(|(n, t, _)| ((*n).to_owned(), *t as i32))
+                .collect(),
+        );
+        st.roles.insert(
+            key,
+            columns
+                .iter()
+                .map(|(n, _, r)| ((*n).to_owned(), *r as i32))
+                .collect(),
+        );
+    }
+
+    /// The role (semantic type) of each column of `db.table`, when known.
+    pub fn roles(&self, db: &str, table: &str) -> HashMap<String, SemanticType> {
+        self.state
+            .lock()
+            .unwrap()
+            .roles
+            .get(&(db.to_owned(), table.to_owned()))
+            .map(|r| {
+                r.iter()
+                    .filter_map(|(n, v)| Some((n.clone(), SemanticType::try_from(*v).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The column types of `db.table`, in order.
+    pub fn column_types(&self, db: &str, table: &str) -> Vec<(String, ColumnDataType)> {
+        self.state
+            .lock()
+            .unwrap()
+            .tables
+            .get(&(db.to_owned(), table.to_owned()))
+            .map(|c| {
+                c.iter()
+                    .filter_map(|(n, t)| Some((n.clone(), ColumnDataType::try_from(*t).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The flows of `db`: name → CREATE FLOW statement.
+    pub fn flows(&self, db: &str) -> std::collections::BTreeMap<String, String> {
+        self.state
+            .lock()
+            .unwrap()
+            .flows
+            .iter()
+            .filter(|((d, _), _)| d == db)
+            .map(|((_, n), sql)| (n.clone(), sql.clone()))
+            .collect()
+    }
+
+    /// Table names of `db`, sorted.
+    pub fn tables(&self, db: &str) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .state
+            .lock()
+            .unwrap()
+            .tables
+            .keys()
+            .filter(|(d, _)| d == db)
+            .map(|(_, t)| t.clone())
+            .collect();
+        t.sort();
+        t
     }
 
     /// The next `n` requests fail with `code` and the greptime code GreptimeDB pairs with

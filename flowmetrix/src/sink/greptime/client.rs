@@ -76,7 +76,8 @@ fn channel_manager(cfg: &GreptimeConfig) -> Result<ChannelManager, SinkError> {
 }
 
 /// Checks at start-up that the endpoints answer and accept our database and credentials,
-/// and says so in one line; capture goes on either way.
+/// and says so in one line; then creates the tables and rollups that do not exist (once,
+/// on one endpoint) and makes the table append-only. Capture goes on either way.
 pub async fn startup_check(writer: Arc<Writer>) {
     let started = std::time::Instant::now();
     let results = writer.endpoints.check(STARTUP_CHECK_TIMEOUT).await;
@@ -95,6 +96,8 @@ pub async fn startup_check(writer: Arc<Writer>) {
     }
     if !up.is_empty() {
         info!("{} is ready", writer.cfg.describe());
+        // Once, on one endpoint, however many there are.
+        super::ddl::prepare(&writer.endpoints, &writer.cfg, writer.cfg.ddl.flows).await;
         let table = &writer.cfg.table;
         match writer
             .endpoints

@@ -30,6 +30,7 @@ use super::{
     client::connect_all,
     retry::{Failure, REQUEST_TIMEOUT, classify, classify_status, greptime_code},
     settings::GreptimeConfig,
+    shapes::Shapes,
 };
 use crate::sink::SinkError;
 
@@ -42,6 +43,8 @@ pub struct Endpoints {
     members: Vec<Member>,
     next: AtomicUsize,
     cfg: GreptimeConfig,
+    /// The roles of existing tables' columns, as the server told them.
+    shapes: Shapes,
 }
 
 struct Member {
@@ -79,6 +82,14 @@ enum SqlError {
     Server(tonic::Status),
 }
 
+/// A statement GreptimeDB did not run: its code and message, or no endpoint answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementError {
+    pub code: Option<u32>,
+    pub message: String,
+    pub unreachable: bool,
+}
+
 /// Every endpoint is out of rotation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("every GreptimeDB endpoint is down ({0})")]
@@ -110,6 +121,7 @@ impl Endpoints {
             members,
             next: AtomicUsize::new(0),
             cfg: cfg.clone(),
+            shapes: Shapes::default(),
         });
         tokio::spawn(probe_loop(Arc::downgrade(&this)));
         Ok(this)
@@ -141,6 +153,21 @@ impl Endpoints {
             .collect::<Vec<_>>()
             .join("; ");
         Err(AllDown(why))
+    }
+
+    /// The first endpoint in rotation, in the order given: where DDL goes, so that every
+    /// statement of the start-up runs on one frontend.
+    fn first_up(&self) -> Result<Chosen, AllDown> {
+        self.members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| lock(&m.down).is_none())
+            .map(|(index, m)| Chosen {
+                index,
+                addr: m.addr.clone(),
+                db: m.db.clone(),
+            })
+            .ok_or_else(|| self.pick().err().unwrap_or_else(|| AllDown(String::new())))
     }
 
     /// Takes the endpoint out of rotation (logged once, by name, when there are several).
@@ -194,7 +221,33 @@ impl Endpoints {
     /// request. Errs with a retriable failure only when every endpoint is down or GreptimeDB
     /// itself asked for a retry (overloaded, region not ready, …).
     /// Inserts into `database` (`None`: the run's own), failing over between endpoints.
+    /// Columns are declared with the roles (tag/field) the table has ([`Shapes`]): a
+    /// request refused for a role it declared otherwise is sent again, fitted.
     pub async fn insert(
+        &self,
+        database: Option<&str>,
+        request: &RowInsertRequests,
+        hints: &[(&str, &str)],
+        budget: Duration,
+    ) -> Result<u32, Failure> {
+        let started = Instant::now();
+        let mut fitted = self.shapes.apply(request);
+        loop {
+            let req = fitted.as_ref().unwrap_or(request);
+            let left = budget.saturating_sub(started.elapsed());
+            match self.insert_as_declared(database, req, hints, left).await {
+                Err(Failure::Fatal { kind, message }) => {
+                    if !self.shapes.learn(req, &message) {
+                        return Err(Failure::Fatal { kind, message });
+                    }
+                    fitted = self.shapes.apply(request);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn insert_as_declared(
         &self,
         database: Option<&str>,
         request: &RowInsertRequests,
@@ -353,6 +406,67 @@ impl Endpoints {
                 Failure::Fatal { message, .. } => message,
             }),
         }
+    }
+
+    /// One DDL statement, once, on the first endpoint in rotation; an endpoint that does
+    /// not answer leaves the rotation and the next one gets the statement.
+    pub async fn execute(&self, statement: &str, timeout: Duration) -> Result<(), StatementError> {
+        let unreachable = |message: String| StatementError {
+            code: None,
+            message,
+            unreachable: true,
+        };
+        for _ in 0..self.members.len() {
+            let chosen = self.first_up().map_err(|e| unreachable(e.to_string()))?;
+            let failure =
+                match tokio::time::timeout(timeout, self.sql(chosen.index, statement.to_owned()))
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        self.mark_up(chosen.index);
+                        return Ok(());
+                    }
+                    Err(_) => Failure::Retry {
+                        why: format!("no answer within {timeout:?}"),
+                        endpoint: true,
+                    },
+                    Ok(Err(SqlError::Client(f))) => f,
+                    Ok(Err(SqlError::Server(s))) => match classify_status(&s, &self.cfg) {
+                        f @ Failure::Retry { endpoint: true, .. } => f,
+                        _ => {
+                            return Err(StatementError {
+                                code: greptime_code(&s),
+                                message: s.message().to_owned(),
+                                unreachable: false,
+                            });
+                        }
+                    },
+                };
+            match failure {
+                Failure::Retry {
+                    why,
+                    endpoint: true,
+                } => self.mark_down(&chosen, &why),
+                Failure::Retry { why, .. } => {
+                    return Err(StatementError {
+                        code: None,
+                        message: why,
+                        unreachable: false,
+                    });
+                }
+                Failure::Fatal { message, .. } => {
+                    return Err(StatementError {
+                        code: None,
+                        message,
+                        unreachable: false,
+                    });
+                }
+            }
+        }
+        Err(unreachable(self.pick().err().map_or_else(
+            || "no endpoint answered".to_owned(),
+            |e| e.to_string(),
+        )))
     }
 
     fn auth_header(&self) -> Option<AuthHeader> {

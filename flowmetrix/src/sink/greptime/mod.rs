@@ -9,10 +9,12 @@
 //! with what to do, and their rows counted as write errors.
 
 mod client;
+pub mod ddl;
 pub mod endpoints;
 pub mod retry;
 mod schema;
 mod settings;
+pub mod shapes;
 pub mod spool;
 pub mod spool_writer;
 pub mod tables;
@@ -24,7 +26,8 @@ use tracing::warn;
 
 use crate::{metrics::Counters, sink::SinkError};
 
-pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints};
+pub use ddl::{DdlOptions, Prepared, prepare};
+pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints, StatementError};
 pub use retry::{Failure, Problem, classify, classify_status};
 pub use schema::{Column, SCHEMA, column_schemas, encode_row};
 pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls};

@@ -23,10 +23,12 @@ const fn col(name: &'static str, data_type: ColumnDataType, semantic: SemanticTy
 }
 
 /// The `packet_data` table, in [`PacketRecord`] field order. `ts` is the time index, in
-/// nanoseconds; `src_ip`, `dst_port`, `packet_type`, `application`, `host`, `interface` and
-/// `direction` are tags. Columns added later (`vlan_id`, `tunnel`, `inner_*`,
-/// `mpls_labels`, `host`, `interface`, `direction`) are added to an existing table by
-/// GreptimeDB's insert.
+/// nanoseconds; `packet_type`, `application`, `host`, `interface` and `direction` are tags
+/// (the primary key of [`super::ddl::PACKET_DESIGN`]); IPs and ports are fields. Columns
+/// added later (`vlan_id`, `tunnel`, `inner_*`, `mpls_labels`, `host`, `interface`,
+/// `direction`) are added to an existing table by GreptimeDB's insert, and a table whose
+/// columns have other roles (the Go original made `src_ip` and `dst_port` tags) is written
+/// as it is ([`super::shapes`]).
 pub const SCHEMA: [Column; 25] = {
     use ColumnDataType as T;
     use SemanticType::{Field, Tag, Timestamp};
@@ -38,10 +40,10 @@ pub const SCHEMA: [Column; 25] = {
         col("dst_mac", T::String, Field),
         col("vlan_id", T::Uint16, Field),
         col("protocol", T::Uint8, Field),
-        col("src_ip", T::String, Tag),
+        col("src_ip", T::String, Field),
         col("dst_ip", T::String, Field),
         col("src_port", T::Uint16, Field),
-        col("dst_port", T::Uint16, Tag),
+        col("dst_port", T::Uint16, Field),
         col("tcp_flags", T::Uint8, Field),
         col("packet_type", T::String, Tag),
         col("application", T::String, Tag),
@@ -165,8 +167,6 @@ mod tests {
         assert_eq!(
             tags,
             [
-                "src_ip",
-                "dst_port",
                 "packet_type",
                 "application",
                 "host",

@@ -22,7 +22,8 @@ pub struct GreptimeConfig {
     pub compression: Compression,
     pub batch_size: usize,
     pub flush_interval: Duration,
-    /// Table TTL (`7d`, …) given to the table when the insert creates it.
+    /// Table TTL (`7d`, …): in the `WITH` of the tables the collector creates, and a hint
+    /// for a table an insert creates.
     pub ttl: Option<String>,
     pub max_in_flight: usize,
     pub shutdown_timeout: Duration,
@@ -30,6 +31,8 @@ pub struct GreptimeConfig {
     pub tls: Option<Tls>,
     /// Where rows wait on disk while GreptimeDB is away or the queue is full.
     pub spool: Option<SpoolConfig>,
+    /// The tables and rollups created at start-up.
+    pub ddl: super::ddl::DdlOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,7 @@ impl std::fmt::Debug for GreptimeConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("tls", &self.tls)
             .field("spool", &self.spool)
+            .field("ddl", &self.ddl)
             .finish()
     }
 }
@@ -109,6 +113,7 @@ pub(crate) mod tests {
             shutdown_timeout: Duration::from_secs(1),
             tls: None,
             spool: None,
+            ddl: Default::default(),
         }
     }
 

@@ -352,7 +352,9 @@ pub async fn run_tables(
         deadline: watch::Sender::new(None),
         spool: spool.clone(),
     });
-    tokio::spawn(startup_check(Arc::clone(&writer)));
+    // Before the first insert, so that the tables are made by their DDL, not by an insert.
+    // Bounded by its timeouts; rows wait in the queue meanwhile.
+    startup_check(Arc::clone(&writer)).await;
     let replayer = spool
         .clone()
         .map(|spool| tokio::spawn(Arc::clone(&writer).replay(spool)));
