@@ -223,8 +223,8 @@ fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError>
                     create_tables: !cli.no_create_table,
                     rollups: !cli.no_rollups,
                     partition_hosts: cli.partition_hosts.clone(),
-                    // `--mode` (issue 18) sets `flows`.
-                    ..DdlOptions::default()
+                    flows: cli.mode != ModeArg::Packets,
+                    flow_table: cli.flow_table.clone(),
                 },
             }))
         }

@@ -1,7 +1,7 @@
 //! The tables and rollups, created by DDL at start-up over the gRPC SQL call.
 //!
 //! Each table is declared once, as a column list ([`SCHEMA`] for `packet_data`,
-//! [`FLOW_DATA`] for `flow_data`) plus its design ([`Design`]: primary key, indexes); the
+//! [`FLOW_SCHEMA`] for `flow_data`) plus its design ([`Design`]: primary key, indexes); the
 //! `CREATE TABLE` text is generated from that, every identifier quoted (the parser takes
 //! `application` and `bytes` for keywords). The design follows GreptimeDB's data-modelling
 //! guidance: at most five low-cardinality tags as the primary key, IP addresses as fields
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     endpoints::{Endpoints, StatementError},
-    schema::{Column, SCHEMA},
+    schema::{Column, FLOW_SCHEMA, SCHEMA},
     settings::GreptimeConfig,
 };
 
@@ -53,42 +53,6 @@ impl Default for DdlOptions {
 
 /// The default table of flow rows.
 pub const FLOW_TABLE: &str = "flow_data";
-
-const fn col(name: &'static str, data_type: ColumnDataType, semantic: SemanticType) -> Column {
-    Column {
-        name,
-        data_type,
-        semantic,
-    }
-}
-
-/// The `flow_data` table, in the order of its rows: one row per flow and interval, `ts` the
-/// interval's end. (Merge note: this is the one column list of the flow row; the encoder
-/// of flow rows is to use it, or it is to point at the flow row schema.)
-pub const FLOW_DATA: [Column; 18] = {
-    use ColumnDataType as T;
-    use SemanticType::{Field, Tag, Timestamp};
-    [
-        col("ts", T::TimestampNanosecond, Timestamp),
-        col("host", T::String, Tag),
-        col("interface", T::String, Tag),
-        col("direction", T::String, Tag),
-        col("application", T::String, Tag),
-        col("vlan_id", T::Uint16, Field),
-        col("ether_type", T::Uint16, Field),
-        col("src_ip", T::String, Field),
-        col("dst_ip", T::String, Field),
-        col("protocol", T::Uint8, Field),
-        col("src_port", T::Uint16, Field),
-        col("dst_port", T::Uint16, Field),
-        col("packets", T::Uint64, Field),
-        col("bytes", T::Uint64, Field),
-        col("first_seen", T::TimestampNanosecond, Field),
-        col("last_seen", T::TimestampNanosecond, Field),
-        col("tcp_flags", T::Uint8, Field),
-        col("interval_ms", T::Uint32, Field),
-    ]
-};
 
 /// An index on one column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,7 +301,7 @@ pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<(String, String)> {
         let t = &cfg.ddl.flow_table;
         out.push((
             t.clone(),
-            create_table(t, &FLOW_DATA, &FLOW_DESIGN, ttl, splits),
+            create_table(t, &FLOW_SCHEMA, &FLOW_DESIGN, ttl, splits),
         ));
     }
     out

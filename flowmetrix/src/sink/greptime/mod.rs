@@ -29,9 +29,10 @@ use crate::{metrics::Counters, sink::SinkError};
 pub use ddl::{DdlOptions, Prepared, prepare};
 pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints, StatementError};
 pub use retry::{Failure, Problem, classify, classify_status};
+pub use schema::FLOW_SCHEMA;
 pub use schema::{Column, SCHEMA, column_schemas, encode_row};
 pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls};
-pub use tables::{FLOW_SCHEMA, Table, encode};
+pub use tables::{Table, encode};
 pub use writer::{FlowTable, run, run_tables};
 
 /// Opens the spool and starts its thread. A directory another collector holds is an error;

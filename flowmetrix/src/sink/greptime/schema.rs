@@ -1,4 +1,4 @@
-//! The `packet_data` schema, declared once, and the encoding of rows into inserts.
+//! The `packet_data` and `flow_data` schemas, each declared once, and the encoding of rows into inserts.
 
 use greptimedb_ingester::api::v1::{
     ColumnDataType, ColumnSchema, Row, SemanticType, Value, value::ValueData,
@@ -6,7 +6,7 @@ use greptimedb_ingester::api::v1::{
 
 use crate::record::{MacAddr, PacketRecord};
 
-/// One column of `packet_data`.
+/// One column of a table.
 #[derive(Debug, Clone, Copy)]
 pub struct Column {
     pub name: &'static str,
@@ -14,7 +14,11 @@ pub struct Column {
     pub semantic: SemanticType,
 }
 
-const fn col(name: &'static str, data_type: ColumnDataType, semantic: SemanticType) -> Column {
+pub(super) const fn col(
+    name: &'static str,
+    data_type: ColumnDataType,
+    semantic: SemanticType,
+) -> Column {
     Column {
         name,
         data_type,
@@ -61,8 +65,36 @@ pub const SCHEMA: [Column; 25] = {
     ]
 };
 
-pub fn column_schemas() -> Vec<ColumnSchema> {
-    SCHEMA
+/// The `flow_data` table, in [`crate::record::FlowRecord`] field order. `ts` (the interval's end) is the
+/// time index; `host`, `interface`, `direction` and `application` are tags.
+pub const FLOW_SCHEMA: [Column; 18] = {
+    use ColumnDataType as T;
+    use SemanticType::{Field, Tag, Timestamp};
+    [
+        col("ts", T::TimestampNanosecond, Timestamp),
+        col("host", T::String, Tag),
+        col("interface", T::String, Tag),
+        col("direction", T::String, Tag),
+        col("application", T::String, Tag),
+        col("vlan_id", T::Uint16, Field),
+        col("ether_type", T::Uint16, Field),
+        col("src_ip", T::String, Field),
+        col("dst_ip", T::String, Field),
+        col("protocol", T::Uint8, Field),
+        col("src_port", T::Uint16, Field),
+        col("dst_port", T::Uint16, Field),
+        col("packets", T::Uint64, Field),
+        col("bytes", T::Uint64, Field),
+        col("first_seen", T::TimestampNanosecond, Field),
+        col("last_seen", T::TimestampNanosecond, Field),
+        col("tcp_flags", T::Uint8, Field),
+        col("interval_ms", T::Uint32, Field),
+    ]
+};
+
+/// The column schemas of an insert into a table of these columns.
+pub fn column_schemas(columns: &[Column]) -> Vec<ColumnSchema> {
+    columns
         .iter()
         .map(|c| ColumnSchema {
             column_name: c.name.to_owned(),

@@ -7,11 +7,10 @@
 use std::sync::OnceLock;
 
 use greptimedb_ingester::api::v1::{
-    ColumnDataType, ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows, SemanticType,
-    Value, value::ValueData,
+    ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows, Value, value::ValueData,
 };
 
-use super::schema::{self, Column};
+use super::schema::{self, FLOW_SCHEMA};
 use crate::record::{FlowRecord, PacketRecord};
 
 /// A kind of row and its table.
@@ -23,24 +22,12 @@ pub trait Table: serde::Serialize + Send + Sync + 'static {
     fn encode_row(&self) -> Row;
 }
 
-fn schemas(columns: &[Column]) -> Vec<ColumnSchema> {
-    columns
-        .iter()
-        .map(|c| ColumnSchema {
-            column_name: c.name.to_owned(),
-            datatype: c.data_type as i32,
-            semantic_type: c.semantic as i32,
-            ..Default::default()
-        })
-        .collect()
-}
-
 impl Table for PacketRecord {
     const ROWS: &'static str = "packet rows";
 
     fn columns() -> &'static [ColumnSchema] {
         static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(schema::column_schemas)
+        C.get_or_init(|| schema::column_schemas(&schema::SCHEMA))
     }
 
     fn encode_row(&self) -> Row {
@@ -61,41 +48,6 @@ pub fn encode<R: Table>(table: &str, rows: &[R]) -> RowInsertRequests {
     }
 }
 
-const fn col(name: &'static str, data_type: ColumnDataType, semantic: SemanticType) -> Column {
-    Column {
-        name,
-        data_type,
-        semantic,
-    }
-}
-
-/// The `flow_data` table, in [`FlowRecord`] field order. `ts` (the interval's end) is the
-/// time index; `host`, `interface`, `direction` and `application` are tags.
-pub const FLOW_SCHEMA: [Column; 18] = {
-    use ColumnDataType as T;
-    use SemanticType::{Field, Tag, Timestamp};
-    [
-        col("ts", T::TimestampNanosecond, Timestamp),
-        col("host", T::String, Tag),
-        col("interface", T::String, Tag),
-        col("direction", T::String, Tag),
-        col("application", T::String, Tag),
-        col("vlan_id", T::Uint16, Field),
-        col("ether_type", T::Uint16, Field),
-        col("src_ip", T::String, Field),
-        col("dst_ip", T::String, Field),
-        col("protocol", T::Uint8, Field),
-        col("src_port", T::Uint16, Field),
-        col("dst_port", T::Uint16, Field),
-        col("packets", T::Uint64, Field),
-        col("bytes", T::Uint64, Field),
-        col("first_seen", T::TimestampNanosecond, Field),
-        col("last_seen", T::TimestampNanosecond, Field),
-        col("tcp_flags", T::Uint8, Field),
-        col("interval_ms", T::Uint32, Field),
-    ]
-};
-
 fn value(v: Option<ValueData>) -> Value {
     Value { value_data: v }
 }
@@ -109,7 +61,7 @@ impl Table for FlowRecord {
 
     fn columns() -> &'static [ColumnSchema] {
         static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(|| schemas(&FLOW_SCHEMA))
+        C.get_or_init(|| schema::column_schemas(&FLOW_SCHEMA))
     }
 
     fn encode_row(&self) -> Row {
@@ -146,6 +98,7 @@ impl Table for FlowRecord {
 mod tests {
     use super::*;
     use crate::record::{Direction, FLOW_COLUMNS, UnixNanos};
+    use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 
     fn flow() -> FlowRecord {
         FlowRecord {

@@ -48,7 +48,7 @@ WITH(append_mode = 'true', ttl = '7d')"#
 
 #[test]
 fn flow_data_ddl_is_the_documented_one() {
-    let sql = create_table("flow_data", &FLOW_DATA, &FLOW_DESIGN, None, &[]);
+    let sql = create_table("flow_data", &FLOW_SCHEMA, &FLOW_DESIGN, None, &[]);
     let bloom = BLOOM;
     let expected = format!(
         r#"CREATE TABLE IF NOT EXISTS "flow_data" (
@@ -83,7 +83,7 @@ WITH(append_mode = 'true')"#
 fn the_primary_keys_are_the_declared_tags_and_every_index_names_a_column() {
     for (columns, design) in [
         (&SCHEMA[..], &PACKET_DESIGN),
-        (&FLOW_DATA[..], &FLOW_DESIGN),
+        (&FLOW_SCHEMA[..], &FLOW_DESIGN),
     ] {
         assert!(design.primary_key.len() <= 5, "GreptimeDB: at most 5 tags");
         let mut tags: Vec<&str> = columns
@@ -105,7 +105,7 @@ fn the_primary_keys_are_the_declared_tags_and_every_index_names_a_column() {
             }
         }
     }
-    let names: Vec<&str> = FLOW_DATA.iter().map(|c| c.name).collect();
+    let names: Vec<&str> = FLOW_SCHEMA.iter().map(|c| c.name).collect();
     assert_eq!(
         names,
         [
