@@ -103,6 +103,7 @@ fn bench_sink(c: &mut Criterion) {
         shutdown_timeout: Duration::from_secs(30),
         tls: None,
         spool: None,
+        write_path: greptime::WritePath::Rows,
     };
     let mut g = c.benchmark_group("greptime_sink");
     g.throughput(Throughput::Elements(ROWS as u64));

@@ -42,6 +42,7 @@ fn cfg_addrs(endpoints: Vec<String>) -> GreptimeConfig {
         shutdown_timeout: Duration::from_secs(2),
         tls: None,
         spool: None,
+        write_path: flowmetrix::sink::greptime::WritePath::Rows,
     }
 }
 

@@ -74,6 +74,7 @@ fn greptime(endpoint: &Endpoint) -> SinkConfig {
         shutdown_timeout: Duration::from_secs(5),
         tls: None,
         spool: None,
+        write_path: flowmetrix::sink::greptime::WritePath::Rows,
     }))
 }
 

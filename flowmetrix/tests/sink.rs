@@ -46,6 +46,7 @@ fn cfg(endpoint: &Endpoint) -> GreptimeConfig {
         shutdown_timeout: Duration::from_secs(5),
         tls: None,
         spool: None,
+        write_path: flowmetrix::sink::greptime::WritePath::Rows,
     }
 }
 

@@ -19,6 +19,9 @@
 //! inside the collector's network namespace, forwards to it. Refusing connections closes
 //! that front (listener and open connections) and reopens it on the same port later.
 
+#[path = "flight.rs"]
+mod flight;
+
 use std::{
     collections::HashMap,
     ffi::CString,
@@ -75,6 +78,8 @@ struct State {
     /// Going away: every request is refused before it is applied.
     down: bool,
     keys: Vec<(String, i64, u32)>,
+    /// Arrow Flight `DoPut` (bulk writes): faults and counts.
+    bulk: flight::BulkState,
 }
 
 #[derive(Clone)]
@@ -632,6 +637,7 @@ impl Endpoint {
             ..Default::default()
         }));
         let service = Service(Arc::clone(&state));
+        let bulk = flight::server(Arc::clone(&state));
         let backend_listener = listen_in(None, "127.0.0.1:0".parse().unwrap());
         let backend = backend_listener.local_addr().unwrap();
         let tls = pki.map(|p| {
@@ -654,6 +660,7 @@ impl Endpoint {
             server
                 .add_service(db)
                 .add_service(HealthCheckServer::new(service))
+                .add_service(bulk)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
                 .unwrap();

@@ -101,9 +101,12 @@ pub async fn startup_check(writer: Arc<Writer>) {
             .ensure_append_mode(STARTUP_CHECK_TIMEOUT)
             .await
         {
-            AppendMode::Ensured => info!(
-                "table {table} exists; it is append-only (rows with equal tags and timestamp are all kept)"
-            ),
+            AppendMode::Ensured => {
+                info!(
+                    "table {table} exists; it is append-only (rows with equal tags and timestamp are all kept)"
+                );
+                writer.bulk.iter().for_each(super::bulk::Bulk::table_exists);
+            }
             AppendMode::NoTable => {}
             AppendMode::Failed(why) => warn!(
                 "cannot make table {table} append-only ({why}): if it was created without append mode (by the Go original, say), GreptimeDB merges rows with equal tags and timestamp; run ALTER TABLE \"{table}\" SET 'append_mode' = 'true'"

@@ -8,6 +8,7 @@
 //! retry cannot fix (authentication, unknown database, schema conflict) are reported once
 //! with what to do, and their rows counted as write errors.
 
+pub mod bulk;
 mod client;
 pub mod endpoints;
 pub mod retry;
@@ -26,7 +27,7 @@ use crate::{metrics::Counters, sink::SinkError};
 pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints};
 pub use retry::{Failure, Problem, classify, classify_status};
 pub use schema::{Column, SCHEMA, column_schemas, encode, encode_row};
-pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls};
+pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls, WritePath};
 pub use writer::run;
 
 /// Opens the spool and starts its thread. A directory another collector holds is an error;

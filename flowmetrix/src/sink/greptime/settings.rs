@@ -9,6 +9,14 @@ pub enum Compression {
     Zstd,
 }
 
+/// How rows go to GreptimeDB: row inserts (gRPC), or bulk writes (Arrow Flight) into a
+/// table that exists (see `bulk.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePath {
+    Rows,
+    Bulk,
+}
+
 /// Where and how to write.
 #[derive(Clone)]
 pub struct GreptimeConfig {
@@ -30,6 +38,7 @@ pub struct GreptimeConfig {
     pub tls: Option<Tls>,
     /// Where rows wait on disk while GreptimeDB is away or the queue is full.
     pub spool: Option<SpoolConfig>,
+    pub write_path: WritePath,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +74,7 @@ impl std::fmt::Debug for GreptimeConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("tls", &self.tls)
             .field("spool", &self.spool)
+            .field("write_path", &self.write_path)
             .finish()
     }
 }
@@ -109,6 +119,7 @@ pub(crate) mod tests {
             shutdown_timeout: Duration::from_secs(1),
             tls: None,
             spool: None,
+            write_path: WritePath::Rows,
         }
     }
 

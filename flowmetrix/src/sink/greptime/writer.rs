@@ -48,6 +48,8 @@ pub(super) struct Writer {
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
     spool: Option<Arc<SpoolWriter>>,
+    /// `--write-path bulk`: batches go by bulk first; what it cannot write, by row insert.
+    pub(super) bulk: Option<super::bulk::Bulk>,
 }
 
 impl Writer {
@@ -149,6 +151,16 @@ impl Writer {
     /// Writes one batch. What a retry cannot fix is counted as write errors; retriable
     /// failures go to the spool when there is one, else are retried until the deadline.
     async fn write(&self, rows: Vec<PacketRecord>) {
+        let rows = match &self.bulk {
+            Some(bulk) => {
+                let budget = self.time_left().map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
+                bulk.write(rows, &self.endpoints, &self.counters, budget).await
+            }
+            None => rows,
+        };
+        if rows.is_empty() {
+            return;
+        }
         let mut account = Unsettled::new(rows.len() as u64, &self.counters);
         let started = Instant::now();
         let request = encode(&self.cfg.table, &rows);
@@ -157,6 +169,7 @@ impl Writer {
         loop {
             match self.attempt(None, &request).await {
                 Attempt::Written => {
+                    self.bulk.iter().for_each(super::bulk::Bulk::table_exists);
                     account.settle(&self.counters.written);
                     self.counters.write_seconds.observe(started.elapsed());
                     return;
@@ -322,6 +335,10 @@ pub async fn run(
         reported: Mutex::new(HashSet::new()),
         deadline: watch::Sender::new(None),
         spool: spool.clone(),
+        bulk: match cfg.write_path {
+            super::settings::WritePath::Bulk => super::bulk::Bulk::new(&cfg)?,
+            super::settings::WritePath::Rows => None,
+        },
     });
     tokio::spawn(startup_check(Arc::clone(&writer)));
     let replayer = spool
