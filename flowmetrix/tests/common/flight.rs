@@ -407,3 +407,24 @@ impl super::Endpoint {
         (st.bulk.applied, st.bulk.streams)
     }
 }
+
+impl super::Endpoint {
+    /// Drops `db.table`, as `DROP TABLE` would.
+    pub fn drop_table(&self, db: &str, table: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .tables
+            .remove(&(db.to_owned(), table.to_owned()));
+    }
+
+    /// Rows received by bulk writes (the rest came by row insert).
+    pub fn bulk_rows(&self, table: &str) -> usize {
+        let st = self.state.lock().unwrap();
+        st.received
+            .iter()
+            .filter(|r| r.table == table && r.hints.as_deref() == Some("bulk"))
+            .map(|r| r.rows.len())
+            .sum()
+    }
+}
