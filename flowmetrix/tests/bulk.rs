@@ -158,7 +158,11 @@ impl Harness {
             Counters::get(&c.queue_drops),
             Counters::get(&c.spooled),
         );
-        assert_eq!(w + e + d + s, offered, "written {w} + errors {e} + drops {d} + spooled {s}");
+        assert_eq!(
+            w + e + d + s,
+            offered,
+            "written {w} + errors {e} + drops {d} + spooled {s}"
+        );
     }
 }
 
@@ -180,7 +184,12 @@ fn assert_exactly(endpoint: &Endpoint, table: &str, want: std::ops::Range<u32>) 
     let want: HashSet<(i64, u32)> = want
         .map(|i| (row(i).ts.0, u32::from(row(i).src_port.unwrap())))
         .collect();
-    assert!(unique == want, "{} rows arrived, {} sent", unique.len(), want.len());
+    assert!(
+        unique == want,
+        "{} rows arrived, {} sent",
+        unique.len(),
+        want.len()
+    );
 }
 
 /// Waits for the start-up check (USE, ALTER … append_mode) that finds the table.
@@ -203,7 +212,10 @@ fn every_row_arrives_once_by_bulk_into_a_table_that_exists() {
     assert_exactly(&endpoint, "t_all", 0..2_042);
     assert_eq!(endpoint.bulk_rows("t_all"), 2_042, "all by bulk");
     assert_eq!(endpoint.bulk_counts().1, 1, "one stream, kept open");
-    assert_eq!((h.get(|c| &c.written), h.get(|c| &c.write_errors)), (2_042, 0));
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (2_042, 0)
+    );
     h.assert_accounted(2_042);
 }
 
@@ -213,7 +225,10 @@ fn a_new_table_gets_its_first_rows_by_row_insert_then_bulk() {
     let mut h = Harness::start(cfg(&endpoint, "t_new"));
     ready(&endpoint);
     h.offer(rows(0..100));
-    assert!(wait_until(Duration::from_secs(5), || endpoint.row_keys("t_new").len() == 100));
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("t_new")
+        .len()
+        == 100));
     for i in 1..10 {
         h.offer(rows(i * 100..i * 100 + 100));
     }
@@ -235,13 +250,26 @@ fn refused_mid_stream(with_codes: bool, table: &str) {
     endpoint.fail_bulk_batch(3, Code::Unavailable, 5000, "storage unavailable");
     endpoint.drop_bulk_stream_at(12);
     h.offer(rows(0..3_000)); // 30 batches, four in flight
-    assert!(wait_until(Duration::from_secs(10), || endpoint.row_keys(table).len() >= 3_000));
+    assert!(wait_until(Duration::from_secs(10), || endpoint
+        .row_keys(table)
+        .len()
+        >= 3_000));
     h.finish();
     assert_exactly(&endpoint, table, 0..3_000);
     let (_, streams) = endpoint.bulk_counts();
-    assert!(streams >= 3, "{streams} streams: each failure opened a new one");
-    assert!(endpoint.bulk_rows(table) >= 2_000, "{} by bulk", endpoint.bulk_rows(table));
-    assert_eq!((h.get(|c| &c.written), h.get(|c| &c.write_errors)), (3_000, 0));
+    assert!(
+        streams >= 3,
+        "{streams} streams: each failure opened a new one"
+    );
+    assert!(
+        endpoint.bulk_rows(table) >= 2_000,
+        "{} by bulk",
+        endpoint.bulk_rows(table)
+    );
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (3_000, 0)
+    );
     h.assert_accounted(3_000);
 }
 
@@ -275,21 +303,36 @@ fn an_outage_goes_to_the_spool_and_is_replayed_by_row_insert() {
     let mut h = Harness::start(c);
     ready(&endpoint);
     h.offer(rows(0..200));
-    assert!(wait_until(Duration::from_secs(5), || endpoint.row_keys("t_outage").len() == 200));
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("t_outage")
+        .len()
+        == 200));
     endpoint.refuse_for(Duration::from_secs(3));
     for i in 2..12 {
         h.offer(rows(i * 100..i * 100 + 100));
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
-    assert!(wait_until(Duration::from_secs(20), || endpoint.row_keys("t_outage").len() >= 1_200));
+    assert!(wait_until(Duration::from_secs(20), || endpoint
+        .row_keys("t_outage")
+        .len()
+        >= 1_200));
     h.offer(rows(1_200..1_300));
-    assert!(wait_until(Duration::from_secs(5), || endpoint.row_keys("t_outage").len() >= 1_300));
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("t_outage")
+        .len()
+        >= 1_300));
     h.finish();
     assert_exactly(&endpoint, "t_outage", 0..1_300);
     assert_eq!(h.get(|c| &c.spooled), h.get(|c| &c.spool_replayed));
-    assert_eq!((h.get(|c| &c.write_errors), h.get(|c| &c.spool_lost)), (0, 0));
-    assert!(endpoint.bulk_rows("t_outage") >= 300, "bulk before and after");
+    assert_eq!(
+        (h.get(|c| &c.write_errors), h.get(|c| &c.spool_lost)),
+        (0, 0)
+    );
+    assert!(
+        endpoint.bulk_rows("t_outage") >= 300,
+        "bulk before and after"
+    );
     h.assert_accounted(1_300);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -307,8 +350,14 @@ fn a_missing_table_is_one_clear_line_and_its_rows_go_by_row_insert() {
     }
     h.finish();
     assert_exactly(&endpoint, "t_missing", 0..1_000);
-    assert_eq!((h.get(|c| &c.written), h.get(|c| &c.write_errors)), (1_000, 0));
-    let lines = lines_with(&["bulk write to table t_missing refused", "Execute gRPC request error"]);
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (1_000, 0)
+    );
+    let lines = lines_with(&[
+        "bulk write to table t_missing refused",
+        "Execute gRPC request error",
+    ]);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("existing table"), "{}", lines[0]);
 }
@@ -324,7 +373,10 @@ fn a_wrong_password_is_one_clear_line() {
     let mut h = Harness::start(c);
     h.offer(rows(0..300));
     h.finish();
-    assert_eq!((h.get(|c| &c.written), h.get(|c| &c.write_errors)), (0, 300));
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (0, 300)
+    );
     let lines = lines_with(&["password of user u_bulk is wrong"]);
     assert_eq!(lines.len(), 1, "{lines:?}");
 }

@@ -307,9 +307,10 @@ impl FlightService for Flight {
                 if let Some(d) = stall {
                     tokio::time::sleep(d).await;
                 }
-                let result = flight_data_to_arrow_batch(&data, Arc::clone(&schema), &HashMap::new())
-                    .map_err(|e| Status::invalid_argument(e.to_string()))
-                    .and_then(|b| this.apply(&db, &table, &b));
+                let result =
+                    flight_data_to_arrow_batch(&data, Arc::clone(&schema), &HashMap::new())
+                        .map_err(|e| Status::invalid_argument(e.to_string()))
+                        .and_then(|b| this.apply(&db, &table, &b));
                 match result {
                     Ok(n) => {
                         if tx.send(Ok(put_result(id, n))).await.is_err() {

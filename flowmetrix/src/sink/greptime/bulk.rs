@@ -158,10 +158,12 @@ pub fn arrow_schema(columns: &[Column]) -> Result<SchemaRef, BulkError> {
                 SemanticType::Field => "field",
             };
             let nullable = c.semantic != SemanticType::Timestamp;
-            Ok(Field::new(c.name, data_type, nullable).with_metadata(HashMap::from([(
-                GREPTIME_SEMANTIC_TYPE_KEY.to_owned(),
-                semantic.to_owned(),
-            )])))
+            Ok(
+                Field::new(c.name, data_type, nullable).with_metadata(HashMap::from([(
+                    GREPTIME_SEMANTIC_TYPE_KEY.to_owned(),
+                    semantic.to_owned(),
+                )])),
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Arc::new(Schema::new(fields)))
@@ -188,7 +190,9 @@ impl Appender {
             .fields()
             .iter()
             .map(|f| match f.data_type() {
-                DataType::Timestamp(..) => Builder::Ts(TimestampNanosecondBuilder::with_capacity(rows)),
+                DataType::Timestamp(..) => {
+                    Builder::Ts(TimestampNanosecondBuilder::with_capacity(rows))
+                }
                 DataType::UInt8 => Builder::U8(UInt8Builder::with_capacity(rows)),
                 DataType::UInt16 => Builder::U16(UInt16Builder::with_capacity(rows)),
                 DataType::UInt32 => Builder::U32(UInt32Builder::with_capacity(rows)),
@@ -439,7 +443,10 @@ impl<R: ArrowRows> Bulk<R> {
         // One request per hour window of timestamps, as the ingester sends them.
         let first = rows[0].ts().div_euclid(WINDOW_NANOS);
         let mut windows: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-        if rows.iter().all(|r| r.ts().div_euclid(WINDOW_NANOS) == first) {
+        if rows
+            .iter()
+            .all(|r| r.ts().div_euclid(WINDOW_NANOS) == first)
+        {
             windows.insert(first, (0..rows.len()).collect());
         } else {
             for (i, r) in rows.iter().enumerate() {
@@ -475,7 +482,8 @@ impl<R: ArrowRows> Bulk<R> {
         let (batch, min, max) = match record_batch(rows, &self.schema) {
             Ok(b) => {
                 let ts = rows.iter().map(|r| r.ts());
-                let (min, max) = ts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+                let (min, max) =
+                    ts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
                 (b, min, max)
             }
             Err(e) => {
@@ -573,9 +581,11 @@ impl<R: ArrowRows> Bulk<R> {
         tx.send(schema)
             .await
             .map_err(|_| Status::unavailable("bulk stream closed"))?;
-        let body = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|d| (d, rx))
-        });
+        let body =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+            );
         let mut request = tonic::Request::new(body);
         let md = request.metadata_mut();
         md.insert("x-greptime-db-name", ascii(&self.cfg.database)?);
@@ -650,9 +660,7 @@ impl<R: ArrowRows> Bulk<R> {
                 None => return Sent::Lost("the stream has ended".into()),
             };
             if tx.0.send(data).await.is_err() {
-                lock(&stream.waiters)
-                    .as_mut()
-                    .and_then(|w| w.remove(&id));
+                lock(&stream.waiters).as_mut().and_then(|w| w.remove(&id));
                 return Sent::Lost("the stream is closed".into());
             }
         }
@@ -668,8 +676,8 @@ impl<R: ArrowRows> Bulk<R> {
     /// itself goes to the row path, which reports what a retry cannot fix (auth, …) once.
     fn refused(&self, status: &Status) {
         let gt = greptime_code(status);
-        let maybe_no_table = (status.code() == Code::Unknown && gt.is_none())
-            || gt == Some(code::TABLE_NOT_FOUND);
+        let maybe_no_table =
+            (status.code() == Code::Unknown && gt.is_none()) || gt == Some(code::TABLE_NOT_FOUND);
         if maybe_no_table {
             self.ready.store(false, Ordering::Relaxed);
             let n = self.refusals.fetch_add(1, Ordering::Relaxed) + 1;
@@ -692,7 +700,6 @@ impl<R: ArrowRows> Bulk<R> {
                     status.message()
                 );
             }
-            return;
         }
         // Anything else: the row path gets the batch. It reports what a retry cannot fix
         // (a wrong password: `Unauthenticated("auth failed")` here, 7002 there) once, and
@@ -764,19 +771,21 @@ mod tests {
             return None;
         }
         let any = c.as_any();
-        Some(if let Some(a) = any.downcast_ref::<TimestampNanosecondArray>() {
-            ValueData::TimestampNanosecondValue(a.value(r))
-        } else if let Some(a) = any.downcast_ref::<UInt8Array>() {
-            ValueData::U8Value(a.value(r).into())
-        } else if let Some(a) = any.downcast_ref::<UInt16Array>() {
-            ValueData::U16Value(a.value(r).into())
-        } else if let Some(a) = any.downcast_ref::<UInt32Array>() {
-            ValueData::U32Value(a.value(r))
-        } else if let Some(a) = any.downcast_ref::<StringArray>() {
-            ValueData::StringValue(a.value(r).to_owned())
-        } else {
-            panic!("column {i}: {:?}", c.data_type())
-        })
+        Some(
+            if let Some(a) = any.downcast_ref::<TimestampNanosecondArray>() {
+                ValueData::TimestampNanosecondValue(a.value(r))
+            } else if let Some(a) = any.downcast_ref::<UInt8Array>() {
+                ValueData::U8Value(a.value(r).into())
+            } else if let Some(a) = any.downcast_ref::<UInt16Array>() {
+                ValueData::U16Value(a.value(r).into())
+            } else if let Some(a) = any.downcast_ref::<UInt32Array>() {
+                ValueData::U32Value(a.value(r))
+            } else if let Some(a) = any.downcast_ref::<StringArray>() {
+                ValueData::StringValue(a.value(r).to_owned())
+            } else {
+                panic!("column {i}: {:?}", c.data_type())
+            },
+        )
     }
 
     #[test]

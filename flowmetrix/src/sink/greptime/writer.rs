@@ -153,8 +153,11 @@ impl Writer {
     async fn write(&self, rows: Vec<PacketRecord>) {
         let rows = match &self.bulk {
             Some(bulk) => {
-                let budget = self.time_left().map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
-                bulk.write(rows, &self.endpoints, &self.counters, budget).await
+                let budget = self
+                    .time_left()
+                    .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
+                bulk.write(rows, &self.endpoints, &self.counters, budget)
+                    .await
             }
             None => rows,
         };
