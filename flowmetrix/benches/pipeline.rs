@@ -104,6 +104,7 @@ fn bench_sink(c: &mut Criterion) {
         tls: None,
         spool: None,
         ddl: Default::default(),
+        write_path: greptime::WritePath::Rows,
     };
     let mut g = c.benchmark_group("greptime_sink");
     g.throughput(Throughput::Elements(ROWS as u64));

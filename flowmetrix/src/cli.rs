@@ -165,6 +165,10 @@ pub struct Cli {
     #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = CompressionArg::None, value_name = "KIND")]
     pub compression: CompressionArg,
 
+    /// How rows go to GreptimeDB: row inserts, or bulk writes (Arrow Flight) once the table exists.
+    #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = WritePathArg::Rows, value_name = "PATH")]
+    pub write_path: WritePathArg,
+
     /// Longest a row waits in a partial batch before it is sent (e.g. 500ms, 1s).
     #[arg(help_heading = "GreptimeDB", long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
     pub flush_interval: Duration,
@@ -336,6 +340,13 @@ pub enum TcAttachArg {
     Auto,
     Tcx,
     Netlink,
+}
+
+/// `--write-path`, as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WritePathArg {
+    Rows,
+    Bulk,
 }
 
 /// `--compression`, as the command line spells it.

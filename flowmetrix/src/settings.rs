@@ -19,7 +19,7 @@ use crate::{
     rows::DecodeSettings,
     sink::{
         SinkConfig, SinkSettings,
-        greptime::{DdlOptions, GreptimeConfig, SpoolConfig, Tls},
+        greptime::{DdlOptions, GreptimeConfig, SpoolConfig, Tls, WritePath},
     },
     source::SourceSettings,
     watch,
@@ -205,6 +205,10 @@ fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError>
                 username: cli.greptime_username.clone(),
                 password,
                 compression: cli.compression.into(),
+                write_path: match cli.write_path {
+                    crate::cli::WritePathArg::Rows => WritePath::Rows,
+                    crate::cli::WritePathArg::Bulk => WritePath::Bulk,
+                },
                 batch_size: cli.batch_size as usize,
                 flush_interval: cli.flush_interval,
                 ttl: cli.ttl.clone(),

@@ -43,6 +43,7 @@ fn cfg_addrs(endpoints: Vec<String>) -> GreptimeConfig {
         tls: None,
         spool: None,
         ddl: Default::default(),
+        write_path: flowmetrix::sink::greptime::WritePath::Rows,
     }
 }
 

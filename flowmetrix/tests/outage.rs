@@ -24,15 +24,29 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[test]
 fn an_outage_in_a_steady_ten_thousand_rows_per_second_run_loses_nothing() {
+    let net = net_pair_or_skip!();
+    steady_run_with_an_outage(&net, &[]);
+}
+
+/// The same through bulk writes (`--write-path bulk`): the first rows create the table by row
+/// insert, then bulk; the outage goes to the spool, replayed by row insert.
+#[test]
+fn an_outage_in_a_steady_run_by_bulk_writes_loses_nothing() {
+    let net = net_pair_or_skip!();
+    let bulk = steady_run_with_an_outage(&net, &["--write-path", "bulk"]);
+    assert!(bulk > 0, "no batch came by bulk");
+}
+
+/// Returns how many batches came by bulk writes.
+fn steady_run_with_an_outage(net: &NetPair, args: &[&str]) -> usize {
     const RATE: u64 = 10_000;
     const BEFORE: Duration = Duration::from_secs(3);
     const OUTAGE: Duration = Duration::from_secs(15);
     const AFTER: Duration = Duration::from_secs(5);
 
-    let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.keys_only();
-    let collector = net.collector().greptime(&endpoint).start();
+    let collector = net.collector().greptime(&endpoint).args(args).start();
     let pid = collector.pid();
 
     // 100 frames every 10 ms, on a schedule.
@@ -95,6 +109,7 @@ fn an_outage_in_a_steady_ten_thousand_rows_per_second_run_loses_nothing() {
     );
     assert!(max_rss < 200 * 1024, "collector RSS reached {max_rss} KiB");
     eprintln!("sent {sent}, spooled {}, peak RSS {max_rss} KiB", s.spooled);
+    endpoint.bulk_counts().0
 }
 
 /// `frames` sent `rate` per second, in `sendmmsg` batches every 100 µs, each frame handed

@@ -75,6 +75,7 @@ fn greptime(endpoint: &Endpoint) -> SinkConfig {
         tls: None,
         spool: None,
         ddl: Default::default(),
+        write_path: flowmetrix::sink::greptime::WritePath::Rows,
     }))
 }
 

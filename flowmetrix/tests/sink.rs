@@ -47,6 +47,7 @@ fn cfg(endpoint: &Endpoint) -> GreptimeConfig {
         tls: None,
         spool: None,
         ddl: Default::default(),
+        write_path: flowmetrix::sink::greptime::WritePath::Rows,
     }
 }
 

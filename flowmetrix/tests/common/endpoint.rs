@@ -21,6 +21,8 @@
 
 #[path = "ddl.rs"]
 mod ddl;
+#[path = "flight.rs"]
+mod flight;
 
 use std::{
     collections::HashMap,
@@ -84,6 +86,8 @@ struct State {
     roles: HashMap<(String, String), HashMap<String, i32>>,
     /// (database, flow) → its CREATE FLOW statement.
     flows: HashMap<(String, String), String>,
+    /// Arrow Flight `DoPut` (bulk writes): faults and counts.
+    bulk: flight::BulkState,
 }
 
 #[derive(Clone)]
@@ -831,6 +835,7 @@ impl Endpoint {
             ..Default::default()
         }));
         let service = Service(Arc::clone(&state));
+        let bulk = flight::server(Arc::clone(&state));
         let backend_listener = listen_in(None, "127.0.0.1:0".parse().unwrap());
         let backend = backend_listener.local_addr().unwrap();
         let tls = pki.map(|p| {
@@ -853,6 +858,7 @@ impl Endpoint {
             server
                 .add_service(db)
                 .add_service(HealthCheckServer::new(service))
+                .add_service(bulk)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
                 .unwrap();

@@ -77,8 +77,10 @@ fn channel_manager(cfg: &GreptimeConfig) -> Result<ChannelManager, SinkError> {
 
 /// Checks at start-up that the endpoints answer and accept our database and credentials,
 /// and says so in one line; then creates the tables and rollups that do not exist (once,
-/// on one endpoint) and makes the table append-only. Capture goes on either way.
-pub async fn startup_check(writer: Arc<Writer>) {
+/// on one endpoint) and makes the table append-only. Capture goes on either way. Gives the
+/// tables known to exist now (for the bulk path, which cannot create one).
+pub async fn startup_check(writer: Arc<Writer>) -> Vec<String> {
+    let mut exist = Vec::new();
     let started = std::time::Instant::now();
     let results = writer.endpoints.check(STARTUP_CHECK_TIMEOUT).await;
     let mut up = Vec::new();
@@ -89,7 +91,7 @@ pub async fn startup_check(writer: Arc<Writer>) {
             Err(Failure::Fatal { kind, message }) => {
                 // Wrong database or credentials: the same on every endpoint, logged once.
                 writer.fatal(kind, &message);
-                return;
+                return exist;
             }
             Err(Failure::Retry { why, .. }) => unreachable.push(format!("{addr}: {why}")),
         }
@@ -97,16 +99,21 @@ pub async fn startup_check(writer: Arc<Writer>) {
     if !up.is_empty() {
         info!("{} is ready", writer.cfg.describe());
         // Once, on one endpoint, however many there are.
-        super::ddl::prepare(&writer.endpoints, &writer.cfg, writer.cfg.ddl.flows).await;
+        let prepared =
+            super::ddl::prepare(&writer.endpoints, &writer.cfg, writer.cfg.ddl.flows).await;
+        exist = prepared.tables;
         let table = &writer.cfg.table;
         match writer
             .endpoints
             .ensure_append_mode(STARTUP_CHECK_TIMEOUT)
             .await
         {
-            AppendMode::Ensured => info!(
-                "table {table} exists; it is append-only (rows with equal tags and timestamp are all kept)"
-            ),
+            AppendMode::Ensured => {
+                info!(
+                    "table {table} exists; it is append-only (rows with equal tags and timestamp are all kept)"
+                );
+                exist.push(table.clone());
+            }
             AppendMode::NoTable => {}
             AppendMode::Failed(why) => warn!(
                 "cannot make table {table} append-only ({why}): if it was created without append mode (by the Go original, say), GreptimeDB merges rows with equal tags and timestamp; run ALTER TABLE \"{table}\" SET 'append_mode' = 'true'"
@@ -115,4 +122,5 @@ pub async fn startup_check(writer: Arc<Writer>) {
     } else if !unreachable.is_empty() {
         writer.outage_began_at(&unreachable.join("; "), started);
     }
+    exist
 }

@@ -8,6 +8,7 @@
 //! retry cannot fix (authentication, unknown database, schema conflict) are reported once
 //! with what to do, and their rows counted as write errors.
 
+pub mod bulk;
 mod client;
 pub mod ddl;
 pub mod endpoints;
@@ -31,7 +32,7 @@ pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints, StatementError};
 pub use retry::{Failure, Problem, classify, classify_status};
 pub use schema::FLOW_SCHEMA;
 pub use schema::{Column, SCHEMA, column_schemas, encode_row};
-pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls};
+pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls, WritePath};
 pub use tables::{Table, encode};
 pub use writer::{FlowTable, run, run_tables};
 

@@ -9,6 +9,14 @@ pub enum Compression {
     Zstd,
 }
 
+/// How rows go to GreptimeDB: row inserts (gRPC), or bulk writes (Arrow Flight) into a
+/// table that exists (see `bulk.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePath {
+    Rows,
+    Bulk,
+}
+
 /// Where and how to write.
 #[derive(Clone)]
 pub struct GreptimeConfig {
@@ -33,6 +41,7 @@ pub struct GreptimeConfig {
     pub spool: Option<SpoolConfig>,
     /// The tables and rollups created at start-up.
     pub ddl: super::ddl::DdlOptions,
+    pub write_path: WritePath,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +78,7 @@ impl std::fmt::Debug for GreptimeConfig {
             .field("tls", &self.tls)
             .field("spool", &self.spool)
             .field("ddl", &self.ddl)
+            .field("write_path", &self.write_path)
             .finish()
     }
 }
@@ -114,6 +124,7 @@ pub(crate) mod tests {
             tls: None,
             spool: None,
             ddl: Default::default(),
+            write_path: WritePath::Rows,
         }
     }
 

@@ -30,7 +30,7 @@ use super::{
 use crate::{
     metrics::Counters,
     queue::Receiver,
-    record::FlowRecord,
+    record::{FlowRecord, PacketRecord},
     sink::{SinkError, batch::Batcher},
 };
 
@@ -146,11 +146,23 @@ impl Writer {
         true
     }
 
-    /// Writes one batch of `out`'s table. What a retry cannot fix is counted as write
-    /// errors; retriable failures go to the spool when there is one, else are retried until
-    /// the deadline.
-    async fn write<R: Table>(&self, out: &TableOut, rows: Vec<R>) {
+    /// Writes one batch of `out`'s table: by bulk first with `--write-path bulk`, the rest
+    /// by row insert. What a retry cannot fix is counted as write errors; retriable failures
+    /// go to the spool when there is one, else are retried until the deadline.
+    async fn write<R: Table>(&self, out: &TableOut<R>, rows: Vec<R>) {
         let counters = &*out.counters;
+        let rows = match &out.bulk {
+            Some(bulk) => {
+                let budget = self
+                    .time_left()
+                    .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
+                bulk.write(rows, &self.endpoints, counters, budget).await
+            }
+            None => rows,
+        };
+        if rows.is_empty() {
+            return;
+        }
         let mut account = Unsettled::new(rows.len() as u64, counters);
         let started = Instant::now();
         let request = encode(&out.table, &rows);
@@ -159,6 +171,7 @@ impl Writer {
         loop {
             match self.attempt(None, &request).await {
                 Attempt::Written => {
+                    out.bulk.iter().for_each(super::bulk::Bulk::table_exists);
                     account.settle(&counters.written);
                     counters.write_seconds.observe(started.elapsed());
                     return;
@@ -306,9 +319,36 @@ enum Attempt {
 const REPLAY_IDLE: Duration = Duration::from_millis(200);
 
 /// One table the writer writes: its name and counters.
-struct TableOut {
+struct TableOut<R: Table> {
     table: String,
     counters: Arc<Counters>,
+    /// `--write-path bulk`: batches go by bulk first; what it cannot write, by row insert.
+    bulk: Option<super::bulk::Bulk<R>>,
+}
+
+impl<R: Table> TableOut<R> {
+    /// `exist`: the tables the start-up check found or created (bulk may go there at once).
+    fn new(
+        cfg: &GreptimeConfig,
+        table: String,
+        counters: Arc<Counters>,
+        exist: &[String],
+    ) -> Result<Self, SinkError> {
+        let bulk = match cfg.write_path {
+            super::settings::WritePath::Bulk => super::bulk::Bulk::new(cfg, &table)?,
+            super::settings::WritePath::Rows => None,
+        };
+        if let Some(b) = &bulk
+            && exist.contains(&table)
+        {
+            b.table_exists();
+        }
+        Ok(Self {
+            table,
+            counters,
+            bulk,
+        })
+    }
 }
 
 /// The flow table, for [`run_tables`].
@@ -354,7 +394,7 @@ pub async fn run_tables(
     });
     // Before the first insert, so that the tables are made by their DDL, not by an insert.
     // Bounded by its timeouts; rows wait in the queue meanwhile.
-    startup_check(Arc::clone(&writer)).await;
+    let exist = startup_check(Arc::clone(&writer)).await;
     let replayer = spool
         .clone()
         .map(|spool| tokio::spawn(Arc::clone(&writer).replay(spool)));
@@ -369,17 +409,11 @@ pub async fn run_tables(
     }
 
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let packets = TableOut {
-        table: cfg.table.clone(),
-        counters,
-    };
+    let packets = TableOut::<PacketRecord>::new(&cfg, cfg.table.clone(), counters, &exist)?;
     let packets = feed(&writer, &in_flight, packets, rx);
     match flows {
         Some(f) => {
-            let out = TableOut {
-                table: f.table,
-                counters: f.counters,
-            };
+            let out = TableOut::<FlowRecord>::new(&cfg, f.table, f.counters, &exist)?;
             tokio::join!(packets, feed(&writer, &in_flight, out, f.rx));
         }
         None => packets.await,
@@ -411,7 +445,7 @@ pub async fn run_tables(
 async fn feed<R: Table>(
     writer: &Arc<Writer>,
     in_flight: &Arc<Semaphore>,
-    out: TableOut,
+    out: TableOut<R>,
     mut rx: Receiver<Vec<R>>,
 ) {
     let out = Arc::new(out);
@@ -445,7 +479,7 @@ async fn submit<R: Table>(
     writer: &Arc<Writer>,
     in_flight: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
-    out: &Arc<TableOut>,
+    out: &Arc<TableOut<R>>,
     rows: Vec<R>,
 ) {
     let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {

@@ -1,0 +1,399 @@
+//! The bulk write path (`--write-path bulk`, Arrow Flight DoPut) against the in-process test
+//! endpoint (tests/common/flight.rs): every row exactly once, a batch refused mid-stream and
+//! a dropped stream resent without duplicates, an outage through the spool (replayed by row
+//! insert), a missing table and a wrong password as one line each. No root needed.
+
+#[path = "common/endpoint.rs"]
+#[allow(dead_code)]
+mod endpoint;
+
+use std::{
+    collections::HashSet,
+    io::Write,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use endpoint::Endpoint;
+use flowmetrix::{
+    metrics::Counters,
+    record::{PacketRecord, UnixNanos},
+    sink::{
+        self, Sink, SinkConfig, SinkSettings,
+        greptime::{Compression, GreptimeConfig, SCHEMA, SpoolConfig, WritePath},
+    },
+};
+use tokio::sync::watch;
+use tonic::Code;
+
+/// Everything the sinks of this test binary log.
+fn log() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    static INIT: OnceLock<()> = OnceLock::new();
+    let log = LOG.get_or_init(Mutex::default);
+    INIT.get_or_init(|| {
+        struct W;
+        impl Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                LOG.get().unwrap().lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(|| W)
+            .finish();
+        tracing::subscriber::set_global_default(sub).unwrap();
+    });
+    log
+}
+
+/// Log lines that contain every one of `words`.
+fn lines_with(words: &[&str]) -> Vec<String> {
+    String::from_utf8_lossy(&log().lock().unwrap())
+        .lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn cfg(endpoint: &Endpoint, table: &str) -> GreptimeConfig {
+    GreptimeConfig {
+        endpoints: vec![endpoint.addr.to_string()],
+        database: "public".into(),
+        table: table.into(),
+        username: None,
+        password: None,
+        compression: Compression::None,
+        batch_size: 100,
+        flush_interval: Duration::from_millis(100),
+        ttl: None,
+        max_in_flight: 4,
+        shutdown_timeout: Duration::from_secs(5),
+        tls: None,
+        spool: None,
+        write_path: WritePath::Bulk,
+        ddl: Default::default(),
+    }
+}
+
+fn row(i: u32) -> PacketRecord {
+    PacketRecord {
+        ts: UnixNanos(1_795_000_000_000_000_000 + i64::from(i)),
+        packet_size: 60,
+        src_port: Some(10_000 + (i % 50_000) as u16),
+        dst_port: Some(53),
+        protocol: Some(17),
+        ..PacketRecord::default()
+    }
+}
+
+fn rows(range: std::ops::Range<u32>) -> Vec<PacketRecord> {
+    range.map(row).collect()
+}
+
+/// The table as the DDL step (or an earlier run) left it.
+fn create(endpoint: &Endpoint, table: &str) {
+    let cols: Vec<(&str, greptime_proto::v1::ColumnDataType)> =
+        SCHEMA.iter().map(|c| (c.name, c.data_type)).collect();
+    endpoint.create_table("public", table, &cols);
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    sink: Option<Sink>,
+    stop: watch::Sender<bool>,
+    counters: Arc<Counters>,
+}
+
+impl Harness {
+    fn start(c: GreptimeConfig) -> Self {
+        log();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let settings = SinkSettings {
+            output: SinkConfig::Greptime(Box::new(c)),
+            queue_rows: 100_000,
+        };
+        let sink = runtime
+            .block_on(async { sink::start(settings, Arc::clone(&counters), stop_rx) })
+            .expect("sink starts");
+        Self {
+            runtime,
+            sink: Some(sink),
+            stop,
+            counters,
+        }
+    }
+
+    fn offer(&self, rows: Vec<PacketRecord>) {
+        let _guard = self.runtime.enter();
+        self.sink.as_ref().unwrap().input.offer(rows);
+    }
+
+    fn finish(&mut self) {
+        self.stop.send_replace(true);
+        let Sink { input, task } = self.sink.take().unwrap();
+        drop(input);
+        self.runtime.block_on(task).unwrap().unwrap();
+    }
+
+    fn get(&self, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+        Counters::get(f(&self.counters))
+    }
+
+    fn assert_accounted(&self, offered: u64) {
+        let c = &self.counters;
+        let (w, e, d, s) = (
+            Counters::get(&c.written),
+            Counters::get(&c.write_errors),
+            Counters::get(&c.queue_drops),
+            Counters::get(&c.spooled),
+        );
+        assert_eq!(
+            w + e + d + s,
+            offered,
+            "written {w} + errors {e} + drops {d} + spooled {s}"
+        );
+    }
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+fn assert_exactly(endpoint: &Endpoint, table: &str, want: std::ops::Range<u32>) {
+    let keys = endpoint.row_keys(table);
+    let unique: HashSet<(i64, u32)> = keys.iter().copied().collect();
+    assert_eq!(unique.len(), keys.len(), "duplicates arrived");
+    let want: HashSet<(i64, u32)> = want
+        .map(|i| (row(i).ts.0, u32::from(row(i).src_port.unwrap())))
+        .collect();
+    assert!(
+        unique == want,
+        "{} rows arrived, {} sent",
+        unique.len(),
+        want.len()
+    );
+}
+
+/// Waits for the start-up check (USE, ALTER … append_mode) that finds the table.
+fn ready(endpoint: &Endpoint) {
+    assert!(wait_until(Duration::from_secs(5), || endpoint.sql().len() >= 2));
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+fn every_row_arrives_once_by_bulk_into_a_table_that_exists() {
+    let endpoint = Endpoint::start(None);
+    create(&endpoint, "t_all");
+    let mut h = Harness::start(cfg(&endpoint, "t_all"));
+    ready(&endpoint);
+    for i in 0..20 {
+        h.offer(rows(i * 100..i * 100 + 100));
+    }
+    h.offer(rows(2_000..2_042)); // a partial batch, sent at shutdown
+    h.finish();
+    assert_exactly(&endpoint, "t_all", 0..2_042);
+    assert_eq!(endpoint.bulk_rows("t_all"), 2_042, "all by bulk");
+    assert_eq!(endpoint.bulk_counts().1, 1, "one stream, kept open");
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (2_042, 0)
+    );
+    h.assert_accounted(2_042);
+}
+
+#[test]
+fn a_new_table_is_created_by_its_ddl_and_every_row_goes_by_bulk() {
+    let endpoint = Endpoint::start(None);
+    let mut h = Harness::start(cfg(&endpoint, "t_ddl"));
+    ready(&endpoint);
+    for i in 0..10 {
+        h.offer(rows(i * 100..i * 100 + 100));
+    }
+    h.finish();
+    assert_exactly(&endpoint, "t_ddl", 0..1_000);
+    assert_eq!(endpoint.bulk_rows("t_ddl"), 1_000, "all by bulk");
+    h.assert_accounted(1_000);
+}
+
+#[test]
+fn with_no_create_table_a_new_table_gets_its_first_rows_by_row_insert_then_bulk() {
+    let endpoint = Endpoint::start(None);
+    let mut c = cfg(&endpoint, "t_new");
+    c.ddl.create_tables = false;
+    let mut h = Harness::start(c);
+    ready(&endpoint);
+    h.offer(rows(0..100));
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("t_new")
+        .len()
+        == 100));
+    for i in 1..10 {
+        h.offer(rows(i * 100..i * 100 + 100));
+    }
+    h.finish();
+    assert_exactly(&endpoint, "t_new", 0..1_000);
+    let bulk = endpoint.bulk_rows("t_new");
+    assert!((800..=900).contains(&bulk), "{bulk} rows by bulk");
+    h.assert_accounted(1_000);
+}
+
+fn refused_mid_stream(with_codes: bool, table: &str) {
+    let endpoint = Endpoint::start(None);
+    if with_codes {
+        endpoint.bulk_errors_with_codes();
+    }
+    create(&endpoint, table);
+    let mut h = Harness::start(cfg(&endpoint, table));
+    ready(&endpoint);
+    endpoint.fail_bulk_batch(3, Code::Unavailable, 5000, "storage unavailable");
+    endpoint.drop_bulk_stream_at(12);
+    h.offer(rows(0..3_000)); // 30 batches, four in flight
+    assert!(wait_until(Duration::from_secs(10), || endpoint
+        .row_keys(table)
+        .len()
+        >= 3_000));
+    h.finish();
+    assert_exactly(&endpoint, table, 0..3_000);
+    let (_, streams) = endpoint.bulk_counts();
+    assert!(
+        streams >= 3,
+        "{streams} streams: each failure opened a new one"
+    );
+    assert!(
+        endpoint.bulk_rows(table) >= 2_000,
+        "{} by bulk",
+        endpoint.bulk_rows(table)
+    );
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (3_000, 0)
+    );
+    h.assert_accounted(3_000);
+}
+
+#[test]
+fn a_batch_refused_mid_stream_is_resent_and_nothing_is_duplicated() {
+    refused_mid_stream(true, "t_refused_codes");
+}
+
+#[test]
+fn a_batch_refused_mid_stream_by_greptimedb_1_0_is_resent_and_nothing_is_duplicated() {
+    refused_mid_stream(false, "t_refused_1_0");
+}
+
+fn spool_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fmx-bulktest-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn an_outage_goes_to_the_spool_and_is_replayed_by_row_insert() {
+    let endpoint = Endpoint::start(None);
+    create(&endpoint, "t_outage");
+    let dir = spool_dir("outage");
+    let mut c = cfg(&endpoint, "t_outage");
+    c.spool = Some(SpoolConfig {
+        dir: dir.clone(),
+        max_bytes: 64 << 20,
+        stall: None,
+    });
+    let mut h = Harness::start(c);
+    ready(&endpoint);
+    h.offer(rows(0..200));
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("t_outage")
+        .len()
+        == 200));
+    endpoint.refuse_for(Duration::from_secs(3));
+    for i in 2..12 {
+        h.offer(rows(i * 100..i * 100 + 100));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
+    assert!(wait_until(Duration::from_secs(20), || endpoint
+        .row_keys("t_outage")
+        .len()
+        >= 1_200));
+    h.offer(rows(1_200..1_300));
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .row_keys("t_outage")
+        .len()
+        >= 1_300));
+    h.finish();
+    assert_exactly(&endpoint, "t_outage", 0..1_300);
+    assert_eq!(h.get(|c| &c.spooled), h.get(|c| &c.spool_replayed));
+    assert_eq!(
+        (h.get(|c| &c.write_errors), h.get(|c| &c.spool_lost)),
+        (0, 0)
+    );
+    assert!(
+        endpoint.bulk_rows("t_outage") >= 300,
+        "bulk before and after"
+    );
+    h.assert_accounted(1_300);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_missing_table_is_one_clear_line_and_its_rows_go_by_row_insert() {
+    let endpoint = Endpoint::start(None);
+    create(&endpoint, "t_missing");
+    let mut h = Harness::start(cfg(&endpoint, "t_missing"));
+    ready(&endpoint);
+    endpoint.drop_table("public", "t_missing");
+    for i in 0..10 {
+        h.offer(rows(i * 100..i * 100 + 100));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.finish();
+    assert_exactly(&endpoint, "t_missing", 0..1_000);
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (1_000, 0)
+    );
+    let lines = lines_with(&[
+        "bulk write to table t_missing refused",
+        "Execute gRPC request error",
+    ]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("existing table"), "{}", lines[0]);
+}
+
+#[test]
+fn a_wrong_password_is_one_clear_line() {
+    let endpoint = Endpoint::start(None);
+    endpoint.require_user("u_bulk", "right");
+    create(&endpoint, "t_auth");
+    let mut c = cfg(&endpoint, "t_auth");
+    c.username = Some("u_bulk".into());
+    c.password = Some("wrong".into());
+    let mut h = Harness::start(c);
+    h.offer(rows(0..300));
+    h.finish();
+    assert_eq!(
+        (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
+        (0, 300)
+    );
+    let lines = lines_with(&["password of user u_bulk is wrong"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+}
