@@ -281,7 +281,8 @@ fn every_packet_lands_in_exactly_one_collection_while_traffic_flows() {
 fn across_flips(program: &'static str) {
     /// Collections while the senders run, at least.
     const COLLECTIONS: u32 = 25;
-    const REPEAT: u32 = 5_000;
+    // A run takes some milliseconds, as long as a collection: most flips fall inside one.
+    const REPEAT: u32 = 50_000;
     let mut prog = Loaded::load(flows(program, Some(0)));
     let mut maps = prog.flows.take().expect("flow maps");
     let frames = distinct_flows(6);
