@@ -308,7 +308,15 @@ fn across_flips(program: &'static str) {
                 })
             })
             .collect();
-        for _ in 0..COLLECTIONS {
+        // At least COLLECTIONS, and on until enough of them saw packets and one flip fell
+        // inside a run (the senders may be slow to start on a loaded machine), within 60 s.
+        let started = std::time::Instant::now();
+        let mut made = 0;
+        while made < COLLECTIONS
+            || ((busy < COLLECTIONS / 2 || split < 1)
+                && started.elapsed() < std::time::Duration::from_secs(60))
+        {
+            made += 1;
             std::thread::sleep(std::time::Duration::from_millis(5));
             let c = maps.collect().expect("collect");
             if !c.flows.is_empty() {
