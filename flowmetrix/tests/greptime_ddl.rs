@@ -13,13 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::endpoint::Endpoint;
+use common::endpoint::{Endpoint, Event};
 use flowmetrix::{
     metrics::Counters,
     queue,
     record::{PacketRecord, UnixNanos},
     sink::greptime::{
-        Compression, Endpoints, GreptimeConfig, SCHEMA,
+        Compression, Endpoints, FLOW_SCHEMA, GreptimeConfig, SCHEMA, SpoolConfig,
         ddl::{self, STATEMENT_TIMEOUT},
         encode, prepare,
         retry::REQUEST_TIMEOUT,
@@ -543,4 +543,291 @@ fn an_endpoint_stopped_mid_stream_and_restarted_loses_and_doubles_no_row() {
     assert_eq!(creates(&a) + creates(&b), 3, "{:?} {:?}", a.sql(), b.sql());
     assert!(a.sql().contains(&"USE \"public\"".to_owned()));
     assert!(b.sql().contains(&"USE \"public\"".to_owned()));
+}
+
+/// Runs the writer (with a spool in `spool_dir`, if given) over `n` rows sent 10 a chunk,
+/// `pause` apart, while the endpoint is away for `down` from the start; waits until every
+/// row arrived (or 20 s), then shuts the writer down.
+fn run_with_endpoint_down_at_start(
+    c: &GreptimeConfig,
+    endpoint: &Endpoint,
+    down: Duration,
+    n: u32,
+    pause: Duration,
+) -> Arc<Counters> {
+    let counters = Arc::new(Counters::default());
+    // Refusing from before the writer's first connection.
+    endpoint.refuse_for(down);
+    runtime().block_on(async {
+        let spool = c.spool.as_ref().map(|s| {
+            flowmetrix::sink::greptime::open_spool(s, 100_000, &counters)
+                .unwrap()
+                .unwrap()
+        });
+        let (tx, rx) = queue::bounded(100_000);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let sink = tokio::spawn(flowmetrix::sink::greptime::run(
+            c.clone(),
+            rx,
+            Arc::clone(&counters),
+            stop_rx,
+            spool,
+        ));
+        for chunk in 0..n.div_ceil(10) {
+            let rows: Vec<_> = (chunk * 10..(chunk * 10 + 10).min(n)).map(row).collect();
+            tx.try_send(rows).unwrap();
+            tokio::time::sleep(pause).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while endpoint.row_keys("packet_data").len() < n as usize && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(tx);
+        stop.send_replace(true);
+        sink.await.unwrap().unwrap();
+    });
+    counters
+}
+
+fn assert_every_row_once(endpoint: &Endpoint, n: usize, logs: &Logs) {
+    let keys = endpoint.row_keys("packet_data");
+    let distinct: BTreeSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), n, "no row lost\n{}", logs.text());
+    assert_eq!(keys.len(), n, "no row twice");
+}
+
+/// GreptimeDB not reachable when the collector starts: the start-up work runs when it first
+/// answers, and no insert reaches it before the tables' DDL and the rollups did.
+fn down_at_start_gets_the_tables_by_ddl_first(spool: bool) {
+    let endpoint = Endpoint::start(None);
+    let mut c = cfg(&[&endpoint]);
+    let dir = std::env::temp_dir().join(format!("fmx-ddl-down-{}-{spool}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    if spool {
+        c.spool = Some(SpoolConfig {
+            dir: dir.clone(),
+            max_bytes: 64 << 20,
+            stall: None,
+        });
+    }
+    let (logs, _guard) = Logs::capture();
+    // 1000 rows over about 1.5 s; the endpoint answers after the first 0.8 s.
+    let counters = run_with_endpoint_down_at_start(
+        &c,
+        &endpoint,
+        Duration::from_millis(800),
+        1_000,
+        Duration::from_millis(15),
+    );
+    assert_every_row_once(&endpoint, 1_000, &logs);
+    assert_eq!(Counters::get(&counters.write_errors), 0, "{}", logs.text());
+    if spool {
+        assert!(
+            Counters::get(&counters.spooled) > 0,
+            "rows waited in the spool"
+        );
+        assert_eq!(
+            Counters::get(&counters.spooled),
+            Counters::get(&counters.spool_replayed)
+        );
+        assert_eq!(
+            Counters::get(&counters.written) + Counters::get(&counters.spooled),
+            1_000
+        );
+    } else {
+        assert!(
+            Counters::get(&counters.write_retries) > 0,
+            "rows were retried"
+        );
+        assert_eq!(Counters::get(&counters.written), 1_000);
+    }
+
+    // What reached the server, in order: the start-up work, the documented DDL exactly,
+    // then inserts only.
+    let mut want: Vec<Event> = vec![Event::Sql("USE \"public\"".into())];
+    want.extend(
+        ddl::tables(&c, false)
+            .into_iter()
+            .map(|(_, sql)| Event::Sql(sql)),
+    );
+    want.extend(
+        ddl::rollups("packet_data", None)
+            .into_iter()
+            .map(|r| Event::Sql(r.sql)),
+    );
+    want.push(Event::Sql(
+        "ALTER TABLE \"packet_data\" SET 'append_mode' = 'true'".into(),
+    ));
+    let events = endpoint.events();
+    assert_eq!(events[..want.len()], want[..], "{events:#?}");
+    assert!(
+        events[want.len()..]
+            .iter()
+            .all(|e| matches!(e, Event::Insert { table, .. } if table == "packet_data")),
+        "{events:#?}"
+    );
+    // Made by the DDL, not by an insert: the designed primary key, and the rollups.
+    let roles = endpoint.roles("public", "packet_data");
+    assert_eq!(roles["host"], SemanticType::Tag);
+    assert_eq!(roles["src_ip"], SemanticType::Field);
+    assert!(endpoint.append_only("public", "packet_data"));
+    assert_eq!(
+        endpoint.flows("public").keys().collect::<Vec<_>>(),
+        ["packet_data_1m_flow", "packet_data_talkers_1m_flow"]
+    );
+    assert_eq!(
+        logs.lines_with("created when GreptimeDB first answers")
+            .len(),
+        1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(logs.lines_with("are in place").len(), 1, "{}", logs.text());
+    assert!(
+        logs.lines_with("cannot create").is_empty(),
+        "{}",
+        logs.text()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_server_down_at_start_gets_its_tables_by_ddl_before_any_insert_spooled() {
+    down_at_start_gets_the_tables_by_ddl_first(true);
+}
+
+#[test]
+fn a_server_down_at_start_gets_its_tables_by_ddl_before_any_insert_retried() {
+    down_at_start_gets_the_tables_by_ddl_first(false);
+}
+
+#[test]
+fn no_create_table_with_the_server_down_at_start_leaves_the_table_to_the_first_insert() {
+    let endpoint = Endpoint::start(None);
+    let mut c = cfg(&[&endpoint]);
+    c.ddl.create_tables = false;
+    c.ddl.rollups = false;
+    let (logs, _guard) = Logs::capture();
+    let counters = run_with_endpoint_down_at_start(
+        &c,
+        &endpoint,
+        Duration::from_millis(800),
+        500,
+        Duration::from_millis(15),
+    );
+    assert_every_row_once(&endpoint, 500, &logs);
+    assert_eq!(Counters::get(&counters.written), 500);
+    assert_eq!(Counters::get(&counters.write_errors), 0);
+    // No CREATE at all: the first insert made the table, append-only by its hint.
+    assert!(
+        endpoint.sql().iter().all(|s| !s.starts_with("CREATE")),
+        "{:?}",
+        endpoint.sql()
+    );
+    assert!(endpoint.append_only("public", "packet_data"));
+    assert!(endpoint.flows("public").is_empty());
+    assert!(
+        logs.lines_with("created when GreptimeDB first answers")
+            .is_empty(),
+        "{}",
+        logs.text()
+    );
+}
+
+/// Every column name of both tables and of the rollup sinks, with whether GreptimeDB's
+/// parser takes it for a keyword: an unquoted column name in sqlparser's `ALL_KEYWORDS`
+/// is refused by `parse_column_def` (greptimedb `src/sql/src/parsers/create_parser.rs`;
+/// the list is sqlparser's `src/keywords.rs`, GreptimeTeam's fork). A new column needs its
+/// verdict here, checked against that list.
+const COLUMN_NAMES: &[(&str, bool)] = &[
+    ("application", true),
+    ("bytes", true),
+    ("dst_ip", false),
+    ("dst_mac", false),
+    ("dst_port", false),
+    ("direction", false),
+    ("ether_type", false),
+    ("first_seen", false),
+    ("host", false),
+    ("inner_dst_ip", false),
+    ("inner_dst_port", false),
+    ("inner_protocol", false),
+    ("inner_src_ip", false),
+    ("inner_src_port", false),
+    ("interface", false),
+    ("interval_ms", false),
+    ("last_seen", false),
+    ("minute", true),
+    ("mpls_labels", false),
+    ("packet_size", false),
+    ("packet_type", false),
+    ("packets", false),
+    ("protocol", false),
+    ("sample_rate", false),
+    ("src_ip", false),
+    ("src_mac", false),
+    ("src_port", false),
+    ("tcp_flags", false),
+    ("ts", false),
+    ("tunnel", false),
+    ("update_at", false),
+    ("vlan_id", false),
+];
+
+#[test]
+fn the_endpoint_refuses_unquoted_exactly_the_keywords_among_our_column_names() {
+    let endpoint = Endpoint::start(None);
+    let c = cfg(&[&endpoint]);
+    runtime().block_on(async {
+        let pool = Endpoints::connect(&c).unwrap();
+        let done = prepare(&pool, &c, true).await;
+        assert!(done.failed.is_empty(), "{done:?}");
+        // Every name we use: both tables and the sinks the flow engine made.
+        let mut used: BTreeSet<String> = SCHEMA
+            .iter()
+            .chain(FLOW_SCHEMA.iter())
+            .map(|c| c.name.to_owned())
+            .collect();
+        for sink in &done.rollups {
+            used.extend(endpoint.columns("public", sink));
+        }
+        let pinned: BTreeSet<String> = COLUMN_NAMES.iter().map(|(n, _)| (*n).to_owned()).collect();
+        assert_eq!(used, pinned, "every column name has its keyword verdict");
+
+        for &(name, keyword) in COLUMN_NAMES {
+            for written in [name.to_owned(), name.to_ascii_uppercase()] {
+                let table = format!("kw_{name}");
+                let create = format!(
+                    "CREATE TABLE \"{table}\" (\"t0\" TIMESTAMP(9) NOT NULL, {written} STRING NULL, TIME INDEX (\"t0\"))"
+                );
+                let alter = format!("ALTER TABLE \"{table}\" ADD COLUMN {written}_2 STRING");
+                let res = pool.execute(&create, STATEMENT_TIMEOUT).await;
+                if keyword {
+                    let e = res.unwrap_err();
+                    assert_eq!(e.code, Some(2000), "{written}");
+                    assert_eq!(
+                        e.message,
+                        format!(
+                            "Invalid SQL syntax: sql parser error: Cannot use keyword '{written}' as column name. Hint: add quotes to the name."
+                        )
+                    );
+                    // Quoted, it is a name like any other.
+                    let quoted = create.replace(&format!(" {written} "), &format!(" \"{written}\" "));
+                    pool.execute(&quoted, STATEMENT_TIMEOUT).await.unwrap();
+                } else {
+                    res.unwrap_or_else(|e| panic!("{written}: {e}"));
+                }
+                // A suffixed name is no keyword; ALTER ADD COLUMN parses its column alike.
+                pool.execute(&alter, STATEMENT_TIMEOUT).await.unwrap();
+                let e = pool
+                    .execute(
+                        &format!("ALTER TABLE \"{table}\" ADD COLUMN {written} STRING"),
+                        STATEMENT_TIMEOUT,
+                    )
+                    .await;
+                assert_eq!(e.is_err(), keyword, "{written}: {e:?}");
+                endpoint.drop_table("public", &table);
+            }
+        }
+    });
 }

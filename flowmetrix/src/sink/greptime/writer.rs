@@ -48,6 +48,8 @@ pub(super) struct Writer {
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
     spool: Option<Arc<SpoolWriter>>,
+    /// True once the start-up DDL has run: inserts wait for it ([`Writer::tables_ready`]).
+    pub(super) ddl_ran: watch::Sender<bool>,
 }
 
 impl Writer {
@@ -111,6 +113,11 @@ impl Writer {
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
         let started = Instant::now();
+        if let Err(why) = self.tables_ready(budget).await {
+            self.outage_began_at(&why, started);
+            return Attempt::Retry(why);
+        }
+        let budget = budget.saturating_sub(started.elapsed());
         match self
             .endpoints
             .insert(database, request, &self.hints(), budget)
@@ -351,9 +358,12 @@ pub async fn run_tables(
         reported: Mutex::new(HashSet::new()),
         deadline: watch::Sender::new(None),
         spool: spool.clone(),
+        // With --no-create-table the first insert makes the table: nothing to wait for.
+        ddl_ran: watch::Sender::new(!cfg.ddl.create_tables),
     });
     // Before the first insert, so that the tables are made by their DDL, not by an insert.
-    // Bounded by its timeouts; rows wait in the queue meanwhile.
+    // Bounded by its timeouts; rows wait in the queue meanwhile. When no endpoint answers,
+    // it runs once one does, and inserts wait for it.
     startup_check(Arc::clone(&writer)).await;
     let replayer = spool
         .clone()
