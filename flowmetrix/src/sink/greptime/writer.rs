@@ -113,11 +113,10 @@ impl Writer {
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
         let started = Instant::now();
-        if let Err(why) = self.tables_ready(budget).await {
+        if let Err(why) = self.tables_ready() {
             self.outage_began_at(&why, started);
             return Attempt::Retry(why);
         }
-        let budget = budget.saturating_sub(started.elapsed());
         match self
             .endpoints
             .insert(database, request, &self.hints(), budget)
