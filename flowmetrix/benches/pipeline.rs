@@ -23,7 +23,7 @@ use flowmetrix::{
     record::{PacketRecord, UnixNanos},
     sink::{
         self, SinkConfig, SinkSettings,
-        greptime::{self, Compression, GreptimeConfig},
+        greptime::{self, GreptimeConfig},
     },
 };
 
@@ -90,21 +90,9 @@ fn bench_sink(c: &mut Criterion) {
         .unwrap();
     let batch = rows(1024);
     let cfg = GreptimeConfig {
-        endpoints: vec![endpoint.addr.to_string()],
-        database: "public".into(),
-        table: "bench".into(),
-        username: None,
-        password: None,
-        compression: Compression::None,
-        batch_size: 1024,
         flush_interval: Duration::from_millis(100),
-        ttl: None,
-        max_in_flight: 4,
         shutdown_timeout: Duration::from_secs(30),
-        tls: None,
-        spool: None,
-        ddl: Default::default(),
-        write_path: greptime::WritePath::Rows,
+        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "bench")
     };
     let mut g = c.benchmark_group("greptime_sink");
     g.throughput(Throughput::Elements(ROWS as u64));

@@ -23,7 +23,7 @@ use flowmetrix::{
     record::{PacketRecord, UnixNanos},
     sink::{
         self, SinkConfig, SinkSettings,
-        greptime::{Compression, GreptimeConfig, SCHEMA, WritePath},
+        greptime::{GreptimeConfig, SCHEMA, WritePath},
     },
 };
 
@@ -79,20 +79,11 @@ fn bench_write_path(c: &mut Criterion) {
     g.sample_size(10);
     for (name, path) in [("rows", WritePath::Rows), ("bulk", WritePath::Bulk)] {
         let cfg = GreptimeConfig {
-            endpoints: vec![endpoint.addr.to_string()],
-            database: "public".into(),
-            table: "bench".into(),
-            username: None,
-            password: None,
-            compression: Compression::None,
             batch_size: BATCH,
             flush_interval: Duration::from_millis(100),
-            ttl: None,
-            max_in_flight: 4,
             shutdown_timeout: Duration::from_secs(30),
-            tls: None,
-            spool: None,
             write_path: path,
+            ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "bench")
         };
         let (mut cpu_total, mut runs) = (Duration::ZERO, 0u32);
         g.bench_function(name, |b| {

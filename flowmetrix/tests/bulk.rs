@@ -21,7 +21,7 @@ use flowmetrix::{
     record::{PacketRecord, UnixNanos},
     sink::{
         self, Sink, SinkConfig, SinkSettings,
-        greptime::{Compression, GreptimeConfig, SCHEMA, SpoolConfig, WritePath},
+        greptime::{GreptimeConfig, SCHEMA, SpoolConfig, WritePath},
     },
 };
 use tokio::sync::watch;
@@ -63,21 +63,11 @@ fn lines_with(words: &[&str]) -> Vec<String> {
 
 fn cfg(endpoint: &Endpoint, table: &str) -> GreptimeConfig {
     GreptimeConfig {
-        endpoints: vec![endpoint.addr.to_string()],
-        database: "public".into(),
-        table: table.into(),
-        username: None,
-        password: None,
-        compression: Compression::None,
         batch_size: 100,
         flush_interval: Duration::from_millis(100),
-        ttl: None,
-        max_in_flight: 4,
         shutdown_timeout: Duration::from_secs(5),
-        tls: None,
-        spool: None,
         write_path: WritePath::Bulk,
-        ddl: Default::default(),
+        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], table)
     }
 }
 

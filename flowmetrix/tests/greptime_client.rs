@@ -17,7 +17,7 @@ use flowmetrix::{
     queue,
     record::{PacketRecord, UnixNanos},
     sink::greptime::{
-        Compression, Endpoints, Failure, GreptimeConfig, Problem, encode, retry::REQUEST_TIMEOUT,
+        Endpoints, Failure, GreptimeConfig, Problem, encode, retry::REQUEST_TIMEOUT,
     },
 };
 use greptime_proto::v1::ColumnDataType;
@@ -29,21 +29,11 @@ fn cfg(endpoints: &[&Endpoint]) -> GreptimeConfig {
 
 fn cfg_addrs(endpoints: Vec<String>) -> GreptimeConfig {
     GreptimeConfig {
-        endpoints,
-        database: "public".into(),
-        table: "packet_data".into(),
-        username: None,
-        password: None,
-        compression: Compression::None,
         batch_size: 10,
         flush_interval: Duration::from_millis(50),
-        ttl: None,
         max_in_flight: 1,
         shutdown_timeout: Duration::from_secs(2),
-        tls: None,
-        spool: None,
-        ddl: Default::default(),
-        write_path: flowmetrix::sink::greptime::WritePath::Rows,
+        ..GreptimeConfig::new(endpoints, "packet_data")
     }
 }
 

@@ -16,10 +16,7 @@ use flowmetrix::{
     offset::Prefix,
     pipeline::{self, MetricsSettings, Outcome, PipelineSettings},
     rows::DecodeSettings,
-    sink::{
-        SinkConfig, SinkSettings,
-        greptime::{Compression, GreptimeConfig},
-    },
+    sink::{SinkConfig, SinkSettings, greptime::GreptimeConfig},
     source::SourceSettings,
 };
 
@@ -61,21 +58,11 @@ fn pcap(name: &str, frames: &[Vec<u8>]) -> PathBuf {
 
 fn greptime(endpoint: &Endpoint) -> SinkConfig {
     SinkConfig::Greptime(Box::new(GreptimeConfig {
-        endpoints: vec![endpoint.addr.to_string()],
-        database: "public".into(),
-        table: "packet_data".into(),
-        username: None,
-        password: None,
-        compression: Compression::None,
         batch_size: 64,
         flush_interval: Duration::from_millis(50),
-        ttl: None,
         max_in_flight: 2,
         shutdown_timeout: Duration::from_secs(5),
-        tls: None,
-        spool: None,
-        ddl: Default::default(),
-        write_path: flowmetrix::sink::greptime::WritePath::Rows,
+        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "packet_data")
     }))
 }
 

@@ -24,7 +24,7 @@ use flowmetrix::{
     record::{PacketRecord, UnixNanos},
     sink::{
         self, Sink, SinkConfig, SinkSettings,
-        greptime::{Compression, GreptimeConfig, SpoolConfig, spool::Spool},
+        greptime::{GreptimeConfig, SpoolConfig, spool::Spool},
     },
 };
 use greptime_proto::v1::ColumnDataType;
@@ -33,21 +33,11 @@ use tonic::Code;
 
 fn cfg(endpoint: &Endpoint) -> GreptimeConfig {
     GreptimeConfig {
-        endpoints: vec![endpoint.addr.to_string()],
-        database: "public".into(),
-        table: "packet_data".into(),
-        username: None,
-        password: None,
-        compression: Compression::None,
         batch_size: 100,
         flush_interval: Duration::from_millis(200),
-        ttl: None,
         max_in_flight: 2,
         shutdown_timeout: Duration::from_secs(5),
-        tls: None,
-        spool: None,
-        ddl: Default::default(),
-        write_path: flowmetrix::sink::greptime::WritePath::Rows,
+        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "packet_data")
     }
 }
 
@@ -224,8 +214,12 @@ fn a_partial_batch_is_written_at_shutdown_without_waiting_for_its_interval() {
 fn retriable_failures_are_retried_until_written() {
     let endpoint = Endpoint::start(None);
     let mut h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
-    // After the start-up check (USE, then ALTER … append_mode), the next three inserts fail.
-    assert!(wait_until(Duration::from_secs(5), || endpoint.sql().len() >= 2));
+    // After the start-up work (USE, the DDL, and last ALTER … append_mode), the next three
+    // inserts fail.
+    assert!(wait_until(Duration::from_secs(5), || endpoint
+        .sql()
+        .iter()
+        .any(|s| s.starts_with("ALTER TABLE"))));
     endpoint.fail_next(3, Code::Unavailable);
     h.offer(rows(0..100));
     assert!(wait_until(Duration::from_secs(10), || endpoint

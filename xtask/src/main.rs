@@ -82,7 +82,18 @@ enum Tier {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Only the tests against a real GreptimeDB (`live_*`): set FLOWMETRIX_TEST_GREPTIMEDB
+    /// (gRPC, host:4001) and FLOWMETRIX_TEST_GREPTIMEDB_HTTP (host:4000). The one through
+    /// the real binary needs root; the others run as any user.
+    Live {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
+
+/// The GreptimeDB the live tier writes to (gRPC `host:port`).
+const LIVE_ENV: &str = "FLOWMETRIX_TEST_GREPTIMEDB";
 
 /// Chooses the root tier in the tests (tests/common/mod.rs `root_tier`): 1 runs it and
 /// fails where not root, 0 skips it.
@@ -185,6 +196,23 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             let mut test = vec!["test"];
             test.extend(args.iter().map(String::as_str));
             run(cargo_cmd(&test).env(ROOT_TESTS_ENV, "0"))
+        }
+        Verb::Test {
+            tier: Some(Tier::Live { args }),
+            ..
+        } => {
+            if std::env::var_os(LIVE_ENV).is_none() {
+                bail!(
+                    "`cargo xtask test live` needs a GreptimeDB: set {LIVE_ENV}=host:4001 and \
+                     {LIVE_ENV}_HTTP=host:4000 (and FLOWMETRIX_GREPTIME_USERNAME/_PASSWORD if it \
+                     needs them)"
+                );
+            }
+            rust_tools(&root)?;
+            let mut test = vec!["test", "--package", "flowmetrix", "live_"];
+            test.extend(args.iter().map(String::as_str));
+            let tier = if is_root() { "1" } else { "0" };
+            run(cargo_cmd(&test).env(ROOT_TESTS_ENV, tier))
         }
         Verb::Test { tier: None, args } => {
             if !is_root() {

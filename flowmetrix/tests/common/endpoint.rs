@@ -60,6 +60,13 @@ pub struct Received {
     pub rows: Vec<Row>,
 }
 
+/// What reached the server proper, in order: SQL statements and the inserts it applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Sql(String),
+    Insert { table: String, rows: usize },
+}
+
 #[derive(Default)]
 struct State {
     databases: Vec<String>,
@@ -74,6 +81,8 @@ struct State {
     fail: Option<(usize, Code, u32, String)>,
     /// SQL statements received, in order.
     sql: Vec<String>,
+    /// SQL statements and applied inserts, in order.
+    events: Vec<Event>,
     stall: Option<Duration>,
     handled: usize,
     /// Keep only (table, ts, src_port) of each row, for long runs.
@@ -423,6 +432,7 @@ impl GreptimeDatabase for Service {
                 query: Some(Query::Sql(sql)),
             })) => {
                 st.sql.push(sql.clone());
+                st.events.push(Event::Sql(sql.clone()));
                 if let Some(target) = use_target(&sql) {
                     if !st.databases.contains(&target) {
                         return Err(schema_not_found(&target));
@@ -579,6 +589,10 @@ impl GreptimeDatabase for Service {
                 st.roles.entry(key.clone()).or_default().extend(added);
             }
             affected += rows.rows.len() as u32;
+            st.events.push(Event::Insert {
+                table: insert.table_name.clone(),
+                rows: rows.rows.len(),
+            });
             if st.keys_only {
                 let col = |name: &str| rows.schema.iter().position(|c| c.column_name == name);
                 let (ts_i, port_i) = (col("ts"), col("src_port"));
@@ -920,6 +934,15 @@ impl Endpoint {
         );
     }
 
+    /// Drops `db.table` (as `DROP TABLE` would), if it is there.
+    pub fn drop_table(&self, db: &str, table: &str) {
+        let mut st = self.state.lock().unwrap();
+        let key = (db.to_owned(), table.to_owned());
+        st.tables.remove(&key);
+        st.roles.remove(&key);
+        st.append_only.remove(&key);
+    }
+
     /// The role (semantic type) of each column of `db.table`, when known.
     pub fn roles(&self, db: &str, table: &str) -> HashMap<String, SemanticType> {
         self.state
@@ -988,7 +1011,6 @@ impl Endpoint {
         self.state.lock().unwrap().fail = Some((n, code, greptime_code, msg.into()));
     }
 
-    /// SQL statements received over `Handle`, in order.
     /// The columns of `db.table`, in the order they were added.
     pub fn columns(&self, db: &str, table: &str) -> Vec<String> {
         self.state
@@ -1009,8 +1031,14 @@ impl Endpoint {
             .contains(&(db.to_owned(), table.to_owned()))
     }
 
+    /// SQL statements received over `Handle`, in order.
     pub fn sql(&self) -> Vec<String> {
         self.state.lock().unwrap().sql.clone()
+    }
+
+    /// SQL statements and applied inserts, in the order they reached the server.
+    pub fn events(&self) -> Vec<Event> {
+        self.state.lock().unwrap().events.clone()
     }
 
     /// Every request waits this long before it is answered.

@@ -410,15 +410,6 @@ impl super::Endpoint {
 }
 
 impl super::Endpoint {
-    /// Drops `db.table`, as `DROP TABLE` would.
-    pub fn drop_table(&self, db: &str, table: &str) {
-        self.state
-            .lock()
-            .unwrap()
-            .tables
-            .remove(&(db.to_owned(), table.to_owned()));
-    }
-
     /// Rows received by bulk writes (the rest came by row insert).
     pub fn bulk_rows(&self, table: &str) -> usize {
         let st = self.state.lock().unwrap();

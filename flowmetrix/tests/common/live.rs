@@ -18,6 +18,23 @@ pub struct Live {
     pub grpc: SocketAddr,
     http: SocketAddr,
     auth: Option<String>,
+    /// The user and password, for a collector run through the library.
+    pub user: Option<(String, String)>,
+}
+
+/// What a live test prints when it does not run: one line.
+pub fn skipped(test: &str) {
+    eprintln!(
+        "skipped {test}: FLOWMETRIX_TEST_GREPTIMEDB is not set (live tier; see README, Test)"
+    );
+}
+
+/// A table name no earlier run used: `fm_live_<what>_<pid>_<unix seconds>`.
+pub fn fresh_table(what: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("fm_live_{what}_{}_{secs}", std::process::id())
 }
 
 fn resolve(s: &str) -> SocketAddr {
@@ -66,17 +83,21 @@ impl Live {
             let host = grpc.rsplit_once(':').map_or(grpc.as_str(), |(h, _)| h);
             format!("{host}:4000")
         });
-        let auth = match (
+        let user = match (
             std::env::var("FLOWMETRIX_GREPTIME_USERNAME"),
             std::env::var("FLOWMETRIX_GREPTIME_PASSWORD"),
         ) {
-            (Ok(u), Ok(p)) => Some(base64(format!("{u}:{p}").as_bytes())),
+            (Ok(u), Ok(p)) => Some((u, p)),
             _ => None,
         };
+        let auth = user
+            .as_ref()
+            .map(|(u, p)| base64(format!("{u}:{p}").as_bytes()));
         Some(Self {
             grpc: resolve(&grpc),
             http: resolve(&http),
             auth,
+            user,
         })
     }
 

@@ -319,6 +319,9 @@ pub struct Prepared {
     pub pending: Vec<String>,
     /// What failed, one line each (already logged).
     pub failed: Vec<String>,
+    /// No endpoint answered (not logged): the statements from there on did not run, and
+    /// the whole step is worth running again once an endpoint answers.
+    pub unreachable: Option<String>,
 }
 
 /// How long each statement may take.
@@ -330,23 +333,26 @@ pub const PENDING_TRIES: u32 = 60;
 /// Creates the tables (unless `--no-create-table`) and the rollups (unless `--no-rollups`)
 /// that do not exist, each statement once on one endpoint in rotation (not once per
 /// endpoint). `flows_on`: flow rows are written, so `flow_data` and its rollups are made
-/// too. Failures are logged, one line each, and capture goes on (the first insert then
-/// creates a missing table without indexes). A rollup whose source table lacks a column
-/// (an older table the first insert has yet to extend) is tried again in the background.
+/// too. Failures GreptimeDB answered are logged, one line each, and capture goes on (the
+/// first insert then creates a missing table without indexes). When no endpoint answers,
+/// it stops there and says so in [`Prepared::unreachable`], unlogged: the caller runs it
+/// again later. A rollup whose source table lacks a column (an older table the first
+/// insert has yet to extend) is tried again in the background.
 pub async fn prepare(pool: &Arc<Endpoints>, cfg: &GreptimeConfig, flows_on: bool) -> Prepared {
     let mut done = Prepared::default();
     if cfg.ddl.create_tables {
         for (table, sql) in tables(cfg, flows_on) {
             match pool.execute(&sql, STATEMENT_TIMEOUT).await {
                 Ok(()) => done.tables.push(table),
+                Err(e) if e.unreachable => {
+                    done.unreachable = Some(e.to_string());
+                    return done;
+                }
                 Err(e) => {
                     warn!(
                         "cannot create table {table} ({e}): the first insert creates it, without its indexes; or create it yourself (see README, Tables)"
                     );
                     done.failed.push(format!("table {table}: {e}"));
-                    if e.unreachable {
-                        return done;
-                    }
                 }
             }
         }
@@ -361,15 +367,16 @@ pub async fn prepare(pool: &Arc<Endpoints>, cfg: &GreptimeConfig, flows_on: bool
                     done.pending.push(r.sink.clone());
                     later.push(r);
                 }
+                Err(e) if e.unreachable => {
+                    done.unreachable = Some(e.to_string());
+                    return done;
+                }
                 Err(e) => {
                     warn!(
                         "cannot create rollup {} ({e}): long time ranges read the raw table; run --no-rollups to skip",
                         r.sink
                     );
                     done.failed.push(format!("rollup {}: {e}", r.sink));
-                    if e.unreachable {
-                        return done;
-                    }
                 }
             }
         }

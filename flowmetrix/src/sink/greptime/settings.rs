@@ -84,6 +84,28 @@ impl std::fmt::Debug for GreptimeConfig {
 }
 
 impl GreptimeConfig {
+    /// `table` in `public` on `endpoints`, every other setting at its flag's default (no
+    /// credentials, TLS or spool).
+    pub fn new(endpoints: Vec<String>, table: &str) -> Self {
+        Self {
+            endpoints,
+            database: "public".into(),
+            table: table.into(),
+            username: None,
+            password: None,
+            compression: Compression::None,
+            batch_size: 1024,
+            flush_interval: Duration::from_secs(1),
+            ttl: None,
+            max_in_flight: 4,
+            shutdown_timeout: Duration::from_secs(10),
+            tls: None,
+            spool: None,
+            ddl: Default::default(),
+            write_path: WritePath::Rows,
+        }
+    }
+
     /// Request hints: the table the insert creates is append-only (GreptimeDB would
     /// otherwise keep one row per tags+timestamp) and carries the TTL when one is set.
     pub fn hints(&self) -> Vec<(&'static str, String)> {

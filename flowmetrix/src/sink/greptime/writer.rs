@@ -6,7 +6,10 @@
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -48,6 +51,10 @@ pub(super) struct Writer {
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
     spool: Option<Arc<SpoolWriter>>,
+    /// True once the start-up DDL has run: inserts wait for it ([`Writer::tables_ready`]).
+    pub(super) ddl_ran: watch::Sender<bool>,
+    /// The tables the start-up work found or created (set before `ddl_ran`).
+    pub(super) exist: Mutex<Vec<String>>,
 }
 
 impl Writer {
@@ -111,6 +118,10 @@ impl Writer {
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
         let started = Instant::now();
+        if let Err(why) = self.tables_ready() {
+            self.outage_began_at(&why, started);
+            return Attempt::Retry(why);
+        }
         match self
             .endpoints
             .insert(database, request, &self.hints(), budget)
@@ -153,6 +164,13 @@ impl Writer {
         let counters = &*out.counters;
         let rows = match &out.bulk {
             Some(bulk) => {
+                // A table the start-up DDL made or found takes bulk writes from the first.
+                if *self.ddl_ran.borrow()
+                    && !out.startup_seen.swap(true, Ordering::Relaxed)
+                    && self.exist.lock().is_ok_and(|e| e.contains(&out.table))
+                {
+                    bulk.table_exists();
+                }
                 let budget = self
                     .time_left()
                     .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
@@ -324,29 +342,25 @@ struct TableOut<R: Table> {
     counters: Arc<Counters>,
     /// `--write-path bulk`: batches go by bulk first; what it cannot write, by row insert.
     bulk: Option<super::bulk::Bulk<R>>,
+    /// Whether the bulk path has been told what the start-up work found.
+    startup_seen: AtomicBool,
 }
 
 impl<R: Table> TableOut<R> {
-    /// `exist`: the tables the start-up check found or created (bulk may go there at once).
     fn new(
         cfg: &GreptimeConfig,
         table: String,
         counters: Arc<Counters>,
-        exist: &[String],
     ) -> Result<Self, SinkError> {
         let bulk = match cfg.write_path {
             super::settings::WritePath::Bulk => super::bulk::Bulk::new(cfg, &table)?,
             super::settings::WritePath::Rows => None,
         };
-        if let Some(b) = &bulk
-            && exist.contains(&table)
-        {
-            b.table_exists();
-        }
         Ok(Self {
             table,
             counters,
             bulk,
+            startup_seen: AtomicBool::new(false),
         })
     }
 }
@@ -391,10 +405,14 @@ pub async fn run_tables(
         reported: Mutex::new(HashSet::new()),
         deadline: watch::Sender::new(None),
         spool: spool.clone(),
+        // With --no-create-table the first insert makes the table: nothing to wait for.
+        ddl_ran: watch::Sender::new(!cfg.ddl.create_tables),
+        exist: Mutex::new(Vec::new()),
     });
     // Before the first insert, so that the tables are made by their DDL, not by an insert.
-    // Bounded by its timeouts; rows wait in the queue meanwhile.
-    let exist = startup_check(Arc::clone(&writer)).await;
+    // Bounded by its timeouts; rows wait in the queue meanwhile. When no endpoint answers,
+    // it runs once one does, and inserts wait for it.
+    startup_check(Arc::clone(&writer)).await;
     let replayer = spool
         .clone()
         .map(|spool| tokio::spawn(Arc::clone(&writer).replay(spool)));
@@ -409,11 +427,11 @@ pub async fn run_tables(
     }
 
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let packets = TableOut::<PacketRecord>::new(&cfg, cfg.table.clone(), counters, &exist)?;
+    let packets = TableOut::<PacketRecord>::new(&cfg, cfg.table.clone(), counters)?;
     let packets = feed(&writer, &in_flight, packets, rx);
     match flows {
         Some(f) => {
-            let out = TableOut::<FlowRecord>::new(&cfg, f.table, f.counters, &exist)?;
+            let out = TableOut::<FlowRecord>::new(&cfg, f.table, f.counters)?;
             tokio::join!(packets, feed(&writer, &in_flight, out, f.rx));
         }
         None => packets.await,
