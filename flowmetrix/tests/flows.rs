@@ -22,8 +22,18 @@ const SEC: u64 = 1_000_000_000;
 /// 2026-11-18T11:06:40Z, a multiple of 10 s.
 const T0: u64 = 1_795_000_000 * SEC;
 
-/// A classic pcap (Ethernet, microseconds) of `frames` at their times (ns since the epoch).
+/// A classic pcap (Ethernet, microseconds) of `frames` at their times (ns since the epoch),
+/// written to a file of this test process's own.
 fn pcap(name: &str, frames: &[(u64, Vec<u8>)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fmx-flows-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, pcap_bytes(frames)).unwrap();
+    path
+}
+
+/// The bytes of a classic pcap of `frames` ([`pcap`]).
+fn pcap_bytes(frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for w in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65_535, 1] {
         match w {
@@ -41,11 +51,7 @@ fn pcap(name: &str, frames: &[(u64, Vec<u8>)]) -> PathBuf {
         }
         out.extend_from_slice(f);
     }
-    let dir = std::env::temp_dir().join(format!("fmx-flows-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, out).unwrap();
-    path
+    out
 }
 
 fn udp(src_port: u16, dst_port: u16, payload: usize) -> Vec<u8> {
@@ -331,6 +337,172 @@ fn flow_rows_reach_greptimedb_with_their_types_next_to_packet_rows() {
             "interval_ms"
         ]
     );
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+/// Replays `file` into `endpoint` in `mode` with spool `spool` and `extra` arguments.
+fn to_endpoint(
+    file: &PathBuf,
+    endpoint: &Endpoint,
+    spool: &std::path::Path,
+    extra: &[&str],
+) -> Output {
+    let addr = endpoint.addr.to_string();
+    let mut args = vec![
+        "--mode",
+        "both",
+        "--greptime-endpoint",
+        &addr,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    replay(file, &args)
+}
+
+/// A run on a pcap from standard input that trickles one ARP frame every 50 ms until `done`
+/// holds (or 30 s): the spool an earlier run left is replayed meanwhile (the ARP frames give
+/// rows of their own, with interface `stdin`). Its output.
+fn replay_spool(
+    endpoint: &Endpoint,
+    spool: &std::path::Path,
+    mut done: impl FnMut() -> bool,
+) -> Output {
+    use std::io::Write as _;
+    let header = pcap_bytes(&[]);
+    let frame = pcap_bytes(&[(T0, arp())]).split_off(header.len());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+        .args(["--pcap", "-", "--mode", "both", "--greptime-endpoint"])
+        .arg(endpoint.addr.to_string())
+        .arg("--spool-dir")
+        .arg(spool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&header).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() && std::time::Instant::now() < deadline {
+        if stdin.write_all(&frame).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// The rows of `table` at `endpoint` from `interface`.
+fn rows_from(endpoint: &Endpoint, table: &str, interface: &str) -> Vec<Value> {
+    endpoint
+        .rows(table)
+        .into_iter()
+        .filter(|r| r["interface"] == interface)
+        .collect()
+}
+
+/// `(spooled, replayed, spool lost)` of the packet table and of the flow table.
+fn spool_counts(s: &Summary) -> [(u64, u64, u64); 2] {
+    [
+        (s.spooled, s.replayed, s.spool_lost),
+        (s.flow("spooled"), s.flow("replayed"), s.flow("spool lost")),
+    ]
+}
+
+#[test]
+fn an_outage_in_both_mode_spools_both_tables_and_replays_each_row_once() {
+    let (frames, want) = traffic();
+    let file = pcap("outage.pcap", &frames);
+    let endpoint = Endpoint::start(None);
+    let spool = std::env::temp_dir().join(format!("fmx-flows-outage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    endpoint.fail_next(usize::MAX, tonic::Code::Unavailable);
+    let out = to_endpoint(&file, &endpoint, &spool, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let first = summary(&out);
+    let packets = first.written + first.spooled;
+    assert_eq!(
+        spool_counts(&first),
+        [(9, 0, 0), (want.len() as u64, 0, 0)],
+        "every row of both tables spooled: {stderr}"
+    );
+    assert_eq!((first.written, first.flow("written")), (0, 0));
+
+    endpoint.heal();
+    let flows = want.len();
+    let out = replay_spool(&endpoint, &spool, || {
+        rows_from(&endpoint, "flow_data", "outage.pcap").len() >= flows
+            && rows_from(&endpoint, "packet_data", "outage.pcap").len() as u64 >= packets
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let second = summary(&out);
+    assert_eq!(
+        spool_counts(&second),
+        [(0, 9, 0), (0, want.len() as u64, 0)],
+        "each table's rows replayed: {stderr}"
+    );
+    // Exactly once: `by_flow` refuses a second row for a flow and interval.
+    assert_eq!(
+        by_flow(
+            &rows_from(&endpoint, "flow_data", "outage.pcap"),
+            "outage.pcap"
+        ),
+        want
+    );
+    let packet_rows = rows_from(&endpoint, "packet_data", "outage.pcap");
+    let unique: std::collections::BTreeSet<String> =
+        packet_rows.iter().map(Value::to_string).collect();
+    // The 9 frames are 8 distinct ones; the UDP frame `a` at three different times.
+    assert_eq!((packet_rows.len(), unique.len()), (9, 9), "{packet_rows:?}");
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+#[test]
+fn a_spool_too_small_for_an_outage_counts_each_table_s_losses_against_it() {
+    // 3 000 frames, one new flow each, 20 per 10 s interval: 3 000 packet rows and 3 000
+    // flow rows, the flow rows written as the intervals close — both kinds in the spool
+    // side by side, far more than 64 KiB of them.
+    let frames: Vec<(u64, Vec<u8>)> = (0..3_000u64)
+        .map(|i| (T0 + i * SEC / 2, udp(10_000 + i as u16, 53, 20)))
+        .collect();
+    let file = pcap("small-spool.pcap", &frames);
+    let endpoint = Endpoint::start(None);
+    let spool = std::env::temp_dir().join(format!("fmx-flows-small-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    endpoint.fail_next(usize::MAX, tonic::Code::Unavailable);
+    let small = ["--spool-max-bytes", "64K", "--batch-size", "50"];
+    let out = to_endpoint(&file, &endpoint, &spool, &small);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let [p1, f1] = spool_counts(&summary(&out));
+    assert_eq!((p1.0, f1.0), (3_000, 3_000), "{stderr}");
+    assert!(
+        p1.2 > 0 && f1.2 > 0,
+        "both tables lost rows for room: {p1:?} {f1:?}"
+    );
+
+    endpoint.heal();
+    let out = replay_spool(&endpoint, &spool, || {
+        std::fs::read_dir(&spool)
+            .map(|d| {
+                !d.filter_map(Result::ok)
+                    .any(|e| e.path().extension().is_some_and(|x| x == "spool"))
+            })
+            .unwrap_or(true)
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let [p2, f2] = spool_counts(&summary(&out));
+    // Each table on its own: spooled = replayed + lost (nothing is left on disk).
+    assert_eq!(p1.0, p2.1 + p1.2 + p2.2, "packet_data: {p1:?} {p2:?}");
+    assert_eq!(f1.0, f2.1 + f1.2 + f2.2, "flow_data: {f1:?} {f2:?}");
+    let file = "small-spool.pcap";
+    assert_eq!(rows_from(&endpoint, "packet_data", file).len() as u64, p2.1);
+    assert_eq!(rows_from(&endpoint, "flow_data", file).len() as u64, f2.1);
     let _ = std::fs::remove_dir_all(&spool);
 }
 
