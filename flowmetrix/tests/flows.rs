@@ -977,3 +977,109 @@ fn live_flows_beyond_the_map_and_a_full_ring_are_counted_as_overflow_exactly() {
     assert_eq!(s.flow("unkeyed"), 0);
     assert_eq!(s.seen, u64::from(N));
 }
+
+/// A flow row without what depends on when and where it was captured (`ts`, `first_seen`,
+/// `last_seen`, `interval_ms`, `interface`).
+fn flow_content(r: &Value) -> Value {
+    let mut r = r.clone();
+    for k in ["ts", "first_seen", "last_seen", "interval_ms", "interface"] {
+        r.as_object_mut().unwrap().remove(k);
+    }
+    r
+}
+
+/// Acceptance 4: `both` mode, live — packet rows and flow rows of the same traffic at once,
+/// each exact.
+#[test]
+fn live_both_mode_writes_packet_rows_and_flow_rows_at_once() {
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&["--mode", "both", "--sample-rate", "1", "--output", "jsonl"])
+        .start();
+    let t = known_traffic();
+    let sender = net.sender();
+    for (f, n) in &t.ingress {
+        for _ in 0..*n {
+            sender.send(f);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let (flows, packets): (Vec<Value>, Vec<Value>) = done
+        .rows()
+        .into_iter()
+        .partition(|r| r.get("interval_ms").is_some());
+    let want: BTreeMap<Key, (u64, u64)> = t
+        .want
+        .into_iter()
+        .filter(|(k, _)| k.0 == "ingress")
+        .collect();
+    assert_eq!(per_key(&flows, &net.if_a), want, "{}", done.stderr);
+    let sent: u64 = t.ingress.iter().map(|(_, n)| u64::from(*n)).sum();
+    let s = done.summary();
+    // Every packet sampled (1 in 1) gives a packet row; every packet is in a flow row.
+    assert_eq!(packets.len() as u64, sent, "{s:?}");
+    assert_eq!((s.seen, s.sampled, s.written), (sent, sent, sent), "{s:?}");
+    assert_eq!(s.flow("packets"), sent);
+    let bytes: u64 = packets
+        .iter()
+        .map(|r| r["packet_size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(bytes, want.values().map(|v| v.1).sum::<u64>());
+}
+
+/// Acceptance 4: the same frames, captured live and replayed from a pcap of them, give the
+/// same flow rows but for the times and the interface's name.
+#[test]
+fn live_capture_and_pcap_replay_of_the_same_frames_give_the_same_flow_rows() {
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&[
+            "--mode",
+            "flows",
+            "--flow-interval",
+            "1h",
+            "--output",
+            "jsonl",
+        ])
+        .start();
+    let t = known_traffic();
+    let sender = net.sender();
+    let mut file = Vec::new();
+    for (f, n) in &t.ingress {
+        for _ in 0..*n {
+            sender.send(f);
+            // All in one 10 s interval of packet time.
+            file.push((T0 + (file.len() as u64 + 1) * 1_000_000, f.clone()));
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let path = pcap("same-frames.pcap", &file);
+    let out = replay(&path, &["--mode", "flows", "--output", "jsonl"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sorted = |rows: Vec<Value>| {
+        let mut v: Vec<String> = rows.iter().map(|r| flow_content(r).to_string()).collect();
+        v.sort();
+        v
+    };
+    let live = done.rows();
+    let replayed = lines(&out);
+    assert!(live.iter().all(|r| r["interface"] == net.if_a.as_str()));
+    assert!(
+        replayed
+            .iter()
+            .all(|r| r["interface"] == "same-frames.pcap")
+    );
+    let ingress_flows = t.want.keys().filter(|k| k.0 == "ingress").count();
+    assert_eq!(live.len(), ingress_flows, "one row per ingress flow");
+    assert_eq!(sorted(live), sorted(replayed));
+}
