@@ -175,6 +175,10 @@ pub struct FlowsConfig {
     /// The prefix before the Ethernet header: `-offset`'s, or `None` with `-auto-detect`
     /// until it is learned ([`crate::flowmap::FlowMaps::set_prefix`]).
     pub prefix: Option<u32>,
+    /// Test hook ([`crate::settings::FLOW_EVENTS_BYTES_ENV`]): the flow event ring's size
+    /// instead of the one `max_entries` gives (rounded up to a power of two, at least a
+    /// page), to fill it in a test.
+    pub events_bytes: Option<u32>,
 }
 
 /// The loaded programs, and the interfaces they are attached to.
@@ -506,10 +510,13 @@ impl MapSizes {
             Some(f) => {
                 mode |= MODE_FLOWS;
                 let want = u64::from(f.max_entries) * 80;
-                let bytes = want
-                    .clamp(u64::from(EVENTS_MIN_BYTES), u64::from(EVENTS_MAX_BYTES))
-                    .next_power_of_two()
-                    .min(u64::from(EVENTS_MAX_BYTES)) as u32;
+                let bytes = match f.events_bytes {
+                    Some(b) => b.min(EVENTS_MAX_BYTES).next_power_of_two(),
+                    None => want
+                        .clamp(u64::from(EVENTS_MIN_BYTES), u64::from(EVENTS_MAX_BYTES))
+                        .next_power_of_two()
+                        .min(u64::from(EVENTS_MAX_BYTES)) as u32,
+                };
                 (f.max_entries.max(1), bytes.max(page))
             }
             None => (1, page),
@@ -1254,6 +1261,7 @@ mod tests {
         cfg.flows = Some(FlowsConfig {
             max_entries: 100_000,
             prefix: None,
+            events_bytes: None,
         });
         let s = MapSizes::of(&cfg);
         assert_eq!(s.mode, MODE_PACKETS | MODE_FLOWS);
@@ -1265,14 +1273,23 @@ mod tests {
         cfg.flows = Some(FlowsConfig {
             max_entries: 10,
             prefix: Some(0),
+            events_bytes: None,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 1 << 20, "at least 1 MiB");
         cfg.flows = Some(FlowsConfig {
             max_entries: u32::MAX,
             prefix: Some(0),
+            events_bytes: None,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 64 << 20, "at most 64 MiB");
         assert!(MapSizes::of(&cfg).events_bytes.is_power_of_two());
+        // The test hook: a ring of its own size, at least a page.
+        cfg.flows = Some(FlowsConfig {
+            max_entries: 16,
+            prefix: Some(0),
+            events_bytes: Some(100),
+        });
+        assert_eq!(MapSizes::of(&cfg).events_bytes, page);
     }
 
     #[test]

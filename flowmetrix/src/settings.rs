@@ -29,6 +29,10 @@ use crate::{
 /// stalled disk would.
 pub const SPOOL_STALL_ENV: &str = "FLOWMETRIX_TEST_SPOOL_STALL_MS";
 
+/// Test hook (the flows tests): the flow event ring's size in bytes, to fill it with few
+/// packets.
+pub const FLOW_EVENTS_BYTES_ENV: &str = "FLOWMETRIX_TEST_FLOW_EVENTS_BYTES";
+
 /// Ethernet II header length: the least a sample must hold after the prefix.
 const ETHERNET_HEADER: u32 = 14;
 
@@ -176,6 +180,9 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                     max_entries: cli.flow_max_entries,
                     // With -auto-detect, pushed once learned (FlowMaps::set_prefix).
                     prefix: (!cli.auto_detect).then(|| cli.offset.map_or(0, u32::from)),
+                    events_bytes: std::env::var(FLOW_EVENTS_BYTES_ENV)
+                        .ok()
+                        .and_then(|v| v.parse().ok()),
                 }),
             }))
         }
@@ -333,7 +340,8 @@ mod tests {
             c.flows,
             Some(FlowsConfig {
                 max_entries: 64,
-                prefix: Some(24)
+                prefix: Some(24),
+                events_bytes: None,
             })
         );
         let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();

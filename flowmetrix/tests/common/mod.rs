@@ -185,6 +185,15 @@ impl NetPair {
         })
     }
 
+    /// A raw socket on interface `ifname` of namespace `ns` that sends whole Ethernet frames
+    /// (on `if_a`: frames leaving the collector's interface, for its egress hook).
+    pub fn sender_on(&self, ns: &str, ifname: &str) -> FrameSender {
+        let ifname = ifname.to_owned();
+        in_netns(ns, move || FrameSender {
+            fd: packet_socket(&ifname),
+        })
+    }
+
     /// The collector to run in `ns_a` on `if_a`: add arguments, environment, a GreptimeDB
     /// endpoint, then [`start`](CollectorBuilder::start) it.
     pub fn collector(&self) -> CollectorBuilder<'_> {

@@ -23,7 +23,11 @@
 //!
 //! Accounting: every row handed to [`Spool::append`] counts as `spooled`; each is later
 //! `replayed`, counted as `spool lost` (dropped for room, damaged, refused by GreptimeDB on
-//! replay, not writable), or still on disk at exit ([`Spool::rows`]).
+//! replay, not writable), or still on disk at exit ([`Spool::rows`]). This holds for each
+//! table on its own: a segment knows its rows per table ([`TableRows`]; for a segment an
+//! earlier run left, from the table name at the start of each record's insert), so rows lost
+//! in bulk — a segment dropped for room, a damaged one — are counted against the table they
+//! belonged to ([`Spool::add_table`]). The on-disk format is unchanged by this.
 
 use std::{
     collections::VecDeque,
@@ -65,6 +69,54 @@ pub enum SpoolError {
     Locked { path: String, holder: String },
 }
 
+/// Rows per table, by the table name their inserts give (`None`: a record whose table
+/// could not be read, counted with the spool's own counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRows(Vec<(Option<String>, u64)>);
+
+impl TableRows {
+    pub fn of(table: Option<&str>, rows: u64) -> Self {
+        let mut t = Self::default();
+        t.add(table, rows);
+        t
+    }
+
+    pub fn add(&mut self, table: Option<&str>, rows: u64) {
+        if rows == 0 {
+            return;
+        }
+        match self.0.iter_mut().find(|(t, _)| t.as_deref() == table) {
+            Some((_, n)) => *n += rows,
+            None => self.0.push((table.map(str::to_owned), rows)),
+        }
+    }
+
+    /// The rows of `table`.
+    pub fn get(&self, table: Option<&str>) -> u64 {
+        self.0
+            .iter()
+            .find(|(t, _)| t.as_deref() == table)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// What `self` holds beyond `other`, table by table (never below zero).
+    pub fn minus(&self, other: &Self) -> Self {
+        let mut out = Self::default();
+        for (t, n) in &self.0 {
+            out.add(t.as_deref(), n.saturating_sub(other.get(t.as_deref())));
+        }
+        out
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Option<&str>, u64)> {
+        self.0.iter().map(|(t, n)| (t.as_deref(), *n))
+    }
+}
+
 /// A closed segment waiting to be replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
@@ -72,8 +124,8 @@ pub struct Segment {
     pub path: PathBuf,
     /// Bytes of it that are ours (a failed append may have left more behind).
     pub bytes: u64,
-    /// Rows in records not yet done.
-    pub rows: u64,
+    /// Rows in records not yet done, per table.
+    pub rows: TableRows,
 }
 
 /// One good record of a segment, not yet done.
@@ -114,6 +166,15 @@ impl Contents {
     pub fn rows_from(&self, i: usize) -> u64 {
         self.records.iter().skip(i).map(|r| r.rows).sum()
     }
+
+    /// Rows in the good records, per table.
+    pub fn table_rows(&self) -> TableRows {
+        let mut t = TableRows::default();
+        for r in &self.records {
+            t.add(r.table.as_deref(), r.rows);
+        }
+        t
+    }
 }
 
 /// How a replayed record went.
@@ -138,9 +199,9 @@ struct Active {
 struct Replaying {
     seg: Segment,
     /// Rows of it done (written or refused).
-    done: u64,
+    done: TableRows,
     /// Rows of the record being sent now.
-    in_flight: u64,
+    in_flight: TableRows,
     /// Dropped for room while being replayed: the replayer stops at its next record.
     evicted: bool,
     /// Renamed `.bad`: kept (not deleted) once replayed; its records end here.
@@ -160,13 +221,13 @@ struct Inner {
 
 impl Inner {
     fn rows(&self) -> u64 {
-        self.closed.iter().map(|s| s.rows).sum::<u64>()
-            + self.active.as_ref().map_or(0, |a| a.seg.rows)
+        self.closed.iter().map(|s| s.rows.total()).sum::<u64>()
+            + self.active.as_ref().map_or(0, |a| a.seg.rows.total())
             + self
                 .replaying
                 .as_ref()
                 .filter(|r| !r.evicted)
-                .map_or(0, |r| r.seg.rows - r.done.min(r.seg.rows))
+                .map_or(0, |r| r.seg.rows.minus(&r.done).total())
     }
 }
 
@@ -294,13 +355,48 @@ pub fn parse_segment(bytes: Vec<u8>) -> Contents {
     out
 }
 
-/// Rows in the records of `path` not yet done, from the headers alone (checksums are
-/// checked when it is replayed).
-fn pending_rows(path: &Path) -> std::io::Result<u64> {
+/// A protobuf varint at `*at`, advancing it.
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The table of the first insert of an encoded `RowInsertRequests`, from its first bytes
+/// alone (prost writes fields in tag order: `inserts` = 1, and in it `table_name` = 1, left
+/// out when empty): what decoding the whole insert gives, as [`split_payload`] does.
+fn table_in_prefix(insert: &[u8]) -> Option<String> {
+    const LEN_FIELD_1: u64 = (1 << 3) | 2;
+    let mut at = 0;
+    if varint(insert, &mut at)? != LEN_FIELD_1 {
+        return None;
+    }
+    if varint(insert, &mut at)? == 0 || varint(insert, &mut at)? != LEN_FIELD_1 {
+        return Some(String::new());
+    }
+    let n = usize::try_from(varint(insert, &mut at)?).ok()?;
+    let name = insert.get(at..at.checked_add(n)?)?;
+    Some(std::str::from_utf8(name).ok()?.to_owned())
+}
+
+/// Bytes of a record's payload read to find its table: the database name and the start of
+/// the insert.
+const PREFIX_BYTES: u64 = 1024;
+
+/// Rows per table in the records of `path` not yet done, from the headers and the start of
+/// each payload (checksums are checked when it is replayed).
+fn pending_rows(path: &Path) -> std::io::Result<TableRows> {
     let mut f = File::open(path)?;
     let len = f.metadata()?.len();
     let mut at = 0;
-    let mut rows = 0;
+    let mut rows = TableRows::default();
     let mut head = [0u8; HEADER];
     while at + HEADER as u64 <= len {
         f.seek(SeekFrom::Start(at))?;
@@ -310,7 +406,21 @@ fn pending_rows(path: &Path) -> std::io::Result<u64> {
             break;
         };
         match magic {
-            MAGIC | MAGIC_V1 => rows += u64::from(n),
+            MAGIC | MAGIC_V1 => {
+                let want = u64::from(size)
+                    .min(PREFIX_BYTES)
+                    .min(len - at - HEADER as u64);
+                let mut prefix = vec![0u8; usize::try_from(want).unwrap_or(0)];
+                f.read_exact(&mut prefix)?;
+                let insert = if magic == MAGIC_V1 {
+                    Some(&prefix[..])
+                } else {
+                    prefix
+                        .first()
+                        .and_then(|n| prefix.get(1 + usize::from(*n)..))
+                };
+                rows.add(insert.and_then(table_in_prefix).as_deref(), u64::from(n));
+            }
             DONE => {}
             _ => break,
         }
@@ -373,7 +483,7 @@ impl Spool {
             let bytes = fs::metadata(&path).map_or(0, |m| m.len());
             if let Some(seq) = seq_of(&path, ".spool") {
                 match pending_rows(&path) {
-                    Ok(0) if bytes > 0 => {
+                    Ok(rows) if rows.total() == 0 && bytes > 0 => {
                         let _ = fs::remove_file(&path); // every record was done
                     }
                     Ok(rows) => found.push(Segment {
@@ -464,14 +574,17 @@ impl Spool {
         self.lock().rows()
     }
 
-    fn lose(&self, rows: u64) {
-        Counters::add(&self.counters.spool_lost, rows);
+    /// Counts `rows` as lost, each against its table's counters.
+    fn lose(&self, rows: &TableRows) {
+        for (table, n) in rows.iter() {
+            Counters::add(&self.counters_of(table).spool_lost, n);
+        }
     }
 
     /// Counts the spooled, replayed and lost rows of inserts for `table` in `counters`
     /// instead of the spool's own (which keep the gauges, and the rows of every other
-    /// table). Rows lost in bulk — a segment dropped for room or damaged — are counted in
-    /// the spool's own counters.
+    /// table, and of records whose table cannot be read). Rows lost in bulk — a segment
+    /// dropped for room or damaged — are counted against their own tables too.
     pub fn add_table(&self, table: &str, counters: Arc<Counters>) {
         self.tables
             .lock()
@@ -517,7 +630,8 @@ impl Spool {
     }
 
     fn append_one(&self, database: &str, req: &RowInsertRequests, rows: u64) {
-        let table = self.counters_of(req.inserts.first().map(|i| i.table_name.as_str()));
+        let table_name = req.inserts.first().map(|i| i.table_name.as_str());
+        let table = self.counters_of(table_name);
         Counters::add(&table.spooled, rows);
         let lose = |rows| Counters::add(&table.spool_lost, rows);
         let record = record_bytes(database, req, rows);
@@ -543,7 +657,7 @@ impl Spool {
                             seq,
                             path,
                             bytes: 0,
-                            rows: 0,
+                            rows: TableRows::default(),
                         },
                         file,
                     });
@@ -578,7 +692,7 @@ impl Spool {
             return;
         }
         active.seg.bytes += len;
-        active.seg.rows += rows;
+        active.seg.rows.add(table_name, rows);
         let full = active.seg.bytes >= self.segment_bytes;
         inner.bytes += len;
         if full {
@@ -593,11 +707,11 @@ impl Spool {
     fn make_room(&self, inner: &mut Inner, len: u64) {
         while inner.bytes + len > self.max_bytes {
             let (path, bytes, rows) = if let Some((path, bytes)) = inner.bad.pop_front() {
-                (path, bytes, 0)
+                (path, bytes, TableRows::default())
             } else if let Some(r) = inner.replaying.as_mut().filter(|r| !r.evicted) {
                 // Taken from the front: older than every closed segment.
                 r.evicted = true;
-                let rows = r.seg.rows.saturating_sub(r.done + r.in_flight);
+                let rows = r.seg.rows.minus(&r.done).minus(&r.in_flight);
                 (r.seg.path.clone(), r.seg.bytes, rows)
             } else if let Some(oldest) = inner.closed.pop_front() {
                 (oldest.path, oldest.bytes, oldest.rows)
@@ -608,10 +722,11 @@ impl Spool {
             };
             let _ = fs::remove_file(&path);
             inner.bytes -= bytes.min(inner.bytes);
-            self.lose(rows);
+            self.lose(&rows);
             self.full.warn(format_args!(
-                "spool full ({} bytes): dropped the oldest data, {rows} rows lost",
-                self.max_bytes
+                "spool full ({} bytes): dropped the oldest data, {} rows lost",
+                self.max_bytes,
+                rows.total()
             ));
         }
     }
@@ -619,7 +734,7 @@ impl Spool {
     fn close_active(inner: &mut Inner) {
         if let Some(active) = inner.active.take() {
             let _ = active.file.sync_all();
-            if active.seg.rows > 0 {
+            if active.seg.rows.total() > 0 {
                 inner.closed.push_back(active.seg);
             } else {
                 let _ = fs::remove_file(&active.seg.path);
@@ -649,8 +764,8 @@ impl Spool {
             let seg = inner.closed.pop_front()?;
             inner.replaying = Some(Replaying {
                 seg: seg.clone(),
-                done: 0,
-                in_flight: 0,
+                done: TableRows::default(),
+                in_flight: TableRows::default(),
                 evicted: false,
                 quarantined: None,
             });
@@ -670,12 +785,13 @@ impl Spool {
             }
         };
         // What the headers said may differ from what the checksums allow.
-        let good = contents.rows_from(0);
+        let good = contents.table_rows();
         if contents.damaged {
             let bad = seg.path.with_extension("bad");
             let _ = fs::rename(&seg.path, &bad);
-            contents.damaged_rows = seg.rows.saturating_sub(good);
-            self.lose(contents.damaged_rows);
+            let damaged = seg.rows.minus(&good);
+            contents.damaged_rows = damaged.total();
+            self.lose(&damaged);
             warn!(
                 "spool: {} is damaged after {} good records; {} rows lost; kept as {}",
                 seg.path.display(),
@@ -705,13 +821,13 @@ impl Spool {
         None
     }
 
-    /// About to send a record of `rows` rows of the segment held for replay: false when the
-    /// segment was dropped for room meanwhile (its rows are counted as lost; stop).
-    pub fn begin(&self, rows: u64) -> bool {
+    /// About to send `record` of the segment held for replay: false when the segment was
+    /// dropped for room meanwhile (its rows are counted as lost; stop).
+    pub fn begin(&self, record: &Record) -> bool {
         let mut inner = self.lock();
         match inner.replaying.as_mut() {
             Some(r) if !r.evicted => {
-                r.in_flight = rows;
+                r.in_flight = TableRows::of(record.table.as_deref(), record.rows);
                 true
             }
             _ => {
@@ -729,7 +845,7 @@ impl Spool {
         let Some(r) = inner.replaying.as_mut() else {
             return;
         };
-        r.in_flight = 0;
+        r.in_flight = TableRows::default();
         let table = self.counters_of(record.table.as_deref());
         match how {
             Replayed::Written => {
@@ -743,7 +859,7 @@ impl Spool {
                 return;
             }
         }
-        r.done += record.rows;
+        r.done.add(record.table.as_deref(), record.rows);
         if !r.evicted {
             // Marked done in place: a restart resumes after it. Not synced: a power loss
             // may replay it once more.
@@ -792,7 +908,7 @@ impl Spool {
             && !r.evicted
         {
             let mut seg = r.seg;
-            seg.rows = seg.rows.saturating_sub(r.done);
+            seg.rows = seg.rows.minus(&r.done);
             if let Some(good_len) = r.quarantined {
                 // Good records remain in a `.bad` file: a segment again, cut before the
                 // damage (its rows are counted as lost already, and must not be twice).
@@ -807,7 +923,7 @@ impl Spool {
                     seg.bytes = good_len;
                 } else {
                     // Kept as it is: its good records are not replayed (counted as lost).
-                    self.lose(seg.rows);
+                    self.lose(&seg.rows);
                     inner.bad.push_back((seg.path, seg.bytes));
                     drop(inner);
                     self.publish();
@@ -867,7 +983,7 @@ mod tests {
         let mut seen = Vec::new();
         while let Some((_, c)) = spool.take_oldest() {
             for (i, r) in c.records.iter().enumerate() {
-                assert!(spool.begin(r.rows));
+                assert!(spool.begin(r));
                 seen.push((
                     c.request(i).unwrap().inserts[0].table_name.clone(),
                     r.rows,
@@ -985,7 +1101,7 @@ mod tests {
             }
             let (_, c) = spool.take_oldest().unwrap();
             for r in &c.records[..3] {
-                assert!(spool.begin(r.rows));
+                assert!(spool.begin(r));
                 spool.finish(r, Replayed::Written);
             }
             // killed here: no put_back, no done
@@ -1040,7 +1156,7 @@ mod tests {
         {
             let spool = Spool::open(&d, 1 << 20, Arc::clone(&counters)).unwrap();
             let (_, c) = spool.take_oldest().unwrap();
-            assert!(spool.begin(10));
+            assert!(spool.begin(&c.records[0]));
             spool.finish(&c.records[0], Replayed::Written);
             spool.put_back(); // shutdown during the replay
             assert_eq!(spool.rows(), 20);
@@ -1104,13 +1220,16 @@ mod tests {
             high = high.max(disk);
         }
         assert!(high > max * 9 / 10, "only {high} of {max} bytes used");
-        assert!(!spool.begin(7), "the held segment was dropped for room");
+        assert!(
+            !spool.begin(&held.as_ref().unwrap().records[0]),
+            "the held segment was dropped for room"
+        );
         let mut first = None;
         let mut kept = 0;
         while let Some((_, c)) = spool.take_oldest() {
             first.get_or_insert_with(|| c.request(0).unwrap().inserts[0].table_name.clone());
             for r in &c.records {
-                assert!(spool.begin(r.rows));
+                assert!(spool.begin(r));
                 spool.finish(r, Replayed::Written);
                 kept += r.rows;
             }
@@ -1135,18 +1254,18 @@ mod tests {
         spool.append("public", &req("a", 5), 5);
         spool.append("public", &req("b", 5), 5);
         let (_, c) = spool.take_oldest().unwrap();
-        assert!(spool.begin(5));
+        assert!(spool.begin(&c.records[0]));
         // Room is needed while "a" is in flight: the held segment goes.
         for i in 0..2_000 {
             spool.append("public", &req(&format!("n{i}"), 1), 1);
         }
         spool.finish(&c.records[0], Replayed::Written);
-        assert!(!spool.begin(5), "b is gone with its segment");
+        assert!(!spool.begin(&c.records[1]), "b is gone with its segment");
         assert_eq!(Counters::get(&counters.spool_replayed), 5);
         let mut kept = 0;
         while let Some((_, c)) = spool.take_oldest() {
             for r in &c.records {
-                assert!(spool.begin(r.rows));
+                assert!(spool.begin(r));
                 spool.finish(r, Replayed::Written);
                 kept += r.rows;
             }
@@ -1182,7 +1301,7 @@ mod tests {
         let mut records = 0;
         while let Some((_, c)) = spool.take_oldest() {
             for (i, r) in c.records.iter().enumerate() {
-                assert!(spool.begin(r.rows));
+                assert!(spool.begin(r));
                 let part = c.request(i).unwrap();
                 let rows = &part.inserts[0].rows.as_ref().unwrap().rows;
                 assert_eq!(rows.len() as u64, r.rows);
@@ -1197,6 +1316,158 @@ mod tests {
             .map(|i| Some(greptimedb_ingester::api::v1::value::ValueData::U32Value(i)))
             .collect();
         assert_eq!(values, want);
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn the_table_read_from_a_record_s_first_bytes_is_the_one_its_insert_names() {
+        let long = "t".repeat(300);
+        for table in ["packet_data", "flow_data", "", long.as_str()] {
+            for rows in [0, 1, 50] {
+                let bytes = req(table, rows).encode_to_vec();
+                assert_eq!(table_in_prefix(&bytes).as_deref(), Some(table));
+                let cut = &bytes[..bytes.len().min(1 + 2 + 1 + 2 + table.len())];
+                assert_eq!(table_in_prefix(cut).as_deref(), Some(table), "prefix only");
+            }
+        }
+        let none = RowInsertRequests { inserts: vec![] }.encode_to_vec();
+        assert_eq!(table_in_prefix(&none), None);
+        assert_eq!(table_in_prefix(&[0x0a, 0x05, 0x0a]), None, "torn");
+    }
+
+    /// Appends `n` records alternating between `packet_data` (3 rows) and `flow_data`
+    /// (5 rows).
+    fn two_tables(spool: &Spool, n: usize) -> TableRows {
+        let mut sent = TableRows::default();
+        for i in 0..n {
+            let (t, rows) = if i % 2 == 0 {
+                ("packet_data", 3)
+            } else {
+                ("flow_data", 5)
+            };
+            spool.append("public", &req(t, rows), rows as u64);
+            sent.add(Some(t), rows as u64);
+        }
+        sent
+    }
+
+    /// Per table: (spooled, replayed, lost) of the spool's own counters (`packet_data`) and
+    /// the flow table's.
+    fn balance(own: &Counters, flows: &Counters) -> [(u64, u64, u64); 2] {
+        [own, flows].map(|c| {
+            (
+                Counters::get(&c.spooled),
+                Counters::get(&c.spool_replayed),
+                Counters::get(&c.spool_lost),
+            )
+        })
+    }
+
+    #[test]
+    fn rows_dropped_for_room_count_against_their_own_table() {
+        let d = dir("per-table-room");
+        let own = Arc::new(Counters::default());
+        let flows = Arc::new(Counters::default());
+        let spool = Spool::open(&d, 64 * 1024, Arc::clone(&own)).unwrap();
+        spool.add_table("flow_data", Arc::clone(&flows));
+        // A replay is under way: its segment is dropped too, with a record in flight.
+        spool.append("public", &req("flow_data", 7), 7);
+        spool.append("public", &req("packet_data", 2), 2);
+        let (_, held) = spool.take_oldest().unwrap();
+        assert!(spool.begin(&held.records[0]));
+        let sent = two_tables(&spool, 4_000);
+        spool.finish(&held.records[0], Replayed::Written);
+        assert!(!spool.begin(&held.records[1]), "dropped for room");
+        let mut kept = TableRows::default();
+        while let Some((_, c)) = spool.take_oldest() {
+            for r in &c.records {
+                assert!(spool.begin(r));
+                spool.finish(r, Replayed::Written);
+                kept.add(r.table.as_deref(), r.rows);
+            }
+            spool.done();
+        }
+        let [p, f] = balance(&own, &flows);
+        assert!(p.2 > 0 && f.2 > 0, "both tables lost rows: {p:?} {f:?}");
+        assert_eq!(p.0, sent.get(Some("packet_data")) + 2);
+        assert_eq!(f.0, sent.get(Some("flow_data")) + 7);
+        assert_eq!(
+            (p.1, f.1),
+            (
+                kept.get(Some("packet_data")),
+                kept.get(Some("flow_data")) + 7
+            )
+        );
+        // Each table balances on its own: spooled = replayed + lost (nothing left on disk).
+        assert_eq!(p.0, p.1 + p.2, "packet_data {p:?}");
+        assert_eq!(f.0, f.1 + f.2, "flow_data {f:?}");
+        drop(spool);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_or_evicted_segment_of_an_earlier_run_counts_against_its_own_tables() {
+        let d = dir("per-table-restart");
+        {
+            let spool = Spool::open(&d, 1 << 20, Arc::default()).unwrap();
+            spool.add_table("flow_data", Arc::default());
+            // 4 records: packet 3, flow 5, packet 3, flow 5; the last one torn below.
+            two_tables(&spool, 4);
+            spool.sync();
+            for i in 0..6 {
+                spool.append(
+                    "public",
+                    &req(if i % 2 == 0 { "flow_data" } else { "x" }, 1),
+                    1,
+                );
+            }
+        }
+        let path = seg_path(&d, 0);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let own = Arc::new(Counters::default());
+        let flows = Arc::new(Counters::default());
+        let spool = Spool::open(&d, 1 << 20, Arc::clone(&own)).unwrap();
+        spool.add_table("flow_data", Arc::clone(&flows));
+        assert_eq!(spool.rows(), 16 + 6);
+        let (_, c) = spool.take_oldest().unwrap();
+        assert_eq!(c.damaged_rows, 5);
+        assert_eq!(balance(&own, &flows)[1].2, 5, "the torn flow record");
+        assert_eq!(balance(&own, &flows)[0].2, 0);
+        spool.done();
+        // The second segment, dropped for room by a tiny limit: 3 flow rows, 3 other.
+        drop(spool);
+        let own = Arc::new(Counters::default());
+        let flows = Arc::new(Counters::default());
+        let spool = Spool::open(&d, 4096, Arc::clone(&own)).unwrap();
+        spool.add_table("flow_data", Arc::clone(&flows));
+        let big = (0..40).fold(String::new(), |s, _| s + "y");
+        let mut r = req(&big, 1);
+        if let Some(rows) = r.inserts[0].rows.as_mut() {
+            rows.rows = vec![
+                greptimedb_ingester::api::v1::Row {
+                    values: vec![greptimedb_ingester::api::v1::Value {
+                        value_data: Some(
+                            greptimedb_ingester::api::v1::value::ValueData::StringValue(
+                                "z".repeat(1500),
+                            ),
+                        ),
+                    }],
+                };
+                1
+            ];
+        }
+        for _ in 0..4 {
+            spool.append("public", &r, 1);
+        }
+        assert_eq!(Counters::get(&flows.spool_lost), 3, "evicted flow rows");
+        assert!(Counters::get(&own.spool_lost) >= 3, "and the others");
         drop(spool);
         fs::remove_dir_all(d).unwrap();
     }

@@ -253,7 +253,7 @@ impl Writer {
                 current = None;
                 continue;
             };
-            if !spool.begin(record.rows) {
+            if !spool.begin(&record) {
                 current = None; // dropped for room meanwhile: counted by the spool
                 continue;
             }
