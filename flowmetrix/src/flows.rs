@@ -111,6 +111,9 @@ impl Aggregator {
     /// One collection of the kernel's maps: its entries and its flow events.
     pub fn add_collected(&mut self, c: &Collected) {
         Counters::set(&self.counters.map_entries, c.map_entries as u64);
+        self.counters
+            .map_peak
+            .fetch_max(c.map_entries as u64, std::sync::atomic::Ordering::Relaxed);
         Counters::set(&self.counters.map_max, u64::from(c.max_entries));
         for (k, v) in &c.flows {
             self.merge(*k, *v);

@@ -200,7 +200,10 @@ pub async fn run(
                 if let (Some(input), Some(fc)) = (&sink.flows, &flow_counters) {
                     Counters::set(&fc.sink.queue_depth, input.depth() as u64);
                 }
-                if let Some(s) = stage.as_mut() {
+                // The kernel was loaded with a fixed prefix; a learned one it is told.
+                if let Some(s) = stage.as_mut()
+                    && decoder.learns_prefix()
+                {
                     s.push_prefix(decoder.prefix());
                 }
                 status.tick(&registry);

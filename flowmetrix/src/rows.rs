@@ -106,6 +106,11 @@ impl Decoder {
 
     /// The prefix before the Ethernet header: `-offset`'s, or the one `-auto-detect` has
     /// learned (`None` while it is still learning).
+    /// Whether the prefix is learned from the traffic (`-auto-detect`).
+    pub fn learns_prefix(&self) -> bool {
+        self.prefix == Prefix::Auto
+    }
+
     pub fn prefix(&self) -> Option<usize> {
         match (self.prefix, &self.learner) {
             (Prefix::Fixed(n), _) => Some(n),

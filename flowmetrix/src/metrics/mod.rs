@@ -71,6 +71,8 @@ pub struct FlowCounters {
     /// Entries of the flow map at the last collection, and its size (gauges).
     pub map_entries: AtomicU64,
     pub map_max: AtomicU64,
+    /// The most entries any collection found (the exit summary's `map peak`).
+    pub map_peak: AtomicU64,
     /// Collections of the kernel's maps that failed (their packets stay in the map for
     /// the next one, or are lost if the maps are gone).
     pub collect_errors: AtomicU64,
@@ -250,8 +252,11 @@ pub struct FlowSummary {
     pub unkeyed_bytes: u64,
     pub overflow: u64,
     pub overflow_bytes: u64,
+    /// Entries at the last collection (gauge), and the most any collection found.
     pub map_entries: u64,
+    pub map_peak: u64,
     pub map_max: u64,
+    pub collect_errors: u64,
 }
 
 impl FlowSummary {
@@ -276,7 +281,9 @@ impl FlowSummary {
             overflow: k.overflow,
             overflow_bytes: k.overflow_bytes,
             map_entries: f.map_entries.load(Relaxed),
+            map_peak: f.map_peak.load(Relaxed),
             map_max: f.map_max.load(Relaxed),
+            collect_errors: f.collect_errors.load(Relaxed),
         }
     }
 
@@ -294,7 +301,7 @@ impl std::fmt::Display for FlowSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rows {}, written {}, write errors {}, queue drops {}, spooled {}, replayed {}, spool lost {}, packets {}, bytes {}, events {}, unkeyed {}, unkeyed bytes {}, overflow {}, overflow bytes {}, map entries {}, map max {}",
+            "rows {}, written {}, write errors {}, queue drops {}, spooled {}, replayed {}, spool lost {}, packets {}, bytes {}, events {}, unkeyed {}, unkeyed bytes {}, overflow {}, overflow bytes {}, map peak {}, map max {}, collect errors {}",
             self.rows,
             self.written,
             self.write_errors,
@@ -309,8 +316,9 @@ impl std::fmt::Display for FlowSummary {
             self.unkeyed_bytes,
             self.overflow,
             self.overflow_bytes,
-            self.map_entries,
-            self.map_max
+            self.map_peak,
+            self.map_max,
+            self.collect_errors
         )
     }
 }
@@ -510,14 +518,16 @@ mod tests {
         Counters::add(&f.events, 2);
         Counters::add(&f.unkeyed, 1);
         Counters::set(&f.map_entries, 4);
+        Counters::set(&f.map_peak, 9);
         Counters::set(&f.map_max, 16);
+        Counters::add(&f.collect_errors, 1);
         let s = Summary::new(k, &Counters::default()).with_flows(&f);
         let text = s.to_string();
         let (packets, flows) = text.split_once("; flows: ").unwrap();
         assert_eq!(packets, Summary::new(k, &Counters::default()).to_string());
         assert_eq!(
             flows,
-            "rows 3, written 2, write errors 0, queue drops 1, spooled 0, replayed 0, spool lost 0, packets 7, bytes 700, events 2, unkeyed 3, unkeyed bytes 60, overflow 1, overflow bytes 100, map entries 4, map max 16"
+            "rows 3, written 2, write errors 0, queue drops 1, spooled 0, replayed 0, spool lost 0, packets 7, bytes 700, events 2, unkeyed 3, unkeyed bytes 60, overflow 1, overflow bytes 100, map peak 9, map max 16, collect errors 1"
         );
         assert_eq!(s.flows.unwrap().unaccounted(), 0);
     }
