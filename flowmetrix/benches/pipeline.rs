@@ -128,5 +128,73 @@ fn bench_sink(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_encode, bench_sink);
+/// One flows interval in userspace at 100 000 flows: a kernel collection merged into the
+/// aggregator, turned into rows, and the rows encoded as the insert into `flow_data` (the
+/// kernel side's `collect()` is in the kernel bench).
+fn bench_flow_interval(c: &mut Criterion) {
+    use flowmetrix::{
+        flowmap::Collected,
+        flows::Aggregator,
+        metrics::FlowCounters,
+        record::FlowRecord,
+    };
+    use flowmetrix_common::flow::{FlowKey, FlowValue};
+    const FLOWS: u32 = 100_000;
+    let collected = Collected {
+        generation: 1,
+        flows: (0..FLOWS)
+            .map(|i| {
+                let mut k = FlowKey::ZERO;
+                k.src_addr[..4].copy_from_slice(&[10, 1, (i >> 8) as u8, i as u8]);
+                k.dst_addr[..4].copy_from_slice(&[10, 2, 0, 1]);
+                k.ifindex = 2;
+                k.ether_type = 0x0800;
+                k.protocol = 6;
+                k.src_port = 40_000 + (i % 20_000) as u16;
+                k.dst_port = 443;
+                let v = FlowValue {
+                    packets: 10,
+                    bytes: 6_400,
+                    first_seen_ns: 1_000,
+                    last_seen_ns: 2_000,
+                    tcp_flags: 0x18,
+                };
+                (k, v)
+            })
+            .collect(),
+        events: Vec::new(),
+        map_entries: FLOWS as usize,
+        max_entries: 131_072,
+    };
+    let name: Arc<str> = Arc::from("eth0");
+    let mut agg = Aggregator::new(
+        Arc::new(Applications::default()),
+        Arc::from("host"),
+        Arc::new(FlowCounters::default()),
+    );
+    let mut g = c.benchmark_group("flows");
+    g.throughput(Throughput::Elements(u64::from(FLOWS)));
+    g.sample_size(20);
+    g.bench_function("interval_100k_flows", |b| {
+        b.iter(|| {
+            agg.add_collected(black_box(&collected));
+            let rows: Vec<FlowRecord> = agg.rows(
+                UnixNanos(1_795_000_010_000_000_000),
+                Duration::from_secs(10),
+                |ns| UnixNanos(ns as i64),
+                |_| Arc::clone(&name),
+            );
+            black_box(greptime::encode("flow_data", &rows))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_encode,
+    bench_sink,
+    bench_flow_interval
+);
 criterion_main!(benches);
