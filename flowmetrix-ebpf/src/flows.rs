@@ -147,7 +147,9 @@ unsafe fn load<const N: usize>(p: usize) -> [u8; N] {
         unsafe {
             asm!("{w} = *(u32 *)({a} + 0)", a = in(reg) p + i, w = lateout(reg) w,
                  options(pure, readonly, nostack, preserves_flags));
-            o.add(i).cast::<[u8; 4]>().write_unaligned((w as u32).to_ne_bytes());
+            o.add(i)
+                .cast::<[u8; 4]>()
+                .write_unaligned((w as u32).to_ne_bytes());
         }
         i += 4;
     }
@@ -156,7 +158,9 @@ unsafe fn load<const N: usize>(p: usize) -> [u8; N] {
         unsafe {
             asm!("{w} = *(u16 *)({a} + 0)", a = in(reg) p + i, w = lateout(reg) w,
                  options(pure, readonly, nostack, preserves_flags));
-            o.add(i).cast::<[u8; 2]>().write_unaligned((w as u16).to_ne_bytes());
+            o.add(i)
+                .cast::<[u8; 2]>()
+                .write_unaligned((w as u16).to_ne_bytes());
         }
         i += 2;
     }
@@ -278,7 +282,7 @@ fn key_of<P: Packet>(ctx: &P, prefix: usize, wire_len: u32, key: &mut FlowKey) -
 fn add(map: &HashMap<FlowKey, FlowValue>, key: &FlowKey, bytes: u64, flags: u8) -> Result<(), u64> {
     let found = map.get_ptr_mut(key);
     // The clock is read between the lookup and the atomic adds, not before the lookup: the
-    // same work, about 5 ns less per packet on this VM (BENCHMARKS.md, Flows), where the
+    // same work, 4–5 ns less per packet on this VM (BENCHMARKS.md, Flows), where the
     // clock read (`lfence; rdtsc` under a hypervisor) is half of the flow path's cost. Read
     // before the parse or after the adds it costs as much as before the lookup.
     // SAFETY: no arguments.
