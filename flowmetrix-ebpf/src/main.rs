@@ -6,6 +6,8 @@
 // The atomic add and or intrinsics (see flows::bump).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// Single unaligned packet loads (see flows::load).
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod flows;
