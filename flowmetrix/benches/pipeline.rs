@@ -133,10 +133,7 @@ fn bench_sink(c: &mut Criterion) {
 /// kernel side's `collect()` is in the kernel bench).
 fn bench_flow_interval(c: &mut Criterion) {
     use flowmetrix::{
-        flowmap::Collected,
-        flows::Aggregator,
-        metrics::FlowCounters,
-        record::FlowRecord,
+        flowmap::Collected, flows::Aggregator, metrics::FlowCounters, record::FlowRecord,
     };
     use flowmetrix_common::flow::{FlowKey, FlowValue};
     const FLOWS: u32 = 100_000;
