@@ -186,7 +186,13 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
         stats.flow_unkeyed_bytes += u64::from(wire_len);
         return;
     }
-    let bytes = u64::from(wire_len.saturating_sub(prefix));
+    let mut bytes = u64::from(wire_len.saturating_sub(prefix));
+    // A tag the kernel moved into the skb's metadata was on the wire, in front of what the
+    // bytes show: the outer tag, 4 bytes.
+    let outer = ctx.vlan_tag();
+    if outer.is_some() {
+        bytes += 4;
+    }
     let mut key = Key8(FlowKey::ZERO);
     let key = &mut key.0;
     zero(key);
@@ -195,6 +201,9 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
         stats.flow_unkeyed_bytes += bytes;
         return;
     };
+    if let Some(vid) = outer {
+        key.vlan_id = vid;
+    }
     key.ifindex = ctx.ifindex();
     key.direction = dir as u8;
     let counted = if generation & 1 == 0 {

@@ -75,6 +75,10 @@ pub trait Packet: EbpfContext {
     fn linear(&self) -> (usize, usize);
     /// Makes the first `len` bytes linear (skb only); false when it could not.
     fn pull(&self, len: u32) -> bool;
+    /// The VLAN id of an outer 802.1Q/802.1ad tag the kernel took out of the frame into
+    /// the skb's metadata (on receive it always does, before TC ingress; on transmit with
+    /// VLAN offload): the tag was on the wire but is not in the bytes. XDP: never.
+    fn vlan_tag(&self) -> Option<u16>;
 }
 
 impl Packet for XdpContext {
@@ -110,6 +114,11 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn pull(&self, _len: u32) -> bool {
         false
+    }
+
+    #[inline(always)]
+    fn vlan_tag(&self) -> Option<u16> {
+        None
     }
 }
 
@@ -147,6 +156,13 @@ impl Packet for TcContext {
     #[inline(always)]
     fn pull(&self, len: u32) -> bool {
         self.pull_data(len).is_ok()
+    }
+
+    #[inline(always)]
+    fn vlan_tag(&self) -> Option<u16> {
+        // SAFETY: reading fields of the program's own context.
+        let (present, tci) = unsafe { ((*self.skb.skb).vlan_present, (*self.skb.skb).vlan_tci) };
+        (present != 0).then_some((tci & 0x0fff) as u16)
     }
 }
 

@@ -842,12 +842,26 @@ fn known_traffic() -> Known {
 /// could not key.
 #[test]
 fn live_known_traffic_gives_each_flow_exactly_per_direction() {
+    known_traffic_exact("xdp");
+}
+
+/// TC ingress sees the frame after the kernel has moved an 802.1Q tag into the skb's
+/// metadata (`skb_vlan_untag` comes before the ingress hook): the tag must still key the
+/// flow and count in its bytes.
+#[test]
+fn live_known_traffic_gives_each_flow_exactly_with_tc_ingress() {
+    known_traffic_exact("tc");
+}
+
+fn known_traffic_exact(ingress_hook: &str) {
     let net = net_pair_or_skip!();
     let collector = net
         .collector()
         .args(&[
             "--mode",
             "flows",
+            "--ingress-hook",
+            ingress_hook,
             "--direction",
             "both",
             "--flow-interval",
@@ -855,7 +869,8 @@ fn live_known_traffic_gives_each_flow_exactly_per_direction() {
             "--output",
             "jsonl",
         ])
-        .ready("TC attached") // after XDP: both hooks are in place
+        // Egress is attached last: both hooks are in place.
+        .ready(r#"direction="egress""#)
         .start();
     let t = known_traffic();
     let from_b = net.sender();
