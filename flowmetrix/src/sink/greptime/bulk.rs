@@ -63,7 +63,7 @@ use tracing::{info, warn};
 use super::{
     client::connect_all,
     endpoints::Endpoints,
-    retry::{REQUEST_TIMEOUT, code, greptime_code},
+    retry::{REQUEST_TIMEOUT, classify_status, code, greptime_code},
     settings::{Compression, GreptimeConfig},
     tables::Table,
 };
@@ -446,6 +446,12 @@ impl<R: Table> Bulk<R> {
             let stream = match tokio::time::timeout(left, self.stream(index)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(status)) => {
+                    if let Some(why) = self.endpoint_fault(&status) {
+                        // Gone (refused, reset, going away): out of rotation, as the row
+                        // path does, and the batch goes to another endpoint.
+                        endpoints.mark_down(&chosen, &why);
+                        continue;
+                    }
                     self.refused(&status);
                     return false;
                 }
@@ -462,6 +468,11 @@ impl<R: Table> Bulk<R> {
                     continue;
                 }
                 Sent::Refused(status) => {
+                    if let Some(why) = self.endpoint_fault(&status) {
+                        // The connection broke under the stream: the batch's fate is not
+                        // known, so it goes by row insert as any batch the stream failed.
+                        endpoints.mark_down(&chosen, &why);
+                    }
                     self.refused(&status);
                     return false;
                 }
@@ -606,6 +617,25 @@ impl<R: Table> Bulk<R> {
             Ok(Ok(sent)) => sent,
             Ok(Err(_)) => Sent::Lost("the stream has ended".into()),
             Err(_) => Sent::TimedOut,
+        }
+    }
+
+    /// Why the endpoint itself failed, when `status` says so: a transport error the client
+    /// made (connection refused or reset: it has a source), or `Unavailable` without a
+    /// greptime code (a server going away). A status the server sent otherwise — 1.0's
+    /// `Unknown` for every bulk error among them — is about the batch, not the endpoint.
+    fn endpoint_fault(&self, status: &Status) -> Option<String> {
+        let from_client = std::error::Error::source(status).is_some();
+        let going_away = status.code() == Code::Unavailable && greptime_code(status).is_none();
+        if !(from_client || going_away) {
+            return None;
+        }
+        match classify_status(status, &self.cfg) {
+            super::retry::Failure::Retry {
+                why,
+                endpoint: true,
+            } => Some(why),
+            _ => None,
         }
     }
 
