@@ -16,9 +16,7 @@ use flowmetrix::{
     metrics::Counters,
     queue,
     record::{PacketRecord, UnixNanos},
-    sink::greptime::{
-        Endpoints, Failure, GreptimeConfig, Problem, encode, retry::REQUEST_TIMEOUT,
-    },
+    sink::greptime::{Endpoints, Failure, GreptimeConfig, Problem, encode, retry::REQUEST_TIMEOUT},
 };
 use greptime_proto::v1::ColumnDataType;
 use tonic::Code;
