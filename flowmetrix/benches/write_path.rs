@@ -1,9 +1,12 @@
 //! Row inserts against bulk writes (Arrow Flight DoPut) for the same rows: 100 000 packet
 //! rows in batches of the default size (1024) through the whole GreptimeDB sink to the test
-//! endpoint on loopback, into a table that exists. The endpoint runs in this process, so
-//! its own decoding (protobuf rows, or Arrow IPC) is inside both figures, CPU included.
+//! endpoint on loopback, into a table that exists; uncompressed, and with each path's
+//! compression (gRPC zstd for rows; Arrow IPC zstd and LZ4 for bulk). The endpoint runs in
+//! this process, so its own decoding (protobuf rows, or Arrow IPC) is inside both figures,
+//! CPU included.
 //!
-//! Run with `cargo bench -p flowmetrix --bench write_path`; figures go to BENCHMARKS.md.
+//! Run with `cargo bench -p flowmetrix --bench write_path` (one of them: `-- bulk_lz4`);
+//! figures go to BENCHMARKS.md.
 
 #[path = "../tests/common/endpoint.rs"]
 #[allow(dead_code)]
@@ -23,7 +26,7 @@ use flowmetrix::{
     record::{PacketRecord, UnixNanos},
     sink::{
         self, SinkConfig, SinkSettings,
-        greptime::{GreptimeConfig, SCHEMA, WritePath},
+        greptime::{Compression, GreptimeConfig, SCHEMA, WritePath},
     },
 };
 
@@ -77,9 +80,17 @@ fn bench_write_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("write_path");
     g.throughput(Throughput::Elements(ROWS as u64));
     g.sample_size(10);
-    for (name, path) in [("rows", WritePath::Rows), ("bulk", WritePath::Bulk)] {
+    for (name, path, compression) in [
+        ("rows", WritePath::Rows, Compression::None),
+        ("bulk", WritePath::Bulk, Compression::None),
+        ("rows_zstd", WritePath::Rows, Compression::Zstd),
+        ("bulk_zstd", WritePath::Bulk, Compression::Zstd),
+        // `--compression gzip` is LZ4 on the bulk path (Arrow IPC has no gzip).
+        ("bulk_lz4", WritePath::Bulk, Compression::Gzip),
+    ] {
         let cfg = GreptimeConfig {
             batch_size: BATCH,
+            compression,
             flush_interval: Duration::from_millis(100),
             shutdown_timeout: Duration::from_secs(30),
             write_path: path,

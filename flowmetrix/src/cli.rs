@@ -165,8 +165,9 @@ pub struct Cli {
     #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = CompressionArg::None, value_name = "KIND")]
     pub compression: CompressionArg,
 
-    /// How rows go to GreptimeDB: row inserts, or bulk writes (Arrow Flight) once the table exists.
-    #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = WritePathArg::Rows, value_name = "PATH")]
+    /// How rows go to GreptimeDB: bulk writes (Arrow Flight) once the table exists, else row
+    /// inserts; or row inserts only.
+    #[arg(help_heading = "GreptimeDB", long, value_enum, default_value_t = WritePathArg::Bulk, value_name = "PATH")]
     pub write_path: WritePathArg,
 
     /// Longest a row waits in a partial batch before it is sent (e.g. 500ms, 1s).

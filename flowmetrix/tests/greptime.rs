@@ -50,10 +50,13 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
     let net = net_pair_or_skip!();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.add_database("flows");
+    // The row insert's own request (its hints and declared columns): `--write-path rows`.
     let collector = net
         .collector()
         .greptime(&endpoint)
         .args(&[
+            "--write-path",
+            "rows",
             "--database",
             "flows",
             "--table",
@@ -263,7 +266,13 @@ fn wrong_password_is_one_clear_error_and_the_password_is_never_shown() {
         ("FLOWMETRIX_GREPTIME_USERNAME", "flow"),
         ("FLOWMETRIX_GREPTIME_PASSWORD", "right-secret"),
     ];
-    let collector = net.collector().greptime(&endpoint).env(&env).start();
+    // The credentials in the row insert's header: `--write-path rows`.
+    let collector = net
+        .collector()
+        .greptime(&endpoint)
+        .args(&["--write-path", "rows"])
+        .env(&env)
+        .start();
     net.send_udp(0..50);
     std::thread::sleep(Duration::from_millis(500));
     let done = collector.interrupt();

@@ -24,7 +24,7 @@ use flowmetrix::{
     record::{PacketRecord, UnixNanos},
     sink::{
         self, Sink, SinkConfig, SinkSettings,
-        greptime::{GreptimeConfig, SpoolConfig, spool::Spool},
+        greptime::{GreptimeConfig, SpoolConfig, WritePath, spool::Spool},
     },
 };
 use greptime_proto::v1::ColumnDataType;
@@ -213,7 +213,12 @@ fn a_partial_batch_is_written_at_shutdown_without_waiting_for_its_interval() {
 #[test]
 fn retriable_failures_are_retried_until_written() {
     let endpoint = Endpoint::start(None);
-    let mut h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
+    // The row path's retries (a refused bulk batch goes to the row path: tests/bulk.rs).
+    let c = GreptimeConfig {
+        write_path: WritePath::Rows,
+        ..cfg(&endpoint)
+    };
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 10_000);
     // After the start-up work (USE, the DDL, and last ALTER … append_mode), the next three
     // inserts fail.
     assert!(wait_until(Duration::from_secs(5), || endpoint

@@ -63,7 +63,7 @@ use tracing::{info, warn};
 use super::{
     client::connect_all,
     endpoints::Endpoints,
-    retry::{REQUEST_TIMEOUT, code, greptime_code},
+    retry::{REQUEST_TIMEOUT, classify_status, code, greptime_code},
     settings::{Compression, GreptimeConfig},
     tables::Table,
 };
@@ -221,6 +221,15 @@ pub fn record_batch(rows: &[&Row], schema: &SchemaRef) -> Result<RecordBatch, Bu
     RecordBatch::try_new(Arc::clone(schema), arrays).map_err(|e| BulkError::Arrow(e.to_string()))
 }
 
+/// How one window of a batch went.
+enum Window {
+    Written,
+    /// Not written; the row path takes it.
+    Rows,
+    /// Not written because an endpoint failed it (no answer in time, or gone).
+    EndpointFailed,
+}
+
 /// How one batch went on a stream.
 enum Sent {
     Written,
@@ -355,16 +364,18 @@ impl<R: Table> Bulk<R> {
     }
 
     /// Writes what it can of `rows` by bulk, within `budget`; counts those as written and
-    /// returns the rest (none, usually) for the row path.
+    /// returns the rest (none, usually) for the row path, with when the first attempt an
+    /// endpoint failed (no answer in time, or gone) was sent: an outage the row path then
+    /// finds began there.
     pub async fn write(
         &self,
         rows: Vec<R>,
         endpoints: &Endpoints,
         counters: &Counters,
         budget: Duration,
-    ) -> Vec<R> {
+    ) -> (Vec<R>, Option<Instant>) {
         if rows.is_empty() || !self.ready() {
-            return rows;
+            return (rows, None);
         }
         let started = Instant::now();
         let encoded: Vec<Row> = rows.iter().map(R::encode_row).collect();
@@ -390,16 +401,30 @@ impl<R: Table> Bulk<R> {
             }
         }
         let mut written = vec![false; rows.len()];
+        let mut endpoint_failed = None;
+        // The whole request timeout, not cut short by the shutdown deadline: no answer in
+        // it is the endpoint's fault.
+        let whole = budget >= REQUEST_TIMEOUT;
         for idx in windows.into_values() {
             let part: Vec<&Row> = idx.iter().map(|&i| &encoded[i]).collect();
             let (min, max) = part.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
                 (lo.min(ts(r)), hi.max(ts(r)))
             });
             let left = budget.saturating_sub(started.elapsed());
-            if self.write_window(&part, min, max, endpoints, left).await {
-                for i in idx {
-                    written[i] = true;
+            let tried = Instant::now();
+            match self
+                .write_window(&part, (min, max), endpoints, left, whole)
+                .await
+            {
+                Window::Written => {
+                    for i in idx {
+                        written[i] = true;
+                    }
                 }
+                Window::EndpointFailed => {
+                    endpoint_failed.get_or_insert(tried);
+                }
+                Window::Rows => {}
             }
         }
         let n = written.iter().filter(|w| **w).count();
@@ -407,72 +432,103 @@ impl<R: Table> Bulk<R> {
             Counters::add(&counters.written, n as u64);
             counters.write_seconds.observe(started.elapsed());
         }
-        rows.into_iter()
+        let rest = rows
+            .into_iter()
             .zip(written)
             .filter_map(|(r, w)| (!w).then_some(r))
-            .collect()
+            .collect();
+        (rest, endpoint_failed)
     }
 
-    /// One request; true once the server answered it.
+    /// One request, written once the server answered it.
     async fn write_window(
         &self,
         rows: &[&Row],
-        min: i64,
-        max: i64,
+        (min, max): (i64, i64),
         endpoints: &Endpoints,
         budget: Duration,
-    ) -> bool {
+        whole: bool,
+    ) -> Window {
         let batch = match record_batch(rows, &self.schema) {
             Ok(b) => b,
             Err(e) => {
                 // A bug (the row encoding and the column list disagree): rows go by row insert.
                 warn!("{e}; writing by row inserts from now on");
                 self.off.store(true, Ordering::Relaxed);
-                return false;
+                return Window::Rows;
             }
         };
         let started = Instant::now();
+        let mut endpoint_failed = false;
+        let gave_up = |endpoint_failed: bool| {
+            if endpoint_failed {
+                Window::EndpointFailed
+            } else {
+                Window::Rows
+            }
+        };
         for _ in 0..MAX_RESENDS {
             let Ok(chosen) = endpoints.pick() else {
-                return false; // every endpoint is down: the row path waits and spools
+                // Every endpoint is down: the row path waits and spools.
+                return gave_up(endpoint_failed);
             };
             let Some(index) = self.clients.iter().position(|(a, _)| *a == chosen.addr) else {
-                return false;
+                return Window::Rows;
             };
             let left = budget.saturating_sub(started.elapsed());
             if left.is_zero() {
-                return false;
+                return gave_up(endpoint_failed);
             }
             let stream = match tokio::time::timeout(left, self.stream(index)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(status)) => {
+                    if let Some(why) = self.endpoint_fault(&status) {
+                        // Gone (refused, reset, going away): out of rotation, as the row
+                        // path does, and the batch goes to another endpoint.
+                        endpoints.mark_down(&chosen, &why);
+                        endpoint_failed = true;
+                        continue;
+                    }
                     self.refused(&status);
-                    return false;
+                    return Window::Rows;
                 }
-                Err(_) => return false,
+                Err(_) => return gave_up(endpoint_failed),
             };
             let left = budget.saturating_sub(started.elapsed());
             match self.send(&stream, batch.clone(), min, max, left).await {
                 Sent::Written => {
                     self.refusals.store(0, Ordering::Relaxed);
-                    return true;
+                    return Window::Written;
                 }
                 Sent::Lost(why) => {
                     tracing::debug!("bulk batch sent again on a new stream: {why}");
                     continue;
                 }
                 Sent::Refused(status) => {
+                    if let Some(why) = self.endpoint_fault(&status) {
+                        // The connection broke under the stream: the batch's fate is not
+                        // known, so it goes by row insert as any batch the stream failed.
+                        endpoints.mark_down(&chosen, &why);
+                        return Window::EndpointFailed;
+                    }
                     self.refused(&status);
-                    return false;
+                    return Window::Rows;
                 }
                 Sent::TimedOut => {
                     stream.end(None, "a batch was not answered in time");
                     self.forget(index, &stream).await;
-                    return false;
+                    // No answer in the whole request timeout: stalled, out of rotation as on
+                    // the row path (a wait the caller's deadline cut short says nothing).
+                    if whole {
+                        let why = format!("no answer within {REQUEST_TIMEOUT:?}");
+                        endpoints.mark_down(&chosen, &why);
+                        return Window::EndpointFailed;
+                    }
+                    return gave_up(endpoint_failed);
                 }
             }
         }
-        false
+        gave_up(endpoint_failed)
     }
 
     /// The open stream to endpoint `index`, opening one when there is none.
@@ -606,6 +662,25 @@ impl<R: Table> Bulk<R> {
             Ok(Ok(sent)) => sent,
             Ok(Err(_)) => Sent::Lost("the stream has ended".into()),
             Err(_) => Sent::TimedOut,
+        }
+    }
+
+    /// Why the endpoint itself failed, when `status` says so: a transport error the client
+    /// made (connection refused or reset: it has a source), or `Unavailable` without a
+    /// greptime code (a server going away). A status the server sent otherwise — 1.0's
+    /// `Unknown` for every bulk error among them — is about the batch, not the endpoint.
+    fn endpoint_fault(&self, status: &Status) -> Option<String> {
+        let from_client = std::error::Error::source(status).is_some();
+        let going_away = status.code() == Code::Unavailable && greptime_code(status).is_none();
+        if !(from_client || going_away) {
+            return None;
+        }
+        match classify_status(status, &self.cfg) {
+            super::retry::Failure::Retry {
+                why,
+                endpoint: true,
+            } => Some(why),
+            _ => None,
         }
     }
 

@@ -9,8 +9,9 @@ pub enum Compression {
     Zstd,
 }
 
-/// How rows go to GreptimeDB: row inserts (gRPC), or bulk writes (Arrow Flight) into a
-/// table that exists (see `bulk.rs`).
+/// How rows go to GreptimeDB: bulk writes (Arrow Flight) into a table that exists, with row
+/// inserts (gRPC) for the rest (see `bulk.rs`; the default, the faster by BENCHMARKS.md), or
+/// row inserts only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WritePath {
     Rows,
@@ -102,7 +103,7 @@ impl GreptimeConfig {
             tls: None,
             spool: None,
             ddl: Default::default(),
-            write_path: WritePath::Rows,
+            write_path: WritePath::Bulk,
         }
     }
 

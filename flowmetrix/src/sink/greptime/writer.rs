@@ -113,11 +113,18 @@ impl Writer {
 
     /// One attempt at one insert, bounded by the request timeout and the shutdown
     /// deadline. The caller counts the rows.
-    async fn attempt(&self, database: Option<&str>, request: &RowInsertRequests) -> Attempt {
+    /// `since`: when an earlier attempt at these rows (by bulk) that an endpoint failed was
+    /// sent; an outage found now began there.
+    async fn attempt(
+        &self,
+        database: Option<&str>,
+        request: &RowInsertRequests,
+        since: Option<Instant>,
+    ) -> Attempt {
         let budget = self
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
-        let started = Instant::now();
+        let started = since.unwrap_or_else(Instant::now);
         if let Err(why) = self.tables_ready() {
             self.outage_began_at(&why, started);
             return Attempt::Retry(why);
@@ -162,7 +169,7 @@ impl Writer {
     /// go to the spool when there is one, else are retried until the deadline.
     async fn write<R: Table>(&self, out: &TableOut<R>, rows: Vec<R>) {
         let counters = &*out.counters;
-        let rows = match &out.bulk {
+        let (rows, bulk_failed_at) = match &out.bulk {
             Some(bulk) => {
                 // A table the start-up DDL made or found takes bulk writes from the first.
                 if *self.ddl_ran.borrow()
@@ -176,7 +183,7 @@ impl Writer {
                     .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
                 bulk.write(rows, &self.endpoints, counters, budget).await
             }
-            None => rows,
+            None => (rows, None),
         };
         if rows.is_empty() {
             return;
@@ -187,7 +194,7 @@ impl Writer {
         drop(rows);
         let mut backoff = BACKOFF_START;
         loop {
-            match self.attempt(None, &request).await {
+            match self.attempt(None, &request, bulk_failed_at).await {
                 Attempt::Written => {
                     out.bulk.iter().for_each(super::bulk::Bulk::table_exists);
                     account.settle(&counters.written);
@@ -263,7 +270,10 @@ impl Writer {
                 *next += 1;
                 continue;
             };
-            match self.attempt(record.database.as_deref(), &request).await {
+            match self
+                .attempt(record.database.as_deref(), &request, None)
+                .await
+            {
                 Attempt::Written => {
                     spool.finish(&record, Replayed::Written);
                     *next += 1;
