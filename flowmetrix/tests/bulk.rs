@@ -6,25 +6,22 @@
 #[path = "common/endpoint.rs"]
 #[allow(dead_code)]
 mod endpoint;
+#[path = "common/sink_harness.rs"]
+mod sink_harness;
 
 use std::{
-    collections::HashSet,
     io::Write,
     path::PathBuf,
-    sync::{Arc, Mutex, OnceLock},
-    time::{Duration, Instant},
+    sync::{Mutex, OnceLock},
+    time::Duration,
 };
 
 use endpoint::Endpoint;
-use flowmetrix::{
-    metrics::Counters,
-    record::{PacketRecord, UnixNanos},
-    sink::{
-        self, Sink, SinkConfig, SinkSettings,
-        greptime::{GreptimeConfig, SCHEMA, SpoolConfig, WritePath},
-    },
+use flowmetrix::sink::{
+    SinkConfig,
+    greptime::{GreptimeConfig, SCHEMA, SpoolConfig, WritePath},
 };
-use tokio::sync::watch;
+use sink_harness::{Harness, assert_exactly, rows, wait_until};
 use tonic::Code;
 
 /// Everything the sinks of this test binary log.
@@ -71,21 +68,6 @@ fn cfg(endpoint: &Endpoint, table: &str) -> GreptimeConfig {
     }
 }
 
-fn row(i: u32) -> PacketRecord {
-    PacketRecord {
-        ts: UnixNanos(1_795_000_000_000_000_000 + i64::from(i)),
-        packet_size: 60,
-        src_port: Some(10_000 + (i % 50_000) as u16),
-        dst_port: Some(53),
-        protocol: Some(17),
-        ..PacketRecord::default()
-    }
-}
-
-fn rows(range: std::ops::Range<u32>) -> Vec<PacketRecord> {
-    range.map(row).collect()
-}
-
 /// The table as the DDL step (or an earlier run) left it.
 fn create(endpoint: &Endpoint, table: &str) {
     let cols: Vec<(&str, greptime_proto::v1::ColumnDataType)> =
@@ -93,94 +75,10 @@ fn create(endpoint: &Endpoint, table: &str) {
     endpoint.create_table("public", table, &cols);
 }
 
-struct Harness {
-    runtime: tokio::runtime::Runtime,
-    sink: Option<Sink>,
-    stop: watch::Sender<bool>,
-    counters: Arc<Counters>,
-}
-
-impl Harness {
-    fn start(c: GreptimeConfig) -> Self {
-        log();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let counters = Arc::new(Counters::default());
-        let (stop, stop_rx) = watch::channel(false);
-        let settings = SinkSettings {
-            output: SinkConfig::Greptime(Box::new(c)),
-            queue_rows: 100_000,
-        };
-        let sink = runtime
-            .block_on(async { sink::start(settings, Arc::clone(&counters), stop_rx) })
-            .expect("sink starts");
-        Self {
-            runtime,
-            sink: Some(sink),
-            stop,
-            counters,
-        }
-    }
-
-    fn offer(&self, rows: Vec<PacketRecord>) {
-        let _guard = self.runtime.enter();
-        self.sink.as_ref().unwrap().input.offer(rows);
-    }
-
-    fn finish(&mut self) {
-        self.stop.send_replace(true);
-        let Sink { input, task } = self.sink.take().unwrap();
-        drop(input);
-        self.runtime.block_on(task).unwrap().unwrap();
-    }
-
-    fn get(&self, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
-        Counters::get(f(&self.counters))
-    }
-
-    fn assert_accounted(&self, offered: u64) {
-        let c = &self.counters;
-        let (w, e, d, s) = (
-            Counters::get(&c.written),
-            Counters::get(&c.write_errors),
-            Counters::get(&c.queue_drops),
-            Counters::get(&c.spooled),
-        );
-        assert_eq!(
-            w + e + d + s,
-            offered,
-            "written {w} + errors {e} + drops {d} + spooled {s}"
-        );
-    }
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
-
-fn assert_exactly(endpoint: &Endpoint, table: &str, want: std::ops::Range<u32>) {
-    let keys = endpoint.row_keys(table);
-    let unique: HashSet<(i64, u32)> = keys.iter().copied().collect();
-    assert_eq!(unique.len(), keys.len(), "duplicates arrived");
-    let want: HashSet<(i64, u32)> = want
-        .map(|i| (row(i).ts.0, u32::from(row(i).src_port.unwrap())))
-        .collect();
-    assert!(
-        unique == want,
-        "{} rows arrived, {} sent",
-        unique.len(),
-        want.len()
-    );
+/// The sink under test: `c`'s GreptimeDB output, logging to [`log`].
+fn start(c: GreptimeConfig) -> Harness {
+    log();
+    Harness::start(SinkConfig::Greptime(Box::new(c)), 100_000)
 }
 
 /// Waits for the start-up check (USE, ALTER … append_mode) that finds the table.
@@ -193,7 +91,7 @@ fn ready(endpoint: &Endpoint) {
 fn every_row_arrives_once_by_bulk_into_a_table_that_exists() {
     let endpoint = Endpoint::start(None);
     create(&endpoint, "t_all");
-    let mut h = Harness::start(cfg(&endpoint, "t_all"));
+    let mut h = start(cfg(&endpoint, "t_all"));
     ready(&endpoint);
     for i in 0..20 {
         h.offer(rows(i * 100..i * 100 + 100));
@@ -213,7 +111,7 @@ fn every_row_arrives_once_by_bulk_into_a_table_that_exists() {
 #[test]
 fn a_new_table_is_created_by_its_ddl_and_every_row_goes_by_bulk() {
     let endpoint = Endpoint::start(None);
-    let mut h = Harness::start(cfg(&endpoint, "t_ddl"));
+    let mut h = start(cfg(&endpoint, "t_ddl"));
     ready(&endpoint);
     for i in 0..10 {
         h.offer(rows(i * 100..i * 100 + 100));
@@ -229,7 +127,7 @@ fn with_no_create_table_a_new_table_gets_its_first_rows_by_row_insert_then_bulk(
     let endpoint = Endpoint::start(None);
     let mut c = cfg(&endpoint, "t_new");
     c.ddl.create_tables = false;
-    let mut h = Harness::start(c);
+    let mut h = start(c);
     ready(&endpoint);
     h.offer(rows(0..100));
     assert!(wait_until(Duration::from_secs(5), || endpoint
@@ -252,7 +150,7 @@ fn refused_mid_stream(with_codes: bool, table: &str) {
         endpoint.bulk_errors_with_codes();
     }
     create(&endpoint, table);
-    let mut h = Harness::start(cfg(&endpoint, table));
+    let mut h = start(cfg(&endpoint, table));
     ready(&endpoint);
     endpoint.fail_bulk_batch(3, Code::Unavailable, 5000, "storage unavailable");
     endpoint.drop_bulk_stream_at(12);
@@ -307,7 +205,7 @@ fn an_outage_goes_to_the_spool_and_is_replayed_by_row_insert() {
         max_bytes: 64 << 20,
         stall: None,
     });
-    let mut h = Harness::start(c);
+    let mut h = start(c);
     ready(&endpoint);
     h.offer(rows(0..200));
     assert!(wait_until(Duration::from_secs(5), || endpoint
@@ -348,7 +246,7 @@ fn an_outage_goes_to_the_spool_and_is_replayed_by_row_insert() {
 fn a_missing_table_is_one_clear_line_and_its_rows_go_by_row_insert() {
     let endpoint = Endpoint::start(None);
     create(&endpoint, "t_missing");
-    let mut h = Harness::start(cfg(&endpoint, "t_missing"));
+    let mut h = start(cfg(&endpoint, "t_missing"));
     ready(&endpoint);
     endpoint.drop_table("public", "t_missing");
     for i in 0..10 {
@@ -377,7 +275,7 @@ fn a_wrong_password_is_one_clear_line() {
     let mut c = cfg(&endpoint, "t_auth");
     c.username = Some("u_bulk".into());
     c.password = Some("wrong".into());
-    let mut h = Harness::start(c);
+    let mut h = start(c);
     h.offer(rows(0..300));
     h.finish();
     assert_eq!(

@@ -10,25 +10,22 @@
 #[path = "common/endpoint.rs"]
 #[allow(dead_code)]
 mod endpoint;
+#[path = "common/sink_harness.rs"]
+mod sink_harness;
 
 use std::{
-    collections::HashSet,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use endpoint::Endpoint;
-use flowmetrix::{
-    metrics::Counters,
-    record::{PacketRecord, UnixNanos},
-    sink::{
-        self, Sink, SinkConfig, SinkSettings,
-        greptime::{GreptimeConfig, SpoolConfig, WritePath, spool::Spool},
-    },
+use flowmetrix::sink::{
+    SinkConfig,
+    greptime::{GreptimeConfig, SpoolConfig, WritePath, spool::Spool},
 };
 use greptime_proto::v1::ColumnDataType;
-use tokio::sync::watch;
+use sink_harness::{Harness, assert_exactly, rows, wait_until};
 use tonic::Code;
 
 fn cfg(endpoint: &Endpoint) -> GreptimeConfig {
@@ -56,121 +53,6 @@ fn with_spool(mut c: GreptimeConfig, dir: &std::path::Path) -> GreptimeConfig {
     c
 }
 
-/// Row `i`: its src_port and ts say which it is.
-fn row(i: u32) -> PacketRecord {
-    PacketRecord {
-        ts: UnixNanos(1_795_000_000_000_000_000 + i64::from(i)),
-        packet_size: 60,
-        src_port: Some(10_000 + (i % 50_000) as u16),
-        dst_port: Some(53),
-        protocol: Some(17),
-        ..PacketRecord::default()
-    }
-}
-
-fn rows(range: std::ops::Range<u32>) -> Vec<PacketRecord> {
-    range.map(row).collect()
-}
-
-/// A sink on its own runtime, as the collector runs it.
-struct Harness {
-    runtime: tokio::runtime::Runtime,
-    sink: Option<Sink>,
-    stop: watch::Sender<bool>,
-    counters: Arc<Counters>,
-}
-
-impl Harness {
-    fn start(output: SinkConfig, queue_rows: usize) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let counters = Arc::new(Counters::default());
-        let (stop, stop_rx) = watch::channel(false);
-        let sink = runtime
-            .block_on(async {
-                sink::start(
-                    SinkSettings { output, queue_rows },
-                    Arc::clone(&counters),
-                    stop_rx,
-                )
-            })
-            .expect("sink starts");
-        Self {
-            runtime,
-            sink: Some(sink),
-            stop,
-            counters,
-        }
-    }
-
-    fn offer(&self, rows: Vec<PacketRecord>) {
-        let _guard = self.runtime.enter();
-        self.sink.as_ref().unwrap().input.offer(rows);
-    }
-
-    /// As at Ctrl+C: capture stops, the input closes, the sink finishes within its deadline.
-    fn finish(&mut self) -> Duration {
-        let started = Instant::now();
-        self.stop.send_replace(true);
-        let Sink { input, task } = self.sink.take().unwrap();
-        drop(input);
-        self.runtime
-            .block_on(task)
-            .expect("the sink task does not panic")
-            .expect("the sink ends without error");
-        started.elapsed()
-    }
-
-    fn get(&self, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
-        Counters::get(f(&self.counters))
-    }
-
-    /// Each of `offered` rows is accounted for exactly once.
-    fn assert_accounted(&self, offered: u64) {
-        let c = &self.counters;
-        let (written, errors, drops, spooled) = (
-            Counters::get(&c.written),
-            Counters::get(&c.write_errors),
-            Counters::get(&c.queue_drops),
-            Counters::get(&c.spooled),
-        );
-        assert_eq!(
-            written + errors + drops + spooled,
-            offered,
-            "written {written} + write errors {errors} + queue drops {drops} + spooled {spooled}"
-        );
-    }
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
-
-/// The rows at the endpoint are exactly `want`, each once.
-fn assert_exactly(endpoint: &Endpoint, want: std::ops::Range<u32>) {
-    let keys = endpoint.row_keys("packet_data");
-    let unique: HashSet<(i64, u32)> = keys.iter().copied().collect();
-    assert_eq!(unique.len(), keys.len(), "duplicates arrived");
-    let want: HashSet<(i64, u32)> = want
-        .map(|i| {
-            let r = row(i);
-            (r.ts.0, u32::from(r.src_port.unwrap()))
-        })
-        .collect();
-    assert_eq!(unique.len(), want.len(), "rows at the endpoint");
-    assert!(unique == want, "other rows arrived");
-}
-
 #[test]
 fn rows_go_in_full_batches_and_a_partial_one_after_the_flush_interval() {
     let endpoint = Endpoint::start(None);
@@ -194,7 +76,7 @@ fn rows_go_in_full_batches_and_a_partial_one_after_the_flush_interval() {
     // The endpoint has them; the last answer may still be on its way back.
     assert!(wait_until(Duration::from_secs(5), || h.get(|c| &c.written) == 250));
     h.assert_accounted(250);
-    assert_exactly(&endpoint, 0..250);
+    assert_exactly(&endpoint, "packet_data", 0..250);
 }
 
 #[test]
@@ -206,7 +88,7 @@ fn a_partial_batch_is_written_at_shutdown_without_waiting_for_its_interval() {
     h.offer(rows(0..7));
     let took = h.finish();
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
-    assert_exactly(&endpoint, 0..7);
+    assert_exactly(&endpoint, "packet_data", 0..7);
     h.assert_accounted(7);
 }
 
@@ -237,7 +119,7 @@ fn retriable_failures_are_retried_until_written() {
         (h.get(|c| &c.written), h.get(|c| &c.write_errors)),
         (100, 0)
     );
-    assert_exactly(&endpoint, 0..100);
+    assert_exactly(&endpoint, "packet_data", 0..100);
     h.assert_accounted(100);
 }
 
@@ -309,7 +191,7 @@ fn an_outage_goes_to_the_spool_and_is_replayed_once_it_ends() {
         .len()
         == 1_200));
     h.finish();
-    assert_exactly(&endpoint, 0..1_200);
+    assert_exactly(&endpoint, "packet_data", 0..1_200);
     assert_eq!(h.get(|c| &c.spooled), h.get(|c| &c.spool_replayed));
     assert_eq!(
         (h.get(|c| &c.write_errors), h.get(|c| &c.spool_lost)),
@@ -384,7 +266,7 @@ fn a_torn_spool_record_replays_the_good_ones_and_counts_the_rest() {
         == 30));
     h.finish();
     assert_eq!(h.get(|c| &c.spool_lost), 10);
-    assert_exactly(&endpoint, 0..30);
+    assert_exactly(&endpoint, "packet_data", 0..30);
     assert!(seg.with_extension("bad").exists(), "kept for inspection");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -458,7 +340,7 @@ fn an_existing_table_is_made_append_only_and_a_new_one_is_created_so() {
         .append_only("public", "packet_data")));
     h.offer(rows(0..10));
     h.finish();
-    assert_exactly(&endpoint, 0..10);
+    assert_exactly(&endpoint, "packet_data", 0..10);
     assert!(
         endpoint
             .sql()
@@ -473,7 +355,7 @@ fn an_existing_table_is_made_append_only_and_a_new_one_is_created_so() {
     h.offer(rows(0..10));
     h.finish();
     assert!(endpoint.append_only("public", "packet_data"));
-    assert_exactly(&endpoint, 0..10);
+    assert_exactly(&endpoint, "packet_data", 0..10);
 }
 
 #[test]
@@ -494,5 +376,5 @@ fn a_table_of_an_older_version_gains_the_new_columns_on_insert() {
     let cols = endpoint.columns("public", "packet_data");
     assert_eq!(cols.len(), old.len() + 3);
     assert_eq!(&cols[old.len()..], ["host", "interface", "direction"]);
-    assert_exactly(&endpoint, 0..10);
+    assert_exactly(&endpoint, "packet_data", 0..10);
 }

@@ -1,0 +1,133 @@
+//! A sink on its own runtime, as the collector runs it, and numbered rows to offer it: for
+//! the no-root sink suites (`tests/sink.rs`, `tests/bulk.rs`), which include this file and
+//! `endpoint.rs` by path.
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use flowmetrix::{
+    metrics::Counters,
+    record::{PacketRecord, UnixNanos},
+    sink::{self, Sink, SinkConfig, SinkSettings},
+};
+use tokio::sync::watch;
+
+use crate::endpoint::Endpoint;
+
+/// Row `i`: its src_port and ts say which it is.
+pub fn row(i: u32) -> PacketRecord {
+    PacketRecord {
+        ts: UnixNanos(1_795_000_000_000_000_000 + i64::from(i)),
+        packet_size: 60,
+        src_port: Some(10_000 + (i % 50_000) as u16),
+        dst_port: Some(53),
+        protocol: Some(17),
+        ..PacketRecord::default()
+    }
+}
+
+pub fn rows(range: std::ops::Range<u32>) -> Vec<PacketRecord> {
+    range.map(row).collect()
+}
+
+/// A sink on its own runtime, as the collector runs it.
+pub struct Harness {
+    runtime: tokio::runtime::Runtime,
+    sink: Option<Sink>,
+    stop: watch::Sender<bool>,
+    pub counters: Arc<Counters>,
+}
+
+impl Harness {
+    pub fn start(output: SinkConfig, queue_rows: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let counters = Arc::new(Counters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let sink = runtime
+            .block_on(async {
+                sink::start(
+                    SinkSettings { output, queue_rows },
+                    Arc::clone(&counters),
+                    stop_rx,
+                )
+            })
+            .expect("sink starts");
+        Self {
+            runtime,
+            sink: Some(sink),
+            stop,
+            counters,
+        }
+    }
+
+    pub fn offer(&self, rows: Vec<PacketRecord>) {
+        let _guard = self.runtime.enter();
+        self.sink.as_ref().unwrap().input.offer(rows);
+    }
+
+    /// As at Ctrl+C: capture stops, the input closes, the sink finishes within its deadline.
+    pub fn finish(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop.send_replace(true);
+        let Sink { input, task } = self.sink.take().unwrap();
+        drop(input);
+        self.runtime
+            .block_on(task)
+            .expect("the sink task does not panic")
+            .expect("the sink ends without error");
+        started.elapsed()
+    }
+
+    pub fn get(&self, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+        Counters::get(f(&self.counters))
+    }
+
+    /// Each of `offered` rows is accounted for exactly once.
+    pub fn assert_accounted(&self, offered: u64) {
+        let c = &self.counters;
+        let (written, errors, drops, spooled) = (
+            Counters::get(&c.written),
+            Counters::get(&c.write_errors),
+            Counters::get(&c.queue_drops),
+            Counters::get(&c.spooled),
+        );
+        assert_eq!(
+            written + errors + drops + spooled,
+            offered,
+            "written {written} + write errors {errors} + queue drops {drops} + spooled {spooled}"
+        );
+    }
+}
+
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// The rows of `table` at the endpoint are exactly the rows numbered `want`, each once.
+pub fn assert_exactly(endpoint: &Endpoint, table: &str, want: std::ops::Range<u32>) {
+    let keys = endpoint.row_keys(table);
+    let unique: HashSet<(i64, u32)> = keys.iter().copied().collect();
+    assert_eq!(unique.len(), keys.len(), "duplicates arrived");
+    let want: HashSet<(i64, u32)> = want
+        .map(|i| {
+            let r = row(i);
+            (r.ts.0, u32::from(r.src_port.unwrap()))
+        })
+        .collect();
+    assert_eq!(unique.len(), want.len(), "rows at the endpoint");
+    assert!(unique == want, "other rows arrived");
+}
