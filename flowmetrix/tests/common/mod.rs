@@ -6,6 +6,7 @@
 pub mod endpoint;
 pub mod frames;
 pub mod live;
+pub mod logs;
 pub mod xdp;
 
 use std::{

@@ -746,37 +746,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::record::{MacAddr, MplsLabels, PacketType, Tunnel, UnixNanos};
-
-    fn full() -> PacketRecord {
-        PacketRecord {
-            ts: UnixNanos(1_795_000_000_123_456_789),
-            packet_size: 1514,
-            ether_type: 0x0800,
-            src_mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
-            dst_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
-            protocol: Some(6),
-            src_ip: Some("10.0.0.1".parse().unwrap()),
-            dst_ip: Some("10.0.0.2".parse().unwrap()),
-            src_port: Some(40_000),
-            dst_port: Some(443),
-            tcp_flags: Some(0x18),
-            packet_type: PacketType::Ipv4,
-            application: "HTTPS",
-            vlan_id: Some(100),
-            tunnel: Some(Tunnel::Vxlan),
-            inner_src_ip: Some("fd00::1".parse().unwrap()),
-            inner_dst_ip: Some("fd00::2".parse().unwrap()),
-            inner_protocol: Some(17),
-            inner_src_port: Some(5353),
-            inner_dst_port: Some(53),
-            mpls_labels: Some(MplsLabels::from([16, 1001])),
-            sample_rate: 10,
-            host: "node-1".into(),
-            interface: "eth0".into(),
-            direction: crate::record::Direction::Egress,
-        }
-    }
+    use crate::record::UnixNanos;
 
     /// Column `i` of row `r` as the row insert encodes it.
     fn cell(b: &RecordBatch, i: usize, r: usize) -> Option<ValueData> {
@@ -837,7 +807,10 @@ mod tests {
 
     #[test]
     fn the_arrow_batch_holds_exactly_what_the_row_insert_sends() {
-        holds_what_the_row_insert_sends(&[full(), PacketRecord::default()]);
+        holds_what_the_row_insert_sends(&[
+            crate::sink::greptime::schema::tests::record(),
+            PacketRecord::default(),
+        ]);
         let flow = crate::record::FlowRecord {
             ts: UnixNanos(1_795_000_010_000_000_000),
             host: "h".into(),
@@ -870,7 +843,7 @@ mod tests {
     #[test]
     fn a_row_encoding_that_disagrees_with_the_columns_is_an_error_not_a_panic() {
         let schema = arrow_schema(PacketRecord::columns()).unwrap();
-        let mut row = full().encode_row();
+        let mut row = crate::sink::greptime::schema::tests::record().encode_row();
         row.values[1].value_data = Some(ValueData::StringValue("not a u16".into()));
         let e = record_batch(&[&row], &schema).unwrap_err();
         assert!(e.to_string().contains("does not fit column 1"), "{e}");

@@ -153,11 +153,12 @@ pub fn encode_row(r: &PacketRecord) -> Row {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::{COLUMNS, MplsLabels, PacketType, Tunnel, UnixNanos};
 
-    fn record() -> PacketRecord {
+    /// A packet row with every column set.
+    pub(crate) fn record() -> PacketRecord {
         PacketRecord {
             ts: UnixNanos(1_795_000_000_123_456_789),
             packet_size: 1514,
