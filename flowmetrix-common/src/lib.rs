@@ -88,6 +88,15 @@ pub struct SampleHeader {
     pub rx_queue: u16,
     /// A [`Direction`] as its u16 value (0 ingress, 1 egress).
     pub direction: u16,
+    /// The VLAN id of an outer 802.1Q/802.1ad tag the kernel took out of the frame into
+    /// the skb's metadata (TC only: always so before TC ingress; on transmit with VLAN
+    /// offload), valid when `vlan_present` is 1. That tag was on the wire but is neither in
+    /// the bytes nor in `wire_len`.
+    pub vlan_id: u16,
+    /// 1: the frame had a tag outside its bytes ([`vlan_id`](Self::vlan_id)); 0: none.
+    pub vlan_present: u16,
+    /// Zero; keeps the header a multiple of 8 bytes (ring records are 8-byte aligned).
+    pub reserved: u32,
 }
 
 /// One ring-buffer record: a header and the first `cap_len` bytes of the frame, in a slot
@@ -171,13 +180,16 @@ mod tests {
 
     #[test]
     fn sample_header_layout_is_fixed() {
-        assert_eq!(size_of::<SampleHeader>(), 24);
+        assert_eq!(size_of::<SampleHeader>(), 32);
         assert_eq!(offset_of!(SampleHeader, ts_boot_ns), 0);
         assert_eq!(offset_of!(SampleHeader, wire_len), 8);
         assert_eq!(offset_of!(SampleHeader, cap_len), 12);
         assert_eq!(offset_of!(SampleHeader, ifindex), 16);
         assert_eq!(offset_of!(SampleHeader, rx_queue), 20);
         assert_eq!(offset_of!(SampleHeader, direction), 22);
+        assert_eq!(offset_of!(SampleHeader, vlan_id), 24);
+        assert_eq!(offset_of!(SampleHeader, vlan_present), 26);
+        assert_eq!(offset_of!(SampleHeader, reserved), 28);
         assert_eq!(Direction::Ingress as u16, 0);
         assert_eq!(Direction::Egress as u16, 1);
         assert_eq!(DIRECTIONS, 2);
@@ -191,10 +203,10 @@ mod tests {
 
     #[test]
     fn sample_layout_is_fixed_and_ring_aligned() {
-        assert_eq!(offset_of!(Sample, data), 24);
-        assert_eq!(size_of::<Sample>(), 24 + MAX_SNAPLEN);
-        assert_eq!(size_of::<Sample<64>>(), 24 + 64);
-        assert_eq!(size_of::<Sample<128>>(), 24 + 128);
+        assert_eq!(offset_of!(Sample, data), 32);
+        assert_eq!(size_of::<Sample>(), 32 + MAX_SNAPLEN);
+        assert_eq!(size_of::<Sample<64>>(), 32 + 64);
+        assert_eq!(size_of::<Sample<128>>(), 32 + 128);
         // bpf_ringbuf_reserve hands out 8-byte aligned records, and the XDP program masks
         // lengths with a slot size - 1.
         assert_eq!(8 % align_of::<Sample>(), 0);

@@ -4,7 +4,8 @@
 //! For one packet in `SAMPLE_RATE` per CPU and direction (with a randomised skip so
 //! periodic traffic does not alias with the sampler), reserve a [`Sample`] in the `SAMPLES`
 //! ring buffer (with the smallest slot that fits) holding the kernel timestamp, the frame's
-//! full length, its direction and its first `SNAPLEN` bytes. Every run updates the per-CPU
+//! full length, its direction, the VLAN tag the kernel took out of the frame (TC) and its
+//! first `SNAPLEN` bytes. Every run updates the per-CPU
 //! counters of its interface (the slot userspace gave it in `IFSLOT`) and direction; the
 //! countdown is kept per interface and direction too.
 //!
@@ -272,6 +273,8 @@ fn record<P: Packet, const N: usize>(ctx: &P, want: u32, head: &Head) -> Option<
             error!(ctx, "loading {} bytes of the packet failed: {}", len, ret);
         }
     }
+    // The tag the kernel took out of the bytes, if any: userspace puts it back in the row.
+    let vlan = ctx.vlan_tag();
     // SAFETY: writing the header fields of the reserved record.
     unsafe {
         (*record).header.ts_boot_ns = head.ts;
@@ -280,6 +283,9 @@ fn record<P: Packet, const N: usize>(ctx: &P, want: u32, head: &Head) -> Option<
         (*record).header.ifindex = ctx.ifindex();
         (*record).header.rx_queue = ctx.queue() as u16;
         (*record).header.direction = head.dir as u16;
+        (*record).header.vlan_id = vlan.unwrap_or(0);
+        (*record).header.vlan_present = u16::from(vlan.is_some());
+        (*record).header.reserved = 0;
     }
     entry.submit(u64::from(head.flags));
     Some(())

@@ -27,6 +27,9 @@ pub struct RawSample<'a> {
     pub header: SampleHeader,
     /// `header.direction`, checked.
     pub direction: Direction,
+    /// The VLAN id of an outer tag the kernel took out of the frame (`header.vlan_present`):
+    /// it was on the wire but is not in `frame` nor in `header.wire_len`.
+    pub vlan: Option<u16>,
     pub frame: &'a [u8],
 }
 
@@ -48,9 +51,11 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
         d if d == Direction::Egress as u16 => Direction::Egress,
         d => return Err(RecordError::BadDirection(d)),
     };
+    let vlan = (header.vlan_present != 0).then_some(header.vlan_id & 0x0fff);
     Ok(RawSample {
         header,
         direction,
+        vlan,
         frame,
     })
 }
@@ -152,14 +157,22 @@ mod tests {
     }
 
     fn record_dir(slot: usize, cap_len: u32, fill: u8, direction: u16) -> Vec<u8> {
-        let header = SampleHeader {
-            ts_boot_ns: 5,
-            wire_len: 1500,
-            cap_len,
-            ifindex: 3,
-            rx_queue: 1,
-            direction,
-        };
+        record_with(
+            SampleHeader {
+                ts_boot_ns: 5,
+                wire_len: 1500,
+                cap_len,
+                ifindex: 3,
+                rx_queue: 1,
+                direction,
+                ..SampleHeader::default()
+            },
+            slot,
+            fill,
+        )
+    }
+
+    fn record_with(header: SampleHeader, slot: usize, fill: u8) -> Vec<u8> {
         let mut v = Vec::new();
         // SAFETY: SampleHeader is plain integers without padding.
         let head: [u8; size_of::<SampleHeader>()] = unsafe { std::mem::transmute(header) };
@@ -177,8 +190,42 @@ mod tests {
         assert_eq!(s.header.rx_queue, 1);
         assert_eq!(s.direction, Direction::Ingress);
         assert_eq!(s.frame, &[0xab; 60][..]);
+        assert_eq!(s.vlan, None);
         let r = record_dir(64, 10, 0, 1);
         assert_eq!(parse_record(&r).unwrap().direction, Direction::Egress);
+    }
+
+    #[test]
+    fn a_tag_outside_the_bytes_is_the_vlan() {
+        let header = SampleHeader {
+            wire_len: 60,
+            cap_len: 60,
+            vlan_id: 100,
+            vlan_present: 1,
+            ..SampleHeader::default()
+        };
+        let r = record_with(header, 64, 0);
+        let s = parse_record(&r).unwrap();
+        assert_eq!((s.vlan, s.header.wire_len), (Some(100), 60));
+        // An id of 0 is a tag too (priority-tagged); not present is no tag, whatever the id.
+        let r = record_with(
+            SampleHeader {
+                vlan_id: 0,
+                ..header
+            },
+            64,
+            0,
+        );
+        assert_eq!(parse_record(&r).unwrap().vlan, Some(0));
+        let r = record_with(
+            SampleHeader {
+                vlan_present: 0,
+                ..header
+            },
+            64,
+            0,
+        );
+        assert_eq!(parse_record(&r).unwrap().vlan, None);
     }
 
     #[test]
@@ -204,7 +251,10 @@ mod tests {
             RecordError::BadCapLen(65, 64)
         );
         let r = record_in(100, 60, 0);
-        assert_eq!(parse_record(&r).unwrap_err(), RecordError::BadSize(124));
+        assert_eq!(
+            parse_record(&r).unwrap_err(),
+            RecordError::BadSize(HEADER_SIZE + 100)
+        );
     }
 
     #[test]

@@ -107,6 +107,9 @@ fn parse(record: &[u8]) -> Record {
         ifindex: u32_at(record, offset_of!(SampleHeader, ifindex)),
         rx_queue: u16_at(record, offset_of!(SampleHeader, rx_queue)),
         direction: u16_at(record, offset_of!(SampleHeader, direction)),
+        vlan_id: u16_at(record, offset_of!(SampleHeader, vlan_id)),
+        vlan_present: u16_at(record, offset_of!(SampleHeader, vlan_present)),
+        reserved: u32_at(record, offset_of!(SampleHeader, reserved)),
     };
     Record {
         header,
