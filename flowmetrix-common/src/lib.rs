@@ -19,6 +19,7 @@ pub const DEFAULT_SNAPLEN: u32 = 192;
 // asks for at least 256 bytes, and the default must cover the headers listed above.
 const _: () = {
     assert!(MAX_SNAPLEN.is_power_of_two());
+    assert!(MAX_SNAPLEN <= u16::MAX as usize);
     assert!(MAX_SNAPLEN >= 256);
     assert!(DEFAULT_SNAPLEN as usize <= MAX_SNAPLEN);
     assert!(DEFAULT_SNAPLEN >= 24 + 14 + 8 + 40 + 60);
@@ -80,7 +81,12 @@ pub struct SampleHeader {
     /// The frame's full length on the wire (all XDP fragments), never truncated.
     pub wire_len: u32,
     /// How many bytes of `Sample::data` are valid (0..=the record's slot size).
-    pub cap_len: u32,
+    pub cap_len: u16,
+    /// An outer 802.1Q/802.1ad tag the kernel took out of the frame into the skb's
+    /// metadata (TC only: always so before TC ingress; on transmit with VLAN offload):
+    /// [`VLAN_PRESENT`] | its VLAN id; 0: no such tag (XDP: never one). That tag was on the
+    /// wire but is neither in the bytes nor in `wire_len`.
+    pub vlan: u16,
     /// Interface index the frame arrived on (ingress) or leaves by (egress).
     pub ifindex: u32,
     /// Receive queue the frame arrived on (XDP: `rx_queue_index`; TC: the skb's
@@ -88,16 +94,10 @@ pub struct SampleHeader {
     pub rx_queue: u16,
     /// A [`Direction`] as its u16 value (0 ingress, 1 egress).
     pub direction: u16,
-    /// The VLAN id of an outer 802.1Q/802.1ad tag the kernel took out of the frame into
-    /// the skb's metadata (TC only: always so before TC ingress; on transmit with VLAN
-    /// offload), valid when `vlan_present` is 1. That tag was on the wire but is neither in
-    /// the bytes nor in `wire_len`.
-    pub vlan_id: u16,
-    /// 1: the frame had a tag outside its bytes ([`vlan_id`](Self::vlan_id)); 0: none.
-    pub vlan_present: u16,
-    /// Zero; keeps the header a multiple of 8 bytes (ring records are 8-byte aligned).
-    pub reserved: u32,
 }
+
+/// The bit of [`SampleHeader::vlan`] that says there is a tag (VLAN ids are 12 bits).
+pub const VLAN_PRESENT: u16 = 0x8000;
 
 /// One ring-buffer record: a header and the first `cap_len` bytes of the frame, in a slot
 /// of `N` bytes. The XDP program picks the smallest of [`SLOT_SIZES`] that holds what it
@@ -180,16 +180,15 @@ mod tests {
 
     #[test]
     fn sample_header_layout_is_fixed() {
-        assert_eq!(size_of::<SampleHeader>(), 32);
+        assert_eq!(size_of::<SampleHeader>(), 24);
         assert_eq!(offset_of!(SampleHeader, ts_boot_ns), 0);
         assert_eq!(offset_of!(SampleHeader, wire_len), 8);
         assert_eq!(offset_of!(SampleHeader, cap_len), 12);
         assert_eq!(offset_of!(SampleHeader, ifindex), 16);
         assert_eq!(offset_of!(SampleHeader, rx_queue), 20);
         assert_eq!(offset_of!(SampleHeader, direction), 22);
-        assert_eq!(offset_of!(SampleHeader, vlan_id), 24);
-        assert_eq!(offset_of!(SampleHeader, vlan_present), 26);
-        assert_eq!(offset_of!(SampleHeader, reserved), 28);
+        assert_eq!(offset_of!(SampleHeader, vlan), 14);
+        assert_eq!(VLAN_PRESENT & 0x0fff, 0);
         assert_eq!(Direction::Ingress as u16, 0);
         assert_eq!(Direction::Egress as u16, 1);
         assert_eq!(DIRECTIONS, 2);
@@ -203,10 +202,10 @@ mod tests {
 
     #[test]
     fn sample_layout_is_fixed_and_ring_aligned() {
-        assert_eq!(offset_of!(Sample, data), 32);
-        assert_eq!(size_of::<Sample>(), 32 + MAX_SNAPLEN);
-        assert_eq!(size_of::<Sample<64>>(), 32 + 64);
-        assert_eq!(size_of::<Sample<128>>(), 32 + 128);
+        assert_eq!(offset_of!(Sample, data), 24);
+        assert_eq!(size_of::<Sample>(), 24 + MAX_SNAPLEN);
+        assert_eq!(size_of::<Sample<64>>(), 24 + 64);
+        assert_eq!(size_of::<Sample<128>>(), 24 + 128);
         // bpf_ringbuf_reserve hands out 8-byte aligned records, and the XDP program masks
         // lengths with a slot size - 1.
         assert_eq!(8 % align_of::<Sample>(), 0);

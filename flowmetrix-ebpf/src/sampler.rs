@@ -29,7 +29,7 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use flowmetrix_common::{
     CpuStats, DIRECTIONS, Direction, IF_SLOTS, MAX_IFINDEX, MAX_SNAPLEN, SLOT_SIZES, Sample,
-    WAKEUP_EVERY,
+    VLAN_PRESENT, WAKEUP_EVERY,
     flow::{MODE_FLOWS, MODE_PACKETS},
     next_skip, stats_index,
 };
@@ -279,13 +279,12 @@ fn record<P: Packet, const N: usize>(ctx: &P, want: u32, head: &Head) -> Option<
     unsafe {
         (*record).header.ts_boot_ns = head.ts;
         (*record).header.wire_len = head.wire_len;
-        (*record).header.cap_len = cap_len;
+        // cap_len <= N <= MAX_SNAPLEN, which fits 16 bits (checked in flowmetrix-common).
+        (*record).header.cap_len = cap_len as u16;
         (*record).header.ifindex = ctx.ifindex();
         (*record).header.rx_queue = ctx.queue() as u16;
         (*record).header.direction = head.dir as u16;
-        (*record).header.vlan_id = vlan.unwrap_or(0);
-        (*record).header.vlan_present = u16::from(vlan.is_some());
-        (*record).header.reserved = 0;
+        (*record).header.vlan = vlan.map_or(0, |id| VLAN_PRESENT | id);
     }
     entry.submit(u64::from(head.flags));
     Some(())

@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
-use flowmetrix_common::{Direction, SLOT_SIZES, SampleHeader};
+use flowmetrix_common::{Direction, SLOT_SIZES, SampleHeader, VLAN_PRESENT};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::record::UnixNanos;
@@ -14,7 +14,7 @@ pub enum RecordError {
     #[error("ring record of {0} bytes is not a sample (one of {SLOT_SIZES:?} bytes of data)")]
     BadSize(usize),
     #[error("ring record claims {0} captured bytes, more than its {1}-byte slot")]
-    BadCapLen(u32, usize),
+    BadCapLen(u16, usize),
     #[error("ring record has direction {0}, neither ingress (0) nor egress (1)")]
     BadDirection(u16),
 }
@@ -27,7 +27,7 @@ pub struct RawSample<'a> {
     pub header: SampleHeader,
     /// `header.direction`, checked.
     pub direction: Direction,
-    /// The VLAN id of an outer tag the kernel took out of the frame (`header.vlan_present`):
+    /// The VLAN id of an outer tag the kernel took out of the frame (`header.vlan`):
     /// it was on the wire but is not in `frame` nor in `header.wire_len`.
     pub vlan: Option<u16>,
     pub frame: &'a [u8],
@@ -51,7 +51,7 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
         d if d == Direction::Egress as u16 => Direction::Egress,
         d => return Err(RecordError::BadDirection(d)),
     };
-    let vlan = (header.vlan_present != 0).then_some(header.vlan_id & 0x0fff);
+    let vlan = (header.vlan & VLAN_PRESENT != 0).then_some(header.vlan & 0x0fff);
     Ok(RawSample {
         header,
         direction,
@@ -148,15 +148,15 @@ pub fn spawn_logger(logger: crate::capture::EbpfLogger) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn record(cap_len: u32, fill: u8) -> Vec<u8> {
+    fn record(cap_len: u16, fill: u8) -> Vec<u8> {
         record_in(flowmetrix_common::MAX_SNAPLEN, cap_len, fill)
     }
 
-    fn record_in(slot: usize, cap_len: u32, fill: u8) -> Vec<u8> {
+    fn record_in(slot: usize, cap_len: u16, fill: u8) -> Vec<u8> {
         record_dir(slot, cap_len, fill, 0)
     }
 
-    fn record_dir(slot: usize, cap_len: u32, fill: u8, direction: u16) -> Vec<u8> {
+    fn record_dir(slot: usize, cap_len: u16, fill: u8, direction: u16) -> Vec<u8> {
         record_with(
             SampleHeader {
                 ts_boot_ns: 5,
@@ -200,32 +200,22 @@ mod tests {
         let header = SampleHeader {
             wire_len: 60,
             cap_len: 60,
-            vlan_id: 100,
-            vlan_present: 1,
+            vlan: VLAN_PRESENT | 100,
             ..SampleHeader::default()
         };
         let r = record_with(header, 64, 0);
         let s = parse_record(&r).unwrap();
         assert_eq!((s.vlan, s.header.wire_len), (Some(100), 60));
-        // An id of 0 is a tag too (priority-tagged); not present is no tag, whatever the id.
-        let r = record_with(
-            SampleHeader {
-                vlan_id: 0,
-                ..header
-            },
-            64,
-            0,
-        );
-        assert_eq!(parse_record(&r).unwrap().vlan, Some(0));
-        let r = record_with(
-            SampleHeader {
-                vlan_present: 0,
-                ..header
-            },
-            64,
-            0,
-        );
-        assert_eq!(parse_record(&r).unwrap().vlan, None);
+        // An id of 0 is a tag too (priority-tagged); no present bit is no tag.
+        for (vlan, want) in [
+            (VLAN_PRESENT, Some(0)),
+            (VLAN_PRESENT | 4095, Some(4095)),
+            (0, None),
+            (100, None),
+        ] {
+            let r = record_with(SampleHeader { vlan, ..header }, 64, 0);
+            assert_eq!(parse_record(&r).unwrap().vlan, want, "{vlan:#x}");
+        }
     }
 
     #[test]
@@ -260,7 +250,7 @@ mod tests {
     #[test]
     fn parses_every_slot_size() {
         for slot in SLOT_SIZES {
-            let r = record_in(slot, slot as u32, 0xcd);
+            let r = record_in(slot, slot as u16, 0xcd);
             assert_eq!(parse_record(&r).unwrap().frame, &vec![0xcd; slot][..]);
             let r = record_in(slot, 0, 0xcd);
             assert!(parse_record(&r).unwrap().frame.is_empty());
