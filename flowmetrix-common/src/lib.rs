@@ -19,6 +19,7 @@ pub const DEFAULT_SNAPLEN: u32 = 192;
 // asks for at least 256 bytes, and the default must cover the headers listed above.
 const _: () = {
     assert!(MAX_SNAPLEN.is_power_of_two());
+    assert!(MAX_SNAPLEN <= u16::MAX as usize);
     assert!(MAX_SNAPLEN >= 256);
     assert!(DEFAULT_SNAPLEN as usize <= MAX_SNAPLEN);
     assert!(DEFAULT_SNAPLEN >= 24 + 14 + 8 + 40 + 60);
@@ -80,7 +81,12 @@ pub struct SampleHeader {
     /// The frame's full length on the wire (all XDP fragments), never truncated.
     pub wire_len: u32,
     /// How many bytes of `Sample::data` are valid (0..=the record's slot size).
-    pub cap_len: u32,
+    pub cap_len: u16,
+    /// An outer 802.1Q/802.1ad tag the kernel took out of the frame into the skb's
+    /// metadata (TC only: always so before TC ingress; on transmit with VLAN offload):
+    /// [`VLAN_PRESENT`] | its VLAN id; 0: no such tag (XDP: never one). That tag was on the
+    /// wire but is neither in the bytes nor in `wire_len`.
+    pub vlan: u16,
     /// Interface index the frame arrived on (ingress) or leaves by (egress).
     pub ifindex: u32,
     /// Receive queue the frame arrived on (XDP: `rx_queue_index`; TC: the skb's
@@ -89,6 +95,9 @@ pub struct SampleHeader {
     /// A [`Direction`] as its u16 value (0 ingress, 1 egress).
     pub direction: u16,
 }
+
+/// The bit of [`SampleHeader::vlan`] that says there is a tag (VLAN ids are 12 bits).
+pub const VLAN_PRESENT: u16 = 0x8000;
 
 /// One ring-buffer record: a header and the first `cap_len` bytes of the frame, in a slot
 /// of `N` bytes. The XDP program picks the smallest of [`SLOT_SIZES`] that holds what it
@@ -178,6 +187,8 @@ mod tests {
         assert_eq!(offset_of!(SampleHeader, ifindex), 16);
         assert_eq!(offset_of!(SampleHeader, rx_queue), 20);
         assert_eq!(offset_of!(SampleHeader, direction), 22);
+        assert_eq!(offset_of!(SampleHeader, vlan), 14);
+        assert_eq!(VLAN_PRESENT & 0x0fff, 0);
         assert_eq!(Direction::Ingress as u16, 0);
         assert_eq!(Direction::Egress as u16, 1);
         assert_eq!(DIRECTIONS, 2);

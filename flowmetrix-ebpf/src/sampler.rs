@@ -4,7 +4,8 @@
 //! For one packet in `SAMPLE_RATE` per CPU and direction (with a randomised skip so
 //! periodic traffic does not alias with the sampler), reserve a [`Sample`] in the `SAMPLES`
 //! ring buffer (with the smallest slot that fits) holding the kernel timestamp, the frame's
-//! full length, its direction and its first `SNAPLEN` bytes. Every run updates the per-CPU
+//! full length, its direction, the VLAN tag the kernel took out of the frame (TC) and its
+//! first `SNAPLEN` bytes. Every run updates the per-CPU
 //! counters of its interface (the slot userspace gave it in `IFSLOT`) and direction; the
 //! countdown is kept per interface and direction too.
 //!
@@ -28,7 +29,7 @@ use aya_ebpf::{
 use aya_log_ebpf::error;
 use flowmetrix_common::{
     CpuStats, DIRECTIONS, Direction, IF_SLOTS, MAX_IFINDEX, MAX_SNAPLEN, SLOT_SIZES, Sample,
-    WAKEUP_EVERY,
+    VLAN_PRESENT, WAKEUP_EVERY,
     flow::{MODE_FLOWS, MODE_PACKETS},
     next_skip, stats_index,
 };
@@ -272,14 +273,18 @@ fn record<P: Packet, const N: usize>(ctx: &P, want: u32, head: &Head) -> Option<
             error!(ctx, "loading {} bytes of the packet failed: {}", len, ret);
         }
     }
+    // The tag the kernel took out of the bytes, if any: userspace puts it back in the row.
+    let vlan = ctx.vlan_tag();
     // SAFETY: writing the header fields of the reserved record.
     unsafe {
         (*record).header.ts_boot_ns = head.ts;
         (*record).header.wire_len = head.wire_len;
-        (*record).header.cap_len = cap_len;
+        // cap_len <= N <= MAX_SNAPLEN, which fits 16 bits (checked in flowmetrix-common).
+        (*record).header.cap_len = cap_len as u16;
         (*record).header.ifindex = ctx.ifindex();
         (*record).header.rx_queue = ctx.queue() as u16;
         (*record).header.direction = head.dir as u16;
+        (*record).header.vlan = vlan.map_or(0, |id| VLAN_PRESENT | id);
     }
     entry.submit(u64::from(head.flags));
     Some(())

@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
-use flowmetrix_common::{Direction, SLOT_SIZES, SampleHeader};
+use flowmetrix_common::{Direction, SLOT_SIZES, SampleHeader, VLAN_PRESENT};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::record::UnixNanos;
@@ -14,7 +14,7 @@ pub enum RecordError {
     #[error("ring record of {0} bytes is not a sample (one of {SLOT_SIZES:?} bytes of data)")]
     BadSize(usize),
     #[error("ring record claims {0} captured bytes, more than its {1}-byte slot")]
-    BadCapLen(u32, usize),
+    BadCapLen(u16, usize),
     #[error("ring record has direction {0}, neither ingress (0) nor egress (1)")]
     BadDirection(u16),
 }
@@ -27,6 +27,9 @@ pub struct RawSample<'a> {
     pub header: SampleHeader,
     /// `header.direction`, checked.
     pub direction: Direction,
+    /// The VLAN id of an outer tag the kernel took out of the frame (`header.vlan`):
+    /// it was on the wire but is not in `frame` nor in `header.wire_len`.
+    pub vlan: Option<u16>,
     pub frame: &'a [u8],
 }
 
@@ -48,9 +51,11 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
         d if d == Direction::Egress as u16 => Direction::Egress,
         d => return Err(RecordError::BadDirection(d)),
     };
+    let vlan = (header.vlan & VLAN_PRESENT != 0).then_some(header.vlan & 0x0fff);
     Ok(RawSample {
         header,
         direction,
+        vlan,
         frame,
     })
 }
@@ -143,23 +148,31 @@ pub fn spawn_logger(logger: crate::capture::EbpfLogger) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn record(cap_len: u32, fill: u8) -> Vec<u8> {
+    fn record(cap_len: u16, fill: u8) -> Vec<u8> {
         record_in(flowmetrix_common::MAX_SNAPLEN, cap_len, fill)
     }
 
-    fn record_in(slot: usize, cap_len: u32, fill: u8) -> Vec<u8> {
+    fn record_in(slot: usize, cap_len: u16, fill: u8) -> Vec<u8> {
         record_dir(slot, cap_len, fill, 0)
     }
 
-    fn record_dir(slot: usize, cap_len: u32, fill: u8, direction: u16) -> Vec<u8> {
-        let header = SampleHeader {
-            ts_boot_ns: 5,
-            wire_len: 1500,
-            cap_len,
-            ifindex: 3,
-            rx_queue: 1,
-            direction,
-        };
+    fn record_dir(slot: usize, cap_len: u16, fill: u8, direction: u16) -> Vec<u8> {
+        record_with(
+            SampleHeader {
+                ts_boot_ns: 5,
+                wire_len: 1500,
+                cap_len,
+                ifindex: 3,
+                rx_queue: 1,
+                direction,
+                ..SampleHeader::default()
+            },
+            slot,
+            fill,
+        )
+    }
+
+    fn record_with(header: SampleHeader, slot: usize, fill: u8) -> Vec<u8> {
         let mut v = Vec::new();
         // SAFETY: SampleHeader is plain integers without padding.
         let head: [u8; size_of::<SampleHeader>()] = unsafe { std::mem::transmute(header) };
@@ -177,8 +190,32 @@ mod tests {
         assert_eq!(s.header.rx_queue, 1);
         assert_eq!(s.direction, Direction::Ingress);
         assert_eq!(s.frame, &[0xab; 60][..]);
+        assert_eq!(s.vlan, None);
         let r = record_dir(64, 10, 0, 1);
         assert_eq!(parse_record(&r).unwrap().direction, Direction::Egress);
+    }
+
+    #[test]
+    fn a_tag_outside_the_bytes_is_the_vlan() {
+        let header = SampleHeader {
+            wire_len: 60,
+            cap_len: 60,
+            vlan: VLAN_PRESENT | 100,
+            ..SampleHeader::default()
+        };
+        let r = record_with(header, 64, 0);
+        let s = parse_record(&r).unwrap();
+        assert_eq!((s.vlan, s.header.wire_len), (Some(100), 60));
+        // An id of 0 is a tag too (priority-tagged); no present bit is no tag.
+        for (vlan, want) in [
+            (VLAN_PRESENT, Some(0)),
+            (VLAN_PRESENT | 4095, Some(4095)),
+            (0, None),
+            (100, None),
+        ] {
+            let r = record_with(SampleHeader { vlan, ..header }, 64, 0);
+            assert_eq!(parse_record(&r).unwrap().vlan, want, "{vlan:#x}");
+        }
     }
 
     #[test]
@@ -204,13 +241,16 @@ mod tests {
             RecordError::BadCapLen(65, 64)
         );
         let r = record_in(100, 60, 0);
-        assert_eq!(parse_record(&r).unwrap_err(), RecordError::BadSize(124));
+        assert_eq!(
+            parse_record(&r).unwrap_err(),
+            RecordError::BadSize(HEADER_SIZE + 100)
+        );
     }
 
     #[test]
     fn parses_every_slot_size() {
         for slot in SLOT_SIZES {
-            let r = record_in(slot, slot as u32, 0xcd);
+            let r = record_in(slot, slot as u16, 0xcd);
             assert_eq!(parse_record(&r).unwrap().frame, &vec![0xcd; slot][..]);
             let r = record_in(slot, 0, 0xcd);
             assert!(parse_record(&r).unwrap().frame.is_empty());

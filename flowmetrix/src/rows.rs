@@ -37,8 +37,9 @@ pub struct Decoder {
     host: Arc<str>,
     /// For samples that do not say their interface.
     interface: Arc<str>,
-    /// The interface of each frame `-auto-detect` holds, in order.
-    held: VecDeque<Arc<str>>,
+    /// The interface and kernel VLAN tag ([`Sample::vlan`]) of each frame `-auto-detect`
+    /// holds, in order.
+    held: VecDeque<(Arc<str>, Option<u16>)>,
     counters: Arc<Counters>,
     warned: bool,
     /// Whether the prefix was said to be ignored for a non-Ethernet frame.
@@ -81,7 +82,7 @@ impl Decoder {
             }
             let interface = Arc::clone(s.interface.unwrap_or(&self.interface));
             let frame = (s.frame, s.wire_len, s.ts, s.direction);
-            return self.decode_at(s.link, 0, frame, interface, out);
+            return self.decode_at(s.link, 0, frame, (interface, s.vlan), out);
         }
         let step = match (&mut self.learner, self.prefix) {
             (Some(auto), _) => {
@@ -92,13 +93,13 @@ impl Decoder {
         };
         let interface = Arc::clone(s.interface.unwrap_or(&self.interface));
         match step {
-            Step::Hold => self.held.push_back(interface),
+            Step::Hold => self.held.push_back((interface, s.vlan)),
             Step::Use(len) => {
                 let frame = (s.frame, s.wire_len, s.ts, s.direction);
-                self.decode_at(Link::Ethernet, len, frame, interface, out);
+                self.decode_at(Link::Ethernet, len, frame, (interface, s.vlan), out);
             }
             Step::Release { offset, frames } => {
-                self.held.push_back(interface);
+                self.held.push_back((interface, s.vlan));
                 self.release(offset, frames, out);
             }
         }
@@ -133,20 +134,21 @@ impl Decoder {
             let interface = self
                 .held
                 .pop_front()
-                .unwrap_or_else(|| Arc::clone(&self.interface));
+                .unwrap_or_else(|| (Arc::clone(&self.interface), None));
             let frame = (&held.bytes[..], held.wire_len, held.ts, held.direction);
             self.decode_at(Link::Ethernet, offset, frame, interface, out);
         }
         self.held.clear();
     }
 
-    /// Decodes `frame` (bytes, wire length, time, direction) after a prefix of `prefix`.
+    /// Decodes `frame` (bytes, wire length, time, direction) after a prefix of `prefix`, as
+    /// seen on `interface` with `vlan`, the tag the kernel took out of the bytes (if any).
     fn decode_at(
         &mut self,
         link: Link,
         prefix: usize,
         (frame, wire_len, ts, direction): (&[u8], u32, UnixNanos, Direction),
-        interface: Arc<str>,
+        (interface, vlan): (Arc<str>, Option<u16>),
         out: &mut Vec<PacketRecord>,
     ) {
         // No combinators here: each one would move the ~200-byte row once more.
@@ -167,6 +169,13 @@ impl Decoder {
         match decode::decode_link(link, frame, meta, &self.applications) {
             Ok(mut row) => {
                 Counters::add(&self.counters.decoded, 1);
+                // A tag the kernel moved into the skb's metadata was the outer one on the
+                // wire: it is the row's VLAN (a tag still in the bytes is an inner one), and
+                // its 4 bytes count in the packet's size.
+                if let Some(id) = vlan {
+                    row.vlan_id = Some(id);
+                    row.packet_size = row.packet_size.saturating_add(4);
+                }
                 row.host = Arc::clone(&self.host);
                 row.interface = interface;
                 row.direction = direction;
@@ -207,6 +216,7 @@ mod tests {
         Ok(Sample {
             frame,
             wire_len: frame.len() as u32,
+            vlan: None,
             ts: UnixNanos(ts),
             ifindex: 3,
             direction: Direction::Ingress,
@@ -295,6 +305,55 @@ mod tests {
             [0, 1, 2],
             "in order"
         );
+    }
+
+    /// Under TC the kernel has taken the outer tag out of the bytes (skb metadata): the row
+    /// still has it as its VLAN, and its 4 bytes in the size; a tag left in the bytes is an
+    /// inner one and does not replace it. The same after `-auto-detect` held the frames.
+    #[test]
+    fn a_tag_the_kernel_took_out_is_the_rows_vlan_and_counts_4_bytes() {
+        let untagged = udp(53);
+        let mut inner = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .single_vlan(12u16.try_into().unwrap())
+            .ipv4([10, 9, 0, 1], [10, 9, 0, 2], 64)
+            .udp(40_000, 53)
+            .write(&mut inner, &[0; 20])
+            .unwrap();
+        let tagged = |frame, vlan, ts| {
+            Ok(Sample {
+                vlan,
+                ..sample(frame, ts).unwrap()
+            })
+        };
+        for prefix in [Prefix::Fixed(0), Prefix::Auto] {
+            let counters = Arc::new(Counters::default());
+            let settings = DecodeSettings {
+                prefix,
+                ..Default::default()
+            };
+            let mut d = Decoder::new(settings, &info(1), Arc::clone(&counters));
+            let mut out = Vec::new();
+            d.push(tagged(&untagged, Some(100), 1), &mut out);
+            d.push(tagged(&inner, Some(300), 2), &mut out);
+            d.push(tagged(&untagged, None, 3), &mut out);
+            d.push(tagged(&inner, None, 4), &mut out);
+            d.finish(&mut out);
+            let got: Vec<_> = out
+                .iter()
+                .map(|r| (r.ts.0, r.vlan_id, usize::from(r.packet_size), r.application))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (1, Some(100), untagged.len() + 4, "DNS"),
+                    (2, Some(300), inner.len() + 4, "DNS"),
+                    (3, None, untagged.len(), "DNS"),
+                    (4, Some(12), inner.len(), "DNS"),
+                ],
+                "{prefix:?}"
+            );
+        }
     }
 
     #[test]

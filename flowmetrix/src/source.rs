@@ -29,8 +29,12 @@ pub use crate::record::Direction;
 pub struct Sample<'a> {
     /// The captured bytes (any VMware prefix included).
     pub frame: &'a [u8],
-    /// The frame's length on the wire.
+    /// The frame's length on the wire, as far as `frame` goes: without [`vlan`](Self::vlan).
     pub wire_len: u32,
+    /// The VLAN id of an outer 802.1Q/802.1ad tag the kernel took out of the frame into the
+    /// skb's metadata (TC hooks): it was on the wire, 4 bytes before the EtherType, but is
+    /// not in `frame` nor in `wire_len`. None: no such tag (XDP, files).
+    pub vlan: Option<u16>,
     pub ts: UnixNanos,
     pub ifindex: u32,
     pub direction: Direction,
@@ -416,6 +420,7 @@ impl Source {
                         },
                         frame: s.frame,
                         wire_len: s.header.wire_len,
+                        vlan: s.vlan,
                         ts: clock.wall(s.header.ts_boot_ns),
                         ifindex: s.header.ifindex,
                         direction: match s.direction {
@@ -436,6 +441,7 @@ impl Source {
                     f(Ok(Sample {
                         frame,
                         wire_len: info.wire_len,
+                        vlan: None,
                         ts: info.ts,
                         ifindex: 0,
                         direction: Direction::Ingress,

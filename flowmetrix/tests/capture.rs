@@ -9,10 +9,34 @@ use common::frames::{Case, assert_each_case_once, cases, send_cases, udp_frame, 
 
 #[test]
 fn every_sent_frame_comes_out_once_with_every_column_right() {
+    every_sent_frame_exactly("xdp");
+}
+
+/// TC ingress sees each frame after the kernel has moved an 802.1Q tag into the skb's
+/// metadata (`skb_vlan_untag`): the VLAN case must still give its vlan_id and full size.
+#[test]
+fn every_sent_frame_comes_out_once_with_every_column_right_with_tc_ingress() {
+    every_sent_frame_exactly("tc");
+}
+
+fn every_sent_frame_exactly(ingress_hook: &str) {
     let net = net_pair_or_skip!();
+    let ready = if ingress_hook == "tc" {
+        "TC attached"
+    } else {
+        "XDP attached"
+    };
     let collector = net
         .collector()
-        .args(&["--sample-rate", "1", "--output", "jsonl"])
+        .args(&[
+            "--sample-rate",
+            "1",
+            "--ingress-hook",
+            ingress_hook,
+            "--output",
+            "jsonl",
+        ])
+        .ready(ready)
         .start();
     let sender = net.sender();
     let cases = cases();
@@ -209,4 +233,68 @@ fn auto_detect_finds_a_16_byte_prefix() {
 #[test]
 fn auto_detect_settles_on_0_without_a_prefix_and_garbles_nothing() {
     auto_detect_decodes_exactly(0);
+}
+
+/// `udp_frame(i)` with `tags` (TPID, VLAN id), outermost first, inserted after the MACs.
+fn tagged_udp(i: u32, tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut f = udp_frame(i);
+    let at = 12;
+    for (n, (tpid, id)) in tags.iter().enumerate() {
+        let mut tag = tpid.to_be_bytes().to_vec();
+        tag.extend(id.to_be_bytes());
+        f.splice(at + 4 * n..at + 4 * n, tag);
+    }
+    f
+}
+
+/// The outer tag is the row's VLAN and every tag counts in the size, whichever hook: XDP
+/// sees the tags in the bytes; before TC ingress the kernel moves the outer one (802.1Q
+/// or 802.1ad) into the skb's metadata and leaves an inner one in the bytes.
+#[test]
+fn vlan_tagged_frames_give_the_outer_vlan_and_their_wire_size_with_either_ingress_hook() {
+    let cases: [(u32, &[(u16, u16)]); 5] = [
+        (0, &[]),
+        (1, &[(0x8100, 100)]),
+        (2, &[(0x88a8, 300), (0x8100, 12)]),
+        (3, &[(0x8100, 7), (0x8100, 8)]),
+        (4, &[(0x88a8, 4000)]),
+    ];
+    for hook in ["xdp", "tc"] {
+        let net = net_pair_or_skip!();
+        let ready = if hook == "tc" {
+            "TC attached"
+        } else {
+            "XDP attached"
+        };
+        let collector = net
+            .collector()
+            .args(&["--ingress-hook", hook, "--output", "jsonl"])
+            .ready(ready)
+            .start();
+        let sender = net.sender();
+        let mut want = Vec::new();
+        for (i, tags) in cases {
+            let f = tagged_udp(i, tags);
+            sender.send(&f);
+            let vlan = tags.first().map(|t| u64::from(t.1));
+            want.push((10_000 + u64::from(i), vlan, f.len() as u64));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let done = collector.interrupt();
+        assert!(done.status.success(), "{hook}: {}", done.stderr);
+        let mut got: Vec<_> = done
+            .rows()
+            .iter()
+            .map(|r| {
+                (
+                    r["src_port"].as_u64().unwrap_or(0),
+                    r["vlan_id"].as_u64(),
+                    r["packet_size"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, want, "{hook}:\n{}", done.stdout);
+    }
 }

@@ -103,7 +103,8 @@ fn parse(record: &[u8]) -> Record {
     let header = SampleHeader {
         ts_boot_ns: u64::from_ne_bytes(record[..8].try_into().unwrap()),
         wire_len: u32_at(record, offset_of!(SampleHeader, wire_len)),
-        cap_len: u32_at(record, offset_of!(SampleHeader, cap_len)),
+        cap_len: u16_at(record, offset_of!(SampleHeader, cap_len)),
+        vlan: u16_at(record, offset_of!(SampleHeader, vlan)),
         ifindex: u32_at(record, offset_of!(SampleHeader, ifindex)),
         rx_queue: u16_at(record, offset_of!(SampleHeader, rx_queue)),
         direction: u16_at(record, offset_of!(SampleHeader, direction)),
