@@ -26,7 +26,7 @@ use crate::{
     flowmap::{Collected, FlowMapError, FlowMaps},
     metrics::{Counters, FlowCounters},
     record::{Direction, FlowRecord, UnixNanos},
-    ring::Clock,
+    ring::{self, Clock},
     source::Sample,
 };
 
@@ -159,10 +159,7 @@ impl Aggregator {
             return;
         };
         key.ifindex = ifindex;
-        key.direction = match direction {
-            Direction::Ingress => flowmetrix_common::Direction::Ingress as u8,
-            Direction::Egress => flowmetrix_common::Direction::Egress as u8,
-        };
+        key.direction = flowmetrix_common::Direction::from(direction) as u8;
         self.add_packet(key, u64::try_from(ts.0).unwrap_or(0), bytes, tcp_flags);
     }
 
@@ -412,11 +409,8 @@ impl Stage {
         let interval = self.since.elapsed();
         self.since = std::time::Instant::now();
         let clock = Clock::now();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         self.agg
-            .rows(UnixNanos(now), interval, |ns| clock.wall(ns), interface)
+            .rows(ring::wall_now(), interval, |ns| clock.wall(ns), interface)
     }
 
     /// Live, at exit (after the programs are detached): waits for a collection under way,

@@ -228,12 +228,9 @@ pub async fn run(
                         &mut flow_rows,
                     )
                 });
-                let chunk = std::mem::take(&mut rows);
-                if info.waits {
-                    sink.packets.send(chunk).await;
-                } else {
-                    sink.packets.offer(chunk);
-                }
+                sink.packets
+                    .hand_over(std::mem::take(&mut rows), info.waits)
+                    .await;
                 if let Some(input) = &sink.flows {
                     input.send(std::mem::take(&mut flow_rows)).await;
                 }
@@ -271,12 +268,9 @@ pub async fn run(
     }
     // Frames still held by -auto-detect are decided and written too.
     decoder.finish(&mut rows);
-    let chunk = std::mem::take(&mut rows);
-    if info.waits {
-        sink.packets.send(chunk).await;
-    } else {
-        sink.packets.offer(chunk);
-    }
+    sink.packets
+        .hand_over(std::mem::take(&mut rows), info.waits)
+        .await;
     // Flows: the partial interval (live: one last collection, the programs detached).
     if let Some(s) = stage.as_mut() {
         if s.is_live() {
@@ -286,12 +280,9 @@ pub async fn run(
         }
     }
     if let Some(input) = &sink.flows {
-        let chunk = std::mem::take(&mut flow_rows);
-        if info.waits {
-            input.send(chunk).await;
-        } else {
-            input.offer(chunk);
-        }
+        input
+            .hand_over(std::mem::take(&mut flow_rows), info.waits)
+            .await;
     }
     let sink::Sinks {
         packets: input,

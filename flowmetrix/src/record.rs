@@ -51,6 +51,25 @@ impl Direction {
     }
 }
 
+/// The kernel's direction value (`SampleHeader::direction`, `FlowKey::direction`).
+impl From<flowmetrix_common::Direction> for Direction {
+    fn from(d: flowmetrix_common::Direction) -> Self {
+        match d {
+            flowmetrix_common::Direction::Ingress => Self::Ingress,
+            flowmetrix_common::Direction::Egress => Self::Egress,
+        }
+    }
+}
+
+impl From<Direction> for flowmetrix_common::Direction {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::Ingress => Self::Ingress,
+            Direction::Egress => Self::Egress,
+        }
+    }
+}
+
 impl Serialize for Direction {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())

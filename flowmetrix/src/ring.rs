@@ -77,6 +77,11 @@ fn now_ns(clock: libc::clockid_t) -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// Wall-clock time now (CLOCK_REALTIME), as the clock rows are stamped with.
+pub fn wall_now() -> UnixNanos {
+    UnixNanos(now_ns(libc::CLOCK_REALTIME))
+}
+
 impl Clock {
     /// Measures the offset now. Cheap (vDSO); re-measured every drain so that wall-clock
     /// steps (NTP) show up in later rows.

@@ -423,10 +423,7 @@ impl Source {
                         vlan: s.vlan,
                         ts: clock.wall(s.header.ts_boot_ns),
                         ifindex: s.header.ifindex,
-                        direction: match s.direction {
-                            flowmetrix_common::Direction::Ingress => Direction::Ingress,
-                            flowmetrix_common::Direction::Egress => Direction::Egress,
-                        },
+                        direction: s.direction.into(),
                         link: Link::Ethernet,
                     }));
                 });

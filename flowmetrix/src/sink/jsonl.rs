@@ -21,6 +21,12 @@ pub fn encode<R: Table>(buf: &mut Vec<u8>, row: &R) {
     }
 }
 
+/// Appends every row of `rows`; gives how many.
+fn encode_all<R: Table>(buf: &mut Vec<u8>, rows: &[R]) -> u64 {
+    rows.iter().for_each(|r| encode(buf, r));
+    rows.len() as u64
+}
+
 /// Packet rows only.
 pub async fn run(rx: Receiver, counters: &Counters) -> Result<(), SinkError> {
     run_tables(rx, counters, None).await
@@ -63,19 +69,12 @@ pub async fn run_tables(
                 frx = None;
                 continue;
             }
-            Got::Packets(Some(batch)) => {
-                batch.iter().for_each(|r| encode(&mut buf, r));
-                (batch.len() as u64, counters, !rx.is_empty())
-            }
-            Got::Flows(Some(batch)) => {
-                batch.iter().for_each(|r| encode(&mut buf, r));
-                let c = fc.as_deref().unwrap_or(counters);
-                (
-                    batch.len() as u64,
-                    c,
-                    frx.as_ref().is_some_and(|r| !r.is_empty()),
-                )
-            }
+            Got::Packets(Some(batch)) => (encode_all(&mut buf, &batch), counters, !rx.is_empty()),
+            Got::Flows(Some(batch)) => (
+                encode_all(&mut buf, &batch),
+                fc.as_deref().unwrap_or(counters),
+                frx.as_ref().is_some_and(|r| !r.is_empty()),
+            ),
         };
         let res = match out.write_all(&buf).await {
             Ok(()) if !more => out.flush().await,

@@ -75,6 +75,26 @@ pub struct Input<R = PacketRecord> {
 }
 
 impl<R: Table> Input<R> {
+    fn new(tx: queue::Sender<Vec<R>>, overflow: Overflow, counters: Arc<Counters>) -> Self {
+        Self {
+            tx,
+            overflow,
+            counters,
+            full: Throttled::default(),
+            spooling: Throttled::default(),
+        }
+    }
+
+    /// Hands `rows` over: waiting for room when `wait` ([`send`](Self::send), a replay),
+    /// else at once ([`offer`](Self::offer), live capture).
+    pub async fn hand_over(&self, rows: Vec<R>, wait: bool) {
+        if wait {
+            self.send(rows).await;
+        } else {
+            self.offer(rows);
+        }
+    }
+
     /// Hands `rows` over without waiting: to the queue, else to the overflow policy, else
     /// counted.
     pub fn offer(&self, rows: Vec<R>) {
@@ -259,20 +279,8 @@ pub fn start_tables(
         }
     };
     Ok(Sinks {
-        packets: Input {
-            tx,
-            overflow,
-            counters,
-            full: Throttled::default(),
-            spooling: Throttled::default(),
-        },
-        flows: flow_tx.map(|(tx, f)| Input {
-            tx,
-            overflow: flow_overflow,
-            counters: f.counters,
-            full: Throttled::default(),
-            spooling: Throttled::default(),
-        }),
+        packets: Input::new(tx, overflow, counters),
+        flows: flow_tx.map(|(tx, f)| Input::new(tx, flow_overflow, f.counters)),
         task,
     })
 }
