@@ -689,13 +689,7 @@ impl<R: Table> Bulk<R> {
     /// itself goes to the row path, which reports what a retry cannot fix (auth, …) once.
     fn refused(&self, status: &Status) {
         let gt = greptime_code(status);
-        // A status the server sent has no source; one made by the client from a transport
-        // error (a connection cut in an outage) has one, and says nothing of the table.
-        let from_server = std::error::Error::source(status).is_none();
-        let maybe_no_table = from_server
-            && ((status.code() == Code::Unknown && gt.is_none())
-                || gt == Some(code::TABLE_NOT_FOUND));
-        if maybe_no_table {
+        if may_mean_no_table(status) {
             self.ready.store(false, Ordering::Relaxed);
             let n = self.refusals.fetch_add(1, Ordering::Relaxed) + 1;
             if n == MAX_REFUSALS {
@@ -722,6 +716,16 @@ impl<R: Table> Bulk<R> {
         // (a wrong password: `Unauthenticated("auth failed")` here, 7002 there) once, and
         // retries or spools the rest.
     }
+}
+
+/// Whether a bulk refusal can mean the table is missing: `Unknown` without a code (how
+/// GreptimeDB up to 1.1.1 answers every bulk error) or 4001 (1.1.2 on). Only a status the
+/// server sent: one the client made from a transport error (a connection cut in an outage)
+/// has a source, and says nothing of the table.
+fn may_mean_no_table(status: &Status) -> bool {
+    let gt = greptime_code(status);
+    std::error::Error::source(status).is_none()
+        && ((status.code() == Code::Unknown && gt.is_none()) || gt == Some(code::TABLE_NOT_FOUND))
 }
 
 fn metadata(id: i64, min: Option<i64>, max: Option<i64>) -> Result<Vec<u8>, Status> {
@@ -838,6 +842,27 @@ mod tests {
             ..flow.clone()
         };
         holds_what_the_row_insert_sends(&[flow, non_ip]);
+    }
+
+    #[test]
+    fn only_a_server_answer_can_mean_a_missing_table() {
+        assert!(may_mean_no_table(&Status::unknown(
+            "Execute gRPC request error"
+        )));
+        let mut with_code = Status::not_found("Table not found: t");
+        with_code.metadata_mut().insert(
+            super::super::retry::GREPTIME_CODE_KEY,
+            code::TABLE_NOT_FOUND.to_string().parse().unwrap(),
+        );
+        assert!(may_mean_no_table(&with_code));
+        assert!(!may_mean_no_table(&Status::unavailable("region not ready")));
+        // What tonic makes of a connection cut mid-stream: Unknown, no code, but a source.
+        let cut = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(cut.code(), Code::Unknown);
+        assert!(!may_mean_no_table(&cut));
     }
 
     #[test]
