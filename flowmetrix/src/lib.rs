@@ -21,6 +21,7 @@ pub mod queue;
 pub mod record;
 pub mod ring;
 pub mod rows;
+pub mod schema;
 pub mod settings;
 pub mod sink;
 pub mod source;

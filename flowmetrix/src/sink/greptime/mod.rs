@@ -13,12 +13,10 @@ mod client;
 pub mod ddl;
 pub mod endpoints;
 pub mod retry;
-mod schema;
 mod settings;
 pub mod shapes;
 pub mod spool;
 pub mod spool_writer;
-pub mod tables;
 mod writer;
 
 use std::sync::Arc;
@@ -27,13 +25,12 @@ use tracing::warn;
 
 use crate::{metrics::Counters, sink::SinkError};
 
+pub use crate::schema::{Column, FLOW_SCHEMA, SCHEMA, column_schemas, encode_row};
+pub use crate::schema::{Table, encode};
 pub use ddl::{DdlOptions, Prepared, prepare};
 pub use endpoints::{AllDown, Chosen, EndpointState, Endpoints, StatementError};
 pub use retry::{Failure, Problem, classify, classify_status};
-pub use schema::FLOW_SCHEMA;
-pub use schema::{Column, SCHEMA, column_schemas, encode_row};
 pub use settings::{Compression, GreptimeConfig, SpoolConfig, Tls, WritePath};
-pub use tables::{Table, encode};
 pub use writer::{FlowTable, run, run_tables};
 
 /// Opens the spool and starts its thread. A directory another collector holds is an error;

@@ -12,10 +12,8 @@ use std::{
 use greptimedb_ingester::api::v1::RowInsertRequests;
 use tracing::warn;
 
-use super::{
-    spool::Spool,
-    tables::{Table, encode},
-};
+use super::spool::Spool;
+use crate::schema::{Table, encode};
 use crate::{
     metrics::Counters,
     queue::{self, Rejected},

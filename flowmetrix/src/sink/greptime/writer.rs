@@ -28,8 +28,8 @@ use super::{
     settings::GreptimeConfig,
     spool::{Contents, Replayed},
     spool_writer::{Item, Payload, SpoolWriter},
-    tables::{Table, encode},
 };
+use crate::schema::{Table, encode};
 use crate::{
     metrics::Counters,
     queue::Receiver,

@@ -1,5 +1,7 @@
 use std::collections::BTreeMap;
 
+use greptimedb_ingester::api::v1::SemanticType;
+
 use super::*;
 
 #[test]

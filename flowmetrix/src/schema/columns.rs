@@ -32,7 +32,7 @@ pub(super) const fn col(
 /// added later (`vlan_id`, `tunnel`, `inner_*`, `mpls_labels`, `host`, `interface`,
 /// `direction`) are added to an existing table by GreptimeDB's insert, and a table whose
 /// columns have other roles (the Go original made `src_ip` and `dst_port` tags) is written
-/// as it is ([`super::shapes`]).
+/// as it is ([`crate::sink::greptime::shapes`]).
 pub const SCHEMA: [Column; 25] = {
     use ColumnDataType as T;
     use SemanticType::{Field, Tag, Timestamp};

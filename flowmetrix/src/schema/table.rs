@@ -10,7 +10,7 @@ use greptimedb_ingester::api::v1::{
     ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows, Value, value::ValueData,
 };
 
-use super::schema::{self, FLOW_SCHEMA};
+use super::columns::{self as schema, FLOW_SCHEMA};
 use crate::record::{FlowRecord, PacketRecord};
 
 /// A kind of row and its table.

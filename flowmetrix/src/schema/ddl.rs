@@ -1,0 +1,247 @@
+//! The DDL text of the tables and rollups: `CREATE TABLE` from a table's column list and
+//! its [`Design`] (primary key, indexes), every identifier quoted (the parser takes
+//! `application` and `bytes` for keywords), and the per-minute rollups as `CREATE FLOW`.
+
+use std::fmt::Write as _;
+
+use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
+
+use super::columns::Column;
+
+/// The default table of flow rows.
+pub const FLOW_TABLE: &str = "flow_data";
+
+/// An index on one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index {
+    /// Value → rows: for low-cardinality columns queries filter on.
+    Inverted,
+    /// A bloom filter per granule: equality lookups of high-cardinality values (IPs).
+    Bloom,
+}
+
+/// How a table is laid out beyond its columns.
+#[derive(Debug, Clone, Copy)]
+pub struct Design {
+    /// The tags, in primary-key order.
+    pub primary_key: &'static [&'static str],
+    pub indexes: &'static [(&'static str, Index)],
+}
+
+/// `packet_data`: host, interface, direction, application and packet type are the few,
+/// low-cardinality series keys every dashboard groups by; IPs are fields with a bloom
+/// filter; protocol and destination port get inverted indexes for `WHERE` filters.
+pub const PACKET_DESIGN: Design = Design {
+    primary_key: &[
+        "host",
+        "interface",
+        "direction",
+        "application",
+        "packet_type",
+    ],
+    indexes: &[
+        ("host", Index::Inverted),
+        ("interface", Index::Inverted),
+        ("direction", Index::Inverted),
+        ("application", Index::Inverted),
+        ("packet_type", Index::Inverted),
+        ("protocol", Index::Inverted),
+        ("dst_port", Index::Inverted),
+        ("src_ip", Index::Bloom),
+        ("dst_ip", Index::Bloom),
+    ],
+};
+
+/// `flow_data`: the same keys without the packet type.
+pub const FLOW_DESIGN: Design = Design {
+    primary_key: &["host", "interface", "direction", "application"],
+    indexes: &[
+        ("host", Index::Inverted),
+        ("interface", Index::Inverted),
+        ("direction", Index::Inverted),
+        ("application", Index::Inverted),
+        ("protocol", Index::Inverted),
+        ("dst_port", Index::Inverted),
+        ("src_ip", Index::Bloom),
+        ("dst_ip", Index::Bloom),
+    ],
+};
+
+/// `"name"`, with inner quotes doubled.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'`, with inner quotes doubled.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The SQL type of a column type we write.
+pub fn sql_type(t: ColumnDataType) -> &'static str {
+    use ColumnDataType as T;
+    match t {
+        T::TimestampNanosecond => "TIMESTAMP(9)",
+        T::TimestampMillisecond => "TIMESTAMP(3)",
+        T::Uint8 => "TINYINT UNSIGNED",
+        T::Uint16 => "SMALLINT UNSIGNED",
+        T::Uint32 => "INT UNSIGNED",
+        T::Uint64 => "BIGINT UNSIGNED",
+        T::Int64 => "BIGINT",
+        _ => "STRING",
+    }
+}
+
+/// The SKIPPING INDEX options, as `SHOW CREATE TABLE` prints them.
+pub(crate) const BLOOM: &str =
+    "SKIPPING INDEX WITH(false_positive_rate = '0.01', granularity = '10240', type = 'BLOOM')";
+
+/// `CREATE TABLE IF NOT EXISTS` for `table` with these columns and design.
+pub fn create_table(
+    table: &str,
+    columns: &[Column],
+    design: &Design,
+    ttl: Option<&str>,
+    partition_hosts: &[String],
+) -> String {
+    let mut defs: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let mut def = format!("{} {}", quote(c.name), sql_type(c.data_type));
+            def.push_str(if c.semantic == SemanticType::Timestamp {
+                " NOT NULL"
+            } else {
+                " NULL"
+            });
+            match design.indexes.iter().find(|(n, _)| *n == c.name) {
+                Some((_, Index::Inverted)) => def.push_str(" INVERTED INDEX"),
+                Some((_, Index::Bloom)) => {
+                    def.push(' ');
+                    def.push_str(BLOOM);
+                }
+                None => {}
+            }
+            def
+        })
+        .collect();
+    if let Some(ts) = columns
+        .iter()
+        .find(|c| c.semantic == SemanticType::Timestamp)
+    {
+        defs.push(format!("TIME INDEX ({})", quote(ts.name)));
+    }
+    let key: Vec<String> = design.primary_key.iter().map(|k| quote(k)).collect();
+    defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  {}\n)",
+        quote(table),
+        defs.join(",\n  ")
+    );
+    if let Some(p) = partition(partition_hosts) {
+        let _ = write!(sql, "\n{p}");
+    }
+    sql.push_str("\nENGINE=mito\nWITH(append_mode = 'true'");
+    if let Some(ttl) = ttl {
+        let _ = write!(sql, ", ttl = {}", literal(ttl));
+    }
+    sql.push(')');
+    sql
+}
+
+/// `PARTITION ON COLUMNS ("host") (…)` from split points: one partition below the first,
+/// one between each two, one from the last on.
+pub fn partition(splits: &[String]) -> Option<String> {
+    if splits.is_empty() {
+        return None;
+    }
+    let host = quote("host");
+    let mut rules = vec![format!("{host} < {}", literal(&splits[0]))];
+    for w in splits.windows(2) {
+        rules.push(format!(
+            "{host} >= {} AND {host} < {}",
+            literal(&w[0]),
+            literal(&w[1])
+        ));
+    }
+    rules.push(format!(
+        "{host} >= {}",
+        literal(splits.last().map_or("", String::as_str))
+    ));
+    Some(format!(
+        "PARTITION ON COLUMNS ({host}) (\n  {}\n)",
+        rules.join(",\n  ")
+    ))
+}
+
+/// One rollup: a flow and the table it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollup {
+    pub flow: String,
+    pub sink: String,
+    pub sql: String,
+}
+
+/// The per-minute window column of every rollup.
+const MINUTE: &str = "date_bin(INTERVAL '1 minutes', \"ts\")";
+
+fn rollup(source: &str, suffix: &str, keys: &[&str], sums: &str, comment: &str) -> Rollup {
+    let sink = format!("{source}_{suffix}");
+    let flow = format!("{sink}_flow");
+    let keys: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+    let sql = format!(
+        "CREATE FLOW IF NOT EXISTS {} SINK TO {} COMMENT {} AS SELECT {}, {MINUTE} AS \"minute\", {sums} FROM {} GROUP BY {}, \"minute\"",
+        quote(&flow),
+        quote(&sink),
+        literal(comment),
+        keys.join(", "),
+        quote(source),
+        keys.join(", ")
+    );
+    Rollup { flow, sink, sql }
+}
+
+/// Packets and bytes of sampled packet rows: each row stands for `sample_rate` packets of
+/// its size. Cast before multiplying: `packet_size * sample_rate` in UInt32 wraps.
+pub const SAMPLED_SUMS: &str = "sum(CAST(\"sample_rate\" AS BIGINT UNSIGNED)) AS \"packets\", sum(CAST(\"packet_size\" AS BIGINT UNSIGNED) * \"sample_rate\") AS \"bytes\"";
+
+/// Packets and bytes of flow rows: exact counts.
+pub const FLOW_SUMS: &str = "sum(\"packets\") AS \"packets\", sum(\"bytes\") AS \"bytes\"";
+
+/// The rollups of the packet table (and of the flow table when flows are on).
+pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
+    let by = ["host", "interface", "direction", "application", "protocol"];
+    let talkers = ["host", "direction", "src_ip", "dst_ip"];
+    let mut out = vec![
+        rollup(
+            packet_table,
+            "1m",
+            &by,
+            SAMPLED_SUMS,
+            "flowmetrix: packets and bytes per minute, scaled by sample_rate",
+        ),
+        rollup(
+            packet_table,
+            "talkers_1m",
+            &talkers,
+            SAMPLED_SUMS,
+            "flowmetrix: packets and bytes per minute and address pair, scaled by sample_rate",
+        ),
+    ];
+    if let Some(flows) = flow_table {
+        out.push(rollup(
+            flows,
+            "1m",
+            &by,
+            FLOW_SUMS,
+            "flowmetrix: exact packets and bytes per minute",
+        ));
+        out.push(rollup(
+            flows,
+            "talkers_1m",
+            &talkers,
+            FLOW_SUMS,
+            "flowmetrix: exact packets and bytes per minute and address pair",
+        ));
+    }
+    out
+}
