@@ -31,7 +31,6 @@ use crate::{
     record::{FlowRecord, PacketRecord},
 };
 use drain::discard;
-pub(crate) use drain::fail_remaining;
 pub use error::SinkError;
 pub use input::Input;
 use input::Overflow;

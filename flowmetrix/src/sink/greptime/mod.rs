@@ -9,24 +9,27 @@
 //! retry cannot fix (authentication, unknown database, schema conflict) are reported once
 //! with what to do, and their rows counted as write errors.
 //!
-//! The layers, after the seams of Vector's `src/sinks/greptimedb/`; each imports only the
-//! ones below it, never back up:
+//! The layers, after the seams of Vector's `src/sinks/greptimedb/` (config, service, request
+//! building, retry, the sink loop). Each imports only layers below it, never one above:
 //!
 //! ```text
-//! writer     the sink loop: queue → batcher → write tasks; retries, spool hand-off, replay
-//!   ├── startup   the start-up work: USE check, DDL run, append mode; gates the inserts
-//!   │     └── ddl       the CREATE TABLE / CREATE FLOW statements, run once
-//!   ├── bulk      the Arrow Flight DoPut streams (rows it cannot place go back to the writer)
-//!   ├── outage    the outage log: one line when writes fail, one when they work again
-//!   ├── spool     rows on disk while GreptimeDB is away: format, lock, accounting, store,
-//!   │             replay, and its own writer thread
-//!   └── service   the endpoints: connections (connect), rotation, health, probes, inserts,
-//!         │       SQL; the learned column roles (shapes)
-//!         ├── retry     which failures a retry fixes, and the backoff
-//!         ├── error     what stops the sink from starting
-//!         └── config    what the sink is told
-//! crate::schema   the columns, row encoding, Arrow batches and DDL text (below all of these)
+//! writer   the sink loop: queue → batcher → write tasks (bulk first, then row inserts),
+//!          retries, the hand-off to the spool, and the spool's replay
+//! startup  the start-up work: USE check, DDL run, append mode; inserts wait for it
+//! ddl      the CREATE TABLE / CREATE FLOW statements, run once on one endpoint
+//! bulk     the Arrow Flight DoPut streams; what they cannot place goes back to the writer
+//! service  the endpoints: connections (connect), rotation, health, probes, inserts, SQL,
+//!          and the column roles learned from the server (shapes)
+//! outage   the outage log: one line when writes fail, one when they work again
+//! spool    rows on disk while GreptimeDB is away: format, lock, accounting, store, replay,
+//!          and the spool's own thread (spool::writer)
+//! retry    which failures a retry fixes, what to tell the user, and the backoff
+//! error    what stops the sink from starting
+//! config   what the sink is told
 //! ```
+//!
+//! Below all of them, outside the sink: [`crate::schema`] (each table's columns, the row
+//! insert, the Arrow batch and the DDL text derived from them).
 
 pub mod bulk;
 pub mod config;
