@@ -7,7 +7,7 @@ use crate::{
     queue::{self, Rejected},
     record::PacketRecord,
     schema::Table,
-    sink::greptime::spool::writer::{Item, Payload, SpoolWriter, UnencodedRows},
+    sink::greptime::spool::thread::{Item, Payload, SpoolWriter, UnencodedRows},
     throttle::Throttled,
 };
 

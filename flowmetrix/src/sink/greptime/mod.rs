@@ -22,7 +22,7 @@
 //!          and the column roles learned from the server (shapes)
 //! outage   the outage log: one line when writes fail, one when they work again
 //! spool    rows on disk while GreptimeDB is away: format, lock, accounting, store, replay,
-//!          and the spool's own thread (spool::writer)
+//!          and the spool's own thread (spool::thread)
 //! retry    which failures a retry fixes, what to tell the user, and the backoff
 //! error    what stops the sink from starting
 //! config   what the sink is told
@@ -64,9 +64,9 @@ pub fn open_spool(
     cfg: &SpoolConfig,
     capacity: usize,
     counters: &Arc<Counters>,
-) -> Result<Option<Arc<spool::writer::SpoolWriter>>, spool::SpoolError> {
+) -> Result<Option<Arc<spool::thread::SpoolWriter>>, spool::SpoolError> {
     match spool::Spool::open(&cfg.dir, cfg.max_bytes, Arc::clone(counters)) {
-        Ok(s) => Ok(Some(Arc::new(spool::writer::SpoolWriter::start(
+        Ok(s) => Ok(Some(Arc::new(spool::thread::SpoolWriter::start(
             Arc::new(s),
             capacity,
             Arc::clone(counters),

@@ -28,7 +28,7 @@ use super::{
     service::Endpoints,
     spool::{
         Contents, Replayed,
-        writer::{Item, Payload, SpoolWriter},
+        thread::{Item, Payload, SpoolWriter},
     },
     startup::Startup,
 };

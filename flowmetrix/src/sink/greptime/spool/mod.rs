@@ -32,14 +32,14 @@
 //! One concern a file, each used one way: [`format`] (records and segments on disk),
 //! [`lock`] (the directory lock), [`accounting`] (rows per table and their counters), the
 //! [`store`] (appends, the size limit and eviction) on those, [`replay`] on the store, and
-//! the spool's own [`writer`] thread on top.
+//! the spool's own [`thread`] on top.
 
 pub mod accounting;
 pub mod format;
 pub mod lock;
 pub mod replay;
 pub mod store;
-pub mod writer;
+pub mod thread;
 
 pub use accounting::RowsPerTable;
 pub use format::{Contents, Record, parse_segment};
