@@ -15,7 +15,6 @@ use std::{sync::Arc, time::Duration};
 
 use tracing::{info, warn};
 
-pub use super::config::DdlOptions;
 use super::{config::GreptimeConfig, service::Endpoints};
 pub use crate::schema::ddl::*;
 use crate::schema::{FLOW_SCHEMA, SCHEMA};
