@@ -109,8 +109,11 @@ fn bench_sink(c: &mut Criterion) {
                         output: SinkConfig::Greptime(Box::new(cfg.clone())),
                         queue_rows: ROWS,
                     };
-                    let sink::Sink { input, task } =
-                        sink::start(settings, Arc::clone(&counters), stop_rx).unwrap();
+                    let sink::Sink {
+                        packets: input,
+                        task,
+                        ..
+                    } = sink::start(settings, Arc::clone(&counters), None, stop_rx).unwrap();
                     for _ in 0..ROWS / batch.len() {
                         input.offer(batch.clone());
                     }

@@ -108,8 +108,11 @@ fn bench_write_path(c: &mut Criterion) {
                             output: SinkConfig::Greptime(Box::new(cfg.clone())),
                             queue_rows: ROWS * 2,
                         };
-                        let sink::Sink { input, task } =
-                            sink::start(settings, Arc::clone(&counters), stop_rx).unwrap();
+                        let sink::Sink {
+                            packets: input,
+                            task,
+                            ..
+                        } = sink::start(settings, Arc::clone(&counters), None, stop_rx).unwrap();
                         // The start-up check finds the table: bulk from the first batch.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         let (start, cpu0) = (Instant::now(), cpu());

@@ -112,7 +112,7 @@ pub async fn run(
             table: f.table.clone(),
             counters: Arc::clone(&c.sink),
         });
-    let mut sink = sink::start_tables(
+    let mut sink = sink::start(
         settings.sink,
         Arc::clone(&counters),
         flow_output,
@@ -284,7 +284,7 @@ pub async fn run(
             .hand_over(std::mem::take(&mut flow_rows), info.waits)
             .await;
     }
-    let sink::Sinks {
+    let sink::Sink {
         packets: input,
         flows: flow_input,
         task,

@@ -80,6 +80,7 @@ fn run_writer(
             c.clone(),
             rx,
             Arc::clone(&counters),
+            None,
             stop_rx,
             None,
         ));
@@ -528,6 +529,7 @@ fn run_with_endpoint_down_at_start(
             c.clone(),
             rx,
             Arc::clone(&counters),
+            None,
             stop_rx,
             spool,
         ));
@@ -861,6 +863,7 @@ fn live_rollups_per_minute_are_the_sampled_sums() {
             c.clone(),
             rx,
             Arc::clone(&counters),
+            None,
             stop_rx,
             None,
         ));

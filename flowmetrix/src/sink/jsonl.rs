@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{SinkError, Table, fail_remaining};
+use super::{drain::fail_remaining, error::SinkError};
 use crate::{
     metrics::Counters,
     queue::Receiver,
     record::{FlowRecord, PacketRecord},
+    schema::Table,
 };
 
 /// Appends one row as a JSON line.

@@ -8,23 +8,32 @@
 //! A sink writes one or two tables (`packet_data`, and `flow_data` with `--mode
 //! flows|both`): the code is generic over the row type ([`Table`]), with a queue, a batcher
 //! and [`Counters`] per table, over one GreptimeDB connection set and one spool.
+//!
+//! [`start`] wires one output to the inputs ([`input`]); the outputs ([`greptime`],
+//! [`jsonl`], `none` in [`drain`]) use the shared [`batch`]er and [`error`] type and never
+//! this module.
 
 pub mod batch;
+pub mod drain;
+pub mod error;
 pub mod greptime;
+pub mod input;
 pub mod jsonl;
 
 use std::sync::Arc;
 
 use tokio::{sync::watch, task::JoinHandle};
 
+pub use crate::schema::Table;
 use crate::{
     metrics::Counters,
-    queue::{self, Receiver, Rejected},
+    queue,
     record::{FlowRecord, PacketRecord},
-    throttle::Throttled,
 };
-pub use greptime::Table;
-use greptime::spool_writer::{Item, Payload, SpoolWriter, TableRows};
+use drain::discard;
+pub use error::SinkError;
+pub use input::Input;
+use input::Overflow;
 
 /// Which output, with its settings.
 #[derive(Debug, Clone)]
@@ -42,155 +51,13 @@ pub struct SinkSettings {
     pub queue_rows: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("cannot write to stdout")]
-    Stdout(#[source] std::io::Error),
-    #[error("cannot set up TLS to GreptimeDB: {0}")]
-    Tls(String),
-    #[error(transparent)]
-    Spool(#[from] greptime::spool::SpoolError),
-}
-
-/// Where rows go when the queue is full.
-enum Overflow {
-    /// Counted as queue drops.
-    Drop,
-    /// To the disk spool, for this database and table.
-    Spool {
-        writer: Arc<SpoolWriter>,
-        database: String,
-        table: String,
-    },
-}
-
-/// A table's front door, used by the thread that drains the source. One per table: its
-/// own queue, overflow and counters.
-pub struct Input<R = PacketRecord> {
-    tx: queue::Sender<Vec<R>>,
-    overflow: Overflow,
-    counters: Arc<Counters>,
-    full: Throttled,
-    spooling: Throttled,
-}
-
-impl<R: Table> Input<R> {
-    fn new(tx: queue::Sender<Vec<R>>, overflow: Overflow, counters: Arc<Counters>) -> Self {
-        Self {
-            tx,
-            overflow,
-            counters,
-            full: Throttled::default(),
-            spooling: Throttled::default(),
-        }
-    }
-
-    /// Hands `rows` over: waiting for room when `wait` ([`send`](Self::send), a replay),
-    /// else at once ([`offer`](Self::offer), live capture).
-    pub async fn hand_over(&self, rows: Vec<R>, wait: bool) {
-        if wait {
-            self.send(rows).await;
-        } else {
-            self.offer(rows);
-        }
-    }
-
-    /// Hands `rows` over without waiting: to the queue, else to the overflow policy, else
-    /// counted.
-    pub fn offer(&self, rows: Vec<R>) {
-        if rows.is_empty() {
-            return;
-        }
-        let rows = match self.tx.try_send(rows) {
-            Ok(()) => return,
-            // The sink has stopped (its error is reported); these rows are not written.
-            Err(Rejected::Closed(rows)) => {
-                return Counters::add(&self.counters.write_errors, rows.len() as u64);
-            }
-            Err(Rejected::Full(rows)) => rows,
-        };
-        let n = rows.len() as u64;
-        if let Overflow::Spool {
-            writer,
-            database,
-            table,
-        } = &self.overflow
-        {
-            let item = Item {
-                database: database.clone(),
-                payload: Payload::Rows(Box::new(TableRows {
-                    table: table.clone(),
-                    rows,
-                })),
-            };
-            if writer.try_put(item).is_ok() {
-                return self.spooling.warn(format_args!(
-                    "GreptimeDB falls behind the capture: {} go to the disk spool (raise --max-in-flight or --batch-size, or sample with --sample-rate)",
-                    R::ROWS
-                ));
-            }
-            self.full.warn(format_args!(
-                "the output and its spool both fall behind: {} are dropped (raise --queue-size or --max-in-flight, or sample with --sample-rate)",
-                R::ROWS
-            ));
-        } else {
-            self.full.warn(format_args!(
-                "the output falls behind: {} are dropped (raise --queue-size, or sample with --sample-rate)",
-                R::ROWS
-            ));
-        }
-        Counters::add(&self.counters.queue_drops, n);
-    }
-
-    /// Hands `rows` over, waiting for room in the queue (replay: nothing is lost by going
-    /// slower).
-    pub async fn send(&self, rows: Vec<R>) {
-        if rows.is_empty() {
-            return;
-        }
-        if let Err(rows) = self.tx.send_waiting(rows).await {
-            Counters::add(&self.counters.write_errors, rows.len() as u64);
-        }
-    }
-
-    /// Rows waiting for the output (and for its spool).
-    pub fn depth(&self) -> usize {
-        self.tx.depth()
-            + match &self.overflow {
-                Overflow::Spool { writer, .. } => writer.depth(),
-                Overflow::Drop => 0,
-            }
-    }
-}
-
-/// A started sink: its input, and the task that ends once the input is dropped and every
-/// row is written, spooled or counted.
-pub struct Sink {
-    pub input: Input,
-    pub task: JoinHandle<Result<(), SinkError>>,
-}
-
 /// A started sink of packet rows and, with `--mode flows|both`, flow rows: one output, one
 /// GreptimeDB connection set and one spool for both, a queue and counters per table. The
 /// task ends once both inputs are dropped and every row is written, spooled or counted.
-pub struct Sinks {
+pub struct Sink {
     pub packets: Input<PacketRecord>,
     pub flows: Option<Input<FlowRecord>>,
     pub task: JoinHandle<Result<(), SinkError>>,
-}
-
-/// Starts the sink. `stopping` turns true when capture stops; sinks that retry use it to
-/// start their shutdown deadline.
-pub fn start(
-    settings: SinkSettings,
-    counters: Arc<Counters>,
-    stopping: watch::Receiver<bool>,
-) -> Result<Sink, SinkError> {
-    let Sinks { packets, task, .. } = start_tables(settings, counters, None, stopping)?;
-    Ok(Sink {
-        input: packets,
-        task,
-    })
 }
 
 /// Where flow rows go: their table and their counters.
@@ -201,12 +68,14 @@ pub struct FlowOutput {
 }
 
 /// Starts the sink of packet rows (`counters`) and, when `flows` is given, of flow rows.
-pub fn start_tables(
+/// `stopping` turns true when capture stops; sinks that retry use it to start their
+/// shutdown deadline.
+pub fn start(
     settings: SinkSettings,
     counters: Arc<Counters>,
     flows: Option<FlowOutput>,
     stopping: watch::Receiver<bool>,
-) -> Result<Sinks, SinkError> {
+) -> Result<Sink, SinkError> {
     let (tx, rx) = queue::bounded(settings.queue_rows);
     let (flow_tx, flow_rx) = match &flows {
         Some(f) => {
@@ -242,14 +111,15 @@ pub fn start_tables(
                 rx,
                 counters: f.counters,
             });
-            let task = tokio::spawn(greptime::run_tables(
+            let run = greptime::run(
                 *cfg,
                 rx,
                 Arc::clone(&counters),
                 flow_table,
                 stopping,
                 writer,
-            ));
+            );
+            let task = tokio::spawn(async move { Ok(run.await?) });
             (overflow, task)
         }
         SinkConfig::Jsonl => {
@@ -278,24 +148,9 @@ pub fn start_tables(
             )
         }
     };
-    Ok(Sinks {
+    Ok(Sink {
         packets: Input::new(tx, overflow, counters),
         flows: flow_tx.map(|(tx, f)| Input::new(tx, flow_overflow, f.counters)),
         task,
     })
-}
-
-/// `--output none`: rows are accepted and dropped on purpose (benchmarks), so they count
-/// as written.
-async fn discard<R>(mut rx: Receiver<Vec<R>>, counters: &Counters) {
-    while let Some(batch) = rx.recv().await {
-        Counters::add(&counters.written, batch.len() as u64);
-    }
-}
-
-/// After a fatal error: stop accepting batches and count what was queued as failed.
-fn fail_remaining<R>(mut rx: Receiver<Vec<R>>, counters: &Counters) {
-    for batch in rx.close() {
-        Counters::add(&counters.write_errors, batch.len() as u64);
-    }
 }

@@ -55,6 +55,7 @@ impl Harness {
                 sink::start(
                     SinkSettings { output, queue_rows },
                     Arc::clone(&counters),
+                    None,
                     stop_rx,
                 )
             })
@@ -69,15 +70,15 @@ impl Harness {
 
     pub fn offer(&self, rows: Vec<PacketRecord>) {
         let _guard = self.runtime.enter();
-        self.sink.as_ref().unwrap().input.offer(rows);
+        self.sink.as_ref().unwrap().packets.offer(rows);
     }
 
     /// As at Ctrl+C: capture stops, the input closes, the sink finishes within its deadline.
     pub fn finish(&mut self) -> Duration {
         let started = Instant::now();
         self.stop.send_replace(true);
-        let Sink { input, task } = self.sink.take().unwrap();
-        drop(input);
+        let Sink { packets, task, .. } = self.sink.take().unwrap();
+        drop(packets);
         self.runtime
             .block_on(task)
             .expect("the sink task does not panic")

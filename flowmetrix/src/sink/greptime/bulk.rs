@@ -55,16 +55,16 @@ use tonic::{Code, Status, metadata::MetadataValue};
 use tracing::{info, warn};
 
 use super::{
-    client::connect_all,
-    endpoints::Endpoints,
-    retry::{REQUEST_TIMEOUT, classify_status, code, greptime_code},
-    settings::{Compression, GreptimeConfig},
+    config::{Compression, GreptimeConfig},
+    error::GreptimeError,
+    retry::{Failure, REQUEST_TIMEOUT, classify_status, code, greptime_code},
+    service::{Endpoints, connect::connect_all},
 };
 use crate::schema::{
     Table,
     arrow::{arrow_schema, record_batch, time_index},
 };
-use crate::{metrics::Counters, record::PacketRecord, sink::SinkError};
+use crate::{metrics::Counters, record::PacketRecord};
 
 /// Batches one stream has in flight at most: the server's reply channel holds 32.
 pub const MAX_STREAM_IN_FLIGHT: usize = 8;
@@ -165,7 +165,7 @@ impl<R: Table> Bulk<R> {
     /// The bulk writer for `table`, with its own connections (a long-lived stream does not
     /// share its HTTP/2 connection with row inserts).
     /// None (logged) when the table's columns have no Arrow form: rows go by row insert.
-    pub fn new(cfg: &GreptimeConfig, table: &str) -> Result<Option<Self>, SinkError> {
+    pub fn new(cfg: &GreptimeConfig, table: &str) -> Result<Option<Self>, GreptimeError> {
         let (schema, Some(ts_at)) = (arrow_schema(R::columns()), time_index(R::columns())) else {
             warn!("{table} has no time index; writing by row inserts");
             return Ok(None);
@@ -530,7 +530,7 @@ impl<R: Table> Bulk<R> {
             return None;
         }
         match classify_status(status, &self.cfg) {
-            super::retry::Failure::Retry {
+            Failure::Retry {
                 why,
                 endpoint: true,
             } => Some(why),
@@ -607,7 +607,7 @@ mod tests {
         )));
         let mut with_code = Status::not_found("Table not found: t");
         with_code.metadata_mut().insert(
-            super::super::retry::GREPTIME_CODE_KEY,
+            crate::sink::greptime::retry::GREPTIME_CODE_KEY,
             code::TABLE_NOT_FOUND.to_string().parse().unwrap(),
         );
         assert!(may_mean_no_table(&with_code));

@@ -15,41 +15,9 @@ use std::{sync::Arc, time::Duration};
 
 use tracing::{info, warn};
 
-use super::{
-    endpoints::{Endpoints, StatementError},
-    settings::GreptimeConfig,
-};
+use super::{config::GreptimeConfig, service::Endpoints};
 pub use crate::schema::ddl::*;
 use crate::schema::{FLOW_SCHEMA, SCHEMA};
-
-/// How the start-up DDL is set up (`--no-create-table`, `--no-rollups`,
-/// `--partition-hosts`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DdlOptions {
-    /// Create the tables when they do not exist (`--no-create-table`: the first insert
-    /// creates them, without indexes).
-    pub create_tables: bool,
-    /// Create the per-minute rollups (Flows) when they do not exist.
-    pub rollups: bool,
-    /// Flow rows are written (the `--mode` of issue 18): create `flow_data` and its rollups.
-    pub flows: bool,
-    /// The table of flow rows.
-    pub flow_table: String,
-    /// Split points of the `host` partitioning of a fleet's tables (empty: one partition).
-    pub partition_hosts: Vec<String>,
-}
-
-impl Default for DdlOptions {
-    fn default() -> Self {
-        Self {
-            create_tables: true,
-            rollups: true,
-            flows: false,
-            flow_table: FLOW_TABLE.to_owned(),
-            partition_hosts: Vec::new(),
-        }
-    }
-}
 
 /// The `CREATE TABLE` statements for this run, in order.
 pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<(String, String)> {
@@ -194,15 +162,6 @@ async fn retry_pending(pool: std::sync::Weak<Endpoints>, mut pending: Vec<Rollup
             "cannot create rollup {}: its source table still lacks a column; create it yourself (see README, Rollups): {}",
             r.sink, r.sql
         );
-    }
-}
-
-impl std::fmt::Display for StatementError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.code {
-            Some(code) => write!(f, "{} (GreptimeDB code {code})", self.message),
-            None => f.write_str(&self.message),
-        }
     }
 }
 

@@ -9,15 +9,30 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use tonic::{Code, Status};
 
-use super::settings::GreptimeConfig;
+use super::config::GreptimeConfig;
 
 /// How long one gRPC request may take before it counts as a (retriable) timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// The waits between tries of one batch (or spool record): from [`BACKOFF_START`], doubling
+/// up to [`BACKOFF_CAP`], without end (the shutdown deadline ends the tries), each with
+/// jitter: uniform in [half, all) of the step. `backon` adds jitter upwards (a step `d`
+/// waits in [d, 2d)), so its steps are half of ours.
+pub fn backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_START / 2)
+        .with_max_delay(BACKOFF_CAP / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// The metadata key that carries GreptimeDB's status code (decimal).
 pub const GREPTIME_CODE_KEY: &str = "x-greptime-err-code";
@@ -265,7 +280,7 @@ fn classify_transport(status: &Status, cfg: &GreptimeConfig) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::greptime::settings::tests::cfg;
+    use crate::sink::greptime::config::tests::cfg;
 
     fn server(code: Code, gt: Option<u32>, msg: &str) -> greptimedb_ingester::Error {
         let mut status = Status::new(code, msg);
@@ -281,6 +296,18 @@ mod tests {
         match classify(&server(code, gt, msg), &cfg()) {
             Failure::Fatal { kind, message } => (kind, message),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_below_each_step() {
+        let mut step = BACKOFF_START;
+        for wait in backoff().take(12) {
+            assert!(
+                wait >= step / 2 && wait < step,
+                "{wait:?} for a step of {step:?}"
+            );
+            step = (step * 2).min(BACKOFF_CAP);
         }
     }
 

@@ -1,114 +1,69 @@
-//! The writer: rows from the queue through the one batcher, a bounded number of inserts in
-//! flight, retries, the outage log, and the spool replay.
+//! The sink loop, on top of the rest: rows from the queue through the one batcher, a bounded
+//! number of inserts in flight, retries, and the spool replay.
 //!
 //! Every batch a write task takes is accounted exactly once — written, a write error, or
 //! handed to the spool — also when the task panics or is cancelled ([`Unsettled`]).
 
 use std::{
-    collections::HashSet,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use greptimedb_ingester::api::v1::RowInsertRequests;
-use rand::Rng as _;
 use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
 };
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::{
-    client::startup_check,
-    endpoints::Endpoints,
-    retry::{BACKOFF_CAP, BACKOFF_START, Failure, Problem, REQUEST_TIMEOUT},
-    settings::GreptimeConfig,
-    spool::{Contents, Replayed},
-    spool_writer::{Item, Payload, SpoolWriter},
+    bulk::Bulk,
+    config::{GreptimeConfig, WritePath},
+    error::GreptimeError,
+    outage::OutageLog,
+    retry::{self, Failure, REQUEST_TIMEOUT},
+    service::Endpoints,
+    spool::{
+        Contents, Replayed,
+        thread::{Item, Payload, SpoolWriter},
+    },
+    startup::Startup,
 };
 use crate::schema::{Table, encode};
 use crate::{
     metrics::Counters,
     queue::Receiver,
     record::{FlowRecord, PacketRecord},
-    sink::{SinkError, batch::Batcher},
+    sink::batch::Batcher,
 };
 
 /// Shared by the write tasks: the connections, counters, and what was already logged.
-pub(super) struct Writer {
+struct Writer {
     /// The endpoints; `insert` picks a healthy one.
-    pub(super) endpoints: Arc<Endpoints>,
+    endpoints: Arc<Endpoints>,
     hints: Vec<(&'static str, String)>,
-    pub(super) cfg: GreptimeConfig,
+    cfg: GreptimeConfig,
     counters: Arc<Counters>,
-    /// When the current outage began (None while writes succeed).
-    outage: Mutex<Option<Instant>>,
-    /// Fatal problems already reported (each is logged once).
-    reported: Mutex<HashSet<Problem>>,
+    /// When the current outage began, and the failures already reported.
+    log: Arc<OutageLog>,
+    /// The start-up work: inserts wait for it ([`Startup::ready`]).
+    startup: Arc<Startup>,
     /// Set when shutdown begins: retries stop at this instant.
     deadline: watch::Sender<Option<Instant>>,
     spool: Option<Arc<SpoolWriter>>,
-    /// True once the start-up DDL has run: inserts wait for it ([`Writer::tables_ready`]).
-    pub(super) ddl_ran: watch::Sender<bool>,
-    /// The tables the start-up work found or created (set before `ddl_ran`).
-    pub(super) exist: Mutex<Vec<String>>,
 }
 
 impl Writer {
-    pub(super) fn hints(&self) -> Vec<(&str, &str)> {
+    fn hints(&self) -> Vec<(&str, &str)> {
         self.hints.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 
     fn time_left(&self) -> Option<Duration> {
         let deadline = *self.deadline.borrow();
         deadline.map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
-    pub(super) fn outage_began(&self, why: &str) {
-        self.outage_began_at(why, Instant::now());
-    }
-
-    /// An outage whose first failed attempt started at `started` (a request that timed out
-    /// after 10 s began 10 s before it failed).
-    pub(super) fn outage_began_at(&self, why: &str, started: Instant) {
-        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
-        if outage.is_none() {
-            *outage = Some(started);
-            let meanwhile = if self.spool.is_some() {
-                "rows go to the disk spool meanwhile"
-            } else {
-                "rows wait in the queue meanwhile"
-            };
-            warn!(
-                "{} failed: {why}; retrying ({meanwhile})",
-                self.cfg.describe()
-            );
-        }
-    }
-
-    fn succeeded(&self) {
-        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(since) = outage.take() {
-            info!(
-                "{} is writable again after {:.1}s",
-                self.cfg.describe(),
-                since.elapsed().as_secs_f64()
-            );
-        }
-    }
-
-    pub(super) fn fatal(&self, kind: Problem, message: &str) {
-        let first = self
-            .reported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(kind);
-        if first {
-            error!("{}: {message}", self.cfg.describe());
-        }
     }
 
     /// One attempt at one insert, bounded by the request timeout and the shutdown
@@ -125,8 +80,8 @@ impl Writer {
             .time_left()
             .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
         let started = since.unwrap_or_else(Instant::now);
-        if let Err(why) = self.tables_ready() {
-            self.outage_began_at(&why, started);
+        if let Err(why) = self.startup.ready() {
+            self.log.began_at(&why, started);
             return Attempt::Retry(why);
         }
         match self
@@ -135,24 +90,24 @@ impl Writer {
             .await
         {
             Ok(_affected) => {
-                self.succeeded();
+                self.log.succeeded();
                 Attempt::Written
             }
             Err(Failure::Retry { why, .. }) => {
-                self.outage_began_at(&why, started);
+                self.log.began_at(&why, started);
                 Attempt::Retry(why)
             }
             Err(Failure::Fatal { kind, message }) => {
-                self.fatal(kind, &message);
+                self.log.fatal(kind, &message);
                 Attempt::Fatal
             }
         }
     }
 
-    /// Sleeps `backoff` with jitter, cut short when shutdown begins; false when the
-    /// shutdown deadline leaves no time for another try.
-    async fn back_off(&self, backoff: Duration) -> bool {
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+    /// Sleeps the next wait of `backoff` (jittered), cut short when shutdown begins; false
+    /// when the shutdown deadline leaves no time for another try.
+    async fn back_off(&self, backoff: &mut impl Iterator<Item = Duration>) -> bool {
+        let jittered = backoff.next().unwrap_or(retry::BACKOFF_CAP);
         if self.time_left().is_some_and(|left| left <= jittered) {
             return false;
         }
@@ -172,9 +127,9 @@ impl Writer {
         let (rows, bulk_failed_at) = match &out.bulk {
             Some(bulk) => {
                 // A table the start-up DDL made or found takes bulk writes from the first.
-                if *self.ddl_ran.borrow()
+                if self.startup.ran()
                     && !out.startup_seen.swap(true, Ordering::Relaxed)
-                    && self.exist.lock().is_ok_and(|e| e.contains(&out.table))
+                    && self.startup.found(&out.table)
                 {
                     bulk.table_exists();
                 }
@@ -192,18 +147,18 @@ impl Writer {
         let started = Instant::now();
         let request = encode(&out.table, &rows);
         drop(rows);
-        let mut backoff = BACKOFF_START;
+        let mut backoff = retry::backoff();
         loop {
             match self.attempt(None, &request, bulk_failed_at).await {
                 Attempt::Written => {
-                    out.bulk.iter().for_each(super::bulk::Bulk::table_exists);
+                    out.bulk.iter().for_each(Bulk::table_exists);
                     account.settle(&counters.written);
                     counters.write_seconds.observe(started.elapsed());
                     return;
                 }
                 Attempt::Fatal => return account.settle(&counters.write_errors),
                 Attempt::Retry(why) => {
-                    self.outage_began(&why);
+                    self.log.began(&why);
                     if let Some(spool) = &self.spool {
                         let item = Item {
                             database: self.cfg.database.clone(),
@@ -219,11 +174,10 @@ impl Writer {
                         };
                     }
                     Counters::add(&counters.write_retries, 1);
-                    if !self.back_off(backoff).await {
+                    if !self.back_off(&mut backoff).await {
                         // Shutting down and out of time: these rows are not written.
                         return account.settle(&counters.write_errors);
                     }
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
             }
         }
@@ -236,7 +190,7 @@ impl Writer {
         let spool = Arc::clone(writer.spool());
         // The segment being replayed and its next record.
         let mut current: Option<(Contents, usize)> = None;
-        let mut backoff = BACKOFF_START;
+        let mut backoff = retry::backoff();
         let mut deadline_set = self.deadline.subscribe();
         while self.deadline.borrow().is_none() {
             if current.is_none() {
@@ -277,7 +231,7 @@ impl Writer {
                 Attempt::Written => {
                     spool.finish(&record, Replayed::Written);
                     *next += 1;
-                    backoff = BACKOFF_START;
+                    backoff = retry::backoff();
                 }
                 Attempt::Fatal => {
                     spool.finish(&record, Replayed::Refused);
@@ -285,12 +239,11 @@ impl Writer {
                 }
                 Attempt::Retry(why) => {
                     spool.finish(&record, Replayed::Failed);
-                    self.outage_began(&why);
+                    self.log.began(&why);
                     Counters::add(&self.counters.write_retries, 1);
-                    if !self.back_off(backoff).await {
+                    if !self.back_off(&mut backoff).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
                 }
             }
         }
@@ -351,7 +304,7 @@ struct TableOut<R: Table> {
     table: String,
     counters: Arc<Counters>,
     /// `--write-path bulk`: batches go by bulk first; what it cannot write, by row insert.
-    bulk: Option<super::bulk::Bulk<R>>,
+    bulk: Option<Bulk<R>>,
     /// Whether the bulk path has been told what the start-up work found.
     startup_seen: AtomicBool,
 }
@@ -361,10 +314,10 @@ impl<R: Table> TableOut<R> {
         cfg: &GreptimeConfig,
         table: String,
         counters: Arc<Counters>,
-    ) -> Result<Self, SinkError> {
+    ) -> Result<Self, GreptimeError> {
         let bulk = match cfg.write_path {
-            super::settings::WritePath::Bulk => super::bulk::Bulk::new(cfg, &table)?,
-            super::settings::WritePath::Rows => None,
+            WritePath::Bulk => Bulk::new(cfg, &table)?,
+            WritePath::Rows => None,
         };
         Ok(Self {
             table,
@@ -375,54 +328,47 @@ impl<R: Table> TableOut<R> {
     }
 }
 
-/// The flow table, for [`run_tables`].
+/// The flow table, for [`run`].
 pub struct FlowTable {
     pub table: String,
     pub rx: Receiver<Vec<FlowRecord>>,
     pub counters: Arc<Counters>,
 }
 
-/// Writes batches from `rx` until it closes. When `shutdown` fires, retries get
-/// `shutdown_timeout` more before the rows they hold count as write errors (or, with a
-/// spool, go to it).
+/// Writes packet rows from `rx` (`cfg.table`, counted in `counters`) and, when given, flow
+/// rows until the queues close: both over the same connections, retries, outage log and
+/// spool, each with its own batcher and counters, and `--max-in-flight` requests in flight
+/// over both. When `shutdown` fires, retries get `shutdown_timeout` more before the rows they
+/// hold count as write errors (or, with a spool, go to it).
 pub async fn run(
-    cfg: GreptimeConfig,
-    rx: Receiver,
-    counters: Arc<Counters>,
-    shutdown: watch::Receiver<bool>,
-    spool: Option<Arc<SpoolWriter>>,
-) -> Result<(), SinkError> {
-    run_tables(cfg, rx, counters, None, shutdown, spool).await
-}
-
-/// [`run`] for packet rows (`cfg.table`) and, when given, flow rows: both over the same
-/// connections, retries, outage log and spool, each with its own batcher and counters, and
-/// `--max-in-flight` requests in flight over both.
-pub async fn run_tables(
     cfg: GreptimeConfig,
     rx: Receiver,
     counters: Arc<Counters>,
     flows: Option<FlowTable>,
     mut shutdown: watch::Receiver<bool>,
     spool: Option<Arc<SpoolWriter>>,
-) -> Result<(), SinkError> {
-    let writer = Arc::new(Writer {
-        endpoints: Endpoints::connect(&cfg)?,
-        hints: cfg.hints(),
-        cfg: cfg.clone(),
-        counters: Arc::clone(&counters),
-        outage: Mutex::new(None),
-        reported: Mutex::new(HashSet::new()),
-        deadline: watch::Sender::new(None),
-        spool: spool.clone(),
-        // With --no-create-table the first insert makes the table: nothing to wait for.
-        ddl_ran: watch::Sender::new(!cfg.ddl.create_tables),
-        exist: Mutex::new(Vec::new()),
-    });
+) -> Result<(), GreptimeError> {
+    let endpoints = Endpoints::connect(&cfg)?;
+    let log = Arc::new(OutageLog::new(cfg.describe(), spool.is_some()));
+    let startup = Arc::new(Startup::new(
+        Arc::clone(&endpoints),
+        cfg.clone(),
+        Arc::clone(&log),
+    ));
     // Before the first insert, so that the tables are made by their DDL, not by an insert.
     // Bounded by its timeouts; rows wait in the queue meanwhile. When no endpoint answers,
     // it runs once one does, and inserts wait for it.
-    startup_check(Arc::clone(&writer)).await;
+    startup.run().await;
+    let writer = Arc::new(Writer {
+        endpoints,
+        hints: cfg.hints(),
+        cfg: cfg.clone(),
+        counters: Arc::clone(&counters),
+        log,
+        startup,
+        deadline: watch::Sender::new(None),
+        spool: spool.clone(),
+    });
     let replayer = spool
         .clone()
         .map(|spool| tokio::spawn(Arc::clone(&writer).replay(spool)));

@@ -12,7 +12,7 @@ use std::{
 use greptimedb_ingester::api::v1::RowInsertRequests;
 use tracing::warn;
 
-use super::spool::Spool;
+use super::store::Spool;
 use crate::schema::{Table, encode};
 use crate::{
     metrics::Counters,
@@ -25,13 +25,13 @@ pub trait Unencoded: Send {
     fn encode(&self) -> RowInsertRequests;
 }
 
-/// Rows for `table`.
-pub struct TableRows<R> {
+/// Rows for `table`, not encoded yet.
+pub struct UnencodedRows<R> {
     pub table: String,
     pub rows: Vec<R>,
 }
 
-impl<R: Table> Unencoded for TableRows<R> {
+impl<R: Table> Unencoded for UnencodedRows<R> {
     fn rows(&self) -> usize {
         self.rows.len()
     }

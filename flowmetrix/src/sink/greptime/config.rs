@@ -1,6 +1,9 @@
-//! What the GreptimeDB sink is told: where, as whom, how to batch, and its spool.
+//! What the GreptimeDB sink is told: where, as whom, how to batch, the start-up DDL, and its
+//! spool. Imports nothing of the sink: every other part reads it.
 
 use std::time::Duration;
+
+use crate::schema::ddl::FLOW_TABLE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -41,8 +44,37 @@ pub struct GreptimeConfig {
     /// Where rows wait on disk while GreptimeDB is away or the queue is full.
     pub spool: Option<SpoolConfig>,
     /// The tables and rollups created at start-up.
-    pub ddl: super::ddl::DdlOptions,
+    pub ddl: DdlOptions,
     pub write_path: WritePath,
+}
+
+/// How the start-up DDL is set up (`--no-create-table`, `--no-rollups`,
+/// `--partition-hosts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DdlOptions {
+    /// Create the tables when they do not exist (`--no-create-table`: the first insert
+    /// creates them, without indexes).
+    pub create_tables: bool,
+    /// Create the per-minute rollups (Flows) when they do not exist.
+    pub rollups: bool,
+    /// Flow rows are written (the `--mode` of issue 18): create `flow_data` and its rollups.
+    pub flows: bool,
+    /// The table of flow rows.
+    pub flow_table: String,
+    /// Split points of the `host` partitioning of a fleet's tables (empty: one partition).
+    pub partition_hosts: Vec<String>,
+}
+
+impl Default for DdlOptions {
+    fn default() -> Self {
+        Self {
+            create_tables: true,
+            rollups: true,
+            flows: false,
+            flow_table: FLOW_TABLE.to_owned(),
+            partition_hosts: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

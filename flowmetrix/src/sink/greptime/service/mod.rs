@@ -1,4 +1,5 @@
-//! Several GreptimeDB endpoints, health-aware: one client per endpoint, requests spread
+//! The service: the connections to GreptimeDB and what goes over them. Several endpoints,
+//! health-aware: one client per endpoint, requests spread
 //! round-robin over the healthy ones. An endpoint whose connection fails (refused, reset,
 //! timed out: no answer from GreptimeDB proper) is taken out of rotation at once and the
 //! request goes to the next one; a background probe puts it back when it answers again.
@@ -26,13 +27,17 @@ use greptimedb_ingester::{
 use tonic::Code;
 use tracing::{info, warn};
 
-use super::{
-    client::connect_all,
+pub mod connect;
+pub mod shapes;
+
+use connect::connect_all;
+use shapes::Shapes;
+
+use crate::sink::greptime::{
+    config::GreptimeConfig,
+    error::GreptimeError,
     retry::{Failure, REQUEST_TIMEOUT, classify, classify_status, greptime_code},
-    settings::GreptimeConfig,
-    shapes::Shapes,
 };
-use crate::sink::SinkError;
 
 /// How often a down endpoint is probed, and how long a probe may take.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -90,6 +95,15 @@ pub struct StatementError {
     pub unreachable: bool,
 }
 
+impl std::fmt::Display for StatementError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "{} (GreptimeDB code {code})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 /// Every endpoint is out of rotation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("every GreptimeDB endpoint is down ({0})")]
@@ -106,7 +120,7 @@ pub struct EndpointState {
 impl Endpoints {
     /// One client per endpoint of `cfg`, all up until a request says otherwise; starts the
     /// background probe (needs a Tokio runtime).
-    pub fn connect(cfg: &GreptimeConfig) -> Result<Arc<Self>, SinkError> {
+    pub fn connect(cfg: &GreptimeConfig) -> Result<Arc<Self>, GreptimeError> {
         let members = connect_all(cfg)?
             .into_iter()
             .map(|(addr, client, db)| Member {
@@ -264,7 +278,7 @@ impl Endpoints {
             let left = budget.saturating_sub(started.elapsed());
             let db = match database {
                 Some(name) if name != self.cfg.database => {
-                    super::client::database(&self.cfg, name, &self.members[chosen.index].client)
+                    connect::database(&self.cfg, name, &self.members[chosen.index].client)
                 }
                 _ => chosen.db.clone(),
             };

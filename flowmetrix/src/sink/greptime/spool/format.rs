@@ -1,0 +1,256 @@
+//! The spool's on-disk format: segment files (`seg-<seq>.spool`) of checksummed records,
+//! `magic u32 | payload length u32 | crc32 u32 | rows u32 | payload` (little-endian). The
+//! payload is the database name (a length byte, then the name) and the protobuf
+//! `RowInsertRequests` (which names the table) as the ingester sends it. Records of the first
+//! format (`FMX1`, the insert alone) replay into the run's own database; a record that is
+//! done has the magic `FMXD`.
+
+use std::{
+    fs::File,
+    io::{Read as _, Seek as _, SeekFrom},
+    path::{Path, PathBuf},
+};
+
+use greptimedb_ingester::api::v1::RowInsertRequests;
+use prost::{
+    Message as _,
+    encoding::{WireType, decode_varint},
+};
+
+use super::accounting::RowsPerTable;
+
+/// A record of the first format: the insert alone.
+pub const MAGIC_V1: u32 = 0x464d_5831; // "FMX1"
+/// A record: database name and insert.
+pub const MAGIC: u32 = 0x464d_5832; // "FMX2"
+/// A record that is done: acknowledged, or refused for good.
+pub const DONE: u32 = 0x464d_5844; // "FMXD"
+pub const HEADER: usize = 16;
+
+/// One good record of a segment, not yet done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Where its header starts in the file.
+    pub at: u64,
+    /// The protobuf insert, within [`Contents`]' bytes.
+    insert: std::ops::Range<usize>,
+    pub rows: u64,
+    /// The database it was meant for; `None` for a first-format record.
+    pub database: Option<String>,
+    /// The table its insert is for.
+    pub table: Option<String>,
+}
+
+/// What one segment holds, as read back: its bytes and its good records not yet done, each
+/// decoded only when it is sent (a decoded insert is several times its encoded size).
+#[derive(Debug, Default)]
+pub struct Contents {
+    bytes: Vec<u8>,
+    pub records: Vec<Record>,
+    /// Rows in records that were damaged (torn, corrupt) and cannot be replayed.
+    pub damaged_rows: u64,
+    pub damaged: bool,
+    /// Where the intact records end (the damage begins).
+    pub good_len: usize,
+}
+
+impl Contents {
+    /// A segment that could not be read at all: damaged, no records.
+    pub fn unreadable() -> Self {
+        Self {
+            damaged: true,
+            ..Default::default()
+        }
+    }
+
+    /// The insert of good record `i`.
+    pub fn request(&self, i: usize) -> Option<RowInsertRequests> {
+        let r = self.records.get(i)?;
+        RowInsertRequests::decode(self.bytes.get(r.insert.clone())?).ok()
+    }
+
+    /// Rows in the good records from `i` on.
+    pub fn rows_from(&self, i: usize) -> u64 {
+        self.records.iter().skip(i).map(|r| r.rows).sum()
+    }
+
+    /// Rows in the good records, per table.
+    pub fn table_rows(&self) -> RowsPerTable {
+        let mut t = RowsPerTable::default();
+        for r in &self.records {
+            t.add(r.table.as_deref(), r.rows);
+        }
+        t
+    }
+}
+
+pub fn seg_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("seg-{seq:016}.spool"))
+}
+
+pub fn seq_of(path: &Path, ext: &str) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("seg-")?
+        .strip_suffix(ext)?
+        .parse()
+        .ok()
+}
+
+/// One record: header, database and protobuf insert.
+pub fn record_bytes(database: &str, req: &RowInsertRequests, rows: u64) -> Vec<u8> {
+    let db = database.as_bytes();
+    let db = &db[..db.len().min(255)];
+    let mut payload = Vec::with_capacity(1 + db.len() + req.encoded_len());
+    payload.push(db.len() as u8);
+    payload.extend_from_slice(db);
+    req.encode(&mut payload)
+        .unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+    let mut record = Vec::with_capacity(HEADER + payload.len());
+    for word in [
+        MAGIC,
+        u32::try_from(payload.len()).unwrap_or(u32::MAX),
+        crc32fast::hash(&payload),
+        u32::try_from(rows).unwrap_or(u32::MAX),
+    ] {
+        record.extend_from_slice(&word.to_le_bytes());
+    }
+    record.extend_from_slice(&payload);
+    record
+}
+
+fn word(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The database and insert range of a payload at `range`, if it is well-formed.
+fn split_payload(
+    bytes: &[u8],
+    magic: u32,
+    range: std::ops::Range<usize>,
+) -> Option<(Option<String>, std::ops::Range<usize>, Option<String>)> {
+    let payload = bytes.get(range.clone())?;
+    let (database, skip) = if magic == MAGIC_V1 {
+        (None, 0)
+    } else {
+        let n = usize::from(*payload.first()?);
+        let name = std::str::from_utf8(payload.get(1..1 + n)?).ok()?;
+        (Some(name.to_owned()), 1 + n)
+    };
+    let insert = range.start + skip..range.end;
+    let req = RowInsertRequests::decode(bytes.get(insert.clone())?).ok()?;
+    let table = req.inserts.into_iter().next().map(|i| i.table_name);
+    Some((database, insert, table))
+}
+
+/// Parses one segment's bytes into its good records not yet done, and what was damaged.
+pub fn parse_segment(bytes: Vec<u8>) -> Contents {
+    let mut out = Contents::default();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (Some(magic), Some(len), Some(crc), Some(rows)) = (
+            word(&bytes, at),
+            word(&bytes, at + 4),
+            word(&bytes, at + 8),
+            word(&bytes, at + 12),
+        ) else {
+            out.damaged = true; // a torn header: its rows are unknown
+            break;
+        };
+        let range = at + HEADER..at + HEADER + len as usize;
+        let known = matches!(magic, MAGIC | MAGIC_V1 | DONE);
+        let intact = known
+            && bytes
+                .get(range.clone())
+                .is_some_and(|p| crc32fast::hash(p) == crc);
+        if !intact {
+            out.damaged = true;
+            // The header may be intact (a torn payload): count its rows.
+            if matches!(magic, MAGIC | MAGIC_V1) {
+                out.damaged_rows += u64::from(rows);
+            }
+            break;
+        }
+        if magic != DONE {
+            let Some((database, insert, table)) = split_payload(&bytes, magic, range.clone())
+            else {
+                out.damaged = true;
+                out.damaged_rows += u64::from(rows);
+                break;
+            };
+            out.records.push(Record {
+                at: at as u64,
+                insert,
+                rows: u64::from(rows),
+                database,
+                table,
+            });
+        }
+        at = range.end;
+    }
+    out.good_len = at;
+    out.bytes = bytes;
+    out
+}
+
+/// The table of the first insert of an encoded `RowInsertRequests`, from its first bytes
+/// alone (prost writes fields in tag order: `inserts` = 1, and in it `table_name` = 1, left
+/// out when empty): what decoding the whole insert gives, as [`split_payload`] does.
+pub fn table_in_prefix(insert: &[u8]) -> Option<String> {
+    const LEN_FIELD_1: u64 = (1 << 3) | WireType::LengthDelimited as u64;
+    let mut buf = insert;
+    let mut varint = || decode_varint(&mut buf).ok();
+    if varint()? != LEN_FIELD_1 {
+        return None;
+    }
+    if varint()? == 0 || varint()? != LEN_FIELD_1 {
+        return Some(String::new());
+    }
+    let n = usize::try_from(varint()?).ok()?;
+    let name = buf.get(..n)?;
+    Some(std::str::from_utf8(name).ok()?.to_owned())
+}
+
+/// Bytes of a record's payload read to find its table: the database name and the start of
+/// the insert.
+const PREFIX_BYTES: u64 = 1024;
+
+/// Rows per table in the records of `path` not yet done, from the headers and the start of
+/// each payload (checksums are checked when it is replayed).
+pub fn pending_rows(path: &Path) -> std::io::Result<RowsPerTable> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut at = 0;
+    let mut rows = RowsPerTable::default();
+    let mut head = [0u8; HEADER];
+    while at + HEADER as u64 <= len {
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut head)?;
+        let (Some(magic), Some(size), Some(n)) = (word(&head, 0), word(&head, 4), word(&head, 12))
+        else {
+            break;
+        };
+        match magic {
+            MAGIC | MAGIC_V1 => {
+                let want = u64::from(size)
+                    .min(PREFIX_BYTES)
+                    .min(len - at - HEADER as u64);
+                let mut prefix = vec![0u8; usize::try_from(want).unwrap_or(0)];
+                f.read_exact(&mut prefix)?;
+                let insert = if magic == MAGIC_V1 {
+                    Some(&prefix[..])
+                } else {
+                    prefix
+                        .first()
+                        .and_then(|n| prefix.get(1 + usize::from(*n)..))
+                };
+                rows.add(insert.and_then(table_in_prefix).as_deref(), u64::from(n));
+            }
+            DONE => {}
+            _ => break,
+        }
+        at += HEADER as u64 + u64::from(size);
+    }
+    Ok(rows)
+}

@@ -1,0 +1,127 @@
+//! A table's front door: the queue to its output, and what happens when it is full.
+
+use std::sync::Arc;
+
+use crate::{
+    metrics::Counters,
+    queue::{self, Rejected},
+    record::PacketRecord,
+    schema::Table,
+    sink::greptime::spool::thread::{Item, Payload, SpoolWriter, UnencodedRows},
+    throttle::Throttled,
+};
+
+/// Where rows go when the queue is full.
+pub(super) enum Overflow {
+    /// Counted as queue drops.
+    Drop,
+    /// To the disk spool, for this database and table.
+    Spool {
+        writer: Arc<SpoolWriter>,
+        database: String,
+        table: String,
+    },
+}
+
+/// A table's front door, used by the thread that drains the source. One per table: its
+/// own queue, overflow and counters.
+pub struct Input<R = PacketRecord> {
+    tx: queue::Sender<Vec<R>>,
+    overflow: Overflow,
+    counters: Arc<Counters>,
+    full: Throttled,
+    spooling: Throttled,
+}
+
+impl<R: Table> Input<R> {
+    pub(super) fn new(
+        tx: queue::Sender<Vec<R>>,
+        overflow: Overflow,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            tx,
+            overflow,
+            counters,
+            full: Throttled::default(),
+            spooling: Throttled::default(),
+        }
+    }
+
+    /// Hands `rows` over: waiting for room when `wait` ([`send`](Self::send), a replay),
+    /// else at once ([`offer`](Self::offer), live capture).
+    pub async fn hand_over(&self, rows: Vec<R>, wait: bool) {
+        if wait {
+            self.send(rows).await;
+        } else {
+            self.offer(rows);
+        }
+    }
+
+    /// Hands `rows` over without waiting: to the queue, else to the overflow policy, else
+    /// counted.
+    pub fn offer(&self, rows: Vec<R>) {
+        if rows.is_empty() {
+            return;
+        }
+        let rows = match self.tx.try_send(rows) {
+            Ok(()) => return,
+            // The sink has stopped (its error is reported); these rows are not written.
+            Err(Rejected::Closed(rows)) => {
+                return Counters::add(&self.counters.write_errors, rows.len() as u64);
+            }
+            Err(Rejected::Full(rows)) => rows,
+        };
+        let n = rows.len() as u64;
+        if let Overflow::Spool {
+            writer,
+            database,
+            table,
+        } = &self.overflow
+        {
+            let item = Item {
+                database: database.clone(),
+                payload: Payload::Rows(Box::new(UnencodedRows {
+                    table: table.clone(),
+                    rows,
+                })),
+            };
+            if writer.try_put(item).is_ok() {
+                return self.spooling.warn(format_args!(
+                    "GreptimeDB falls behind the capture: {} go to the disk spool (raise --max-in-flight or --batch-size, or sample with --sample-rate)",
+                    R::ROWS
+                ));
+            }
+            self.full.warn(format_args!(
+                "the output and its spool both fall behind: {} are dropped (raise --queue-size or --max-in-flight, or sample with --sample-rate)",
+                R::ROWS
+            ));
+        } else {
+            self.full.warn(format_args!(
+                "the output falls behind: {} are dropped (raise --queue-size, or sample with --sample-rate)",
+                R::ROWS
+            ));
+        }
+        Counters::add(&self.counters.queue_drops, n);
+    }
+
+    /// Hands `rows` over, waiting for room in the queue (replay: nothing is lost by going
+    /// slower).
+    pub async fn send(&self, rows: Vec<R>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(rows) = self.tx.send_waiting(rows).await {
+            Counters::add(&self.counters.write_errors, rows.len() as u64);
+        }
+    }
+
+    /// Rows waiting for the output (and for its spool).
+    pub fn depth(&self) -> usize {
+        self.tx.depth()
+            + match &self.overflow {
+                Overflow::Spool { writer, .. } => writer.depth(),
+                Overflow::Drop => 0,
+            }
+    }
+}
