@@ -26,7 +26,6 @@ use core::{
     cell::Cell,
     intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd},
     mem::MaybeUninit,
-    ptr::read_volatile,
 };
 
 use aya_ebpf::{
@@ -39,24 +38,11 @@ use flowmetrix_common::{
     CpuStats, Direction,
     flow::{
         DEFAULT_FLOW_MAX_ENTRIES, FLOW_CFG_ENTRIES, FLOW_CFG_GENERATION, FLOW_CFG_PREFIX,
-        FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, MODE_PACKETS,
-        PREFIX_UNKNOWN, parse,
+        FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, PREFIX_UNKNOWN, parse,
     },
 };
 
-use crate::sampler::Packet;
-
-/// The mode bits (`MODE_PACKETS`, `MODE_FLOWS`). Set by userspace at load time, as a
-/// constant: the verifier drops the path a mode does not take.
-#[unsafe(no_mangle)]
-static MODE: u32 = MODE_PACKETS;
-
-/// The mode bits, as loaded.
-#[inline(always)]
-pub fn mode() -> u32 {
-    // SAFETY: reading a global set before load.
-    unsafe { read_volatile(&MODE) }
-}
+use crate::packet::Packet;
 
 /// The two flow maps; the programs count into `FLOWS{generation & 1}`. Sized by userspace
 /// (`--flow-max-entries`; the minimum in `packets` mode).
