@@ -16,7 +16,7 @@
 //!   and `flow_overflow_bytes` count it.
 //!
 //! Userspace flips the generation, waits an RCU grace period and reads the idle map
-//! (`flowmetrix/src/flowmap.rs` says why that is exact).
+//! (`flowmetrix/src/flows/kernel.rs` says why that is exact).
 //!
 //! The maps are shared, not per-CPU (memory must not grow with the CPU count), so every
 //! counter update is an atomic instruction.

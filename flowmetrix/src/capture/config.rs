@@ -79,7 +79,7 @@ pub struct FlowsConfig {
     /// Entries of each of the two flow maps (`--flow-max-entries`).
     pub max_entries: u32,
     /// The prefix before the Ethernet header: `-offset`'s, or `None` with `-auto-detect`
-    /// until it is learned ([`crate::flowmap::FlowMaps::set_prefix`]).
+    /// until it is learned ([`crate::flows::kernel::FlowMaps::set_prefix`]).
     pub prefix: Option<u32>,
     /// Test hook ([`crate::settings::FLOW_EVENTS_BYTES_ENV`]): the flow event ring's size
     /// instead of the one `max_entries` gives (rounded up to a power of two, at least a

@@ -36,7 +36,7 @@ pub enum CaptureError {
     #[error("cannot read the kernel counters")]
     Stats(#[source] aya::maps::MapError),
     #[error("cannot set up the flow maps")]
-    Flows(#[source] crate::flowmap::FlowMapError),
+    Flows(#[source] crate::flows::kernel::FlowMapError),
     #[error("cannot attach the TC {direction} program to {iface} ({how}){hint}")]
     TcAttach {
         iface: String,

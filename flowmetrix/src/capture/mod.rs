@@ -43,7 +43,7 @@ use flowmetrix_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::flowmap::FlowMaps;
+use crate::flows::kernel::FlowMaps;
 use crate::metrics::{DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};
 
 pub use config::{

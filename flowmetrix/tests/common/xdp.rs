@@ -11,7 +11,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
-use flowmetrix::{capture::PROGRAM, flowmap::FlowMaps};
+use flowmetrix::{capture::PROGRAM, flows::kernel::FlowMaps};
 use flowmetrix_common::{
     CpuStats, DEFAULT_SNAPLEN, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,

@@ -253,7 +253,7 @@ const BATCH_MAX: usize = 1 << 16;
 
 /// What one batch call did.
 #[derive(Debug)]
-pub enum Step {
+pub enum BatchStep {
     /// `count` entries read (and deleted); go on from `next`.
     More {
         count: usize,
@@ -295,7 +295,7 @@ fn read_and_clear(
 /// Drives batch calls (`call(from, keys, values)`, `from`: None for the first) until the map
 /// is empty; gives false when the kernel refuses them (what was read is in `out`).
 pub fn batches(
-    mut call: impl FnMut(Option<u32>, &mut [FlowKey], &mut [FlowValue]) -> Step,
+    mut call: impl FnMut(Option<u32>, &mut [FlowKey], &mut [FlowValue]) -> BatchStep,
     out: &mut Vec<(FlowKey, FlowValue)>,
 ) -> Result<bool, FlowMapError> {
     let mut size = BATCH;
@@ -304,7 +304,7 @@ pub fn batches(
     let mut from = None;
     loop {
         match call(from, &mut keys, &mut values) {
-            Step::More { count, next } => {
+            BatchStep::More { count, next } => {
                 let count = count.min(size);
                 out.extend(
                     keys[..count]
@@ -314,7 +314,7 @@ pub fn batches(
                 );
                 from = Some(next);
             }
-            Step::Done { count } => {
+            BatchStep::Done { count } => {
                 let count = count.min(size);
                 out.extend(
                     keys[..count]
@@ -324,19 +324,19 @@ pub fn batches(
                 );
                 return Ok(true);
             }
-            Step::TooSmall if size < BATCH_MAX => {
+            BatchStep::TooSmall if size < BATCH_MAX => {
                 size *= 2;
                 keys.resize(size, FlowKey::ZERO);
                 values.resize(size, FlowValue::default());
             }
-            Step::TooSmall => {
+            BatchStep::TooSmall => {
                 return Err(FlowMapError::Read {
                     call: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
                     source: io::Error::from_raw_os_error(libc::ENOSPC),
                 });
             }
-            Step::Unsupported => return Ok(false),
-            Step::Failed(source) => {
+            BatchStep::Unsupported => return Ok(false),
+            BatchStep::Failed(source) => {
                 return Err(FlowMapError::Read {
                     call: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
                     source,
@@ -369,7 +369,7 @@ mod sys {
 
     use flowmetrix_common::flow::{FlowKey, FlowValue};
 
-    use super::Step;
+    use super::BatchStep;
 
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -406,7 +406,7 @@ mod sys {
         from: Option<u32>,
         keys: &mut [FlowKey],
         values: &mut [FlowValue],
-    ) -> Step {
+    ) -> BatchStep {
         let n = keys.len().min(values.len());
         let mut in_batch = from.unwrap_or(0);
         let mut out_batch = 0u32;
@@ -423,17 +423,17 @@ mod sys {
         let rc = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
         let count = (attr[4] & 0xffff_ffff) as usize;
         match rc {
-            Ok(()) => Step::More {
+            Ok(()) => BatchStep::More {
                 count,
                 next: out_batch,
             },
             Err(e) => match e.raw_os_error() {
-                Some(libc::ENOENT) => Step::Done { count },
-                Some(libc::ENOSPC) if count == 0 => Step::TooSmall,
+                Some(libc::ENOENT) => BatchStep::Done { count },
+                Some(libc::ENOSPC) if count == 0 => BatchStep::TooSmall,
                 Some(libc::EINVAL | libc::ENOTSUP | ENOTSUPP | libc::ENOSYS) if count == 0 => {
-                    Step::Unsupported
+                    BatchStep::Unsupported
                 }
-                _ => Step::Failed(e),
+                _ => BatchStep::Failed(e),
             },
         }
     }
@@ -577,7 +577,7 @@ mod tests {
             from: Option<u32>,
             keys: &mut [FlowKey],
             values: &mut [FlowValue],
-        ) -> Step {
+        ) -> BatchStep {
             self.calls += 1;
             let mut b = from.unwrap_or(0) as usize;
             let mut n = 0;
@@ -585,9 +585,9 @@ mod tests {
                 let bucket = &self.buckets[b];
                 if bucket.len() > keys.len() - n {
                     if n == 0 {
-                        return Step::TooSmall;
+                        return BatchStep::TooSmall;
                     }
-                    return Step::More {
+                    return BatchStep::More {
                         count: n,
                         next: b as u32,
                     };
@@ -606,7 +606,7 @@ mod tests {
                 self.buckets[b].clear();
                 b += 1;
             }
-            Step::Done { count: n }
+            BatchStep::Done { count: n }
         }
     }
 
@@ -632,9 +632,9 @@ mod tests {
     #[test]
     fn a_refused_batch_call_falls_back_and_an_error_is_one() {
         let mut out = Vec::new();
-        assert!(!batches(|_, _, _| Step::Unsupported, &mut out).unwrap());
+        assert!(!batches(|_, _, _| BatchStep::Unsupported, &mut out).unwrap());
         let err = batches(
-            |_, _, _| Step::Failed(io::Error::from_raw_os_error(libc::EFAULT)),
+            |_, _, _| BatchStep::Failed(io::Error::from_raw_os_error(libc::EFAULT)),
             &mut out,
         )
         .unwrap_err();
@@ -642,7 +642,7 @@ mod tests {
             err.to_string().contains("BPF_MAP_LOOKUP_AND_DELETE_BATCH"),
             "{err}"
         );
-        let err = batches(|_, _, _| Step::TooSmall, &mut out).unwrap_err();
+        let err = batches(|_, _, _| BatchStep::TooSmall, &mut out).unwrap_err();
         assert!(matches!(err, FlowMapError::Read { .. }));
         // An empty map: one call.
         let mut calls = 0;
@@ -650,7 +650,7 @@ mod tests {
             batches(
                 |_, _, _| {
                     calls += 1;
-                    Step::Done { count: 0 }
+                    BatchStep::Done { count: 0 }
                 },
                 &mut out
             )
