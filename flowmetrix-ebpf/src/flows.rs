@@ -1,7 +1,7 @@
 //! Flows (`--mode flows|both`): every packet — not sampled — counted under its
 //! [`FlowKey`] in one of two shared hash maps, `FLOWS{generation & 1}`.
 //!
-//! The key comes from [`flowmetrix_common::flow::parse`], the same parser userspace runs on
+//! The key comes from [`flowmetrix_common::flow_key::parse`], the same parser userspace runs on
 //! pcap frames, reading the packet in place through [`Linear`] (direct packet access,
 //! bounds-checked against `data_end`). Per packet:
 //! - the generation and the prefix are read from `FLOWCFG` once; a prefix that is
@@ -36,7 +36,7 @@ use aya_ebpf::{
 };
 use flowmetrix_common::{
     CpuStats, Direction,
-    flow::{
+    flow_key::{
         DEFAULT_FLOW_MAX_ENTRIES, FLOW_CFG_ENTRIES, FLOW_CFG_GENERATION, FLOW_CFG_PREFIX,
         FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, PREFIX_UNKNOWN, parse,
     },

@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 use flowmetrix_common::{
     CpuStats, DIRECTIONS, Direction, IF_SLOTS, MAX_IFINDEX,
-    flow::{MODE_FLOWS, MODE_PACKETS},
+    flow_key::{MODE_FLOWS, MODE_PACKETS},
     stats_index,
 };
 

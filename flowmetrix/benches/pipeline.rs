@@ -137,7 +137,7 @@ fn bench_flow_interval(c: &mut Criterion) {
         metrics::FlowCounters,
         record::FlowRecord,
     };
-    use flowmetrix_common::flow::{FlowKey, FlowValue};
+    use flowmetrix_common::flow_key::{FlowKey, FlowValue};
     const FLOWS: u32 = 100_000;
     let collected = Collected {
         generation: 1,

@@ -4,7 +4,8 @@
 use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
-use flowmetrix_common::{Direction, SLOT_SIZES, SampleHeader, VLAN_PRESENT};
+// The kernel's direction (the ring record's number), not the rows' `record::Direction`.
+use flowmetrix_common::{Direction as KernelDirection, SLOT_SIZES, SampleHeader, VLAN_PRESENT};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::sample::RecordError;
@@ -16,7 +17,7 @@ const HEADER_SIZE: usize = size_of::<SampleHeader>();
 pub struct RawSample<'a> {
     pub header: SampleHeader,
     /// `header.direction`, checked.
-    pub direction: Direction,
+    pub direction: KernelDirection,
     /// The VLAN id of an outer tag the kernel took out of the frame (`header.vlan`):
     /// it was on the wire but is not in `frame` nor in `header.wire_len`.
     pub vlan: Option<u16>,
@@ -37,8 +38,8 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
         .get(..header.cap_len as usize)
         .ok_or(RecordError::BadCapLen(header.cap_len, slot))?;
     let direction = match header.direction {
-        d if d == Direction::Ingress as u16 => Direction::Ingress,
-        d if d == Direction::Egress as u16 => Direction::Egress,
+        d if d == KernelDirection::Ingress as u16 => KernelDirection::Ingress,
+        d if d == KernelDirection::Egress as u16 => KernelDirection::Egress,
         d => return Err(RecordError::BadDirection(d)),
     };
     let vlan = (header.vlan & VLAN_PRESENT != 0).then_some(header.vlan & 0x0fff);
@@ -141,11 +142,11 @@ mod tests {
         assert_eq!(s.header.wire_len, 1500);
         assert_eq!(s.header.ifindex, 3);
         assert_eq!(s.header.rx_queue, 1);
-        assert_eq!(s.direction, Direction::Ingress);
+        assert_eq!(s.direction, KernelDirection::Ingress);
         assert_eq!(s.frame, &[0xab; 60][..]);
         assert_eq!(s.vlan, None);
         let r = record_dir(64, 10, 0, 1);
-        assert_eq!(parse_record(&r).unwrap().direction, Direction::Egress);
+        assert_eq!(parse_record(&r).unwrap().direction, KernelDirection::Egress);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What to load and where to attach it (from the command line), and the map sizes that
 //! follow from it.
 
-use flowmetrix_common::flow::{MODE_FLOWS, MODE_PACKETS};
+use flowmetrix_common::flow_key::{MODE_FLOWS, MODE_PACKETS};
 
 /// How to attach the XDP program.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -36,10 +36,10 @@ use aya::{
 };
 use std::{collections::BTreeMap, sync::Arc};
 
-use flowmetrix_common::flow::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
+use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
 use flowmetrix_common::{
-    CpuStats, Direction, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
-    SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL, stats_index,
+    CpuStats, Direction as KernelDirection, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME,
+    SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL, stats_index,
 };
 use tracing::{debug, info, warn};
 
@@ -248,7 +248,7 @@ impl Capture {
     /// The counters of slot `slot`, summed over CPUs, by direction.
     fn read_slot(&self, slot: u32) -> Result<[DirectionStats; 2], CaptureError> {
         let mut dirs = [DirectionStats::default(); 2];
-        for d in [Direction::Ingress, Direction::Egress] {
+        for d in [KernelDirection::Ingress, KernelDirection::Egress] {
             let per_cpu = self
                 .stats
                 .get(&stats_index(slot, d), 0)

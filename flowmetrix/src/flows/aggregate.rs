@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
-use flowmetrix_common::flow::{self, FlowEvent, FlowKey, FlowValue};
+use flowmetrix_common::{
+    Direction as KernelDirection,
+    flow_key::{self, FlowEvent, FlowKey, FlowValue},
+};
 
 use super::kernel::Collected;
 use crate::{
@@ -115,14 +118,14 @@ impl Aggregator {
         let mut key = FlowKey::ZERO;
         let (keyed, bytes) = match (link, prefix) {
             (Link::Ethernet, Some(p)) => (
-                flow::parse(frame, p, &mut key),
+                flow_key::parse(frame, p, &mut key),
                 u64::from(wire_len).saturating_sub(p as u64),
             ),
             (Link::Ethernet, None) => (None, u64::from(wire_len)),
             (link, _) => {
                 let keyed = decode::network_of(link, frame).and_then(|(ether_type, net)| {
                     key.ether_type = ether_type;
-                    flow::parse_ip(net, 0, ether_type, &mut key)
+                    flow_key::parse_ip(net, 0, ether_type, &mut key)
                 });
                 (keyed, u64::from(wire_len))
             }
@@ -133,7 +136,7 @@ impl Aggregator {
             return;
         };
         key.ifindex = ifindex;
-        key.direction = flowmetrix_common::Direction::from(direction) as u8;
+        key.direction = KernelDirection::from(direction) as u8;
         self.add_packet(key, u64::try_from(ts.0).unwrap_or(0), bytes, tcp_flags);
     }
 
@@ -167,7 +170,7 @@ impl Aggregator {
                 ts,
                 host: Arc::clone(&self.host),
                 interface: name,
-                direction: if k.direction == flowmetrix_common::Direction::Egress as u8 {
+                direction: if k.direction == KernelDirection::Egress as u8 {
                     Direction::Egress
                 } else {
                     Direction::Ingress
@@ -201,11 +204,11 @@ impl Aggregator {
 /// The key's addresses as the decoder writes them; `None` when the flow is not IP.
 fn addresses(k: &FlowKey) -> (Option<IpAddr>, Option<IpAddr>) {
     match k.ether_type {
-        flow::ETHERTYPE_IPV4 => {
+        flow_key::ETHERTYPE_IPV4 => {
             let v4 = |a: &[u8; 16]| IpAddr::from([a[0], a[1], a[2], a[3]]);
             (Some(v4(&k.src_addr)), Some(v4(&k.dst_addr)))
         }
-        flow::ETHERTYPE_IPV6 => (
+        flow_key::ETHERTYPE_IPV6 => (
             Some(IpAddr::from(k.src_addr)),
             Some(IpAddr::from(k.dst_addr)),
         ),
@@ -303,7 +306,7 @@ mod tests {
         k.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
         k.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
         k.ifindex = 7;
-        k.ether_type = flow::ETHERTYPE_IPV4;
+        k.ether_type = flow_key::ETHERTYPE_IPV4;
         k.protocol = PROTO_UDP;
         k.src_port = src_port;
         k.dst_port = dst_port;
@@ -397,13 +400,13 @@ mod tests {
     fn text_forms_vlan_and_non_ip_flows() {
         let (mut a, _) = agg();
         let mut v6 = key(0, 0);
-        v6.ether_type = flow::ETHERTYPE_IPV6;
+        v6.ether_type = flow_key::ETHERTYPE_IPV6;
         v6.protocol = 58;
         v6.src_port = 128; // echo request: no application from ICMP types
         v6.src_addr = "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
         v6.dst_addr = "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
         v6.vlan_id = 42;
-        v6.direction = flowmetrix_common::Direction::Egress as u8;
+        v6.direction = KernelDirection::Egress as u8;
         let mut arp = FlowKey::ZERO;
         arp.ether_type = 0x0806;
         arp.dst_port = 1;

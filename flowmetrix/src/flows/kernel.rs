@@ -44,7 +44,7 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, RingBuf},
 };
-use flowmetrix_common::flow::{
+use flowmetrix_common::flow_key::{
     FLOW_CFG_GENERATION, FLOW_CFG_PREFIX, FLOW_CONFIG_MAP, FLOW_EVENTS_MAP, FLOW_MAPS, FlowEvent,
     FlowKey, FlowValue, PREFIX_UNKNOWN,
 };
@@ -367,7 +367,7 @@ fn one_by_one(fd: i32, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMa
 mod sys {
     use std::io;
 
-    use flowmetrix_common::flow::{FlowKey, FlowValue};
+    use flowmetrix_common::flow_key::{FlowKey, FlowValue};
 
     use super::BatchStep;
 

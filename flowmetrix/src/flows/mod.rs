@@ -9,7 +9,7 @@
 //! idle for a whole interval has no entry and gets no row, and each packet is in exactly one
 //! collection, so in exactly one row.
 //!
-//! A replayed pcap is keyed by the same parser ([`flowmetrix_common::flow::parse`]) in
+//! A replayed pcap is keyed by the same parser ([`flowmetrix_common::flow_key::parse`]) in
 //! [`Aggregator::add_frame`], with intervals by packet time: `[k·interval, (k+1)·interval)`
 //! since the epoch, each row's `ts` its interval's end (also for the last one, which the
 //! file ended in).
