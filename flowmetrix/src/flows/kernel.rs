@@ -49,6 +49,8 @@ use flowmetrix_common::flow_key::{
     FlowKey, FlowValue, PREFIX_UNKNOWN,
 };
 
+pub use sys::BatchStep;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FlowMapError {
     #[error("the XDP object lacks the map {0}")]
@@ -109,7 +111,9 @@ impl FlowMaps {
     /// and `prefix` for the programs. Fails when the kernel cannot give the grace period
     /// [`collect`](Self::collect) needs.
     pub fn from_ebpf(ebpf: &mut Ebpf, prefix: Option<u32>) -> Result<Self, FlowMapError> {
-        membarrier::supported()?;
+        if !membarrier::supported() {
+            return Err(FlowMapError::NoMembarrier);
+        }
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(FlowMapError::Missing(name));
         let cfg = Array::try_from(take(FLOW_CONFIG_MAP)?)
             .map_err(|e| FlowMapError::Map(FLOW_CONFIG_MAP, e))?;
@@ -182,7 +186,7 @@ impl FlowMaps {
             .set(FLOW_CFG_GENERATION, new, 0)
             .map_err(FlowMapError::Config)?;
         self.generation = new;
-        membarrier::global()?;
+        membarrier::global().map_err(FlowMapError::Membarrier)?;
         let map = &self.maps[(old & 1) as usize];
         let mut flows = std::mem::take(&mut self.carry);
         let before = flows.len();
@@ -250,25 +254,6 @@ const BATCH: usize = 4096;
 /// Largest batch buffer (entries): far more than a hash bucket ever holds (the kernel
 /// sizes the bucket array to the map, so buckets hold one or two entries).
 const BATCH_MAX: usize = 1 << 16;
-
-/// What one batch call did.
-#[derive(Debug)]
-pub enum BatchStep {
-    /// `count` entries read (and deleted); go on from `next`.
-    More {
-        count: usize,
-        next: u32,
-    },
-    /// `count` entries read; the map has no more.
-    Done {
-        count: usize,
-    },
-    /// The buffers are too small for the next hash bucket (ENOSPC, nothing read).
-    TooSmall,
-    /// The kernel does not take batch calls on this map (EINVAL, ENOTSUPP, …).
-    Unsupported,
-    Failed(io::Error),
-}
 
 /// Reads and clears every entry of `map` into `out`: batch calls while the kernel takes
 /// them (`batch` is cleared for good when it refuses), else one key at a time.
@@ -369,7 +354,24 @@ mod sys {
 
     use flowmetrix_common::flow_key::{FlowKey, FlowValue};
 
-    use super::BatchStep;
+    /// What one batch call did.
+    #[derive(Debug)]
+    pub enum BatchStep {
+        /// `count` entries read (and deleted); go on from `next`.
+        More {
+            count: usize,
+            next: u32,
+        },
+        /// `count` entries read; the map has no more.
+        Done {
+            count: usize,
+        },
+        /// The buffers are too small for the next hash bucket (ENOSPC, nothing read).
+        TooSmall,
+        /// The kernel does not take batch calls on this map (EINVAL, ENOTSUPP, …).
+        Unsupported,
+        Failed(io::Error),
+    }
 
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -480,8 +482,6 @@ mod sys {
 
 /// The grace period `collect` waits for.
 mod membarrier {
-    use super::FlowMapError;
-
     const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
 
@@ -498,18 +498,15 @@ mod membarrier {
     }
 
     /// Whether the kernel offers MEMBARRIER_CMD_GLOBAL.
-    pub fn supported() -> Result<(), FlowMapError> {
+    pub fn supported() -> bool {
         let mask = call(MEMBARRIER_CMD_QUERY);
-        if mask < 0 || mask & MEMBARRIER_CMD_GLOBAL == 0 {
-            return Err(FlowMapError::NoMembarrier);
-        }
-        Ok(())
+        mask >= 0 && mask & MEMBARRIER_CMD_GLOBAL != 0
     }
 
     /// Waits until every CPU has passed an RCU grace period (`synchronize_rcu()`).
-    pub fn global() -> Result<(), FlowMapError> {
+    pub fn global() -> std::io::Result<()> {
         if call(MEMBARRIER_CMD_GLOBAL) < 0 {
-            return Err(FlowMapError::Membarrier(std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     }
