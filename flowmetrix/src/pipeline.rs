@@ -151,7 +151,7 @@ pub async fn run(
                         source.names(),
                         Arc::clone(&info.interface),
                     );
-                    let signals = flows::stage::Signals {
+                    let signals = flows::Signals {
                         prefix: decoder.learned_prefix(),
                         stop: flows_stopped,
                     };

@@ -26,4 +26,4 @@ pub mod stage;
 
 pub use aggregate::{Aggregator, Interfaces, PacketClock};
 pub use kernel::{Collected, FlowMapError, FlowMaps};
-pub use stage::{FlowSettings, Live, Replay};
+pub use stage::{FlowSettings, Live, Replay, Signals};
