@@ -4,7 +4,7 @@
 //! sizes and field offsets are pinned by the tests at the bottom of this file.
 #![no_std]
 
-pub mod flow;
+pub mod flow_key;
 
 /// Largest number of frame bytes one sample can carry (the compiled maximum of `--snaplen`).
 /// A power of two, so the XDP program can bound copy lengths with a mask.
@@ -128,7 +128,7 @@ pub struct CpuStats {
     pub countdown: u64,
     /// Samples submitted on this CPU since the last one that woke the reader.
     pub unwoken: u64,
-    /// Flows mode: packets the flow parser could not key ([`flow`] rules), and their bytes.
+    /// Flows mode: packets the flow parser could not key ([`flow_key`] rules), and their bytes.
     pub flow_unkeyed: u64,
     pub flow_unkeyed_bytes: u64,
     /// Flows mode: packets the full flow map could not take, sent as flow events through
@@ -168,9 +168,9 @@ mod user {
     // SAFETY: plain-old-data, #[repr(C)], no padding (checked by the layout tests).
     unsafe impl aya::Pod for super::CpuStats {}
     unsafe impl aya::Pod for super::SampleHeader {}
-    unsafe impl aya::Pod for super::flow::FlowKey {}
-    unsafe impl aya::Pod for super::flow::FlowValue {}
-    unsafe impl aya::Pod for super::flow::FlowEvent {}
+    unsafe impl aya::Pod for super::flow_key::FlowKey {}
+    unsafe impl aya::Pod for super::flow_key::FlowValue {}
+    unsafe impl aya::Pod for super::flow_key::FlowEvent {}
 }
 
 #[cfg(test)]

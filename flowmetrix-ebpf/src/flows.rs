@@ -1,7 +1,7 @@
 //! Flows (`--mode flows|both`): every packet — not sampled — counted under its
 //! [`FlowKey`] in one of two shared hash maps, `FLOWS{generation & 1}`.
 //!
-//! The key comes from [`flowmetrix_common::flow::parse`], the same parser userspace runs on
+//! The key comes from [`flowmetrix_common::flow_key::parse`], the same parser userspace runs on
 //! pcap frames, reading the packet in place through [`Linear`] (direct packet access,
 //! bounds-checked against `data_end`). Per packet:
 //! - the generation and the prefix are read from `FLOWCFG` once; a prefix that is
@@ -16,7 +16,7 @@
 //!   and `flow_overflow_bytes` count it.
 //!
 //! Userspace flips the generation, waits an RCU grace period and reads the idle map
-//! (`flowmetrix/src/flowmap.rs` says why that is exact).
+//! (`flowmetrix/src/flows/kernel.rs` says why that is exact).
 //!
 //! The maps are shared, not per-CPU (memory must not grow with the CPU count), so every
 //! counter update is an atomic instruction.
@@ -26,7 +26,6 @@ use core::{
     cell::Cell,
     intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd},
     mem::MaybeUninit,
-    ptr::read_volatile,
 };
 
 use aya_ebpf::{
@@ -37,26 +36,13 @@ use aya_ebpf::{
 };
 use flowmetrix_common::{
     CpuStats, Direction,
-    flow::{
+    flow_key::{
         DEFAULT_FLOW_MAX_ENTRIES, FLOW_CFG_ENTRIES, FLOW_CFG_GENERATION, FLOW_CFG_PREFIX,
-        FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, MODE_PACKETS,
-        PREFIX_UNKNOWN, parse,
+        FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, PREFIX_UNKNOWN, parse,
     },
 };
 
-use crate::sampler::Packet;
-
-/// The mode bits (`MODE_PACKETS`, `MODE_FLOWS`). Set by userspace at load time, as a
-/// constant: the verifier drops the path a mode does not take.
-#[unsafe(no_mangle)]
-static MODE: u32 = MODE_PACKETS;
-
-/// The mode bits, as loaded.
-#[inline(always)]
-pub fn mode() -> u32 {
-    // SAFETY: reading a global set before load.
-    unsafe { read_volatile(&MODE) }
-}
+use crate::packet::Packet;
 
 /// The two flow maps; the programs count into `FLOWS{generation & 1}`. Sized by userspace
 /// (`--flow-max-entries`; the minimum in `packets` mode).

@@ -1,5 +1,5 @@
 //! FlowMetrix samplers: an XDP program for ingress and TC (sched_cls) programs for ingress
-//! and egress, all calling the same [`sampler`] and writing to the same ring buffer and
+//! and egress, all calling the same [`count`] and writing to the same ring buffer and
 //! counters (per direction). The programs never change a packet's fate: XDP always returns
 //! XDP_PASS, TC always TC_ACT_UNSPEC (go on with the next program or the default action).
 #![no_std]
@@ -10,33 +10,90 @@
 #![feature(asm_experimental_arch)]
 #![no_main]
 
+//!
+//! Every run counts the packet in the per-CPU counters of its interface (the slot userspace
+//! gave it in `IFSLOT`) and direction; the load-time `MODE` chooses what runs then: counting
+//! every packet in the flow maps ([`flows`], `flows`), sampling ([`sampler`], `packets`), or
+//! both. Both read the packet through [`packet::Packet`].
+
 mod flows;
+mod packet;
 mod sampler;
+
+use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, xdp},
+    macros::{classifier, map, xdp},
+    maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use flowmetrix_common::Direction;
+use flowmetrix_common::{
+    CpuStats, DIRECTIONS, Direction, IF_SLOTS, MAX_IFINDEX,
+    flow_key::{MODE_FLOWS, MODE_PACKETS},
+    stats_index,
+};
+
+use packet::Packet;
+
+/// The mode bits (`MODE_PACKETS`, `MODE_FLOWS`). Set by userspace at load time, as a
+/// constant: the verifier drops the path a mode does not take.
+#[unsafe(no_mangle)]
+static MODE: u32 = MODE_PACKETS;
+
+/// Indexed by interface slot and [`Direction`] ([`stats_index`]).
+#[map]
+static STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(IF_SLOTS * DIRECTIONS, 0);
+
+/// An interface's slot in STATS, by ifindex; 0 (no slot) unless userspace set one.
+#[map]
+static IFSLOT: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
+
+/// Counts the packet in direction `dir`'s counters, in its flow (`flows`), and samples it
+/// if its turn has come (`packets`).
+#[inline(always)]
+fn count<P: Packet>(ctx: &P, dir: Direction) {
+    // Both lookups are array lookups, which the verifier inlines.
+    let slot = IFSLOT.get(ctx.ifindex()).copied().unwrap_or(0);
+    let slot = if slot < IF_SLOTS { slot } else { 0 };
+    let Some(stats) = STATS.get_ptr_mut(stats_index(slot, dir)) else {
+        return;
+    };
+    // SAFETY: a per-CPU entry of this interface and direction; the programs run with
+    // migration disabled, and one direction's program does not nest on a CPU (TC egress
+    // runs with bottom halves off, so neither XDP nor TC ingress interrupts it, and they use
+    // the other entry anyway).
+    let stats = unsafe { &mut *stats };
+    stats.seen += 1;
+    // MODE is a load-time constant: the verifier keeps only the paths the mode takes.
+    // SAFETY: reading a global set before load.
+    let mode = unsafe { read_volatile(&MODE) };
+    if mode & MODE_FLOWS != 0 {
+        flows::count(ctx, dir, stats);
+    }
+    if mode & MODE_PACKETS == 0 {
+        return;
+    }
+    sampler::sample(ctx, dir, stats);
+}
 
 #[xdp]
 pub fn flowmetrix(ctx: XdpContext) -> u32 {
-    sampler::sample(&ctx, Direction::Ingress);
+    count(&ctx, Direction::Ingress);
     xdp_action::XDP_PASS
 }
 
 /// TC ingress (`--ingress-hook tc`).
 #[classifier]
 pub fn flowmetrix_in(ctx: TcContext) -> i32 {
-    sampler::sample(&ctx, Direction::Ingress);
+    count(&ctx, Direction::Ingress);
     TC_ACT_UNSPEC
 }
 
 /// TC egress.
 #[classifier]
 pub fn flowmetrix_eg(ctx: TcContext) -> i32 {
-    sampler::sample(&ctx, Direction::Egress);
+    count(&ctx, Direction::Egress);
     TC_ACT_UNSPEC
 }
 

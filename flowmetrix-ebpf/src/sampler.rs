@@ -1,38 +1,24 @@
-//! The sampling code both hooks share: XDP (`xdp_md`) and TC (`__sk_buff`) differ only in
-//! how a packet's length, bytes, interface and queue are read, which [`Packet`] abstracts.
-//!
-//! For one packet in `SAMPLE_RATE` per CPU and direction (with a randomised skip so
-//! periodic traffic does not alias with the sampler), reserve a [`Sample`] in the `SAMPLES`
-//! ring buffer (with the smallest slot that fits) holding the kernel timestamp, the frame's
-//! full length, its direction, the VLAN tag the kernel took out of the frame (TC) and its
-//! first `SNAPLEN` bytes. Every run updates the per-CPU
-//! counters of its interface (the slot userspace gave it in `IFSLOT`) and direction; the
-//! countdown is kept per interface and direction too.
-//!
-//! The load-time `MODE` chooses what runs: sampling (`packets`), counting every packet in
-//! the flow maps ([`crate::flows`], `flows`), or both.
+//! Sampling (`--mode packets|both`): for one packet in `SAMPLE_RATE` per CPU and direction
+//! (with a randomised skip so periodic traffic does not alias with the sampler), reserve a
+//! [`Sample`] in the `SAMPLES` ring buffer (with the smallest slot that fits) holding the
+//! kernel timestamp, the frame's full length, its direction, the VLAN tag the kernel took
+//! out of the frame (TC) and its first `SNAPLEN` bytes. The countdown is kept per interface
+//! and direction, in the counters [`crate::count`] hands over.
 
 use core::{cmp::min, ffi::c_void, ptr::read_volatile};
 
-use crate::flows;
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::generated::{
-        bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_get_buff_len,
-        bpf_xdp_load_bytes,
-    },
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
-    programs::{TcContext, XdpContext},
+    maps::RingBuf,
 };
 use aya_log_ebpf::error;
 use flowmetrix_common::{
-    CpuStats, DIRECTIONS, Direction, IF_SLOTS, MAX_IFINDEX, MAX_SNAPLEN, SLOT_SIZES, Sample,
-    VLAN_PRESENT, WAKEUP_EVERY,
-    flow::{MODE_FLOWS, MODE_PACKETS},
-    next_skip, stats_index,
+    CpuStats, Direction, MAX_SNAPLEN, SLOT_SIZES, Sample, VLAN_PRESENT, WAKEUP_EVERY, next_skip,
 };
+
+use crate::packet::Packet;
 
 /// 1 in SAMPLE_RATE packets is sampled. Set by userspace at load time.
 #[unsafe(no_mangle)]
@@ -50,146 +36,9 @@ static WAKEUP_BYTES: u32 = 1 << 20;
 #[map]
 static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Indexed by interface slot and [`Direction`] ([`stats_index`]).
-#[map]
-static STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(IF_SLOTS * DIRECTIONS, 0);
-
-/// An interface's slot in STATS, by ifindex; 0 (no slot) unless userspace set one.
-#[map]
-static IFSLOT: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
-
-/// What the sampler needs from a packet, whichever hook it came through.
-pub trait Packet: EbpfContext {
-    /// The frame's full length: all XDP fragments; for an skb, `skb->len` (for a GSO skb on
-    /// egress that is the whole super-packet, before the NIC or the stack segments it).
-    fn wire_len(&self) -> u32;
-    /// Copies the frame's first `len` bytes to `dst`; 0 on success, a negative errno else.
-    ///
-    /// # Safety
-    /// `dst` must point at `len` writable bytes.
-    unsafe fn load(&self, dst: *mut c_void, len: u32) -> i64;
-    fn ifindex(&self) -> u32;
-    fn queue(&self) -> u32;
-    /// Whether [`pull`](Self::pull) can bring more of the frame into the linear part.
-    const PULLS: bool;
-    /// Start and end of the part of the frame readable in place (direct packet access).
-    fn linear(&self) -> (usize, usize);
-    /// Makes the first `len` bytes linear (skb only); false when it could not.
-    fn pull(&self, len: u32) -> bool;
-    /// The VLAN id of an outer 802.1Q/802.1ad tag the kernel took out of the frame into
-    /// the skb's metadata (on receive it always does, before TC ingress; on transmit with
-    /// VLAN offload): the tag was on the wire but is not in the bytes. XDP: never.
-    fn vlan_tag(&self) -> Option<u16>;
-}
-
-impl Packet for XdpContext {
-    #[inline(always)]
-    fn wire_len(&self) -> u32 {
-        // SAFETY: `self.ctx` is the program's own xdp_md.
-        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
-    }
-
-    #[inline(always)]
-    unsafe fn load(&self, dst: *mut c_void, len: u32) -> i64 {
-        // SAFETY: the caller's `dst` holds `len` bytes; `self.ctx` is our xdp_md.
-        unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst, len) }
-    }
-
-    #[inline(always)]
-    fn ifindex(&self) -> u32 {
-        self.ingress_ifindex() as u32
-    }
-
-    #[inline(always)]
-    fn queue(&self) -> u32 {
-        self.rx_queue_index()
-    }
-
-    const PULLS: bool = false;
-
-    #[inline(always)]
-    fn linear(&self) -> (usize, usize) {
-        (self.data(), self.data_end())
-    }
-
-    #[inline(always)]
-    fn pull(&self, _len: u32) -> bool {
-        false
-    }
-
-    #[inline(always)]
-    fn vlan_tag(&self) -> Option<u16> {
-        None
-    }
-}
-
-impl Packet for TcContext {
-    #[inline(always)]
-    fn wire_len(&self) -> u32 {
-        self.skb.len()
-    }
-
-    #[inline(always)]
-    unsafe fn load(&self, dst: *mut c_void, len: u32) -> i64 {
-        // SAFETY: the caller's `dst` holds `len` bytes; `skb` is the program's own context.
-        unsafe { bpf_skb_load_bytes(self.skb.skb as *const c_void, 0, dst, len) }
-    }
-
-    #[inline(always)]
-    fn ifindex(&self) -> u32 {
-        // SAFETY: reading a field of the program's own context.
-        unsafe { (*self.skb.skb).ifindex }
-    }
-
-    #[inline(always)]
-    fn queue(&self) -> u32 {
-        // SAFETY: reading a field of the program's own context.
-        unsafe { (*self.skb.skb).queue_mapping }
-    }
-
-    const PULLS: bool = true;
-
-    #[inline(always)]
-    fn linear(&self) -> (usize, usize) {
-        (self.data(), self.data_end())
-    }
-
-    #[inline(always)]
-    fn pull(&self, len: u32) -> bool {
-        self.pull_data(len).is_ok()
-    }
-
-    #[inline(always)]
-    fn vlan_tag(&self) -> Option<u16> {
-        // SAFETY: reading fields of the program's own context.
-        let (present, tci) = unsafe { ((*self.skb.skb).vlan_present, (*self.skb.skb).vlan_tci) };
-        (present != 0).then_some((tci & 0x0fff) as u16)
-    }
-}
-
-/// Counts the packet in direction `dir`'s counters and samples it if its turn has come.
+/// Samples the packet (direction `dir`, counted in `stats`) if its turn has come.
 #[inline(always)]
-pub fn sample<P: Packet>(ctx: &P, dir: Direction) {
-    // Both lookups are array lookups, which the verifier inlines.
-    let slot = IFSLOT.get(ctx.ifindex()).copied().unwrap_or(0);
-    let slot = if slot < IF_SLOTS { slot } else { 0 };
-    let Some(stats) = STATS.get_ptr_mut(stats_index(slot, dir)) else {
-        return;
-    };
-    // SAFETY: a per-CPU entry of this interface and direction; the programs run with
-    // migration disabled, and one direction's program does not nest on a CPU (TC egress
-    // runs with bottom halves off, so neither XDP nor TC ingress interrupts it, and they use
-    // the other entry anyway).
-    let stats = unsafe { &mut *stats };
-    stats.seen += 1;
-    // MODE is a load-time constant: the verifier keeps only the paths the mode takes.
-    let mode = flows::mode();
-    if mode & MODE_FLOWS != 0 {
-        flows::count(ctx, dir, stats);
-    }
-    if mode & MODE_PACKETS == 0 {
-        return;
-    }
+pub fn sample<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
     if stats.countdown > 0 {
         stats.countdown -= 1;
         return;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use flowmetrix_common::{
     BASELINE_PROGRAM_NAME, PROGRAM_NAME, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
-    flow::{MODE_FLOWS, MODE_PACKETS},
+    flow_key::{MODE_FLOWS, MODE_PACKETS},
 };
 use xdp::{Loaded, Settings};
 

@@ -136,9 +136,11 @@ fn bench_sink(c: &mut Criterion) {
 /// kernel side's `collect()` is in the kernel bench).
 fn bench_flow_interval(c: &mut Criterion) {
     use flowmetrix::{
-        flowmap::Collected, flows::Aggregator, metrics::FlowCounters, record::FlowRecord,
+        flows::{Aggregator, kernel::Collected},
+        metrics::FlowCounters,
+        record::FlowRecord,
     };
-    use flowmetrix_common::flow::{FlowKey, FlowValue};
+    use flowmetrix_common::flow_key::{FlowKey, FlowValue};
     const FLOWS: u32 = 100_000;
     let collected = Collected {
         generation: 1,

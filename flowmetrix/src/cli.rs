@@ -15,7 +15,7 @@ use clap::{
     error::{ContextKind, ContextValue, ErrorKind},
     parser::ValueSource,
 };
-use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN, flow::DEFAULT_FLOW_MAX_ENTRIES};
+use flowmetrix_common::{DEFAULT_SNAPLEN, MAX_SNAPLEN, flow_key::DEFAULT_FLOW_MAX_ENTRIES};
 
 use crate::{
     config::{self, FileSettings},

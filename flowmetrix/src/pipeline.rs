@@ -1,10 +1,16 @@
-//! Lifecycle: source → decode stage → sink, and shutdown.
+//! Lifecycle: source → decode stage → sink, the flows stage beside them, and shutdown.
 //!
 //! The source is drained as soon as it has samples; rows go to the sink's input, which never
 //! makes the kernel side wait (a full queue is the sink's overflow policy: the spool, or
 //! counted drops). A file source waits for the sink instead, since nothing is lost by going
 //! slower. Shutdown stops the source first, so nothing new arrives, then takes what it still
-//! holds, then lets the sink finish within its deadline.
+//! holds, then has the flows stage collect the partial interval, then lets the sink finish
+//! within its deadline.
+//!
+//! Live, the flows stage runs on a task of its own ([`flows::Live`]): its own timer, the
+//! kernel's flow maps (taken from the source at start), the interface names the source
+//! keeps, and the prefix the decode stage learns, on a watch channel. In a replay the
+//! pipeline hands it the frames ([`flows::Replay`]), after the decode stage.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -13,12 +19,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
+    decoder::{DecodeSettings, Decoder},
     flows::{self, FlowSettings},
     metrics::{self, Counters, FlowCounters, Gauges, KernelStats, Registry, Summary},
-    ring::RecordError,
-    rows::{DecodeSettings, Decoder},
+    sample::{RecordError, Sample, SourceInfo},
     sink::{self, SinkError, SinkSettings},
-    source::{Pulled, Sample, Source, SourceInfo, SourceSettings},
+    source::{Pulled, Source, SourceSettings},
     status::Status,
 };
 
@@ -60,8 +66,6 @@ enum Event {
     Stop,
     Tick,
     Ready(Result<(), crate::source::SourceError>),
-    FlowTick,
-    Collected(Box<flows::CollectResult>),
     SinkDone(Result<Result<(), SinkError>, tokio::task::JoinError>),
 }
 
@@ -128,33 +132,44 @@ pub async fn run(
             without_samples(k)
         }
     };
-    let mut stage = settings
-        .flows
-        .clone()
-        .zip(flow_counters.clone())
-        .map(|(f, c)| {
-            let maps = source.take_flow_maps();
-            if live && maps.is_none() {
-                warn!("the flow maps are not available: no flow rows will be written");
+    let mut decoder = Decoder::new(settings.decode.clone(), &info, Arc::clone(&counters));
+    let flow_input = sink.flows.take().map(Arc::new);
+    // Live: the flows stage on its own task; in a replay, counted here from the frames.
+    let (stop_flows, flows_stopped) = watch::channel(false);
+    let mut flows_task = None;
+    let mut replay = None;
+    if let (Some(f), Some(c)) = (settings.flows.clone(), flow_counters.clone()) {
+        if live {
+            match (source.take_flow_maps(), &flow_input) {
+                (Some(maps), Some(input)) => {
+                    let stage = flows::Live::new(
+                        f,
+                        Arc::clone(&settings.decode.applications),
+                        Arc::clone(&settings.decode.host),
+                        c,
+                        maps,
+                        source.names(),
+                        Arc::clone(&info.interface),
+                    );
+                    let signals = flows::Signals {
+                        prefix: decoder.learned_prefix(),
+                        stop: flows_stopped,
+                    };
+                    let input = Arc::clone(input);
+                    flows_task = Some(stage.spawn(signals, move |rows| input.offer(rows)));
+                }
+                _ => warn!("the flow maps are not available: no flow rows will be written"),
             }
-            flows::Stage::new(
+        } else {
+            replay = Some(flows::Replay::new(
                 f,
                 Arc::clone(&settings.decode.applications),
                 Arc::clone(&settings.decode.host),
                 c,
-                maps,
-            )
-        });
-    let mut flow_tick = tokio::time::interval(
-        stage
-            .as_ref()
-            .map_or(Duration::from_secs(3600), flows::Stage::interval),
-    );
-    flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    flow_tick.tick().await; // the first tick is at once
-    let flows_live = stage.as_ref().is_some_and(flows::Stage::is_live);
+            ));
+        }
+    }
     let mut flow_rows = Vec::new();
-    let mut decoder = Decoder::new(settings.decode, &info, Arc::clone(&counters));
     let mut status = Status::new(settings.metrics.stats_interval);
     let mut tick = tokio::time::interval(TICK);
     let mut rows = Vec::new();
@@ -167,11 +182,6 @@ pub async fn run(
             _ = tick.tick() => Event::Tick,
             res = &mut sink.task => Event::SinkDone(res),
             res = source.ready() => Event::Ready(res),
-            _ = flow_tick.tick(), if flows_live => Event::FlowTick,
-            res = async { match stage.as_mut() {
-                Some(s) => s.collecting().await,
-                None => std::future::pending().await,
-            } }, if flows_live => Event::Collected(Box::new(res)),
         };
         match event {
             Event::Stop => break,
@@ -179,32 +189,13 @@ pub async fn run(
                 sink_done = Some(res);
                 break;
             }
-            Event::FlowTick => {
-                if let Some(s) = stage.as_mut() {
-                    s.start_collect();
-                }
-            }
-            Event::Collected(res) => {
-                if let Some(s) = stage.as_mut() {
-                    let rows = s.collected(*res, |i| interface_of(&source, &info, i));
-                    if let Some(input) = &sink.flows {
-                        input.offer(rows);
-                    }
-                }
-            }
             Event::Tick => {
                 if let Ok((k, interfaces)) = source.counters() {
                     registry.set_counters(counted(k), interfaces);
                 }
                 Counters::set(&counters.queue_depth, sink.packets.depth() as u64);
-                if let (Some(input), Some(fc)) = (&sink.flows, &flow_counters) {
+                if let (Some(input), Some(fc)) = (&flow_input, &flow_counters) {
                     Counters::set(&fc.sink.queue_depth, input.depth() as u64);
-                }
-                // The kernel was loaded with a fixed prefix; a learned one it is told.
-                if let Some(s) = stage.as_mut()
-                    && decoder.learns_prefix()
-                {
-                    s.push_prefix(decoder.prefix());
                 }
                 status.tick(&registry);
                 if let Err(e) = source.check() {
@@ -223,7 +214,7 @@ pub async fn run(
                         packets,
                         &mut decoder,
                         &mut rows,
-                        &mut stage,
+                        &mut replay,
                         &info,
                         &mut flow_rows,
                     )
@@ -231,7 +222,7 @@ pub async fn run(
                 sink.packets
                     .hand_over(std::mem::take(&mut rows), info.waits)
                     .await;
-                if let Some(input) = &sink.flows {
+                if let Some(input) = &flow_input {
                     input.send(std::mem::take(&mut flow_rows)).await;
                 }
                 match pulled {
@@ -260,7 +251,7 @@ pub async fn run(
                 packets,
                 &mut decoder,
                 &mut rows,
-                &mut stage,
+                &mut replay,
                 &info,
                 &mut flow_rows,
             )
@@ -272,25 +263,27 @@ pub async fn run(
         .hand_over(std::mem::take(&mut rows), info.waits)
         .await;
     // Flows: the partial interval (live: one last collection, the programs detached).
-    if let Some(s) = stage.as_mut() {
-        if s.is_live() {
-            flow_rows.extend(s.last_collect(|i| interface_of(&source, &info, i)).await);
-        } else {
-            s.finish(&mut flow_rows);
-        }
+    stop_flows.send_replace(true);
+    if let Some(task) = flows_task
+        && let Err(e) = task.await
+    {
+        warn!("the flows stage failed: {e}");
     }
-    if let Some(input) = &sink.flows {
+    if let Some(r) = replay.as_mut() {
+        r.finish(&mut flow_rows);
+    }
+    if let Some(input) = &flow_input {
         input
             .hand_over(std::mem::take(&mut flow_rows), info.waits)
             .await;
     }
     let sink::Sink {
         packets: input,
-        flows: flow_input,
+        flows: _, // taken above, as flow_input
         task,
     } = sink;
     drop(input); // closes the queues: the sink writes what it holds and returns
-    drop(flow_input);
+    drop(flow_input); // the flows stage's copy went with its task
     let sink_result = match sink_done {
         Some(res) => res,
         None => task.await,
@@ -321,7 +314,7 @@ fn pull_one(
     packets: bool,
     decoder: &mut Decoder,
     rows: &mut Vec<crate::record::PacketRecord>,
-    stage: &mut Option<flows::Stage>,
+    replay: &mut Option<flows::Replay>,
     info: &SourceInfo,
     flow_rows: &mut Vec<crate::record::FlowRecord>,
 ) {
@@ -330,18 +323,11 @@ fn pull_one(
         decoder.push(s, rows);
     }
     if info.waits
-        && let (Some(stage), Some(sample)) = (stage.as_mut(), sample)
+        && let (Some(replay), Some(sample)) = (replay.as_mut(), sample)
     {
         let name = sample.interface.unwrap_or(&info.interface);
-        stage.frame(&sample, decoder.prefix(), name, flow_rows);
+        replay.frame(&sample, decoder.prefix(), name, flow_rows);
     }
-}
-
-/// The name of interface `ifindex` for flow rows, as the decode stage names samples.
-fn interface_of(source: &Source, info: &SourceInfo, ifindex: u32) -> Arc<str> {
-    source
-        .interface_name(ifindex)
-        .unwrap_or_else(|| Arc::clone(&info.interface))
 }
 
 /// `k` with nothing sampled: a replay in `--mode flows` makes no packet rows.

@@ -4,20 +4,11 @@
 use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
-use flowmetrix_common::{Direction, SLOT_SIZES, SampleHeader, VLAN_PRESENT};
+// The kernel's direction (the ring record's number), not the rows' `record::Direction`.
+use flowmetrix_common::{Direction as KernelDirection, SLOT_SIZES, SampleHeader, VLAN_PRESENT};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::record::UnixNanos;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordError {
-    #[error("ring record of {0} bytes is not a sample (one of {SLOT_SIZES:?} bytes of data)")]
-    BadSize(usize),
-    #[error("ring record claims {0} captured bytes, more than its {1}-byte slot")]
-    BadCapLen(u16, usize),
-    #[error("ring record has direction {0}, neither ingress (0) nor egress (1)")]
-    BadDirection(u16),
-}
+use crate::sample::RecordError;
 
 const HEADER_SIZE: usize = size_of::<SampleHeader>();
 
@@ -26,7 +17,7 @@ const HEADER_SIZE: usize = size_of::<SampleHeader>();
 pub struct RawSample<'a> {
     pub header: SampleHeader,
     /// `header.direction`, checked.
-    pub direction: Direction,
+    pub direction: KernelDirection,
     /// The VLAN id of an outer tag the kernel took out of the frame (`header.vlan`):
     /// it was on the wire but is not in `frame` nor in `header.wire_len`.
     pub vlan: Option<u16>,
@@ -47,8 +38,8 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
         .get(..header.cap_len as usize)
         .ok_or(RecordError::BadCapLen(header.cap_len, slot))?;
     let direction = match header.direction {
-        d if d == Direction::Ingress as u16 => Direction::Ingress,
-        d if d == Direction::Egress as u16 => Direction::Egress,
+        d if d == KernelDirection::Ingress as u16 => KernelDirection::Ingress,
+        d if d == KernelDirection::Egress as u16 => KernelDirection::Egress,
         d => return Err(RecordError::BadDirection(d)),
     };
     let vlan = (header.vlan & VLAN_PRESENT != 0).then_some(header.vlan & 0x0fff);
@@ -58,48 +49,6 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
         vlan,
         frame,
     })
-}
-
-/// Converts kernel CLOCK_BOOTTIME stamps (bpf_ktime_get_boot_ns) to wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    /// CLOCK_REALTIME - CLOCK_BOOTTIME, in nanoseconds.
-    offset_ns: i64,
-}
-
-fn now_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
-/// Wall-clock time now (CLOCK_REALTIME), as the clock rows are stamped with.
-pub fn wall_now() -> UnixNanos {
-    UnixNanos(now_ns(libc::CLOCK_REALTIME))
-}
-
-impl Clock {
-    /// Measures the offset now. Cheap (vDSO); re-measured every drain so that wall-clock
-    /// steps (NTP) show up in later rows.
-    pub fn now() -> Self {
-        let boot = now_ns(libc::CLOCK_BOOTTIME);
-        let real = now_ns(libc::CLOCK_REALTIME);
-        Self {
-            offset_ns: real - boot,
-        }
-    }
-
-    pub fn wall(&self, boot_ns: u64) -> UnixNanos {
-        UnixNanos(
-            i64::try_from(boot_ns)
-                .unwrap_or(i64::MAX)
-                .saturating_add(self.offset_ns),
-        )
-    }
 }
 
 /// The ring buffer, readable through tokio.
@@ -193,11 +142,11 @@ mod tests {
         assert_eq!(s.header.wire_len, 1500);
         assert_eq!(s.header.ifindex, 3);
         assert_eq!(s.header.rx_queue, 1);
-        assert_eq!(s.direction, Direction::Ingress);
+        assert_eq!(s.direction, KernelDirection::Ingress);
         assert_eq!(s.frame, &[0xab; 60][..]);
         assert_eq!(s.vlan, None);
         let r = record_dir(64, 10, 0, 1);
-        assert_eq!(parse_record(&r).unwrap().direction, Direction::Egress);
+        assert_eq!(parse_record(&r).unwrap().direction, KernelDirection::Egress);
     }
 
     #[test]
@@ -260,13 +209,5 @@ mod tests {
             let r = record_in(slot, 0, 0xcd);
             assert!(parse_record(&r).unwrap().frame.is_empty());
         }
-    }
-
-    #[test]
-    fn clock_maps_boot_time_to_now() {
-        let clock = Clock::now();
-        let wall = clock.wall(now_ns(libc::CLOCK_BOOTTIME) as u64).0;
-        let real = now_ns(libc::CLOCK_REALTIME);
-        assert!((real - wall).abs() < 1_000_000_000, "{real} vs {wall}");
     }
 }

@@ -13,10 +13,10 @@ use crate::{
         XdpModeArg,
     },
     config::FileSettings,
+    decoder::DecodeSettings,
     flows::FlowSettings,
     offset::Prefix,
     pipeline::{MetricsSettings, PipelineSettings},
-    rows::DecodeSettings,
     sink::{
         SinkConfig, SinkSettings,
         greptime::{DdlOptions, GreptimeConfig, SpoolConfig, Tls, WritePath},

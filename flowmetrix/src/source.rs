@@ -3,7 +3,6 @@
 //! rest of the pipeline does not know which it has.
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -14,50 +13,15 @@ use tracing::{info, warn};
 
 use crate::{
     capture::{self, Capture, CaptureConfig, CaptureError},
+    clock::Clock,
     decode::Link,
     metrics::{DirectionStats, InterfaceStats, KernelStats},
     pcap::{self, FrameInfo, PcapFileError, PcapFrames},
-    record::UnixNanos,
-    ring::{self, Clock, RecordError, Ring},
+    record::Direction,
+    ring::{self, Ring},
+    sample::{InterfaceNames, RecordError, Sample, SourceInfo},
     watch::{self, LinkEvent, Selection, Watcher},
 };
-
-pub use crate::record::Direction;
-
-/// One sampled frame, borrowed from the source.
-#[derive(Debug, Clone, Copy)]
-pub struct Sample<'a> {
-    /// The captured bytes (any VMware prefix included).
-    pub frame: &'a [u8],
-    /// The frame's length on the wire, as far as `frame` goes: without [`vlan`](Self::vlan).
-    pub wire_len: u32,
-    /// The VLAN id of an outer 802.1Q/802.1ad tag the kernel took out of the frame into the
-    /// skb's metadata (TC hooks): it was on the wire, 4 bytes before the EtherType, but is
-    /// not in `frame` nor in `wire_len`. None: no such tag (XDP, files).
-    pub vlan: Option<u16>,
-    pub ts: UnixNanos,
-    pub ifindex: u32,
-    pub direction: Direction,
-    /// What the frame starts with: Ethernet live, the file's link type in a replay.
-    pub link: Link,
-    /// The name of the interface `ifindex` is (live capture); None: [`SourceInfo::interface`].
-    pub interface: Option<&'a Arc<str>>,
-}
-
-/// What the rows need to know about the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceInfo {
-    /// The interface captured on (the `-i` values, for rows whose interface is not known);
-    /// for a file, the file's name.
-    pub interface: std::sync::Arc<str>,
-    /// 1 in N packets is sampled.
-    pub sample_rate: u32,
-    /// Bytes captured per sample (0: whole frames, as a file holds them).
-    pub snaplen: u32,
-    /// Whether the source waits for the output rather than dropping rows (a file can wait;
-    /// the kernel cannot).
-    pub waits: bool,
-}
 
 /// Where to read from.
 #[derive(Debug, Clone)]
@@ -108,7 +72,7 @@ pub struct Live {
     watcher: Option<Watcher>,
     /// ifindex → name, for the rows: the interfaces attached to, and for a few seconds those
     /// just gone (their last samples may still be in the ring).
-    names: HashMap<u32, Arc<str>>,
+    names: InterfaceNames,
     forget: Vec<(u32, Instant)>,
 }
 
@@ -218,7 +182,7 @@ fn open_live(cfg: &CaptureConfig) -> Result<Live, SourceError> {
         selection,
         single: None,
         watcher,
-        names: HashMap::new(),
+        names: InterfaceNames::default(),
         forget: Vec::new(),
     };
     let present = watch::interfaces();
@@ -405,7 +369,7 @@ impl Source {
         match self {
             Self::Live(l) => {
                 let clock = Clock::now();
-                let names = &l.names;
+                let names = l.names.read();
                 // Samples come in runs from one interface: look its name up once a run.
                 let mut last: Option<(u32, Option<&Arc<str>>)> = None;
                 l.ring.drain(|bytes| {
@@ -497,11 +461,11 @@ impl Source {
             return Err(SourceError::InterfaceGone(name.clone()));
         }
         let now = Instant::now();
-        let names = &mut l.names;
+        let names = &l.names;
         l.forget.retain(|&(ifindex, at)| {
             let keep = now.duration_since(at) < FORGET_AFTER;
             if !keep {
-                names.remove(&ifindex);
+                names.remove(ifindex);
             }
             keep
         });
@@ -516,18 +480,19 @@ impl Source {
     }
 
     /// Live, `--mode flows|both`: the kernel's flow maps (once).
-    pub fn take_flow_maps(&mut self) -> Option<crate::flowmap::FlowMaps> {
+    pub fn take_flow_maps(&mut self) -> Option<crate::flows::kernel::FlowMaps> {
         match self {
             Self::Live(l) => l.capture.take_flow_maps(),
             Self::Pcap(_) => None,
         }
     }
 
-    /// Live: the name of interface `ifindex`, as its samples' rows have it.
-    pub fn interface_name(&self, ifindex: u32) -> Option<Arc<str>> {
+    /// Live: the names of the interfaces captured on, as the samples' rows have them
+    /// (shared: it follows interfaces as they come and go). Empty for a file.
+    pub fn names(&self) -> InterfaceNames {
         match self {
-            Self::Live(l) => l.names.get(&ifindex).cloned(),
-            Self::Pcap(_) => None,
+            Self::Live(l) => l.names.clone(),
+            Self::Pcap(_) => InterfaceNames::default(),
         }
     }
 

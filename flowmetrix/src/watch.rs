@@ -60,6 +60,10 @@ impl Selection {
 }
 
 /// `*` matches any run of characters (none included), `?` any one; the rest is literal.
+///
+/// Hand-written rather than `globset`: its `?` matches one byte (its patterns compile to a
+/// byte regex, `(?-u)`), not one character of a non-ASCII interface name, and `[`, `{` and
+/// `\` are syntax there but literal in an `-i` value (only `*` and `?` make a pattern).
 pub fn glob(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
     let (mut pi, mut ni) = (0, 0);
@@ -219,6 +223,16 @@ mod tests {
         ] {
             assert!(!glob(p, n), "{p} does not match {n}");
         }
+    }
+
+    #[test]
+    fn only_star_and_question_mark_are_special_and_question_mark_is_one_character() {
+        assert!(glob("wl?n", "wl\u{e4}n"), "one character, two bytes");
+        assert!(!glob("wl??n", "wl\u{e4}n"));
+        assert!(glob("br[0]*", "br[0]-x") && !glob("br[0]*", "br0"));
+        assert!(glob("{a,b}?", "{a,b}1") && !glob("{a,b}?", "a1"));
+        assert!(glob("v\\*", "v\\x") && !glob("v\\*", "vx"));
+        assert!(glob("**", "eth0") && glob("e**0", "e0"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Flows in the kernel (root tier): the XDP and TC programs loaded in `flows` (and `both`,
 //! `packets`) mode and run on frames with BPF_PROG_TEST_RUN (tests/common/xdp.rs); the flow
-//! maps are collected through [`flowmetrix::flowmap::FlowMaps`], as the collector does, and
-//! checked exactly: the kernel's key is `flowmetrix_common::flow::parse` of the frame, and
+//! maps are collected through [`flowmetrix::flows::kernel::FlowMaps`], as the collector does, and
+//! checked exactly: the kernel's key is `flowmetrix_common::flow_key::parse` of the frame, and
 //! packets and bytes are what was run — across generation flips, with a full map (flow
 //! events) and a full event ring (overflow).
 
@@ -13,10 +13,10 @@ use std::{
 };
 
 use common::xdp::{Loaded, Settings, is_tc};
-use flowmetrix::flowmap::Collected;
+use flowmetrix::flows::kernel::Collected;
 use flowmetrix_common::{
     Direction, PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME, TC_INGRESS_PROGRAM_NAME,
-    flow::{FlowKey, MODE_FLOWS, MODE_PACKETS, parse},
+    flow_key::{FlowKey, MODE_FLOWS, MODE_PACKETS, parse},
 };
 
 const PROGRAMS: [&str; 3] = [

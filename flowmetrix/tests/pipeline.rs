@@ -12,10 +12,10 @@ use endpoint::Endpoint;
 use etherparse::PacketBuilder;
 use flowmetrix::{
     app::Applications,
+    decoder::DecodeSettings,
     metrics::Summary,
     offset::Prefix,
     pipeline::{self, MetricsSettings, Outcome, PipelineSettings},
-    rows::DecodeSettings,
     sink::{SinkConfig, SinkSettings, greptime::GreptimeConfig},
     source::SourceSettings,
 };

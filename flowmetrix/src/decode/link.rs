@@ -2,7 +2,14 @@
 
 use crate::record::MacAddr;
 
-use super::DecodeError;
+/// A frame without a whole link header: the one thing decoding refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{0}-byte sample is shorter than an Ethernet header")]
+    TooShort(usize),
+    #[error("{len}-byte sample is shorter than a {} header", .link.name())]
+    ShortLink { len: usize, link: Link },
+}
 
 /// The link layer a frame starts with. Live capture is always Ethernet; a pcap file says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use etherparse::PacketBuilder;
 
 use super::*;
-use crate::record::{MacAddr, MplsLabels};
+use crate::record::{MacAddr, MplsLabels, Tunnel};
 
 const SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];

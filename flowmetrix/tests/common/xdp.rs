@@ -11,12 +11,12 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
-use flowmetrix::{capture::PROGRAM, flowmap::FlowMaps};
+use flowmetrix::{capture::PROGRAM, flows::kernel::FlowMaps};
 use flowmetrix_common::{
     CpuStats, DEFAULT_SNAPLEN, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
     TC_INGRESS_PROGRAM_NAME, WAKEUP_BYTES_GLOBAL,
-    flow::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_FLOWS, MODE_GLOBAL, MODE_PACKETS},
+    flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_FLOWS, MODE_GLOBAL, MODE_PACKETS},
 };
 
 /// Whether program `name` of the object is a TC (sched_cls) program; else it is XDP.

@@ -1,43 +1,20 @@
-//! The flows stage (`--mode flows|both`): packets counted per flow, one interval at a time,
-//! turned into [`FlowRecord`]s.
-//!
-//! Live, the kernel counts every packet in its flow maps; every `--flow-interval` the
-//! pipeline collects one generation ([`crate::flowmap::FlowMaps::collect`]: the map's
-//! entries and the flow events of packets the full map could not take) and
-//! [`Aggregator::add_collected`] adds both here; [`Aggregator::rows`] then makes one row per
-//! flow and empties the aggregator. The kernel's map is cleared by the collection, so a flow
-//! idle for a whole interval has no entry and gets no row, and each packet is in exactly one
-//! collection, so in exactly one row.
-//!
-//! A replayed pcap is keyed by the same parser ([`flowmetrix_common::flow::parse`]) in
-//! [`Aggregator::add_frame`], with intervals by packet time: `[k·interval, (k+1)·interval)`
-//! since the epoch, each row's `ts` its interval's end (also for the last one, which the
-//! file ended in).
+//! One interval's flows, keyed as the kernel keys them, made into [`FlowRecord`]s: from the
+//! kernel's collected maps (live) or from replayed frames keyed by the same parser.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
-use flowmetrix_common::flow::{self, FlowEvent, FlowKey, FlowValue};
+use flowmetrix_common::{
+    Direction as KernelDirection,
+    flow_key::{self, FlowEvent, FlowKey, FlowValue},
+};
 
-use tracing::{debug, info, warn};
-
+use super::kernel::Collected;
 use crate::{
     app::Applications,
     decode::{self, Link},
-    flowmap::{Collected, FlowMapError, FlowMaps},
     metrics::{Counters, FlowCounters},
     record::{Direction, FlowRecord, UnixNanos},
-    ring::{self, Clock},
-    source::Sample,
 };
-
-/// What the flows stage is told.
-#[derive(Debug, Clone)]
-pub struct FlowSettings {
-    /// `--flow-interval`.
-    pub interval: Duration,
-    /// `--flow-table`.
-    pub table: String,
-}
 
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
@@ -141,14 +118,14 @@ impl Aggregator {
         let mut key = FlowKey::ZERO;
         let (keyed, bytes) = match (link, prefix) {
             (Link::Ethernet, Some(p)) => (
-                flow::parse(frame, p, &mut key),
+                flow_key::parse(frame, p, &mut key),
                 u64::from(wire_len).saturating_sub(p as u64),
             ),
             (Link::Ethernet, None) => (None, u64::from(wire_len)),
             (link, _) => {
                 let keyed = decode::network_of(link, frame).and_then(|(ether_type, net)| {
                     key.ether_type = ether_type;
-                    flow::parse_ip(net, 0, ether_type, &mut key)
+                    flow_key::parse_ip(net, 0, ether_type, &mut key)
                 });
                 (keyed, u64::from(wire_len))
             }
@@ -159,7 +136,7 @@ impl Aggregator {
             return;
         };
         key.ifindex = ifindex;
-        key.direction = flowmetrix_common::Direction::from(direction) as u8;
+        key.direction = KernelDirection::from(direction) as u8;
         self.add_packet(key, u64::try_from(ts.0).unwrap_or(0), bytes, tcp_flags);
     }
 
@@ -193,7 +170,7 @@ impl Aggregator {
                 ts,
                 host: Arc::clone(&self.host),
                 interface: name,
-                direction: if k.direction == flowmetrix_common::Direction::Egress as u8 {
+                direction: if k.direction == KernelDirection::Egress as u8 {
                     Direction::Egress
                 } else {
                     Direction::Ingress
@@ -227,11 +204,11 @@ impl Aggregator {
 /// The key's addresses as the decoder writes them; `None` when the flow is not IP.
 fn addresses(k: &FlowKey) -> (Option<IpAddr>, Option<IpAddr>) {
     match k.ether_type {
-        flow::ETHERTYPE_IPV4 => {
+        flow_key::ETHERTYPE_IPV4 => {
             let v4 = |a: &[u8; 16]| IpAddr::from([a[0], a[1], a[2], a[3]]);
             (Some(v4(&k.src_addr)), Some(v4(&k.dst_addr)))
         }
-        flow::ETHERTYPE_IPV6 => (
+        flow_key::ETHERTYPE_IPV6 => (
             Some(IpAddr::from(k.src_addr)),
             Some(IpAddr::from(k.dst_addr)),
         ),
@@ -311,200 +288,6 @@ impl PacketClock {
     }
 }
 
-/// The flows stage as the pipeline runs it: live, the kernel's maps collected every
-/// interval on a blocking thread; in a replay, frames counted here, intervals by packet
-/// time. Rows come back to the pipeline, which hands them to the flow table's input.
-pub struct Stage {
-    settings: FlowSettings,
-    agg: Aggregator,
-    counters: Arc<FlowCounters>,
-    /// Live: the maps, while no collection holds them.
-    maps: Option<FlowMaps>,
-    /// A collection under way: it gives the maps back.
-    pending: Option<tokio::task::JoinHandle<(FlowMaps, Result<Collected, FlowMapError>)>>,
-    /// Live: when the interval being counted began.
-    since: std::time::Instant,
-    /// Live, `-auto-detect`: the prefix the programs were told.
-    prefix_pushed: Option<u32>,
-    /// Replay.
-    clock: PacketClock,
-    interfaces: Interfaces,
-    warned: bool,
-}
-
-/// What a live collection gave, for [`Stage::collected`].
-pub type CollectResult =
-    Result<(FlowMaps, Result<Collected, FlowMapError>), tokio::task::JoinError>;
-
-impl Stage {
-    pub fn new(
-        settings: FlowSettings,
-        applications: Arc<Applications>,
-        host: Arc<str>,
-        counters: Arc<FlowCounters>,
-        maps: Option<FlowMaps>,
-    ) -> Self {
-        Self {
-            clock: PacketClock::new(settings.interval),
-            settings,
-            agg: Aggregator::new(applications, host, Arc::clone(&counters)),
-            counters,
-            maps,
-            pending: None,
-            since: std::time::Instant::now(),
-            prefix_pushed: None,
-            interfaces: Interfaces::default(),
-            warned: false,
-        }
-    }
-
-    pub fn interval(&self) -> Duration {
-        self.settings.interval
-    }
-
-    /// Live: whether there are kernel maps to collect.
-    pub fn is_live(&self) -> bool {
-        self.maps.is_some() || self.pending.is_some()
-    }
-
-    /// Live: starts a collection unless one is under way.
-    pub fn start_collect(&mut self) {
-        if self.pending.is_some() {
-            return;
-        }
-        if let Some(mut maps) = self.maps.take() {
-            self.pending = Some(tokio::task::spawn_blocking(move || {
-                let res = maps.collect();
-                (maps, res)
-            }));
-        }
-    }
-
-    /// Completes when the collection under way has (never while there is none).
-    pub async fn collecting(&mut self) -> CollectResult {
-        match self.pending.as_mut() {
-            Some(p) => p.await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// A collection's outcome: the interval's rows, its flows named by `interface`.
-    pub fn collected(
-        &mut self,
-        res: CollectResult,
-        interface: impl FnMut(u32) -> Arc<str>,
-    ) -> Vec<FlowRecord> {
-        self.pending = None;
-        match res {
-            Ok((maps, Ok(c))) => {
-                self.maps = Some(maps);
-                self.agg.add_collected(&c);
-            }
-            Ok((maps, Err(e))) => {
-                self.maps = Some(maps);
-                self.failed(&e);
-            }
-            Err(e) => self.failed(&e),
-        }
-        let interval = self.since.elapsed();
-        self.since = std::time::Instant::now();
-        let clock = Clock::now();
-        self.agg
-            .rows(ring::wall_now(), interval, |ns| clock.wall(ns), interface)
-    }
-
-    /// Live, at exit (after the programs are detached): waits for a collection under way,
-    /// then collects once more, so the partial interval is written too.
-    pub async fn last_collect(
-        &mut self,
-        mut interface: impl FnMut(u32) -> Arc<str>,
-    ) -> Vec<FlowRecord> {
-        let mut rows = Vec::new();
-        if self.pending.is_some() {
-            let res = self.collecting().await;
-            rows = self.collected(res, &mut interface);
-        }
-        self.start_collect();
-        if self.pending.is_some() {
-            let res = self.collecting().await;
-            rows.extend(self.collected(res, &mut interface));
-        }
-        rows
-    }
-
-    fn failed(&mut self, e: &dyn std::fmt::Display) {
-        Counters::add(&self.counters.collect_errors, 1);
-        if self.warned {
-            debug!("cannot collect the flow maps: {e}");
-        } else {
-            warn!(
-                "cannot collect the flow maps: {e} (further failures are counted, logged at debug)"
-            );
-            self.warned = true;
-        }
-    }
-
-    /// Live, `-auto-detect`: tells the programs the prefix once it is learned (or when it
-    /// changes). Not while a collection holds the maps: the next tick does it.
-    pub fn push_prefix(&mut self, prefix: Option<usize>) {
-        let Some(p) = prefix.and_then(|p| u32::try_from(p).ok()) else {
-            return;
-        };
-        if self.prefix_pushed == Some(p) {
-            return;
-        }
-        if let Some(maps) = self.maps.as_mut() {
-            match maps.set_prefix(Some(p)) {
-                Ok(()) => {
-                    info!("flows: the kernel keys packets after the learned {p}-byte prefix");
-                    self.prefix_pushed = Some(p);
-                }
-                Err(e) => self.failed(&e),
-            }
-        }
-    }
-
-    /// Replay: one frame. Rows of the interval it closes, if any, go to `out` first.
-    pub fn frame(
-        &mut self,
-        s: &Sample<'_>,
-        prefix: Option<usize>,
-        name: &Arc<str>,
-        out: &mut Vec<FlowRecord>,
-    ) {
-        if let Some(end) = self.clock.advance(s.ts) {
-            self.close(end, out);
-        }
-        let ifindex = self.interfaces.index(name);
-        self.agg.add_frame(
-            s.link,
-            s.frame,
-            s.wire_len,
-            prefix,
-            s.ts,
-            ifindex,
-            s.direction,
-        );
-    }
-
-    /// Replay, at the end of the file: the last interval's rows.
-    pub fn finish(&mut self, out: &mut Vec<FlowRecord>) {
-        if let Some(end) = self.clock.finish() {
-            self.close(end, out);
-        }
-    }
-
-    fn close(&mut self, end: UnixNanos, out: &mut Vec<FlowRecord>) {
-        let interfaces = &self.interfaces;
-        out.extend(self.agg.rows(
-            end,
-            self.settings.interval,
-            |ns| UnixNanos(i64::try_from(ns).unwrap_or(i64::MAX)),
-            |i| interfaces.name(i).unwrap_or_else(crate::record::unnamed),
-        ));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,7 +306,7 @@ mod tests {
         k.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
         k.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
         k.ifindex = 7;
-        k.ether_type = flow::ETHERTYPE_IPV4;
+        k.ether_type = flow_key::ETHERTYPE_IPV4;
         k.protocol = PROTO_UDP;
         k.src_port = src_port;
         k.dst_port = dst_port;
@@ -617,13 +400,13 @@ mod tests {
     fn text_forms_vlan_and_non_ip_flows() {
         let (mut a, _) = agg();
         let mut v6 = key(0, 0);
-        v6.ether_type = flow::ETHERTYPE_IPV6;
+        v6.ether_type = flow_key::ETHERTYPE_IPV6;
         v6.protocol = 58;
         v6.src_port = 128; // echo request: no application from ICMP types
         v6.src_addr = "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
         v6.dst_addr = "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
         v6.vlan_id = 42;
-        v6.direction = flowmetrix_common::Direction::Egress as u8;
+        v6.direction = KernelDirection::Egress as u8;
         let mut arp = FlowKey::ZERO;
         arp.ether_type = 0x0806;
         arp.dst_port = 1;

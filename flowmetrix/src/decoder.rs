@@ -7,6 +7,7 @@
 
 use std::{collections::VecDeque, sync::Arc, time::Instant};
 
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::{
@@ -15,8 +16,7 @@ use crate::{
     metrics::Counters,
     offset::{self, AutoPrefix, Prefix, Step},
     record::{Direction, PacketRecord, UnixNanos},
-    ring::RecordError,
-    source::{Sample, SourceInfo},
+    sample::{RecordError, Sample, SourceInfo},
 };
 
 /// What the decode stage is told.
@@ -44,6 +44,10 @@ pub struct Decoder {
     warned: bool,
     /// Whether the prefix was said to be ignored for a non-Ethernet frame.
     warned_prefix: bool,
+    /// `-auto-detect`: the prefix learned, for the flows stage ([`Decoder::learned_prefix`]).
+    learned: watch::Sender<Option<usize>>,
+    /// What `learned` holds (looked at for every frame: without its lock).
+    told: Option<usize>,
 }
 
 impl Decoder {
@@ -59,7 +63,15 @@ impl Decoder {
             counters,
             warned: false,
             warned_prefix: false,
+            learned: watch::Sender::new(None),
+            told: None,
         }
+    }
+
+    /// `-auto-detect`: the prefix as it is learned (`None` while learning), as the kernel's
+    /// flow keys need it. None with a fixed prefix: the kernel was loaded with it.
+    pub fn learned_prefix(&self) -> Option<watch::Receiver<Option<usize>>> {
+        self.learns_prefix().then(|| self.learned.subscribe())
     }
 
     /// One sample (or a ring record that was not one): its rows, if any, go to `out`.
@@ -86,7 +98,13 @@ impl Decoder {
         }
         let step = match (&mut self.learner, self.prefix) {
             (Some(auto), _) => {
-                auto.observe_in(s.frame, s.wire_len, s.ts, s.direction, Instant::now())
+                let step = auto.observe_in(s.frame, s.wire_len, s.ts, s.direction, Instant::now());
+                let offset = auto.offset();
+                if self.told != offset {
+                    self.told = offset;
+                    self.learned.send_replace(offset);
+                }
+                step
             }
             (None, Prefix::Fixed(len)) => Step::Use(len),
             (None, Prefix::Auto) => Step::Use(0),
@@ -201,7 +219,6 @@ mod tests {
     use etherparse::PacketBuilder;
 
     use super::*;
-    use crate::source::Direction;
 
     fn udp(dst_port: u16) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])

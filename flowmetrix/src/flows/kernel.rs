@@ -44,10 +44,12 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, RingBuf},
 };
-use flowmetrix_common::flow::{
+use flowmetrix_common::flow_key::{
     FLOW_CFG_GENERATION, FLOW_CFG_PREFIX, FLOW_CONFIG_MAP, FLOW_EVENTS_MAP, FLOW_MAPS, FlowEvent,
     FlowKey, FlowValue, PREFIX_UNKNOWN,
 };
+
+pub use sys::BatchStep;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowMapError {
@@ -109,7 +111,9 @@ impl FlowMaps {
     /// and `prefix` for the programs. Fails when the kernel cannot give the grace period
     /// [`collect`](Self::collect) needs.
     pub fn from_ebpf(ebpf: &mut Ebpf, prefix: Option<u32>) -> Result<Self, FlowMapError> {
-        membarrier::supported()?;
+        if !membarrier::supported() {
+            return Err(FlowMapError::NoMembarrier);
+        }
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(FlowMapError::Missing(name));
         let cfg = Array::try_from(take(FLOW_CONFIG_MAP)?)
             .map_err(|e| FlowMapError::Map(FLOW_CONFIG_MAP, e))?;
@@ -182,7 +186,7 @@ impl FlowMaps {
             .set(FLOW_CFG_GENERATION, new, 0)
             .map_err(FlowMapError::Config)?;
         self.generation = new;
-        membarrier::global()?;
+        membarrier::global().map_err(FlowMapError::Membarrier)?;
         let map = &self.maps[(old & 1) as usize];
         let mut flows = std::mem::take(&mut self.carry);
         let before = flows.len();
@@ -251,25 +255,6 @@ const BATCH: usize = 4096;
 /// sizes the bucket array to the map, so buckets hold one or two entries).
 const BATCH_MAX: usize = 1 << 16;
 
-/// What one batch call did.
-#[derive(Debug)]
-pub enum Step {
-    /// `count` entries read (and deleted); go on from `next`.
-    More {
-        count: usize,
-        next: u32,
-    },
-    /// `count` entries read; the map has no more.
-    Done {
-        count: usize,
-    },
-    /// The buffers are too small for the next hash bucket (ENOSPC, nothing read).
-    TooSmall,
-    /// The kernel does not take batch calls on this map (EINVAL, ENOTSUPP, …).
-    Unsupported,
-    Failed(io::Error),
-}
-
 /// Reads and clears every entry of `map` into `out`: batch calls while the kernel takes
 /// them (`batch` is cleared for good when it refuses), else one key at a time.
 fn read_and_clear(
@@ -295,7 +280,7 @@ fn read_and_clear(
 /// Drives batch calls (`call(from, keys, values)`, `from`: None for the first) until the map
 /// is empty; gives false when the kernel refuses them (what was read is in `out`).
 pub fn batches(
-    mut call: impl FnMut(Option<u32>, &mut [FlowKey], &mut [FlowValue]) -> Step,
+    mut call: impl FnMut(Option<u32>, &mut [FlowKey], &mut [FlowValue]) -> BatchStep,
     out: &mut Vec<(FlowKey, FlowValue)>,
 ) -> Result<bool, FlowMapError> {
     let mut size = BATCH;
@@ -304,7 +289,7 @@ pub fn batches(
     let mut from = None;
     loop {
         match call(from, &mut keys, &mut values) {
-            Step::More { count, next } => {
+            BatchStep::More { count, next } => {
                 let count = count.min(size);
                 out.extend(
                     keys[..count]
@@ -314,7 +299,7 @@ pub fn batches(
                 );
                 from = Some(next);
             }
-            Step::Done { count } => {
+            BatchStep::Done { count } => {
                 let count = count.min(size);
                 out.extend(
                     keys[..count]
@@ -324,19 +309,19 @@ pub fn batches(
                 );
                 return Ok(true);
             }
-            Step::TooSmall if size < BATCH_MAX => {
+            BatchStep::TooSmall if size < BATCH_MAX => {
                 size *= 2;
                 keys.resize(size, FlowKey::ZERO);
                 values.resize(size, FlowValue::default());
             }
-            Step::TooSmall => {
+            BatchStep::TooSmall => {
                 return Err(FlowMapError::Read {
                     call: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
                     source: io::Error::from_raw_os_error(libc::ENOSPC),
                 });
             }
-            Step::Unsupported => return Ok(false),
-            Step::Failed(source) => {
+            BatchStep::Unsupported => return Ok(false),
+            BatchStep::Failed(source) => {
                 return Err(FlowMapError::Read {
                     call: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
                     source,
@@ -367,9 +352,26 @@ fn one_by_one(fd: i32, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMa
 mod sys {
     use std::io;
 
-    use flowmetrix_common::flow::{FlowKey, FlowValue};
+    use flowmetrix_common::flow_key::{FlowKey, FlowValue};
 
-    use super::Step;
+    /// What one batch call did.
+    #[derive(Debug)]
+    pub enum BatchStep {
+        /// `count` entries read (and deleted); go on from `next`.
+        More {
+            count: usize,
+            next: u32,
+        },
+        /// `count` entries read; the map has no more.
+        Done {
+            count: usize,
+        },
+        /// The buffers are too small for the next hash bucket (ENOSPC, nothing read).
+        TooSmall,
+        /// The kernel does not take batch calls on this map (EINVAL, ENOTSUPP, …).
+        Unsupported,
+        Failed(io::Error),
+    }
 
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -406,7 +408,7 @@ mod sys {
         from: Option<u32>,
         keys: &mut [FlowKey],
         values: &mut [FlowValue],
-    ) -> Step {
+    ) -> BatchStep {
         let n = keys.len().min(values.len());
         let mut in_batch = from.unwrap_or(0);
         let mut out_batch = 0u32;
@@ -423,17 +425,17 @@ mod sys {
         let rc = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
         let count = (attr[4] & 0xffff_ffff) as usize;
         match rc {
-            Ok(()) => Step::More {
+            Ok(()) => BatchStep::More {
                 count,
                 next: out_batch,
             },
             Err(e) => match e.raw_os_error() {
-                Some(libc::ENOENT) => Step::Done { count },
-                Some(libc::ENOSPC) if count == 0 => Step::TooSmall,
+                Some(libc::ENOENT) => BatchStep::Done { count },
+                Some(libc::ENOSPC) if count == 0 => BatchStep::TooSmall,
                 Some(libc::EINVAL | libc::ENOTSUP | ENOTSUPP | libc::ENOSYS) if count == 0 => {
-                    Step::Unsupported
+                    BatchStep::Unsupported
                 }
-                _ => Step::Failed(e),
+                _ => BatchStep::Failed(e),
             },
         }
     }
@@ -480,8 +482,6 @@ mod sys {
 
 /// The grace period `collect` waits for.
 mod membarrier {
-    use super::FlowMapError;
-
     const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
 
@@ -498,18 +498,15 @@ mod membarrier {
     }
 
     /// Whether the kernel offers MEMBARRIER_CMD_GLOBAL.
-    pub fn supported() -> Result<(), FlowMapError> {
+    pub fn supported() -> bool {
         let mask = call(MEMBARRIER_CMD_QUERY);
-        if mask < 0 || mask & MEMBARRIER_CMD_GLOBAL == 0 {
-            return Err(FlowMapError::NoMembarrier);
-        }
-        Ok(())
+        mask >= 0 && mask & MEMBARRIER_CMD_GLOBAL != 0
     }
 
     /// Waits until every CPU has passed an RCU grace period (`synchronize_rcu()`).
-    pub fn global() -> Result<(), FlowMapError> {
+    pub fn global() -> std::io::Result<()> {
         if call(MEMBARRIER_CMD_GLOBAL) < 0 {
-            return Err(FlowMapError::Membarrier(std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     }
@@ -577,7 +574,7 @@ mod tests {
             from: Option<u32>,
             keys: &mut [FlowKey],
             values: &mut [FlowValue],
-        ) -> Step {
+        ) -> BatchStep {
             self.calls += 1;
             let mut b = from.unwrap_or(0) as usize;
             let mut n = 0;
@@ -585,9 +582,9 @@ mod tests {
                 let bucket = &self.buckets[b];
                 if bucket.len() > keys.len() - n {
                     if n == 0 {
-                        return Step::TooSmall;
+                        return BatchStep::TooSmall;
                     }
-                    return Step::More {
+                    return BatchStep::More {
                         count: n,
                         next: b as u32,
                     };
@@ -606,7 +603,7 @@ mod tests {
                 self.buckets[b].clear();
                 b += 1;
             }
-            Step::Done { count: n }
+            BatchStep::Done { count: n }
         }
     }
 
@@ -632,9 +629,9 @@ mod tests {
     #[test]
     fn a_refused_batch_call_falls_back_and_an_error_is_one() {
         let mut out = Vec::new();
-        assert!(!batches(|_, _, _| Step::Unsupported, &mut out).unwrap());
+        assert!(!batches(|_, _, _| BatchStep::Unsupported, &mut out).unwrap());
         let err = batches(
-            |_, _, _| Step::Failed(io::Error::from_raw_os_error(libc::EFAULT)),
+            |_, _, _| BatchStep::Failed(io::Error::from_raw_os_error(libc::EFAULT)),
             &mut out,
         )
         .unwrap_err();
@@ -642,7 +639,7 @@ mod tests {
             err.to_string().contains("BPF_MAP_LOOKUP_AND_DELETE_BATCH"),
             "{err}"
         );
-        let err = batches(|_, _, _| Step::TooSmall, &mut out).unwrap_err();
+        let err = batches(|_, _, _| BatchStep::TooSmall, &mut out).unwrap_err();
         assert!(matches!(err, FlowMapError::Read { .. }));
         // An empty map: one call.
         let mut calls = 0;
@@ -650,7 +647,7 @@ mod tests {
             batches(
                 |_, _, _| {
                     calls += 1;
-                    Step::Done { count: 0 }
+                    BatchStep::Done { count: 0 }
                 },
                 &mut out
             )

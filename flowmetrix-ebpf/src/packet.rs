@@ -1,0 +1,120 @@
+//! What the programs need from a packet, whichever hook it came through: XDP (`xdp_md`)
+//! and TC (`__sk_buff`) differ only in how a packet's length, bytes, interface and queue
+//! are read, which [`Packet`] abstracts.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
+};
+
+/// What the programs need from a packet, whichever hook it came through.
+pub trait Packet: EbpfContext {
+    /// The frame's full length: all XDP fragments; for an skb, `skb->len` (for a GSO skb on
+    /// egress that is the whole super-packet, before the NIC or the stack segments it).
+    fn wire_len(&self) -> u32;
+    /// Copies the frame's first `len` bytes to `dst`; 0 on success, a negative errno else.
+    ///
+    /// # Safety
+    /// `dst` must point at `len` writable bytes.
+    unsafe fn load(&self, dst: *mut c_void, len: u32) -> i64;
+    fn ifindex(&self) -> u32;
+    fn queue(&self) -> u32;
+    /// Whether [`pull`](Self::pull) can bring more of the frame into the linear part.
+    const PULLS: bool;
+    /// Start and end of the part of the frame readable in place (direct packet access).
+    fn linear(&self) -> (usize, usize);
+    /// Makes the first `len` bytes linear (skb only); false when it could not.
+    fn pull(&self, len: u32) -> bool;
+    /// The VLAN id of an outer 802.1Q/802.1ad tag the kernel took out of the frame into
+    /// the skb's metadata (on receive it always does, before TC ingress; on transmit with
+    /// VLAN offload): the tag was on the wire but is not in the bytes. XDP: never.
+    fn vlan_tag(&self) -> Option<u16>;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        // SAFETY: `self.ctx` is the program's own xdp_md.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+    }
+
+    #[inline(always)]
+    unsafe fn load(&self, dst: *mut c_void, len: u32) -> i64 {
+        // SAFETY: the caller's `dst` holds `len` bytes; `self.ctx` is our xdp_md.
+        unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst, len) }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn queue(&self) -> u32 {
+        self.rx_queue_index()
+    }
+
+    const PULLS: bool = false;
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn pull(&self, _len: u32) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn vlan_tag(&self) -> Option<u16> {
+        None
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        self.skb.len()
+    }
+
+    #[inline(always)]
+    unsafe fn load(&self, dst: *mut c_void, len: u32) -> i64 {
+        // SAFETY: the caller's `dst` holds `len` bytes; `skb` is the program's own context.
+        unsafe { bpf_skb_load_bytes(self.skb.skb as *const c_void, 0, dst, len) }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading a field of the program's own context.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn queue(&self) -> u32 {
+        // SAFETY: reading a field of the program's own context.
+        unsafe { (*self.skb.skb).queue_mapping }
+    }
+
+    const PULLS: bool = true;
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn pull(&self, len: u32) -> bool {
+        self.pull_data(len).is_ok()
+    }
+
+    #[inline(always)]
+    fn vlan_tag(&self) -> Option<u16> {
+        // SAFETY: reading fields of the program's own context.
+        let (present, tci) = unsafe { ((*self.skb.skb).vlan_present, (*self.skb.skb).vlan_tci) };
+        (present != 0).then_some((tci & 0x0fff) as u16)
+    }
+}

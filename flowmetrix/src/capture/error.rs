@@ -1,0 +1,49 @@
+//! What can go wrong loading and attaching the programs.
+
+use aya::util::KernelVersion;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("no such interface: {0}")]
+    NoSuchInterface(String),
+    #[error("cannot load the XDP program{hint}")]
+    Load {
+        hint: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {0} is down (ip link set {0} up)")]
+    InterfaceDown(String),
+    #[error("cannot attach XDP to {iface} in {mode} mode{hint}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        hint: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {iface} already has an XDP program ({program}, id {id}){hint}")]
+    AlreadyAttached {
+        iface: String,
+        program: String,
+        id: u32,
+        hint: String,
+    },
+    #[error("kernel {0} is too old: XDP bpf_link and BPF ring buffers need Linux 5.9 or later")]
+    KernelTooOld(KernelVersion),
+    #[error("the XDP object lacks {0}")]
+    Missing(&'static str),
+    #[error("cannot read the kernel counters")]
+    Stats(#[source] aya::maps::MapError),
+    #[error("cannot set up the flow maps")]
+    Flows(#[source] crate::flows::kernel::FlowMapError),
+    #[error("cannot attach the TC {direction} program to {iface} ({how}){hint}")]
+    TcAttach {
+        iface: String,
+        direction: &'static str,
+        how: &'static str,
+        hint: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
