@@ -9,7 +9,6 @@
 pub mod app;
 pub mod capture;
 pub mod cli;
-pub mod config;
 pub mod decode;
 pub mod flowmap;
 pub mod flows;

@@ -9,10 +9,9 @@ use crate::{
     app::Applications,
     capture::{self, CaptureConfig, Directions, FlowsConfig, IngressHook, TcAttach, XdpMode},
     cli::{
-        Cli, DirectionArg, IngressHookArg, LogFormat, ModeArg, Output, PASSWORD_ENV, TcAttachArg,
-        XdpModeArg,
+        Cli, DirectionArg, FileSettings, IngressHookArg, LogFormat, ModeArg, Output, PASSWORD_ENV,
+        TcAttachArg, XdpModeArg,
     },
-    config::FileSettings,
     flows::FlowSettings,
     offset::Prefix,
     pipeline::{MetricsSettings, PipelineSettings},
