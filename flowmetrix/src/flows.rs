@@ -21,7 +21,7 @@ use flowmetrix_common::flow::{self, FlowEvent, FlowKey, FlowValue};
 use tracing::{debug, info, warn};
 
 use crate::{
-    app::Applications,
+    applications::Applications,
     decode::{self, Link},
     flowmap::{Collected, FlowMapError, FlowMaps},
     metrics::{Counters, FlowCounters},
@@ -202,7 +202,7 @@ impl Aggregator {
                     self.applications
                         .application(Some(k.src_port), Some(k.dst_port))
                 } else {
-                    crate::app::UNKNOWN
+                    crate::applications::UNKNOWN
                 },
                 vlan_id: (k.vlan_id != 0).then_some(k.vlan_id),
                 ether_type: k.ether_type,

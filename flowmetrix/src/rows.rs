@@ -10,7 +10,7 @@ use std::{collections::VecDeque, sync::Arc, time::Instant};
 use tracing::{debug, warn};
 
 use crate::{
-    app::Applications,
+    applications::Applications,
     decode::{self, FrameMeta, Link},
     metrics::Counters,
     offset::{self, AutoPrefix, Prefix, Step},

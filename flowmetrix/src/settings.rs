@@ -6,7 +6,7 @@
 use std::{path::Path, sync::Arc};
 
 use crate::{
-    app::Applications,
+    applications::Applications,
     capture::{self, CaptureConfig, Directions, FlowsConfig, IngressHook, TcAttach, XdpMode},
     cli::{
         Cli, DirectionArg, FileSettings, IngressHookArg, LogFormat, ModeArg, Output, PASSWORD_ENV,

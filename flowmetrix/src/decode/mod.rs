@@ -17,7 +17,7 @@ use etherparse::{
 
 pub use self::link::Link;
 use crate::{
-    app::Applications,
+    applications::Applications,
     record::{self, Direction, PacketRecord, PacketType, Tunnel, UnixNanos},
 };
 
