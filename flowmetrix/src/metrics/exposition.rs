@@ -14,7 +14,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::{Counters, DIRECTIONS, DirectionStats, Registry, WRITE_BUCKETS};
+use super::{Counters, DIRECTIONS, DirectionStats, Registry};
 
 /// Every metric name starts with this, then `_`.
 pub const PREFIX: &str = "flowmetrix";
@@ -162,21 +162,13 @@ impl Collector for Scrape {
             u64::from(g.snaplen),
         )?;
 
-        let (per_bucket, sum) = c.write_seconds.buckets();
-        let buckets: Vec<(f64, u64)> = WRITE_BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(per_bucket)
-            .collect();
-        let count = per_bucket.iter().sum();
-        e.encode_descriptor(
+        let h = c.write_seconds.histogram();
+        h.encode(e.encode_descriptor(
             "write_duration_seconds",
             "Time to write one batch, retries included.",
             None,
-            prometheus_client::metrics::MetricType::Histogram,
-        )?
-        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+            h.metric_type(),
+        )?)?;
 
         // A gauge with a label (not an OpenMetrics info, which would be renamed `_info`).
         let version = [("version", env!("CARGO_PKG_VERSION"))];
