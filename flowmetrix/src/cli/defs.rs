@@ -405,3 +405,6 @@ pub fn command() -> Command {
         arg.env(env)
     })
 }
+
+/// The GreptimeDB password is read from the environment only, never from a flag or file.
+pub const PASSWORD_ENV: &str = "FLOWMETRIX_GREPTIME_PASSWORD";

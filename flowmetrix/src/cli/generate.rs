@@ -3,7 +3,10 @@
 
 use clap::Command;
 
-use super::{Generate, PASSWORD_ENV, command, file};
+use super::{
+    defs::{Generate, PASSWORD_ENV, command},
+    file,
+};
 
 /// A completion script or the man page, from the one definition of the flags.
 pub(super) fn generate(what: Generate) -> String {

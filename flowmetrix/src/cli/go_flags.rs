@@ -6,7 +6,7 @@ use std::ffi::OsString;
 
 use clap::CommandFactory as _;
 
-use super::Cli;
+use super::defs::Cli;
 
 /// their `--` form. Only names of long flags defined on [`Cli`] are touched, so short-flag
 /// clusters such as `-id` are left alone; nothing after `--` is touched.
@@ -39,7 +39,10 @@ pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsSt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::tests::os;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
 
     #[test]
     fn go_flags_are_rewritten_and_others_left_alone() {

@@ -28,7 +28,8 @@ use clap::{FromArgMatches, error::ErrorKind};
 
 pub use defs::{
     Cli, CompressionArg, DirectionArg, Generate, IngressHookArg, LogFormat, MAX_FLOW_MAX_ENTRIES,
-    MIN_FLOW_MAX_ENTRIES, ModeArg, Output, TcAttachArg, WritePathArg, XdpModeArg, command,
+    MIN_FLOW_MAX_ENTRIES, ModeArg, Output, PASSWORD_ENV, TcAttachArg, WritePathArg, XdpModeArg,
+    command,
 };
 pub use file::{ConfigError, DEFAULT_PATH, FileSettings};
 pub use go_flags::normalize_go_flags;
@@ -41,9 +42,6 @@ pub enum Parsed {
     /// `--help`, `--version` or `--print-config`: print this on stdout and exit 0.
     Print(String),
 }
-
-/// The GreptimeDB password is read from the environment only, never from a flag or file.
-pub const PASSWORD_ENV: &str = "FLOWMETRIX_GREPTIME_PASSWORD";
 
 /// Parses a command line (program name first) together with the config file (`--config`,
 /// or [`file::DEFAULT_PATH`] when it exists). A usage error comes back as one line,
@@ -122,11 +120,11 @@ mod tests {
 
     use super::*;
 
-    pub(super) fn os(v: &[&str]) -> Vec<OsString> {
+    fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
     }
 
-    pub(super) fn cli(v: &[&str]) -> Cli {
+    fn cli(v: &[&str]) -> Cli {
         match parse_with_default(os(v), Path::new("/nonexistent")) {
             Ok(Parsed::Run(c, _)) => *c,
             Ok(Parsed::Print(p)) => panic!("printed {p}"),
@@ -239,6 +237,21 @@ mod tests {
             parse_with_default(os(&["fm", "--print-config"]), Path::new("/nonexistent")),
             Ok(Parsed::Print(p)) if p.contains("# interface (unset)")
         ));
+    }
+
+    #[test]
+    fn endpoint_lists_are_split_and_trimmed() {
+        let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1,b:2"]);
+        assert_eq!(c.greptime_endpoint, ["a:1", "b:2"]);
+        let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1, b:2 ,c:3"]);
+        assert_eq!(c.greptime_endpoint, ["a:1", "b:2", "c:3"]);
+    }
+
+    #[test]
+    fn command_line_switches_still_work() {
+        // A switch takes no value on the command line (its environment value is parsed).
+        let c = cli(&["fm", "-i", "x", "-d"]);
+        assert!(c.debug && !c.no_log);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::{ArgAction, ArgMatches, Command, parser::ValueSource};
 
-use super::{FileSettings, PASSWORD_ENV};
+use super::{defs::PASSWORD_ENV, file::FileSettings};
 
 /// The settings in force, as a config file, each with where it came from; the password
 /// is never shown.

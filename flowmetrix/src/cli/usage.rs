@@ -9,7 +9,7 @@ use clap::{
     error::{ContextKind, ContextValue, ErrorKind},
 };
 
-use super::FileSettings;
+use super::file::FileSettings;
 
 /// A clap error on one line, naming where the bad value came from: the config file (file,
 /// line and key), an environment variable, or else the command line.

@@ -136,7 +136,6 @@ pub(super) fn parse_switch(s: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::tests::cli;
 
     #[test]
     fn greptime_settings_are_checked() {
@@ -167,10 +166,7 @@ mod tests {
         assert!(parse_ttl("7").is_err() && parse_ttl("0d").is_err() && parse_ttl("d").is_err());
         assert!(parse_name("packet_data").is_ok());
         assert!(parse_name("bad;name").is_err() && parse_name("").is_err());
-        let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1,b:2"]);
-        assert_eq!(c.greptime_endpoint, ["a:1", "b:2"]);
-        let c = cli(&["fm", "-i", "x", "--greptime-endpoint", "a:1, b:2 ,c:3"]);
-        assert_eq!(c.greptime_endpoint, ["a:1", "b:2", "c:3"]);
+        // Endpoint lists on the command line: cli::tests::endpoint_lists_are_split_and_trimmed.
     }
 
     #[test]
@@ -184,9 +180,7 @@ mod tests {
         for bad in ["2", "y", "maybe", "enable"] {
             assert!(parse_switch(bad).is_err(), "{bad}");
         }
-        // The command line's switches still work.
-        let c = cli(&["fm", "-i", "x", "-d"]);
-        assert!(c.debug && !c.no_log);
+        // The command line's switches: cli::tests::command_line_switches_still_work.
     }
 
     #[test]

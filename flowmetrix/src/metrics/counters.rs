@@ -145,7 +145,8 @@ mod tests {
     fn snapshot(h: &DurationHistogram) -> (Vec<u64>, f64) {
         let mut r = prometheus_client::registry::Registry::default();
         r.register("h", "", h.histogram().clone());
-        let text = super::super::exposition::encode(&r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         let value = |l: &str| l.rsplit(' ').next().unwrap_or_default().to_owned();
         let buckets = text
             .lines()

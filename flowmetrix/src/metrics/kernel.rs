@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::Direction;
+use flowmetrix_common::Direction;
 
 /// Kernel counters of one direction, summed over CPUs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,10 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{Counters, DIRECTIONS, FlowCounters, KernelStats};
+use super::{
+    counters::{Counters, FlowCounters},
+    kernel::{DIRECTIONS, KernelStats},
+};
 
 /// The flows part of the summary (`--mode flows|both`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +181,7 @@ impl std::fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{DirectionStats, FlowKernelStats};
+    use crate::metrics::kernel::{DirectionStats, FlowKernelStats};
 
     #[test]
     fn summary_line_format() {
