@@ -3,8 +3,20 @@
 
 use pcap_parser::{Block, Linktype, PcapBlockOwned};
 
-use super::{FrameInfo, PcapFileError};
+use super::error::PcapFileError;
 use crate::{decode::Link, record::UnixNanos};
+
+/// One frame from the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub ts: UnixNanos,
+    /// Length on the wire (`origlen`, less any FCS); the bytes may be fewer.
+    pub wire_len: u32,
+    /// What the frame starts with.
+    pub link: Link,
+    /// The name of the interface it was captured on, when the file says (pcapng `if_name`).
+    pub interface: Option<std::sync::Arc<str>>,
+}
 
 /// Per pcapng interface: link type, name and timestamp units.
 #[derive(Debug, Clone)]
@@ -223,168 +235,5 @@ impl State {
             }
             PcapBlockOwned::NG(_) => Ok(None),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pcap::{
-        PcapFrames,
-        test_files::{
-            assert_clear, legacy, legacy_whole, options, pcapng_multi, read_all, write_tmp,
-        },
-    };
-
-    #[test]
-    fn unsupported_link_types_are_refused() {
-        let mut bytes = legacy(&[(1, 0, &[0; 20])]);
-        bytes[20..24].copy_from_slice(&239u32.to_le_bytes()); // netfilter log
-        let p = write_tmp("nflog.pcap", &bytes);
-        let mut f = PcapFrames::open(&p).unwrap();
-        let e = f.next_frame(&mut Vec::new()).unwrap_err();
-        assert!(
-            matches!(e, PcapFileError::LinkType { linktype: 239, .. }),
-            "{e}"
-        );
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{} has unsupported link type 239 (NFLOG): replayed are Ethernet (1), Linux cooked captures (113, 276), raw IP (101, 228, 229) and BSD loopback (0, 108)",
-                p.display()
-            )
-        );
-        std::fs::write(&p, {
-            let mut b = legacy(&[(1, 0, &[0; 20])]);
-            b[20..24].copy_from_slice(&4000u32.to_le_bytes());
-            b
-        })
-        .unwrap();
-        let e = PcapFrames::open(&p)
-            .unwrap()
-            .next_frame(&mut Vec::new())
-            .unwrap_err();
-        assert_clear(&e);
-        assert!(e.to_string().contains("unsupported link type 4000:"), "{e}");
-        std::fs::remove_file(p).unwrap();
-    }
-
-    #[test]
-    fn every_replayed_link_type_reaches_the_frames() {
-        for link in Link::ALL {
-            let frames = read_all(legacy_whole(u32::from(link.linktype()), &[&[9; 30]]));
-            assert_eq!(frames.len(), 1);
-            assert_eq!(
-                (frames[0].0.link, frames[0].0.wire_len),
-                (link, 30),
-                "{link}"
-            );
-            assert_eq!(frames[0].1, [9; 30]);
-        }
-    }
-
-    #[test]
-    fn fcs_bits_in_the_link_type_field_strip_the_fcs() {
-        let frame: Vec<u8> = (0..64).collect();
-        // F bit (28) set, 2 16-bit words (bits 29-31): a 4-byte FCS; link type Ethernet.
-        let field = (2 << 29) | (1 << 28) | 1;
-        let frames = read_all(legacy_whole(field, &[&frame]));
-        assert_eq!(frames[0].0.link, Link::Ethernet);
-        assert_eq!(frames[0].0.wire_len, 60);
-        assert_eq!(frames[0].1, frame[..60]);
-        // Length bits without the F bit: no FCS. Reserved bits: ignored.
-        let frames = read_all(legacy_whole((2 << 29) | 1, &[&frame]));
-        assert_eq!((frames[0].0.wire_len, frames[0].1.len()), (64, 64));
-        let frames = read_all(legacy_whole((0x3ff << 16) | 113, &[&frame]));
-        assert_eq!(frames[0].0.link, Link::LinuxSll);
-        // A record cut before its FCS keeps what it has; the wire length loses the FCS.
-        let mut bytes = legacy(&[(1, 0, &frame[..40])]);
-        bytes[20..24].copy_from_slice(&((2u32 << 29) | (1 << 28) | 1).to_le_bytes());
-        let frames = read_all(bytes);
-        assert_eq!((frames[0].0.wire_len, frames[0].1.len()), (136, 40));
-        // A 2-byte FCS on a frame shorter than it: nothing left, no panic.
-        let frames = read_all(legacy_whole((1 << 29) | (1 << 28) | 1, &[&[1]]));
-        assert_eq!((frames[0].0.wire_len, frames[0].1.len()), (0, 0));
-    }
-
-    #[test]
-    fn pcapng_interfaces_keep_their_own_link_type_and_fcs() {
-        let frame: Vec<u8> = (0..64).collect();
-        let bytes = pcapng_multi(
-            &[
-                (1, Vec::new()),
-                (276, Vec::new()),
-                (1, options(&[(13, &[4])])),    // if_fcslen: 4
-                (101, options(&[(13, &[32])])), // if_fcslen in bits
-            ],
-            &[
-                (0, &frame, Vec::new()),
-                (1, &frame, Vec::new()),
-                (2, &frame, Vec::new()),
-                (3, &frame, Vec::new()),
-                // epb_flags with an FCS length of 2 (bits 5-8) overrides the interface's.
-                (2, &frame, options(&[(2, &(2u32 << 5).to_le_bytes())])),
-                (0, &frame, options(&[(2, &(4u32 << 5).to_le_bytes())])),
-            ],
-        );
-        let got: Vec<(Link, u32, usize)> = read_all(bytes)
-            .into_iter()
-            .map(|(i, b)| (i.link, i.wire_len, b.len()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                (Link::Ethernet, 64, 64),
-                (Link::LinuxSll2, 64, 64),
-                (Link::Ethernet, 60, 60),
-                (Link::RawIp, 60, 60),
-                (Link::Ethernet, 62, 62),
-                (Link::Ethernet, 60, 60),
-            ]
-        );
-    }
-
-    #[test]
-    fn pcapng_interfaces_keep_their_names() {
-        let frame: Vec<u8> = (0..64).collect();
-        let bytes = pcapng_multi(
-            &[
-                (1, options(&[(2, b"eth3")])), // if_name
-                (1, Vec::new()),
-                (1, options(&[(2, b"bad\x01name")])),
-            ],
-            &[
-                (0, &frame, Vec::new()),
-                (1, &frame, Vec::new()),
-                (2, &frame, Vec::new()),
-            ],
-        );
-        let names: Vec<Option<String>> = read_all(bytes)
-            .into_iter()
-            .map(|(i, _)| i.interface.map(|n| n.to_string()))
-            .collect();
-        assert_eq!(names, [Some("eth3".to_owned()), None, None]);
-    }
-
-    #[test]
-    fn an_unsupported_pcapng_interface_is_refused() {
-        let bytes = pcapng_multi(&[(1, Vec::new()), (105, Vec::new())], &[]);
-        let mut f =
-            PcapFrames::from_reader("x".into(), Box::new(std::io::Cursor::new(bytes))).unwrap();
-        let e = f.next_frame(&mut Vec::new()).unwrap_err();
-        assert!(
-            matches!(e, PcapFileError::LinkType { linktype: 105, .. }),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn a_huge_pcapng_timestamp_saturates() {
-        let mut bytes = pcapng_multi(&[(1, Vec::new())], &[(0, &[1; 20], Vec::new())]);
-        // The EPB's timestamp words (after SHB 28 + IDB 20 + EPB type, length, if_id).
-        let at = 28 + 20 + 12;
-        bytes[at..at + 8].copy_from_slice(&[0xff; 8]);
-        let frames = read_all(bytes);
-        assert_eq!(frames[0].0.ts, UnixNanos(i64::MAX));
     }
 }

@@ -68,30 +68,3 @@ pub(super) fn is_capture_magic(head: &[u8]) -> bool {
         .iter()
         .any(|magic| m == magic.to_le_bytes() || m == magic.to_be_bytes())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pcap::test_files::legacy;
-
-    #[test]
-    fn a_pipe_that_trickles_bytes_still_reads() {
-        /// Gives one byte per read, as a slow pipe may.
-        struct Trickle(std::io::Cursor<Vec<u8>>);
-        impl Read for Trickle {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = buf.len().min(1);
-                self.0.read(&mut buf[..n])
-            }
-        }
-        let bytes = legacy(&[(10, 5, &[1; 60])]);
-        let mut input = Input {
-            inner: Box::new(Trickle(std::io::Cursor::new(bytes))),
-            first: true,
-            seen: Arc::default(),
-        };
-        let mut buf = [0u8; 1024];
-        assert_eq!(input.read(&mut buf).unwrap(), HEAD);
-        assert_eq!(input.read(&mut buf).unwrap(), 1, "later reads pass through");
-    }
-}
