@@ -8,6 +8,7 @@ use clap::CommandFactory as _;
 
 use super::defs::Cli;
 
+/// Rewrites Go-style single-dash long flags (`-offset`, `-no-log`, `-sample-rate=10`, …) to
 /// their `--` form. Only names of long flags defined on [`Cli`] are touched, so short-flag
 /// clusters such as `-id` are left alone; nothing after `--` is touched.
 pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {

@@ -9,7 +9,7 @@
 //! - [`file`]: the config file (TOML), turned into flags;
 //! - [`usage`]: a usage error on one line, naming where the bad value came from;
 //! - [`generate`]: shell completions and the man page;
-//! - [`print_config`]: `--print-config`.
+//! - [`print_config`]: the effective settings that `--print-config` shows.
 
 pub mod defs;
 pub mod file;

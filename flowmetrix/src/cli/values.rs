@@ -121,8 +121,6 @@ pub(super) fn parse_ttl(s: &str) -> Result<String, String> {
         .ok_or_else(|| format!("'{s}' is not a TTL such as 12h, 7d, 4w or forever"))
 }
 
-/// Rewrites Go-style single-dash long flags (`-offset`, `-no-log`, `-sample-rate=10`, …) to
-
 /// A switch's value from the environment: 1/0, true/false, yes/no, on/off, in any case.
 /// (On the command line a switch takes no value; clap passes "true" when it is given.)
 pub(super) fn parse_switch(s: &str) -> Result<bool, String> {
