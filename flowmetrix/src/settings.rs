@@ -1,7 +1,7 @@
-//! One step from what was asked for (flags, environment, config file: [`cli`]) to typed
-//! settings for each stage, with every check that spans several settings done here, each
-//! failure one line (exit 2). Only [`cli`] knows clap; the stages only know their own
-//! settings types.
+//! One step from what was asked for (flags, environment, config file: [`cli`](crate::cli))
+//! to typed settings for each stage, with every check that spans several settings done here,
+//! each failure one line (exit 2). Only [`cli`](crate::cli) knows clap; the stages only know
+//! their own settings types.
 
 use std::{path::Path, sync::Arc};
 

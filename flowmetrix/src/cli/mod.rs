@@ -1,15 +1,15 @@
 //! The command line: the only module that knows clap. The flags are defined once
-//! ([`defs`]); the config file ([`file`]) and the `FLOWMETRIX_*` environment go through the
-//! same definition, so one parser checks every layer; [`crate::settings`] then turns the
-//! result into typed settings for each stage.
+//! ([`defs`]); the config file ([`file`](mod@file)) and the `FLOWMETRIX_*` environment go
+//! through the same definition, so one parser checks every layer; [`crate::settings`] then
+//! turns the result into typed settings for each stage.
 //!
 //! - [`defs`]: the flags, their help and environment variables;
-//! - [`values`]: the value parsers (sizes, durations, names);
+//! - `values`: the value parsers (sizes, durations, names);
 //! - [`go_flags`]: the original tool's single-dash long flags;
-//! - [`file`]: the config file (TOML), turned into flags;
-//! - [`usage`]: a usage error on one line, naming where the bad value came from;
-//! - [`generate`]: shell completions and the man page;
-//! - [`print_config`]: the effective settings that `--print-config` shows.
+//! - [`file`](mod@file): the config file (TOML), turned into flags;
+//! - `usage`: a usage error on one line, naming where the bad value came from;
+//! - `generate`: shell completions and the man page;
+//! - `print_config`: the effective settings that `--print-config` shows.
 
 pub mod defs;
 pub mod file;

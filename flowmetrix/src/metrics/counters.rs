@@ -64,7 +64,7 @@ pub struct FlowCounters {
     /// Flow events the collector took from the ring (packets the full map could not take).
     pub events: AtomicU64,
     /// Replay: frames the flow parser could not key, and their bytes (live, the kernel
-    /// counts these: [`FlowKernelStats`]).
+    /// counts these: [`FlowKernelStats`](super::kernel::FlowKernelStats)).
     pub unkeyed: AtomicU64,
     pub unkeyed_bytes: AtomicU64,
     /// Entries of the flow map at the last collection, and its size (gauges).

@@ -2,9 +2,9 @@
 //! offset → decode → sink path as live capture. Each frame carries its link type (pcapng
 //! keeps one per interface); a trailing FCS the file declares is taken off.
 //!
-//! - [`input`]: the bytes under the reader (a file or standard input);
-//! - [`blocks`]: what each block says (link types, timestamps, FCS, interface names);
-//! - [`error`]: what can be wrong with the file, one sentence each.
+//! - `input`: the bytes under the reader (a file or standard input);
+//! - `blocks`: what each block says (link types, timestamps, FCS, interface names);
+//! - `error`: what can be wrong with the file, one sentence each.
 
 mod blocks;
 mod error;
