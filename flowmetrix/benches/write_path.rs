@@ -20,7 +20,7 @@ use std::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use flowmetrix::{
-    app::Applications,
+    applications::Applications,
     decode::{FrameMeta, decode},
     metrics::Counters,
     record::{PacketRecord, UnixNanos},

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::{
-    app::Applications,
+    applications::Applications,
     decode::{self, FrameMeta, Link},
     metrics::Counters,
     offset::{self, AutoPrefix, Prefix, Step},

@@ -278,7 +278,7 @@ impl Default for PacketRecord {
             dst_port: None,
             tcp_flags: None,
             packet_type: PacketType::Other,
-            application: crate::app::UNKNOWN,
+            application: crate::applications::UNKNOWN,
             tunnel: None,
             inner_src_ip: None,
             inner_dst_ip: None,

@@ -1,18 +1,17 @@
-//! One step from what was asked for (flags, environment, config file: [`cli`]) to typed
-//! settings for each stage, with every check that spans several settings done here, each
-//! failure one line (exit 2). Only [`cli`] knows clap; the stages only know their own
-//! settings types.
+//! One step from what was asked for (flags, environment, config file: [`cli`](crate::cli))
+//! to typed settings for each stage, with every check that spans several settings done here,
+//! each failure one line (exit 2). Only [`cli`](crate::cli) knows clap; the stages only know
+//! their own settings types.
 
 use std::{path::Path, sync::Arc};
 
 use crate::{
-    app::Applications,
+    applications::Applications,
     capture::{self, CaptureConfig, Directions, FlowsConfig, IngressHook, TcAttach, XdpMode},
     cli::{
-        Cli, DirectionArg, IngressHookArg, LogFormat, ModeArg, Output, PASSWORD_ENV, TcAttachArg,
-        XdpModeArg,
+        Cli, DirectionArg, FileSettings, IngressHookArg, LogFormat, ModeArg, Output, PASSWORD_ENV,
+        TcAttachArg, XdpModeArg,
     },
-    config::FileSettings,
     decoder::DecodeSettings,
     flows::FlowSettings,
     offset::Prefix,

@@ -11,7 +11,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use endpoint::Endpoint;
 use etherparse::PacketBuilder;
 use flowmetrix::{
-    app::Applications,
+    applications::Applications,
     decoder::DecodeSettings,
     metrics::Summary,
     offset::Prefix,

@@ -17,7 +17,7 @@ use etherparse::{EtherType, LaxSlicedPacket};
 use self::ip::IpFields;
 pub use self::link::{DecodeError, Link};
 use crate::{
-    app::Applications,
+    applications::Applications,
     record::{self, Direction, PacketRecord, PacketType, UnixNanos},
 };
 

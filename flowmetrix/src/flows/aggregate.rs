@@ -10,7 +10,7 @@ use flowmetrix_common::{
 
 use super::kernel::Collected;
 use crate::{
-    app::Applications,
+    applications::Applications,
     decode::{self, Link},
     metrics::{Counters, FlowCounters},
     record::{Direction, FlowRecord, UnixNanos},
@@ -179,7 +179,7 @@ impl Aggregator {
                     self.applications
                         .application(Some(k.src_port), Some(k.dst_port))
                 } else {
-                    crate::app::UNKNOWN
+                    crate::applications::UNKNOWN
                 },
                 vlan_id: (k.vlan_id != 0).then_some(k.vlan_id),
                 ether_type: k.ether_type,

@@ -12,7 +12,7 @@ use super::{
     kernel::{Collected, FlowMapError, FlowMaps},
 };
 use crate::{
-    app::Applications,
+    applications::Applications,
     clock::{self, Clock},
     metrics::{Counters, FlowCounters},
     record::{FlowRecord, UnixNanos},

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use super::{Registry, exposition};
+use super::{exposition, registry::Registry};
 
 /// Connections served at once. Each one costs a task and at most [`MAX_HEAD_BYTES`] of buffer,
 /// so this bounds the server at a few MiB; it is well above what scrapers open, and above the

@@ -1,4 +1,5 @@
-//! Application guessed from transport ports: the destination port first, then the source.
+//! The port → application table: the application guessed from transport ports, the
+//! destination port first, then the source.
 
 use std::collections::HashMap;
 
