@@ -48,9 +48,6 @@ pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 use crate::metrics::{DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};
 
-/// The XDP object built by build.rs, embedded so the binary is self-contained.
-pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
-
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("no such interface: {0}")]
@@ -260,7 +257,12 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
-            .load(PROGRAM)
+            .load(
+                crate::kernel_object::object().map_err(|e| CaptureError::Load {
+                    hint: "",
+                    source: Box::new(e),
+                })?,
+            )
             .map_err(|e| CaptureError::Load {
                 hint: privilege_hint(),
                 source: Box::new(e),

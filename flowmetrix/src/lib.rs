@@ -13,6 +13,7 @@ pub mod config;
 pub mod decode;
 pub mod flowmap;
 pub mod flows;
+pub mod kernel_object;
 pub mod metrics;
 pub mod offset;
 pub mod pcap;

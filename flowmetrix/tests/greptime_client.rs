@@ -449,3 +449,10 @@ fn an_outage_is_timed_from_its_first_failed_attempt() {
     );
     assert_eq!(logs.lines_with("retrying").len(), 1, "{}", logs.text());
 }
+
+#[test]
+fn live_mode_basic_auth_encoding_is_standard_base64() {
+    assert_eq!(common::live::base64(b"user:pass"), "dXNlcjpwYXNz");
+    assert_eq!(common::live::base64(b"a"), "YQ==");
+    assert_eq!(common::live::base64(b"ab"), "YWI=");
+}
