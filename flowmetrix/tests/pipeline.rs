@@ -5,6 +5,8 @@
 #[path = "common/endpoint.rs"]
 #[allow(dead_code)]
 mod endpoint;
+#[path = "common/pcap.rs"]
+mod common_pcap;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -32,25 +34,7 @@ fn frame(i: u16, dst_port: u16) -> Vec<u8> {
 
 /// A classic pcap file of `frames`, one per millisecond from 2026-11-18 11:06:40 UTC.
 fn pcap(name: &str, frames: &[Vec<u8>]) -> PathBuf {
-    let mut v = Vec::new();
-    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    for w in [0u32, 0, 65_535, 1] {
-        v.extend_from_slice(&w.to_le_bytes());
-    }
-    for (i, f) in frames.iter().enumerate() {
-        let usec = (i as u32) * 1_000;
-        for w in [
-            1_795_000_000 + usec / 1_000_000,
-            usec % 1_000_000,
-            f.len() as u32,
-            f.len() as u32,
-        ] {
-            v.extend_from_slice(&w.to_le_bytes());
-        }
-        v.extend_from_slice(f);
-    }
+    let v = common_pcap::ethernet(common_pcap::spaced(Duration::from_millis(1), frames));
     let p = std::env::temp_dir().join(format!("fmx-pipeline-{}-{name}.pcap", std::process::id()));
     std::fs::write(&p, v).unwrap();
     p

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::frames::without_ts;
+use common::{frames::without_ts, pcap};
 use serde_json::Value;
 
 /// A legacy pcap (Ethernet, microseconds) holding these frames, one second apart.
@@ -19,20 +19,7 @@ fn pcap_of(frames: &[Vec<u8>]) -> Vec<u8> {
 
 /// A legacy pcap with this link-type field (link type, FCS bits) holding these frames.
 fn pcap_with(link_field: u32, frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    for word in [0u32, 0, 65535, link_field] {
-        v.extend_from_slice(&word.to_le_bytes());
-    }
-    for (i, f) in frames.iter().enumerate() {
-        for word in [1_795_000_000 + i as u32, 0, f.len() as u32, f.len() as u32] {
-            v.extend_from_slice(&word.to_le_bytes());
-        }
-        v.extend_from_slice(f);
-    }
-    v
+    pcap::classic(link_field, pcap::spaced(Duration::from_secs(1), frames))
 }
 
 #[test]
@@ -298,34 +285,6 @@ fn a_pcap_with_fcs_bits_in_its_link_type_replays_without_the_fcs() {
     assert_eq!(got, want);
 }
 
-/// A pcapng (microseconds) with interfaces of these link types and (interface, frame)
-/// packets.
-fn pcapng_of(linktypes: &[u16], packets: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    fn block(v: &mut Vec<u8>, kind: u32, body: &[u8]) {
-        let len = 12 + body.len() as u32;
-        v.extend_from_slice(&kind.to_le_bytes());
-        v.extend_from_slice(&len.to_le_bytes());
-        v.extend_from_slice(body);
-        v.extend_from_slice(&len.to_le_bytes());
-    }
-    let mut v = Vec::new();
-    let shb = [&0x1a2b_3c4du32.to_le_bytes()[..], &[1, 0, 0, 0], &[0xff; 8]].concat();
-    block(&mut v, 0x0a0d_0d0a, &shb);
-    for t in linktypes {
-        block(&mut v, 1, &[&t.to_le_bytes()[..], &[0; 6]].concat());
-    }
-    for (if_id, data) in packets {
-        let mut epb = Vec::new();
-        for word in [*if_id, 0, 1_000_000, data.len() as u32, data.len() as u32] {
-            epb.extend_from_slice(&word.to_le_bytes());
-        }
-        epb.extend_from_slice(data);
-        epb.resize(epb.len().div_ceil(4) * 4, 0);
-        block(&mut v, 6, &epb);
-    }
-    v
-}
-
 #[test]
 fn every_link_type_replays_with_its_columns_and_pcapng_keeps_each_interfaces() {
     let ip = ip_udp();
@@ -347,7 +306,7 @@ fn every_link_type_replays_with_its_columns_and_pcapng_keeps_each_interfaces() {
         (5, [&[2, 0, 0, 0][..], &ip].concat()),
         (6, [&[0, 0, 0, 2][..], &ip].concat()),
     ];
-    let bytes = pcapng_of(&linktypes, &packets);
+    let bytes = pcap::pcapng(&linktypes, &packets);
     let (code, rows, err) = replay_file(&bytes, "links.pcapng", &[]);
     assert_eq!(code, Some(0), "{err}");
     let mac = |m: [u8; 6]| Value::from(common::mac_str(m));

@@ -175,19 +175,7 @@ fn a_second_collector_on_the_same_spool_is_refused_naming_the_first() {
 
 /// A classic pcap file holding one UDP frame.
 fn one_frame_pcap() -> Vec<u8> {
-    let frame = udp_frame(1);
-    let mut v = Vec::new();
-    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    for w in [0u32, 0, 65_535, 1] {
-        v.extend_from_slice(&w.to_le_bytes());
-    }
-    for w in [1_795_000_000u32, 0, frame.len() as u32, frame.len() as u32] {
-        v.extend_from_slice(&w.to_le_bytes());
-    }
-    v.extend_from_slice(&frame);
-    v
+    common::pcap::ethernet([(common::pcap::T0, udp_frame(1))])
 }
 
 #[test]
