@@ -3,7 +3,7 @@
 //! a dropped stream resent without duplicates, an outage through the spool (replayed by row
 //! insert), a missing table and a wrong password as one line each. No root needed.
 
-#[path = "common/endpoint.rs"]
+#[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
 #[path = "common/sink_harness.rs"]

@@ -2,11 +2,11 @@
 //! a pcap file as the source and the in-process GreptimeDB test endpoint as the sink: no
 //! root, no network namespace. The kernel source is exercised by the root tier.
 
-#[path = "common/endpoint.rs"]
-#[allow(dead_code)]
-mod endpoint;
 #[path = "common/pcap.rs"]
 mod common_pcap;
+#[path = "common/endpoint/mod.rs"]
+#[allow(dead_code)]
+mod endpoint;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -1,5 +1,5 @@
 //! The GreptimeDB sink against the in-process test endpoint (not a database: a gRPC server on
-//! greptime-proto's own `GreptimeDatabase` trait, see tests/common/endpoint.rs), through the
+//! greptime-proto's own `GreptimeDatabase` trait, see tests/common/endpoint/), through the
 //! library API: batching, retries, an outage with the spool, replay in order, torn spool
 //! records, fatal errors, the shutdown flush, a stalled spool disk. No root needed.
 //!
@@ -7,7 +7,7 @@
 //! written, a write error, a queue drop or spooled — and each spooled row replayed, lost by
 //! the spool, or still on disk.
 
-#[path = "common/endpoint.rs"]
+#[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
 #[path = "common/sink_harness.rs"]

@@ -1,6 +1,6 @@
 //! A sink on its own runtime, as the collector runs it, and numbered rows to offer it: for
 //! the no-root sink suites (`tests/sink.rs`, `tests/bulk.rs`), which include this file and
-//! `endpoint.rs` by path.
+//! `endpoint/` by path.
 
 use std::{
     collections::HashSet,
