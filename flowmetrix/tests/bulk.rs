@@ -3,6 +3,8 @@
 //! a dropped stream resent without duplicates, an outage through the spool (replayed by row
 //! insert), a missing table and a wrong password as one line each. No root needed.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
@@ -60,11 +62,11 @@ fn lines_with(words: &[&str]) -> Vec<String> {
 
 fn cfg(endpoint: &Endpoint, table: &str) -> GreptimeConfig {
     GreptimeConfig {
-        batch_size: 100,
         flush_interval: Duration::from_millis(100),
-        shutdown_timeout: Duration::from_secs(5),
+        max_in_flight: 4,
         write_path: WritePath::Bulk,
-        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], table)
+        table: table.into(),
+        ..data::greptime([endpoint.addr])
     }
 }
 

@@ -15,7 +15,7 @@ use common::logs::Logs;
 use flowmetrix::{
     metrics::Counters,
     queue,
-    record::{PacketRecord, UnixNanos},
+    record::PacketRecord,
     sink::greptime::{Endpoints, Failure, GreptimeConfig, Problem, encode, retry::REQUEST_TIMEOUT},
 };
 use greptime_proto::v1::ColumnDataType;
@@ -31,19 +31,12 @@ fn cfg_addrs(endpoints: Vec<String>) -> GreptimeConfig {
         flush_interval: Duration::from_millis(50),
         max_in_flight: 1,
         shutdown_timeout: Duration::from_secs(2),
-        ..GreptimeConfig::new(endpoints, "packet_data")
+        ..common::data::greptime(endpoints)
     }
 }
 
 fn row(i: u16) -> PacketRecord {
-    PacketRecord {
-        ts: UnixNanos(1_700_000_000_000_000_000 + i64::from(i)),
-        packet_size: 100,
-        protocol: Some(17),
-        src_port: Some(i),
-        sample_rate: 1,
-        ..PacketRecord::default()
-    }
+    common::data::packet(u32::from(i))
 }
 
 const HINTS: &[(&str, &str)] = &[("append_mode", "true")];

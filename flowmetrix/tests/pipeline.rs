@@ -4,6 +4,8 @@
 
 #[path = "common/pcap.rs"]
 mod common_pcap;
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
@@ -44,9 +46,7 @@ fn greptime(endpoint: &Endpoint) -> SinkConfig {
     SinkConfig::Greptime(Box::new(GreptimeConfig {
         batch_size: 64,
         flush_interval: Duration::from_millis(50),
-        max_in_flight: 2,
-        shutdown_timeout: Duration::from_secs(5),
-        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "packet_data")
+        ..data::greptime([endpoint.addr])
     }))
 }
 

@@ -7,6 +7,8 @@
 //! written, a write error, a queue drop or spooled — and each spooled row replayed, lost by
 //! the spool, or still on disk.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
@@ -29,13 +31,7 @@ use sink_harness::{Harness, assert_exactly, rows, wait_until};
 use tonic::Code;
 
 fn cfg(endpoint: &Endpoint) -> GreptimeConfig {
-    GreptimeConfig {
-        batch_size: 100,
-        flush_interval: Duration::from_millis(200),
-        max_in_flight: 2,
-        shutdown_timeout: Duration::from_secs(5),
-        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "packet_data")
-    }
+    data::greptime([endpoint.addr])
 }
 
 fn spool_dir(name: &str) -> PathBuf {

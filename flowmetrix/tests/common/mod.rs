@@ -3,6 +3,7 @@
 //! test; everything is deleted on drop, also when the test fails.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod data;
 pub mod endpoint;
 pub mod frames;
 pub mod live;

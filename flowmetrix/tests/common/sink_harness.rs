@@ -10,28 +10,14 @@ use std::{
 
 use flowmetrix::{
     metrics::Counters,
-    record::{PacketRecord, UnixNanos},
+    record::PacketRecord,
     sink::{self, Sink, SinkConfig, SinkSettings},
 };
 use tokio::sync::watch;
 
 use crate::endpoint::Endpoint;
 
-/// Row `i`: its src_port and ts say which it is.
-pub fn row(i: u32) -> PacketRecord {
-    PacketRecord {
-        ts: UnixNanos(1_795_000_000_000_000_000 + i64::from(i)),
-        packet_size: 60,
-        src_port: Some(10_000 + (i % 50_000) as u16),
-        dst_port: Some(53),
-        protocol: Some(17),
-        ..PacketRecord::default()
-    }
-}
-
-pub fn rows(range: std::ops::Range<u32>) -> Vec<PacketRecord> {
-    range.map(row).collect()
-}
+pub use crate::data::{packet as row, packets as rows};
 
 /// A sink on its own runtime, as the collector runs it.
 pub struct Harness {

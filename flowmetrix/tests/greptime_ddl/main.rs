@@ -38,26 +38,17 @@ fn cfg(endpoints: &[&Endpoint]) -> GreptimeConfig {
         batch_size: 10,
         flush_interval: Duration::from_millis(20),
         ttl: Some("7d".into()),
-        max_in_flight: 2,
         shutdown_timeout: Duration::from_secs(3),
-        ..GreptimeConfig::new(
-            endpoints.iter().map(|e| e.addr.to_string()).collect(),
-            "packet_data",
-        )
+        ..common::data::greptime(endpoints.iter().map(|e| e.addr))
     }
 }
 
 fn row(i: u32) -> PacketRecord {
     PacketRecord {
-        ts: UnixNanos(1_700_000_000_000_000_000 + i64::from(i)),
-        packet_size: 100,
-        protocol: Some(17),
         src_ip: Some("10.0.0.1".parse().unwrap()),
-        src_port: Some((i % 60_000) as u16),
-        dst_port: Some(53),
         sample_rate: 1,
         host: "node-1".into(),
-        ..PacketRecord::default()
+        ..common::data::packet(i)
     }
 }
 
