@@ -2,6 +2,9 @@
 //! scrape, other paths are 404, idle connections are closed after the read timeout, and a
 //! connection past the bound is answered 503 at once.
 
+#[path = "common/http.rs"]
+mod http;
+
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -37,27 +40,10 @@ async fn start(limits: Limits) -> (SocketAddr, Arc<Registry>) {
 
 /// Status code and body of `GET path` over a fresh connection, within `within`.
 async fn get(addr: SocketAddr, path: &str, within: Duration) -> (u16, String) {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+    let url = format!("http://{addr}{path}");
+    tokio::task::spawn_blocking(move || http::get(&url, within))
         .await
-        .expect("send request");
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.expect("read response");
-        String::from_utf8(resp).expect("UTF-8 response")
-    };
-    let resp = tokio::time::timeout(within, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no answer within {within:?}"));
-    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|h| h.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {head}"));
-    (status, body.to_owned())
+        .expect("GET")
 }
 
 /// Waits until the server closes `s` (EOF or reset), at most `within`; the time it took.

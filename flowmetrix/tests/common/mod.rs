@@ -6,6 +6,7 @@
 pub mod data;
 pub mod endpoint;
 pub mod frames;
+pub mod http;
 pub mod live;
 pub mod logs;
 pub mod pcap;
@@ -13,7 +14,7 @@ pub mod xdp;
 
 use std::{
     ffi::CString,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -339,21 +340,13 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("netns thread")
 }
 
-/// `GET path` from inside namespace `ns`; the response body.
+/// `GET path` from inside namespace `ns`; the response body (which must come with 200).
 pub fn http_get_in(ns: &str, addr: &str, path: &str) -> String {
-    let (addr, path) = (addr.to_owned(), path.to_owned());
+    let url = format!("http://{addr}{path}");
     in_netns(ns, move || {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        let (status, body) = http::get(&url, Duration::from_secs(30));
+        assert_eq!(status, 200, "GET {url}: {body}");
+        body
     })
 }
 
