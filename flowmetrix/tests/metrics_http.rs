@@ -135,18 +135,21 @@ async fn other_paths_and_methods_are_404() {
     assert_eq!(status, 200);
     assert!(body.contains("# TYPE flowmetrix_queue_depth_rows gauge"));
 
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(
-        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
+    let url = format!("http://{addr}/metrics");
+    let resp = tokio::task::spawn_blocking(move || {
+        http::agent(Duration::from_secs(2))
+            .post(&url)
+            .header("Connection", "close")
+            .send_empty()
+            .expect("answer in time")
+    })
     .await
-    .expect("send");
-    let mut resp = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut resp))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    .expect("POST");
+    assert_eq!(
+        (resp.version(), resp.status().as_u16()),
+        (ureq::http::Version::HTTP_11, 404),
+        "{resp:?}"
+    );
 }
 
 #[tokio::test]
