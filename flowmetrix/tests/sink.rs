@@ -53,9 +53,7 @@ fn with_spool(mut c: GreptimeConfig, dir: &std::path::Path) -> GreptimeConfig {
 fn rows_go_in_full_batches_and_a_partial_one_after_the_flush_interval() {
     let endpoint = Endpoint::start(None);
     let h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
-    for i in 0..25 {
-        h.offer(rows(i * 10..i * 10 + 10));
-    }
+    h.offer_batches(0..25, 10, Duration::ZERO);
     assert!(wait_until(Duration::from_secs(5), || endpoint
         .row_keys("packet_data")
         .len()
@@ -177,10 +175,7 @@ fn an_outage_goes_to_the_spool_and_is_replayed_once_it_ends() {
         .len()
         == 200));
     endpoint.refuse_for(Duration::from_secs(3));
-    for i in 2..12 {
-        h.offer(rows(i * 100..i * 100 + 100));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    h.offer_batches(2..12, 100, Duration::from_millis(100));
     assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
     assert!(wait_until(Duration::from_secs(20), || endpoint
         .row_keys("packet_data")

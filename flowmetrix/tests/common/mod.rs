@@ -174,17 +174,10 @@ impl NetPair {
         }
     }
 
-    /// Sends UDP frames `udp_frame(i)` for each `i` in `range` from `if_b`, pausing 1 ms
-    /// every 100 frames to stay below veth's 256-frame XDP queue, so that every frame
-    /// reaches the program.
+    /// Sends UDP frames `udp_frame(i)` for each `i` in `range` from `if_b`
+    /// ([`FrameSender::send_udp`]).
     pub fn send_udp(&self, range: std::ops::Range<u32>) {
-        let sender = self.sender();
-        for i in range {
-            sender.send(&frames::udp_frame(i));
-            if i % 100 == 99 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        self.sender().send_udp(range);
     }
 
     /// Runs `pre… flowmetrix args…` in `ns_a` to its end (`pre` wraps the binary, e.g.
@@ -380,6 +373,18 @@ pub struct FrameSender {
 }
 
 impl FrameSender {
+    /// Sends UDP frames `udp_frame(i)` for each `i` in `range`, pausing 1 ms every 100
+    /// frames to stay below veth's 256-frame XDP queue, so that every frame reaches the
+    /// program.
+    pub fn send_udp(&self, range: std::ops::Range<u32>) {
+        for i in range {
+            self.send(&frames::udp_frame(i));
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: valid fd and buffer.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };

@@ -59,6 +59,17 @@ impl Harness {
     }
 
     /// As at Ctrl+C: capture stops, the input closes, the sink finishes within its deadline.
+    /// Offers rows in batches of `size`, batch `k` of `batches` being rows
+    /// `k * size..(k + 1) * size`, pausing `pause` after each.
+    pub fn offer_batches(&self, batches: std::ops::Range<u32>, size: u32, pause: Duration) {
+        for k in batches {
+            self.offer(rows(k * size..(k + 1) * size));
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+    }
+
     pub fn finish(&mut self) -> Duration {
         let started = Instant::now();
         self.stop.send_replace(true);

@@ -4,12 +4,11 @@
 use crate::common;
 
 use std::{
-    os::fd::{AsRawFd as _, OwnedFd},
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{NetPair, frames, in_netns, packet_socket};
+use common::NetPair;
 use serde_json::Value;
 
 fn must(args: &[&str]) {
@@ -48,17 +47,9 @@ impl<'a> Extra<'a> {
 
     /// Sends `n` UDP frames from the peer, so they arrive on `name`.
     fn send(&self, n: u32) {
-        let peer = self.peer.clone();
-        let fd: OwnedFd = in_netns(&self.net.ns_b, move || packet_socket(&peer));
-        for i in 0..n {
-            let f = frames::udp_frame(i);
-            // SAFETY: a valid fd and buffer.
-            let sent = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-            assert_eq!(sent, f.len() as isize);
-            if i % 100 == 99 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        self.net
+            .sender_on(&self.net.ns_b, &self.peer)
+            .send_udp(0..n);
     }
 
     fn delete(&self) {
