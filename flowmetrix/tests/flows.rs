@@ -12,9 +12,9 @@ use std::{
 };
 
 use common::{
-    Summary,
+    MAC_A, MAC_B, Summary,
     endpoint::Endpoint,
-    frames::{eth, write},
+    frames::{eth, udp4, write},
 };
 use etherparse::PacketBuilder;
 use serde_json::Value;
@@ -35,13 +35,12 @@ fn pcap_bytes(frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
 }
 
 fn udp(src_port: u16, dst_port: u16, payload: usize) -> Vec<u8> {
-    write(|v| {
-        eth()
-            .ipv4([10, 1, 0, 1], [10, 1, 0, 2], 64)
-            .udp(src_port, dst_port)
-            .write(v, &vec![0; payload])
-            .unwrap()
-    })
+    udp4(
+        (MAC_B, MAC_A),
+        ([10, 1, 0, 1], src_port),
+        ([10, 1, 0, 2], dst_port),
+        &vec![0; payload],
+    )
 }
 
 fn tcp6(flags_syn: bool, payload: usize) -> Vec<u8> {

@@ -2,18 +2,11 @@
 //! a pcap file as the source and the in-process GreptimeDB test endpoint as the sink: no
 //! root, no network namespace. The kernel source is exercised by the root tier.
 
-#[path = "common/pcap.rs"]
-mod common_pcap;
-#[path = "common/data.rs"]
-mod data;
-#[path = "common/endpoint/mod.rs"]
-#[allow(dead_code)]
-mod endpoint;
+mod common;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use endpoint::Endpoint;
-use etherparse::PacketBuilder;
+use common::{data, endpoint::Endpoint, frames::udp4, pcap};
 use flowmetrix::{
     app::Applications,
     metrics::Summary,
@@ -26,17 +19,18 @@ use flowmetrix::{
 
 /// UDP frame `i`: src port 10 000 + i, to port 53 (DNS) or 9000 (MINIO, from the table).
 fn frame(i: u16, dst_port: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 8, 0, 1], [10, 8, 0, 2], 64)
-        .udp(10_000 + i, dst_port);
-    let mut out = Vec::new();
-    b.write(&mut out, &i.to_be_bytes()).unwrap();
-    out
+    let macs = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    udp4(
+        macs,
+        ([10, 8, 0, 1], 10_000 + i),
+        ([10, 8, 0, 2], dst_port),
+        &i.to_be_bytes(),
+    )
 }
 
 /// A classic pcap file of `frames`, one per millisecond from 2026-11-18 11:06:40 UTC.
 fn pcap(name: &str, frames: &[Vec<u8>]) -> PathBuf {
-    let v = common_pcap::ethernet(common_pcap::spaced(Duration::from_millis(1), frames));
+    let v = pcap::ethernet(pcap::spaced(Duration::from_millis(1), frames));
     let p = std::env::temp_dir().join(format!("fmx-pipeline-{}-{name}.pcap", std::process::id()));
     std::fs::write(&p, v).unwrap();
     p

@@ -61,13 +61,12 @@ fn frame(len: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..len.saturating_sub(42))
         .map(|i| (i * 7 + len) as u8)
         .collect();
-    let mut f = common::frames::write(|v| {
-        common::frames::eth()
-            .ipv4(common::frames::IP4_B, common::frames::IP4_A, 64)
-            .udp(40_000, 53)
-            .write(v, &payload)
-            .unwrap()
-    });
+    let mut f = common::frames::udp4(
+        (common::MAC_B, common::MAC_A),
+        (common::frames::IP4_B, 40_000),
+        (common::frames::IP4_A, 53),
+        &payload,
+    );
     f.truncate(len);
     f
 }
