@@ -1,7 +1,7 @@
 //! The embedded object (`flowmetrix::kernel_object`) loaded into this process with chosen
 //! settings, and one of its programs (XDP or TC) run on frames with BPF_PROG_TEST_RUN: no
 //! interface, nothing attached.
-//! The kernel tests (`tests/kernel.rs`) and the kernel bench (`benches/kernel.rs`) share it.
+//! The kernel tests (`tests/root_kernel/`) and the kernel bench (`benches/kernel.rs`) share it.
 //! Needs root (CAP_BPF).
 
 use std::time::Duration;
