@@ -34,7 +34,7 @@ use std::{
 use aya::programs::{Xdp, XdpMode};
 use common::{MAC_A, MAC_B, NetPair, endpoint::Endpoint, in_netns, packet_socket};
 use etherparse::PacketBuilder;
-use flowmetrix::capture::PROGRAM;
+use flowmetrix::kernel_object;
 use flowmetrix_common::{BASELINE_PROGRAM_NAME, SAMPLES_MAP};
 
 /// Repetitions of every cell (the table shows medians); `FLOWMETRIX_BENCH_REPS` overrides.
@@ -395,7 +395,7 @@ fn attach_empty_xdp(net: &NetPair) -> aya::Ebpf {
     in_netns(&net.ns_a, move || {
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(SAMPLES_MAP, 1 << 20)
-            .load(PROGRAM)
+            .load(kernel_object::object().expect("the kernel programs (--features ebpf)"))
             .expect("load the XDP object");
         let prog: &mut Xdp = ebpf
             .program_mut(BASELINE_PROGRAM_NAME)
@@ -511,7 +511,7 @@ fn stalled_database(net: &NetPair, sender: &Sender, frame: &[u8]) {
 }
 
 fn main() {
-    let net = NetPair::new().expect("the capture-rate bench needs root");
+    let net = NetPair::new();
     let sender = Sender::new(&net, 2);
     let frame = frame();
     let reps = std::env::var("FLOWMETRIX_BENCH_REPS")

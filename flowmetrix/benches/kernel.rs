@@ -7,7 +7,7 @@
 //! 100 000 entries, and what userspace's `collect()` costs at 100 000 flows. Needs root.
 //! Run with `cargo xtask bench` (or `cargo bench --bench kernel`).
 
-// The loader the kernel tests use (tests/kernel.rs); the bench needs only load and run.
+// The loader the kernel tests use (tests/root_kernel/); the bench needs only load and run.
 #[path = "../tests/common/xdp.rs"]
 #[allow(dead_code)]
 mod xdp;

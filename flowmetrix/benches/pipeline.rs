@@ -4,7 +4,7 @@
 //! Run with `cargo xtask bench` (or `cargo bench --bench pipeline`); figures go to
 //! BENCHMARKS.md.
 
-#[path = "../tests/common/endpoint.rs"]
+#[path = "../tests/common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
 

@@ -8,7 +8,7 @@
 //! Run with `cargo bench -p flowmetrix --bench write_path` (one of them: `-- bulk_lz4`);
 //! figures go to BENCHMARKS.md.
 
-#[path = "../tests/common/endpoint.rs"]
+#[path = "../tests/common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
 

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod decode;
 pub mod decoder;
 pub mod flows;
+pub mod kernel_object;
 pub mod metrics;
 pub mod offset;
 pub mod pcap;

@@ -3,7 +3,9 @@
 //! a dropped stream resent without duplicates, an outage through the spool (replayed by row
 //! insert), a missing table and a wrong password as one line each. No root needed.
 
-#[path = "common/endpoint.rs"]
+#[path = "common/data.rs"]
+mod data;
+#[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
 #[path = "common/sink_harness.rs"]
@@ -60,11 +62,11 @@ fn lines_with(words: &[&str]) -> Vec<String> {
 
 fn cfg(endpoint: &Endpoint, table: &str) -> GreptimeConfig {
     GreptimeConfig {
-        batch_size: 100,
         flush_interval: Duration::from_millis(100),
-        shutdown_timeout: Duration::from_secs(5),
+        max_in_flight: 4,
         write_path: WritePath::Bulk,
-        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], table)
+        table: table.into(),
+        ..data::greptime([endpoint.addr])
     }
 }
 
@@ -93,9 +95,7 @@ fn every_row_arrives_once_by_bulk_into_a_table_that_exists() {
     create(&endpoint, "t_all");
     let mut h = start(cfg(&endpoint, "t_all"));
     ready(&endpoint);
-    for i in 0..20 {
-        h.offer(rows(i * 100..i * 100 + 100));
-    }
+    h.offer_batches(0..20, 100, Duration::ZERO);
     h.offer(rows(2_000..2_042)); // a partial batch, sent at shutdown
     h.finish();
     assert_exactly(&endpoint, "t_all", 0..2_042);
@@ -113,9 +113,7 @@ fn a_new_table_is_created_by_its_ddl_and_every_row_goes_by_bulk() {
     let endpoint = Endpoint::start(None);
     let mut h = start(cfg(&endpoint, "t_ddl"));
     ready(&endpoint);
-    for i in 0..10 {
-        h.offer(rows(i * 100..i * 100 + 100));
-    }
+    h.offer_batches(0..10, 100, Duration::ZERO);
     h.finish();
     assert_exactly(&endpoint, "t_ddl", 0..1_000);
     assert_eq!(endpoint.bulk_rows("t_ddl"), 1_000, "all by bulk");
@@ -134,9 +132,7 @@ fn with_no_create_table_a_new_table_gets_its_first_rows_by_row_insert_then_bulk(
         .row_keys("t_new")
         .len()
         == 100));
-    for i in 1..10 {
-        h.offer(rows(i * 100..i * 100 + 100));
-    }
+    h.offer_batches(1..10, 100, Duration::ZERO);
     h.finish();
     assert_exactly(&endpoint, "t_new", 0..1_000);
     let bulk = endpoint.bulk_rows("t_new");
@@ -213,10 +209,7 @@ fn an_outage_goes_to_the_spool_and_is_replayed_by_row_insert() {
         .len()
         == 200));
     endpoint.refuse_for(Duration::from_secs(3));
-    for i in 2..12 {
-        h.offer(rows(i * 100..i * 100 + 100));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    h.offer_batches(2..12, 100, Duration::from_millis(100));
     assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
     assert!(wait_until(Duration::from_secs(20), || endpoint
         .row_keys("t_outage")
@@ -249,10 +242,7 @@ fn a_missing_table_is_one_clear_line_and_its_rows_go_by_row_insert() {
     let mut h = start(cfg(&endpoint, "t_missing"));
     ready(&endpoint);
     endpoint.drop_table("public", "t_missing");
-    for i in 0..10 {
-        h.offer(rows(i * 100..i * 100 + 100));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.offer_batches(0..10, 100, Duration::from_millis(20));
     h.finish();
     assert_exactly(&endpoint, "t_missing", 0..1_000);
     assert_eq!(

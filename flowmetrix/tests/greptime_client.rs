@@ -15,7 +15,7 @@ use common::logs::Logs;
 use flowmetrix::{
     metrics::Counters,
     queue,
-    record::{PacketRecord, UnixNanos},
+    record::PacketRecord,
     sink::greptime::{Endpoints, Failure, GreptimeConfig, Problem, encode, retry::REQUEST_TIMEOUT},
 };
 use greptime_proto::v1::ColumnDataType;
@@ -31,19 +31,12 @@ fn cfg_addrs(endpoints: Vec<String>) -> GreptimeConfig {
         flush_interval: Duration::from_millis(50),
         max_in_flight: 1,
         shutdown_timeout: Duration::from_secs(2),
-        ..GreptimeConfig::new(endpoints, "packet_data")
+        ..common::data::greptime(endpoints)
     }
 }
 
 fn row(i: u16) -> PacketRecord {
-    PacketRecord {
-        ts: UnixNanos(1_700_000_000_000_000_000 + i64::from(i)),
-        packet_size: 100,
-        protocol: Some(17),
-        src_port: Some(i),
-        sample_rate: 1,
-        ..PacketRecord::default()
-    }
+    common::data::packet(u32::from(i))
 }
 
 const HINTS: &[(&str, &str)] = &[("append_mode", "true")];
@@ -449,4 +442,11 @@ fn an_outage_is_timed_from_its_first_failed_attempt() {
         logs.text()
     );
     assert_eq!(logs.lines_with("retrying").len(), 1, "{}", logs.text());
+}
+
+#[test]
+fn live_mode_basic_auth_encoding_is_standard_base64() {
+    assert_eq!(common::live::base64(b"user:pass"), "dXNlcjpwYXNz");
+    assert_eq!(common::live::base64(b"a"), "YQ==");
+    assert_eq!(common::live::base64(b"ab"), "YWI=");
 }

@@ -2,6 +2,9 @@
 //! scrape, other paths are 404, idle connections are closed after the read timeout, and a
 //! connection past the bound is answered 503 at once.
 
+#[path = "common/http.rs"]
+mod http;
+
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -37,27 +40,10 @@ async fn start(limits: Limits) -> (SocketAddr, Arc<Registry>) {
 
 /// Status code and body of `GET path` over a fresh connection, within `within`.
 async fn get(addr: SocketAddr, path: &str, within: Duration) -> (u16, String) {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+    let url = format!("http://{addr}{path}");
+    tokio::task::spawn_blocking(move || http::get(&url, within))
         .await
-        .expect("send request");
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.expect("read response");
-        String::from_utf8(resp).expect("UTF-8 response")
-    };
-    let resp = tokio::time::timeout(within, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no answer within {within:?}"));
-    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|h| h.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {head}"));
-    (status, body.to_owned())
+        .expect("GET")
 }
 
 /// Waits until the server closes `s` (EOF or reset), at most `within`; the time it took.
@@ -149,18 +135,21 @@ async fn other_paths_and_methods_are_404() {
     assert_eq!(status, 200);
     assert!(body.contains("# TYPE flowmetrix_queue_depth_rows gauge"));
 
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(
-        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
+    let url = format!("http://{addr}/metrics");
+    let resp = tokio::task::spawn_blocking(move || {
+        http::agent(Duration::from_secs(2))
+            .post(&url)
+            .header("Connection", "close")
+            .send_empty()
+            .expect("answer in time")
+    })
     .await
-    .expect("send");
-    let mut resp = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut resp))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    .expect("POST");
+    assert_eq!(
+        (resp.version(), resp.status().as_u16()),
+        (ureq::http::Version::HTTP_11, 404),
+        "{resp:?}"
+    );
 }
 
 #[tokio::test]

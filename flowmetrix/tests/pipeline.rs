@@ -2,14 +2,11 @@
 //! a pcap file as the source and the in-process GreptimeDB test endpoint as the sink: no
 //! root, no network namespace. The kernel source is exercised by the root tier.
 
-#[path = "common/endpoint.rs"]
-#[allow(dead_code)]
-mod endpoint;
+mod common;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use endpoint::Endpoint;
-use etherparse::PacketBuilder;
+use common::{data, endpoint::Endpoint, frames::udp4, pcap};
 use flowmetrix::{
     applications::Applications,
     decoder::DecodeSettings,
@@ -22,35 +19,18 @@ use flowmetrix::{
 
 /// UDP frame `i`: src port 10 000 + i, to port 53 (DNS) or 9000 (MINIO, from the table).
 fn frame(i: u16, dst_port: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 8, 0, 1], [10, 8, 0, 2], 64)
-        .udp(10_000 + i, dst_port);
-    let mut out = Vec::new();
-    b.write(&mut out, &i.to_be_bytes()).unwrap();
-    out
+    let macs = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    udp4(
+        macs,
+        ([10, 8, 0, 1], 10_000 + i),
+        ([10, 8, 0, 2], dst_port),
+        &i.to_be_bytes(),
+    )
 }
 
 /// A classic pcap file of `frames`, one per millisecond from 2026-11-18 11:06:40 UTC.
 fn pcap(name: &str, frames: &[Vec<u8>]) -> PathBuf {
-    let mut v = Vec::new();
-    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    for w in [0u32, 0, 65_535, 1] {
-        v.extend_from_slice(&w.to_le_bytes());
-    }
-    for (i, f) in frames.iter().enumerate() {
-        let usec = (i as u32) * 1_000;
-        for w in [
-            1_795_000_000 + usec / 1_000_000,
-            usec % 1_000_000,
-            f.len() as u32,
-            f.len() as u32,
-        ] {
-            v.extend_from_slice(&w.to_le_bytes());
-        }
-        v.extend_from_slice(f);
-    }
+    let v = pcap::ethernet(pcap::spaced(Duration::from_millis(1), frames));
     let p = std::env::temp_dir().join(format!("fmx-pipeline-{}-{name}.pcap", std::process::id()));
     std::fs::write(&p, v).unwrap();
     p
@@ -60,9 +40,7 @@ fn greptime(endpoint: &Endpoint) -> SinkConfig {
     SinkConfig::Greptime(Box::new(GreptimeConfig {
         batch_size: 64,
         flush_interval: Duration::from_millis(50),
-        max_in_flight: 2,
-        shutdown_timeout: Duration::from_secs(5),
-        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "packet_data")
+        ..data::greptime([endpoint.addr])
     }))
 }
 

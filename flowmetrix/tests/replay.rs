@@ -1,124 +1,16 @@
-//! `--pcap`: a capture written by tcpdump during a netns run, replayed through the same
-//! decode path, gives the same rows as the live capture of the same traffic (ts aside).
+//! `--pcap` without root: files of every kind (pcap, pcapng, link types, FCS bits, standard
+//! input) and their errors, replayed by the real binary. Against a live capture: the root
+//! tier's `root_capture/replay.rs`.
 
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::frames::{cases, send_cases, without_ts};
+use common::{frames::without_ts, pcap};
 use serde_json::Value;
-
-fn sorted(rows: &[Value]) -> Vec<String> {
-    let mut v: Vec<String> = rows.iter().map(|r| without_ts(r).to_string()).collect();
-    v.sort();
-    v
-}
-
-#[test]
-fn replaying_tcpdumps_capture_gives_the_live_rows() {
-    let net = net_pair_or_skip!();
-    let dir = std::env::temp_dir().join(format!("fmx-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("live.pcap");
-
-    // Immediate mode: each packet is written as it comes (otherwise the last block may
-    // still be in the kernel ring when tcpdump is stopped); -Z root: write as root.
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.ns_a,
-            "tcpdump",
-            "--immediate-mode",
-            "-Z",
-            "root",
-            "-n",
-            "-U",
-            "-i",
-            &net.if_a,
-            "-w",
-        ])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump (cargo xtask setup installs it)");
-    // tcpdump says "listening on …" once its socket is open.
-    let mut err = BufReader::new(tcpdump.stderr.take().unwrap());
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0 && Instant::now() < deadline,
-            "tcpdump: {line}"
-        );
-    }
-
-    let collector = net.collector().args(&["--output", "jsonl"]).start();
-    let sender = net.sender();
-    let cases = cases();
-    send_cases(&sender, &cases);
-    let live = collector.interrupt();
-    assert!(live.status.success(), "{}", live.stderr);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
-    tcpdump.wait().unwrap();
-
-    let replay = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
-        .arg("--pcap")
-        .arg(&file)
-        .args(["--output", "jsonl"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&replay.stdout);
-    let stderr = String::from_utf8_lossy(&replay.stderr);
-    assert!(replay.status.success(), "{stderr}");
-    let replayed: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-
-    assert_eq!(live.rows().len(), cases.len());
-    assert_eq!(
-        sorted(&replayed),
-        sorted(&live.rows()),
-        "replay differs from live"
-    );
-    let s = common::Summary::parse(&stderr).unwrap();
-    assert_eq!(
-        (s.seen, s.sampled, s.written),
-        (cases.len() as u64, cases.len() as u64, cases.len() as u64)
-    );
-
-    // The same file cut in the middle of a record: the whole frames before the cut come
-    // out, then one clear error line, exit 1.
-    let bytes = std::fs::read(&file).unwrap();
-    let cut = dir.join("cut.pcap");
-    std::fs::write(&cut, &bytes[..bytes.len() - 20]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
-        .arg("--pcap")
-        .arg(&cut)
-        .args(["--output", "jsonl", "-no-log"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let rows = String::from_utf8_lossy(&out.stdout).lines().count();
-    assert_eq!(rows, cases.len() - 1, "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(
-        errors[0].contains("truncated") && errors[0].contains(&format!("after {rows} frames")),
-        "{stderr}"
-    );
-
-    std::fs::remove_dir_all(&dir).unwrap();
-}
 
 /// A legacy pcap (Ethernet, microseconds) holding these frames, one second apart.
 fn pcap_of(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -127,20 +19,7 @@ fn pcap_of(frames: &[Vec<u8>]) -> Vec<u8> {
 
 /// A legacy pcap with this link-type field (link type, FCS bits) holding these frames.
 fn pcap_with(link_field: u32, frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    for word in [0u32, 0, 65535, link_field] {
-        v.extend_from_slice(&word.to_le_bytes());
-    }
-    for (i, f) in frames.iter().enumerate() {
-        for word in [1_795_000_000 + i as u32, 0, f.len() as u32, f.len() as u32] {
-            v.extend_from_slice(&word.to_le_bytes());
-        }
-        v.extend_from_slice(f);
-    }
-    v
+    pcap::classic(link_field, pcap::spaced(Duration::from_secs(1), frames))
 }
 
 #[test]
@@ -406,34 +285,6 @@ fn a_pcap_with_fcs_bits_in_its_link_type_replays_without_the_fcs() {
     assert_eq!(got, want);
 }
 
-/// A pcapng (microseconds) with interfaces of these link types and (interface, frame)
-/// packets.
-fn pcapng_of(linktypes: &[u16], packets: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    fn block(v: &mut Vec<u8>, kind: u32, body: &[u8]) {
-        let len = 12 + body.len() as u32;
-        v.extend_from_slice(&kind.to_le_bytes());
-        v.extend_from_slice(&len.to_le_bytes());
-        v.extend_from_slice(body);
-        v.extend_from_slice(&len.to_le_bytes());
-    }
-    let mut v = Vec::new();
-    let shb = [&0x1a2b_3c4du32.to_le_bytes()[..], &[1, 0, 0, 0], &[0xff; 8]].concat();
-    block(&mut v, 0x0a0d_0d0a, &shb);
-    for t in linktypes {
-        block(&mut v, 1, &[&t.to_le_bytes()[..], &[0; 6]].concat());
-    }
-    for (if_id, data) in packets {
-        let mut epb = Vec::new();
-        for word in [*if_id, 0, 1_000_000, data.len() as u32, data.len() as u32] {
-            epb.extend_from_slice(&word.to_le_bytes());
-        }
-        epb.extend_from_slice(data);
-        epb.resize(epb.len().div_ceil(4) * 4, 0);
-        block(&mut v, 6, &epb);
-    }
-    v
-}
-
 #[test]
 fn every_link_type_replays_with_its_columns_and_pcapng_keeps_each_interfaces() {
     let ip = ip_udp();
@@ -455,7 +306,7 @@ fn every_link_type_replays_with_its_columns_and_pcapng_keeps_each_interfaces() {
         (5, [&[2, 0, 0, 0][..], &ip].concat()),
         (6, [&[0, 0, 0, 2][..], &ip].concat()),
     ];
-    let bytes = pcapng_of(&linktypes, &packets);
+    let bytes = pcap::pcapng(&linktypes, &packets);
     let (code, rows, err) = replay_file(&bytes, "links.pcapng", &[]);
     assert_eq!(code, Some(0), "{err}");
     let mac = |m: [u8; 6]| Value::from(common::mac_str(m));

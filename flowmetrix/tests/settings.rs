@@ -299,3 +299,16 @@ fn print_config_needs_no_interface_but_a_run_does() {
         "error: the following required arguments were not provided: --interface <IFACE> (see 'flowmetrix --help')\n"
     );
 }
+
+#[test]
+fn help_and_version_exit_0() {
+    for flag in ["--help", "-h", "--version", "-V"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+            .arg(flag)
+            .output()
+            .expect("run flowmetrix");
+        assert!(out.status.success(), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("flowmetrix"), "{flag}: {text}");
+    }
+}

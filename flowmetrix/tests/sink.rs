@@ -1,5 +1,5 @@
 //! The GreptimeDB sink against the in-process test endpoint (not a database: a gRPC server on
-//! greptime-proto's own `GreptimeDatabase` trait, see tests/common/endpoint.rs), through the
+//! greptime-proto's own `GreptimeDatabase` trait, see tests/common/endpoint/), through the
 //! library API: batching, retries, an outage with the spool, replay in order, torn spool
 //! records, fatal errors, the shutdown flush, a stalled spool disk. No root needed.
 //!
@@ -7,7 +7,9 @@
 //! written, a write error, a queue drop or spooled — and each spooled row replayed, lost by
 //! the spool, or still on disk.
 
-#[path = "common/endpoint.rs"]
+#[path = "common/data.rs"]
+mod data;
+#[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]
 mod endpoint;
 #[path = "common/sink_harness.rs"]
@@ -29,13 +31,7 @@ use sink_harness::{Harness, assert_exactly, rows, wait_until};
 use tonic::Code;
 
 fn cfg(endpoint: &Endpoint) -> GreptimeConfig {
-    GreptimeConfig {
-        batch_size: 100,
-        flush_interval: Duration::from_millis(200),
-        max_in_flight: 2,
-        shutdown_timeout: Duration::from_secs(5),
-        ..GreptimeConfig::new(vec![endpoint.addr.to_string()], "packet_data")
-    }
+    data::greptime([endpoint.addr])
 }
 
 fn spool_dir(name: &str) -> PathBuf {
@@ -57,9 +53,7 @@ fn with_spool(mut c: GreptimeConfig, dir: &std::path::Path) -> GreptimeConfig {
 fn rows_go_in_full_batches_and_a_partial_one_after_the_flush_interval() {
     let endpoint = Endpoint::start(None);
     let h = Harness::start(SinkConfig::Greptime(Box::new(cfg(&endpoint))), 10_000);
-    for i in 0..25 {
-        h.offer(rows(i * 10..i * 10 + 10));
-    }
+    h.offer_batches(0..25, 10, Duration::ZERO);
     assert!(wait_until(Duration::from_secs(5), || endpoint
         .row_keys("packet_data")
         .len()
@@ -181,10 +175,7 @@ fn an_outage_goes_to_the_spool_and_is_replayed_once_it_ends() {
         .len()
         == 200));
     endpoint.refuse_for(Duration::from_secs(3));
-    for i in 2..12 {
-        h.offer(rows(i * 100..i * 100 + 100));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    h.offer_batches(2..12, 100, Duration::from_millis(100));
     assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
     assert!(wait_until(Duration::from_secs(20), || endpoint
         .row_keys("packet_data")

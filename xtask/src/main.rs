@@ -2,19 +2,21 @@
 //!
 //! - `setup`: install what a fresh machine lacks (idempotent, quick when all is present):
 //!   Debian packages the tests use, the pinned nightly toolchain with rust-src that builds
-//!   the XDP program, and bpf-linker.
-//! - `build`: setup, then a release build (the XDP object is embedded in the binary).
+//!   the kernel programs, and bpf-linker.
+//! - `build`: setup, then a release build with the `ebpf` feature (the kernel programs are
+//!   embedded in the binary; without it the binary replays `--pcap` files only).
 //! - `run -- ARGS`: setup, build, run `target/release/flowmetrix ARGS` (needs root).
-//! - `test [ARGS]`: setup, then format check, clippy and every test, both tiers, with
-//!   FLOWMETRIX_ROOT_TESTS=1 (as root: a root-tier test that cannot run fails).
-//! - `test unit [ARGS]`: only the no-root tier, as any user: `cargo test` with
-//!   FLOWMETRIX_ROOT_TESTS=0 (root-tier tests say they were skipped); no fmt or clippy.
+//! - `test [ARGS]`: as root: setup, then format check, clippy and every test of both tiers
+//!   (`--features root-tests`: the root tier's targets `tests/root_*` are built too; one
+//!   that cannot run fails).
+//! - `test unit [ARGS]`: only the no-root tier, as any user: a plain `cargo test` (stable
+//!   Rust, no BPF toolchain; the root tier is not built); no fmt or clippy.
 //! - `bench [FILTER]`: setup, then the kernel per-packet cost, the capture rate against
 //!   tcpdump on veth (root) and the userspace criterion benchmarks (BENCHMARKS.md).
 //! - `dist`: setup, release build, then dist/ with the binary, man page, completions and
 //!   the deploy/ files.
 //! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder, the pcap reader or
-//!   the offset learner.
+//!   the offset learner (no kernel programs needed).
 
 use std::{
     path::{Path, PathBuf},
@@ -75,8 +77,8 @@ enum Verb {
 
 #[derive(Subcommand)]
 enum Tier {
-    /// Only the tests that need no root (unit tests, the binary without an interface);
-    /// root-tier tests say they were skipped. Any user.
+    /// Only the tests that need no root (unit tests, the binary without an interface): a
+    /// plain `cargo test`, on stable Rust with no BPF toolchain. Any user.
     Unit {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -95,9 +97,11 @@ enum Tier {
 /// The GreptimeDB the live tier writes to (gRPC `host:port`).
 const LIVE_ENV: &str = "FLOWMETRIX_TEST_GREPTIMEDB";
 
-/// Chooses the root tier in the tests (tests/common/mod.rs `root_tier`): 1 runs it and
-/// fails where not root, 0 skips it.
-const ROOT_TESTS_ENV: &str = "FLOWMETRIX_ROOT_TESTS";
+/// Builds the kernel programs into the binary (flowmetrix/build.rs).
+const EBPF: &str = "flowmetrix/ebpf";
+
+/// Also builds and runs the root tier (tests/root_*; implies `ebpf`).
+const ROOT_TESTS: &str = "flowmetrix/root-tests";
 
 /// Debian packages: the command each provides, and the package.
 const APT: &[(&str, &str)] = &[
@@ -125,11 +129,11 @@ fn xtask(args: Args) -> anyhow::Result<()> {
         Verb::Setup => setup(&root),
         Verb::Build => {
             setup(&root)?;
-            cargo(&["build", "--release", "--package", "flowmetrix"])
+            release_build()
         }
         Verb::Run { args } => {
             setup(&root)?;
-            cargo(&["build", "--release", "--package", "flowmetrix"])?;
+            release_build()?;
             let bin = root.join("target/release/flowmetrix");
             run(Command::new(bin).args(args))
         }
@@ -137,11 +141,21 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             setup(&root)?;
             // Kernel cost per packet (BPF_PROG_TEST_RUN; root), capture rate on veth against
             // tcpdump (root), then userspace (criterion).
-            cargo(&["bench", "--package", "flowmetrix", "--bench", "kernel"])?;
             cargo(&[
                 "bench",
                 "--package",
                 "flowmetrix",
+                "--features",
+                EBPF,
+                "--bench",
+                "kernel",
+            ])?;
+            cargo(&[
+                "bench",
+                "--package",
+                "flowmetrix",
+                "--features",
+                EBPF,
                 "--bench",
                 "capture_rate",
             ])?;
@@ -151,13 +165,23 @@ fn xtask(args: Args) -> anyhow::Result<()> {
                 "--release",
                 "--package",
                 "flowmetrix",
+                "--features",
+                ROOT_TESTS,
                 "--test",
-                "outage",
-                "ten_seconds",
+                "root_greptime",
+                "outage::ten_seconds",
                 "--",
                 "--nocapture",
             ])?;
-            let mut bench = vec!["bench", "--package", "flowmetrix", "--bench", "pipeline"];
+            let mut bench = vec![
+                "bench",
+                "--package",
+                "flowmetrix",
+                "--features",
+                EBPF,
+                "--bench",
+                "pipeline",
+            ];
             if !args.is_empty() {
                 bench.push("--");
                 bench.extend(args.iter().map(String::as_str));
@@ -166,7 +190,7 @@ fn xtask(args: Args) -> anyhow::Result<()> {
         }
         Verb::Dist => {
             setup(&root)?;
-            cargo(&["build", "--release", "--package", "flowmetrix"])?;
+            release_build()?;
             dist(&root)
         }
         Verb::Fuzz { target, seconds } => {
@@ -179,6 +203,8 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             run(Command::new("cargo")
                 .current_dir(root.join("flowmetrix"))
                 .arg(format!("+{}", toolchain.trim()))
+                // The fuzz targets (decoder, pcap reader, offset learner) load no kernel
+                // programs: built without the `ebpf` feature.
                 .args([
                     "fuzz",
                     "run",
@@ -192,10 +218,10 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             tier: Some(Tier::Unit { args }),
             ..
         } => {
-            rust_tools(&root)?;
+            // Stable Rust and nothing else: the root tier and the kernel programs are left out.
             let mut test = vec!["test"];
             test.extend(args.iter().map(String::as_str));
-            run(cargo_cmd(&test).env(ROOT_TESTS_ENV, "0"))
+            cargo(&test)
         }
         Verb::Test {
             tier: Some(Tier::Live { args }),
@@ -208,11 +234,14 @@ fn xtask(args: Args) -> anyhow::Result<()> {
                      needs them)"
                 );
             }
-            rust_tools(&root)?;
-            let mut test = vec!["test", "--package", "flowmetrix", "live_"];
+            let mut test = vec!["test", "--package", "flowmetrix"];
+            if is_root() {
+                rust_tools(&root)?;
+                test.extend(["--features", ROOT_TESTS]);
+            }
+            test.push("live_");
             test.extend(args.iter().map(String::as_str));
-            let tier = if is_root() { "1" } else { "0" };
-            run(cargo_cmd(&test).env(ROOT_TESTS_ENV, tier))
+            cargo(&test)
         }
         Verb::Test { tier: None, args } => {
             if !is_root() {
@@ -223,12 +252,33 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             }
             setup(&root)?;
             cargo(&["fmt", "--all", "--check"])?;
-            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
-            let mut test = vec!["test"];
+            // With the features, so the root tier's code is linted too.
+            cargo(&[
+                "clippy",
+                "--all-targets",
+                "--features",
+                ROOT_TESTS,
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            let mut test = vec!["test", "--features", ROOT_TESTS];
             test.extend(args.iter().map(String::as_str));
-            run(cargo_cmd(&test).env(ROOT_TESTS_ENV, "1"))
+            cargo(&test)
         }
     }
+}
+
+/// The release binary with the kernel programs embedded.
+fn release_build() -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "flowmetrix",
+        "--features",
+        EBPF,
+    ])
 }
 
 fn workspace_root() -> PathBuf {

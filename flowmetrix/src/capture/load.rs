@@ -11,9 +11,6 @@ use super::error::CaptureError;
 /// Forwards the XDP program's log records to `log` (and so to tracing).
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-/// The XDP object built by build.rs, embedded so the binary is self-contained.
-pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowmetrix"));
-
 /// The program `name` of the object, as its kind `P`.
 pub(super) fn program<'a, P>(
     ebpf: &'a mut Ebpf,

@@ -51,7 +51,7 @@ pub use config::{
 };
 pub use error::CaptureError;
 pub use iface::{if_index, if_is_up};
-pub use load::{EbpfLogger, PROGRAM};
+pub use load::EbpfLogger;
 pub use slots::{OTHER, SlotBook};
 
 use load::{load_program, privilege_hint, raise_memlock_limit};
@@ -106,7 +106,12 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
-            .load(PROGRAM)
+            .load(
+                crate::kernel_object::object().map_err(|e| CaptureError::Load {
+                    hint: "",
+                    source: Box::new(e),
+                })?,
+            )
             .map_err(|e| CaptureError::Load {
                 hint: privilege_hint(),
                 source: Box::new(e),

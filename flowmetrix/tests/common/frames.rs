@@ -265,16 +265,32 @@ pub fn cases() -> Vec<Case> {
     cases
 }
 
+/// An Ethernet frame (`macs`: source, destination) of IPv4 UDP from `src` to `dst`
+/// (address, port) carrying `payload`.
+pub fn udp4(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    write(|v| {
+        PacketBuilder::ethernet2(macs.0, macs.1)
+            .ipv4(src.0, dst.0, 64)
+            .udp(src.1, dst.1)
+            .write(v, payload)
+            .unwrap()
+    })
+}
+
 /// A UDP frame numbered `i` (its source port and payload), for bulk traffic.
 pub fn udp_frame(i: u32) -> Vec<u8> {
     let port = 10_000 + (i % 50_000) as u16;
-    write(|v| {
-        eth()
-            .ipv4(IP4_B, IP4_A, 64)
-            .udp(port, 9999)
-            .write(v, &i.to_be_bytes())
-            .unwrap()
-    })
+    udp4(
+        (MAC_B, MAC_A),
+        (IP4_B, port),
+        (IP4_A, 9999),
+        &i.to_be_bytes(),
+    )
 }
 
 /// A row without its `ts` (which no test can predict exactly).

@@ -7,8 +7,7 @@
 //!   (passed to the collector as they are).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    net::{SocketAddr, ToSocketAddrs},
     time::Duration,
 };
 
@@ -44,36 +43,10 @@ fn resolve(s: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("{s} has no address"))
 }
 
+/// Standard base64 (with padding), as HTTP basic authentication wants it.
 pub fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 impl Live {
@@ -103,36 +76,21 @@ impl Live {
 
     /// Runs one SQL statement through `POST /v1/sql` and returns its rows as objects.
     pub fn sql(&self, db: &str, query: &str) -> Vec<Map<String, Value>> {
-        let body = format!("sql={}", url_encode(query));
-        let mut req = format!(
-            "POST /v1/sql?db={db} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-            self.http,
-            body.len()
-        );
+        let url = format!("http://{}/v1/sql?db={db}", self.http);
+        let mut req = super::http::agent(Duration::from_secs(30)).post(&url);
         if let Some(a) = &self.auth {
-            req.push_str(&format!("Authorization: Basic {a}\r\n"));
+            req = req.header("Authorization", format!("Basic {a}"));
         }
-        req.push_str("\r\n");
-        req.push_str(&body);
-        let mut s =
-            TcpStream::connect_timeout(&self.http, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).unwrap();
-        let text = String::from_utf8_lossy(&resp);
-        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
+        let mut resp = req
+            .send_form([("sql", query)])
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
         let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        assert!(head.contains(" 200 "), "{query}: {head}\n{body}");
+        assert_eq!(status, 200, "{query}: {body}");
         let records = &v["output"][0]["records"];
         let names: Vec<String> = records["schema"]["column_schemas"]
             .as_array()
@@ -157,17 +115,4 @@ impl Live {
             })
             .unwrap_or_default()
     }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }

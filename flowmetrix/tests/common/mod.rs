@@ -3,15 +3,18 @@
 //! test; everything is deleted on drop, also when the test fails.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod data;
 pub mod endpoint;
 pub mod frames;
+pub mod http;
 pub mod live;
 pub mod logs;
+pub mod pcap;
 pub mod xdp;
 
 use std::{
     ffi::CString,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -32,44 +35,24 @@ pub fn mac_str(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// The environment variable that chooses the root tier: `1` (what `cargo xtask test` sets)
-/// makes every root-tier test run and fail when not root; `0` (`cargo xtask test unit`)
-/// skips them even as root; unset, they run exactly when the test runs as root.
-pub const ROOT_TESTS_ENV: &str = "FLOWMETRIX_ROOT_TESTS";
-
-/// Whether a root-tier test (network namespaces, the real binary attached to an interface,
-/// BPF) runs. When it does not, prints one line saying why, for the test to return at once:
-///
-/// ```ignore
-/// if !common::root_tier() {
-///     return;
-/// }
-/// ```
-pub fn root_tier() -> bool {
+/// Panics unless this process runs as root: every root-tier test (network namespaces, the
+/// real binary attached to an interface, BPF) calls it first, through [`NetPair::new`] or
+/// directly, so that one that cannot run fails and says why instead of passing unrun. The
+/// root tier is built only with `--features root-tests` (`cargo xtask test`); `cargo test`
+/// leaves it out.
+pub fn require_root() {
     // SAFETY: no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let wanted = std::env::var(ROOT_TESTS_ENV).ok();
     let test = std::thread::current()
         .name()
         .unwrap_or("a root-tier test")
         .to_owned();
-    let skip = match wanted.as_deref() {
-        Some("1") => {
-            assert!(
-                root,
-                "{test} needs root: it creates network namespaces and loads XDP, and \
-                 {ROOT_TESTS_ENV}=1 asks for the root tier (run as root, or use \
-                 `cargo xtask test unit`)"
-            );
-            return true;
-        }
-        Some("0") => format!("{ROOT_TESTS_ENV}=0"),
-        _ if root => return true,
-        _ => "needs root".to_owned(),
-    };
-    // Straight to stderr, past the test harness's capture, so `cargo test` shows it.
-    let _ = writeln!(std::io::stderr(), "skipped {test}: {skip} (root tier)");
-    false
+    assert!(
+        root,
+        "{test} needs root: it creates network namespaces and loads XDP (run `cargo xtask \
+         test` as root, or `cargo xtask test unit` / `cargo test` for the tests that need no \
+         root)"
+    );
 }
 
 fn sh(args: &[&str]) -> std::process::Output {
@@ -88,18 +71,6 @@ fn must(args: &[&str]) {
     );
 }
 
-/// `let net = net_pair_or_skip!();`: a fresh [`NetPair`], or, when the root tier does not
-/// run ([`root_tier`]), return from the test (which then passes, having said it skipped).
-#[macro_export]
-macro_rules! net_pair_or_skip {
-    () => {
-        match $crate::common::NetPair::new() {
-            Some(net) => net,
-            None => return,
-        }
-    };
-}
-
 /// Two namespaces, `a` (where the collector runs, on `if_a`) and `b` (the sender, `if_b`).
 /// IPv6 is disabled and ARP off on both ends, so the kernel sends nothing of its own: every
 /// frame on the link is one the test sent.
@@ -113,12 +84,9 @@ pub struct NetPair {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl NetPair {
-    /// A fresh pair, or None (after one line saying so) when the root tier does not run
-    /// ([`root_tier`]); tests say `let net = net_pair_or_skip!();`.
-    pub fn new() -> Option<Self> {
-        if !root_tier() {
-            return None;
-        }
+    /// A fresh pair; panics where not root ([`require_root`]).
+    pub fn new() -> Self {
+        require_root();
         let id = format!(
             "{}{}",
             std::process::id() % 100_000,
@@ -162,7 +130,7 @@ impl NetPair {
         for (ns, ifname) in [(&pair.ns_a, &pair.if_a), (&pair.ns_b, &pair.if_b)] {
             must(&["ip", "-n", ns, "link", "set", ifname, "arp", "off", "up"]);
         }
-        Some(pair)
+        pair
     }
 
     /// `ip link` output for the collector's interface.
@@ -206,17 +174,10 @@ impl NetPair {
         }
     }
 
-    /// Sends UDP frames `udp_frame(i)` for each `i` in `range` from `if_b`, pausing 1 ms
-    /// every 100 frames to stay below veth's 256-frame XDP queue, so that every frame
-    /// reaches the program.
+    /// Sends UDP frames `udp_frame(i)` for each `i` in `range` from `if_b`
+    /// ([`FrameSender::send_udp`]).
     pub fn send_udp(&self, range: std::ops::Range<u32>) {
-        let sender = self.sender();
-        for i in range {
-            sender.send(&frames::udp_frame(i));
-            if i % 100 == 99 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        self.sender().send_udp(range);
     }
 
     /// Runs `pre… flowmetrix args…` in `ns_a` to its end (`pre` wraps the binary, e.g.
@@ -372,21 +333,13 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .expect("netns thread")
 }
 
-/// `GET path` from inside namespace `ns`; the response body.
+/// `GET path` from inside namespace `ns`; the response body (which must come with 200).
 pub fn http_get_in(ns: &str, addr: &str, path: &str) -> String {
-    let (addr, path) = (addr.to_owned(), path.to_owned());
+    let url = format!("http://{addr}{path}");
     in_netns(ns, move || {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        let (status, body) = http::get(&url, Duration::from_secs(30));
+        assert_eq!(status, 200, "GET {url}: {body}");
+        body
     })
 }
 
@@ -420,6 +373,18 @@ pub struct FrameSender {
 }
 
 impl FrameSender {
+    /// Sends UDP frames `udp_frame(i)` for each `i` in `range`, pausing 1 ms every 100
+    /// frames to stay below veth's 256-frame XDP queue, so that every frame reaches the
+    /// program.
+    pub fn send_udp(&self, range: std::ops::Range<u32>) {
+        for i in range {
+            self.send(&frames::udp_frame(i));
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: valid fd and buffer.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };

@@ -1,6 +1,6 @@
 //! A sink on its own runtime, as the collector runs it, and numbered rows to offer it: for
 //! the no-root sink suites (`tests/sink.rs`, `tests/bulk.rs`), which include this file and
-//! `endpoint.rs` by path.
+//! `endpoint/` by path.
 
 use std::{
     collections::HashSet,
@@ -10,28 +10,14 @@ use std::{
 
 use flowmetrix::{
     metrics::Counters,
-    record::{PacketRecord, UnixNanos},
+    record::PacketRecord,
     sink::{self, Sink, SinkConfig, SinkSettings},
 };
 use tokio::sync::watch;
 
 use crate::endpoint::Endpoint;
 
-/// Row `i`: its src_port and ts say which it is.
-pub fn row(i: u32) -> PacketRecord {
-    PacketRecord {
-        ts: UnixNanos(1_795_000_000_000_000_000 + i64::from(i)),
-        packet_size: 60,
-        src_port: Some(10_000 + (i % 50_000) as u16),
-        dst_port: Some(53),
-        protocol: Some(17),
-        ..PacketRecord::default()
-    }
-}
-
-pub fn rows(range: std::ops::Range<u32>) -> Vec<PacketRecord> {
-    range.map(row).collect()
-}
+pub use crate::data::{packet as row, packets as rows};
 
 /// A sink on its own runtime, as the collector runs it.
 pub struct Harness {
@@ -74,6 +60,17 @@ impl Harness {
     }
 
     /// As at Ctrl+C: capture stops, the input closes, the sink finishes within its deadline.
+    /// Offers rows in batches of `size`, batch `k` of `batches` being rows
+    /// `k * size..(k + 1) * size`, pausing `pause` after each.
+    pub fn offer_batches(&self, batches: std::ops::Range<u32>, size: u32, pause: Duration) {
+        for k in batches {
+            self.offer(rows(k * size..(k + 1) * size));
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+    }
+
     pub fn finish(&mut self) -> Duration {
         let started = Instant::now();
         self.stop.send_replace(true);

@@ -1,7 +1,7 @@
-//! The embedded object (`flowmetrix::capture::PROGRAM`) loaded into this process with chosen
+//! The embedded object (`flowmetrix::kernel_object`) loaded into this process with chosen
 //! settings, and one of its programs (XDP or TC) run on frames with BPF_PROG_TEST_RUN: no
 //! interface, nothing attached.
-//! The kernel tests (`tests/kernel.rs`) and the kernel bench (`benches/kernel.rs`) share it.
+//! The kernel tests (`tests/root_kernel/`) and the kernel bench (`benches/kernel.rs`) share it.
 //! Needs root (CAP_BPF).
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
-use flowmetrix::{capture::PROGRAM, flows::kernel::FlowMaps};
+use flowmetrix::{flows::kernel::FlowMaps, kernel_object};
 use flowmetrix_common::{
     CpuStats, DEFAULT_SNAPLEN, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
@@ -103,7 +103,7 @@ impl Loaded {
             .map_max_entries(FLOW_MAPS[0], if flows { s.flow_entries } else { 1 })
             .map_max_entries(FLOW_MAPS[1], if flows { s.flow_entries } else { 1 })
             .map_max_entries(FLOW_EVENTS_MAP, if flows { s.event_bytes } else { 4096 })
-            .load(PROGRAM)
+            .load(kernel_object::object().expect("the kernel programs (--features ebpf)"))
             .expect("load the XDP object (needs root)");
         // Built in every mode: in `packets` mode the programs never touch them.
         let flows = Some(FlowMaps::from_ebpf(&mut ebpf, s.prefix).expect("flow maps"));

@@ -5,7 +5,7 @@
 //! packets and bytes are what was run — across generation flips, with a full map (flow
 //! events) and a full event ring (overflow).
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeMap,
@@ -150,9 +150,7 @@ fn frames(program: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn every_frame_kind_is_keyed_as_userspace_keys_it_with_its_packets_and_bytes() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     for program in PROGRAMS {
         for prefix in [0usize, 24] {
             keyed_like_userspace(program, prefix);
@@ -227,9 +225,7 @@ fn keyed_like_userspace(program: &'static str, prefix: usize) {
 
 #[test]
 fn an_unknown_prefix_counts_everything_as_not_keyed_until_it_is_set() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     for program in PROGRAMS {
         let mut prog = Loaded::load(flows(program, None));
         let f = common::frames::udp_frame(1);
@@ -270,9 +266,7 @@ fn distinct_flows(n: u32) -> Vec<Vec<u8>> {
 
 #[test]
 fn every_packet_lands_in_exactly_one_collection_while_traffic_flows() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     for program in [PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME] {
         across_flips(program);
     }
@@ -360,9 +354,7 @@ fn across_flips(program: &'static str) {
 
 #[test]
 fn a_full_map_sends_the_rest_as_events_and_a_full_ring_counts_overflow_exactly() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     for program in PROGRAMS {
         full_map(program);
     }
@@ -435,9 +427,7 @@ fn full_map(program: &'static str) {
 
 #[test]
 fn packets_mode_never_touches_the_flow_maps_and_both_mode_does_both() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     for program in PROGRAMS {
         let f = common::frames::udp_frame(7);
         for mode in [MODE_PACKETS, MODE_PACKETS | MODE_FLOWS] {
@@ -467,9 +457,7 @@ fn packets_mode_never_touches_the_flow_maps_and_both_mode_does_both() {
 
 #[test]
 fn without_batch_calls_one_by_one_reads_and_clears_every_flow() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     let frames = distinct_flows(300);
     for batch in [true, false] {
         let mut prog = Loaded::load(flows(PROGRAM_NAME, Some(0)));

@@ -153,7 +153,7 @@ fn our_filters(net: &NetPair, hook: &str, name: &str) -> usize {
 #[test]
 fn both_directions_give_a_request_row_in_and_a_reply_row_out_for_each_echo() {
     let _one_at_a_time = one_at_a_time();
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     addresses(&net);
     let collector = net
         .collector()
@@ -250,7 +250,7 @@ fn both_directions_give_a_request_row_in_and_a_reply_row_out_for_each_echo() {
 #[test]
 fn egress_only_gives_only_the_replies() {
     let _one_at_a_time = one_at_a_time();
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     addresses(&net);
     let collector = net
         .collector()
@@ -272,7 +272,7 @@ fn egress_only_gives_only_the_replies() {
 #[test]
 fn tc_ingress_hook_samples_the_requests_without_xdp() {
     let _one_at_a_time = one_at_a_time();
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     addresses(&net);
     let collector = net
         .collector()
@@ -293,7 +293,7 @@ fn tc_ingress_hook_samples_the_requests_without_xdp() {
 #[test]
 fn tcx_programs_are_gone_after_ctrl_c_sigterm_and_kill_9() {
     let _one_at_a_time = one_at_a_time();
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let collector = net
             .collector()
@@ -332,7 +332,7 @@ fn tcx_programs_are_gone_after_ctrl_c_sigterm_and_kill_9() {
 #[test]
 fn forced_clsact_fallback_captures_both_ways_and_removes_its_filters() {
     let _one_at_a_time = one_at_a_time();
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     addresses(&net);
     let start = || {
         net.collector()

@@ -1,7 +1,7 @@
 //! What an SRE runs it with: Prometheus metrics, the status line, JSON logs, and clear
 //! start-up errors.
 
-mod common;
+use crate::common;
 
 use std::{process::Command, time::Duration};
 
@@ -18,7 +18,7 @@ fn metric(page: &str, name: &str) -> u64 {
 
 #[test]
 fn metrics_match_the_rows_and_the_exit_summary() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net
         .collector()
         .args(&[
@@ -78,7 +78,7 @@ fn metrics_match_the_rows_and_the_exit_summary() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net
         .collector()
         .args(&["--output", "none", "--log-format", "json"])
@@ -103,7 +103,7 @@ fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn startup_errors_are_one_clear_line() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let iface = net.if_a.clone();
 
     // Not root: the kernel refuses the program; say what is needed. Exit 1 (runtime).

@@ -2,7 +2,7 @@
 //! that holds it and the process, not the kernel's "File exists". Root: a network
 //! namespace of this test's own (not the shared test hosts, so this file stands alone).
 
-mod common;
+use crate::common;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -18,11 +18,9 @@ struct Netns {
 }
 
 impl Netns {
-    /// None (the test is skipped) outside the root tier.
-    fn new() -> Option<Self> {
-        if !common::root_tier() {
-            return None;
-        }
+    /// A fresh one; panics where not root ([`common::require_root`]).
+    fn new() -> Self {
+        common::require_root();
         let id = std::process::id() % 100_000;
         let ns = Self {
             name: format!("fmx-attach-{id}"),
@@ -44,7 +42,7 @@ impl Netns {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Some(ns)
+        ns
     }
 
     fn collector(&self) -> Command {
@@ -83,7 +81,7 @@ impl Drop for Running {
 
 #[test]
 fn a_second_collector_names_the_program_and_process_already_attached() {
-    let Some(ns) = Netns::new() else { return };
+    let ns = Netns::new();
     let mut first = ns.collector().stderr(Stdio::piped()).spawn().unwrap();
     let stderr = first.stderr.take().unwrap();
     let first = Running(first);

@@ -1,7 +1,7 @@
 //! The capture path end to end, in real network namespaces: frames sent over a veth pair
 //! come out of the real binary as JSON rows, every column checked; counters add up.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ fn every_sent_frame_comes_out_once_with_every_column_right_with_tc_ingress() {
 }
 
 fn every_sent_frame_exactly(ingress_hook: &str) {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let ready = if ingress_hook == "tc" {
         "TC attached"
     } else {
@@ -67,7 +67,7 @@ fn every_sent_frame_exactly(ingress_hook: &str) {
 
 #[test]
 fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     // One page: room for about a dozen samples.
     let collector = net
         .collector()
@@ -101,7 +101,7 @@ fn ring_too_small_every_sample_is_a_row_or_a_counted_drop() {
 
 #[test]
 fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net
         .collector()
         .args(&["--sample-rate", "10", "--output", "jsonl"])
@@ -139,7 +139,7 @@ fn sample_rate_ten_samples_about_a_tenth_and_counters_agree() {
 
 #[test]
 fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net
         .collector()
         .args(&["-offset", "24", "--output", "jsonl"])
@@ -182,7 +182,7 @@ fn offset_24_skips_a_vmware_prefix_and_counts_frames_too_short_for_it() {
 /// Sends every case `rounds` times with `prefix` junk bytes in front, under `-auto-detect`,
 /// and checks that every frame came out exactly as without the prefix.
 fn auto_detect_decodes_exactly(prefix: usize) {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net
         .collector()
         .args(&["-auto-detect", "--output", "jsonl"])
@@ -260,7 +260,7 @@ fn vlan_tagged_frames_give_the_outer_vlan_and_their_wire_size_with_either_ingres
         (4, &[(0x88a8, 4000)]),
     ];
     for hook in ["xdp", "tc"] {
-        let net = net_pair_or_skip!();
+        let net = common::NetPair::new();
         let ready = if hook == "tc" {
             "TC attached"
         } else {

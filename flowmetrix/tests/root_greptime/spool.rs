@@ -1,7 +1,7 @@
 //! The disk spool: rows GreptimeDB could not take wait on disk and arrive later, exactly
 //! once — across Ctrl+C, kill -9 and damaged files.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashSet,
@@ -41,7 +41,7 @@ fn port(i: u32) -> u32 {
 
 #[test]
 fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
@@ -77,7 +77,7 @@ fn ctrl_c_with_greptimedb_down_spools_the_queue_and_the_next_run_delivers_it() {
 
 #[test]
 fn kill_9_while_greptimedb_is_down_then_a_restart_delivers_the_spool() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
@@ -97,7 +97,7 @@ fn kill_9_while_greptimedb_is_down_then_a_restart_delivers_the_spool() {
 
 #[test]
 fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);
@@ -146,7 +146,7 @@ fn a_spool_torn_between_runs_delivers_the_good_records_and_counts_the_rest() {
 
 #[test]
 fn a_spool_smaller_than_the_outage_drops_the_oldest_and_counts_them() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let spool = net.spool_dir();
     endpoint.fail_next(usize::MAX, Code::Unavailable);

@@ -2,7 +2,7 @@
 //! afterwards every row has arrived exactly once. (The sink's retry, outage and spool logic is
 //! tested without root in tests/sink.rs; these run the real binary end to end.)
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashSet,
@@ -25,7 +25,7 @@ fn rss_kib(pid: i32) -> u64 {
 /// By row inserts (`--write-path rows`).
 #[test]
 fn an_outage_in_a_steady_ten_thousand_rows_per_second_run_loses_nothing() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     steady_run_with_an_outage(&net, &["--write-path", "rows"]);
 }
 
@@ -34,7 +34,7 @@ fn an_outage_in_a_steady_ten_thousand_rows_per_second_run_loses_nothing() {
 /// insert.
 #[test]
 fn an_outage_in_a_steady_run_by_bulk_writes_loses_nothing() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let bulk = steady_run_with_an_outage(&net, &["--write-path", "bulk"]);
     assert!(bulk > 0, "no batch came by bulk");
 }
@@ -180,7 +180,7 @@ fn exactly_once(keys: &[(i64, u32)], sent: u32, s: &common::Summary) {
 /// behind it are sent again; the spool is replayed. Every row once.
 #[test]
 fn bulk_batches_refused_while_row_inserts_fail_go_to_the_spool_and_arrive_once() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.keys_only();
     let collector = net
@@ -222,7 +222,7 @@ fn bulk_batches_refused_while_row_inserts_fail_go_to_the_spool_and_arrive_once()
 /// and bulk goes on on both.
 #[test]
 fn two_endpoints_by_bulk_one_stopped_mid_stream_and_restarted_loses_and_doubles_no_row() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let a = Endpoint::start(Some(&net.ns_a));
     let b = Endpoint::start(Some(&net.ns_a));
     let cols: Vec<(&str, greptime_proto::v1::ColumnDataType)> = flowmetrix::sink::greptime::SCHEMA
@@ -341,7 +341,7 @@ fn ten_seconds_at_a_steady_rate_with_greptimedb_away_all_arrive_later() {
         100_000.0
     };
     const TOTAL: usize = RATE as usize * 10;
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.keys_only();
     let collector = net.collector().greptime(&endpoint).start();

@@ -4,7 +4,7 @@
 //! own `test/integration-test/src/tests/prog_test_run.rs`. Every check runs on the XDP
 //! program and on both TC programs (ingress, egress), which share the sampling code.
 
-mod common;
+use crate::common;
 
 use std::mem::{offset_of, size_of};
 
@@ -61,13 +61,12 @@ fn frame(len: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..len.saturating_sub(42))
         .map(|i| (i * 7 + len) as u8)
         .collect();
-    let mut f = common::frames::write(|v| {
-        common::frames::eth()
-            .ipv4(common::frames::IP4_B, common::frames::IP4_A, 64)
-            .udp(40_000, 53)
-            .write(v, &payload)
-            .unwrap()
-    });
+    let mut f = common::frames::udp4(
+        (common::MAC_B, common::MAC_A),
+        (common::frames::IP4_B, 40_000),
+        (common::frames::IP4_A, 53),
+        &payload,
+    );
     f.truncate(len);
     f
 }
@@ -157,17 +156,13 @@ const PROGRAMS: [&str; 3] = [
 
 #[test]
 fn every_length_passes_with_the_smallest_slot_and_the_first_min_wire_snaplen_bytes() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     every_length(PROGRAM_NAME);
 }
 
 #[test]
 fn tc_every_length_passes_with_the_smallest_slot_and_the_direction() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     every_length(TC_INGRESS_PROGRAM_NAME);
     every_length(TC_EGRESS_PROGRAM_NAME);
 }
@@ -220,9 +215,7 @@ fn every_length(program: &'static str) {
 
 #[test]
 fn counters_are_exact_at_every_rate() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     for program in PROGRAMS {
         counters_exact(program);
     }
@@ -259,18 +252,14 @@ fn counters_exact(program: &'static str) {
 
 #[test]
 fn one_in_n_over_a_hundred_thousand_frames_samples_about_runs_over_n() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     one_in_n(PROGRAM_NAME);
 }
 
 /// The same statistics on egress (and TC ingress) as on XDP ingress.
 #[test]
 fn tc_one_in_n_over_a_hundred_thousand_frames_on_egress_and_ingress() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     one_in_n(TC_EGRESS_PROGRAM_NAME);
     one_in_n(TC_INGRESS_PROGRAM_NAME);
 }
@@ -327,9 +316,7 @@ fn ring_record_bytes(slot: usize) -> usize {
 
 #[test]
 fn a_full_ring_counts_ring_full_and_still_passes() {
-    if !common::root_tier() {
-        return;
-    }
+    common::require_root();
     for program in PROGRAMS {
         full_ring(program);
     }

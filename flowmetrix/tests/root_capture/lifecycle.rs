@@ -1,15 +1,15 @@
 //! Starting and stopping: Ctrl+C and SIGTERM detach and exit promptly even with no traffic,
 //! SIGKILL leaves nothing attached, bad command lines fail with one line and exit code 2.
 
-mod common;
+use crate::common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use common::{Ran, wait_until};
 
 #[test]
 fn ctrl_c_with_no_traffic_exits_within_a_second_and_detaches() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net.collector().start();
     assert!(
         net.xdp_attached(),
@@ -36,7 +36,7 @@ fn ctrl_c_with_no_traffic_exits_within_a_second_and_detaches() {
 
 #[test]
 fn sigterm_detaches_and_exits_cleanly() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net.collector().args(&["--output", "none"]).start();
     let done = collector.stop_with(libc::SIGTERM);
     assert!(
@@ -56,7 +56,7 @@ fn sigterm_detaches_and_exits_cleanly() {
 
 #[test]
 fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     for (mode, shown) in [("skb", "xdpgeneric"), ("native", "xdp ")] {
         let collector = net.collector().args(&["--xdp-mode", mode]).start();
         assert!(net.link_a().contains(shown), "{mode}: {}", net.link_a());
@@ -73,7 +73,7 @@ fn xdp_mode_skb_attaches_generic_and_native_attaches_driver() {
 
 #[test]
 fn sigkill_leaves_no_program_attached() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net.collector().start();
     assert!(net.xdp_attached());
     let _ = collector.stop_with(libc::SIGKILL);
@@ -87,7 +87,7 @@ fn sigkill_leaves_no_program_attached() {
 
 #[test]
 fn bad_command_lines_give_one_line_and_exit_2_with_nothing_attached() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let iface = net.if_a.clone();
     let cases: [(&[&str], &str); 5] = [
         (
@@ -122,18 +122,5 @@ fn bad_command_lines_give_one_line_and_exit_2_with_nothing_attached() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert_eq!(stdout, "");
         assert!(!net.xdp_attached(), "{args:?} attached XDP");
-    }
-}
-
-#[test]
-fn help_and_version_exit_0() {
-    for flag in ["--help", "-h", "--version", "-V"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
-            .arg(flag)
-            .output()
-            .expect("run flowmetrix");
-        assert!(out.status.success(), "{flag}");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("flowmetrix"), "{flag}: {text}");
     }
 }

@@ -10,7 +10,7 @@ use greptime_proto::v1::{ColumnDataType, SemanticType};
 /// an unquoted name found in sqlparser's `ALL_KEYWORDS` (any case). This is not that whole
 /// list: it is every keyword among the column names flowmetrix uses — `application` and
 /// `bytes` (seen on a live 1.0.0), `minute` (the rollups' window column) — plus a few common
-/// ones. `tests/greptime_ddl.rs` pins a verdict for every name of both tables and the
+/// ones. `tests/greptime_ddl/` pins a verdict for every name of both tables and the
 /// rollup sinks, so a new column must be checked against sqlparser's list.
 const KEYWORDS: &[&str] = &[
     "application",

@@ -3,7 +3,7 @@
 //! on one spool directory, a full spool, a stalled spool disk while capture runs, and an
 //! interface deleted under the collector. The loss equation is checked in every one.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashSet,
@@ -84,7 +84,7 @@ fn on_spool(net: &NetPair, endpoint: &Endpoint, dir: &str) -> common::Collector 
 
 #[test]
 fn a_disk_that_fills_mid_record_loses_only_the_rows_it_counts() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let disk = Tmpfs::new("full", "1m");
     let spool = disk.0.join("spool");
     let spool_arg = spool.to_str().unwrap().to_owned();
@@ -133,7 +133,7 @@ fn a_disk_that_fills_mid_record_loses_only_the_rows_it_counts() {
 
 #[test]
 fn a_second_collector_on_the_same_spool_is_refused_naming_the_first() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     let first = net.collector().greptime(&endpoint).start();
     let spool = net.spool_dir();
@@ -175,24 +175,12 @@ fn a_second_collector_on_the_same_spool_is_refused_naming_the_first() {
 
 /// A classic pcap file holding one UDP frame.
 fn one_frame_pcap() -> Vec<u8> {
-    let frame = udp_frame(1);
-    let mut v = Vec::new();
-    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    for w in [0u32, 0, 65_535, 1] {
-        v.extend_from_slice(&w.to_le_bytes());
-    }
-    for w in [1_795_000_000u32, 0, frame.len() as u32, frame.len() as u32] {
-        v.extend_from_slice(&w.to_le_bytes());
-    }
-    v.extend_from_slice(&frame);
-    v
+    common::pcap::ethernet([(common::pcap::T0, udp_frame(1))])
 }
 
 #[test]
 fn a_full_spool_drops_the_oldest_rows_counts_each_and_uses_the_whole_limit() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.refuse_for(Duration::from_secs(3600));
     let collector = net
@@ -254,7 +242,7 @@ fn a_full_spool_drops_the_oldest_rows_counts_each_and_uses_the_whole_limit() {
 
 #[test]
 fn a_stalled_spool_disk_never_stalls_the_ring_and_ctrl_c_keeps_its_deadline() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
     endpoint.refuse_for(Duration::from_secs(3600));
     let collector = net
@@ -283,7 +271,7 @@ fn a_stalled_spool_disk_never_stalls_the_ring_and_ctrl_c_keeps_its_deadline() {
 
 #[test]
 fn an_interface_deleted_under_the_collector_ends_it_with_an_error() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let collector = net.collector().args(&["--output", "none"]).start();
     net.send_udp(0..100);
     std::thread::sleep(Duration::from_millis(300));
@@ -309,7 +297,7 @@ fn an_interface_deleted_under_the_collector_ends_it_with_an_error() {
 
 #[test]
 fn a_kill_during_replay_resumes_after_the_last_acknowledged_record() {
-    let net = net_pair_or_skip!();
+    let net = common::NetPair::new();
     let spool = net.spool_dir();
     let spool_arg = spool.to_str().unwrap().to_owned();
     // A first run spools 20 000 rows with GreptimeDB away.

@@ -1,0 +1,15 @@
+//! Root tier: the real binary capturing on veth pairs in network namespaces — rows and
+//! counters, attaching and detaching, interfaces coming and going, operations, flows, and
+//! live capture against replay. Built with `--features root-tests` (`cargo xtask test`);
+//! fails, not skips, where not root.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod attach;
+mod capture;
+mod flows;
+mod interfaces;
+mod lifecycle;
+mod operations;
+mod replay;
