@@ -1,8 +1,8 @@
 //! The tables a sink writes: `packet_data` ([`PacketRecord`]) and `flow_data`
-//! ([`FlowRecord`]). A [`Table`] says how its rows become a GreptimeDB insert (its schema,
-//! declared once, next to the encoding) and, through serde, a JSON line; the queue, the
-//! batcher, the write tasks and the counters are the same code for every table, one set per
-//! table.
+//! ([`FlowRecord`]). A [`Table`] is its column list; from it come the row insert (here), the
+//! Arrow batch of the bulk path ([`super::arrow`]) and the JSON line ([`super::json`]).
+//! The queue, the batcher, the write tasks and the counters are the same code for every
+//! table, one set per table.
 
 use std::sync::OnceLock;
 
@@ -10,28 +10,86 @@ use greptimedb_ingester::api::v1::{
     ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows, Value, value::ValueData,
 };
 
-use super::columns::{self as schema, FLOW_SCHEMA};
+use super::columns::{Column, Datum, FLOW_SCHEMA, SCHEMA};
 use crate::record::{FlowRecord, PacketRecord};
 
 /// A kind of row and its table.
-pub trait Table: serde::Serialize + Send + Sync + 'static {
+pub trait Table: serde::Serialize + Sized + Send + Sync + 'static {
     /// What its rows are called in log lines (`packet rows`, `flow rows`).
     const ROWS: &'static str;
+    /// The table's columns, in order: everything else is derived from them.
+    const COLUMNS: &'static [Column<Self>];
     /// The column schemas of an insert, in [`Table::encode_row`]'s value order.
     fn columns() -> &'static [ColumnSchema];
-    fn encode_row(&self) -> Row;
+
+    /// The row insert's values of this row, in [`Table::COLUMNS`] order.
+    fn encode_row(&self) -> Row {
+        encode_row(self)
+    }
+
+    /// Appends this row as one JSON line: keys are the column names, in order.
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        // Serializing these plain rows into a Vec cannot fail.
+        if serde_json::to_writer(&mut *buf, self).is_ok() {
+            buf.push(b'\n');
+        }
+    }
 }
 
 impl Table for PacketRecord {
     const ROWS: &'static str = "packet rows";
+    const COLUMNS: &'static [Column<Self>] = &SCHEMA;
 
     fn columns() -> &'static [ColumnSchema] {
         static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(|| schema::column_schemas(&schema::SCHEMA))
+        C.get_or_init(|| column_schemas(Self::COLUMNS))
     }
+}
 
-    fn encode_row(&self) -> Row {
-        schema::encode_row(self)
+impl Table for FlowRecord {
+    const ROWS: &'static str = "flow rows";
+    const COLUMNS: &'static [Column<Self>] = &FLOW_SCHEMA;
+
+    fn columns() -> &'static [ColumnSchema] {
+        static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
+        C.get_or_init(|| column_schemas(Self::COLUMNS))
+    }
+}
+
+/// The column schemas of an insert into a table of these columns.
+pub fn column_schemas<R>(columns: &[Column<R>]) -> Vec<ColumnSchema> {
+    columns
+        .iter()
+        .map(|c| ColumnSchema {
+            column_name: c.name.to_owned(),
+            datatype: c.data_type as i32,
+            semantic_type: c.semantic as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// A value as the row insert sends it: addresses, labels and names as text.
+pub fn value(d: Datum<'_>) -> Value {
+    let v = match d {
+        Datum::Null => None,
+        Datum::U8(v) => Some(ValueData::U8Value(v.into())),
+        Datum::U16(v) => Some(ValueData::U16Value(v.into())),
+        Datum::U32(v) => Some(ValueData::U32Value(v)),
+        Datum::U64(v) => Some(ValueData::U64Value(v)),
+        Datum::Ts(t) => Some(ValueData::TimestampNanosecondValue(t)),
+        Datum::Str(s) => Some(ValueData::StringValue(s.to_owned())),
+        Datum::Ip(ip) => Some(ValueData::StringValue(ip.to_string())),
+        Datum::Mac(m) => Some(ValueData::StringValue(m.to_string())),
+        Datum::Labels(l) => Some(ValueData::StringValue(l.to_string())),
+    };
+    Value { value_data: v }
+}
+
+/// One row, values in [`Table::COLUMNS`] order.
+pub fn encode_row<R: Table>(r: &R) -> Row {
+    Row {
+        values: R::COLUMNS.iter().map(|c| value(c.get(r))).collect(),
     }
 }
 
@@ -48,56 +106,10 @@ pub fn encode<R: Table>(table: &str, rows: &[R]) -> RowInsertRequests {
     }
 }
 
-fn value(v: Option<ValueData>) -> Value {
-    Value { value_data: v }
-}
-
-fn string(s: impl ToString) -> Option<ValueData> {
-    Some(ValueData::StringValue(s.to_string()))
-}
-
-impl Table for FlowRecord {
-    const ROWS: &'static str = "flow rows";
-
-    fn columns() -> &'static [ColumnSchema] {
-        static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(|| schema::column_schemas(&FLOW_SCHEMA))
-    }
-
-    fn encode_row(&self) -> Row {
-        let u8v = |v: u8| Some(ValueData::U8Value(v.into()));
-        let u16v = |v: u16| Some(ValueData::U16Value(v.into()));
-        let u64v = |v: u64| Some(ValueData::U64Value(v));
-        let ts = |t: crate::record::UnixNanos| Some(ValueData::TimestampNanosecondValue(t.0));
-        Row {
-            values: vec![
-                value(ts(self.ts)),
-                value(string(&*self.host)),
-                value(string(&*self.interface)),
-                value(string(self.direction.as_str())),
-                value(string(self.application)),
-                value(self.vlan_id.and_then(u16v)),
-                value(u16v(self.ether_type)),
-                value(self.src_ip.and_then(string)),
-                value(self.dst_ip.and_then(string)),
-                value(u8v(self.protocol)),
-                value(u16v(self.src_port)),
-                value(u16v(self.dst_port)),
-                value(u64v(self.packets)),
-                value(u64v(self.bytes)),
-                value(ts(self.first_seen)),
-                value(ts(self.last_seen)),
-                value(u8v(self.tcp_flags)),
-                value(Some(ValueData::U32Value(self.interval_ms))),
-            ],
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Direction, FLOW_COLUMNS, UnixNanos};
+    use crate::record::{Direction, UnixNanos};
     use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 
     fn flow() -> FlowRecord {
@@ -126,7 +138,29 @@ mod tests {
     #[test]
     fn flow_schema_is_the_record_columns_in_order_with_their_types() {
         let names: Vec<&str> = FLOW_SCHEMA.iter().map(|c| c.name).collect();
-        assert_eq!(names, FLOW_COLUMNS);
+        assert_eq!(
+            names,
+            [
+                "ts",
+                "host",
+                "interface",
+                "direction",
+                "application",
+                "vlan_id",
+                "ether_type",
+                "src_ip",
+                "dst_ip",
+                "protocol",
+                "src_port",
+                "dst_port",
+                "packets",
+                "bytes",
+                "first_seen",
+                "last_seen",
+                "tcp_flags",
+                "interval_ms",
+            ]
+        );
         let tags: Vec<&str> = FLOW_SCHEMA
             .iter()
             .filter(|c| c.semantic == SemanticType::Tag)
