@@ -4,11 +4,14 @@
 //! ([`super::table`]), the Arrow batch ([`super::arrow`]), the JSON line ([`super::json`])
 //! and the DDL text ([`super::ddl`]) are all derived from these lists.
 
+use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 use std::net::IpAddr;
 
-use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
+use std::sync::Arc;
 
-use crate::record::{FlowRecord, MacAddr, MplsLabels, PacketRecord};
+use crate::record::{
+    Direction, FlowRecord, MacAddr, MplsLabels, PacketRecord, PacketType, Tunnel, UnixNanos,
+};
 
 /// An index on one column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,41 @@ macro_rules! datum_from {
 }
 datum_from!(u8 => U8, u16 => U16, u32 => U32, u64 => U64, IpAddr => Ip, MacAddr => Mac);
 
+impl<'a> From<&'a MplsLabels> for Datum<'a> {
+    fn from(v: &'a MplsLabels) -> Self {
+        Self::Labels(v)
+    }
+}
+
+impl<'a> From<&'a Arc<str>> for Datum<'a> {
+    fn from(v: &'a Arc<str>) -> Self {
+        Self::Str(v)
+    }
+}
+
+impl From<&'static str> for Datum<'_> {
+    fn from(v: &'static str) -> Self {
+        Self::Str(v)
+    }
+}
+
+impl From<UnixNanos> for Datum<'_> {
+    fn from(v: UnixNanos) -> Self {
+        Self::Ts(v.0)
+    }
+}
+
+macro_rules! datum_from_name {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Datum<'_> {
+            fn from(v: $t) -> Self {
+                Self::Str(v.as_str())
+            }
+        }
+    )*};
+}
+datum_from_name!(PacketType, Direction, Tunnel);
+
 impl<'a, T: Into<Datum<'a>>> From<Option<T>> for Datum<'a> {
     fn from(v: Option<T>) -> Self {
         v.map_or(Self::Null, Into::into)
@@ -135,6 +173,7 @@ impl<R> Column<R> {
     }
 
     /// This column's value in `row`.
+    #[inline]
     pub fn get<'r>(&self, row: &'r R) -> Datum<'r> {
         (self.get)(row)
     }
@@ -179,6 +218,11 @@ pub mod shared {
 use ColumnDataType as T;
 use shared::*;
 
+/// A field of one table (a shared one is in [`shared`]).
+const fn field(name: &'static str, data_type: ColumnDataType) -> Def {
+    Def::field(name, data_type)
+}
+
 /// The `packet_data` table, in [`PacketRecord`] field order. `ts` is the time index;
 /// the shared tags and `packet_type` (the last key) are the primary key; IPs and ports are
 /// fields. Columns added later (`vlan_id`, `tunnel`, `inner_*`, `mpls_labels`, `host`,
@@ -187,19 +231,19 @@ use shared::*;
 /// tags) is written as it is ([`crate::sink::greptime::shapes`]).
 ///
 /// To add a column: add the field to [`PacketRecord`], then one line here, where it goes
-/// in the table — `Column::new(Def::field("name", T::Type), |r| r.name.into())` (a column
+/// in the table — `Column::new(field("name", T::Type), |r| r.name.into())` (a column
 /// `flow_data` has too: a [`shared`] definition, and a line in [`FLOW_SCHEMA`]). The row
 /// insert, the Arrow batch, the JSON key and the `CREATE TABLE` text follow from it. A
 /// value whose [`Datum`] does not fit the column's type fails the tests here (and the bulk
 /// path, as an error).
+// One line a column: the list reads as the table.
+#[rustfmt::skip]
 pub const SCHEMA: [Column<PacketRecord>; 25] = [
-    Column::new(TS, |r| Datum::Ts(r.ts.0)),
-    Column::new(Def::field("packet_size", T::Uint16), |r| {
-        r.packet_size.into()
-    }),
+    Column::new(TS, |r| r.ts.into()),
+    Column::new(field("packet_size", T::Uint16), |r| r.packet_size.into()),
     Column::new(ETHER_TYPE, |r| r.ether_type.into()),
-    Column::new(Def::field("src_mac", T::String), |r| r.src_mac.into()),
-    Column::new(Def::field("dst_mac", T::String), |r| r.dst_mac.into()),
+    Column::new(field("src_mac", T::String), |r| r.src_mac.into()),
+    Column::new(field("dst_mac", T::String), |r| r.dst_mac.into()),
     Column::new(VLAN_ID, |r| r.vlan_id.into()),
     Column::new(PROTOCOL, |r| r.protocol.into()),
     Column::new(SRC_IP, |r| r.src_ip.into()),
@@ -207,35 +251,19 @@ pub const SCHEMA: [Column<PacketRecord>; 25] = [
     Column::new(SRC_PORT, |r| r.src_port.into()),
     Column::new(DST_PORT, |r| r.dst_port.into()),
     Column::new(TCP_FLAGS, |r| r.tcp_flags.into()),
-    Column::new(PACKET_TYPE, |r| Datum::Str(r.packet_type.as_str())),
-    Column::new(APPLICATION, |r| Datum::Str(r.application)),
-    Column::new(Def::field("tunnel", T::String), |r| {
-        r.tunnel.map_or(Datum::Null, |t| Datum::Str(t.as_str()))
-    }),
-    Column::new(Def::field("inner_src_ip", T::String), |r| {
-        r.inner_src_ip.into()
-    }),
-    Column::new(Def::field("inner_dst_ip", T::String), |r| {
-        r.inner_dst_ip.into()
-    }),
-    Column::new(Def::field("inner_protocol", T::Uint8), |r| {
-        r.inner_protocol.into()
-    }),
-    Column::new(Def::field("inner_src_port", T::Uint16), |r| {
-        r.inner_src_port.into()
-    }),
-    Column::new(Def::field("inner_dst_port", T::Uint16), |r| {
-        r.inner_dst_port.into()
-    }),
-    Column::new(Def::field("mpls_labels", T::String), |r| {
-        r.mpls_labels.as_ref().map_or(Datum::Null, Datum::Labels)
-    }),
-    Column::new(Def::field("sample_rate", T::Uint32), |r| {
-        r.sample_rate.into()
-    }),
-    Column::new(HOST, |r| Datum::Str(&r.host)),
-    Column::new(INTERFACE, |r| Datum::Str(&r.interface)),
-    Column::new(DIRECTION, |r| Datum::Str(r.direction.as_str())),
+    Column::new(PACKET_TYPE, |r| r.packet_type.into()),
+    Column::new(APPLICATION, |r| r.application.into()),
+    Column::new(field("tunnel", T::String), |r| r.tunnel.into()),
+    Column::new(field("inner_src_ip", T::String), |r| r.inner_src_ip.into()),
+    Column::new(field("inner_dst_ip", T::String), |r| r.inner_dst_ip.into()),
+    Column::new(field("inner_protocol", T::Uint8), |r| r.inner_protocol.into()),
+    Column::new(field("inner_src_port", T::Uint16), |r| r.inner_src_port.into()),
+    Column::new(field("inner_dst_port", T::Uint16), |r| r.inner_dst_port.into()),
+    Column::new(field("mpls_labels", T::String), |r| r.mpls_labels.as_ref().into()),
+    Column::new(field("sample_rate", T::Uint32), |r| r.sample_rate.into()),
+    Column::new(HOST, |r| (&r.host).into()),
+    Column::new(INTERFACE, |r| (&r.interface).into()),
+    Column::new(DIRECTION, |r| r.direction.into()),
 ];
 
 /// `packet_data`'s own tag: the last of its primary key.
@@ -244,12 +272,13 @@ pub const PACKET_TYPE: Def = Def::tag("packet_type", 4).inverted();
 /// The `flow_data` table, in [`FlowRecord`] field order: the shared columns (the same
 /// primary key without the packet type) and the flow's counts. `ts` (the interval's end)
 /// is the time index. To add a column, as for [`SCHEMA`].
+#[rustfmt::skip]
 pub const FLOW_SCHEMA: [Column<FlowRecord>; 18] = [
-    Column::new(TS, |r| Datum::Ts(r.ts.0)),
-    Column::new(HOST, |r| Datum::Str(&r.host)),
-    Column::new(INTERFACE, |r| Datum::Str(&r.interface)),
-    Column::new(DIRECTION, |r| Datum::Str(r.direction.as_str())),
-    Column::new(APPLICATION, |r| Datum::Str(r.application)),
+    Column::new(TS, |r| r.ts.into()),
+    Column::new(HOST, |r| (&r.host).into()),
+    Column::new(INTERFACE, |r| (&r.interface).into()),
+    Column::new(DIRECTION, |r| r.direction.into()),
+    Column::new(APPLICATION, |r| r.application.into()),
     Column::new(VLAN_ID, |r| r.vlan_id.into()),
     Column::new(ETHER_TYPE, |r| r.ether_type.into()),
     Column::new(SRC_IP, |r| r.src_ip.into()),
@@ -259,21 +288,15 @@ pub const FLOW_SCHEMA: [Column<FlowRecord>; 18] = [
     Column::new(DST_PORT, |r| r.dst_port.into()),
     Column::new(PACKETS, |r| r.packets.into()),
     Column::new(BYTES, |r| r.bytes.into()),
-    Column::new(Def::field("first_seen", T::TimestampNanosecond), |r| {
-        Datum::Ts(r.first_seen.0)
-    }),
-    Column::new(Def::field("last_seen", T::TimestampNanosecond), |r| {
-        Datum::Ts(r.last_seen.0)
-    }),
+    Column::new(field("first_seen", T::TimestampNanosecond), |r| r.first_seen.into()),
+    Column::new(field("last_seen", T::TimestampNanosecond), |r| r.last_seen.into()),
     Column::new(TCP_FLAGS, |r| r.tcp_flags.into()),
-    Column::new(Def::field("interval_ms", T::Uint32), |r| {
-        r.interval_ms.into()
-    }),
+    Column::new(field("interval_ms", T::Uint32), |r| r.interval_ms.into()),
 ];
 
 /// `flow_data`'s exact counts (the rollups sum them).
-pub const PACKETS: Def = Def::field("packets", T::Uint64);
-pub const BYTES: Def = Def::field("bytes", T::Uint64);
+pub const PACKETS: Def = field("packets", T::Uint64);
+pub const BYTES: Def = field("bytes", T::Uint64);
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -8,7 +8,7 @@ use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 
 pub use super::columns::Index;
 use super::columns::{
-    Column, Def,
+    BYTES, Column, Def, PACKETS,
     shared::{APPLICATION, DIRECTION, DST_IP, HOST, INTERFACE, PROTOCOL, SRC_IP, TS},
 };
 
@@ -163,7 +163,10 @@ fn rollup(source: &str, suffix: &str, keys: &[Def], sums: &str, comment: &str) -
 pub const SAMPLED_SUMS: &str = "sum(CAST(\"sample_rate\" AS BIGINT UNSIGNED)) AS \"packets\", sum(CAST(\"packet_size\" AS BIGINT UNSIGNED) * \"sample_rate\") AS \"bytes\"";
 
 /// Packets and bytes of flow rows: exact counts.
-pub const FLOW_SUMS: &str = "sum(\"packets\") AS \"packets\", sum(\"bytes\") AS \"bytes\"";
+fn flow_sums() -> String {
+    let (packets, bytes) = (quote(PACKETS.name), quote(BYTES.name));
+    format!("sum({packets}) AS {packets}, sum({bytes}) AS {bytes}")
+}
 
 /// The rollups of the packet table (and of the flow table when flows are on).
 pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
@@ -190,14 +193,14 @@ pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
             flows,
             "1m",
             &by,
-            FLOW_SUMS,
+            &flow_sums(),
             "flowmetrix: exact packets and bytes per minute",
         ));
         out.push(rollup(
             flows,
             "talkers_1m",
             &talkers,
-            FLOW_SUMS,
+            &flow_sums(),
             "flowmetrix: exact packets and bytes per minute and address pair",
         ));
     }

@@ -70,6 +70,7 @@ pub fn column_schemas<R>(columns: &[Column<R>]) -> Vec<ColumnSchema> {
 }
 
 /// A value as the row insert sends it: addresses, labels and names as text.
+#[inline(always)]
 pub fn value(d: Datum<'_>) -> Value {
     let v = match d {
         Datum::Null => None,
@@ -88,9 +89,11 @@ pub fn value(d: Datum<'_>) -> Value {
 
 /// One row, values in [`Table::COLUMNS`] order.
 pub fn encode_row<R: Table>(r: &R) -> Row {
-    Row {
-        values: R::COLUMNS.iter().map(|c| value(c.get(r))).collect(),
+    let mut values = Vec::with_capacity(R::COLUMNS.len());
+    for c in R::COLUMNS {
+        values.push(value(c.get(r)));
     }
+    Row { values }
 }
 
 /// An insert of these rows into `table`.
