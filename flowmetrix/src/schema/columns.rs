@@ -4,7 +4,7 @@
 //! ([`super::table`]), the Arrow batch ([`super::arrow`]), the JSON line ([`super::json`])
 //! and the DDL text ([`super::ddl`]) are all derived from these lists.
 
-use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
+use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType, Value, value::ValueData};
 use std::net::IpAddr;
 
 use std::sync::Arc;
@@ -107,6 +107,24 @@ impl Datum<'_> {
             _ => None,
         }
     }
+}
+
+/// A value as the row insert sends it: addresses, labels and names as text.
+#[inline(always)]
+pub fn value(d: Datum<'_>) -> Value {
+    let v = match d {
+        Datum::Null => None,
+        Datum::U8(v) => Some(ValueData::U8Value(v.into())),
+        Datum::U16(v) => Some(ValueData::U16Value(v.into())),
+        Datum::U32(v) => Some(ValueData::U32Value(v)),
+        Datum::U64(v) => Some(ValueData::U64Value(v)),
+        Datum::Ts(t) => Some(ValueData::TimestampNanosecondValue(t)),
+        Datum::Str(s) => Some(ValueData::StringValue(s.to_owned())),
+        Datum::Ip(ip) => Some(ValueData::StringValue(ip.to_string())),
+        Datum::Mac(m) => Some(ValueData::StringValue(m.to_string())),
+        Datum::Labels(l) => Some(ValueData::StringValue(l.to_string())),
+    };
+    Value { value_data: v }
 }
 
 macro_rules! datum_from {
@@ -215,6 +233,27 @@ pub mod shared {
     pub const TCP_FLAGS: Def = Def::field("tcp_flags", T::Uint8);
 }
 
+/// A table's column list, `DEFINITION => |row| value,` one line a column, as a `const`
+/// slice of [`Column`]s; and, from the same lines, the row insert's values of a row
+/// ([`super::table::Table::encode_row`]) read field by field without going through the
+/// column getters one call at a time (that path is the hot one of row inserts).
+macro_rules! table {
+    ($(#[$m:meta])* pub const $name:ident: $rec:ty = [$($def:expr => |$r:ident| $get:expr,)*]) => {
+        $(#[$m])*
+        pub const $name: &[Column<$rec>] = &[$(Column::new($def, |$r| $get)),*];
+
+        impl $rec {
+            /// The row insert's values of this row, in column order.
+            pub(crate) fn insert_values(&self) -> Vec<Value> {
+                vec![$({
+                    let $r = self;
+                    value($get)
+                }),*]
+            }
+        }
+    };
+}
+
 use ColumnDataType as T;
 use shared::*;
 
@@ -223,6 +262,7 @@ const fn field(name: &'static str, data_type: ColumnDataType) -> Def {
     Def::field(name, data_type)
 }
 
+table! {
 /// The `packet_data` table, in [`PacketRecord`] field order. `ts` is the time index;
 /// the shared tags and `packet_type` (the last key) are the primary key; IPs and ports are
 /// fields. Columns added later (`vlan_id`, `tunnel`, `inner_*`, `mpls_labels`, `host`,
@@ -231,68 +271,68 @@ const fn field(name: &'static str, data_type: ColumnDataType) -> Def {
 /// tags) is written as it is ([`crate::sink::greptime::shapes`]).
 ///
 /// To add a column: add the field to [`PacketRecord`], then one line here, where it goes
-/// in the table — `Column::new(field("name", T::Type), |r| r.name.into())` (a column
+/// in the table — `field("name", T::Type) => |r| r.name.into(),` (a column
 /// `flow_data` has too: a [`shared`] definition, and a line in [`FLOW_SCHEMA`]). The row
 /// insert, the Arrow batch, the JSON key and the `CREATE TABLE` text follow from it. A
 /// value whose [`Datum`] does not fit the column's type fails the tests here (and the bulk
 /// path, as an error).
-// One line a column: the list reads as the table.
-#[rustfmt::skip]
-pub const SCHEMA: [Column<PacketRecord>; 25] = [
-    Column::new(TS, |r| r.ts.into()),
-    Column::new(field("packet_size", T::Uint16), |r| r.packet_size.into()),
-    Column::new(ETHER_TYPE, |r| r.ether_type.into()),
-    Column::new(field("src_mac", T::String), |r| r.src_mac.into()),
-    Column::new(field("dst_mac", T::String), |r| r.dst_mac.into()),
-    Column::new(VLAN_ID, |r| r.vlan_id.into()),
-    Column::new(PROTOCOL, |r| r.protocol.into()),
-    Column::new(SRC_IP, |r| r.src_ip.into()),
-    Column::new(DST_IP, |r| r.dst_ip.into()),
-    Column::new(SRC_PORT, |r| r.src_port.into()),
-    Column::new(DST_PORT, |r| r.dst_port.into()),
-    Column::new(TCP_FLAGS, |r| r.tcp_flags.into()),
-    Column::new(PACKET_TYPE, |r| r.packet_type.into()),
-    Column::new(APPLICATION, |r| r.application.into()),
-    Column::new(field("tunnel", T::String), |r| r.tunnel.into()),
-    Column::new(field("inner_src_ip", T::String), |r| r.inner_src_ip.into()),
-    Column::new(field("inner_dst_ip", T::String), |r| r.inner_dst_ip.into()),
-    Column::new(field("inner_protocol", T::Uint8), |r| r.inner_protocol.into()),
-    Column::new(field("inner_src_port", T::Uint16), |r| r.inner_src_port.into()),
-    Column::new(field("inner_dst_port", T::Uint16), |r| r.inner_dst_port.into()),
-    Column::new(field("mpls_labels", T::String), |r| r.mpls_labels.as_ref().into()),
-    Column::new(field("sample_rate", T::Uint32), |r| r.sample_rate.into()),
-    Column::new(HOST, |r| (&r.host).into()),
-    Column::new(INTERFACE, |r| (&r.interface).into()),
-    Column::new(DIRECTION, |r| r.direction.into()),
-];
+pub const SCHEMA: PacketRecord = [
+    TS => |r| r.ts.into(),
+    field("packet_size", T::Uint16) => |r| r.packet_size.into(),
+    ETHER_TYPE => |r| r.ether_type.into(),
+    field("src_mac", T::String) => |r| r.src_mac.into(),
+    field("dst_mac", T::String) => |r| r.dst_mac.into(),
+    VLAN_ID => |r| r.vlan_id.into(),
+    PROTOCOL => |r| r.protocol.into(),
+    SRC_IP => |r| r.src_ip.into(),
+    DST_IP => |r| r.dst_ip.into(),
+    SRC_PORT => |r| r.src_port.into(),
+    DST_PORT => |r| r.dst_port.into(),
+    TCP_FLAGS => |r| r.tcp_flags.into(),
+    PACKET_TYPE => |r| r.packet_type.into(),
+    APPLICATION => |r| r.application.into(),
+    field("tunnel", T::String) => |r| r.tunnel.into(),
+    field("inner_src_ip", T::String) => |r| r.inner_src_ip.into(),
+    field("inner_dst_ip", T::String) => |r| r.inner_dst_ip.into(),
+    field("inner_protocol", T::Uint8) => |r| r.inner_protocol.into(),
+    field("inner_src_port", T::Uint16) => |r| r.inner_src_port.into(),
+    field("inner_dst_port", T::Uint16) => |r| r.inner_dst_port.into(),
+    field("mpls_labels", T::String) => |r| r.mpls_labels.as_ref().into(),
+    field("sample_rate", T::Uint32) => |r| r.sample_rate.into(),
+    HOST => |r| (&r.host).into(),
+    INTERFACE => |r| (&r.interface).into(),
+    DIRECTION => |r| r.direction.into(),
+]
+}
 
 /// `packet_data`'s own tag: the last of its primary key.
 pub const PACKET_TYPE: Def = Def::tag("packet_type", 4).inverted();
 
+table! {
 /// The `flow_data` table, in [`FlowRecord`] field order: the shared columns (the same
 /// primary key without the packet type) and the flow's counts. `ts` (the interval's end)
 /// is the time index. To add a column, as for [`SCHEMA`].
-#[rustfmt::skip]
-pub const FLOW_SCHEMA: [Column<FlowRecord>; 18] = [
-    Column::new(TS, |r| r.ts.into()),
-    Column::new(HOST, |r| (&r.host).into()),
-    Column::new(INTERFACE, |r| (&r.interface).into()),
-    Column::new(DIRECTION, |r| r.direction.into()),
-    Column::new(APPLICATION, |r| r.application.into()),
-    Column::new(VLAN_ID, |r| r.vlan_id.into()),
-    Column::new(ETHER_TYPE, |r| r.ether_type.into()),
-    Column::new(SRC_IP, |r| r.src_ip.into()),
-    Column::new(DST_IP, |r| r.dst_ip.into()),
-    Column::new(PROTOCOL, |r| r.protocol.into()),
-    Column::new(SRC_PORT, |r| r.src_port.into()),
-    Column::new(DST_PORT, |r| r.dst_port.into()),
-    Column::new(PACKETS, |r| r.packets.into()),
-    Column::new(BYTES, |r| r.bytes.into()),
-    Column::new(field("first_seen", T::TimestampNanosecond), |r| r.first_seen.into()),
-    Column::new(field("last_seen", T::TimestampNanosecond), |r| r.last_seen.into()),
-    Column::new(TCP_FLAGS, |r| r.tcp_flags.into()),
-    Column::new(field("interval_ms", T::Uint32), |r| r.interval_ms.into()),
-];
+pub const FLOW_SCHEMA: FlowRecord = [
+    TS => |r| r.ts.into(),
+    HOST => |r| (&r.host).into(),
+    INTERFACE => |r| (&r.interface).into(),
+    DIRECTION => |r| r.direction.into(),
+    APPLICATION => |r| r.application.into(),
+    VLAN_ID => |r| r.vlan_id.into(),
+    ETHER_TYPE => |r| r.ether_type.into(),
+    SRC_IP => |r| r.src_ip.into(),
+    DST_IP => |r| r.dst_ip.into(),
+    PROTOCOL => |r| r.protocol.into(),
+    SRC_PORT => |r| r.src_port.into(),
+    DST_PORT => |r| r.dst_port.into(),
+    PACKETS => |r| r.packets.into(),
+    BYTES => |r| r.bytes.into(),
+    field("first_seen", T::TimestampNanosecond) => |r| r.first_seen.into(),
+    field("last_seen", T::TimestampNanosecond) => |r| r.last_seen.into(),
+    TCP_FLAGS => |r| r.tcp_flags.into(),
+    field("interval_ms", T::Uint32) => |r| r.interval_ms.into(),
+]
+}
 
 /// `flow_data`'s exact counts (the rollups sum them).
 pub const PACKETS: Def = field("packets", T::Uint64);

@@ -6,11 +6,9 @@
 
 use std::sync::OnceLock;
 
-use greptimedb_ingester::api::v1::{
-    ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows, Value, value::ValueData,
-};
+use greptimedb_ingester::api::v1::{ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows};
 
-use super::columns::{Column, Datum, FLOW_SCHEMA, SCHEMA};
+use super::columns::{Column, FLOW_SCHEMA, SCHEMA};
 use crate::record::{FlowRecord, PacketRecord};
 
 /// A kind of row and its table.
@@ -22,10 +20,9 @@ pub trait Table: serde::Serialize + Sized + Send + Sync + 'static {
     /// The column schemas of an insert, in [`Table::encode_row`]'s value order.
     fn columns() -> &'static [ColumnSchema];
 
-    /// The row insert's values of this row, in [`Table::COLUMNS`] order.
-    fn encode_row(&self) -> Row {
-        encode_row(self)
-    }
+    /// The row insert's values of this row, in [`Table::COLUMNS`] order (made from the
+    /// same lines as the list: see `table!` in [`super::columns`]).
+    fn encode_row(&self) -> Row;
 
     /// Appends this row as one JSON line: keys are the column names, in order.
     fn write_json(&self, buf: &mut Vec<u8>) {
@@ -38,21 +35,33 @@ pub trait Table: serde::Serialize + Sized + Send + Sync + 'static {
 
 impl Table for PacketRecord {
     const ROWS: &'static str = "packet rows";
-    const COLUMNS: &'static [Column<Self>] = &SCHEMA;
+    const COLUMNS: &'static [Column<Self>] = SCHEMA;
 
     fn columns() -> &'static [ColumnSchema] {
         static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
         C.get_or_init(|| column_schemas(Self::COLUMNS))
     }
+
+    fn encode_row(&self) -> Row {
+        Row {
+            values: self.insert_values(),
+        }
+    }
 }
 
 impl Table for FlowRecord {
     const ROWS: &'static str = "flow rows";
-    const COLUMNS: &'static [Column<Self>] = &FLOW_SCHEMA;
+    const COLUMNS: &'static [Column<Self>] = FLOW_SCHEMA;
 
     fn columns() -> &'static [ColumnSchema] {
         static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
         C.get_or_init(|| column_schemas(Self::COLUMNS))
+    }
+
+    fn encode_row(&self) -> Row {
+        Row {
+            values: self.insert_values(),
+        }
     }
 }
 
@@ -69,31 +78,20 @@ pub fn column_schemas<R>(columns: &[Column<R>]) -> Vec<ColumnSchema> {
         .collect()
 }
 
-/// A value as the row insert sends it: addresses, labels and names as text.
-#[inline(always)]
-pub fn value(d: Datum<'_>) -> Value {
-    let v = match d {
-        Datum::Null => None,
-        Datum::U8(v) => Some(ValueData::U8Value(v.into())),
-        Datum::U16(v) => Some(ValueData::U16Value(v.into())),
-        Datum::U32(v) => Some(ValueData::U32Value(v)),
-        Datum::U64(v) => Some(ValueData::U64Value(v)),
-        Datum::Ts(t) => Some(ValueData::TimestampNanosecondValue(t)),
-        Datum::Str(s) => Some(ValueData::StringValue(s.to_owned())),
-        Datum::Ip(ip) => Some(ValueData::StringValue(ip.to_string())),
-        Datum::Mac(m) => Some(ValueData::StringValue(m.to_string())),
-        Datum::Labels(l) => Some(ValueData::StringValue(l.to_string())),
-    };
-    Value { value_data: v }
-}
-
 /// One row, values in [`Table::COLUMNS`] order.
 pub fn encode_row<R: Table>(r: &R) -> Row {
-    let mut values = Vec::with_capacity(R::COLUMNS.len());
-    for c in R::COLUMNS {
-        values.push(value(c.get(r)));
+    r.encode_row()
+}
+
+/// One row, each value read by its column's getter: what [`Table::encode_row`] must equal.
+#[cfg(test)]
+pub(crate) fn encode_row_by_columns<R>(columns: &[Column<R>], r: &R) -> Row {
+    Row {
+        values: columns
+            .iter()
+            .map(|c| super::columns::value(c.get(r)))
+            .collect(),
     }
-    Row { values }
 }
 
 /// An insert of these rows into `table`.
@@ -113,7 +111,7 @@ pub fn encode<R: Table>(table: &str, rows: &[R]) -> RowInsertRequests {
 mod tests {
     use super::*;
     use crate::record::{Direction, UnixNanos};
-    use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
+    use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType, value::ValueData};
 
     fn flow() -> FlowRecord {
         FlowRecord {
@@ -212,5 +210,26 @@ mod tests {
             req.inserts[0].rows.as_ref().unwrap().schema.len(),
             FLOW_SCHEMA.len()
         );
+    }
+
+    /// The row insert's values, made field by field from the list's lines, are the ones
+    /// the list's getters give, for every column, set or null.
+    #[test]
+    fn the_row_insert_is_what_the_column_getters_read() {
+        for r in [
+            crate::schema::columns::tests::record(),
+            PacketRecord::default(),
+        ] {
+            assert_eq!(r.encode_row(), encode_row_by_columns(SCHEMA, &r));
+        }
+        let non_ip = FlowRecord {
+            vlan_id: None,
+            src_ip: None,
+            dst_ip: None,
+            ..flow()
+        };
+        for r in [flow(), non_ip] {
+            assert_eq!(r.encode_row(), encode_row_by_columns(FLOW_SCHEMA, &r));
+        }
     }
 }

@@ -57,11 +57,11 @@ pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<(String, String)> {
     let splits = &cfg.ddl.partition_hosts;
     let mut out = vec![(
         cfg.table.clone(),
-        create_table(&cfg.table, &SCHEMA, ttl, splits),
+        create_table(&cfg.table, SCHEMA, ttl, splits),
     )];
     if flows_on {
         let t = &cfg.ddl.flow_table;
-        out.push((t.clone(), create_table(t, &FLOW_SCHEMA, ttl, splits)));
+        out.push((t.clone(), create_table(t, FLOW_SCHEMA, ttl, splits)));
     }
     out
 }

@@ -7,7 +7,7 @@ use crate::schema::Column;
 
 #[test]
 fn packet_data_ddl_is_the_documented_one() {
-    let sql = create_table("packet_data", &SCHEMA, Some("7d"), &[]);
+    let sql = create_table("packet_data", SCHEMA, Some("7d"), &[]);
     let bloom = BLOOM;
     let expected = format!(
         r#"CREATE TABLE IF NOT EXISTS "packet_data" (
@@ -51,7 +51,7 @@ WITH(append_mode = 'true', ttl = '7d')"#
 
 #[test]
 fn flow_data_ddl_is_the_documented_one() {
-    let sql = create_table("flow_data", &FLOW_SCHEMA, None, &[]);
+    let sql = create_table("flow_data", FLOW_SCHEMA, None, &[]);
     let bloom = BLOOM;
     let expected = format!(
         r#"CREATE TABLE IF NOT EXISTS "flow_data" (
@@ -106,10 +106,10 @@ fn the_primary_keys_are_the_declared_tags_and_every_index_names_a_column() {
             }
         }
     }
-    check(&SCHEMA);
-    check(&FLOW_SCHEMA);
+    check(SCHEMA);
+    check(FLOW_SCHEMA);
     assert_eq!(
-        primary_key(&SCHEMA),
+        primary_key(SCHEMA),
         [
             "host",
             "interface",
@@ -119,7 +119,7 @@ fn the_primary_keys_are_the_declared_tags_and_every_index_names_a_column() {
         ]
     );
     assert_eq!(
-        primary_key(&FLOW_SCHEMA),
+        primary_key(FLOW_SCHEMA),
         ["host", "interface", "direction", "application"]
     );
     let names: Vec<&str> = FLOW_SCHEMA.iter().map(|c| c.name).collect();
@@ -156,7 +156,7 @@ fn partitioning_by_host_splits_at_the_given_points() {
         partition(&splits).unwrap(),
         "PARTITION ON COLUMNS (\"host\") (\n  \"host\" < 'g',\n  \"host\" >= 'g' AND \"host\" < 'p',\n  \"host\" >= 'p'\n)"
     );
-    let sql = create_table("packet_data", &SCHEMA, None, &splits);
+    let sql = create_table("packet_data", SCHEMA, None, &splits);
     assert!(
         sql.ends_with(
             ")\nPARTITION ON COLUMNS (\"host\") (\n  \"host\" < 'g',\n  \"host\" >= 'g' AND \"host\" < 'p',\n  \"host\" >= 'p'\n)\nENGINE=mito\nWITH(append_mode = 'true')"
