@@ -1,7 +1,7 @@
 //! `PacketRecord`: one decoded sample, field for field the columns of `packet_data`.
 //!
-//! Plain data. Sinks decide how to encode it; the JSON form (keys = column names, absent
-//! values null, `ts` as RFC 3339 UTC with nanoseconds) is defined here by serde.
+//! Plain data. Its columns, and from them every encoding (row insert, Arrow, JSON, DDL), are
+//! declared in `schema`.
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -74,10 +74,6 @@ impl Serialize for Direction {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
-}
-
-fn name<S: Serializer>(n: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(n)
 }
 
 /// An empty name, shared: a row gets its host and interface from the decode stage.
@@ -215,7 +211,7 @@ impl Serialize for UnixNanos {
 }
 
 /// One sampled packet. Field names are the `packet_data` column names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PacketRecord {
     /// Kernel capture time.
     pub ts: UnixNanos,
@@ -253,10 +249,8 @@ pub struct PacketRecord {
     /// The 1-in-N rate this row was sampled at: multiply counts by it.
     pub sample_rate: u32,
     /// The host that captured it (`--host-name`; by default the host's name).
-    #[serde(serialize_with = "name")]
     pub host: Arc<str>,
     /// The interface it was captured on; for a file replayed, the file's name.
-    #[serde(serialize_with = "name")]
     pub interface: Arc<str>,
     pub direction: Direction,
 }
@@ -294,45 +288,14 @@ impl Default for PacketRecord {
     }
 }
 
-/// Column names in table order, as the JSON keys and the table use them.
-pub const COLUMNS: [&str; 25] = [
-    "ts",
-    "packet_size",
-    "ether_type",
-    "src_mac",
-    "dst_mac",
-    "vlan_id",
-    "protocol",
-    "src_ip",
-    "dst_ip",
-    "src_port",
-    "dst_port",
-    "tcp_flags",
-    "packet_type",
-    "application",
-    "tunnel",
-    "inner_src_ip",
-    "inner_dst_ip",
-    "inner_protocol",
-    "inner_src_port",
-    "inner_dst_port",
-    "mpls_labels",
-    "sample_rate",
-    "host",
-    "interface",
-    "direction",
-];
-
 /// One flow in one `--flow-interval`: field for field the columns of `flow_data`, in
 /// table order. The key columns have `packet_data`'s names and text forms; a JSON line
 /// with `interval_ms` is a flow row (packet rows have no such key).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowRecord {
     /// The end of the interval the packets were counted in.
     pub ts: UnixNanos,
-    #[serde(serialize_with = "name")]
     pub host: Arc<str>,
-    #[serde(serialize_with = "name")]
     pub interface: Arc<str>,
     pub direction: Direction,
     /// From the ports, as for packet rows (TCP and UDP only; `UNKNOWN` otherwise).
@@ -360,28 +323,6 @@ pub struct FlowRecord {
     pub interval_ms: u32,
 }
 
-/// `flow_data`'s column names in table order (the JSON keys of a [`FlowRecord`]).
-pub const FLOW_COLUMNS: [&str; 18] = [
-    "ts",
-    "host",
-    "interface",
-    "direction",
-    "application",
-    "vlan_id",
-    "ether_type",
-    "src_ip",
-    "dst_ip",
-    "protocol",
-    "src_port",
-    "dst_port",
-    "packets",
-    "bytes",
-    "first_seen",
-    "last_seen",
-    "tcp_flags",
-    "interval_ms",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,51 +340,6 @@ mod tests {
             vlan_id: Some(42),
             ..PacketRecord::default()
         }
-    }
-
-    #[test]
-    fn flow_json_keys_are_the_flow_columns_in_order() {
-        let r = FlowRecord {
-            ts: UnixNanos(1_795_000_000_000_000_042),
-            host: "h".into(),
-            interface: "eth0".into(),
-            direction: Direction::Egress,
-            application: "DNS",
-            vlan_id: None,
-            ether_type: 0x0800,
-            src_ip: Some("10.0.0.1".parse().unwrap()),
-            dst_ip: Some("fd00::2".parse().unwrap()),
-            protocol: 17,
-            src_port: 40_000,
-            dst_port: 53,
-            packets: 3,
-            bytes: 300,
-            first_seen: UnixNanos(1),
-            last_seen: UnixNanos(2),
-            tcp_flags: 0,
-            interval_ms: 10_000,
-        };
-        let v = serde_json::to_value(&r).unwrap();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut want = FLOW_COLUMNS.to_vec();
-        let mut got = keys.clone();
-        got.sort_unstable();
-        want.sort_unstable();
-        assert_eq!(got, want);
-        assert_eq!(
-            serde_json::to_string(&r).unwrap(),
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"h","interface":"eth0","direction":"egress","application":"DNS","vlan_id":null,"ether_type":2048,"src_ip":"10.0.0.1","dst_ip":"fd00::2","protocol":17,"src_port":40000,"dst_port":53,"packets":3,"bytes":300,"first_seen":"1970-01-01T00:00:00.000000001Z","last_seen":"1970-01-01T00:00:00.000000002Z","tcp_flags":0,"interval_ms":10000}"#
-        );
-    }
-
-    #[test]
-    fn json_keys_are_the_column_names_in_order() {
-        let v = serde_json::to_value(sample()).unwrap();
-        let mut got: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut want = COLUMNS.to_vec();
-        got.sort_unstable();
-        want.sort_unstable();
-        assert_eq!(got, want);
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! The Arrow form of a table's rows, as the bulk path sends them: the Arrow schema of an
-//! insert's columns (with the field metadata the ingester attaches) and one record batch of
-//! rows.
+//! The Arrow form of a table's rows, as the bulk path sends them: the Arrow schema of a
+//! column list (with the field metadata the ingester attaches) and one record batch built
+//! straight from the rows, through the same column getters as the row insert.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
 use greptimedb_ingester::{
-    api::v1::{ColumnDataType, ColumnSchema, Row, SemanticType, value::ValueData},
+    api::v1::{ColumnDataType, SemanticType},
     arrow_array::{
         ArrayRef, RecordBatch,
         builder::{
@@ -17,42 +17,42 @@ use greptimedb_ingester::{
     bulk::GREPTIME_SEMANTIC_TYPE_KEY,
 };
 
+use super::columns::{Column, Datum};
+
 #[derive(Debug, thiserror::Error)]
 pub enum BulkError {
     #[error("bulk path: column type {0} has no Arrow form here")]
     Unsupported(i32),
-    #[error("bulk path: row encoding does not follow the column list ({0})")]
+    #[error("bulk path: a row does not follow the column list ({0})")]
     Mismatch(String),
     #[error("bulk path: {0}")]
     Arrow(String),
 }
 
-/// The Arrow schema of an insert's column schemas, with the field metadata the ingester
-/// attaches.
-pub fn arrow_schema(columns: &[ColumnSchema]) -> Result<SchemaRef, BulkError> {
+/// The Arrow schema of a table's columns, with the field metadata the ingester attaches.
+pub fn arrow_schema<R>(columns: &[Column<R>]) -> Result<SchemaRef, BulkError> {
     let fields = columns
         .iter()
         .map(|c| {
-            let data_type = match ColumnDataType::try_from(c.datatype) {
-                Ok(ColumnDataType::TimestampNanosecond) => {
+            let data_type = match c.data_type {
+                ColumnDataType::TimestampNanosecond => {
                     DataType::Timestamp(TimeUnit::Nanosecond, None)
                 }
-                Ok(ColumnDataType::Uint8) => DataType::UInt8,
-                Ok(ColumnDataType::Uint16) => DataType::UInt16,
-                Ok(ColumnDataType::Uint32) => DataType::UInt32,
-                Ok(ColumnDataType::Uint64) => DataType::UInt64,
-                Ok(ColumnDataType::String) => DataType::Utf8,
-                _ => return Err(BulkError::Unsupported(c.datatype)),
+                ColumnDataType::Uint8 => DataType::UInt8,
+                ColumnDataType::Uint16 => DataType::UInt16,
+                ColumnDataType::Uint32 => DataType::UInt32,
+                ColumnDataType::Uint64 => DataType::UInt64,
+                ColumnDataType::String => DataType::Utf8,
+                other => return Err(BulkError::Unsupported(other as i32)),
             };
-            let semantic = SemanticType::try_from(c.semantic_type);
-            let semantic = match semantic {
-                Ok(SemanticType::Timestamp) => "timestamp",
-                Ok(SemanticType::Tag) => "tag",
-                _ => "field",
+            let semantic = match c.semantic {
+                SemanticType::Timestamp => "timestamp",
+                SemanticType::Tag => "tag",
+                SemanticType::Field => "field",
             };
             let nullable = semantic != "timestamp";
             Ok(
-                Field::new(&c.column_name, data_type, nullable).with_metadata(HashMap::from([(
+                Field::new(c.name, data_type, nullable).with_metadata(HashMap::from([(
                     GREPTIME_SEMANTIC_TYPE_KEY.to_owned(),
                     semantic.to_owned(),
                 )])),
@@ -62,11 +62,11 @@ pub fn arrow_schema(columns: &[ColumnSchema]) -> Result<SchemaRef, BulkError> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// The time index of an insert's rows: its first timestamp column.
-pub fn time_index(columns: &[ColumnSchema]) -> Option<usize> {
+/// The time index of a table: its first timestamp column.
+pub fn time_index<R>(columns: &[Column<R>]) -> Option<usize> {
     columns
         .iter()
-        .position(|c| c.semantic_type == SemanticType::Timestamp as i32)
+        .position(|c| c.semantic == SemanticType::Timestamp)
 }
 
 enum Builder {
@@ -79,40 +79,49 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(t: &DataType, rows: usize) -> Self {
+    fn new(t: ColumnDataType, rows: usize) -> Self {
         match t {
-            DataType::Timestamp(..) => Self::Ts(TimestampNanosecondBuilder::with_capacity(rows)),
-            DataType::UInt8 => Self::U8(UInt8Builder::with_capacity(rows)),
-            DataType::UInt16 => Self::U16(UInt16Builder::with_capacity(rows)),
-            DataType::UInt32 => Self::U32(UInt32Builder::with_capacity(rows)),
-            DataType::UInt64 => Self::U64(UInt64Builder::with_capacity(rows)),
+            ColumnDataType::TimestampNanosecond => {
+                Self::Ts(TimestampNanosecondBuilder::with_capacity(rows))
+            }
+            ColumnDataType::Uint8 => Self::U8(UInt8Builder::with_capacity(rows)),
+            ColumnDataType::Uint16 => Self::U16(UInt16Builder::with_capacity(rows)),
+            ColumnDataType::Uint32 => Self::U32(UInt32Builder::with_capacity(rows)),
+            ColumnDataType::Uint64 => Self::U64(UInt64Builder::with_capacity(rows)),
             _ => Self::Str(StringBuilder::with_capacity(rows, rows * 16)),
         }
     }
 
-    /// Appends one value of the row insert's encoding; false when it is not of this
-    /// column's type (or does not fit it).
-    fn push(&mut self, v: Option<&ValueData>) -> bool {
-        use ValueData as V;
+    /// Appends one value; false when it is not of this column's type.
+    fn push(&mut self, v: Datum<'_>) -> bool {
+        use Datum as D;
         match (self, v) {
-            (Self::Ts(b), Some(V::TimestampNanosecondValue(x))) => b.append_value(*x),
-            (Self::U8(b), Some(V::U8Value(x))) => match u8::try_from(*x) {
-                Ok(x) => b.append_value(x),
-                Err(_) => return false,
-            },
-            (Self::U16(b), Some(V::U16Value(x))) => match u16::try_from(*x) {
-                Ok(x) => b.append_value(x),
-                Err(_) => return false,
-            },
-            (Self::U32(b), Some(V::U32Value(x))) => b.append_value(*x),
-            (Self::U64(b), Some(V::U64Value(x))) => b.append_value(*x),
-            (Self::Str(b), Some(V::StringValue(x))) => b.append_value(x),
-            (Self::Ts(_), None) => return false,
-            (Self::U8(b), None) => b.append_null(),
-            (Self::U16(b), None) => b.append_null(),
-            (Self::U32(b), None) => b.append_null(),
-            (Self::U64(b), None) => b.append_null(),
-            (Self::Str(b), None) => b.append_null(),
+            (Self::Ts(b), D::Ts(x)) => b.append_value(x),
+            (Self::U8(b), D::U8(x)) => b.append_value(x),
+            (Self::U16(b), D::U16(x)) => b.append_value(x),
+            (Self::U32(b), D::U32(x)) => b.append_value(x),
+            (Self::U64(b), D::U64(x)) => b.append_value(x),
+            (Self::Str(b), D::Str(x)) => b.append_value(x),
+            // Text written into the array's buffer, then ended as one value: no String per
+            // value. These Display impls do not fail.
+            (Self::Str(b), D::Ip(x)) => {
+                let _ = write!(b, "{x}");
+                b.append_value("");
+            }
+            (Self::Str(b), D::Mac(x)) => {
+                let _ = write!(b, "{x}");
+                b.append_value("");
+            }
+            (Self::Str(b), D::Labels(x)) => {
+                let _ = write!(b, "{x}");
+                b.append_value("");
+            }
+            (Self::Ts(_), D::Null) => return false,
+            (Self::U8(b), D::Null) => b.append_null(),
+            (Self::U16(b), D::Null) => b.append_null(),
+            (Self::U32(b), D::Null) => b.append_null(),
+            (Self::U64(b), D::Null) => b.append_null(),
+            (Self::Str(b), D::Null) => b.append_null(),
             _ => return false,
         }
         true
@@ -130,33 +139,29 @@ impl Builder {
     }
 }
 
-/// Rows as the row insert encodes them ([`Table::encode_row`]), as one record batch of
-/// `schema` (that insert's columns): one encoding of a row for both paths.
-pub fn record_batch(rows: &[&Row], schema: &SchemaRef) -> Result<RecordBatch, BulkError> {
-    let mut builders: Vec<Builder> = schema
-        .fields()
-        .iter()
-        .map(|f| Builder::new(f.data_type(), rows.len()))
-        .collect();
-    for row in rows {
-        if row.values.len() != builders.len() {
-            return Err(BulkError::Mismatch(format!(
-                "a row gave {} values for {} columns",
-                row.values.len(),
-                builders.len()
-            )));
-        }
-        for (i, (b, v)) in builders.iter_mut().zip(&row.values).enumerate() {
-            if !b.push(v.value_data.as_ref()) {
+/// Rows as one record batch of `schema` (the Arrow schema of `columns`), each value read
+/// from the row by its column, as the row insert reads it. A value that does not fit its
+/// column, or a schema of other columns, is an error.
+pub fn record_batch<R>(
+    columns: &[Column<R>],
+    rows: &[&R],
+    schema: &SchemaRef,
+) -> Result<RecordBatch, BulkError> {
+    let mut arrays = Vec::with_capacity(columns.len());
+    // Column by column: one builder and one getter at a time.
+    for (i, c) in columns.iter().enumerate() {
+        let mut b = Builder::new(c.data_type, rows.len());
+        for row in rows {
+            let v = c.get(row);
+            if !b.push(v) {
                 return Err(BulkError::Mismatch(format!(
-                    "value {:?} does not fit column {i} ({})",
-                    v.value_data,
-                    schema.field(i).data_type()
+                    "value {v:?} does not fit column {i} ({} {:?})",
+                    c.name, c.data_type
                 )));
             }
         }
+        arrays.push(b.finish());
     }
-    let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
     RecordBatch::try_new(Arc::clone(schema), arrays).map_err(|e| BulkError::Arrow(e.to_string()))
 }
 
@@ -167,10 +172,12 @@ mod tests {
         UInt64Array,
     };
 
+    use greptimedb_ingester::api::v1::{Row, value::ValueData};
+
     use super::*;
     use crate::{
-        record::{PacketRecord, UnixNanos},
-        schema::Table,
+        record::{MacAddr, MplsLabels, PacketRecord, Tunnel, UnixNanos},
+        schema::{Def, Table, columns::shared::TS},
     };
 
     /// Column `i` of row `r` as the row insert encodes it.
@@ -199,13 +206,13 @@ mod tests {
         )
     }
 
-    /// Every column of `R`'s rows, as the Arrow batch holds them, equals the row insert's
-    /// value; the fields carry the roles.
+    /// Every column of `R`'s rows, as the Arrow batch built from the rows holds them,
+    /// equals the row insert's value; the fields carry the roles.
     fn holds_what_the_row_insert_sends<R: Table>(rows: &[R]) {
-        let schema = arrow_schema(R::columns()).unwrap();
+        let schema = arrow_schema(R::COLUMNS).unwrap();
         let encoded: Vec<Row> = rows.iter().map(R::encode_row).collect();
-        let refs: Vec<&Row> = encoded.iter().collect();
-        let b = record_batch(&refs, &schema).unwrap();
+        let refs: Vec<&R> = rows.iter().collect();
+        let b = record_batch(R::COLUMNS, &refs, &schema).unwrap();
         assert_eq!(b.num_rows(), rows.len());
         assert_eq!(b.num_columns(), R::columns().len());
         for (r, want) in encoded.iter().enumerate() {
@@ -232,9 +239,36 @@ mod tests {
 
     #[test]
     fn the_arrow_batch_holds_exactly_what_the_row_insert_sends() {
+        let extremes = PacketRecord {
+            ts: UnixNanos(i64::MAX),
+            packet_size: u16::MAX,
+            ether_type: u16::MAX,
+            src_mac: Some(MacAddr([0xff; 6])),
+            dst_mac: Some(MacAddr([0; 6])),
+            vlan_id: Some(4095),
+            protocol: Some(u8::MAX),
+            src_ip: Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()),
+            dst_ip: Some("255.255.255.255".parse().unwrap()),
+            src_port: Some(u16::MAX),
+            dst_port: Some(0),
+            tcp_flags: Some(u8::MAX),
+            tunnel: Some(Tunnel::Ipip),
+            inner_src_ip: Some("::ffff:10.0.0.1".parse().unwrap()),
+            inner_protocol: Some(0),
+            inner_src_port: Some(u16::MAX),
+            mpls_labels: Some(MplsLabels::from([0xf_ffff; MplsLabels::MAX])),
+            sample_rate: u32::MAX,
+            host: "ünïcode \"host\"".into(),
+            ..PacketRecord::default()
+        };
         holds_what_the_row_insert_sends(&[
             crate::schema::columns::tests::record(),
             PacketRecord::default(),
+            extremes,
+            PacketRecord {
+                ts: UnixNanos(i64::MIN),
+                ..PacketRecord::default()
+            },
         ]);
         let flow = crate::record::FlowRecord {
             ts: UnixNanos(1_795_000_010_000_000_000),
@@ -267,13 +301,23 @@ mod tests {
 
     #[test]
     fn a_row_encoding_that_disagrees_with_the_columns_is_an_error_not_a_panic() {
-        let schema = arrow_schema(PacketRecord::columns()).unwrap();
-        let mut row = crate::schema::columns::tests::record().encode_row();
-        row.values[1].value_data = Some(ValueData::StringValue("not a u16".into()));
-        let e = record_batch(&[&row], &schema).unwrap_err();
+        use greptimedb_ingester::api::v1::ColumnDataType as T;
+        let bad: [Column<PacketRecord>; 2] = [
+            Column::new(TS, |r| Datum::Ts(r.ts.0)),
+            Column::new(Def::field("packet_size", T::Uint16), |_| {
+                Datum::Str("not a u16")
+            }),
+        ];
+        let schema = arrow_schema(&bad).unwrap();
+        let row = crate::schema::columns::tests::record();
+        let e = record_batch(&bad, &[&row], &schema).unwrap_err();
         assert!(e.to_string().contains("does not fit column 1"), "{e}");
-        row.values.pop();
-        let e = record_batch(&[&row], &schema).unwrap_err();
-        assert!(e.to_string().contains("values for"), "{e}");
+        // A null time index.
+        let no_time: [Column<PacketRecord>; 1] = [Column::new(TS, |_| Datum::Null)];
+        let e = record_batch(&no_time, &[&row], &arrow_schema(&no_time).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("does not fit column 0"), "{e}");
+        // A schema of other columns than the ones the values are read by.
+        let e = record_batch(PacketRecord::COLUMNS, &[&row], &schema).unwrap_err();
+        assert!(matches!(e, BulkError::Arrow(_)), "{e}");
     }
 }

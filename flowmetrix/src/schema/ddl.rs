@@ -1,71 +1,30 @@
-//! The DDL text of the tables and rollups: `CREATE TABLE` from a table's column list and
-//! its [`Design`] (primary key, indexes), every identifier quoted (the parser takes
+//! The DDL text of the tables and rollups: `CREATE TABLE` from a table's column list
+//! (types, roles, indexes, key order), every identifier quoted (the parser takes
 //! `application` and `bytes` for keywords), and the per-minute rollups as `CREATE FLOW`.
 
 use std::fmt::Write as _;
 
 use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 
-use super::columns::Column;
+pub use super::columns::Index;
+use super::columns::{
+    BYTES, Column, Def, PACKETS,
+    shared::{APPLICATION, DIRECTION, DST_IP, HOST, INTERFACE, PROTOCOL, SRC_IP, TS},
+};
 
 /// The default table of flow rows.
 pub const FLOW_TABLE: &str = "flow_data";
 
-/// An index on one column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Index {
-    /// Value → rows: for low-cardinality columns queries filter on.
-    Inverted,
-    /// A bloom filter per granule: equality lookups of high-cardinality values (IPs).
-    Bloom,
+/// The primary key of a table: its tags, in their declared key order.
+pub fn primary_key<R>(columns: &[Column<R>]) -> Vec<&'static str> {
+    let mut tags: Vec<&Def> = columns
+        .iter()
+        .map(|c| &c.def)
+        .filter(|d| d.semantic == SemanticType::Tag)
+        .collect();
+    tags.sort_by_key(|d| d.key);
+    tags.into_iter().map(|d| d.name).collect()
 }
-
-/// How a table is laid out beyond its columns.
-#[derive(Debug, Clone, Copy)]
-pub struct Design {
-    /// The tags, in primary-key order.
-    pub primary_key: &'static [&'static str],
-    pub indexes: &'static [(&'static str, Index)],
-}
-
-/// `packet_data`: host, interface, direction, application and packet type are the few,
-/// low-cardinality series keys every dashboard groups by; IPs are fields with a bloom
-/// filter; protocol and destination port get inverted indexes for `WHERE` filters.
-pub const PACKET_DESIGN: Design = Design {
-    primary_key: &[
-        "host",
-        "interface",
-        "direction",
-        "application",
-        "packet_type",
-    ],
-    indexes: &[
-        ("host", Index::Inverted),
-        ("interface", Index::Inverted),
-        ("direction", Index::Inverted),
-        ("application", Index::Inverted),
-        ("packet_type", Index::Inverted),
-        ("protocol", Index::Inverted),
-        ("dst_port", Index::Inverted),
-        ("src_ip", Index::Bloom),
-        ("dst_ip", Index::Bloom),
-    ],
-};
-
-/// `flow_data`: the same keys without the packet type.
-pub const FLOW_DESIGN: Design = Design {
-    primary_key: &["host", "interface", "direction", "application"],
-    indexes: &[
-        ("host", Index::Inverted),
-        ("interface", Index::Inverted),
-        ("direction", Index::Inverted),
-        ("application", Index::Inverted),
-        ("protocol", Index::Inverted),
-        ("dst_port", Index::Inverted),
-        ("src_ip", Index::Bloom),
-        ("dst_ip", Index::Bloom),
-    ],
-};
 
 /// `"name"`, with inner quotes doubled.
 pub fn quote(name: &str) -> String {
@@ -96,11 +55,11 @@ pub fn sql_type(t: ColumnDataType) -> &'static str {
 pub(crate) const BLOOM: &str =
     "SKIPPING INDEX WITH(false_positive_rate = '0.01', granularity = '10240', type = 'BLOOM')";
 
-/// `CREATE TABLE IF NOT EXISTS` for `table` with these columns and design.
-pub fn create_table(
+/// `CREATE TABLE IF NOT EXISTS` for `table` with these columns: their types, indexes,
+/// time index and primary key.
+pub fn create_table<R>(
     table: &str,
-    columns: &[Column],
-    design: &Design,
+    columns: &[Column<R>],
     ttl: Option<&str>,
     partition_hosts: &[String],
 ) -> String {
@@ -113,9 +72,9 @@ pub fn create_table(
             } else {
                 " NULL"
             });
-            match design.indexes.iter().find(|(n, _)| *n == c.name) {
-                Some((_, Index::Inverted)) => def.push_str(" INVERTED INDEX"),
-                Some((_, Index::Bloom)) => {
+            match c.index {
+                Some(Index::Inverted) => def.push_str(" INVERTED INDEX"),
+                Some(Index::Bloom) => {
                     def.push(' ');
                     def.push_str(BLOOM);
                 }
@@ -130,7 +89,7 @@ pub fn create_table(
     {
         defs.push(format!("TIME INDEX ({})", quote(ts.name)));
     }
-    let key: Vec<String> = design.primary_key.iter().map(|k| quote(k)).collect();
+    let key: Vec<String> = primary_key(columns).into_iter().map(quote).collect();
     defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
     let mut sql = format!(
         "CREATE TABLE IF NOT EXISTS {} (\n  {}\n)",
@@ -154,7 +113,7 @@ pub fn partition(splits: &[String]) -> Option<String> {
     if splits.is_empty() {
         return None;
     }
-    let host = quote("host");
+    let host = quote(HOST.name);
     let mut rules = vec![format!("{host} < {}", literal(&splits[0]))];
     for w in splits.windows(2) {
         rules.push(format!(
@@ -181,15 +140,14 @@ pub struct Rollup {
     pub sql: String,
 }
 
-/// The per-minute window column of every rollup.
-const MINUTE: &str = "date_bin(INTERVAL '1 minutes', \"ts\")";
-
-fn rollup(source: &str, suffix: &str, keys: &[&str], sums: &str, comment: &str) -> Rollup {
+fn rollup(source: &str, suffix: &str, keys: &[Def], sums: &str, comment: &str) -> Rollup {
     let sink = format!("{source}_{suffix}");
     let flow = format!("{sink}_flow");
-    let keys: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+    let keys: Vec<String> = keys.iter().map(|k| quote(k.name)).collect();
+    // The per-minute window of every rollup.
+    let minute = format!("date_bin(INTERVAL '1 minutes', {})", quote(TS.name));
     let sql = format!(
-        "CREATE FLOW IF NOT EXISTS {} SINK TO {} COMMENT {} AS SELECT {}, {MINUTE} AS \"minute\", {sums} FROM {} GROUP BY {}, \"minute\"",
+        "CREATE FLOW IF NOT EXISTS {} SINK TO {} COMMENT {} AS SELECT {}, {minute} AS \"minute\", {sums} FROM {} GROUP BY {}, \"minute\"",
         quote(&flow),
         quote(&sink),
         literal(comment),
@@ -205,12 +163,15 @@ fn rollup(source: &str, suffix: &str, keys: &[&str], sums: &str, comment: &str) 
 pub const SAMPLED_SUMS: &str = "sum(CAST(\"sample_rate\" AS BIGINT UNSIGNED)) AS \"packets\", sum(CAST(\"packet_size\" AS BIGINT UNSIGNED) * \"sample_rate\") AS \"bytes\"";
 
 /// Packets and bytes of flow rows: exact counts.
-pub const FLOW_SUMS: &str = "sum(\"packets\") AS \"packets\", sum(\"bytes\") AS \"bytes\"";
+fn flow_sums() -> String {
+    let (packets, bytes) = (quote(PACKETS.name), quote(BYTES.name));
+    format!("sum({packets}) AS {packets}, sum({bytes}) AS {bytes}")
+}
 
 /// The rollups of the packet table (and of the flow table when flows are on).
 pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
-    let by = ["host", "interface", "direction", "application", "protocol"];
-    let talkers = ["host", "direction", "src_ip", "dst_ip"];
+    let by = [HOST, INTERFACE, DIRECTION, APPLICATION, PROTOCOL];
+    let talkers = [HOST, DIRECTION, SRC_IP, DST_IP];
     let mut out = vec![
         rollup(
             packet_table,
@@ -232,14 +193,14 @@ pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
             flows,
             "1m",
             &by,
-            FLOW_SUMS,
+            &flow_sums(),
             "flowmetrix: exact packets and bytes per minute",
         ));
         out.push(rollup(
             flows,
             "talkers_1m",
             &talkers,
-            FLOW_SUMS,
+            &flow_sums(),
             "flowmetrix: exact packets and bytes per minute and address pair",
         ));
     }

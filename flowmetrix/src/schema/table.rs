@@ -1,37 +1,96 @@
 //! The tables a sink writes: `packet_data` ([`PacketRecord`]) and `flow_data`
-//! ([`FlowRecord`]). A [`Table`] says how its rows become a GreptimeDB insert (its schema,
-//! declared once, next to the encoding) and, through serde, a JSON line; the queue, the
-//! batcher, the write tasks and the counters are the same code for every table, one set per
-//! table.
+//! ([`FlowRecord`]). A [`Table`] is its column list; from it come the row insert (here), the
+//! Arrow batch of the bulk path ([`super::arrow`]) and the JSON line ([`super::json`]).
+//! The queue, the batcher, the write tasks and the counters are the same code for every
+//! table, one set per table.
 
 use std::sync::OnceLock;
 
-use greptimedb_ingester::api::v1::{
-    ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows, Value, value::ValueData,
-};
+use greptimedb_ingester::api::v1::{ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows};
 
-use super::columns::{self as schema, FLOW_SCHEMA};
+use super::columns::{Column, FLOW_SCHEMA, SCHEMA};
 use crate::record::{FlowRecord, PacketRecord};
 
 /// A kind of row and its table.
-pub trait Table: serde::Serialize + Send + Sync + 'static {
+pub trait Table: serde::Serialize + Sized + Send + Sync + 'static {
     /// What its rows are called in log lines (`packet rows`, `flow rows`).
     const ROWS: &'static str;
+    /// The table's columns, in order: everything else is derived from them.
+    const COLUMNS: &'static [Column<Self>];
     /// The column schemas of an insert, in [`Table::encode_row`]'s value order.
     fn columns() -> &'static [ColumnSchema];
+
+    /// The row insert's values of this row, in [`Table::COLUMNS`] order (made from the
+    /// same lines as the list: see `table!` in [`super::columns`]).
     fn encode_row(&self) -> Row;
+
+    /// Appends this row as one JSON line: keys are the column names, in order.
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        // Serializing these plain rows into a Vec cannot fail.
+        if serde_json::to_writer(&mut *buf, self).is_ok() {
+            buf.push(b'\n');
+        }
+    }
 }
 
 impl Table for PacketRecord {
     const ROWS: &'static str = "packet rows";
+    const COLUMNS: &'static [Column<Self>] = SCHEMA;
 
     fn columns() -> &'static [ColumnSchema] {
         static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(|| schema::column_schemas(&schema::SCHEMA))
+        C.get_or_init(|| column_schemas(Self::COLUMNS))
     }
 
     fn encode_row(&self) -> Row {
-        schema::encode_row(self)
+        Row {
+            values: self.insert_values(),
+        }
+    }
+}
+
+impl Table for FlowRecord {
+    const ROWS: &'static str = "flow rows";
+    const COLUMNS: &'static [Column<Self>] = FLOW_SCHEMA;
+
+    fn columns() -> &'static [ColumnSchema] {
+        static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
+        C.get_or_init(|| column_schemas(Self::COLUMNS))
+    }
+
+    fn encode_row(&self) -> Row {
+        Row {
+            values: self.insert_values(),
+        }
+    }
+}
+
+/// The column schemas of an insert into a table of these columns.
+pub fn column_schemas<R>(columns: &[Column<R>]) -> Vec<ColumnSchema> {
+    columns
+        .iter()
+        .map(|c| ColumnSchema {
+            column_name: c.name.to_owned(),
+            datatype: c.data_type as i32,
+            semantic_type: c.semantic as i32,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// One row, values in [`Table::COLUMNS`] order.
+pub fn encode_row<R: Table>(r: &R) -> Row {
+    r.encode_row()
+}
+
+/// One row, each value read by its column's getter: what [`Table::encode_row`] must equal.
+#[cfg(test)]
+pub(crate) fn encode_row_by_columns<R>(columns: &[Column<R>], r: &R) -> Row {
+    Row {
+        values: columns
+            .iter()
+            .map(|c| super::columns::value(c.get(r)))
+            .collect(),
     }
 }
 
@@ -48,57 +107,11 @@ pub fn encode<R: Table>(table: &str, rows: &[R]) -> RowInsertRequests {
     }
 }
 
-fn value(v: Option<ValueData>) -> Value {
-    Value { value_data: v }
-}
-
-fn string(s: impl ToString) -> Option<ValueData> {
-    Some(ValueData::StringValue(s.to_string()))
-}
-
-impl Table for FlowRecord {
-    const ROWS: &'static str = "flow rows";
-
-    fn columns() -> &'static [ColumnSchema] {
-        static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(|| schema::column_schemas(&FLOW_SCHEMA))
-    }
-
-    fn encode_row(&self) -> Row {
-        let u8v = |v: u8| Some(ValueData::U8Value(v.into()));
-        let u16v = |v: u16| Some(ValueData::U16Value(v.into()));
-        let u64v = |v: u64| Some(ValueData::U64Value(v));
-        let ts = |t: crate::record::UnixNanos| Some(ValueData::TimestampNanosecondValue(t.0));
-        Row {
-            values: vec![
-                value(ts(self.ts)),
-                value(string(&*self.host)),
-                value(string(&*self.interface)),
-                value(string(self.direction.as_str())),
-                value(string(self.application)),
-                value(self.vlan_id.and_then(u16v)),
-                value(u16v(self.ether_type)),
-                value(self.src_ip.and_then(string)),
-                value(self.dst_ip.and_then(string)),
-                value(u8v(self.protocol)),
-                value(u16v(self.src_port)),
-                value(u16v(self.dst_port)),
-                value(u64v(self.packets)),
-                value(u64v(self.bytes)),
-                value(ts(self.first_seen)),
-                value(ts(self.last_seen)),
-                value(u8v(self.tcp_flags)),
-                value(Some(ValueData::U32Value(self.interval_ms))),
-            ],
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Direction, FLOW_COLUMNS, UnixNanos};
-    use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
+    use crate::record::{Direction, UnixNanos};
+    use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType, value::ValueData};
 
     fn flow() -> FlowRecord {
         FlowRecord {
@@ -126,7 +139,29 @@ mod tests {
     #[test]
     fn flow_schema_is_the_record_columns_in_order_with_their_types() {
         let names: Vec<&str> = FLOW_SCHEMA.iter().map(|c| c.name).collect();
-        assert_eq!(names, FLOW_COLUMNS);
+        assert_eq!(
+            names,
+            [
+                "ts",
+                "host",
+                "interface",
+                "direction",
+                "application",
+                "vlan_id",
+                "ether_type",
+                "src_ip",
+                "dst_ip",
+                "protocol",
+                "src_port",
+                "dst_port",
+                "packets",
+                "bytes",
+                "first_seen",
+                "last_seen",
+                "tcp_flags",
+                "interval_ms",
+            ]
+        );
         let tags: Vec<&str> = FLOW_SCHEMA
             .iter()
             .filter(|c| c.semantic == SemanticType::Tag)
@@ -175,5 +210,26 @@ mod tests {
             req.inserts[0].rows.as_ref().unwrap().schema.len(),
             FLOW_SCHEMA.len()
         );
+    }
+
+    /// The row insert's values, made field by field from the list's lines, are the ones
+    /// the list's getters give, for every column, set or null.
+    #[test]
+    fn the_row_insert_is_what_the_column_getters_read() {
+        for r in [
+            crate::schema::columns::tests::record(),
+            PacketRecord::default(),
+        ] {
+            assert_eq!(r.encode_row(), encode_row_by_columns(SCHEMA, &r));
+        }
+        let non_ip = FlowRecord {
+            vlan_id: None,
+            src_ip: None,
+            dst_ip: None,
+            ..flow()
+        };
+        for r in [flow(), non_ip] {
+            assert_eq!(r.encode_row(), encode_row_by_columns(FLOW_SCHEMA, &r));
+        }
     }
 }

@@ -16,10 +16,7 @@ use crate::{
 
 /// Appends one row as a JSON line.
 pub fn encode<R: Table>(buf: &mut Vec<u8>, row: &R) {
-    // Serializing these plain structs into a Vec cannot fail.
-    if serde_json::to_writer(&mut *buf, row).is_ok() {
-        buf.push(b'\n');
-    }
+    row.write_json(buf);
 }
 
 /// Appends every row of `rows`; gives how many.

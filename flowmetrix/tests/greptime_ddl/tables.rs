@@ -407,8 +407,8 @@ fn the_endpoint_refuses_unquoted_exactly_the_keywords_among_our_column_names() {
         // Every name we use: both tables and the sinks the flow engine made.
         let mut used: BTreeSet<String> = SCHEMA
             .iter()
-            .chain(FLOW_SCHEMA.iter())
             .map(|c| c.name.to_owned())
+            .chain(FLOW_SCHEMA.iter().map(|c| c.name.to_owned()))
             .collect();
         for sink in &done.rollups {
             used.extend(endpoint.columns("public", sink));

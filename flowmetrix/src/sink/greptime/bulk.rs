@@ -40,7 +40,6 @@ use arrow_flight::{
 };
 use base64::Engine as _;
 use greptimedb_ingester::{
-    api::v1::{Row, value::ValueData},
     arrow_array::RecordBatch,
     arrow_schema::SchemaRef,
     bulk::CompressionType,
@@ -166,7 +165,7 @@ impl<R: Table> Bulk<R> {
     /// share its HTTP/2 connection with row inserts).
     /// None (logged) when the table's columns have no Arrow form: rows go by row insert.
     pub fn new(cfg: &GreptimeConfig, table: &str) -> Result<Option<Self>, GreptimeError> {
-        let (schema, Some(ts_at)) = (arrow_schema(R::columns()), time_index(R::columns())) else {
+        let (schema, Some(ts_at)) = (arrow_schema(R::COLUMNS), time_index(R::COLUMNS)) else {
             warn!("{table} has no time index; writing by row inserts");
             return Ok(None);
         };
@@ -232,22 +231,15 @@ impl<R: Table> Bulk<R> {
             return (rows, None);
         }
         let started = Instant::now();
-        let encoded: Vec<Row> = rows.iter().map(R::encode_row).collect();
-        let ts_at = self.ts_at;
-        let ts = |r: &Row| match r.values.get(ts_at).and_then(|v| v.value_data.as_ref()) {
-            Some(ValueData::TimestampNanosecondValue(t)) => *t,
-            _ => 0,
-        };
+        let time = R::COLUMNS.get(self.ts_at);
+        let ts = |r: &R| time.and_then(|c| c.get(r).ts()).unwrap_or(0);
         // One request per hour window of timestamps, as the ingester sends them.
-        let first = ts(&encoded[0]).div_euclid(WINDOW_NANOS);
+        let first = ts(&rows[0]).div_euclid(WINDOW_NANOS);
         let mut windows: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-        if encoded
-            .iter()
-            .all(|r| ts(r).div_euclid(WINDOW_NANOS) == first)
-        {
+        if rows.iter().all(|r| ts(r).div_euclid(WINDOW_NANOS) == first) {
             windows.insert(first, (0..rows.len()).collect());
         } else {
-            for (i, r) in encoded.iter().enumerate() {
+            for (i, r) in rows.iter().enumerate() {
                 windows
                     .entry(ts(r).div_euclid(WINDOW_NANOS))
                     .or_default()
@@ -260,7 +252,7 @@ impl<R: Table> Bulk<R> {
         // it is the endpoint's fault.
         let whole = budget >= REQUEST_TIMEOUT;
         for idx in windows.into_values() {
-            let part: Vec<&Row> = idx.iter().map(|&i| &encoded[i]).collect();
+            let part: Vec<&R> = idx.iter().map(|&i| &rows[i]).collect();
             let (min, max) = part.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
                 (lo.min(ts(r)), hi.max(ts(r)))
             });
@@ -297,16 +289,16 @@ impl<R: Table> Bulk<R> {
     /// One request, written once the server answered it.
     async fn write_window(
         &self,
-        rows: &[&Row],
+        rows: &[&R],
         (min, max): (i64, i64),
         endpoints: &Endpoints,
         budget: Duration,
         whole: bool,
     ) -> Window {
-        let batch = match record_batch(rows, &self.schema) {
+        let batch = match record_batch(R::COLUMNS, rows, &self.schema) {
             Ok(b) => b,
             Err(e) => {
-                // A bug (the row encoding and the column list disagree): rows go by row insert.
+                // A bug (a getter and its column's type disagree): rows go by row insert.
                 warn!("{e}; writing by row inserts from now on");
                 self.off.store(true, Ordering::Relaxed);
                 return Window::Rows;

@@ -1,7 +1,7 @@
 //! The tables and rollups, created by DDL at start-up over the gRPC SQL call.
 //!
 //! Each table is declared once, as a column list ([`SCHEMA`] for `packet_data`,
-//! [`FLOW_SCHEMA`] for `flow_data`) plus its design ([`Design`]: primary key, indexes); the
+//! [`FLOW_SCHEMA`] for `flow_data`: types, roles, indexes, key order); the
 //! `CREATE TABLE` text is generated from that, every identifier quoted (the parser takes
 //! `application` and `bytes` for keywords). The design follows GreptimeDB's data-modelling
 //! guidance: at most five low-cardinality tags as the primary key, IP addresses as fields
@@ -25,14 +25,11 @@ pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<(String, String)> {
     let splits = &cfg.ddl.partition_hosts;
     let mut out = vec![(
         cfg.table.clone(),
-        create_table(&cfg.table, &SCHEMA, &PACKET_DESIGN, ttl, splits),
+        create_table(&cfg.table, SCHEMA, ttl, splits),
     )];
     if flows_on {
         let t = &cfg.ddl.flow_table;
-        out.push((
-            t.clone(),
-            create_table(t, &FLOW_SCHEMA, &FLOW_DESIGN, ttl, splits),
-        ));
+        out.push((t.clone(), create_table(t, FLOW_SCHEMA, ttl, splits)));
     }
     out
 }

@@ -3,10 +3,11 @@ use std::collections::BTreeMap;
 use greptimedb_ingester::api::v1::SemanticType;
 
 use super::*;
+use crate::schema::Column;
 
 #[test]
 fn packet_data_ddl_is_the_documented_one() {
-    let sql = create_table("packet_data", &SCHEMA, &PACKET_DESIGN, Some("7d"), &[]);
+    let sql = create_table("packet_data", SCHEMA, Some("7d"), &[]);
     let bloom = BLOOM;
     let expected = format!(
         r#"CREATE TABLE IF NOT EXISTS "packet_data" (
@@ -50,7 +51,7 @@ WITH(append_mode = 'true', ttl = '7d')"#
 
 #[test]
 fn flow_data_ddl_is_the_documented_one() {
-    let sql = create_table("flow_data", &FLOW_SCHEMA, &FLOW_DESIGN, None, &[]);
+    let sql = create_table("flow_data", FLOW_SCHEMA, None, &[]);
     let bloom = BLOOM;
     let expected = format!(
         r#"CREATE TABLE IF NOT EXISTS "flow_data" (
@@ -83,30 +84,44 @@ WITH(append_mode = 'true')"#
 
 #[test]
 fn the_primary_keys_are_the_declared_tags_and_every_index_names_a_column() {
-    for (columns, design) in [
-        (&SCHEMA[..], &PACKET_DESIGN),
-        (&FLOW_SCHEMA[..], &FLOW_DESIGN),
-    ] {
-        assert!(design.primary_key.len() <= 5, "GreptimeDB: at most 5 tags");
+    fn check<R>(columns: &[Column<R>]) {
+        let primary_key = primary_key(columns);
+        assert!(primary_key.len() <= 5, "GreptimeDB: at most 5 tags");
         let mut tags: Vec<&str> = columns
             .iter()
             .filter(|c| c.semantic == SemanticType::Tag)
             .map(|c| c.name)
             .collect();
-        let mut key = design.primary_key.to_vec();
+        let mut key = primary_key.to_vec();
         tags.sort_unstable();
         key.sort_unstable();
         assert_eq!(
             tags, key,
             "the rows declare exactly the key columns as tags"
         );
-        for (name, index) in design.indexes {
-            let c = columns.iter().find(|c| c.name == *name).unwrap();
-            if *index == Index::Bloom {
+        for c in columns {
+            let (name, index) = (c.name, c.index);
+            if index == Some(Index::Bloom) {
                 assert_eq!(c.semantic, SemanticType::Field, "{name}: IPs are fields");
             }
         }
     }
+    check(SCHEMA);
+    check(FLOW_SCHEMA);
+    assert_eq!(
+        primary_key(SCHEMA),
+        [
+            "host",
+            "interface",
+            "direction",
+            "application",
+            "packet_type"
+        ]
+    );
+    assert_eq!(
+        primary_key(FLOW_SCHEMA),
+        ["host", "interface", "direction", "application"]
+    );
     let names: Vec<&str> = FLOW_SCHEMA.iter().map(|c| c.name).collect();
     assert_eq!(
         names,
@@ -141,7 +156,7 @@ fn partitioning_by_host_splits_at_the_given_points() {
         partition(&splits).unwrap(),
         "PARTITION ON COLUMNS (\"host\") (\n  \"host\" < 'g',\n  \"host\" >= 'g' AND \"host\" < 'p',\n  \"host\" >= 'p'\n)"
     );
-    let sql = create_table("packet_data", &SCHEMA, &PACKET_DESIGN, None, &splits);
+    let sql = create_table("packet_data", SCHEMA, None, &splits);
     assert!(
         sql.ends_with(
             ")\nPARTITION ON COLUMNS (\"host\") (\n  \"host\" < 'g',\n  \"host\" >= 'g' AND \"host\" < 'p',\n  \"host\" >= 'p'\n)\nENGINE=mito\nWITH(append_mode = 'true')"

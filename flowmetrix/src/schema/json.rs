@@ -1,0 +1,108 @@
+//! The JSON form of a row, from its table's column list: one object, keys the column names
+//! in table order, absent values null, timestamps as RFC 3339 UTC with nanoseconds,
+//! addresses, labels and names as text (the same text the row insert sends).
+
+use serde::{Serialize, Serializer, ser::SerializeStruct};
+
+use super::{
+    columns::{Column, Datum},
+    table::Table,
+};
+use crate::record::{FlowRecord, PacketRecord, UnixNanos};
+
+impl Serialize for Datum<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Self::Null => s.serialize_none(),
+            Self::U8(v) => s.serialize_u8(v),
+            Self::U16(v) => s.serialize_u16(v),
+            Self::U32(v) => s.serialize_u32(v),
+            Self::U64(v) => s.serialize_u64(v),
+            Self::Ts(t) => s.serialize_str(&UnixNanos(t).to_rfc3339()),
+            Self::Str(v) => s.serialize_str(v),
+            Self::Ip(ip) => ip.serialize(s),
+            Self::Mac(m) => s.collect_str(&m),
+            Self::Labels(l) => s.collect_str(l),
+        }
+    }
+}
+
+/// `row` as an object of its columns.
+fn row<R, S: Serializer>(
+    row: &R,
+    name: &'static str,
+    columns: &[Column<R>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut o = s.serialize_struct(name, columns.len())?;
+    for c in columns {
+        o.serialize_field(c.name, &c.get(row))?;
+    }
+    o.end()
+}
+
+impl Serialize for PacketRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        row(self, "PacketRecord", Self::COLUMNS, s)
+    }
+}
+
+impl Serialize for FlowRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        row(self, "FlowRecord", Self::COLUMNS, s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        record::Direction,
+        schema::columns::{FLOW_SCHEMA, SCHEMA, tests::record},
+    };
+
+    #[test]
+    fn flow_json_keys_are_the_flow_columns_in_order() {
+        let r = FlowRecord {
+            ts: UnixNanos(1_795_000_000_000_000_042),
+            host: "h".into(),
+            interface: "eth0".into(),
+            direction: Direction::Egress,
+            application: "DNS",
+            vlan_id: None,
+            ether_type: 0x0800,
+            src_ip: Some("10.0.0.1".parse().unwrap()),
+            dst_ip: Some("fd00::2".parse().unwrap()),
+            protocol: 17,
+            src_port: 40_000,
+            dst_port: 53,
+            packets: 3,
+            bytes: 300,
+            first_seen: UnixNanos(1),
+            last_seen: UnixNanos(2),
+            tcp_flags: 0,
+            interval_ms: 10_000,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = FLOW_SCHEMA.iter().map(|c| c.name).collect();
+        let mut got = keys.clone();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"h","interface":"eth0","direction":"egress","application":"DNS","vlan_id":null,"ether_type":2048,"src_ip":"10.0.0.1","dst_ip":"fd00::2","protocol":17,"src_port":40000,"dst_port":53,"packets":3,"bytes":300,"first_seen":"1970-01-01T00:00:00.000000001Z","last_seen":"1970-01-01T00:00:00.000000002Z","tcp_flags":0,"interval_ms":10000}"#
+        );
+    }
+
+    #[test]
+    fn json_keys_are_the_column_names_in_order() {
+        let v = serde_json::to_value(record()).unwrap();
+        let mut got: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = SCHEMA.iter().map(|c| c.name).collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+}
