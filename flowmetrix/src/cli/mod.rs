@@ -171,6 +171,33 @@ mod tests {
     }
 
     #[test]
+    fn a_negative_number_gets_the_range_message() {
+        for args in [
+            &["fm", "-i", "x", "-offset", "-3"][..],
+            &["fm", "-i", "x", "--offset", "-3"],
+            &["fm", "-i", "x", "-offset=-3"],
+        ] {
+            let Err(e) = parse_with_default(os(args), Path::new("/nonexistent")) else {
+                panic!("{args:?} parsed")
+            };
+            assert!(
+                e.starts_with("invalid value '-3' for '--offset [<BYTES>]': -3 is not in 0..="),
+                "{args:?}: {e}"
+            );
+        }
+        let Err(e) = parse_with_default(
+            os(&["fm", "-i", "x", "--sample-rate", "-10"]),
+            Path::new("/nonexistent"),
+        ) else {
+            panic!()
+        };
+        assert!(e.contains("-10 is not in 1..=1000000"), "{e}");
+        // A short flag's negative value too: the interface "-1" does not exist, which
+        // is the settings' check, not clap's "unexpected argument".
+        assert_eq!(cli(&["fm", "-i", "-1"]).interface, ["-1"]);
+    }
+
+    #[test]
     fn defaults() {
         let c = cli(&["fm", "-i", "eth0"]);
         assert_eq!(c.sample_rate, 1);
