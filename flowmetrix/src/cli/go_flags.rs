@@ -21,7 +21,9 @@ pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsSt
     let takes_value = |flag: &str| {
         cmd.get_arguments().any(|a| {
             matches!(a.get_action(), ArgAction::Set | ArgAction::Append)
-                && (a.get_long().is_some_and(|l| flag.strip_prefix("--") == Some(l))
+                && (a
+                    .get_long()
+                    .is_some_and(|l| flag.strip_prefix("--") == Some(l))
                     || a.get_short().is_some_and(|c| flag == format!("-{c}")))
         })
     };
@@ -59,9 +61,8 @@ pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsSt
 
 /// `-3`, `-0.5`: a value, not a flag (no flag of ours is a digit).
 fn is_negative_number(s: &str) -> bool {
-    s.strip_prefix('-').is_some_and(|n| {
-        n.starts_with(|c: char| c.is_ascii_digit()) && n.parse::<f64>().is_ok()
-    })
+    s.strip_prefix('-')
+        .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()) && n.parse::<f64>().is_ok())
 }
 
 #[cfg(test)]
