@@ -54,9 +54,19 @@ pub use iface::{if_index, if_is_up};
 pub use load::{EbpfLogger, PROGRAM};
 pub use slots::{OTHER, SlotBook};
 
-use load::{load_program, privilege_hint, raise_memlock_limit};
+use load::{load_error, load_program, raise_memlock_limit};
 use tc::{attach_tc, tc_hooks};
 use xdp::attach_xdp;
+
+/// What `cfg` loads, for an error message: "XDP program", "TC programs" or both.
+fn programs_of(cfg: &CaptureConfig) -> &'static str {
+    let xdp = cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Xdp;
+    match (xdp, tc_hooks(cfg).is_empty()) {
+        (true, true) => "XDP program",
+        (true, false) => "XDP and TC programs",
+        (false, _) => "TC programs",
+    }
+}
 
 /// The loaded programs, and the interfaces they are attached to.
 pub struct Capture {
@@ -107,10 +117,7 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
             .load(PROGRAM)
-            .map_err(|e| CaptureError::Load {
-                hint: privilege_hint(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.
         let flow_maps = match cfg.flows {
             Some(f) => Some(FlowMaps::from_ebpf(&mut ebpf, f.prefix).map_err(CaptureError::Flows)?),
