@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-/// Well-known ports: the original tool's table, plus common infrastructure services.
+/// Well-known ports: the original tool's table, plus the services users see every day on a
+/// server or cluster network (discovery, time, messaging, Kubernetes, monitoring, VPNs,
+/// GreptimeDB itself). Sorted by port; a port has one name.
 const TABLE: &[(u16, &str)] = &[
     (20, "FTP-DATA"),
     (21, "FTP"),
@@ -13,37 +15,82 @@ const TABLE: &[(u16, &str)] = &[
     (53, "DNS"),
     (67, "DHCP"),
     (68, "DHCP"),
+    (69, "TFTP"),
     (80, "HTTP"),
+    (88, "KERBEROS"),
     (110, "POP3"),
     (123, "NTP"),
+    (137, "NETBIOS-NS"),
+    (138, "NETBIOS-DGM"),
+    (139, "NETBIOS-SSN"),
     (143, "IMAP"),
     (161, "SNMP"),
     (162, "SNMPTRAP"),
     (179, "BGP"),
     (389, "LDAP"),
     (443, "HTTPS"),
+    (445, "SMB"),
     (465, "SMTPS"),
+    (500, "IKE"),
     (514, "SYSLOG"),
     (587, "SUBMISSION"),
     (636, "LDAPS"),
     (853, "DNS-OVER-TLS"),
+    (873, "RSYNC"),
     (993, "IMAPS"),
     (995, "POP3S"),
+    (1194, "OpenVPN"),
     (1433, "MSSQL"),
     (1521, "ORACLE"),
+    (1812, "RADIUS"),
+    (1813, "RADIUS-ACCT"),
+    (1883, "MQTT"),
+    (1900, "SSDP"),
     (2049, "NFS"),
+    (2181, "ZooKeeper"),
+    (2379, "etcd"),
+    (2380, "etcd"),
+    (3000, "Grafana"),
     (3306, "MySQL"),
     (3389, "RDP"),
+    (3478, "STUN"),
+    (4000, "GreptimeDB-HTTP"),
+    (4001, "GreptimeDB"),
+    (4002, "GreptimeDB-MySQL"),
+    (4003, "GreptimeDB-PG"),
+    (4222, "NATS"),
+    (4317, "OTLP"),
+    (4318, "OTLP-HTTP"),
+    (4500, "IPSEC-NAT-T"),
     (4789, "VXLAN"),
+    (5044, "Beats"),
+    (5060, "SIP"),
+    (5061, "SIPS"),
+    (5353, "mDNS"),
+    (5355, "LLMNR"),
     (5432, "PostgreSQL"),
     (5672, "AMQP"),
+    (5900, "VNC"),
     (6081, "GENEVE"),
     (6379, "Redis"),
+    (6443, "Kubernetes-API"),
+    (6514, "SYSLOG-TLS"),
     (8080, "HTTP-ALT"),
+    (8086, "InfluxDB"),
+    (8443, "HTTPS-ALT"),
+    (8500, "Consul"),
+    (8883, "MQTTS"),
+    (9090, "Prometheus"),
     (9092, "Kafka"),
+    (9093, "Alertmanager"),
+    (9100, "node-exporter"),
     (9200, "Elasticsearch"),
+    (9300, "Elasticsearch-transport"),
+    (10250, "kubelet"),
     (11211, "Memcached"),
+    (15672, "RabbitMQ-mgmt"),
     (27017, "MongoDB"),
+    (51820, "WireGuard"),
 ];
 
 /// Name used when no port matches.
@@ -155,6 +202,43 @@ mod tests {
         for (port, name) in original {
             assert_eq!(application(None, Some(port)), name, "port {port}");
         }
+    }
+
+    #[test]
+    fn everyday_services_are_named() {
+        for (port, name) in [
+            (5353, "mDNS"),
+            (123, "NTP"),
+            (67, "DHCP"),
+            (68, "DHCP"),
+            (514, "SYSLOG"),
+            (9092, "Kafka"),
+            (2379, "etcd"),
+            (2380, "etcd"),
+            (6443, "Kubernetes-API"),
+            (10250, "kubelet"),
+            (9090, "Prometheus"),
+            (9100, "node-exporter"),
+            (3000, "Grafana"),
+            (9200, "Elasticsearch"),
+            (5672, "AMQP"),
+            (1883, "MQTT"),
+            (5060, "SIP"),
+            (3389, "RDP"),
+            (5900, "VNC"),
+            (2049, "NFS"),
+            (2181, "ZooKeeper"),
+            (4222, "NATS"),
+            (179, "BGP"),
+            (1194, "OpenVPN"),
+            (51820, "WireGuard"),
+            (8500, "Consul"),
+            (4001, "GreptimeDB"),
+        ] {
+            assert_eq!(application(Some(50_000), Some(port)), name, "port {port}");
+        }
+        // mDNS goes from 5353 to 5353: named from either side.
+        assert_eq!(application(Some(5353), Some(5353)), "mDNS");
     }
 
     #[test]

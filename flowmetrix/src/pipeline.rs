@@ -100,6 +100,7 @@ pub async fn run(
         },
         flows: flow_counters.clone(),
     });
+    registry.read_kernel_with(source.kernel_reader());
     if let Some(addr) = settings.metrics.addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -130,7 +130,17 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
         (Some(_), false) => Err(usage(
             "--pcap replays a file instead of capturing: give --interface or --pcap, not both",
         )),
-        (Some(file), true) => Ok(SourceSettings::Pcap(file.clone())),
+        (Some(file), true) => {
+            // A file that is not there is a usage error (exit 2), as a named interface that
+            // is not there; one that cannot be read or parsed is a runtime failure.
+            if file.as_os_str() != "-"
+                && let Err(e) = std::fs::metadata(file)
+                && e.kind() == std::io::ErrorKind::NotFound
+            {
+                return Err(usage(format!("no such pcap file: {}", file.display())));
+            }
+            Ok(SourceSettings::Pcap(file.clone()))
+        }
         (None, true) => Err(usage(
             "the following required arguments were not provided: --interface <IFACE> (see 'flowmetrix --help')",
         )),
@@ -296,12 +306,12 @@ mod tests {
 
     #[test]
     fn mode_and_flow_settings_reach_the_stages() {
-        let s = settings(&["fm", "--pcap", "x.pcap"]).unwrap();
+        let s = settings(&["fm", "--pcap", "/dev/null"]).unwrap();
         assert!(s.pipeline.packets && s.pipeline.flows.is_none());
         let s = settings(&[
             "fm",
             "--pcap",
-            "x.pcap",
+            "/dev/null",
             "--mode",
             "both",
             "--flow-interval",
@@ -314,12 +324,29 @@ mod tests {
         assert!(s.pipeline.packets);
         assert_eq!(f.interval, std::time::Duration::from_millis(200));
         assert_eq!(f.table, "flows2");
-        let s = settings(&["fm", "--pcap", "x.pcap", "--mode", "flows"]).unwrap();
+        let s = settings(&["fm", "--pcap", "/dev/null", "--mode", "flows"]).unwrap();
         assert!(!s.pipeline.packets);
         assert_eq!(s.pipeline.flows.unwrap().table, "flow_data");
-        let e = settings(&["fm", "--pcap", "x.pcap", "--mode", "flows", "-auto-detect"]);
+        let e = settings(&[
+            "fm",
+            "--pcap",
+            "/dev/null",
+            "--mode",
+            "flows",
+            "-auto-detect",
+        ]);
         assert!(e.unwrap_err().0.contains("--mode both"));
-        assert!(settings(&["fm", "--pcap", "x", "--mode", "both", "-auto-detect"]).is_ok());
+        assert!(
+            settings(&[
+                "fm",
+                "--pcap",
+                "/dev/null",
+                "--mode",
+                "both",
+                "-auto-detect"
+            ])
+            .is_ok()
+        );
         let live = settings(&[
             "fm",
             "-i",
@@ -356,21 +383,27 @@ mod tests {
         let s = settings(&[
             "fm",
             "--pcap",
-            "x.pcap",
+            "/dev/null",
             "-auto-detect",
             "--queue-size",
             "99",
         ])
         .unwrap();
         assert!(
-            matches!(s.pipeline.source, SourceSettings::Pcap(ref p) if p.as_os_str() == "x.pcap")
+            matches!(s.pipeline.source, SourceSettings::Pcap(ref p) if p.as_os_str() == "/dev/null")
         );
         assert_eq!(s.pipeline.decode.prefix, Prefix::Auto);
         assert_eq!(s.pipeline.sink.queue_rows, 99);
         assert!(matches!(s.pipeline.sink.output, SinkConfig::Greptime(_)));
         assert_eq!(s.log.level, Some(LogLevel::Info));
         let s = settings(&[
-            "fm", "--pcap", "x.pcap", "-offset", "--output", "jsonl", "-no-log",
+            "fm",
+            "--pcap",
+            "/dev/null",
+            "-offset",
+            "--output",
+            "jsonl",
+            "-no-log",
         ])
         .unwrap();
         assert_eq!(s.pipeline.decode.prefix, Prefix::Fixed(24));
@@ -408,7 +441,7 @@ mod tests {
         );
         // A file has no directions to choose.
         let parsed = cli::parse(
-            ["fm", "--pcap", "x", "--direction", "egress"].map(std::ffi::OsString::from),
+            ["fm", "--pcap", "/dev/null", "--direction", "egress"].map(std::ffi::OsString::from),
         );
         assert!(parsed.is_err());
     }
@@ -425,18 +458,35 @@ mod tests {
                 vec!["fm", "-i", "fmx-nosuch0"],
                 "no such interface: fmx-nosuch0",
             ),
+            (
+                vec!["fm", "--pcap", "/nonexistent/x.pcap"],
+                "no such pcap file: /nonexistent/x.pcap",
+            ),
         ] {
             let e = settings(&args).unwrap_err();
             assert_eq!(e.0, want);
         }
+        // Standard input is no file to look for.
+        assert!(settings(&["fm", "--pcap", "-", "--output", "none"]).is_ok());
         // The live-only check does not apply to a file.
-        assert!(settings(&["fm", "--pcap", "x", "--output", "none", "-offset", "200"]).is_ok());
+        assert!(
+            settings(&[
+                "fm",
+                "--pcap",
+                "/dev/null",
+                "--output",
+                "none",
+                "-offset",
+                "200"
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
     fn a_password_without_a_user_is_refused() {
         let Ok(Parsed::Run(cli, file)) =
-            cli::parse(["fm", "--pcap", "x"].map(std::ffi::OsString::from))
+            cli::parse(["fm", "--pcap", "/dev/null"].map(std::ffi::OsString::from))
         else {
             panic!()
         };

@@ -15,7 +15,7 @@ use crate::{
     capture::{self, Capture, CaptureConfig, CaptureError},
     clock::Clock,
     decode::Link,
-    metrics::{DirectionStats, InterfaceStats, KernelStats},
+    metrics::{DirectionStats, InterfaceStats, KernelReader, KernelStats},
     pcap::{self, FrameInfo, PcapFileError, PcapFrames},
     record::Direction,
     ring::{self, Ring},
@@ -423,6 +423,16 @@ impl Source {
     /// the file (each one seen and sampled).
     pub fn stats(&self) -> Result<KernelStats, SourceError> {
         Ok(self.counters()?.0)
+    }
+
+    /// A reader of the kernel's counters for a `/metrics` scrape (live capture only; a
+    /// replay's counts move on the pipeline's tick).
+    pub fn kernel_reader(&self) -> Option<KernelReader> {
+        let Self::Live(l) = self else {
+            return None;
+        };
+        let reader = l.capture.counter_reader();
+        Some(Box::new(move || reader.read().ok()))
     }
 
     /// [`stats`](Self::stats), and the same per interface (none for a file), from one

@@ -97,7 +97,9 @@ fn a_bad_config_file_names_the_file_line_and_key() {
     assert_eq!(out, "");
     assert_eq!(
         err,
-        format!("error: config file {cfg}, line 3: unknown key 'sampel-rate'\n")
+        format!(
+            "error: config file {cfg}, line 3: unknown key 'sampel-rate'; did you mean 'sample-rate'?\n"
+        )
     );
 
     std::fs::write(&file, "interface = \"lo\"\nsample-rate = \"ten\"\n").unwrap();

@@ -6,12 +6,20 @@ use aya::util::KernelVersion;
 pub enum CaptureError {
     #[error("no such interface: {0}")]
     NoSuchInterface(String),
-    #[error("cannot load the XDP program{hint}")]
+    /// `what`: "XDP program", "TC program", or "capture programs" (all of them, with their
+    /// maps).
+    #[error("cannot load the {what}")]
     Load {
-        hint: &'static str,
+        what: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The kernel said EPERM: a capability is missing. Its own words (a map's name, which
+    /// changes run to run) would not say which.
+    #[error(
+        "cannot load the {what}: not permitted (run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+    )]
+    NotPermitted { what: &'static str },
     #[error("interface {0} is down (ip link set {0} up)")]
     InterfaceDown(String),
     #[error("cannot attach XDP to {iface} in {mode} mode{hint}")]

@@ -19,6 +19,7 @@
 //! The `clsact` qdisc itself is left in place (other filters may use it).
 
 mod config;
+mod counters;
 mod error;
 mod iface;
 mod load;
@@ -36,15 +37,17 @@ use aya::{
 };
 use std::{collections::BTreeMap, sync::Arc};
 
+pub use counters::CounterReader;
+
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
 use flowmetrix_common::{
-    CpuStats, Direction as KernelDirection, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME,
-    SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL, stats_index,
+    IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL,
+    STATS_MAP, WAKEUP_BYTES_GLOBAL,
 };
 use tracing::{debug, info, warn};
 
 use crate::flows::kernel::FlowMaps;
-use crate::metrics::{DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};
+use crate::metrics::{InterfaceStats, KernelStats};
 
 pub use config::{
     CaptureConfig, Directions, FlowsConfig, IngressHook, MapSizes, TcAttach, XdpMode,
@@ -54,9 +57,19 @@ pub use iface::{if_index, if_is_up};
 pub use load::EbpfLogger;
 pub use slots::{OTHER, SlotBook};
 
-use load::{load_program, privilege_hint, raise_memlock_limit};
+use load::{load_error, load_program, raise_memlock_limit};
 use tc::{attach_tc, tc_hooks};
 use xdp::attach_xdp;
+
+/// What `cfg` loads, for an error message: "XDP program", "TC programs" or both.
+fn programs_of(cfg: &CaptureConfig) -> &'static str {
+    let xdp = cfg.directions.ingress() && cfg.ingress_hook == IngressHook::Xdp;
+    match (xdp, tc_hooks(cfg).is_empty()) {
+        (true, true) => "XDP program",
+        (true, false) => "XDP and TC programs",
+        (false, _) => "TC programs",
+    }
+}
 
 /// The loaded programs, and the interfaces they are attached to.
 pub struct Capture {
@@ -64,9 +77,9 @@ pub struct Capture {
     cfg: CaptureConfig,
     attached: BTreeMap<u32, Attached>,
     logger: Option<EbpfLogger>,
-    stats: PerCpuArray<MapData, CpuStats>,
+    /// The counters map and the interfaces' slots in it.
+    counters: CounterReader,
     slot_of: Array<MapData, u32>,
-    book: SlotBook,
     /// The flow maps, until taken (`--mode flows|both`).
     flow_maps: Option<FlowMaps>,
     /// The mode the XDP program was last attached in ("native" or "skb"), "" without XDP.
@@ -107,15 +120,10 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
             .load(
-                crate::kernel_object::object().map_err(|e| CaptureError::Load {
-                    hint: "",
-                    source: Box::new(e),
-                })?,
+                crate::kernel_object::object()
+                    .map_err(|e| load_error(programs_of(cfg), e))?,
             )
-            .map_err(|e| CaptureError::Load {
-                hint: privilege_hint(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.
         let flow_maps = match cfg.flows {
             Some(f) => Some(FlowMaps::from_ebpf(&mut ebpf, f.prefix).map_err(CaptureError::Flows)?),
@@ -146,9 +154,8 @@ impl Capture {
             cfg: cfg.clone(),
             attached: BTreeMap::new(),
             logger,
-            stats,
+            counters: CounterReader::new(stats),
             slot_of,
-            book: SlotBook::default(),
             flow_maps,
             mode: "",
             tc_attached: "",
@@ -162,20 +169,32 @@ impl Capture {
             return Ok(());
         }
         let name: Arc<str> = name.into();
-        let slot = match self.book.take() {
-            Some(slot) if ifindex < MAX_IFINDEX => {
-                let now = self.read_slot(slot)?;
-                self.book.start(slot, Arc::clone(&name), now);
+        // Taken and started under one lock: a scrape never sees a slot half given.
+        let taken = {
+            let mut k = self.counters.lock();
+            match k.book.take() {
+                Some(slot) if ifindex < MAX_IFINDEX => {
+                    let now = k.read_slot(slot)?;
+                    k.book.start(slot, Arc::clone(&name), now);
+                    Ok(slot)
+                }
+                other => {
+                    if let Some(slot) = other {
+                        k.book.put_back(slot);
+                    }
+                    Err(())
+                }
+            }
+        };
+        let slot = match taken {
+            Ok(slot) => {
                 // Set before attaching, so that the first packet already counts in it.
                 if let Err(e) = self.slot_of.set(ifindex, slot, 0) {
                     warn!(interface = %name, "cannot give the interface its counters: {e}");
                 }
                 slot
             }
-            other => {
-                if let Some(slot) = other {
-                    self.book.put_back(slot);
-                }
+            Err(()) => {
                 warn!(
                     interface = %name,
                     "no counter slot for this interface (ifindex {ifindex}): counted under interface \"other\""
@@ -237,7 +256,7 @@ impl Capture {
         {
             debug!("clearing the counter slot of ifindex {ifindex}: {e}");
         }
-        self.book.release(slot);
+        self.counters.lock().book.release(slot);
     }
 
     /// The interfaces attached to: ifindex and name.
@@ -248,35 +267,6 @@ impl Capture {
     /// The name of interface `ifindex`, if attached to.
     pub fn name_of(&self, ifindex: u32) -> Option<Arc<str>> {
         self.attached.get(&ifindex).map(|a| Arc::clone(&a.name))
-    }
-
-    /// The counters of slot `slot`, summed over CPUs, by direction.
-    fn read_slot(&self, slot: u32) -> Result<[DirectionStats; 2], CaptureError> {
-        let mut dirs = [DirectionStats::default(); 2];
-        for d in [KernelDirection::Ingress, KernelDirection::Egress] {
-            let per_cpu = self
-                .stats
-                .get(&stats_index(slot, d), 0)
-                .map_err(CaptureError::Stats)?;
-            dirs[d as usize] = per_cpu.iter().fold(DirectionStats::default(), |acc, c| {
-                acc.zip(
-                    DirectionStats {
-                        seen: c.seen,
-                        sampled: c.sampled,
-                        ring_drops: c.ring_full,
-                        flows: FlowKernelStats {
-                            unkeyed: c.flow_unkeyed,
-                            unkeyed_bytes: c.flow_unkeyed_bytes,
-                            events: c.flow_events,
-                            overflow: c.flow_overflow,
-                            overflow_bytes: c.flow_overflow_bytes,
-                        },
-                    },
-                    |a, b| a + b,
-                )
-            });
-        }
-        Ok(dirs)
     }
 
     /// The ring buffer the program writes samples to (once).
@@ -306,16 +296,13 @@ impl Capture {
     /// Kernel counters summed over all CPUs: in total and per direction, and per interface
     /// (those that went away included), from one reading, so the second add up to the first.
     pub fn counters(&self) -> Result<(KernelStats, Vec<InterfaceStats>), CaptureError> {
-        let raw = (0..self.book.used())
-            .map(|slot| self.read_slot(slot))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut dirs = [DirectionStats::default(); 2];
-        for slot in &raw {
-            for (total, d) in dirs.iter_mut().zip(slot) {
-                total.add(d);
-            }
-        }
-        Ok((KernelStats::from_directions(dirs), self.book.report(&raw)))
+        self.counters.read()
+    }
+
+    /// A reader of the same counters for another task (a `/metrics` scrape reads them
+    /// fresh, after the userspace counters, so that the page's numbers add up).
+    pub fn counter_reader(&self) -> CounterReader {
+        self.counters.clone()
     }
 
     /// Detaches the programs from every interface (closes the links, removes netlink

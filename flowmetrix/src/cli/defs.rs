@@ -20,8 +20,7 @@ use crate::{offset::VMWARE_DEFAULT, sink::greptime::Compression};
     version,
     about,
     max_term_width = 100,
-    after_help = "Long flags also take one dash, as in the original tool: -offset 24, -auto-detect, -no-log.\n\
-                  Ctrl+C or SIGTERM detaches, writes what is queued, prints a summary and exits 0."
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// Interface(s) to capture on: names and patterns (`veth*`, `ens?`), comma-separated or
@@ -37,7 +36,8 @@ pub struct Cli {
     )]
     pub interface: Vec<String>,
 
-    /// Replay a pcap or pcapng file (Ethernet) instead of capturing; ts comes from the file.
+    /// Replay a pcap or pcapng file instead of capturing (`-`: standard input): Ethernet,
+    /// Linux cooked, raw IP and loopback captures; ts comes from the file.
     #[arg(
         help_heading = "Capture",
         long,
@@ -104,7 +104,7 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(i64::from(MIN_FLOW_MAX_ENTRIES)..=i64::from(MAX_FLOW_MAX_ENTRIES)))]
     pub flow_max_entries: u32,
 
-    /// GreptimeDB table of the flow rows (created by the first insert, append-only).
+    /// GreptimeDB table of the flow rows (created at start if missing, append-only).
     #[arg(help_heading = "Flows", long, default_value = "flow_data", value_name = "NAME",
           value_parser = parse_name)]
     pub flow_table: String,
@@ -137,7 +137,7 @@ pub struct Cli {
           value_name = "NAME", value_parser = parse_name)]
     pub database: String,
 
-    /// Table to write to (created by the first insert, append-only).
+    /// Table of the packet rows (created at start if missing, append-only).
     #[arg(help_heading = "GreptimeDB", long, env = "FLOWMETRIX_GREPTIME_TABLE", default_value = "packet_data",
           value_name = "NAME", value_parser = parse_name)]
     pub table: String,
@@ -277,6 +277,36 @@ pub struct Cli {
     pub no_log: bool,
 }
 
+/// What `--help` and the man page (its EXTRA section) say after the flags.
+macro_rules! notes {
+    () => {
+        "\
+Long flags also take one dash, as in the original tool: -offset 24, -auto-detect, -no-log.
+Durations take a unit: 500ms, 10s, 2m, 1h (--ttl also d, w, y).
+Ctrl+C or SIGTERM detaches, writes what is queued, prints a summary and exits.
+Man page and shell completions: flowmetrix --generate man|bash|zsh|fish"
+    };
+}
+
+/// The man page's notes: [`AFTER_HELP`] without the examples (it has an EXAMPLES section).
+pub(super) const NOTES: &str = notes!();
+
+/// After the flags in `--help`: the examples a new user starts from, then the notes.
+const AFTER_HELP: &str = concat!(
+    "\
+Examples:
+  flowmetrix -i eth0 --output jsonl              JSON lines on stdout, one row per packet
+  flowmetrix -i eth0                             into GreptimeDB at 127.0.0.1:4001
+  flowmetrix -i eth0 --mode both --sample-rate 100
+                                                 exact flow rows and 1 in 100 packets
+  flowmetrix --pcap capture.pcap --output jsonl  replay a capture file (- for stdin)
+  flowmetrix -i 'veth*' --print-config           the effective settings and their sources
+
+",
+    notes!(),
+    "\nExit status: 0 success, 1 runtime failure, 2 usage or config error (man page: EXIT STATUS)."
+);
+
 const VMWARE_DEFAULT_STR: &str = {
     assert!(VMWARE_DEFAULT == 24);
     "24"
@@ -295,7 +325,7 @@ pub enum XdpModeArg {
 /// `--mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
-    /// Sampled packet rows (as before).
+    /// Sampled packet rows, one per sampled packet (the default).
     Packets,
     /// Flow rows only: every packet counted, no packet rows.
     Flows,
@@ -310,7 +340,7 @@ pub const MAX_FLOW_MAX_ENTRIES: u32 = 16 << 20;
 /// `--direction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DirectionArg {
-    /// Packets arriving on the interface (XDP, as before).
+    /// Packets arriving on the interface (XDP, or TC with --ingress-hook tc).
     Ingress,
     /// Packets leaving the interface (TC).
     Egress,

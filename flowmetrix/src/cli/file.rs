@@ -12,7 +12,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::{ArgAction, ArgMatches, Command, parser::ValueSource};
+use std::any::TypeId;
+
+use clap::{Arg, ArgAction, ArgMatches, Command, parser::ValueSource};
+
+use super::{defs::PASSWORD_ENV, usage::suggest};
 
 /// Read when present and no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/flowmetrix/flowmetrix.toml";
@@ -24,13 +28,16 @@ const NOT_IN_FILE: &[&str] = &["config", "help", "version", "print-config", "gen
 pub enum ConfigError {
     #[error("cannot read config file {path}: {message}")]
     Read { path: String, message: String },
-    #[error("config file {path}: {message}")]
+    /// `message`: `line 3, column 1: invalid table header`.
+    #[error("config file {path}, {message}")]
     Syntax { path: String, message: String },
-    #[error("config file {path}, line {line}: unknown key '{key}'")]
+    #[error("config file {path}, line {line}: unknown key '{key}'{hint}")]
     UnknownKey {
         path: String,
         line: usize,
         key: String,
+        /// `; did you mean '…'?`, or where the setting comes from instead.
+        hint: String,
     },
     #[error("config file {path}, line {line}: {key}: {message}")]
     BadValue {
@@ -88,12 +95,7 @@ pub fn load(path: &Path, cmd: &Command, matches: &ArgMatches) -> Result<FileSett
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Syntax {
             path: name.clone(),
-            message: e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("syntax error")
-                .to_owned(),
+            message: syntax_error(&text, &e),
         })?;
     let mut out = FileSettings {
         path: Some(path.to_owned()),
@@ -122,6 +124,7 @@ pub fn load(path: &Path, cmd: &Command, matches: &ArgMatches) -> Result<FileSett
                 path: name.clone(),
                 line: line_of(&text, key),
                 key: key.clone(),
+                hint: unknown_key_hint(cmd, key),
             })?;
         let id = arg.get_id().as_str();
         if matches!(
@@ -132,13 +135,7 @@ pub fn load(path: &Path, cmd: &Command, matches: &ArgMatches) -> Result<FileSett
         }
         let flag = format!("--{key}");
         let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
-        let text_value = |v: &toml::Value| match v {
-            toml::Value::String(s) => Ok(s.clone()),
-            toml::Value::Integer(i) => Ok(i.to_string()),
-            toml::Value::Float(f) => Ok(f.to_string()),
-            toml::Value::Boolean(b) => Ok(b.to_string()),
-            _ => Err(bad(key, "expected a string or a number".into())),
-        };
+        let text_value = |v: &toml::Value| value_text(arg, v).map_err(|m| bad(key, m));
         match value {
             toml::Value::Boolean(on) if is_switch => {
                 if *on {
@@ -161,6 +158,89 @@ pub fn load(path: &Path, cmd: &Command, matches: &ArgMatches) -> Result<FileSett
         out.origins.push((key.clone(), line_of(&text, key)));
     }
     Ok(out)
+}
+
+/// A TOML parse error on one line: where, and the parser's reason (`invalid table header`,
+/// `expected `.`, `]``), which its multi-line rendering puts after a picture of the line.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let reason = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = e.span() else {
+        return format!("syntax error: {reason}");
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}: {reason}")
+}
+
+/// After "unknown key 'k'": the key most likely meant, or, for a password, where it goes.
+fn unknown_key_hint(cmd: &Command, key: &str) -> String {
+    if key.contains("password") {
+        return format!(
+            ": the password is never read from a file; set {PASSWORD_ENV} in the environment (a systemd EnvironmentFile, say)"
+        );
+    }
+    let keys = cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .filter_map(Arg::get_long)
+        .filter(|l| !NOT_IN_FILE.contains(l))
+        .chain(["applications"]);
+    suggest(key, keys).map_or_else(String::new, |k| format!("; did you mean '{k}'?"))
+}
+
+/// Whether `arg` takes a whole number (`sample-rate = 100`), rather than text
+/// (`flow-interval = "10s"`, `interface = "eth0"`).
+fn takes_number(arg: &Arg) -> bool {
+    let t = arg.get_value_parser().type_id();
+    [
+        TypeId::of::<u8>(),
+        TypeId::of::<u16>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u64>(),
+        TypeId::of::<usize>(),
+        TypeId::of::<i64>(),
+    ]
+    .iter()
+    .any(|n| t == *n)
+}
+
+/// A (non-switch) value as the flag's text, if its TOML type fits the setting: a number for
+/// a number (a quoted one is refused: `sample-rate = "100"`), a string for the others
+/// (`interface = 5` is refused). A size such as `ring-bytes = "8M"` is a string.
+fn value_text(arg: &Arg, v: &toml::Value) -> Result<String, String> {
+    let number = takes_number(arg);
+    match v {
+        toml::Value::Integer(i) if number => Ok(i.to_string()),
+        toml::Value::String(s)
+            if number && !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Err(format!(
+                "expected a number, not a string (write it without quotes: {s})"
+            ))
+        }
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(_) if is_duration(arg) => {
+            Err("expected a duration in quotes, with its unit (such as \"10s\")".into())
+        }
+        toml::Value::Integer(i) => Err(format!(
+            "expected a string, not a number (in quotes: \"{i}\")"
+        )),
+        toml::Value::Float(_) if number => Err("expected a whole number".into()),
+        _ if number => Err("expected a number".into()),
+        _ => Err("expected a string (in quotes)".into()),
+    }
+}
+
+fn is_duration(arg: &Arg) -> bool {
+    arg.get_value_names()
+        .is_some_and(|n| n.iter().any(|n| n == "DURATION"))
 }
 
 fn applications(value: &toml::Value) -> Result<Vec<(u16, String)>, (String, String)> {
@@ -250,7 +330,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "config file {}, line 3: unknown key 'sampel-rate'",
+                "config file {}, line 3: unknown key 'sampel-rate'; did you mean 'sample-rate'?",
                 p.display()
             )
         );
@@ -272,6 +352,84 @@ mod tests {
         std::fs::write(&p, "sample-rate = \n").unwrap();
         let e = load(&p, &cmd(), &m).unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn wrong_types_syntax_errors_and_passwords_are_explained() {
+        let m = cmd().try_get_matches_from(["t"]).unwrap();
+        let p = write("types", "\n\nsample-rate = \"100\"\n");
+        let e = load(&p, &cmd(), &m).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "config file {}, line 3: sample-rate: expected a number, not a string (write it without quotes: 100)",
+                p.display()
+            )
+        );
+        std::fs::write(&p, "greptime-endpoint = 5\n").unwrap();
+        let e = load(&p, &cmd(), &m).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "line 1: greptime-endpoint: expected a string, not a number (in quotes: \"5\")"
+            ),
+            "{e}"
+        );
+        std::fs::write(&p, "greptime-endpoint = [\"a:1\", 2]\n").unwrap();
+        let e = load(&p, &cmd(), &m).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1: greptime-endpoint: expected a string"),
+            "{e}"
+        );
+        std::fs::write(&p, "sample-rate = 1.5\n").unwrap();
+        let e = load(&p, &cmd(), &m).unwrap_err().to_string();
+        assert!(e.ends_with("sample-rate: expected a whole number"), "{e}");
+
+        // The parser's reason is kept, on one line.
+        std::fs::write(&p, "sample-rate = 1\n[bad\n").unwrap();
+        let e = load(&p, &cmd(), &m).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("config file {}, line 2, column ", p.display()))
+                && e.contains("unclosed table, expected `]`")
+                && !e.contains('\n'),
+            "{e}"
+        );
+
+        std::fs::write(&p, "sample-rate = 1\npassword = \"x\"\n").unwrap();
+        let e = load(&p, &cmd(), &m).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2: unknown key 'password': the password is never read from a file; set FLOWMETRIX_GREPTIME_PASSWORD"),
+            "{e}"
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn durations_in_the_file_are_strings_with_a_unit() {
+        let c = super::super::command();
+        let m = c
+            .clone()
+            .try_get_matches_from(["t", "--print-config"])
+            .unwrap();
+        let p = write("durations", "flow-interval = 10\n");
+        let e = load(&p, &c, &m).unwrap_err().to_string();
+        assert!(
+            e.ends_with("line 1: flow-interval: expected a duration in quotes, with its unit (such as \"10s\")"),
+            "{e}"
+        );
+        std::fs::write(&p, "interface = 5\n").unwrap();
+        let e = load(&p, &c, &m).unwrap_err().to_string();
+        assert!(
+            e.ends_with("line 1: interface: expected a string, not a number (in quotes: \"5\")"),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            "flow-interval = \"10s\"\nring-bytes = \"8M\"\nsnaplen = 128\noffset = 24\n",
+        )
+        .unwrap();
+        let f = load(&p, &c, &m).unwrap();
+        assert_eq!(f.args.len(), 4, "{:?}", f.args);
         std::fs::remove_file(p).unwrap();
     }
 

@@ -4,7 +4,7 @@
 use clap::Command;
 
 use super::{
-    defs::{Generate, PASSWORD_ENV, command},
+    defs::{Generate, NOTES, PASSWORD_ENV, command},
     file,
 };
 
@@ -98,7 +98,7 @@ fn roff_item(term: &str, text: &str) -> String {
 fn man_page(cmd: Command) -> String {
     let mut out = Vec::new();
     // Writing into a Vec cannot fail.
-    let _ = clap_mangen::Man::new(cmd.clone()).render(&mut out);
+    let _ = clap_mangen::Man::new(cmd.clone().after_help(NOTES)).render(&mut out);
     let generated = String::from_utf8_lossy(&out).into_owned();
 
     let mut ours = String::from(".SH \"EXIT STATUS\"\n");
@@ -109,11 +109,11 @@ fn man_page(cmd: Command) -> String {
         ),
         (
             "1",
-            "A runtime failure: the XDP program cannot be loaded or attached, a pcap file is damaged, the metrics address cannot be bound.",
+            "A runtime failure: what was asked for exists but cannot be done: an interface is down, the programs cannot be loaded or attached (no privilege, another collector), a pcap file cannot be read or is damaged, the metrics address cannot be bound.",
         ),
         (
             "2",
-            "A usage error: a bad flag, environment variable or config file value, or a missing interface.",
+            "A usage error, found before anything starts: a bad flag, environment variable or config file value, or a name that does not exist (an interface given by name, a pcap file).",
         ),
     ] {
         ours.push_str(&roff_item(code, what));
@@ -174,6 +174,14 @@ fn man_page(cmd: Command) -> String {
             "Sample 1 packet in 100.",
         ),
         (
+            "flowmetrix -i eth0 --mode both --flow-interval 10s",
+            "Exact flow rows every 10 seconds (every packet counted in the kernel) as well as packet rows.",
+        ),
+        (
+            "flowmetrix -i 'veth*,eth0' --direction both",
+            "Packets arriving and leaving on eth0 and on every veth interface, also those that appear later.",
+        ),
+        (
             "flowmetrix -i ens192 -offset 24",
             "VMware hosts: skip a 24-byte prefix before each Ethernet header (-auto-detect learns it).",
         ),
@@ -192,6 +200,10 @@ fn man_page(cmd: Command) -> String {
         (
             "FLOWMETRIX_SAMPLE_RATE=10 flowmetrix --config ./fm.toml --print-config",
             "Show the effective settings and where each comes from.",
+        ),
+        (
+            "flowmetrix --generate bash > /etc/bash_completion.d/flowmetrix",
+            "Install the bash completion (also zsh and fish; --generate man prints this page).",
         ),
     ] {
         ours.push_str(&format!(".TP\n.B {}\n{}\n", roff(line), roff(what)));

@@ -1,10 +1,14 @@
 //! The original Go tool took long flags with a single dash (`-offset 24`, `-auto-detect`,
 //! `-no-log`); [`normalize_go_flags`] rewrites every single-dash spelling of a long flag
 //! defined in [`Cli`] to its `--` form before clap sees it.
+//!
+//! A negative number after a flag that takes a value (`-offset -3`) is that flag's value,
+//! joined to it (`--offset=-3`), so that the flag's range check answers rather than clap's
+//! "unexpected argument '-3'" (it reads `-3` as a short flag otherwise).
 
 use std::ffi::OsString;
 
-use clap::CommandFactory as _;
+use clap::{ArgAction, CommandFactory as _};
 
 use super::defs::Cli;
 
@@ -14,11 +18,29 @@ use super::defs::Cli;
 pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
     let cmd = Cli::command();
     let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
-    let mut out = Vec::new();
+    let takes_value = |flag: &str| {
+        cmd.get_arguments().any(|a| {
+            matches!(a.get_action(), ArgAction::Set | ArgAction::Append)
+                && (a
+                    .get_long()
+                    .is_some_and(|l| flag.strip_prefix("--") == Some(l))
+                    || a.get_short().is_some_and(|c| flag == format!("-{c}")))
+        })
+    };
+    let mut out: Vec<OsString> = Vec::new();
     let mut rest = false;
     for arg in args {
         if rest {
             out.push(arg);
+            continue;
+        }
+        if let Some(s) = arg.to_str()
+            && is_negative_number(s)
+            && let Some(prev) = out.last_mut()
+            && prev.to_str().is_some_and(&takes_value)
+        {
+            prev.push("=");
+            prev.push(s);
             continue;
         }
         let rewritten = arg.to_str().and_then(|s| {
@@ -35,6 +57,12 @@ pub fn normalize_go_flags<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsSt
         out.push(rewritten.unwrap_or(arg));
     }
     out
+}
+
+/// `-3`, `-0.5`: a value, not a flag (no flag of ours is a digit).
+fn is_negative_number(s: &str) -> bool {
+    s.strip_prefix('-')
+        .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()) && n.parse::<f64>().is_ok())
 }
 
 #[cfg(test)]
@@ -75,6 +103,37 @@ mod tests {
                 "-id",
                 "--",
                 "-offset"
+            ])
+        );
+    }
+
+    #[test]
+    fn a_negative_number_after_a_flag_is_its_value() {
+        assert_eq!(
+            normalize_go_flags(os(&[
+                "flowmetrix",
+                "-offset",
+                "-3",
+                "--sample-rate",
+                "-10",
+                "-i",
+                "-1",
+                "-d",
+                "-5",
+                "--",
+                "-offset",
+                "-3"
+            ])),
+            os(&[
+                "flowmetrix",
+                "--offset=-3",
+                "--sample-rate=-10",
+                "-i=-1",
+                "-d",
+                "-5",
+                "--",
+                "-offset",
+                "-3"
             ])
         );
     }

@@ -171,6 +171,93 @@ mod tests {
     }
 
     #[test]
+    fn a_negative_number_gets_the_range_message() {
+        for args in [
+            &["fm", "-i", "x", "-offset", "-3"][..],
+            &["fm", "-i", "x", "--offset", "-3"],
+            &["fm", "-i", "x", "-offset=-3"],
+        ] {
+            let Err(e) = parse_with_default(os(args), Path::new("/nonexistent")) else {
+                panic!("{args:?} parsed")
+            };
+            assert!(
+                e.starts_with("invalid value '-3' for '--offset [<BYTES>]': -3 is not in 0..="),
+                "{args:?}: {e}"
+            );
+        }
+        let Err(e) = parse_with_default(
+            os(&["fm", "-i", "x", "--sample-rate", "-10"]),
+            Path::new("/nonexistent"),
+        ) else {
+            panic!()
+        };
+        assert!(e.contains("-10 is not in 1..=1000000"), "{e}");
+        // A short flag's negative value too: the interface "-1" does not exist, which
+        // is the settings' check, not clap's "unexpected argument".
+        assert_eq!(cli(&["fm", "-i", "-1"]).interface, ["-1"]);
+    }
+
+    #[test]
+    fn a_misspelt_flag_gets_did_you_mean() {
+        for (args, want) in [
+            (
+                &["fm", "-i", "x", "--sample-rat", "5"][..],
+                "unexpected argument '--sample-rat': did you mean '--sample-rate'?",
+            ),
+            // One dash, as the original tool's flags: clap alone reads it as `-s`.
+            (
+                &["fm", "-i", "x", "-sample-rat", "5"],
+                "unexpected argument '-sample-rat': did you mean '--sample-rate'?",
+            ),
+            (
+                &["fm", "-i", "x", "-flow-intreval=5s"],
+                "unexpected argument '-flow-intreval': did you mean '--flow-interval'?",
+            ),
+        ] {
+            let Err(e) = parse_with_default(os(args), Path::new("/nonexistent")) else {
+                panic!("{args:?} parsed")
+            };
+            assert_eq!(e, format!("{want} (see 'flowmetrix --help')"));
+        }
+        let Err(e) = parse(os(&["fm", "-i", "x", "--frobnicate"])) else {
+            panic!()
+        };
+        assert_eq!(
+            e,
+            "unexpected argument '--frobnicate' found (see 'flowmetrix --help')"
+        );
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_ports_a_range() {
+        for (flag, value) in [
+            ("--flow-interval", "5"),
+            ("--shutdown-timeout", "10"),
+            ("--flush-interval", "1"),
+            ("--stats-interval", "10"),
+            ("--ttl", "7"),
+        ] {
+            let Err(e) = parse(os(&["fm", "-i", "x", flag, value])) else {
+                panic!("{flag} {value} parsed")
+            };
+            assert!(
+                e.contains(&format!("'{value}' has no unit (write {value}")),
+                "{e}"
+            );
+        }
+        let Err(e) = parse(os(&[
+            "fm",
+            "-i",
+            "x",
+            "--greptime-endpoint",
+            "127.0.0.1:99999",
+        ])) else {
+            panic!()
+        };
+        assert!(e.contains("port 99999 is out of range (1-65535)"), "{e}");
+    }
+
+    #[test]
     fn defaults() {
         let c = cli(&["fm", "-i", "eth0"]);
         assert_eq!(c.sample_rate, 1);

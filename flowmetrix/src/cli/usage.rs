@@ -20,6 +20,11 @@ pub(super) fn describe(
     file: Option<&FileSettings>,
 ) -> String {
     let rendered = one_line(&e.render().to_string());
+    if e.kind() == ErrorKind::UnknownArgument
+        && let Some(msg) = unknown_argument(cmd, args, e)
+    {
+        return msg;
+    }
     let Some(ContextValue::String(invalid)) = e.get(ContextKind::InvalidArg) else {
         return rendered;
     };
@@ -60,6 +65,54 @@ pub(super) fn describe(
         return format!("environment variable {var}: {msg}");
     }
     rendered
+}
+
+/// An unknown flag, with the long flag it most likely meant: clap's own suggestion for a
+/// `--` spelling, or, for a one-dash spelling (`-sample-rat`, which clap reads as the short
+/// flag `-s`), the long flag closest to it.
+fn unknown_argument(cmd: &Command, args: &[OsString], e: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(invalid)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let suggested = match e.get(ContextKind::SuggestedArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(s)) => s.first().cloned(),
+        _ => None,
+    };
+    let (word, suggested) = match suggested {
+        Some(s) => (invalid.clone(), s),
+        None => {
+            // clap names only the first letter of a one-dash word: find the word.
+            let short = invalid.strip_prefix('-').filter(|s| !s.starts_with('-'))?;
+            let word = args.iter().filter_map(|a| a.to_str()).find(|a| {
+                a.strip_prefix('-')
+                    .is_some_and(|b| b.len() > 2 && b.starts_with(short) && !b.starts_with('-'))
+            })?;
+            let name = word[1..].split('=').next().unwrap_or_default();
+            let longs = cmd
+                .get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter_map(|a| a.get_long());
+            (format!("-{name}"), format!("--{}", suggest(name, longs)?))
+        }
+    };
+    Some(format!(
+        "unexpected argument '{word}': did you mean '{suggested}'? (see 'flowmetrix --help')"
+    ))
+}
+
+/// The candidate closest to `word`, if close enough to be what was meant (clap's own
+/// measure and threshold).
+pub(super) fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro(word, c), c))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
 }
 
 /// The argument clap names as "--sample-rate <N>" or "-i <IFACE>".

@@ -3,12 +3,12 @@
 //!
 //! Hand-written, not `humantime` / `bytesize`, because both accept and refuse other inputs
 //! than these, and this change keeps what is accepted (measured with humantime 2.4 and
-//! bytesize 2.7): humantime refuses plain seconds (`10`) and overflows on `99999999999999ms`
-//! where [`parse_duration`] takes them, and takes `1d`, `2min` and `1h 30m`, which are
-//! refused here; bytesize reads `64K` as 64 000 bytes and `8M` as 8 000 000 (decimal units,
-//! where these are binary: the ring buffer must be a power of two) and takes `1.5G` and
-//! `64 KiB`. A wrapper around either would have to check every input first, i.e. be this
-//! code again. The rules for durations and sizes are to be made one in a change of their own.
+//! bytesize 2.7): humantime overflows on `99999999999999ms` where [`parse_duration`] takes
+//! it, and takes `1d`, `2min` and `1h 30m`, which are refused here; bytesize reads `64K`
+//! as 64 000 bytes and `8M` as 8 000 000 (decimal units, where these are binary: the ring
+//! buffer must be a power of two) and takes `1.5G` and `64 KiB`. A wrapper around either would have to check every input first, i.e. be this
+//! code again. Every duration (and the TTL) is a number and a unit: a bare number is
+//! refused with the spellings it may have meant.
 
 use std::time::Duration;
 
@@ -57,8 +57,13 @@ pub(super) fn parse_endpoint(s: &str) -> Result<String, String> {
     let s = s.trim();
     let bad = || format!("'{s}' is not host:port (e.g. 127.0.0.1:4001)");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
+    if host.is_empty() || host.contains('/') || port.is_empty() {
         return Err(bad());
+    }
+    match port.parse::<u64>() {
+        Ok(p) if (1..=65535).contains(&p) => {}
+        Ok(_) => return Err(format!("'{s}': port {port} is out of range (1-65535)")),
+        Err(_) => return Err(bad()),
     }
     Ok(s.to_owned())
 }
@@ -80,7 +85,9 @@ pub(super) fn parse_name(s: &str) -> Result<String, String> {
         .ok_or_else(|| format!("'{s}' is not a name (letters, digits, _ and -)"))
 }
 
-/// `250ms`, `1s`, `2m`, `1h`, or plain seconds.
+/// `250ms`, `1s`, `2m`, `1h`: a number and a unit, as every duration (and `--ttl`) takes.
+/// A bare number is refused rather than read as seconds: `--flush-interval 500` meant
+/// milliseconds as often as seconds.
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
@@ -89,9 +96,14 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{s}' is not a duration such as 500ms, 1s or 2m"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
+        "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "" => {
+            return Err(format!(
+                "'{s}' has no unit (write {s}s, {s}ms, {s}m or {s}h)"
+            ));
+        }
         _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
     };
     if d.is_zero() {
@@ -117,6 +129,11 @@ pub(super) fn parse_ttl(s: &str) -> Result<String, String> {
         || (!digits.is_empty()
             && digits.parse::<u64>().is_ok_and(|n| n > 0)
             && ["s", "m", "h", "d", "w", "y"].contains(&unit));
+    if !ok && unit.is_empty() && digits.parse::<u64>().is_ok_and(|n| n > 0) {
+        return Err(format!(
+            "'{s}' has no unit (write {s}d, {s}h, {s}w, ... or forever)"
+        ));
+    }
     ok.then(|| s.to_owned())
         .ok_or_else(|| format!("'{s}' is not a TTL such as 12h, 7d, 4w or forever"))
 }
@@ -155,6 +172,19 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err() && parse_duration("1d").is_err());
+        // One rule for every duration: a unit is required, as --ttl requires one.
+        assert_eq!(
+            parse_duration("10"),
+            Err("'10' has no unit (write 10s, 10ms, 10m or 10h)".into())
+        );
+        assert_eq!(
+            parse_flow_interval("5"),
+            Err("'5' has no unit (write 5s, 5ms, 5m or 5h)".into())
+        );
+        assert_eq!(
+            parse_ttl("7"),
+            Err("'7' has no unit (write 7d, 7h, 7w, ... or forever)".into())
+        );
         assert_eq!(parse_flow_interval("200ms"), Ok(Duration::from_millis(200)));
         assert_eq!(parse_flow_interval("10s"), Ok(Duration::from_secs(10)));
         for bad in ["0", "0ms", "99ms", "2h", "x"] {
@@ -164,6 +194,14 @@ mod tests {
         assert!(parse_ttl("7").is_err() && parse_ttl("0d").is_err() && parse_ttl("d").is_err());
         assert!(parse_name("packet_data").is_ok());
         assert!(parse_name("bad;name").is_err() && parse_name("").is_err());
+        assert_eq!(
+            parse_endpoint("127.0.0.1:99999"),
+            Err("'127.0.0.1:99999': port 99999 is out of range (1-65535)".into())
+        );
+        assert_eq!(
+            parse_endpoint("h:0"),
+            Err("'h:0': port 0 is out of range (1-65535)".into())
+        );
         // Endpoint lists on the command line: cli::tests::endpoint_lists_are_split_and_trimmed.
     }
 

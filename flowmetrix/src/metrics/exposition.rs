@@ -66,10 +66,21 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Resu
 
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
-        let k = self.0.kernel();
         let c = &self.0.counters;
-        let g = self.0.gauges;
+        // The userspace counters first, the last stage first, then the kernel's: each
+        // number read counts only what the ones read after it had counted already, so that
+        // `sampled - ring_drops - decoded - ...` is never negative on the page.
         let get = Counters::get;
+        let written = get(&c.written);
+        let write_errors = get(&c.write_errors);
+        let spooled = get(&c.spooled);
+        let spool_replayed = get(&c.spool_replayed);
+        let spool_lost = get(&c.spool_lost);
+        let queue_drops = get(&c.queue_drops);
+        let decode_errors = get(&c.decode_errors);
+        let decoded = get(&c.decoded);
+        let (k, interfaces) = self.0.fresh_kernel();
+        let g = self.0.gauges;
         let e = &mut e;
         counter(
             e,
@@ -89,23 +100,18 @@ impl Collector for Scrape {
             "Sampled packets lost because the kernel ring buffer was full.",
             k.ring_drops,
         )?;
-        counter(
-            e,
-            "samples_decoded",
-            "Samples turned into rows.",
-            get(&c.decoded),
-        )?;
+        counter(e, "samples_decoded", "Samples turned into rows.", decoded)?;
         counter(
             e,
             "decode_errors",
             "Samples that could not be turned into a row.",
-            get(&c.decode_errors),
+            decode_errors,
         )?;
         counter(
             e,
             "queue_drops",
             "Rows dropped because the queue to the output was full.",
-            get(&c.queue_drops),
+            queue_drops,
         )?;
         gauge(
             e,
@@ -113,17 +119,12 @@ impl Collector for Scrape {
             "Rows waiting for the output.",
             get(&c.queue_depth),
         )?;
-        counter(
-            e,
-            "rows_written",
-            "Rows the output accepted.",
-            get(&c.written),
-        )?;
+        counter(e, "rows_written", "Rows the output accepted.", written)?;
         counter(
             e,
             "write_errors",
             "Rows the output failed to write.",
-            get(&c.write_errors),
+            write_errors,
         )?;
         counter(
             e,
@@ -135,19 +136,19 @@ impl Collector for Scrape {
             e,
             "spooled_rows",
             "Rows put in the disk spool (GreptimeDB away, or the queue full).",
-            get(&c.spooled),
+            spooled,
         )?;
         counter(
             e,
             "spool_replayed_rows",
             "Rows from the spool that GreptimeDB acknowledged (they may be from an earlier run).",
-            get(&c.spool_replayed),
+            spool_replayed,
         )?;
         counter(
             e,
             "spool_lost_rows",
             "Rows the spool lost: dropped for space, or damaged on disk.",
-            get(&c.spool_lost),
+            spool_lost,
         )?;
         gauge(
             e,
@@ -225,7 +226,6 @@ impl Collector for Scrape {
         }
 
         // And by interface (they add up to the unlabelled ones too).
-        let interfaces = self.0.interfaces();
         if !interfaces.is_empty() {
             for (name, help, field) in &split {
                 let name = name.replace("_by_direction", "_by_interface");
@@ -345,6 +345,46 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
 mod tests {
     use super::*;
     use crate::metrics::{kernel::KernelStats, registry::Gauges, summary::Summary};
+
+    #[test]
+    fn a_scrape_reads_the_kernel_after_userspace_so_the_equation_holds() {
+        let r = Arc::new(Registry::default());
+        // The tick's snapshot is old: 1 sampled, where userspace has decoded 5 since.
+        r.set_kernel(KernelStats {
+            sampled: 1,
+            ..Default::default()
+        });
+        Counters::add(&r.counters.decoded, 5);
+        // Live, the kernel is read at the scrape; decoding goes on while it is read.
+        let counters = Arc::clone(&r.counters);
+        r.read_kernel_with(Some(Box::new(move || {
+            let sampled = Counters::get(&counters.decoded) + 2; // 2 in the ring
+            Counters::add(&counters.decoded, 3); // decoded while the kernel was read
+            Some((
+                KernelStats {
+                    seen: sampled,
+                    sampled,
+                    ..Default::default()
+                },
+                Vec::new(),
+            ))
+        })));
+        let page = r.render();
+        let v = |name: &str| value(&page, name).unwrap_or_else(|| panic!("{page}"));
+        let (sampled, decoded) = (
+            v("flowmetrix_packets_sampled_total"),
+            v("flowmetrix_samples_decoded_total"),
+        );
+        assert_eq!((sampled, decoded), (7, 5), "{page}");
+        // Without a reader (a replay), the latest snapshot.
+        r.read_kernel_with(None);
+        r.set_kernel(KernelStats {
+            sampled: 20,
+            ..Default::default()
+        });
+        let page = r.render();
+        assert_eq!(value(&page, "flowmetrix_packets_sampled_total"), Some(20));
+    }
 
     #[test]
     fn prometheus_text_names_every_stage() {

@@ -22,5 +22,5 @@ pub use counters::{Counters, DurationHistogram, FlowCounters, WRITE_BUCKETS};
 pub use flowmetrix_common::Direction;
 pub use http::{Limits, MAX_CONNECTIONS, READ_TIMEOUT, serve, serve_with};
 pub use kernel::{DIRECTIONS, DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};
-pub use registry::{Gauges, Registry};
+pub use registry::{Gauges, KernelReader, Registry};
 pub use summary::{FlowSummary, Summary};

@@ -33,11 +33,17 @@ fn metrics_match_the_rows_and_the_exit_summary() {
         ])
         .start();
     net.send_udp(0..2_000);
-    // The kernel counters are read once a second: wait until the page shows all frames.
+    // The kernel counters are read at the scrape: wait until the page shows all frames,
+    // and every sample through the ring, decoded and written.
     let mut page = String::new();
     wait_until(Duration::from_secs(10), || {
         page = http_get_in(&net.ns_a, "127.0.0.1:9464", "/metrics");
-        metric(&page, "flowmetrix_packets_seen_total") == 2_000
+        let m = |name: &str| metric(&page, &format!("flowmetrix_{name}"));
+        m("packets_seen_total") == 2_000
+            && m("packets_sampled_total")
+                == m("ring_drops_total") + m("samples_decoded_total") + m("decode_errors_total")
+            && m("samples_decoded_total")
+                == m("rows_written_total") + m("queue_drops_total") + m("write_errors_total")
     });
     std::thread::sleep(Duration::from_millis(1_200)); // one status line at least
     let done = collector.interrupt();

@@ -35,16 +35,30 @@ impl OutageLog {
     /// An outage whose first failed attempt started at `started` (a request that timed out
     /// after 10 s began 10 s before it failed).
     pub fn began_at(&self, why: &str, started: Instant) {
+        self.began_then(why, started, None);
+    }
+
+    /// An outage, and what is done when it ends (`then`: the start-up DDL still to run),
+    /// said on the same one line.
+    pub fn began_then(&self, why: &str, started: Instant, then: Option<&str>) {
         let mut outage = self.since.lock().unwrap_or_else(|e| e.into_inner());
         if outage.is_none() {
             *outage = Some(started);
-            let meanwhile = if self.spooling {
-                "rows go to the disk spool meanwhile"
-            } else {
-                "rows wait in the queue meanwhile"
-            };
-            warn!("{} failed: {why}; retrying ({meanwhile})", self.target);
+            warn!("{}", self.began_line(why, then));
         }
+    }
+
+    fn began_line(&self, why: &str, then: Option<&str>) -> String {
+        let meanwhile = if self.spooling {
+            "rows go to the disk spool meanwhile"
+        } else {
+            "rows wait in the queue meanwhile"
+        };
+        let then = then.map_or_else(String::new, |t| format!("; {t}"));
+        format!(
+            "{} failed: {why}; retrying ({meanwhile}{then})",
+            self.target
+        )
     }
 
     pub fn succeeded(&self) {
@@ -67,5 +81,27 @@ impl OutageLog {
         if first {
             error!("{}: {message}", self.target);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_at_start_is_one_line_with_what_waits_for_it() {
+        let log = OutageLog::new("GreptimeDB at 127.0.0.1:1 (database public)".into(), true);
+        assert_eq!(
+            log.began_line(
+                "connection refused",
+                Some("the tables are created when GreptimeDB first answers")
+            ),
+            "GreptimeDB at 127.0.0.1:1 (database public) failed: connection refused; retrying (rows go to the disk spool meanwhile; the tables are created when GreptimeDB first answers)"
+        );
+        let log = OutageLog::new("GreptimeDB at a:1".into(), false);
+        assert_eq!(
+            log.began_line("timeout", None),
+            "GreptimeDB at a:1 failed: timeout; retrying (rows wait in the queue meanwhile)"
+        );
     }
 }

@@ -61,13 +61,20 @@ impl Startup {
     /// after the outage. Rows go to the spool meanwhile, as in any outage. The background
     /// work ends with the last owner of `self`.
     pub async fn run(self: &Arc<Self>) {
-        if let Err(why) = self.once(Instant::now()).await {
-            if self.cfg.ddl.create_tables {
-                info!(
-                    "tables and rollups are created when GreptimeDB first answers ({why}); rows wait for that"
-                );
-            }
+        if self.once(Instant::now()).await.is_err() {
             tokio::spawn(when_up(Arc::downgrade(self)));
+        }
+    }
+
+    /// What waits for GreptimeDB besides the rows, for the outage line.
+    fn pending_ddl(&self) -> Option<&'static str> {
+        let ddl = &self.cfg.ddl;
+        match (ddl.create_tables, ddl.rollups) {
+            (false, _) => None,
+            (true, true) => {
+                Some("the tables and rollups are created when GreptimeDB first answers")
+            }
+            (true, false) => Some("the tables are created when GreptimeDB first answers"),
         }
     }
 
@@ -86,12 +93,20 @@ impl Startup {
                     self.prepared(Vec::new());
                     return Ok(());
                 }
-                Err(Failure::Retry { why, .. }) => unreachable.push(format!("{addr}: {why}")),
+                Err(Failure::Retry { why, .. }) => unreachable.push((addr, why)),
             }
         }
         if up.is_empty() {
-            let why = unreachable.join("; ");
-            self.log.began_at(&why, started);
+            // The outage line names the endpoints already: one needs no second mention.
+            let why = match &unreachable[..] {
+                [(_, why)] => why.to_string(),
+                all => all
+                    .iter()
+                    .map(|(addr, why)| format!("{addr}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            self.log.began_then(&why, started, self.pending_ddl());
             return Err(why);
         }
         info!("{} is ready", self.cfg.describe());
