@@ -345,9 +345,36 @@ pub async fn run(
     rx: Receiver,
     counters: Arc<Counters>,
     flows: Option<FlowTable>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     spool: Option<Arc<SpoolWriter>>,
 ) -> Result<(), GreptimeError> {
+    let stop = Stop {
+        stopping: shutdown,
+        give_up: watch::channel(false).1,
+    };
+    run_until(cfg, rx, counters, flows, stop, spool).await
+}
+
+/// When the sink stops trying: `stopping` starts the shutdown deadline
+/// (`shutdown_timeout` from then); `give_up`, set after it, moves the deadline to now.
+pub struct Stop {
+    pub stopping: watch::Receiver<bool>,
+    pub give_up: watch::Receiver<bool>,
+}
+
+/// [`run`], which can also be told to give up at once ([`Stop::give_up`]).
+pub async fn run_until(
+    cfg: GreptimeConfig,
+    rx: Receiver,
+    counters: Arc<Counters>,
+    flows: Option<FlowTable>,
+    stop: Stop,
+    spool: Option<Arc<SpoolWriter>>,
+) -> Result<(), GreptimeError> {
+    let Stop {
+        stopping: mut shutdown,
+        mut give_up,
+    } = stop;
     let endpoints = Endpoints::connect(&cfg)?;
     let log = Arc::new(OutageLog::new(cfg.describe(), spool.is_some()));
     let startup = Arc::new(Startup::new(
@@ -377,7 +404,15 @@ pub async fn run(
         let timeout = cfg.shutdown_timeout;
         tokio::spawn(async move {
             if shutdown.wait_for(|&s| s).await.is_ok() {
-                writer.deadline.send_replace(Some(Instant::now() + timeout));
+                move_deadline(&writer.deadline, Instant::now() + timeout);
+            }
+        });
+    }
+    {
+        let writer = Arc::clone(&writer);
+        tokio::spawn(async move {
+            if give_up.wait_for(|&g| g).await.is_ok() {
+                move_deadline(&writer.deadline, Instant::now());
             }
         });
     }
@@ -412,6 +447,11 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Sets the shutdown deadline to `at`, or keeps the one set if it is sooner.
+fn move_deadline(deadline: &watch::Sender<Option<Instant>>, at: Instant) {
+    deadline.send_modify(|d| *d = Some(d.map_or(at, |d| d.min(at))));
 }
 
 /// One table's rows from `rx` through its batcher into write tasks, until `rx` closes and
