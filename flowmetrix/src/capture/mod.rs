@@ -192,8 +192,15 @@ impl Capture {
                 self.mode = mode;
             }
             for (program, kind, direction) in tc_hooks(&self.cfg) {
-                let (link, how) =
-                    attach_tc(&mut self.ebpf, &self.cfg, &name, program, kind, direction)?;
+                let (link, how) = attach_tc(
+                    &mut self.ebpf,
+                    &self.cfg,
+                    &name,
+                    ifindex,
+                    program,
+                    kind,
+                    direction,
+                )?;
                 on.tc.push(link);
                 self.tc_attached = how;
             }
