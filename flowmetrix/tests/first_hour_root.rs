@@ -22,8 +22,9 @@ fn a_second_collector_on_the_same_tc_hook_is_refused_naming_the_first() {
     let pid = collector_pid(first.pid());
 
     let iface = net.if_a.clone();
+    // Bounded: a second collector that attached would run until stopped.
     let second = net.run_in(
-        &[],
+        &["timeout", "10"],
         &["-i", &iface, "--direction", "egress", "--output", "none"],
     );
     assert_eq!(second.code, Some(1), "{}", second.stderr);
