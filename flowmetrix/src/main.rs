@@ -5,16 +5,21 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use flowmetrix::{
-    cli::{self, LogFormat, PASSWORD_ENV, Parsed},
+    cli::{self, LogFormat, PASSWORD_ENV, Parsed, spool::SpoolCommand},
     metrics::{Shape, Summary},
     pipeline::{self, PipelineSettings},
     settings::{LogLevel, LogSettings, Settings},
+    sink::greptime::spool::list,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let settings = match cli::parse(std::env::args_os()) {
+    let args: Vec<_> = std::env::args_os().collect();
+    if let Some(cmd) = cli::spool::parse(&args) {
+        return spool_command(cmd);
+    }
+    let settings = match cli::parse(args) {
         Ok(Parsed::Run(cli, file)) => {
             match Settings::new(&cli, &file, std::env::var(PASSWORD_ENV).ok()) {
                 Ok(s) => s,
@@ -91,6 +96,46 @@ impl Say {
             self.line("INFO", "summary", Some(("summary", summary.json(shape))));
         } else {
             eprintln!("summary: {}", summary.text(shape));
+        }
+    }
+}
+
+/// `flowmetrix spool`: list the spool, or drop it.
+fn spool_command(cmd: Result<SpoolCommand, String>) -> ExitCode {
+    let args = match cmd {
+        Ok(SpoolCommand::Run(a)) => a,
+        Ok(SpoolCommand::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => return usage_error(&msg),
+    };
+    let dir = &args.spool_dir;
+    if args.drop {
+        return match list::drop_all(dir) {
+            Ok((rows, files)) => {
+                println!(
+                    "spool {}: dropped {rows} rows ({files} file(s))",
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let cause =
+                    std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+                eprintln!("error: {e}{cause}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    match list::list(dir) {
+        Ok(listing) => {
+            print!("{listing}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot read the spool {}: {e}", dir.display());
+            ExitCode::from(1)
         }
     }
 }

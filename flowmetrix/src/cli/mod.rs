@@ -16,6 +16,7 @@ pub mod file;
 mod generate;
 pub mod go_flags;
 mod print_config;
+pub mod spool;
 mod usage;
 mod values;
 

@@ -105,6 +105,18 @@ pub fn start(
                 None => None,
             };
             spool = writer.is_some();
+            if let Some(w) = &writer {
+                let rows = w.spool().rows();
+                if rows > 0 {
+                    // Replayed into this run's endpoint: say so before it happens.
+                    let endpoints = cfg.endpoints.join(",");
+                    let output = format!("GreptimeDB at {endpoints}");
+                    tracing::info!(
+                        "{}",
+                        greptime::spool::list::earlier_run(w.spool().dir(), rows, &output)
+                    );
+                }
+            }
             if let (Some(w), Some(f)) = (&writer, &flows) {
                 w.spool().add_table(&f.table, Arc::clone(&f.counters));
             }
