@@ -191,7 +191,7 @@ pub async fn run_until(
         }
     }
     let mut flow_rows = Vec::new();
-    let mut status = Status::new(settings.metrics.stats_interval);
+    let mut status = Status::new(settings.metrics.stats_interval).with_packets(packets);
     let mut tick = tokio::time::interval(TICK);
     let mut rows = Vec::new();
     let mut error = None;

@@ -46,3 +46,44 @@ fn a_second_collector_on_the_same_tc_hook_is_refused_naming_the_first() {
     let done = first.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
 }
+
+#[test]
+fn flows_mode_on_ingress_says_only_what_applies() {
+    let net = net_pair_or_skip!();
+    let collector = net
+        .collector()
+        .args(&[
+            "--mode",
+            "flows",
+            "--output",
+            "jsonl",
+            "--stats-interval",
+            "1s",
+            "--flow-interval",
+            "1s",
+        ])
+        .start();
+    net.send_udp(0..200);
+    std::thread::sleep(std::time::Duration::from_millis(2_500)); // two status lines
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let s = done.summary();
+    assert_eq!(s.seen, 200, "{}", done.stderr);
+    // Neither packet figures (no packet rows are made) nor egress (not captured).
+    let line = done
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .unwrap();
+    let (head, flows) = line.split_once("; flows: ").unwrap();
+    assert_eq!(head, "seen 200; ingress: seen 200", "{line}");
+    assert!(flows.starts_with("rows "), "{line}");
+    // The status lines: the flows line, no packets line of zeros.
+    let info = |needle: &str| {
+        done.stderr
+            .lines()
+            .any(|l| l.contains("INFO") && l.contains(needle))
+    };
+    assert!(info("flows: rows "), "{}", done.stderr);
+    assert!(!info("sampled "), "{}", done.stderr);
+}
