@@ -87,3 +87,29 @@ fn flows_mode_on_ingress_says_only_what_applies() {
     assert!(info("flows: rows "), "{}", done.stderr);
     assert!(!info("sampled "), "{}", done.stderr);
 }
+
+#[test]
+fn without_tcx_a_second_collector_is_warned_that_packets_may_be_written_twice() {
+    let net = net_pair_or_skip!();
+    let args = [
+        "--direction",
+        "egress",
+        "--tc-attach",
+        "netlink",
+        "--output",
+        "none",
+    ];
+    let first = net.collector().args(&args).ready("TC attached").start();
+    let pid = collector_pid(first.pid());
+    let second = net.collector().args(&args).ready("TC attached").start();
+    let done = second.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stderr.lines().any(|l| l.contains("WARN")
+            && l.contains(&format!("another collector (process {pid})"))
+            && l.contains("written twice")),
+        "{}",
+        done.stderr
+    );
+    assert!(first.interrupt().status.success());
+}
