@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Summary, frames::udp_frame};
+use common::{Summary, endpoint::Endpoint, frames::udp_frame};
 use serde_json::Value;
 
 /// The exit code of a run that lost rows.
@@ -206,84 +206,173 @@ fn under_json_logs_the_summary_and_the_errors_are_json_objects() {
     );
 }
 
-#[test]
-fn a_second_ctrl_c_gives_up_the_wait_at_once_and_counts_what_it_gave_up() {
-    let db = closed_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
-        .args([
-            "--pcap",
-            "-",
-            "--greptime-endpoint",
-            &db,
-            "--no-spool",
-            "--shutdown-timeout",
-            "60s",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    // More than the reader's first block, so that rows are made while stdin stays open.
-    stdin.write_all(&pcap_bytes(3_000)).unwrap();
-    stdin.flush().unwrap();
-    // Stdin stays open: the run ends by the signals.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
+/// A run on a pcap from standard input, ended by signals: its standard error, line by
+/// line as it comes.
+struct Live {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl Live {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+            .args(["--pcap", "-"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&pcap_header()).unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+            reader,
         }
-        all
-    });
-    std::thread::sleep(Duration::from_millis(700));
-    let sigint = || {
+    }
+
+    /// Frames `0..n`; more than the reader's first block, so that rows are made while
+    /// standard input stays open.
+    fn feed(&mut self, n: u32) {
+        for i in 0..n {
+            self.stdin.write_all(&pcap_record(i)).unwrap();
+        }
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits (at most 10 s) for a line of standard error containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let limit = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = limit.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn sigint(&self) {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    };
-    sigint();
-    // The first Ctrl+C says what it waits for, and for how long.
-    let said = Instant::now();
-    let notice = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(5))
-            .expect("a line about the wait after the first Ctrl+C");
-        if line.contains("stopping: waiting up to 60s for GreptimeDB at") {
-            break line;
-        }
-        assert!(said.elapsed() < Duration::from_secs(5));
-    };
-    assert!(notice.contains("Ctrl+C again"), "{notice}");
-    sigint();
-    let sent = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(3),
-            "no exit after the second Ctrl+C"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = reader.join().unwrap();
-    assert_eq!(status.code(), Some(LOST), "{stderr}");
-    let s = Summary::parse(&stderr).unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    /// Ctrl+C; the line about the wait; Ctrl+C again: the run must end within `limit`.
+    /// Its exit code and standard error.
+    fn interrupt_twice(mut self, limit: Duration) -> (Option<i32>, String) {
+        self.sigint();
+        let notice = self.wait_for("stopping: waiting up to 60s for GreptimeDB at");
+        assert!(notice.contains("Ctrl+C again"), "{notice}");
+        self.sigint();
+        let sent = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                sent.elapsed() < limit,
+                "no exit {limit:?} after the second Ctrl+C"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (status.code(), self.reader.join().unwrap())
+    }
+}
+
+/// The run gave up every row it made, counted them, and said so last.
+fn assert_all_given_up(code: Option<i32>, stderr: &str) {
+    assert_eq!(code, Some(LOST), "{stderr}");
+    let s = Summary::parse(stderr).unwrap_or_else(|| panic!("no summary:\n{stderr}"));
     assert!(s.decoded > 0, "{stderr}");
-    // Every row made was given up, and counted.
     assert_eq!((s.written, s.write_errors), (0, s.decoded), "{stderr}");
-    let last = last_line(&stderr);
+    let last = last_line(stderr);
     assert!(
         last.starts_with(&format!("error: {} rows lost", s.decoded))
             && last.ends_with("given up at the second Ctrl+C"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_ctrl_c_gives_up_the_wait_at_once_and_counts_what_it_gave_up() {
+    let db = closed_port();
+    let args = [
+        "--greptime-endpoint",
+        &db,
+        "--no-spool",
+        "--shutdown-timeout",
+        "60s",
+    ];
+    let mut run = Live::start(&args);
+    run.feed(3_000);
+    std::thread::sleep(Duration::from_millis(700));
+    let (code, stderr) = run.interrupt_twice(Duration::from_secs(3));
+    assert_all_given_up(code, &stderr);
+}
+
+#[test]
+fn a_second_ctrl_c_does_not_wait_for_an_insert_in_flight() {
+    given_up_in_flight("rows");
+}
+
+#[test]
+fn a_second_ctrl_c_does_not_wait_for_a_bulk_write_in_flight() {
+    given_up_in_flight("bulk");
+}
+
+fn given_up_in_flight(write_path: &str) {
+    let endpoint = Endpoint::start(None);
+    let addr = endpoint.addr.to_string();
+    let args = [
+        "--greptime-endpoint",
+        &addr,
+        "--no-spool",
+        "--shutdown-timeout",
+        "60s",
+        "--flush-interval",
+        "100ms",
+        "--write-path",
+        write_path,
+    ];
+    let mut run = Live::start(&args);
+    run.feed(3_000);
+    run.wait_for("is ready");
+    let written = endpoint.rows("packet_data").len() as u64;
+    let limit = Instant::now() + Duration::from_secs(10);
+    while (endpoint.rows("packet_data").len() as u64) < 2_000 && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // GreptimeDB stops answering: the next insert is in flight for its whole 10 s budget.
+    endpoint.stall(Some(Duration::from_secs(60)));
+    run.feed(3_000);
+    std::thread::sleep(Duration::from_millis(700));
+    let (code, stderr) = run.interrupt_twice(Duration::from_secs(3));
+    assert_eq!(code, Some(LOST), "{stderr}");
+    let s = Summary::parse(&stderr).unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+    assert!(s.written >= written && s.write_errors > 0, "{stderr}");
+    assert_eq!(s.written + s.write_errors, s.decoded, "{stderr}");
+    assert!(
+        last_line(&stderr).ends_with("given up at the second Ctrl+C"),
         "{stderr}"
     );
 }
