@@ -1,17 +1,25 @@
-//! `flowmetrix`: the command. Exit codes: 0 success, 1 runtime failure, 2 usage error.
+//! `flowmetrix`: the command. Exit codes: 0 success, 1 runtime failure, 2 usage error,
+//! 3 rows lost (the run ended as asked, but rows were not written: the last line says how
+//! many and why).
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use flowmetrix::{
-    cli::{self, LogFormat, PASSWORD_ENV, Parsed},
+    cli::{self, LogFormat, PASSWORD_ENV, Parsed, spool::SpoolCommand},
+    metrics::{Shape, Summary},
     pipeline::{self, PipelineSettings},
     settings::{LogLevel, LogSettings, Settings},
+    sink::greptime::spool::list,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let settings = match cli::parse(std::env::args_os()) {
+    let args: Vec<_> = std::env::args_os().collect();
+    if let Some(cmd) = cli::spool::parse(&args) {
+        return spool_command(cmd);
+    }
+    let settings = match cli::parse(args) {
         Ok(Parsed::Run(cli, file)) => {
             match Settings::new(&cli, &file, std::env::var(PASSWORD_ENV).ok()) {
                 Ok(s) => s,
@@ -25,11 +33,108 @@ fn main() -> ExitCode {
         Err(msg) => return usage_error(&msg),
     };
     init_logging(&settings.log);
+    let say = Say {
+        json: settings.log.format == LogFormat::Json,
+    };
 
-    match run(settings.pipeline) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(settings.pipeline, say) {
+        Ok(Ended::Clean) => ExitCode::SUCCESS,
+        Ok(Ended::Lost) => ExitCode::from(LOST),
+        Ok(Ended::Failed) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            say.error(&one_line(&format!("{e:#}")));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The exit code of a run that ended as asked but lost rows.
+const LOST: u8 = 3;
+
+/// How a run that started ended.
+enum Ended {
+    Clean,
+    /// Rows were lost (said in the last line).
+    Lost,
+    /// A runtime failure after the start (said, with the summary).
+    Failed,
+}
+
+/// The lines printed whatever the log level: the summary and the errors, as text, or with
+/// `--log-format json` as one JSON object each, like the log lines.
+#[derive(Clone, Copy)]
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(&self, level: &str, message: &str, fields: Option<(&str, serde_json::Value)>) {
+        if !self.json {
+            eprintln!("{}: {message}", level.to_ascii_lowercase());
+            return;
+        }
+        let mut f = serde_json::Map::new();
+        f.insert("message".into(), message.into());
+        if let Some((k, v)) = fields {
+            f.insert(k.into(), v);
+        }
+        let line = serde_json::json!({
+            "timestamp": chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": level,
+            "fields": f,
+        });
+        eprintln!("{line}");
+    }
+
+    fn error(&self, message: &str) {
+        self.line("ERROR", message, None);
+    }
+
+    fn summary(&self, summary: &Summary, shape: &Shape) {
+        if self.json {
+            self.line("INFO", "summary", Some(("summary", summary.json(shape))));
+        } else {
+            eprintln!("summary: {}", summary.text(shape));
+        }
+    }
+}
+
+/// `flowmetrix spool`: list the spool, or drop it.
+fn spool_command(cmd: Result<SpoolCommand, String>) -> ExitCode {
+    let args = match cmd {
+        Ok(SpoolCommand::Run(a)) => a,
+        Ok(SpoolCommand::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => return usage_error(&msg),
+    };
+    let dir = &args.spool_dir;
+    if args.drop {
+        return match list::drop_all(dir) {
+            Ok((rows, files)) => {
+                println!(
+                    "spool {}: dropped {rows} rows ({files} file(s))",
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let cause =
+                    std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+                eprintln!("error: {e}{cause}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    match list::list(dir) {
+        Ok(listing) => {
+            print!("{listing}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot read the spool {}: {e}", dir.display());
             ExitCode::from(1)
         }
     }
@@ -75,7 +180,7 @@ fn init_logging(log: &LogSettings) {
     }
 }
 
-fn run(settings: PipelineSettings) -> anyhow::Result<()> {
+fn run(settings: PipelineSettings, say: Say) -> anyhow::Result<Ended> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,14 +188,44 @@ fn run(settings: PipelineSettings) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+        // The first Ctrl+C (or SIGTERM) stops the run; the second gives up the wait for
+        // the output.
+        let (count, signals) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                count.send_modify(|n| *n += 1);
+            }
+        });
+        let nth = |n: u32| {
+            let mut signals = signals.clone();
+            async move {
+                let _ = signals.wait_for(|&c| c >= n).await;
             }
         };
-        let outcome = pipeline::run(settings, shutdown).await?;
-        eprintln!("summary: {}", outcome.summary);
-        outcome.error.map_or(Ok(()), Err)
+        let outcome = pipeline::run_until(settings, nth(1), nth(2)).await?;
+        say.summary(&outcome.summary, &outcome.shape);
+        let lost = outcome.summary.lost().describe(outcome.shape.spool);
+        if let Some(e) = &outcome.error {
+            say.error(&one_line(&format!("{e:#}")));
+        }
+        // The last line: what the run lost, and why.
+        if let Some(lost) = &lost {
+            let why = if outcome.gave_up {
+                "; given up at the second Ctrl+C"
+            } else {
+                ""
+            };
+            say.error(&format!("{lost}{why}"));
+        }
+        // A failure keeps its own code (1); the line above says what it cost.
+        Ok(match (&outcome.error, lost) {
+            (Some(_), _) => Ended::Failed,
+            (None, Some(_)) => Ended::Lost,
+            (None, None) => Ended::Clean,
+        })
     })
 }

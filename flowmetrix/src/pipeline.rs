@@ -21,9 +21,9 @@ use tracing::{info, warn};
 use crate::{
     decoder::{DecodeSettings, Decoder},
     flows::{self, FlowSettings},
-    metrics::{self, Counters, FlowCounters, Gauges, KernelStats, Registry, Summary},
+    metrics::{self, Counters, FlowCounters, Gauges, KernelStats, Registry, Shape, Summary},
     sample::{RecordError, Sample, SourceInfo},
-    sink::{self, SinkError, SinkSettings},
+    sink::{self, SinkConfig, SinkError, SinkSettings},
     source::{Pulled, Source, SourceSettings},
     status::Status,
 };
@@ -53,8 +53,16 @@ pub struct PipelineSettings {
 /// How a run ended: its numbers, and the error that ended it early, if any.
 pub struct Outcome {
     pub summary: Summary,
+    /// Which parts of the summary apply to this run.
+    pub shape: Shape,
     pub error: Option<anyhow::Error>,
+    /// The end was cut short (the second Ctrl+C): rows not yet written were given up.
+    pub gave_up: bool,
 }
+
+/// How long the end of a run may wait on the output before the collector says what it is
+/// waiting for.
+const WAIT_NOTICE: Duration = Duration::from_millis(300);
 
 /// How often the source's counters are read for metrics, the status line and the checks.
 const TICK: Duration = Duration::from_secs(1);
@@ -76,12 +84,25 @@ pub async fn run(
     settings: PipelineSettings,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
+    run_until(settings, shutdown, std::future::pending()).await
+}
+
+/// [`run`]; once `shutdown` has stopped it, `give_up` (the second Ctrl+C) ends the wait for
+/// the output at once: the rows not yet written are counted as write errors.
+pub async fn run_until(
+    settings: PipelineSettings,
+    shutdown: impl Future<Output = ()>,
+    give_up: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Outcome> {
     tokio::pin!(shutdown);
+    let shape = shape(&settings);
     let mut source = tokio::select! {
         s = Source::open(&settings.source) => s?,
         () = &mut shutdown => return Ok(Outcome {
             summary: Summary::default(),
+            shape,
             error: None,
+            gave_up: false,
         }),
     };
     let info = source.info();
@@ -171,11 +192,16 @@ pub async fn run(
         }
     }
     let mut flow_rows = Vec::new();
-    let mut status = Status::new(settings.metrics.stats_interval);
+    let mut status = Status::new(settings.metrics.stats_interval).with_packets(packets);
     let mut tick = tokio::time::interval(TICK);
     let mut rows = Vec::new();
     let mut error = None;
     let mut sink_done = None;
+    let shape = Shape {
+        spool: sink.spool,
+        ..shape
+    };
+    let mut interrupted = false;
 
     loop {
         let event = tokio::select! {
@@ -185,7 +211,10 @@ pub async fn run(
             res = source.ready() => Event::Ready(res),
         };
         match event {
-            Event::Stop => break,
+            Event::Stop => {
+                interrupted = true;
+                break;
+            }
             Event::SinkDone(res) => {
                 sink_done = Some(res);
                 break;
@@ -241,6 +270,7 @@ pub async fn run(
     // Stop new samples, then take what the source still holds.
     source.stop();
     stopping.send_replace(true);
+    let ending = interrupted.then(|| Ending::start(&sink, give_up));
     if source.is_live() {
         tokio::time::sleep(DETACH_SETTLE).await;
     }
@@ -282,6 +312,7 @@ pub async fn run(
         packets: input,
         flows: _, // taken above, as flow_input
         task,
+        ..
     } = sink;
     drop(input); // closes the queues: the sink writes what it holds and returns
     drop(flow_input); // the flows stage's copy went with its task
@@ -304,7 +335,70 @@ pub async fn run(
     if let Some(fc) = &flow_counters {
         summary = summary.with_flows(fc);
     }
-    Ok(Outcome { summary, error })
+    let gave_up = ending.is_some_and(Ending::finish);
+    Ok(Outcome {
+        summary,
+        shape,
+        error,
+        gave_up,
+    })
+}
+
+/// The parts of the summary that apply to a run of `settings` (whether a spool opened is
+/// known once the sink has started).
+fn shape(settings: &PipelineSettings) -> Shape {
+    let directions = match &settings.source {
+        SourceSettings::Live(c) => [c.directions.ingress(), c.directions.egress()],
+        SourceSettings::Pcap(_) => [false; 2],
+    };
+    Shape {
+        packets: settings.packets,
+        directions,
+        spool: matches!(&settings.sink.output, SinkConfig::Greptime(g) if g.spool.is_some()),
+    }
+}
+
+/// The end of an interrupted run: after [`WAIT_NOTICE`], one line saying what it waits for
+/// and for how long; on `give_up`, the sink stops waiting.
+struct Ending {
+    notice: tokio::task::JoinHandle<()>,
+    give_up: tokio::task::JoinHandle<()>,
+    gave_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Ending {
+    fn start(sink: &sink::Sink, give_up: impl Future<Output = ()> + Send + 'static) -> Self {
+        let notice = match sink.waits_for.clone() {
+            Some((output, timeout)) => tokio::spawn(async move {
+                tokio::time::sleep(WAIT_NOTICE).await;
+                warn!(
+                    "stopping: waiting up to {timeout:?} for {output} to take the rows still queued (Ctrl+C again to give them up)"
+                );
+            }),
+            None => tokio::spawn(async {}),
+        };
+        let gave_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tell = sink.give_up.clone();
+        let flag = Arc::clone(&gave_up);
+        let give_up = tokio::spawn(async move {
+            give_up.await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            tell.send_replace(true);
+            warn!("stopping now: the rows not yet written are given up (counted in the summary)");
+        });
+        Self {
+            notice,
+            give_up,
+            gave_up,
+        }
+    }
+
+    /// The run has ended: no notice after it. Whether it gave up.
+    fn finish(self) -> bool {
+        self.notice.abort();
+        self.give_up.abort();
+        self.gave_up.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// One sample: to the decode stage (packet rows), and to the flows stage in a replay

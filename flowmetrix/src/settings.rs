@@ -231,7 +231,7 @@ fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError>
                 max_in_flight: cli.max_in_flight as usize,
                 shutdown_timeout: cli.shutdown_timeout,
                 tls: tls(cli)?,
-                spool: (!cli.no_spool).then(|| SpoolConfig {
+                spool: spools(cli).then(|| SpoolConfig {
                     dir: cli.spool_dir.clone(),
                     max_bytes: cli.spool_max_bytes,
                     stall: std::env::var(SPOOL_STALL_ENV)
@@ -291,10 +291,37 @@ fn readable(flag: &str, path: &Path) -> Result<(), UsageError> {
     }
 }
 
+/// Whether rows GreptimeDB cannot take go to a disk spool: unless `--no-spool`; and for a
+/// replay of a file only when `--spool-dir` names one, so that trial rows never land in the
+/// live collector's spool (to be replayed, with their old timestamps, by its next run).
+fn spools(cli: &Cli) -> bool {
+    let default_dir = cli.spool_dir == Path::new(crate::cli::spool::DEFAULT_SPOOL_DIR);
+    let trial = cli.pcap.is_some() && default_dir;
+    !(cli.no_spool || trial)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::{self, Parsed};
+
+    #[test]
+    fn a_replay_spools_only_into_a_directory_it_is_given() {
+        let spool = |args: &[&str]| match settings(args).unwrap().pipeline.sink.output {
+            SinkConfig::Greptime(g) => g.spool.map(|s| s.dir),
+            _ => panic!("not GreptimeDB"),
+        };
+        assert_eq!(spool(&["fm", "--pcap", "x.pcap"]), None);
+        assert_eq!(
+            spool(&["fm", "--pcap", "x.pcap", "--spool-dir", "/tmp/trial"]),
+            Some("/tmp/trial".into())
+        );
+        assert_eq!(
+            spool(&["fm", "-i", "eth0"]),
+            Some(cli::spool::DEFAULT_SPOOL_DIR.into())
+        );
+        assert_eq!(spool(&["fm", "-i", "eth0", "--no-spool"]), None);
+    }
 
     fn settings(args: &[&str]) -> Result<Settings, UsageError> {
         let Ok(Parsed::Run(cli, file)) = cli::parse(args.iter().map(std::ffi::OsString::from))

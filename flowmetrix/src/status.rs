@@ -16,6 +16,8 @@ pub struct Status {
     last_at: Instant,
     last: Summary,
     ring: Episode,
+    /// Packet rows are made (`--mode packets|both`): the packets line is printed.
+    packets: bool,
 }
 
 impl Status {
@@ -25,7 +27,15 @@ impl Status {
             last_at: Instant::now(),
             last: Summary::default(),
             ring: Episode::default(),
+            packets: true,
         }
+    }
+
+    /// Without the packets line when no packet rows are made (`--mode flows`): its
+    /// figures would all be 0 beside the flow rows.
+    pub fn with_packets(mut self, packets: bool) -> Self {
+        self.packets = packets;
+        self
     }
 
     /// Called about once a second with fresh counters.
@@ -45,23 +55,14 @@ impl Status {
         let secs = elapsed.as_secs_f64();
         let d = |new: u64, old: u64| new.saturating_sub(old);
         let c = &registry.counters;
-        info!(
-            "sampled {:.1}/s, written {:.1}/s; since the last line: ring drops {}, decode errors {}, queue drops {}, write errors {}, spooled {}, replayed {}, spool lost {}; queue {} rows, spool {} bytes",
-            d(now.kernel.sampled, self.last.kernel.sampled) as f64 / secs,
-            d(now.written, self.last.written) as f64 / secs,
-            d(now.kernel.ring_drops, self.last.kernel.ring_drops),
-            d(now.decode_errors, self.last.decode_errors),
-            d(now.queue_drops, self.last.queue_drops),
-            d(now.write_errors, self.last.write_errors),
-            d(now.spooled, self.last.spooled),
-            d(now.replayed, self.last.replayed),
-            d(now.spool_lost, self.last.spool_lost),
-            Counters::get(&c.queue_depth),
-            Counters::get(&c.spool_bytes),
-        );
+        if self.packets {
+            self.packets_line(&now, c, secs);
+        }
         for (dir, name) in DIRECTIONS {
             let (k, was) = (now.kernel.direction(dir), self.last.kernel.direction(dir));
-            if k.seen > 0 {
+            if k.seen > 0 && !self.packets {
+                info!("{name}: seen {:.1}/s", d(k.seen, was.seen) as f64 / secs);
+            } else if k.seen > 0 {
                 info!(
                     "{name}: seen {:.1}/s, sampled {:.1}/s, ring drops {} since the last line",
                     d(k.seen, was.seen) as f64 / secs,
@@ -95,6 +96,25 @@ impl Status {
             None => now,
         };
         self.last_at = Instant::now();
+    }
+
+    /// The packets line: rates, and the losses since the previous line.
+    fn packets_line(&self, now: &Summary, c: &Counters, secs: f64) {
+        let d = |new: u64, old: u64| new.saturating_sub(old);
+        info!(
+            "sampled {:.1}/s, written {:.1}/s; since the last line: ring drops {}, decode errors {}, queue drops {}, write errors {}, spooled {}, replayed {}, spool lost {}; queue {} rows, spool {} bytes",
+            d(now.kernel.sampled, self.last.kernel.sampled) as f64 / secs,
+            d(now.written, self.last.written) as f64 / secs,
+            d(now.kernel.ring_drops, self.last.kernel.ring_drops),
+            d(now.decode_errors, self.last.decode_errors),
+            d(now.queue_drops, self.last.queue_drops),
+            d(now.write_errors, self.last.write_errors),
+            d(now.spooled, self.last.spooled),
+            d(now.replayed, self.last.replayed),
+            d(now.spool_lost, self.last.spool_lost),
+            Counters::get(&c.queue_depth),
+            Counters::get(&c.spool_bytes),
+        );
     }
 }
 

@@ -37,6 +37,16 @@ pub enum CaptureError {
         id: u32,
         hint: String,
     },
+    #[error(
+        "interface {iface} already has a collector's TC {direction} program ({program}): is another collector running? (process {pid}, {comm}, holds it: stop it, or two collectors write every packet twice)"
+    )]
+    TcTaken {
+        iface: String,
+        direction: &'static str,
+        program: String,
+        pid: u32,
+        comm: String,
+    },
     #[error("kernel {0} is too old: XDP bpf_link and BPF ring buffers need Linux 5.9 or later")]
     KernelTooOld(KernelVersion),
     #[error("the XDP object lacks {0}")]

@@ -119,10 +119,7 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
-            .load(
-                crate::kernel_object::object()
-                    .map_err(|e| load_error(programs_of(cfg), e))?,
-            )
+            .load(crate::kernel_object::object().map_err(|e| load_error(programs_of(cfg), e))?)
             .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.
         let flow_maps = match cfg.flows {
@@ -216,8 +213,15 @@ impl Capture {
                 self.mode = mode;
             }
             for (program, kind, direction) in tc_hooks(&self.cfg) {
-                let (link, how) =
-                    attach_tc(&mut self.ebpf, &self.cfg, &name, program, kind, direction)?;
+                let (link, how) = attach_tc(
+                    &mut self.ebpf,
+                    &self.cfg,
+                    &name,
+                    ifindex,
+                    program,
+                    kind,
+                    direction,
+                )?;
                 on.tc.push(link);
                 self.tc_attached = how;
             }

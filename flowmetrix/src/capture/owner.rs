@@ -1,5 +1,8 @@
 //! Who holds an interface's XDP hook: asked of the kernel when attaching fails, so that the
-//! error names the program (and the process) instead of saying "File exists".
+//! error names the program (and the process) instead of saying "File exists". And who
+//! holds a TC hook with a program of ours: the kernel lets a second TCX program attach
+//! beside the first, so a second collector would write every packet twice; it is asked
+//! before attaching, and refused.
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
 
@@ -109,6 +112,100 @@ fn link_holder(link: u32) -> Option<(u32, String)> {
     None
 }
 
+/// The kernel's numbers of the TCX hooks (`enum bpf_attach_type`).
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// Another collector on a TC hook: its process, and the program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcOwner {
+    pub pid: u32,
+    pub comm: String,
+    pub program: String,
+}
+
+/// Another process (in this network namespace) holding a TCX link of a program named
+/// `program` on interface `ifindex`'s ingress or `egress` hook: a collector already
+/// capturing there.
+pub fn tcx_holder(ifindex: u32, egress: bool, program: &str) -> Option<TcOwner> {
+    // The kernel keeps 15 characters of a program's name.
+    let short = &program[..program.len().min(15)];
+    let ids: Vec<u32> = loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(short))
+        .map(|p| p.id())
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let attach_type = if egress {
+        BPF_TCX_EGRESS
+    } else {
+        BPF_TCX_INGRESS
+    };
+    let me = std::process::id();
+    let my_net = std::fs::read_link("/proc/self/ns/net").ok();
+    for proc in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let Some(pid) = proc
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // An ifindex means an interface in one network namespace only.
+        if pid == me || std::fs::read_link(proc.path().join("ns/net")).ok() != my_net {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let is_link = std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.as_os_str() == OsStr::from_bytes(b"anon_inode:bpf_link"));
+            if !is_link {
+                continue;
+            }
+            let info = proc.path().join("fdinfo").join(fd.file_name());
+            let Ok(info) = std::fs::read_to_string(info) else {
+                continue;
+            };
+            if tcx_link_matches(&info, &ids, ifindex, attach_type) {
+                let comm = std::fs::read_to_string(proc.path().join("comm"))
+                    .map(|c| c.trim().to_owned())
+                    .unwrap_or_default();
+                return Some(TcOwner {
+                    pid,
+                    comm,
+                    program: short.to_owned(),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Whether a bpf_link's fdinfo is a TCX link of one of programs `ids` on `ifindex`'s
+/// `attach_type` hook.
+fn tcx_link_matches(fdinfo: &str, ids: &[u32], ifindex: u32, attach_type: u32) -> bool {
+    let field = |name: &str| {
+        fdinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+    };
+    // `attach_type:\t47 (egress)` on some kernels, a bare number on others.
+    let number = |name: &str| {
+        field(name)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    field("link_type") == Some("tcx")
+        && number("prog_id").is_some_and(|id| ids.contains(&id))
+        && number("ifindex") == Some(ifindex)
+        && number("attach_type") == Some(attach_type)
+}
+
 /// The id of the XDP program on `ifindex`, asked with an RTM_GETLINK request.
 fn xdp_prog_id(ifindex: u32) -> Option<u32> {
     let mut link = LinkMessage::default();
@@ -195,6 +292,28 @@ mod tests {
         v.extend_from_slice(&[0; 16]);
         v.extend_from_slice(attributes);
         v
+    }
+
+    #[test]
+    fn a_tcx_link_is_matched_by_program_interface_and_hook() {
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\nlink_type:\ttcx\nlink_id:\t9\nprog_tag:\t0123456789abcdef\nprog_id:\t31\nifindex:\t4\nattach_type:\t47 (egress)\n";
+        assert!(tcx_link_matches(info, &[30, 31], 4, BPF_TCX_EGRESS));
+        assert!(
+            !tcx_link_matches(info, &[30], 4, BPF_TCX_EGRESS),
+            "another program"
+        );
+        assert!(
+            !tcx_link_matches(info, &[31], 5, BPF_TCX_EGRESS),
+            "another interface"
+        );
+        assert!(
+            !tcx_link_matches(info, &[31], 4, BPF_TCX_INGRESS),
+            "another hook"
+        );
+        let bare = info.replace("47 (egress)", "47");
+        assert!(tcx_link_matches(&bare, &[31], 4, BPF_TCX_EGRESS));
+        let xdp = info.replace("link_type:\ttcx", "link_type:\txdp");
+        assert!(!tcx_link_matches(&xdp, &[31], 4, BPF_TCX_EGRESS), "not TCX");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Filters of ours left on an interface by a collector killed with SIGKILL (netlink path).
 
 use aya::programs::{TcAttachType, loaded_programs, tc::qdisc_detach_program};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Removes the `kind` filters named `name` from `iface` when nothing but filters holds
 /// a program of that name: no running process has one open (another collector would,
@@ -19,7 +19,12 @@ pub fn remove(iface: &str, kind: TcAttachType, name: &str) {
     }
     let me = std::process::id();
     if let Some(pid) = holder(&ids, me) {
-        debug!("programs named {name} are held by process {pid}: leaving their filters");
+        // Without TCX the kernel cannot say which interface that collector's filters are
+        // on: say what it would mean.
+        warn!(
+            interface = iface,
+            "another collector (process {pid}) has a {name} program loaded: if it captures on {iface} too, every packet there is written twice (with TCX, Linux 6.6 or later, a second collector is refused instead)"
+        );
         return;
     }
     match qdisc_detach_program(iface, kind, name) {

@@ -16,7 +16,7 @@ use super::{
     config::{CaptureConfig, IngressHook, TcAttach},
     error::CaptureError,
     load::program,
-    stale,
+    owner, stale,
 };
 
 /// The TC programs `cfg` wants: program name, hook, direction.
@@ -37,6 +37,7 @@ pub(super) fn attach_tc(
     ebpf: &mut Ebpf,
     cfg: &CaptureConfig,
     iface: &str,
+    ifindex: u32,
     name: &'static str,
     kind: TcAttachType,
     direction: &'static str,
@@ -49,6 +50,17 @@ pub(super) fn attach_tc(
             hint,
             source,
         };
+    // TCX takes a second program beside the first: another collector here would mean
+    // every packet twice.
+    if let Some(other) = owner::tcx_holder(ifindex, kind == TcAttachType::Egress, name) {
+        return Err(CaptureError::TcTaken {
+            iface: iface.to_owned(),
+            direction,
+            program: other.program,
+            pid: other.pid,
+            comm: other.comm,
+        });
+    }
     let program: &mut SchedClassifier = program(ebpf, name)?;
     let tcx_here = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if cfg.tc_attach == TcAttach::Tcx || (cfg.tc_attach == TcAttach::Auto && tcx_here) {

@@ -16,7 +16,7 @@ use std::any::TypeId;
 
 use clap::{Arg, ArgAction, ArgMatches, Command, parser::ValueSource};
 
-use super::{defs::PASSWORD_ENV, usage::suggest};
+use super::{defs::PASSWORD_ENV, suggest::suggest};
 
 /// Read when present and no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/flowmetrix/flowmetrix.toml";

@@ -115,6 +115,10 @@ fn man_page(cmd: Command) -> String {
             "2",
             "A usage error, found before anything starts: a bad flag, environment variable or config file value, or a name that does not exist (an interface given by name, a pcap file).",
         ),
+        (
+            "3",
+            "Rows were lost: the run ended as asked, but rows were not written (write errors with no spool to take them, rows dropped on a full queue, rows dropped from the spool, or rows given up at a second Ctrl+C). The last line says how many and why.",
+        ),
     ] {
         ours.push_str(&roff_item(code, what));
     }

@@ -16,6 +16,8 @@ pub mod file;
 mod generate;
 pub mod go_flags;
 mod print_config;
+pub mod spool;
+mod suggest;
 mod usage;
 mod values;
 

@@ -9,7 +9,7 @@ use clap::{
     error::{ContextKind, ContextValue, ErrorKind},
 };
 
-use super::file::FileSettings;
+use super::{file::FileSettings, suggest::suggest};
 
 /// A clap error on one line, naming where the bad value came from: the config file (file,
 /// line and key), an environment variable, or else the command line.
@@ -99,20 +99,6 @@ fn unknown_argument(cmd: &Command, args: &[OsString], e: &clap::Error) -> Option
     Some(format!(
         "unexpected argument '{word}': did you mean '{suggested}'? (see 'flowmetrix --help')"
     ))
-}
-
-/// The candidate closest to `word`, if close enough to be what was meant (clap's own
-/// measure and threshold).
-pub(super) fn suggest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro(word, c), c))
-        .filter(|(score, _)| *score > 0.7)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
 }
 
 /// The argument clap names as "--sample-rate <N>" or "-i <IFACE>".

@@ -23,4 +23,4 @@ pub use flowmetrix_common::Direction;
 pub use http::{Limits, MAX_CONNECTIONS, READ_TIMEOUT, serve, serve_with};
 pub use kernel::{DIRECTIONS, DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};
 pub use registry::{Gauges, KernelReader, Registry};
-pub use summary::{FlowSummary, Summary};
+pub use summary::{FlowSummary, Lost, Shape, Summary};

@@ -70,29 +70,74 @@ impl FlowSummary {
     }
 }
 
+impl FlowSummary {
+    /// The flows part, name and number, in the order printed; the spool's figures only
+    /// when a spool could take rows.
+    fn fields(&self, spool: bool) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("rows", self.rows),
+            ("written", self.written),
+            ("write errors", self.write_errors),
+            ("queue drops", self.queue_drops),
+        ];
+        if spool {
+            v.extend([
+                ("spooled", self.spooled),
+                ("replayed", self.replayed),
+                ("spool lost", self.spool_lost),
+            ]);
+        }
+        v.extend([
+            ("packets", self.packets),
+            ("bytes", self.bytes),
+            ("events", self.events),
+            ("unkeyed", self.unkeyed),
+            ("unkeyed bytes", self.unkeyed_bytes),
+            ("overflow", self.overflow),
+            ("overflow bytes", self.overflow_bytes),
+            ("map peak", self.map_peak),
+            ("map max", self.map_max),
+            ("collect errors", self.collect_errors),
+        ]);
+        v
+    }
+}
+
 impl std::fmt::Display for FlowSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "rows {}, written {}, write errors {}, queue drops {}, spooled {}, replayed {}, spool lost {}, packets {}, bytes {}, events {}, unkeyed {}, unkeyed bytes {}, overflow {}, overflow bytes {}, map peak {}, map max {}, collect errors {}",
-            self.rows,
-            self.written,
-            self.write_errors,
-            self.queue_drops,
-            self.spooled,
-            self.replayed,
-            self.spool_lost,
-            self.packets,
-            self.bytes,
-            self.events,
-            self.unkeyed,
-            self.unkeyed_bytes,
-            self.overflow,
-            self.overflow_bytes,
-            self.map_peak,
-            self.map_max,
-            self.collect_errors
-        )
+        f.write_str(&join(&self.fields(true)))
+    }
+}
+
+/// `name N, name N, …`
+fn join(fields: &[(&str, u64)]) -> String {
+    fields
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Which parts of the summary apply to a run: the others are left out of the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Packet rows are made (`--mode packets|both`): the sampled … write errors figures.
+    pub packets: bool,
+    /// The directions captured (ingress, egress); none for a file, which has no direction.
+    pub directions: [bool; 2],
+    /// A disk spool takes the rows GreptimeDB cannot: the spooled, replayed and spool lost
+    /// figures.
+    pub spool: bool,
+}
+
+impl Default for Shape {
+    /// Every part.
+    fn default() -> Self {
+        Self {
+            packets: true,
+            directions: [true; 2],
+            spool: true,
+        }
     }
 }
 
@@ -146,35 +191,151 @@ impl Summary {
     }
 }
 
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "seen {}, sampled {}, ring drops {}, decoded {}, decode errors {}, queue drops {}, written {}, write errors {}, spooled {}, replayed {}, spool lost {}",
-            self.kernel.seen,
-            self.kernel.sampled,
-            self.kernel.ring_drops,
-            self.decoded,
-            self.decode_errors,
-            self.queue_drops,
-            self.written,
-            self.write_errors,
-            self.spooled,
-            self.replayed,
-            self.spool_lost
-        )?;
-        for (d, name) in DIRECTIONS {
-            let k = self.kernel.direction(d);
-            write!(
-                f,
-                "; {name}: seen {} sampled {} ring drops {}",
-                k.seen, k.sampled, k.ring_drops
-            )?;
+impl Summary {
+    /// The totals, name and number, in the order printed.
+    fn fields(&self, shape: &Shape) -> Vec<(&'static str, u64)> {
+        let mut v = vec![("seen", self.kernel.seen)];
+        if shape.packets {
+            v.extend([
+                ("sampled", self.kernel.sampled),
+                ("ring drops", self.kernel.ring_drops),
+                ("decoded", self.decoded),
+                ("decode errors", self.decode_errors),
+                ("queue drops", self.queue_drops),
+                ("written", self.written),
+                ("write errors", self.write_errors),
+            ]);
+            if shape.spool {
+                v.extend([
+                    ("spooled", self.spooled),
+                    ("replayed", self.replayed),
+                    ("spool lost", self.spool_lost),
+                ]);
+            }
+        } else if self.kernel.ring_drops > 0 {
+            v.push(("ring drops", self.kernel.ring_drops));
+        }
+        v
+    }
+
+    /// Each captured direction's figures, by name.
+    fn direction_fields(&self, shape: &Shape) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+        DIRECTIONS
+            .iter()
+            .zip(shape.directions)
+            .filter(|(_, captured)| *captured)
+            .map(|(&(d, name), _)| {
+                let k = self.kernel.direction(d);
+                let mut v = vec![("seen", k.seen)];
+                if shape.packets {
+                    v.extend([("sampled", k.sampled), ("ring drops", k.ring_drops)]);
+                }
+                (name, v)
+            })
+            .collect()
+    }
+
+    /// The summary line's text with only the parts of `shape`: `seen N, sampled N, …;
+    /// ingress: seen N sampled N ring drops N; …; flows: rows N, …`.
+    pub fn text(&self, shape: &Shape) -> String {
+        let mut out = join(&self.fields(shape));
+        for (name, fields) in self.direction_fields(shape) {
+            let figures: Vec<String> = fields.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            out.push_str(&format!("; {name}: {}", figures.join(" ")));
         }
         if let Some(flows) = &self.flows {
-            write!(f, "; flows: {flows}")?;
+            out.push_str(&format!("; flows: {}", join(&flows.fields(shape.spool))));
         }
-        Ok(())
+        out
+    }
+
+    /// The same parts as one JSON object (`--log-format json`): names with `_` for spaces,
+    /// the directions and the flows part as objects of their own.
+    pub fn json(&self, shape: &Shape) -> serde_json::Value {
+        let object = |fields: &[(&str, u64)]| {
+            serde_json::Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, n)| (k.replace(' ', "_"), serde_json::Value::from(*n)))
+                    .collect(),
+            )
+        };
+        let mut out = object(&self.fields(shape));
+        if let serde_json::Value::Object(map) = &mut out {
+            for (name, fields) in self.direction_fields(shape) {
+                map.insert(name.to_owned(), object(&fields));
+            }
+            if let Some(flows) = &self.flows {
+                map.insert("flows".to_owned(), object(&flows.fields(shape.spool)));
+            }
+        }
+        out
+    }
+
+    /// Rows lost, packet and flow rows together, by cause: not written (write errors),
+    /// dropped on a full queue, dropped from the spool. Samples the kernel dropped (ring
+    /// drops) never became rows and are not among them.
+    pub fn lost(&self) -> Lost {
+        let f = self.flows.unwrap_or_default();
+        Lost {
+            write_errors: self.write_errors + f.write_errors,
+            queue_drops: self.queue_drops + f.queue_drops,
+            spool_lost: self.spool_lost + f.spool_lost,
+        }
+    }
+}
+
+/// Rows a run lost, by cause ([`Summary::lost`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    pub write_errors: u64,
+    pub queue_drops: u64,
+    pub spool_lost: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.write_errors + self.queue_drops + self.spool_lost
+    }
+
+    /// `N rows lost: …`, each cause with what it means; `spool`: whether a disk spool
+    /// could take rows. None when nothing was lost.
+    pub fn describe(&self, spool: bool) -> Option<String> {
+        if self.total() == 0 {
+            return None;
+        }
+        let mut why = Vec::new();
+        if self.write_errors > 0 {
+            why.push(format!(
+                "{} not written ({})",
+                self.write_errors,
+                if spool {
+                    "the output refused them or the exit deadline passed, and the spool could not take them"
+                } else {
+                    "the output refused them or was unreachable until the exit deadline, and no spool took them"
+                }
+            ));
+        }
+        if self.queue_drops > 0 {
+            why.push(format!(
+                "{} dropped on a full queue (the output fell behind)",
+                self.queue_drops
+            ));
+        }
+        if self.spool_lost > 0 {
+            why.push(format!(
+                "{} dropped from the disk spool (full, damaged, or past the exit deadline)",
+                self.spool_lost
+            ));
+        }
+        Some(format!("{} rows lost: {}", self.total(), why.join("; ")))
+    }
+}
+
+impl std::fmt::Display for Summary {
+    /// Every part ([`Shape::default`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text(&Shape::default()))
     }
 }
 
@@ -255,5 +416,91 @@ mod tests {
             "rows 3, written 2, write errors 0, queue drops 1, spooled 0, replayed 0, spool lost 0, packets 7, bytes 700, events 2, unkeyed 3, unkeyed bytes 60, overflow 1, overflow bytes 100, map peak 9, map max 16, collect errors 1"
         );
         assert_eq!(s.flows.unwrap().unaccounted(), 0);
+    }
+
+    fn flows_run() -> Summary {
+        let k = KernelStats::from_directions([
+            DirectionStats {
+                seen: 10,
+                ..Default::default()
+            },
+            DirectionStats::default(),
+        ]);
+        let f = FlowCounters::default();
+        Counters::add(&f.rows, 3);
+        Counters::add(&f.sink.written, 3);
+        Summary::new(k, &Counters::default()).with_flows(&f)
+    }
+
+    #[test]
+    fn flows_mode_leaves_out_the_packet_figures() {
+        let shape = Shape {
+            packets: false,
+            directions: [true, false],
+            spool: true,
+        };
+        assert_eq!(
+            flows_run().text(&shape),
+            "seen 10; ingress: seen 10; flows: rows 3, written 3, write errors 0, queue drops 0, spooled 0, replayed 0, spool lost 0, packets 0, bytes 0, events 0, unkeyed 0, unkeyed bytes 0, overflow 0, overflow bytes 0, map peak 0, map max 0, collect errors 0"
+        );
+    }
+
+    #[test]
+    fn only_captured_directions_and_no_spool_figures_without_a_spool() {
+        let s = Summary {
+            kernel: KernelStats::from_directions([
+                DirectionStats {
+                    seen: 4,
+                    sampled: 4,
+                    ..Default::default()
+                },
+                DirectionStats::default(),
+            ]),
+            decoded: 4,
+            written: 4,
+            ..Default::default()
+        };
+        let shape = Shape {
+            packets: true,
+            directions: [true, false],
+            spool: false,
+        };
+        assert_eq!(
+            s.text(&shape),
+            "seen 4, sampled 4, ring drops 0, decoded 4, decode errors 0, queue drops 0, written 4, write errors 0; ingress: seen 4 sampled 4 ring drops 0"
+        );
+        // A file: no direction part.
+        let file = Shape {
+            directions: [false; 2],
+            ..shape
+        };
+        assert!(!s.text(&file).contains("ingress"), "{}", s.text(&file));
+        // The JSON object has the same parts.
+        let j = s.json(&shape);
+        assert_eq!(j["written"], 4);
+        assert_eq!(j["ingress"]["sampled"], 4);
+        assert!(
+            j.get("egress").is_none() && j.get("spooled").is_none(),
+            "{j}"
+        );
+        assert_eq!(flows_run().json(&Shape::default())["flows"]["rows"], 3);
+    }
+
+    #[test]
+    fn lost_rows_are_counted_with_their_causes() {
+        let mut s = flows_run();
+        assert_eq!(s.lost().describe(false), None);
+        s.write_errors = 5;
+        s.spool_lost = 1;
+        if let Some(f) = s.flows.as_mut() {
+            f.queue_drops = 2;
+        }
+        let lost = s.lost();
+        assert_eq!(lost.total(), 8);
+        let line = lost.describe(false).unwrap();
+        assert!(line.starts_with("8 rows lost: 5 not written ("), "{line}");
+        assert!(line.contains("no spool took them"), "{line}");
+        assert!(line.contains("2 dropped on a full queue"), "{line}");
+        assert!(line.contains("1 dropped from the disk spool"), "{line}");
     }
 }

@@ -58,6 +58,15 @@ pub struct Sink {
     pub packets: Input<PacketRecord>,
     pub flows: Option<Input<FlowRecord>>,
     pub task: JoinHandle<Result<(), SinkError>>,
+    /// Whether a disk spool takes the rows the output cannot (one was asked for and
+    /// opened).
+    pub spool: bool,
+    /// What the end of a run waits for, and for how long at most: the output that retries
+    /// (GreptimeDB), with its shutdown timeout. None when the end does not wait.
+    pub waits_for: Option<(String, std::time::Duration)>,
+    /// Set once shutdown has begun to give up at once: the rows not yet written are
+    /// counted as write errors (or go to the spool), without waiting out the deadline.
+    pub give_up: watch::Sender<bool>,
 }
 
 /// Where flow rows go: their table and their counters.
@@ -85,12 +94,29 @@ pub fn start(
         None => (None, None),
     };
     let mut flow_overflow = Overflow::Drop;
+    let (give_up, give_up_rx) = watch::channel(false);
+    let mut spool = false;
+    let mut waits_for = None;
     let (overflow, task) = match settings.output {
         SinkConfig::Greptime(cfg) => {
+            waits_for = Some((cfg.describe(), cfg.shutdown_timeout));
             let writer = match &cfg.spool {
                 Some(s) => greptime::open_spool(s, settings.queue_rows, &counters)?,
                 None => None,
             };
+            spool = writer.is_some();
+            if let Some(w) = &writer {
+                let rows = w.spool().rows();
+                if rows > 0 {
+                    // Replayed into this run's endpoint: say so before it happens.
+                    let endpoints = cfg.endpoints.join(",");
+                    let output = format!("GreptimeDB at {endpoints}");
+                    tracing::info!(
+                        "{}",
+                        greptime::spool::list::earlier_run(w.spool().dir(), rows, &output)
+                    );
+                }
+            }
             if let (Some(w), Some(f)) = (&writer, &flows) {
                 w.spool().add_table(&f.table, Arc::clone(&f.counters));
             }
@@ -111,12 +137,15 @@ pub fn start(
                 rx,
                 counters: f.counters,
             });
-            let run = greptime::run(
+            let run = greptime::writer::run_until(
                 *cfg,
                 rx,
                 Arc::clone(&counters),
                 flow_table,
-                stopping,
+                greptime::writer::Stop {
+                    stopping,
+                    give_up: give_up_rx,
+                },
                 writer,
             );
             let task = tokio::spawn(async move { Ok(run.await?) });
@@ -152,5 +181,8 @@ pub fn start(
         packets: Input::new(tx, overflow, counters),
         flows: flow_tx.map(|(tx, f)| Input::new(tx, flow_overflow, f.counters)),
         task,
+        spool,
+        waits_for,
+        give_up,
     })
 }

@@ -437,10 +437,15 @@ pub struct DirectionSummary {
 }
 
 impl DirectionSummary {
-    /// `seen N sampled N ring drops N`.
+    /// `seen N sampled N ring drops N`, or `seen N` where no packet rows are made.
     fn parse(text: &str) -> Option<Self> {
         let rest = text.strip_prefix("seen ")?;
-        let (seen, rest) = rest.split_once(" sampled ")?;
+        let Some((seen, rest)) = rest.split_once(" sampled ") else {
+            return Some(Self {
+                seen: rest.parse().ok()?,
+                ..Self::default()
+            });
+        };
         let (sampled, ring_drops) = rest.split_once(" ring drops ")?;
         Some(Self {
             seen: seen.parse().ok()?,

@@ -8,6 +8,7 @@ mod common;
 
 mod attach;
 mod capture;
+mod first_hour;
 mod flows;
 mod interfaces;
 mod lifecycle;

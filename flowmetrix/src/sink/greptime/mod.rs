@@ -22,7 +22,7 @@
 //!          and the column roles learned from the server (shapes)
 //! outage   the outage log: one line when writes fail, one when they work again
 //! spool    rows on disk while GreptimeDB is away: format, lock, accounting, store, replay,
-//!          and the spool's own thread (spool::thread)
+//!          the spool's own thread (spool::thread), and its listing for the user (spool::list)
 //! retry    which failures a retry fixes, what to tell the user, and the backoff
 //! error    what stops the sink from starting
 //! config   what the sink is told

@@ -84,11 +84,14 @@ impl Writer {
             self.log.began_at(&why, started);
             return Attempt::Retry(why);
         }
-        match self
-            .endpoints
-            .insert(database, request, &self.hints(), budget)
-            .await
-        {
+        let hints = self.hints();
+        let insert = self.endpoints.insert(database, request, &hints, budget);
+        let done = tokio::select! {
+            done = insert => done,
+            // The second Ctrl+C: an insert in flight is not waited for.
+            () = self.given_up() => return Attempt::GivenUp,
+        };
+        match done {
             Ok(_affected) => {
                 self.log.succeeded();
                 Attempt::Written
@@ -100,6 +103,23 @@ impl Writer {
             Err(Failure::Fatal { kind, message }) => {
                 self.log.fatal(kind, &message);
                 Attempt::Fatal
+            }
+        }
+    }
+
+    /// Resolves once the shutdown deadline is moved to now or before (the second Ctrl+C);
+    /// a deadline that passes on its own is the request budget's to keep.
+    async fn given_up(&self) {
+        let mut deadline = self.deadline.subscribe();
+        loop {
+            if deadline
+                .borrow_and_update()
+                .is_some_and(|d| d <= Instant::now())
+            {
+                return;
+            }
+            if deadline.changed().await.is_err() {
+                return std::future::pending().await;
             }
         }
     }
@@ -136,7 +156,15 @@ impl Writer {
                 let budget = self
                     .time_left()
                     .map_or(REQUEST_TIMEOUT, |t| t.min(REQUEST_TIMEOUT));
-                bulk.write(rows, &self.endpoints, counters, budget).await
+                let n = rows.len() as u64;
+                tokio::select! {
+                    rest = bulk.write(rows, &self.endpoints, counters, budget) => rest,
+                    // The second Ctrl+C. Bulk counts what it wrote once it is done, so none
+                    // of these is counted yet: all are given up.
+                    () = self.given_up() => {
+                        return Counters::add(&counters.write_errors, n);
+                    }
+                }
             }
             None => (rows, None),
         };
@@ -156,7 +184,9 @@ impl Writer {
                     counters.write_seconds.observe(started.elapsed());
                     return;
                 }
-                Attempt::Fatal => return account.settle(&counters.write_errors),
+                Attempt::Fatal | Attempt::GivenUp => {
+                    return account.settle(&counters.write_errors);
+                }
                 Attempt::Retry(why) => {
                     self.log.began(&why);
                     if let Some(spool) = &self.spool {
@@ -237,6 +267,10 @@ impl Writer {
                     spool.finish(&record, Replayed::Refused);
                     *next += 1;
                 }
+                Attempt::GivenUp => {
+                    spool.finish(&record, Replayed::Failed);
+                    break;
+                }
                 Attempt::Retry(why) => {
                     spool.finish(&record, Replayed::Failed);
                     self.log.began(&why);
@@ -294,6 +328,8 @@ enum Attempt {
     Written,
     Fatal,
     Retry(String),
+    /// Cut short by the second Ctrl+C: not written, and no more tries.
+    GivenUp,
 }
 
 /// How often an idle replayer looks at the spool.
@@ -345,9 +381,36 @@ pub async fn run(
     rx: Receiver,
     counters: Arc<Counters>,
     flows: Option<FlowTable>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     spool: Option<Arc<SpoolWriter>>,
 ) -> Result<(), GreptimeError> {
+    let stop = Stop {
+        stopping: shutdown,
+        give_up: watch::channel(false).1,
+    };
+    run_until(cfg, rx, counters, flows, stop, spool).await
+}
+
+/// When the sink stops trying: `stopping` starts the shutdown deadline
+/// (`shutdown_timeout` from then); `give_up`, set after it, moves the deadline to now.
+pub struct Stop {
+    pub stopping: watch::Receiver<bool>,
+    pub give_up: watch::Receiver<bool>,
+}
+
+/// [`run`], which can also be told to give up at once ([`Stop::give_up`]).
+pub async fn run_until(
+    cfg: GreptimeConfig,
+    rx: Receiver,
+    counters: Arc<Counters>,
+    flows: Option<FlowTable>,
+    stop: Stop,
+    spool: Option<Arc<SpoolWriter>>,
+) -> Result<(), GreptimeError> {
+    let Stop {
+        stopping: mut shutdown,
+        mut give_up,
+    } = stop;
     let endpoints = Endpoints::connect(&cfg)?;
     let log = Arc::new(OutageLog::new(cfg.describe(), spool.is_some()));
     let startup = Arc::new(Startup::new(
@@ -377,7 +440,15 @@ pub async fn run(
         let timeout = cfg.shutdown_timeout;
         tokio::spawn(async move {
             if shutdown.wait_for(|&s| s).await.is_ok() {
-                writer.deadline.send_replace(Some(Instant::now() + timeout));
+                move_deadline(&writer.deadline, Instant::now() + timeout);
+            }
+        });
+    }
+    {
+        let writer = Arc::clone(&writer);
+        tokio::spawn(async move {
+            if give_up.wait_for(|&g| g).await.is_ok() {
+                move_deadline(&writer.deadline, Instant::now());
             }
         });
     }
@@ -412,6 +483,11 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Sets the shutdown deadline to `at`, or keeps the one set if it is sooner.
+fn move_deadline(deadline: &watch::Sender<Option<Instant>>, at: Instant) {
+    deadline.send_modify(|d| *d = Some(d.map_or(at, |d| d.min(at))));
 }
 
 /// One table's rows from `rx` through its batcher into write tasks, until `rx` closes and

@@ -32,10 +32,12 @@
 //! One concern a file, each used one way: [`format`] (records and segments on disk),
 //! [`lock`] (the directory lock), [`accounting`] (rows per table and their counters), the
 //! [`store`] (appends, the size limit and eviction) on those, [`replay`] on the store, and
-//! the spool's own [`thread`] on top.
+//! the spool's own [`thread`] on top; [`list`] reads a spool's contents for the user
+//! (`flowmetrix spool`) and discards them.
 
 pub mod accounting;
 pub mod format;
+pub mod list;
 pub mod lock;
 pub mod replay;
 pub mod store;

@@ -13,7 +13,7 @@ use std::{
 
 use greptimedb_ingester::api::v1::{RowInsertRequest, RowInsertRequests, Rows};
 use prost::Message as _;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{
     accounting::{RowsPerTable, TableCounters},
@@ -146,15 +146,6 @@ impl Spool {
             bad: bad.into_iter().map(|(_, p, b)| (p, b)).collect(),
             ..Default::default()
         };
-        if !inner.closed.is_empty() {
-            info!(
-                "spool {}: {} rows in {} segment(s), {} bytes from an earlier run to replay",
-                dir.display(),
-                inner.rows(),
-                inner.closed.len(),
-                inner.bytes
-            );
-        }
         let spool = Self {
             dir: dir.to_owned(),
             max_bytes,
