@@ -311,9 +311,9 @@ mod tests {
             SinkConfig::Greptime(g) => g.spool.map(|s| s.dir),
             _ => panic!("not GreptimeDB"),
         };
-        assert_eq!(spool(&["fm", "--pcap", "x.pcap"]), None);
+        assert_eq!(spool(&["fm", "--pcap", "/dev/null"]), None);
         assert_eq!(
-            spool(&["fm", "--pcap", "x.pcap", "--spool-dir", "/tmp/trial"]),
+            spool(&["fm", "--pcap", "/dev/null", "--spool-dir", "/tmp/trial"]),
             Some("/tmp/trial".into())
         );
         assert_eq!(
