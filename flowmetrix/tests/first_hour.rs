@@ -192,7 +192,15 @@ fn under_json_logs_the_summary_and_the_errors_are_json_objects() {
         "{summary}"
     );
 
-    let out = run(&["--pcap", "/nonexistent/x.pcap", "--log-format", "json"]);
+    // A runtime error (a file that is not a capture; a missing one is a usage error, found
+    // before logging starts).
+    let damaged = std::env::temp_dir().join(format!(
+        "fmx-first-hour-damaged-{}.pcap",
+        std::process::id()
+    ));
+    std::fs::write(&damaged, b"not a capture file at all").unwrap();
+    let out = run(&["--pcap", damaged.to_str().unwrap(), "--log-format", "json"]);
+    std::fs::remove_file(&damaged).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last: Value =
@@ -201,7 +209,7 @@ fn under_json_logs_the_summary_and_the_errors_are_json_objects() {
     assert!(
         last["fields"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("/nonexistent/x.pcap")),
+            .is_some_and(|m| m.contains("fmx-first-hour-damaged-")),
         "{last}"
     );
 }
