@@ -16,7 +16,7 @@ use flowmetrix::{
 use greptimedb_ingester::api::v1::ColumnDataType;
 use serde_json::Value;
 
-/// The packet table the dashboard reads (the default of `--greptime-table`).
+/// The packet table the dashboard reads (the default of `--table`).
 const PACKET_TABLE: &str = "packet_data";
 
 fn deploy(file: &str) -> std::path::PathBuf {
