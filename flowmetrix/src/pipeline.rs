@@ -11,6 +11,10 @@
 //! kernel's flow maps (taken from the source at start), the interface names the source
 //! keeps, and the prefix the decode stage learns, on a watch channel. In a replay the
 //! pipeline hands it the frames ([`flows::Replay`]), after the decode stage.
+//!
+//! A run stops at the shutdown signal (Ctrl+C), at the end of a file, on an error, or when
+//! the output's reader leaves (stdout closed under `--output jsonl`): that last one ends
+//! it as Ctrl+C does, without an error, the rows not printed counted as unread.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -72,6 +76,8 @@ const DETACH_SETTLE: Duration = Duration::from_millis(20);
 
 enum Event {
     Stop,
+    /// The reader of stdout has left.
+    ReaderGone,
     Tick,
     Ready(Result<(), crate::source::SourceError>),
     SinkDone(Result<Result<(), SinkError>, tokio::task::JoinError>),
@@ -202,10 +208,12 @@ pub async fn run_until(
         ..shape
     };
     let mut interrupted = false;
+    let mut reader_gone = sink.reader_gone.clone();
 
     loop {
         let event = tokio::select! {
             () = &mut shutdown => Event::Stop,
+            () = left(&mut reader_gone) => Event::ReaderGone,
             _ = tick.tick() => Event::Tick,
             res = &mut sink.task => Event::SinkDone(res),
             res = source.ready() => Event::Ready(res),
@@ -215,6 +223,9 @@ pub async fn run_until(
                 interrupted = true;
                 break;
             }
+            // As at Ctrl+C, but nothing is left to wait for: the sink counts the rest as
+            // unread.
+            Event::ReaderGone => break,
             Event::SinkDone(res) => {
                 sink_done = Some(res);
                 break;
@@ -342,6 +353,14 @@ pub async fn run_until(
         error,
         gave_up,
     })
+}
+
+/// Completes when the output's reader has left; never for an output without one (its
+/// sender is gone without turning true).
+async fn left(reader_gone: &mut watch::Receiver<bool>) {
+    if reader_gone.wait_for(|&gone| gone).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The parts of the summary that apply to a run of `settings` (whether a spool opened is

@@ -215,6 +215,14 @@ impl Serialize for UnixNanos {
 pub struct PacketRecord {
     /// Kernel capture time.
     pub ts: UnixNanos,
+    /// The host that captured it (`--host-name`; by default the host's name).
+    pub host: Arc<str>,
+    /// The interface it was captured on; for a file replayed, the file's name.
+    pub interface: Arc<str>,
+    pub direction: Direction,
+    /// Application guessed from the ports (`UNKNOWN` when none matches).
+    pub application: &'static str,
+    pub packet_type: PacketType,
     /// Original frame length on the wire (after any VMware prefix), saturated to u16.
     pub packet_size: u16,
     /// EtherType of the frame.
@@ -233,9 +241,6 @@ pub struct PacketRecord {
     pub dst_port: Option<u16>,
     /// TCP flags byte (CWR ECE URG ACK PSH RST SYN FIN); null unless TCP.
     pub tcp_flags: Option<u8>,
-    pub packet_type: PacketType,
-    /// Application guessed from the ports (`UNKNOWN` when none matches).
-    pub application: &'static str,
     /// Encapsulation, when the packet is a tunnel: the columns above describe the outer
     /// packet, the `inner_*` ones the first packet inside.
     pub tunnel: Option<Tunnel>,
@@ -248,11 +253,6 @@ pub struct PacketRecord {
     pub mpls_labels: Option<MplsLabels>,
     /// The 1-in-N rate this row was sampled at: multiply counts by it.
     pub sample_rate: u32,
-    /// The host that captured it (`--host-name`; by default the host's name).
-    pub host: Arc<str>,
-    /// The interface it was captured on; for a file replayed, the file's name.
-    pub interface: Arc<str>,
-    pub direction: Direction,
 }
 
 impl Default for PacketRecord {
@@ -347,7 +347,7 @@ mod tests {
         let line = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
             line,
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"packet_type":"ARP","application":"UNKNOWN","tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"mpls_labels":null,"sample_rate":1,"host":"","interface":"","direction":"ingress"}"#
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"","interface":"","direction":"ingress","application":"UNKNOWN","packet_type":"ARP","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"mpls_labels":null,"sample_rate":1}"#
         );
     }
 

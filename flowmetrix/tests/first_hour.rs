@@ -1,7 +1,8 @@
 //! What a new user meets in the first hour, no-root tier: the real binary on pcaps. A run
 //! that lost rows exits 3 and its last line says how many and why; a second Ctrl+C gives
 //! up the wait for GreptimeDB at once and counts what it gave up; the summary prints only
-//! the parts that apply, and is JSON under `--log-format json`.
+//! the parts that apply, and is JSON under `--log-format json`; a reader of the JSON lines
+//! that leaves (`| head`) ends the run quietly.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Summary, endpoint::Endpoint, frames::udp_frame};
+use common::{Summary, endpoint::Endpoint, frames::udp_frame, pcap};
 use serde_json::Value;
 
 /// The exit code of a run that lost rows.
@@ -463,4 +464,82 @@ fn a_replay_spools_only_where_told_and_the_spool_can_be_listed_and_dropped() {
         format!("spool {dir}: empty\n")
     );
     let _ = std::fs::remove_dir_all(&spool);
+}
+
+/// `flowmetrix --pcap FILE --output jsonl ARGS… | head -2`: standard output a pipe whose
+/// reader leaves after two lines. Its exit status, standard error, and the two lines.
+fn head_2(file: &std::path::Path, args: &[&str]) -> (Option<i32>, String, Vec<String>) {
+    use std::io::{BufRead as _, Read as _};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowmetrix"))
+        .arg("--pcap")
+        .arg(file)
+        .args(["--output", "jsonl"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        lines.push(line);
+    }
+    drop(stdout); // the reader leaves: the pipe is closed
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("no exit 30 s after the reader left");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), errors.join().unwrap(), lines)
+}
+
+#[test]
+fn a_reader_that_leaves_ends_the_run_quietly_with_exit_0() {
+    // Far more output than a pipe holds, so the collector meets the closed pipe.
+    let frames = pcap::spaced(Duration::from_micros(10), (0..20_000).map(udp_frame));
+    let file = pcap::file("first-hour-head", "head.pcap", &pcap::ethernet(frames));
+
+    let (code, stderr, lines) = head_2(&file, &[]);
+    for line in &lines {
+        let row: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(row["packet_size"].is_u64(), "{line}");
+    }
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with("error:")), "{stderr}");
+    let s = Summary::parse(&stderr).unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+    assert_eq!(s.write_errors, 0, "{stderr}");
+    // The rows not printed are a figure of their own, and the loss equation holds.
+    assert!(s.unread > 0, "{stderr}");
+    assert_eq!(s.written + s.unread, s.decoded, "{stderr}");
+    assert!(s.decoded <= 20_000, "{stderr}");
+
+    // With flow rows too: neither table counts a write error.
+    let (code, stderr, _) = head_2(&file, &["--mode", "both"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.lines().any(|l| l.starts_with("error:")), "{stderr}");
+    let s = Summary::parse(&stderr).unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+    assert_eq!(s.write_errors, 0, "{stderr}");
+    assert_eq!(s.flow("write errors"), 0, "{stderr}");
+    let unread = s.flows.as_ref().and_then(|f| f.get("unread")).copied();
+    assert_eq!(
+        s.flow("written") + unread.unwrap_or(0),
+        s.flow("rows"),
+        "{stderr}"
+    );
+    assert_eq!(s.written + s.unread, s.decoded, "{stderr}");
 }

@@ -105,7 +105,7 @@ fn man_page(cmd: Command) -> String {
     for (code, what) in [
         (
             "0",
-            "Success; also after Ctrl+C or SIGTERM, once queued rows are written and the summary line is printed.",
+            "Success; also after Ctrl+C or SIGTERM, once queued rows are written and the summary line is printed, and when the reader of standard output leaves (--output jsonl | head): the rows it did not take are counted as unread, not lost.",
         ),
         (
             "1",

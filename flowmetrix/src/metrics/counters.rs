@@ -31,6 +31,9 @@ pub struct Counters {
     pub written: AtomicU64,
     /// Rows the output failed to write.
     pub write_errors: AtomicU64,
+    /// Rows not printed because the reader of stdout left (`… --output jsonl | head`): it
+    /// asked for no more, so they are not a loss; they end the run as a Ctrl+C would.
+    pub unread: AtomicU64,
     /// Write attempts that failed and were retried.
     pub write_retries: AtomicU64,
     /// Rows waiting in the queue to the output (gauge).
@@ -52,7 +55,7 @@ pub struct Counters {
 /// The flows stage's counters (`--mode flows|both`). The flow table's own sink counters
 /// (written, write errors, queue drops, spooled, …) are in `sink`, a [`Counters`] of its own;
 /// when everything has drained, `rows == sink.written + sink.write_errors +
-/// sink.queue_drops + sink.spooled`.
+/// sink.queue_drops + sink.spooled + sink.unread`.
 #[derive(Debug, Default)]
 pub struct FlowCounters {
     pub sink: Arc<Counters>,

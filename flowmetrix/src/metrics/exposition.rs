@@ -73,6 +73,7 @@ impl Collector for Scrape {
         let get = Counters::get;
         let written = get(&c.written);
         let write_errors = get(&c.write_errors);
+        let unread = get(&c.unread);
         let spooled = get(&c.spooled);
         let spool_replayed = get(&c.spool_replayed);
         let spool_lost = get(&c.spool_lost);
@@ -225,6 +226,15 @@ impl Collector for Scrape {
             }
         }
 
+        // Added after the page's first design, so after it: the rows the reader of stdout
+        // never took, the last term of the loss equation.
+        counter(
+            e,
+            "rows_unread",
+            "Rows not printed because the reader of stdout left (not a loss: it ended the run).",
+            unread,
+        )?;
+
         // And by interface (they add up to the unlabelled ones too).
         if !interfaces.is_empty() {
             for (name, help, field) in &split {
@@ -254,7 +264,7 @@ impl Collector for Scrape {
 
 /// `--mode flows|both`: the flow rows and the packets counted in them.
 fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::Result {
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "flow_rows",
             "Flow rows made (one per flow and interval).",
@@ -274,6 +284,11 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
             "flow_queue_drops",
             "Flow rows dropped because the queue to the output was full.",
             s.queue_drops,
+        ),
+        (
+            "flow_rows_unread",
+            "Flow rows not printed because the reader of stdout left.",
+            s.unread,
         ),
         (
             "flow_spooled_rows",
@@ -472,6 +487,9 @@ mod tests {
                 "# TYPE flowmetrix_packets_seen_by_direction_total counter",
                 "# TYPE flowmetrix_packets_sampled_by_direction_total counter",
                 "# TYPE flowmetrix_ring_drops_by_direction_total counter",
+                // The rows the reader of stdout never took (added with the stop on a
+                // closed stdout).
+                "# TYPE flowmetrix_rows_unread_total counter",
             ]
         );
         let buckets: Vec<&str> = text
@@ -540,11 +558,12 @@ mod tests {
             (&c.decoded, 95),
             (&c.decode_errors, 2),
             (&c.queue_drops, 5),
-            (&c.written, 60),
+            (&c.written, 56),
             (&c.write_errors, 7),
             (&c.spooled, 23),
             (&c.spool_replayed, 11),
             (&c.spool_lost, 13),
+            (&c.unread, 4),
         ] {
             Counters::add(counter, n);
         }
@@ -566,6 +585,7 @@ mod tests {
             spooled,
             replayed,
             spool_lost,
+            unread,
             flows: _,
         } = s;
         let text = r.render();
@@ -582,6 +602,7 @@ mod tests {
             ("flowmetrix_spooled_rows_total", spooled),
             ("flowmetrix_spool_replayed_rows_total", replayed),
             ("flowmetrix_spool_lost_rows_total", spool_lost),
+            ("flowmetrix_rows_unread_total", unread),
         ] {
             assert_eq!(page(name), want, "{name}");
         }
@@ -594,6 +615,7 @@ mod tests {
                 + page("flowmetrix_write_errors_total")
                 + page("flowmetrix_rows_written_total")
                 + page("flowmetrix_spooled_rows_total")
+                + page("flowmetrix_rows_unread_total")
         );
     }
 

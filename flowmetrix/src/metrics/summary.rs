@@ -17,6 +17,8 @@ pub struct FlowSummary {
     pub spooled: u64,
     pub replayed: u64,
     pub spool_lost: u64,
+    /// Not printed: the reader of stdout left (not a loss).
+    pub unread: u64,
     pub packets: u64,
     pub bytes: u64,
     pub events: u64,
@@ -46,6 +48,7 @@ impl FlowSummary {
             spooled: s.spooled.load(Relaxed),
             replayed: s.spool_replayed.load(Relaxed),
             spool_lost: s.spool_lost.load(Relaxed),
+            unread: s.unread.load(Relaxed),
             packets: f.packets.load(Relaxed),
             bytes: f.bytes.load(Relaxed),
             events: f.events.load(Relaxed),
@@ -67,6 +70,7 @@ impl FlowSummary {
             - i128::from(self.write_errors)
             - i128::from(self.queue_drops)
             - i128::from(self.spooled)
+            - i128::from(self.unread)
     }
 }
 
@@ -80,6 +84,10 @@ impl FlowSummary {
             ("write errors", self.write_errors),
             ("queue drops", self.queue_drops),
         ];
+        // Only in a run whose reader left (`| head`).
+        if self.unread > 0 {
+            v.push(("unread", self.unread));
+        }
         if spool {
             v.extend([
                 ("spooled", self.spooled),
@@ -153,6 +161,9 @@ pub struct Summary {
     pub spooled: u64,
     pub replayed: u64,
     pub spool_lost: u64,
+    /// Rows not printed because the reader of stdout left: it asked for no more, so they
+    /// are not lost, but the loss equation counts them.
+    pub unread: u64,
     /// `--mode flows|both`: printed as a `; flows: …` part after the others.
     pub flows: Option<FlowSummary>,
 }
@@ -175,6 +186,7 @@ impl Summary {
             spooled: c.spooled.load(Relaxed),
             replayed: c.spool_replayed.load(Relaxed),
             spool_lost: c.spool_lost.load(Relaxed),
+            unread: c.unread.load(Relaxed),
             flows: None,
         }
     }
@@ -188,6 +200,7 @@ impl Summary {
             - i128::from(self.write_errors)
             - i128::from(self.written)
             - i128::from(self.spooled)
+            - i128::from(self.unread)
     }
 }
 
@@ -205,6 +218,10 @@ impl Summary {
                 ("written", self.written),
                 ("write errors", self.write_errors),
             ]);
+            // Only in a run whose reader left (`| head`).
+            if self.unread > 0 {
+                v.push(("unread", self.unread));
+            }
             if shape.spool {
                 v.extend([
                     ("spooled", self.spooled),
@@ -274,7 +291,8 @@ impl Summary {
 
     /// Rows lost, packet and flow rows together, by cause: not written (write errors),
     /// dropped on a full queue, dropped from the spool. Samples the kernel dropped (ring
-    /// drops) never became rows and are not among them.
+    /// drops) never became rows and are not among them; nor are the rows not printed
+    /// because the reader of stdout left (`unread`): nobody was there to lose them.
     pub fn lost(&self) -> Lost {
         let f = self.flows.unwrap_or_default();
         Lost {
@@ -369,6 +387,7 @@ mod tests {
             spooled: 1,
             replayed: 3,
             spool_lost: 0,
+            unread: 0,
             flows: None,
         };
         assert_eq!(
@@ -502,5 +521,57 @@ mod tests {
         assert!(line.contains("no spool took them"), "{line}");
         assert!(line.contains("2 dropped on a full queue"), "{line}");
         assert!(line.contains("1 dropped from the disk spool"), "{line}");
+    }
+
+    /// Rows the reader of stdout never took (`| head`): a figure of their own, in the loss
+    /// equation, but not a loss.
+    #[test]
+    fn unread_rows_balance_the_equation_and_are_not_lost() {
+        let mut s = Summary {
+            kernel: KernelStats::from_directions([
+                DirectionStats {
+                    seen: 10,
+                    sampled: 10,
+                    ..Default::default()
+                },
+                DirectionStats::default(),
+            ]),
+            decoded: 10,
+            written: 4,
+            unread: 6,
+            ..Default::default()
+        };
+        assert_eq!(s.unaccounted(), 0);
+        assert_eq!(s.lost().total(), 0);
+        let shape = Shape {
+            packets: true,
+            directions: [false; 2],
+            spool: false,
+        };
+        assert_eq!(
+            s.text(&shape),
+            "seen 10, sampled 10, ring drops 0, decoded 10, decode errors 0, queue drops 0, written 4, write errors 0, unread 6"
+        );
+        assert_eq!(s.json(&shape)["unread"], 6);
+        let f = FlowCounters::default();
+        Counters::add(&f.rows, 3);
+        Counters::add(&f.sink.written, 1);
+        Counters::add(&f.sink.unread, 2);
+        s = s.with_flows(&f);
+        let flows = s.flows.unwrap();
+        assert_eq!(flows.unaccounted(), 0);
+        assert!(
+            s.text(&shape).contains(
+                "; flows: rows 3, written 1, write errors 0, queue drops 0, unread 2, packets 0"
+            ),
+            "{}",
+            s.text(&shape)
+        );
+        assert_eq!(s.lost().total(), 0);
+        // A run whose reader stayed says nothing of it.
+        s.unread = 0;
+        let text = s.text(&shape);
+        let (packets, _) = text.split_once("; flows").unwrap();
+        assert!(!packets.contains("unread"), "{text}");
     }
 }

@@ -264,8 +264,9 @@ const fn field(name: &'static str, data_type: ColumnDataType) -> Def {
 
 table! {
 /// The `packet_data` table, in [`PacketRecord`] field order. `ts` is the time index;
-/// the shared tags and `packet_type` (the last key) are the primary key; IPs and ports are
-/// fields. Columns added later (`vlan_id`, `tunnel`, `inner_*`, `mpls_labels`, `host`,
+/// the shared tags and `packet_type` (the last key) are the primary key, first after `ts`
+/// in key order as in [`FLOW_SCHEMA`], so a JSON line of either table starts `ts`, `host`,
+/// `interface`, `direction`, `application`; IPs and ports are fields. Columns added later (`vlan_id`, `tunnel`, `inner_*`, `mpls_labels`, `host`,
 /// `interface`, `direction`) are added to an existing table by GreptimeDB's insert, and a
 /// table whose columns have other roles (the Go original made `src_ip` and `dst_port`
 /// tags) is written as it is ([`crate::sink::greptime::shapes`]).
@@ -278,6 +279,11 @@ table! {
 /// path, as an error).
 pub const SCHEMA: PacketRecord = [
     TS => |r| r.ts.into(),
+    HOST => |r| (&r.host).into(),
+    INTERFACE => |r| (&r.interface).into(),
+    DIRECTION => |r| r.direction.into(),
+    APPLICATION => |r| r.application.into(),
+    PACKET_TYPE => |r| r.packet_type.into(),
     field("packet_size", T::Uint16) => |r| r.packet_size.into(),
     ETHER_TYPE => |r| r.ether_type.into(),
     field("src_mac", T::String) => |r| r.src_mac.into(),
@@ -289,8 +295,6 @@ pub const SCHEMA: PacketRecord = [
     SRC_PORT => |r| r.src_port.into(),
     DST_PORT => |r| r.dst_port.into(),
     TCP_FLAGS => |r| r.tcp_flags.into(),
-    PACKET_TYPE => |r| r.packet_type.into(),
-    APPLICATION => |r| r.application.into(),
     field("tunnel", T::String) => |r| r.tunnel.into(),
     field("inner_src_ip", T::String) => |r| r.inner_src_ip.into(),
     field("inner_dst_ip", T::String) => |r| r.inner_dst_ip.into(),
@@ -299,9 +303,6 @@ pub const SCHEMA: PacketRecord = [
     field("inner_dst_port", T::Uint16) => |r| r.inner_dst_port.into(),
     field("mpls_labels", T::String) => |r| r.mpls_labels.as_ref().into(),
     field("sample_rate", T::Uint32) => |r| r.sample_rate.into(),
-    HOST => |r| (&r.host).into(),
-    INTERFACE => |r| (&r.interface).into(),
-    DIRECTION => |r| r.direction.into(),
 ]
 }
 
@@ -386,6 +387,11 @@ pub(crate) mod tests {
             names,
             [
                 "ts",
+                "host",
+                "interface",
+                "direction",
+                "application",
+                "packet_type",
                 "packet_size",
                 "ether_type",
                 "src_mac",
@@ -397,8 +403,6 @@ pub(crate) mod tests {
                 "src_port",
                 "dst_port",
                 "tcp_flags",
-                "packet_type",
-                "application",
                 "tunnel",
                 "inner_src_ip",
                 "inner_dst_ip",
@@ -407,9 +411,6 @@ pub(crate) mod tests {
                 "inner_dst_port",
                 "mpls_labels",
                 "sample_rate",
-                "host",
-                "interface",
-                "direction",
             ]
         );
         let tags: Vec<&str> = SCHEMA
@@ -420,11 +421,11 @@ pub(crate) mod tests {
         assert_eq!(
             tags,
             [
-                "packet_type",
-                "application",
                 "host",
                 "interface",
-                "direction"
+                "direction",
+                "application",
+                "packet_type"
             ]
         );
         let ts: Vec<&Column<PacketRecord>> = SCHEMA
@@ -433,6 +434,9 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(ts.len(), 1);
         assert_eq!(ts[0].name, "ts");
+        // The columns both tables have come first, in the same order in both.
+        let flow: Vec<&str> = FLOW_SCHEMA.iter().map(|c| c.name).take(5).collect();
+        assert_eq!(names[..5], flow[..]);
     }
 
     /// Whether a value may be stored in a column of this type.

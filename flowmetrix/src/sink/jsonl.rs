@@ -1,12 +1,21 @@
 //! JSON lines on stdout: one object per row, keys = column names. Packet rows and flow rows
 //! (`--mode both`) go through one writer, so lines never interleave; a reader tells a flow
 //! row by its `interval_ms` key (packet rows have `packet_size` instead).
+//!
+//! A reader that leaves (`flowmetrix … --output jsonl | head -2`: a broken pipe) ends the
+//! run as a Ctrl+C would, quietly, as Unix tools do: the pipeline stops capture, detaches
+//! and exits 0. The rows not printed are no write error and no loss (nobody is left to read
+//! them); they are counted as `unread`, a figure of their own in the summary, so the loss
+//! equation still adds up. Rows stdout took before the pipe broke count as written.
 
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
+use tokio::{io::AsyncWriteExt, sync::watch};
 
-use super::{drain::fail_remaining, error::SinkError};
+use super::{
+    drain::{fail_remaining, unread},
+    error::SinkError,
+};
 use crate::{
     metrics::Counters,
     queue::Receiver,
@@ -26,16 +35,22 @@ fn encode_all<R: Table>(buf: &mut Vec<u8>, rows: &[R]) -> u64 {
 }
 
 /// Packet rows only.
-pub async fn run(rx: Receiver, counters: &Counters) -> Result<(), SinkError> {
-    run_tables(rx, counters, None).await
+pub async fn run(
+    rx: Receiver,
+    counters: &Counters,
+    reader_gone: &watch::Sender<bool>,
+) -> Result<(), SinkError> {
+    run_tables(rx, counters, None, reader_gone).await
 }
 
 /// Packet rows from `rx`, and flow rows from `flows` when given, each counted in its own
-/// counters.
+/// counters. When the reader of stdout leaves, `reader_gone` turns true (the pipeline stops
+/// as at Ctrl+C) and the rows still coming are counted as unread until the queues close.
 pub async fn run_tables(
     mut rx: Receiver,
     counters: &Counters,
     flows: Option<(Receiver<Vec<FlowRecord>>, Arc<Counters>)>,
+    reader_gone: &watch::Sender<bool>,
 ) -> Result<(), SinkError> {
     let mut out = tokio::io::stdout();
     let mut buf = Vec::with_capacity(1 << 16);
@@ -79,6 +94,10 @@ pub async fn run_tables(
             other => other,
         };
         if let Err(e) = res {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Counters::add(&c.unread, n);
+                return reader_left(rx, counters, frx.zip(fc), reader_gone).await;
+            }
             Counters::add(&c.write_errors, n);
             fail_remaining(rx, counters);
             if let (Some(r), Some(c)) = (frx, &fc) {
@@ -88,5 +107,30 @@ pub async fn run_tables(
         }
         Counters::add(&c.written, n);
     }
-    out.flush().await.map_err(SinkError::Stdout)
+    match out.flush().await {
+        // Every row was handed to stdout already: the reader left after them.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(SinkError::Stdout),
+    }
+}
+
+/// The reader of stdout has left: say so (not as an error), have the pipeline stop, and
+/// count the rows still queued or still coming as unread until it closes the queues.
+async fn reader_left(
+    rx: Receiver,
+    counters: &Counters,
+    flows: Option<(Receiver<Vec<FlowRecord>>, Arc<Counters>)>,
+    reader_gone: &watch::Sender<bool>,
+) -> Result<(), SinkError> {
+    tracing::info!(
+        "stdout was closed by its reader: stopping (rows not printed are counted as unread)"
+    );
+    reader_gone.send_replace(true);
+    match flows {
+        Some((f, fc)) => {
+            tokio::join!(unread(rx, counters), unread(f, &fc));
+        }
+        None => unread(rx, counters).await,
+    }
+    Ok(())
 }

@@ -67,6 +67,10 @@ pub struct Sink {
     /// Set once shutdown has begun to give up at once: the rows not yet written are
     /// counted as write errors (or go to the spool), without waiting out the deadline.
     pub give_up: watch::Sender<bool>,
+    /// Turns true when the output's reader has left (stdout closed under `--output jsonl`):
+    /// the run stops as at Ctrl+C, and the rows not printed are counted as unread. Closed
+    /// without turning true by the outputs that have no reader to lose.
+    pub reader_gone: watch::Receiver<bool>,
 }
 
 /// Where flow rows go: their table and their counters.
@@ -95,6 +99,7 @@ pub fn start(
     };
     let mut flow_overflow = Overflow::Drop;
     let (give_up, give_up_rx) = watch::channel(false);
+    let (gone, reader_gone) = watch::channel(false);
     let mut spool = false;
     let mut waits_for = None;
     let (overflow, task) = match settings.output {
@@ -156,7 +161,7 @@ pub fn start(
             let flows = flow_rx.zip(flows.map(|f| f.counters));
             (
                 Overflow::Drop,
-                tokio::spawn(async move { jsonl::run_tables(rx, &c, flows).await }),
+                tokio::spawn(async move { jsonl::run_tables(rx, &c, flows, &gone).await }),
             )
         }
         SinkConfig::None => {
@@ -184,5 +189,6 @@ pub fn start(
         spool,
         waits_for,
         give_up,
+        reader_gone,
     })
 }

@@ -411,6 +411,8 @@ pub struct Summary {
     pub spooled: u64,
     pub replayed: u64,
     pub spool_lost: u64,
+    /// Rows not printed because the reader of stdout left (only printed when not 0).
+    pub unread: u64,
     /// The kernel counters per direction (`; ingress: seen N sampled N ring drops N; …`).
     pub ingress: DirectionSummary,
     pub egress: DirectionSummary,
@@ -494,6 +496,7 @@ impl Summary {
                 "spooled" => &mut s.spooled,
                 "replayed" => &mut s.replayed,
                 "spool lost" => &mut s.spool_lost,
+                "unread" => &mut s.unread,
                 _ => return None,
             };
             *slot = n;

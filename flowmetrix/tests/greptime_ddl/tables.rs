@@ -270,12 +270,15 @@ fn a_table_of_the_go_original_is_used_as_it_is_and_gains_the_new_columns() {
             logs.text()
         );
     }
-    // The columns it lacked were added (by the insert), after its own.
+    // The columns it lacked were added (by the insert, in its order), after its own.
     let cols = endpoint.columns("public", "packet_data");
     assert_eq!(cols.len(), SCHEMA.len());
     assert_eq!(
         &cols[13..],
         [
+            "host",
+            "interface",
+            "direction",
             "vlan_id",
             "tunnel",
             "inner_src_ip",
@@ -285,9 +288,6 @@ fn a_table_of_the_go_original_is_used_as_it_is_and_gains_the_new_columns() {
             "inner_dst_port",
             "mpls_labels",
             "sample_rate",
-            "host",
-            "interface",
-            "direction"
         ]
     );
     assert!(

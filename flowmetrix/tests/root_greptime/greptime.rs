@@ -80,6 +80,11 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
     use SemanticType::{Field, Tag, Timestamp};
     let declared = [
         ("ts", T::TimestampNanosecond, Timestamp),
+        ("host", T::String, Tag),
+        ("interface", T::String, Tag),
+        ("direction", T::String, Tag),
+        ("application", T::String, Tag),
+        ("packet_type", T::String, Tag),
         ("packet_size", T::Uint16, Field),
         ("ether_type", T::Uint16, Field),
         ("src_mac", T::String, Field),
@@ -91,8 +96,6 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
         ("src_port", T::Uint16, Field),
         ("dst_port", T::Uint16, Field),
         ("tcp_flags", T::Uint8, Field),
-        ("packet_type", T::String, Tag),
-        ("application", T::String, Tag),
         ("tunnel", T::String, Field),
         ("inner_src_ip", T::String, Field),
         ("inner_dst_ip", T::String, Field),
@@ -101,9 +104,6 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
         ("inner_dst_port", T::Uint16, Field),
         ("mpls_labels", T::String, Field),
         ("sample_rate", T::Uint32, Field),
-        ("host", T::String, Tag),
-        ("interface", T::String, Tag),
-        ("direction", T::String, Tag),
     ];
     let received = endpoint.received();
     assert!(!received.is_empty());

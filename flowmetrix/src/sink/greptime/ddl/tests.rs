@@ -12,6 +12,11 @@ fn packet_data_ddl_is_the_documented_one() {
     let expected = format!(
         r#"CREATE TABLE IF NOT EXISTS "packet_data" (
   "ts" TIMESTAMP(9) NOT NULL,
+  "host" STRING NULL INVERTED INDEX,
+  "interface" STRING NULL INVERTED INDEX,
+  "direction" STRING NULL INVERTED INDEX,
+  "application" STRING NULL INVERTED INDEX,
+  "packet_type" STRING NULL INVERTED INDEX,
   "packet_size" SMALLINT UNSIGNED NULL,
   "ether_type" SMALLINT UNSIGNED NULL,
   "src_mac" STRING NULL,
@@ -23,8 +28,6 @@ fn packet_data_ddl_is_the_documented_one() {
   "src_port" SMALLINT UNSIGNED NULL,
   "dst_port" SMALLINT UNSIGNED NULL INVERTED INDEX,
   "tcp_flags" TINYINT UNSIGNED NULL,
-  "packet_type" STRING NULL INVERTED INDEX,
-  "application" STRING NULL INVERTED INDEX,
   "tunnel" STRING NULL,
   "inner_src_ip" STRING NULL,
   "inner_dst_ip" STRING NULL,
@@ -33,9 +36,6 @@ fn packet_data_ddl_is_the_documented_one() {
   "inner_dst_port" SMALLINT UNSIGNED NULL,
   "mpls_labels" STRING NULL,
   "sample_rate" INT UNSIGNED NULL,
-  "host" STRING NULL INVERTED INDEX,
-  "interface" STRING NULL INVERTED INDEX,
-  "direction" STRING NULL INVERTED INDEX,
   TIME INDEX ("ts"),
   PRIMARY KEY ("host", "interface", "direction", "application", "packet_type")
 )
