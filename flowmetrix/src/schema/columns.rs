@@ -251,6 +251,23 @@ macro_rules! table {
                 }),*]
             }
         }
+
+        /// The JSON object of this row: keys the column names, in order (the values'
+        /// text forms in [`super::json`]). Made from the same lines, field by field, as
+        /// the row insert: a call through each column's getter cost 12 % of a packet row.
+        impl serde::Serialize for $rec {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct as _;
+                let mut o = s.serialize_struct(stringify!($rec), $name.len())?;
+                let mut names = $name.iter().map(|c| c.name);
+                $({
+                    let $r = self;
+                    let d: Datum<'_> = $get;
+                    o.serialize_field(names.next().unwrap_or(""), &d)?;
+                })*
+                o.end()
+            }
+        }
     };
 }
 

@@ -1,14 +1,12 @@
-//! The JSON form of a row, from its table's column list: one object, keys the column names
-//! in table order, absent values null, timestamps as RFC 3339 UTC with nanoseconds,
+//! The JSON form of a row, from its table's column list (the object itself is made by
+//! `table!` in [`super::columns`]): one object, keys the column names in table order, absent
+//! values null, timestamps as RFC 3339 UTC with nanoseconds,
 //! addresses, labels and names as text (the same text the row insert sends).
 
-use serde::{Serialize, Serializer, ser::SerializeStruct};
+use serde::{Serialize, Serializer};
 
-use super::{
-    columns::{Column, Datum},
-    table::Table,
-};
-use crate::record::{FlowRecord, PacketRecord, UnixNanos};
+use super::columns::Datum;
+use crate::record::UnixNanos;
 
 impl Serialize for Datum<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -27,37 +25,11 @@ impl Serialize for Datum<'_> {
     }
 }
 
-/// `row` as an object of its columns.
-fn row<R, S: Serializer>(
-    row: &R,
-    name: &'static str,
-    columns: &[Column<R>],
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    let mut o = s.serialize_struct(name, columns.len())?;
-    for c in columns {
-        o.serialize_field(c.name, &c.get(row))?;
-    }
-    o.end()
-}
-
-impl Serialize for PacketRecord {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        row(self, "PacketRecord", Self::COLUMNS, s)
-    }
-}
-
-impl Serialize for FlowRecord {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        row(self, "FlowRecord", Self::COLUMNS, s)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        record::Direction,
+        record::{Direction, FlowRecord},
         schema::columns::{FLOW_SCHEMA, SCHEMA, tests::record},
     };
 
