@@ -83,6 +83,15 @@ pub fn attached_program(ifindex: u32) -> Option<XdpOwner> {
 /// The process holding bpf_link `link` open: its pid and command name.
 fn link_holder(link: u32) -> Option<(u32, String)> {
     let want = format!("link_id:\t{link}\n");
+    bpf_link_holder(|_, _| true, |info| info.contains(&want))
+}
+
+/// The first process `looked_at(pid, its /proc dir)` accepts that holds a bpf_link whose
+/// fdinfo `wanted` accepts: its pid and command name.
+fn bpf_link_holder(
+    looked_at: impl Fn(u32, &std::path::Path) -> bool,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<(u32, String)> {
     for proc in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
         let Some(pid) = proc
             .file_name()
@@ -91,6 +100,9 @@ fn link_holder(link: u32) -> Option<(u32, String)> {
         else {
             continue;
         };
+        if !looked_at(pid, &proc.path()) {
+            continue;
+        }
         let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
             continue;
         };
@@ -101,7 +113,7 @@ fn link_holder(link: u32) -> Option<(u32, String)> {
                 continue;
             }
             let info = proc.path().join("fdinfo").join(fd.file_name());
-            if std::fs::read_to_string(info).is_ok_and(|i| i.contains(&want)) {
+            if std::fs::read_to_string(info).is_ok_and(|i| wanted(&i)) {
                 let comm = std::fs::read_to_string(proc.path().join("comm"))
                     .map(|c| c.trim().to_owned())
                     .unwrap_or_default();
@@ -145,44 +157,16 @@ pub fn tcx_holder(ifindex: u32, egress: bool, program: &str) -> Option<TcOwner> 
     };
     let me = std::process::id();
     let my_net = std::fs::read_link("/proc/self/ns/net").ok();
-    for proc in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
-        let Some(pid) = proc
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // An ifindex means an interface in one network namespace only.
-        if pid == me || std::fs::read_link(proc.path().join("ns/net")).ok() != my_net {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.filter_map(Result::ok) {
-            let is_link = std::fs::read_link(fd.path())
-                .is_ok_and(|t| t.as_os_str() == OsStr::from_bytes(b"anon_inode:bpf_link"));
-            if !is_link {
-                continue;
-            }
-            let info = proc.path().join("fdinfo").join(fd.file_name());
-            let Ok(info) = std::fs::read_to_string(info) else {
-                continue;
-            };
-            if tcx_link_matches(&info, &ids, ifindex, attach_type) {
-                let comm = std::fs::read_to_string(proc.path().join("comm"))
-                    .map(|c| c.trim().to_owned())
-                    .unwrap_or_default();
-                return Some(TcOwner {
-                    pid,
-                    comm,
-                    program: short.to_owned(),
-                });
-            }
-        }
-    }
-    None
+    // An ifindex means an interface in one network namespace only.
+    let (pid, comm) = bpf_link_holder(
+        |pid, proc| pid != me && std::fs::read_link(proc.join("ns/net")).ok() == my_net,
+        |info| tcx_link_matches(info, &ids, ifindex, attach_type),
+    )?;
+    Some(TcOwner {
+        pid,
+        comm,
+        program: short.to_owned(),
+    })
 }
 
 /// Whether a bpf_link's fdinfo is a TCX link of one of programs `ids` on `ifindex`'s
