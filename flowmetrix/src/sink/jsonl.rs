@@ -34,19 +34,10 @@ fn encode_all<R: Table>(buf: &mut Vec<u8>, rows: &[R]) -> u64 {
     rows.len() as u64
 }
 
-/// Packet rows only.
-pub async fn run(
-    rx: Receiver,
-    counters: &Counters,
-    reader_gone: &watch::Sender<bool>,
-) -> Result<(), SinkError> {
-    run_tables(rx, counters, None, reader_gone).await
-}
-
 /// Packet rows from `rx`, and flow rows from `flows` when given, each counted in its own
 /// counters. When the reader of stdout leaves, `reader_gone` turns true (the pipeline stops
 /// as at Ctrl+C) and the rows still coming are counted as unread until the queues close.
-pub async fn run_tables(
+pub async fn run(
     mut rx: Receiver,
     counters: &Counters,
     flows: Option<(Receiver<Vec<FlowRecord>>, Arc<Counters>)>,

@@ -161,7 +161,7 @@ pub fn start(
             let flows = flow_rx.zip(flows.map(|f| f.counters));
             (
                 Overflow::Drop,
-                tokio::spawn(async move { jsonl::run_tables(rx, &c, flows, &gone).await }),
+                tokio::spawn(async move { jsonl::run(rx, &c, flows, &gone).await }),
             )
         }
         SinkConfig::None => {
