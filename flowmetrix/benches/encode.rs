@@ -3,13 +3,13 @@
 //!
 //! Run with `cargo bench -p flowmetrix --bench encode` (one table: `-- encode_flow`).
 
+mod common;
+
 use std::hint::black_box;
 
+use common::packet_rows;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::PacketBuilder;
 use flowmetrix::{
-    applications::Applications,
-    decode::{FrameMeta, decode},
     record::{Direction, FlowRecord, PacketRecord, UnixNanos},
     schema::{
         Table,
@@ -23,28 +23,11 @@ use greptimedb_ingester::arrow_schema::SchemaRef;
 const N: usize = 10_000;
 
 fn packets() -> Vec<PacketRecord> {
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .tcp(40_000, 443, 1, 1000)
-        .ack(1)
-        .write(&mut f, &[0; 100])
-        .unwrap();
-    let meta = FrameMeta {
-        ts: UnixNanos(1_795_000_000_000_000_000),
-        wire_len: 154,
-        sample_rate: 1,
-    };
-    (0..N)
-        .map(|i| {
-            let mut r = decode(&f, meta, &Applications::default()).unwrap();
-            r.ts = UnixNanos(r.ts.0 + i as i64);
-            r.src_port = Some((i % 60_000) as u16);
-            r.host = "node-1".into();
-            r.interface = "eth0".into();
-            r
-        })
-        .collect()
+    packet_rows(N, |i, r| {
+        r.src_port = Some((i % 60_000) as u16);
+        r.host = "node-1".into();
+        r.interface = "eth0".into();
+    })
 }
 
 fn flows() -> Vec<FlowRecord> {

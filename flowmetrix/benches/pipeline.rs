@@ -8,17 +8,19 @@
 #[allow(dead_code)]
 mod endpoint;
 
+mod common;
+
 use std::{
     hint::black_box,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
+use common::{meta, packet_rows, tcp_frame};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::PacketBuilder;
 use flowmetrix::{
     applications::Applications,
-    decode::{FrameMeta, decode},
+    decode::decode,
     metrics::Counters,
     record::{PacketRecord, UnixNanos},
     sink::{
@@ -27,34 +29,8 @@ use flowmetrix::{
     },
 };
 
-fn tcp_frame() -> Vec<u8> {
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .tcp(40_000, 443, 1, 1000)
-        .ack(1)
-        .write(&mut f, &[0; 100])
-        .unwrap();
-    f
-}
-
-fn meta() -> FrameMeta {
-    FrameMeta {
-        ts: UnixNanos(1_795_000_000_000_000_000),
-        wire_len: 154,
-        sample_rate: 1,
-    }
-}
-
 fn rows(n: usize) -> Vec<PacketRecord> {
-    let frame = tcp_frame();
-    (0..n)
-        .map(|i| {
-            let mut r = decode(&frame, meta(), &Applications::default()).unwrap();
-            r.ts = UnixNanos(r.ts.0 + i as i64);
-            r
-        })
-        .collect()
+    packet_rows(n, |_, _| {})
 }
 
 fn bench_decode(c: &mut Criterion) {

@@ -12,18 +12,18 @@
 #[allow(dead_code)]
 mod endpoint;
 
+mod common;
+
 use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
+use common::packet_rows;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::PacketBuilder;
 use flowmetrix::{
-    applications::Applications,
-    decode::{FrameMeta, decode},
     metrics::Counters,
-    record::{PacketRecord, UnixNanos},
+    record::PacketRecord,
     sink::{
         self, SinkConfig, SinkSettings,
         greptime::{Compression, GreptimeConfig, SCHEMA, WritePath},
@@ -34,26 +34,7 @@ const ROWS: usize = 100_000;
 const BATCH: usize = 1024;
 
 fn rows(n: usize) -> Vec<PacketRecord> {
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .tcp(40_000, 443, 1, 1000)
-        .ack(1)
-        .write(&mut f, &[0; 100])
-        .unwrap();
-    let meta = FrameMeta {
-        ts: UnixNanos(1_795_000_000_000_000_000),
-        wire_len: 154,
-        sample_rate: 1,
-    };
-    (0..n)
-        .map(|i| {
-            let mut r = decode(&f, meta, &Applications::default()).unwrap();
-            r.ts = UnixNanos(r.ts.0 + i as i64);
-            r.src_port = Some((i % 60_000) as u16);
-            r
-        })
-        .collect()
+    packet_rows(n, |i, r| r.src_port = Some((i % 60_000) as u16))
 }
 
 /// CPU time (user + system) of this process: collector and endpoint together.
