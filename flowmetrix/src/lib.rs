@@ -11,6 +11,7 @@
 //! [`metrics`] and [`status`] report on them.
 
 pub mod applications;
+pub mod attribution;
 pub mod capture;
 pub mod cli;
 pub mod clock;

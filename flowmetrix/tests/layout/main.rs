@@ -93,6 +93,7 @@ const SHARED: &[&str] = &[
     "sample.rs",
     "decode/",
     "applications.rs",
+    "attribution/",
     "record.rs",
     "clock.rs",
     "schema/",
