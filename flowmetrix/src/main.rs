@@ -9,7 +9,7 @@ use flowmetrix::{
     metrics::{Shape, Summary},
     pipeline::{self, PipelineSettings},
     settings::{LogLevel, LogSettings, Settings},
-    sink::greptime::spool::list,
+    sink::greptime::spool::{SpoolError, list},
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -100,7 +100,7 @@ impl Say {
     }
 }
 
-/// `flowmetrix spool`: list the spool, or drop it.
+/// `flowmetrix spool`: list the spool, drop it, or send it to another database.
 fn spool_command(cmd: Result<SpoolCommand, String>) -> ExitCode {
     let args = match cmd {
         Ok(SpoolCommand::Run(a)) => a,
@@ -120,12 +120,19 @@ fn spool_command(cmd: Result<SpoolCommand, String>) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                let cause =
-                    std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
-                eprintln!("error: {e}{cause}");
-                ExitCode::from(1)
+            Err(e) => spool_error(&e),
+        };
+    }
+    if let Some(database) = &args.replay_to {
+        return match list::replay_to(dir, database) {
+            Ok((rows, files)) => {
+                println!(
+                    "spool {}: {rows} rows ({files} segment(s)) now go to database {database}; the next collector run with this spool replays them there",
+                    dir.display()
+                );
+                ExitCode::SUCCESS
             }
+            Err(e) => spool_error(&e),
         };
     }
     match list::list(dir) {
@@ -138,6 +145,13 @@ fn spool_command(cmd: Result<SpoolCommand, String>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A spool that could not be changed: the error and its cause, exit 1.
+fn spool_error(e: &SpoolError) -> ExitCode {
+    let cause = std::error::Error::source(e).map_or(String::new(), |c| format!(": {c}"));
+    eprintln!("error: {e}{cause}");
+    ExitCode::from(1)
 }
 
 /// An error chain on one line: some causes (the kernel verifier's log) span several, and

@@ -387,7 +387,7 @@ fn given_up_in_flight(write_path: &str) {
 }
 
 #[test]
-fn a_replay_spools_only_where_told_and_the_spool_can_be_listed_and_dropped() {
+fn a_replay_spools_only_where_told_and_the_spool_can_be_listed_sent_elsewhere_and_dropped() {
     let pcap = file("trial.pcap", &pcap_bytes(5));
     let path = pcap.to_str().unwrap();
     let db = closed_port();
@@ -453,11 +453,64 @@ fn a_replay_spools_only_where_told_and_the_spool_can_be_listed_and_dropped() {
         "{stdout}"
     );
 
-    // --drop discards them.
+    // --replay-to sends them to another database: the next run replays them there.
+    let out = run(&["spool", "--spool-dir", dir, "--replay-to", "trial"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("10 rows") && stdout.contains("database trial"),
+        "{stdout}"
+    );
+    let out = run(&["spool", "--spool-dir", dir]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[1..lines.len() - 1]
+            .iter()
+            .all(|l| l.contains("trial")),
+        "{stdout}"
+    );
+    let endpoint = Endpoint::start(None);
+    endpoint.add_database("trial");
+    // A replay ends with its file: a run replays what it can meanwhile, the next the rest.
+    let empty = format!("spool {dir}: empty\n");
+    for _ in 0..5 {
+        let out = run(&[
+            "--pcap",
+            path,
+            "--greptime-endpoint",
+            &endpoint.addr.to_string(),
+            "--spool-dir",
+            dir,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if String::from_utf8_lossy(&run(&["spool", "--spool-dir", dir]).stdout) == empty {
+            break;
+        }
+    }
+    let replayed: usize = endpoint
+        .received()
+        .iter()
+        .filter(|r| r.database == "trial" && r.table == "packet_data")
+        .map(|r| r.rows.len())
+        .sum();
+    assert_eq!(replayed, 10);
+    assert_eq!(
+        String::from_utf8_lossy(&run(&["spool", "--spool-dir", dir]).stdout),
+        empty
+    );
+
+    // --drop discards what a later run spooled.
+    let out = run(&with_spool);
+    assert!(out.status.success());
     let out = run(&["spool", "--spool-dir", dir, "--drop"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("dropped 10 rows"), "{stdout}");
+    assert!(stdout.contains("dropped 5 rows"), "{stdout}");
     let out = run(&["spool", "--spool-dir", dir]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

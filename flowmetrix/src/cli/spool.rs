@@ -1,5 +1,6 @@
 //! `flowmetrix spool`: what the disk spool holds (segments, database, table, rows, oldest
-//! and newest timestamps), and `--drop` to discard it. Its own small command line, read
+//! and newest timestamps), `--drop` to discard it, `--replay-to DB` to send it to another
+//! database. Its own small command line, read
 //! before the collector's: the word `spool` first.
 
 use std::{ffi::OsString, path::PathBuf};
@@ -27,8 +28,29 @@ pub struct SpoolArgs {
     pub spool_dir: PathBuf,
 
     /// Discard every row in the spool (refused while a collector holds it).
-    #[arg(long = "drop")]
+    #[arg(long = "drop", conflicts_with = "replay_to")]
     pub drop: bool,
+
+    /// Send every row in the spool to this database instead of the one it was written for:
+    /// the next collector run with this spool replays them there (refused while a collector
+    /// holds it; the database must exist).
+    #[arg(long, value_name = "DATABASE", value_parser = database_name)]
+    pub replay_to: Option<String>,
+}
+
+/// A database name a spool record can hold: not empty, at most 255 bytes.
+fn database_name(s: &str) -> Result<String, String> {
+    use crate::sink::greptime::spool::format::MAX_DATABASE_LEN;
+    if s.trim().is_empty() {
+        return Err("a database name is not empty".into());
+    }
+    if s.len() > MAX_DATABASE_LEN {
+        return Err(format!(
+            "a database name is at most {MAX_DATABASE_LEN} bytes (this one is {})",
+            s.len()
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// What `flowmetrix spool …` asked for.
@@ -86,6 +108,21 @@ mod tests {
             panic!("not parsed");
         };
         assert_eq!((a.spool_dir.to_str(), a.drop), (Some("/x"), true));
+        let Some(Ok(SpoolCommand::Run(a))) = parse(&os(&["fm", "spool", "--replay-to", "trial"]))
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(a.replay_to.as_deref(), Some("trial"));
+        for bad in [
+            &["fm", "spool", "--replay-to", ""][..],
+            &["fm", "spool", "--replay-to", &"d".repeat(256)],
+            &["fm", "spool", "--replay-to", "x", "--drop"],
+        ] {
+            let Some(Err(e)) = parse(&os(bad)) else {
+                panic!("{bad:?} accepted");
+            };
+            assert!(!e.contains('\n'), "{e}");
+        }
         assert!(matches!(
             parse(&os(&["fm", "spool", "--help"])),
             Some(Ok(SpoolCommand::Print(_)))

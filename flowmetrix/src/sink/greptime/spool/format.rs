@@ -69,6 +69,16 @@ impl Contents {
         RowInsertRequests::decode(self.bytes.get(r.insert.clone())?).ok()
     }
 
+    /// The encoded insert of good record `i`.
+    pub fn insert_bytes(&self, i: usize) -> Option<&[u8]> {
+        self.bytes.get(self.records.get(i)?.insert.clone())
+    }
+
+    /// What follows the intact records: the damage, kept as it is.
+    pub fn damaged_tail(&self) -> &[u8] {
+        self.bytes.get(self.good_len..).unwrap_or_default()
+    }
+
     /// Rows in the good records from `i` on.
     pub fn rows_from(&self, i: usize) -> u64 {
         self.records.iter().skip(i).map(|r| r.rows).sum()
@@ -99,23 +109,44 @@ pub fn seq_of(path: &Path, ext: &str) -> Option<u64> {
 
 /// One record: header, database and protobuf insert.
 pub fn record_bytes(database: &str, req: &RowInsertRequests, rows: u64) -> Vec<u8> {
-    let db = database.as_bytes();
-    let db = &db[..db.len().min(255)];
-    let mut payload = Vec::with_capacity(1 + db.len() + req.encoded_len());
-    payload.push(db.len() as u8);
-    payload.extend_from_slice(db);
+    let mut payload = payload_head(database, req.encoded_len());
     req.encode(&mut payload)
         .unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+    framed(&payload, rows)
+}
+
+/// One record for `database` around an insert already encoded (a record read back, sent
+/// elsewhere).
+pub fn record_with_insert(database: &str, insert: &[u8], rows: u64) -> Vec<u8> {
+    let mut payload = payload_head(database, insert.len());
+    payload.extend_from_slice(insert);
+    framed(&payload, rows)
+}
+
+/// A payload's start: the database name's length and the name, with room for the insert.
+fn payload_head(database: &str, insert_len: usize) -> Vec<u8> {
+    let db = database.as_bytes();
+    let db = &db[..db.len().min(MAX_DATABASE_LEN)];
+    let mut payload = Vec::with_capacity(1 + db.len() + insert_len);
+    payload.push(db.len() as u8);
+    payload.extend_from_slice(db);
+    payload
+}
+
+/// The longest database name a record holds (its length is one byte).
+pub const MAX_DATABASE_LEN: usize = 255;
+
+fn framed(payload: &[u8], rows: u64) -> Vec<u8> {
     let mut record = Vec::with_capacity(HEADER + payload.len());
     for word in [
         MAGIC,
         u32::try_from(payload.len()).unwrap_or(u32::MAX),
-        crc32fast::hash(&payload),
+        crc32fast::hash(payload),
         u32::try_from(rows).unwrap_or(u32::MAX),
     ] {
         record.extend_from_slice(&word.to_le_bytes());
     }
-    record.extend_from_slice(&payload);
+    record.extend_from_slice(payload);
     record
 }
 

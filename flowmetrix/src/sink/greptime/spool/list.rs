@@ -1,7 +1,8 @@
 //! What a spool holds, for `flowmetrix spool` and the start-up line: per segment, the rows
-//! not yet replayed by database and table, with their oldest and newest timestamps; and
-//! discarding all of it (`flowmetrix spool --drop`), under the directory's lock so that a
-//! running collector's spool is never touched.
+//! not yet replayed by database and table, with their oldest and newest timestamps;
+//! discarding all of it (`flowmetrix spool --drop`) or sending it to another database
+//! (`flowmetrix spool --replay-to DB`), under the directory's lock so that a running
+//! collector's spool is never touched.
 
 use std::{
     fs,
@@ -12,7 +13,7 @@ use std::{
 use greptimedb_ingester::api::v1::{RowInsertRequests, SemanticType, value::ValueData};
 
 use super::{
-    format::{parse_segment, seq_of},
+    format::{parse_segment, record_with_insert, seq_of},
     lock::{SpoolError, lock},
 };
 
@@ -88,7 +89,7 @@ pub fn earlier_run(dir: &Path, rows: u64, output: &str) -> String {
             format!(", the oldest written {} ago,", age(d))
         });
     format!(
-        "spool {}: {rows} rows from an earlier run{written} go to {output}, each into the database and table it was written for, with its original timestamps (`flowmetrix spool` lists them, `flowmetrix spool --drop` discards them)",
+        "spool {}: {rows} rows from an earlier run{written} go to {output}, each into the database and table it was written for, with its original timestamps (`flowmetrix spool` lists them, `flowmetrix spool --replay-to DB` sends them to another database, `flowmetrix spool --drop` discards them)",
         dir.display()
     )
 }
@@ -190,6 +191,57 @@ pub fn drop_all(dir: &Path) -> Result<(u64, usize), SpoolError> {
         removed += 1;
     }
     Ok((listing.rows(), removed))
+}
+
+/// Makes every row of `dir`'s spool go to `database` instead of the database it was written
+/// for, under its lock (a spool a running collector holds is refused with its pid): each
+/// segment is written anew beside itself with the same inserts, synced, and renamed over
+/// the old one, so a crash leaves either. Damage after a segment's intact records is kept as
+/// it is (the replay counts its rows as lost). The rows and segments changed.
+pub fn replay_to(dir: &Path, database: &str) -> Result<(u64, usize), SpoolError> {
+    let dir_err = |source| SpoolError::Dir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if !dir.exists() {
+        return Ok((0, 0));
+    }
+    let _lock = lock(dir)?;
+    let (mut rows, mut changed) = (0, 0);
+    for (_, path, bad) in files(dir).map_err(dir_err)? {
+        if bad {
+            continue;
+        }
+        let contents = parse_segment(fs::read(&path).map_err(dir_err)?);
+        if contents.records.is_empty() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        for (i, record) in contents.records.iter().enumerate() {
+            let insert = contents.insert_bytes(i).unwrap_or_default();
+            bytes.extend(record_with_insert(database, insert, record.rows));
+            rows += record.rows;
+        }
+        bytes.extend_from_slice(contents.damaged_tail());
+        let fresh = path.with_extension("spool-new");
+        let written = fs::File::create(&fresh).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()
+        });
+        written
+            .and_then(|()| fs::rename(&fresh, &path))
+            .map_err(|e| {
+                let _ = fs::remove_file(&fresh);
+                dir_err(e)
+            })?;
+        changed += 1;
+    }
+    if changed > 0 {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(dir_err)?;
+    }
+    Ok((rows, changed))
 }
 
 /// A time as RFC 3339 in UTC, to the second.
@@ -352,6 +404,56 @@ mod tests {
         assert_eq!(drop_all(&dir).unwrap(), (4, 1));
         assert_eq!(list(&dir).unwrap().rows(), 0);
         assert!(list(&dir).unwrap().to_string().ends_with(": empty\n"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn replay_to_sends_every_pending_row_to_another_database_and_keeps_what_was_done() {
+        use crate::sink::greptime::spool::Replayed;
+        let dir = std::env::temp_dir().join(format!("fmx-spool-to-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(
+            replay_to(&dir, "x").unwrap(),
+            (0, 0),
+            "no directory: nothing"
+        );
+        let spool = Spool::open(&dir, 1 << 20, Arc::new(Counters::default())).unwrap();
+        spool.append("public", &insert("packet_data", &[T, T + 1]), 2);
+        spool.append("trial", &insert("flow_data", &[T + 2]), 1);
+        spool.append("public", &insert("packet_data", &[T + 3]), 1);
+        // The first record was replayed already: it stays done.
+        let (_, contents) = spool.take_oldest().unwrap();
+        assert!(spool.begin(&contents.records[0]));
+        spool.finish(&contents.records[0], Replayed::Written);
+        spool.put_back();
+        assert!(matches!(
+            replay_to(&dir, "scratch"),
+            Err(SpoolError::Locked { .. })
+        ));
+        drop(spool);
+
+        assert_eq!(replay_to(&dir, "scratch").unwrap(), (2, 1));
+        let l = list(&dir).unwrap();
+        assert_eq!(l.rows(), 2);
+        assert!(
+            l.groups
+                .iter()
+                .all(|g| g.database.as_deref() == Some("scratch")),
+            "{l}"
+        );
+        let flows = l
+            .groups
+            .iter()
+            .find(|g| g.table.as_deref() == Some("flow_data"))
+            .unwrap();
+        assert_eq!((flows.rows, flows.oldest), (1, Some(T + 2)));
+        // What a collector reads back: the same inserts, for the new database.
+        let spool = Spool::open(&dir, 1 << 20, Arc::new(Counters::default())).unwrap();
+        let (_, contents) = spool.take_oldest().unwrap();
+        assert_eq!(contents.records.len(), 2);
+        assert_eq!(contents.request(0), Some(insert("flow_data", &[T + 2])));
+        assert_eq!(contents.request(1), Some(insert("packet_data", &[T + 3])));
+        drop(spool);
         let _ = fs::remove_dir_all(&dir);
     }
 
