@@ -19,18 +19,25 @@ fn main() -> ExitCode {
     if let Some(cmd) = cli::spool::parse(&args) {
         return spool_command(cmd);
     }
+    // Before the flags are read, their errors follow `--log-format json` if it is there.
+    let early = Say {
+        json: json_asked(&args),
+    };
     let settings = match cli::parse(args) {
         Ok(Parsed::Run(cli, file)) => {
+            let say = Say {
+                json: cli.log_format == LogFormat::Json,
+            };
             match Settings::new(&cli, &file, std::env::var(PASSWORD_ENV).ok()) {
                 Ok(s) => s,
-                Err(e) => return usage_error(&e.0),
+                Err(e) => return usage_error(say, &e.0),
             }
         }
         Ok(Parsed::Print(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
-        Err(msg) => return usage_error(&msg),
+        Err(msg) => return usage_error(early, &msg),
     };
     init_logging(&settings.log);
     let say = Say {
@@ -108,7 +115,7 @@ fn spool_command(cmd: Result<SpoolCommand, String>) -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
-        Err(msg) => return usage_error(&msg),
+        Err(msg) => return usage_error(Say { json: false }, &msg),
     };
     let dir = &args.spool_dir;
     if args.drop {
@@ -168,9 +175,17 @@ fn one_line(text: &str) -> String {
     parts.join(": ")
 }
 
-fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("error: {msg}");
+fn usage_error(say: Say, msg: &str) -> ExitCode {
+    say.error(msg);
     ExitCode::from(2)
+}
+
+/// Whether the command line asks for `--log-format json` (read before the flags are, so
+/// that their own errors can follow it).
+fn json_asked(args: &[std::ffi::OsString]) -> bool {
+    args.windows(2)
+        .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json")
 }
 
 fn init_logging(log: &LogSettings) {

@@ -116,6 +116,36 @@ fn command_line_mistakes_get_the_useful_one_line_answer() {
     );
 }
 
+/// Under `--log-format json` a usage error is one JSON object, as the log lines are, exit 2:
+/// a flag's error (found before the flags are read), a setting's (after), and a missing
+/// interface's.
+#[test]
+fn under_json_logs_usage_errors_are_one_json_object() {
+    for (args, want) in [
+        (
+            &["--log-format", "json", "-i", "lo", "--sample-rat", "5"][..],
+            "did you mean '--sample-rate'?",
+        ),
+        (
+            &["--log-format=json", "-i", "lo", "--ttl", "7"],
+            "'7' has no unit",
+        ),
+        (
+            &["-i", "fmx-nosuch4", "--log-format", "json"],
+            "no such interface: fmx-nosuch4",
+        ),
+    ] {
+        let ran = flowmetrix(args);
+        assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+        assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+        let line: serde_json::Value = serde_json::from_str(&ran.stderr)
+            .unwrap_or_else(|e| panic!("{e}: not JSON: {}", ran.stderr));
+        assert_eq!(line["level"], "ERROR", "{line}");
+        let message = line["fields"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(want), "wanted {want:?} in {line}");
+    }
+}
+
 #[test]
 fn config_file_mistakes_name_the_file_line_and_key() {
     let cases: [(&str, &str); 6] = [
