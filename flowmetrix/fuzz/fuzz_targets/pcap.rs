@@ -3,7 +3,7 @@
 #![no_main]
 
 use flowmetrix::{
-    app::Applications,
+    applications::Applications,
     decode::{FrameMeta, decode_link},
     pcap::PcapFrames,
 };
