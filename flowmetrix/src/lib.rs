@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod decoder;
+pub mod dns;
 pub mod flows;
 pub mod kernel_object;
 pub mod metrics;

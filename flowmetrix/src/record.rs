@@ -323,6 +323,36 @@ pub struct FlowRecord {
     pub interval_ms: u32,
 }
 
+/// One DNS transaction, a query and its answer (or none): field for field the columns of
+/// `dns_data`. The client is the source; a JSON line with `dns_qname` is a DNS row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsRecord {
+    /// When the query was captured.
+    pub ts: UnixNanos,
+    pub host: Arc<str>,
+    pub interface: Arc<str>,
+    /// The query's direction.
+    pub direction: Direction,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    /// 17 (UDP) or 6 (TCP).
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub dns_id: u16,
+    /// The first question's name, lower case, without the trailing dot.
+    pub dns_qname: String,
+    /// `A`, `AAAA`, … or the type's number.
+    pub dns_qtype: std::borrow::Cow<'static, str>,
+    /// `NOERROR`, `NXDOMAIN`, … (or the code's number), or `TIMEOUT` when no answer came in
+    /// time.
+    pub dns_rcode: std::borrow::Cow<'static, str>,
+    /// From the query's capture to the answer's; null for a timeout.
+    pub dns_latency_us: Option<u64>,
+    /// Records in the answer section; null for a timeout.
+    pub dns_answers: Option<u16>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! Parsing is lax: a sample cut short by the snap length fills the columns it has and leaves
 //! the rest null. Only a frame without a whole link header is an error.
 
+pub mod dns;
 mod ip;
 mod l2;
 mod link;
@@ -12,7 +13,7 @@ mod link_tests;
 #[cfg(test)]
 mod tests;
 
-use etherparse::{EtherType, LaxSlicedPacket};
+use etherparse::{EtherType, LaxSlicedPacket, TransportSlice};
 
 use self::ip::IpFields;
 pub use self::link::{DecodeError, Link};
@@ -88,6 +89,18 @@ pub fn decode_link(
         interface: record::unnamed(),
         direction: Direction::Ingress,
     })
+}
+
+/// The payload of the UDP datagram or TCP segment a frame carries, with its protocol number
+/// (17, 6): what the DNS transactions read. None for other frames and later fragments.
+pub fn transport_payload(link: Link, frame: &[u8]) -> Option<(u8, &[u8])> {
+    let head = link::header(link, frame).ok()?;
+    let (ether_type, bytes) = l2::walk(head.ether_type, head.payload).net?;
+    match LaxSlicedPacket::from_ether_type(ether_type, bytes).transport? {
+        TransportSlice::Udp(udp) => Some((17, udp.payload())),
+        TransportSlice::Tcp(tcp) => Some((6, tcp.payload())),
+        _ => None,
+    }
 }
 
 fn packet_type(ether_type: EtherType) -> PacketType {

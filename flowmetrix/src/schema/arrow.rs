@@ -297,6 +297,14 @@ mod tests {
             ..flow.clone()
         };
         holds_what_the_row_insert_sends(&[flow, non_ip]);
+        let answered = crate::schema::columns::tests::dns_record();
+        let timeout = crate::record::DnsRecord {
+            dns_rcode: "TIMEOUT".into(),
+            dns_latency_us: None,
+            dns_answers: None,
+            ..answered.clone()
+        };
+        holds_what_the_row_insert_sends(&[answered, timeout]);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::record::{
-    Direction, FlowRecord, MacAddr, MplsLabels, PacketRecord, PacketType, Tunnel, UnixNanos,
+    Direction, DnsRecord, FlowRecord, MacAddr, MplsLabels, PacketRecord, PacketType, Tunnel,
+    UnixNanos,
 };
 
 /// An index on one column.
@@ -356,6 +357,36 @@ pub const FLOW_SCHEMA: FlowRecord = [
 pub const PACKETS: Def = field("packets", T::Uint64);
 pub const BYTES: Def = field("bytes", T::Uint64);
 
+table! {
+/// The `dns_data` table, in [`DnsRecord`] field order: one row per transaction, the client
+/// the source. The shared keys without `application` are the primary key; names and
+/// addresses are fields with a bloom filter (equality lookups), the response code a field
+/// with an inverted index (`WHERE dns_rcode != 'NOERROR'`). To add a column, as for
+/// [`SCHEMA`].
+pub const DNS_SCHEMA: DnsRecord = [
+    TS => |r| r.ts.into(),
+    HOST => |r| (&r.host).into(),
+    INTERFACE => |r| (&r.interface).into(),
+    DIRECTION => |r| r.direction.into(),
+    SRC_IP => |r| r.src_ip.into(),
+    DST_IP => |r| r.dst_ip.into(),
+    PROTOCOL => |r| r.protocol.into(),
+    SRC_PORT => |r| r.src_port.into(),
+    DST_PORT => |r| r.dst_port.into(),
+    field("dns_id", T::Uint16) => |r| r.dns_id.into(),
+    DNS_QNAME => |r| Datum::Str(&r.dns_qname),
+    field("dns_qtype", T::String) => |r| Datum::Str(&r.dns_qtype),
+    DNS_RCODE => |r| Datum::Str(&r.dns_rcode),
+    DNS_LATENCY_US => |r| r.dns_latency_us.into(),
+    field("dns_answers", T::Uint16) => |r| r.dns_answers.into(),
+]
+}
+
+/// `dns_data`'s columns the rollup and the dashboard read.
+pub const DNS_QNAME: Def = field("dns_qname", T::String).bloom();
+pub const DNS_RCODE: Def = field("dns_rcode", T::String).inverted();
+pub const DNS_LATENCY_US: Def = field("dns_latency_us", T::Uint64);
+
 #[cfg(test)]
 pub(crate) mod tests {
     use greptimedb_ingester::api::v1::value::ValueData;
@@ -395,6 +426,58 @@ pub(crate) mod tests {
             interface: "eth0".into(),
             direction: crate::record::Direction::Egress,
         }
+    }
+
+    /// A DNS transaction answered, every column set.
+    pub(crate) fn dns_record() -> DnsRecord {
+        DnsRecord {
+            ts: UnixNanos(1_795_000_000_123_456_789),
+            host: "node-1".into(),
+            interface: "eth0".into(),
+            direction: Direction::Egress,
+            src_ip: "10.0.0.2".parse().unwrap(),
+            dst_ip: "10.0.0.1".parse().unwrap(),
+            protocol: 17,
+            src_port: 40_000,
+            dst_port: 53,
+            dns_id: 0xbeef,
+            dns_qname: "example.com".into(),
+            dns_qtype: "AAAA".into(),
+            dns_rcode: "NXDOMAIN".into(),
+            dns_latency_us: Some(21_000),
+            dns_answers: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_dns_row_in_json_and_in_the_row_insert() {
+        assert_eq!(
+            serde_json::to_string(&dns_record()).unwrap(),
+            r#"{"ts":"2026-11-18T11:06:40.123456789Z","host":"node-1","interface":"eth0","direction":"egress","src_ip":"10.0.0.2","dst_ip":"10.0.0.1","protocol":17,"src_port":40000,"dst_port":53,"dns_id":48879,"dns_qname":"example.com","dns_qtype":"AAAA","dns_rcode":"NXDOMAIN","dns_latency_us":21000,"dns_answers":0}"#
+        );
+        let timeout = DnsRecord {
+            dns_rcode: "TIMEOUT".into(),
+            dns_latency_us: None,
+            dns_answers: None,
+            ..dns_record()
+        };
+        let row = encode_row(&timeout);
+        for (v, c) in row.values.iter().zip(DNS_SCHEMA) {
+            match v.value_data.as_ref() {
+                Some(v) => assert!(fits(v, c.data_type), "{}: {v:?}", c.name),
+                None => assert!(
+                    ["dns_latency_us", "dns_answers"].contains(&c.name),
+                    "{}",
+                    c.name
+                ),
+            }
+        }
+        let tags: Vec<&str> = DNS_SCHEMA
+            .iter()
+            .filter(|c| c.semantic == SemanticType::Tag)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(tags, ["host", "interface", "direction"]);
     }
 
     #[test]
@@ -466,6 +549,7 @@ pub(crate) mod tests {
             ) | (ValueData::U8Value(0..=255), ColumnDataType::Uint8)
                 | (ValueData::U16Value(0..=65535), ColumnDataType::Uint16)
                 | (ValueData::U32Value(_), ColumnDataType::Uint32)
+                | (ValueData::U64Value(_), ColumnDataType::Uint64)
                 | (ValueData::StringValue(_), ColumnDataType::String)
         )
     }

@@ -8,12 +8,15 @@ use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 
 pub use super::columns::Index;
 use super::columns::{
-    BYTES, Column, Def, PACKETS,
+    BYTES, Column, DNS_LATENCY_US, DNS_RCODE, Def, PACKETS,
     shared::{APPLICATION, DIRECTION, DST_IP, HOST, INTERFACE, PROTOCOL, SRC_IP, TS},
 };
 
 /// The default table of flow rows.
 pub const FLOW_TABLE: &str = "flow_data";
+
+/// The default table of DNS transactions.
+pub const DNS_TABLE: &str = "dns_data";
 
 /// The primary key of a table: its tags, in their declared key order.
 pub fn primary_key<R>(columns: &[Column<R>]) -> Vec<&'static str> {
@@ -168,6 +171,26 @@ fn flow_sums() -> String {
     format!("sum({packets}) AS {packets}, sum({bytes}) AS {bytes}")
 }
 
+/// Per minute, host and interface: DNS queries, errors (every rcode but `NOERROR`, timeouts
+/// included), timeouts, and the answers' latency sum and maximum (the mean is
+/// `latency_us_sum / (queries - timeouts)`).
+pub fn dns_rollup(dns_table: &str) -> Rollup {
+    let (rcode, latency) = (quote(DNS_RCODE.name), quote(DNS_LATENCY_US.name));
+    let sums = format!(
+        "count(*) AS \"queries\", \
+         sum(CASE WHEN {rcode} != 'NOERROR' THEN 1 ELSE 0 END) AS \"errors\", \
+         sum(CASE WHEN {rcode} = 'TIMEOUT' THEN 1 ELSE 0 END) AS \"timeouts\", \
+         sum({latency}) AS \"latency_us_sum\", max({latency}) AS \"latency_us_max\""
+    );
+    rollup(
+        dns_table,
+        "1m",
+        &[HOST, INTERFACE],
+        &sums,
+        "flowmetrix: DNS queries, errors, timeouts and latency per minute",
+    )
+}
+
 /// The rollups of the packet table (and of the flow table when flows are on).
 pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
     let by = [HOST, INTERFACE, DIRECTION, APPLICATION, PROTOCOL];
@@ -205,4 +228,36 @@ pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::columns::DNS_SCHEMA;
+
+    #[test]
+    fn the_dns_table_and_its_rollup() {
+        let sql = create_table(DNS_TABLE, DNS_SCHEMA, Some("30d"), &[]);
+        for want in [
+            "CREATE TABLE IF NOT EXISTS \"dns_data\" (",
+            "\"dns_qname\" STRING NULL SKIPPING INDEX WITH(false_positive_rate = '0.01', granularity = '10240', type = 'BLOOM')",
+            "\"src_ip\" STRING NULL SKIPPING INDEX",
+            "\"dns_rcode\" STRING NULL INVERTED INDEX",
+            "\"dns_latency_us\" BIGINT UNSIGNED NULL,",
+            "TIME INDEX (\"ts\")",
+            "PRIMARY KEY (\"host\", \"interface\", \"direction\")",
+            "WITH(append_mode = 'true', ttl = '30d')",
+        ] {
+            assert!(sql.contains(want), "{want} not in\n{sql}");
+        }
+        let r = dns_rollup(DNS_TABLE);
+        assert_eq!(
+            (r.flow.as_str(), r.sink.as_str()),
+            ("dns_data_1m_flow", "dns_data_1m")
+        );
+        assert_eq!(
+            r.sql,
+            "CREATE FLOW IF NOT EXISTS \"dns_data_1m_flow\" SINK TO \"dns_data_1m\" COMMENT 'flowmetrix: DNS queries, errors, timeouts and latency per minute' AS SELECT \"host\", \"interface\", date_bin(INTERVAL '1 minutes', \"ts\") AS \"minute\", count(*) AS \"queries\", sum(CASE WHEN \"dns_rcode\" != 'NOERROR' THEN 1 ELSE 0 END) AS \"errors\", sum(CASE WHEN \"dns_rcode\" = 'TIMEOUT' THEN 1 ELSE 0 END) AS \"timeouts\", sum(\"dns_latency_us\") AS \"latency_us_sum\", max(\"dns_latency_us\") AS \"latency_us_max\" FROM \"dns_data\" GROUP BY \"host\", \"interface\", \"minute\""
+        );
+    }
 }

@@ -1,5 +1,5 @@
-//! The tables a sink writes: `packet_data` ([`PacketRecord`]) and `flow_data`
-//! ([`FlowRecord`]). A [`Table`] is its column list; from it come the row insert (here), the
+//! The tables a sink writes: `packet_data` ([`PacketRecord`]), `flow_data`
+//! ([`FlowRecord`]) and `dns_data` ([`DnsRecord`]). A [`Table`] is its column list; from it come the row insert (here), the
 //! Arrow batch of the bulk path ([`super::arrow`]) and the JSON line ([`super::json`]).
 //! The queue, the batcher, the write tasks and the counters are the same code for every
 //! table, one set per table.
@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use greptimedb_ingester::api::v1::{ColumnSchema, Row, RowInsertRequest, RowInsertRequests, Rows};
 
-use super::columns::{Column, FLOW_SCHEMA, SCHEMA};
-use crate::record::{FlowRecord, PacketRecord};
+use super::columns::{Column, DNS_SCHEMA, FLOW_SCHEMA, SCHEMA};
+use crate::record::{DnsRecord, FlowRecord, PacketRecord};
 
 /// A kind of row and its table.
 pub trait Table: serde::Serialize + Sized + Send + Sync + 'static {
@@ -33,36 +33,31 @@ pub trait Table: serde::Serialize + Sized + Send + Sync + 'static {
     }
 }
 
-impl Table for PacketRecord {
-    const ROWS: &'static str = "packet rows";
-    const COLUMNS: &'static [Column<Self>] = SCHEMA;
+/// `impl Table` for a row type: its rows' name and its column list.
+macro_rules! tables {
+    ($($rec:ty: $rows:literal, $columns:expr;)*) => {$(
+        impl Table for $rec {
+            const ROWS: &'static str = $rows;
+            const COLUMNS: &'static [Column<Self>] = $columns;
 
-    fn columns() -> &'static [ColumnSchema] {
-        static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(|| column_schemas(Self::COLUMNS))
-    }
+            fn columns() -> &'static [ColumnSchema] {
+                static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
+                C.get_or_init(|| column_schemas(Self::COLUMNS))
+            }
 
-    fn encode_row(&self) -> Row {
-        Row {
-            values: self.insert_values(),
+            fn encode_row(&self) -> Row {
+                Row {
+                    values: self.insert_values(),
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl Table for FlowRecord {
-    const ROWS: &'static str = "flow rows";
-    const COLUMNS: &'static [Column<Self>] = FLOW_SCHEMA;
-
-    fn columns() -> &'static [ColumnSchema] {
-        static C: OnceLock<Vec<ColumnSchema>> = OnceLock::new();
-        C.get_or_init(|| column_schemas(Self::COLUMNS))
-    }
-
-    fn encode_row(&self) -> Row {
-        Row {
-            values: self.insert_values(),
-        }
-    }
+tables! {
+    PacketRecord: "packet rows", SCHEMA;
+    FlowRecord: "flow rows", FLOW_SCHEMA;
+    DnsRecord: "DNS rows", DNS_SCHEMA;
 }
 
 /// The column schemas of an insert into a table of these columns.

@@ -80,7 +80,7 @@ const STAGES: [(&str, &[&str]); 4] = [
         "source",
         &["source.rs", "capture/", "ring.rs", "watch.rs", "pcap/"],
     ),
-    ("decode", &["decoder.rs", "offset.rs"]),
+    ("decode", &["decoder.rs", "offset.rs", "dns.rs"]),
     ("flows", &["flows/"]),
     ("sink", &["sink/"]),
 ];
