@@ -89,7 +89,8 @@ fn bench_sink(c: &mut Criterion) {
                         packets: input,
                         task,
                         ..
-                    } = sink::start(settings, Arc::clone(&counters), None, stop_rx).unwrap();
+                    } = sink::start(settings, Arc::clone(&counters), Default::default(), stop_rx)
+                        .unwrap();
                     for _ in 0..ROWS / batch.len() {
                         input.offer(batch.clone());
                     }

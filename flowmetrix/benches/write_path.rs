@@ -93,7 +93,13 @@ fn bench_write_path(c: &mut Criterion) {
                             packets: input,
                             task,
                             ..
-                        } = sink::start(settings, Arc::clone(&counters), None, stop_rx).unwrap();
+                        } = sink::start(
+                            settings,
+                            Arc::clone(&counters),
+                            Default::default(),
+                            stop_rx,
+                        )
+                        .unwrap();
                         // The start-up check finds the table: bulk from the first batch.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         let (start, cpu0) = (Instant::now(), cpu());

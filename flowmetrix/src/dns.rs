@@ -6,7 +6,8 @@
 //!
 //! Time is the packets' own (kernel capture times, or a file's): [`Transactions::expire`]
 //! is given "now" by its caller, so a replayed file times out queries as the live capture
-//! would.
+//! would. [`Stage`] takes the samples the source yields, finds the DNS messages on the DNS
+//! ports and keeps the counters.
 
 use std::{
     borrow::Cow,
@@ -17,20 +18,34 @@ use std::{
 };
 
 use crate::{
-    decode::dns::{Message, qtype_name, rcode_name},
+    decode::{
+        self, Link,
+        dns::{Message, Transport, parse, qtype_name, rcode_name},
+    },
+    metrics::DnsCounters,
+    offset,
     record::{Direction, DnsRecord, UnixNanos},
+    sample::Sample,
+    schema::ddl::DNS_TABLE,
 };
 
 /// The rcode of a query that got no answer in time.
 pub const TIMEOUT: &str = "TIMEOUT";
 
-/// How queries are matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The port DNS is served on.
+pub const DNS_PORT: u16 = 53;
+
+/// What the DNS transactions are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsSettings {
-    /// How long a query waits for its answer.
+    /// How long a query waits for its answer (`--dns-timeout`).
     pub timeout: Duration,
     /// Queries waiting at most.
     pub max_pending: usize,
+    /// The ports DNS is served on: 53 and `--dns-port`'s.
+    pub ports: Vec<u16>,
+    /// `--dns-table`.
+    pub table: String,
 }
 
 impl Default for DnsSettings {
@@ -38,7 +53,138 @@ impl Default for DnsSettings {
         Self {
             timeout: Duration::from_secs(5),
             max_pending: 65_536,
+            ports: vec![DNS_PORT],
+            table: DNS_TABLE.to_owned(),
         }
+    }
+}
+
+/// 53 and the `extra` ports, each once.
+pub fn dns_ports(extra: &[u16]) -> Vec<u16> {
+    let mut ports = vec![DNS_PORT];
+    for &p in extra {
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
+/// The DNS transactions of a run: samples in, rows out, counters kept.
+pub struct Stage {
+    transactions: Transactions,
+    ports: Vec<u16>,
+    host: Arc<str>,
+    counters: Arc<DnsCounters>,
+    malformed: u64,
+    /// The newest capture time seen (a replay's clock).
+    newest: UnixNanos,
+}
+
+impl Stage {
+    pub fn new(settings: &DnsSettings, host: Arc<str>, counters: Arc<DnsCounters>) -> Self {
+        Self {
+            transactions: Transactions::new(settings.clone()),
+            ports: settings.ports.clone(),
+            host,
+            counters,
+            malformed: 0,
+            newest: UnixNanos::default(),
+        }
+    }
+
+    /// One sample, seen on `interface`, after a VMware prefix of `prefix` bytes (None while
+    /// `-auto-detect` learns it: not read, counted as malformed): its DNS message, if it
+    /// carries one on a DNS port, is matched.
+    pub fn sample(
+        &mut self,
+        s: &Sample<'_>,
+        prefix: Option<usize>,
+        interface: &Arc<str>,
+        out: &mut Vec<DnsRecord>,
+    ) {
+        self.newest = self.newest.max(s.ts);
+        let frame = match (s.link, prefix) {
+            (Link::Ethernet, Some(p)) => match offset::strip(s.frame, s.wire_len, p) {
+                Ok((f, _)) => f,
+                Err(_) => return,
+            },
+            (Link::Ethernet, None) => return self.not_read(s),
+            _ => s.frame,
+        };
+        let Some(seg) = decode::segment(s.link, frame) else {
+            return;
+        };
+        if !self.ports.contains(&seg.src.1) && !self.ports.contains(&seg.dst.1) {
+            return;
+        }
+        let transport = if seg.protocol == 6 {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        // A TCP segment without payload (the handshake, ACKs) carries no message.
+        if seg.payload.is_empty() && transport == Transport::Tcp {
+            return;
+        }
+        match parse(seg.payload, transport) {
+            Ok(message) => self.transactions.message(
+                Captured {
+                    ts: s.ts,
+                    host: Arc::clone(&self.host),
+                    interface: Arc::clone(interface),
+                    direction: s.direction,
+                    src: seg.src,
+                    dst: seg.dst,
+                    protocol: seg.protocol,
+                    message,
+                },
+                out,
+            ),
+            Err(e) => {
+                self.malformed += 1;
+                tracing::debug!("DNS message not read: {e}");
+            }
+        }
+        self.publish();
+    }
+
+    fn not_read(&mut self, s: &Sample<'_>) {
+        // Whether it was DNS is unknown without the prefix: a frame that parses as one
+        // without it is counted.
+        if decode::segment(s.link, s.frame)
+            .is_some_and(|seg| self.ports.contains(&seg.src.1) || self.ports.contains(&seg.dst.1))
+        {
+            self.malformed += 1;
+            self.publish();
+        }
+    }
+
+    /// Live: queries captured a timeout before the wall clock's `now` time out. A replay:
+    /// before its newest packet's time.
+    pub fn tick(&mut self, now: Option<UnixNanos>, out: &mut Vec<DnsRecord>) {
+        self.transactions.expire(now.unwrap_or(self.newest), out);
+        self.publish();
+    }
+
+    /// The end of the capture (at `now`, or the newest packet's time in a replay).
+    pub fn finish(&mut self, now: Option<UnixNanos>, out: &mut Vec<DnsRecord>) {
+        self.transactions.finish(now.unwrap_or(self.newest), out);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.transactions.counts();
+        let d = &self.counters;
+        d.queries.store(c.queries, Relaxed);
+        d.rows.store(c.rows, Relaxed);
+        d.timeouts.store(c.timeouts, Relaxed);
+        d.unmatched_answers.store(c.unmatched_answers, Relaxed);
+        d.repeated_queries.store(c.repeated_queries, Relaxed);
+        d.table_full.store(c.table_full, Relaxed);
+        d.pending_at_end.store(c.pending_at_end, Relaxed);
+        d.malformed.store(self.malformed, Relaxed);
     }
 }
 
@@ -362,8 +508,8 @@ mod tests {
     #[test]
     fn an_unanswered_query_times_out_and_a_retry_keeps_the_first_time() {
         let mut t = Transactions::new(DnsSettings {
-            timeout: Duration::from_secs(5),
             max_pending: 16,
+            ..DnsSettings::default()
         });
         let mut out = Vec::new();
         t.message(query(1_000, 9), &mut out);
@@ -407,8 +553,8 @@ mod tests {
     #[test]
     fn a_full_table_is_counted_and_makes_no_row() {
         let mut t = Transactions::new(DnsSettings {
-            timeout: Duration::from_secs(5),
             max_pending: 2,
+            ..DnsSettings::default()
         });
         let mut out = Vec::new();
         for id in 0..4 {

@@ -23,9 +23,13 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
+    clock,
     decoder::{DecodeSettings, Decoder},
+    dns::{self, DnsSettings},
     flows::{self, FlowSettings},
-    metrics::{self, Counters, FlowCounters, Gauges, KernelStats, Registry, Shape, Summary},
+    metrics::{
+        self, Counters, DnsCounters, FlowCounters, Gauges, KernelStats, Registry, Shape, Summary,
+    },
     sample::{RecordError, Sample, SourceInfo},
     sink::{self, SinkConfig, SinkError, SinkSettings},
     source::{Pulled, Source, SourceSettings},
@@ -51,6 +55,8 @@ pub struct PipelineSettings {
     pub packets: bool,
     /// Write flow rows (`--mode flows|both`).
     pub flows: Option<FlowSettings>,
+    /// `--mode flows|both`: DNS transactions.
+    pub dns: Option<DnsSettings>,
     pub metrics: MetricsSettings,
 }
 
@@ -117,6 +123,10 @@ pub async fn run_until(
         .flows
         .as_ref()
         .map(|_| Arc::new(FlowCounters::default()));
+    let dns_counters = settings
+        .dns
+        .as_ref()
+        .map(|_| Arc::new(DnsCounters::default()));
     let registry = Arc::new(Registry {
         counters: Arc::clone(&counters),
         kernel: Default::default(),
@@ -126,6 +136,7 @@ pub async fn run_until(
             snaplen: info.snaplen,
         },
         flows: flow_counters.clone(),
+        dns: dns_counters.clone(),
     });
     registry.read_kernel_with(source.kernel_reader());
     if let Some(addr) = settings.metrics.addr {
@@ -136,20 +147,25 @@ pub async fn run_until(
         tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
     }
     let (stopping, stopping_rx) = watch::channel(false);
-    let flow_output = settings
-        .flows
-        .as_ref()
-        .zip(flow_counters.as_ref())
-        .map(|(f, c)| sink::FlowOutput {
-            table: f.table.clone(),
-            counters: Arc::clone(&c.sink),
-        });
-    let mut sink = sink::start(
-        settings.sink,
-        Arc::clone(&counters),
-        flow_output,
-        stopping_rx,
-    )?;
+    let outputs = sink::Outputs {
+        flows: settings
+            .flows
+            .as_ref()
+            .zip(flow_counters.as_ref())
+            .map(|(f, c)| sink::TableOutput {
+                table: f.table.clone(),
+                counters: Arc::clone(&c.sink),
+            }),
+        dns: settings
+            .dns
+            .as_ref()
+            .zip(dns_counters.as_ref())
+            .map(|(d, c)| sink::TableOutput {
+                table: d.table.clone(),
+                counters: Arc::clone(&c.sink),
+            }),
+    };
+    let mut sink = sink::start(settings.sink, Arc::clone(&counters), outputs, stopping_rx)?;
     let packets = settings.packets;
     let live = source.is_live();
     // A replay without packet rows samples nothing (the loss equation of packet rows).
@@ -162,6 +178,13 @@ pub async fn run_until(
     };
     let mut decoder = Decoder::new(settings.decode.clone(), &info, Arc::clone(&counters));
     let flow_input = sink.flows.take().map(Arc::new);
+    let dns_input = sink.dns.take();
+    let mut dns = settings
+        .dns
+        .as_ref()
+        .zip(dns_counters.clone())
+        .map(|(d, c)| dns::Stage::new(d, Arc::clone(&settings.decode.host), c));
+    let mut dns_rows = Vec::new();
     // Live: the flows stage on its own task; in a replay, counted here from the frames.
     let (stop_flows, flows_stopped) = watch::channel(false);
     let mut flows_task = None;
@@ -238,6 +261,12 @@ pub async fn run_until(
                 if let (Some(input), Some(fc)) = (&flow_input, &flow_counters) {
                     Counters::set(&fc.sink.queue_depth, input.depth() as u64);
                 }
+                if let (Some(d), Some(input)) = (dns.as_mut(), &dns_input) {
+                    d.tick(live.then(clock::wall_now), &mut dns_rows);
+                    input
+                        .hand_over(std::mem::take(&mut dns_rows), info.waits)
+                        .await;
+                }
                 status.tick(&registry);
                 if let Err(e) = source.check() {
                     error = Some(e.into());
@@ -258,6 +287,7 @@ pub async fn run_until(
                         &mut replay,
                         &info,
                         &mut flow_rows,
+                        dns.as_mut().map(|d| (d, &mut dns_rows)),
                     )
                 });
                 sink.packets
@@ -265,6 +295,11 @@ pub async fn run_until(
                     .await;
                 if let Some(input) = &flow_input {
                     input.send(std::mem::take(&mut flow_rows)).await;
+                }
+                if let Some(input) = &dns_input {
+                    input
+                        .hand_over(std::mem::take(&mut dns_rows), info.waits)
+                        .await;
                 }
                 match pulled {
                     Ok(Pulled::More) => {}
@@ -296,6 +331,7 @@ pub async fn run_until(
                 &mut replay,
                 &info,
                 &mut flow_rows,
+                dns.as_mut().map(|d| (d, &mut dns_rows)),
             )
         });
     }
@@ -319,9 +355,17 @@ pub async fn run_until(
             .hand_over(std::mem::take(&mut flow_rows), info.waits)
             .await;
     }
+    if let (Some(d), Some(input)) = (dns.as_mut(), &dns_input) {
+        d.finish(live.then(clock::wall_now), &mut dns_rows);
+        input
+            .hand_over(std::mem::take(&mut dns_rows), info.waits)
+            .await;
+    }
+    drop(dns_input);
     let sink::Sink {
         packets: input,
         flows: _, // taken above, as flow_input
+        dns: _,   // and dns_input
         task,
         ..
     } = sink;
@@ -345,6 +389,9 @@ pub async fn run_until(
     let mut summary = Summary::new(kernel, &counters);
     if let Some(fc) = &flow_counters {
         summary = summary.with_flows(fc);
+    }
+    if let Some(dc) = &dns_counters {
+        summary = summary.with_dns(dc);
     }
     let gave_up = ending.is_some_and(Ending::finish);
     Ok(Outcome {
@@ -420,8 +467,8 @@ impl Ending {
     }
 }
 
-/// One sample: to the decode stage (packet rows), and to the flows stage in a replay
-/// (live, the kernel counts flows).
+/// One sample: to the decode stage (packet rows), to the DNS transactions, and to the
+/// flows stage in a replay (live, the kernel counts flows).
 #[allow(clippy::too_many_arguments)]
 fn pull_one(
     s: Result<Sample<'_>, RecordError>,
@@ -431,10 +478,15 @@ fn pull_one(
     replay: &mut Option<flows::Replay>,
     info: &SourceInfo,
     flow_rows: &mut Vec<crate::record::FlowRecord>,
+    dns: Option<(&mut dns::Stage, &mut Vec<crate::record::DnsRecord>)>,
 ) {
     let sample = s.as_ref().ok().copied();
     if packets {
         decoder.push(s, rows);
+    }
+    if let (Some((dns, dns_rows)), Some(sample)) = (dns, sample) {
+        let name = sample.interface.unwrap_or(&info.interface);
+        dns.sample(&sample, decoder.prefix(), name, dns_rows);
     }
     if info.waits
         && let (Some(replay), Some(sample)) = (replay.as_mut(), sample)

@@ -13,6 +13,7 @@ use crate::{
         TcAttachArg, XdpModeArg,
     },
     decoder::DecodeSettings,
+    dns::{DnsSettings, dns_ports},
     flows::FlowSettings,
     offset::Prefix,
     pipeline::{MetricsSettings, PipelineSettings},
@@ -101,6 +102,12 @@ impl Settings {
                 flows: (cli.mode != ModeArg::Packets).then(|| FlowSettings {
                     interval: cli.flow_interval,
                     table: cli.flow_table.clone(),
+                }),
+                dns: (cli.mode != ModeArg::Packets).then(|| DnsSettings {
+                    timeout: cli.dns_timeout,
+                    ports: dns_ports(&cli.dns_port),
+                    table: cli.dns_table.clone(),
+                    ..DnsSettings::default()
                 }),
                 metrics: MetricsSettings {
                     addr: cli.metrics_addr,
@@ -245,6 +252,7 @@ fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError>
                     partition_hosts: cli.partition_hosts.clone(),
                     flows: cli.mode != ModeArg::Packets,
                     flow_table: cli.flow_table.clone(),
+                    dns_table: cli.dns_table.clone(),
                 },
             }))
         }

@@ -403,7 +403,7 @@ fn an_outage_is_timed_from_its_first_failed_attempt() {
             c.clone(),
             rx,
             Arc::clone(&counters),
-            None,
+            Default::default(),
             stop_rx,
             None,
         ));

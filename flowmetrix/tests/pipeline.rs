@@ -48,6 +48,7 @@ fn settings(file: PathBuf, decode: DecodeSettings, output: SinkConfig) -> Pipeli
     PipelineSettings {
         packets: true,
         flows: None,
+        dns: None,
         source: SourceSettings::Pcap(file),
         decode,
         sink: SinkSettings {

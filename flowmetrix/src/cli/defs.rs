@@ -109,6 +109,22 @@ pub struct Cli {
           value_parser = parse_name)]
     pub flow_table: String,
 
+    /// GreptimeDB table of the DNS transactions, one row per query and its answer (created at
+    /// start if missing, append-only; with --mode flows|both).
+    #[arg(help_heading = "Flows", long, default_value = "dns_data", value_name = "NAME",
+          value_parser = parse_name)]
+    pub dns_table: String,
+
+    /// How long a DNS query waits for its answer before its row says TIMEOUT (e.g. 5s).
+    #[arg(help_heading = "Flows", long, default_value = "5s", value_name = "DURATION",
+          value_parser = parse_flow_interval)]
+    pub dns_timeout: Duration,
+
+    /// More ports DNS is served on, besides 53 (UDP and TCP); repeat or separate by commas.
+    #[arg(help_heading = "Flows", long, value_name = "PORT", value_delimiter = ',',
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_port: Vec<u16>,
+
     /// Where rows go: GreptimeDB, JSON lines on stdout, or nowhere (decode and count only).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
     pub output: Output,

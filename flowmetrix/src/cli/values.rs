@@ -113,6 +113,7 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `--flow-interval`: a duration from 100ms to 1h.
+/// `--flow-interval`, `--dns-timeout`: a duration from 100ms to 1h.
 pub(super) fn parse_flow_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {

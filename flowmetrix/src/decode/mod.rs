@@ -13,7 +13,7 @@ mod link_tests;
 #[cfg(test)]
 mod tests;
 
-use etherparse::{EtherType, LaxSlicedPacket, TransportSlice};
+use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 
 use self::ip::IpFields;
 pub use self::link::{DecodeError, Link};
@@ -91,16 +91,44 @@ pub fn decode_link(
     })
 }
 
-/// The payload of the UDP datagram or TCP segment a frame carries, with its protocol number
-/// (17, 6): what the DNS transactions read. None for other frames and later fragments.
-pub fn transport_payload(link: Link, frame: &[u8]) -> Option<(u8, &[u8])> {
+/// A UDP datagram or TCP segment: its addresses, ports and payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment<'a> {
+    pub src: (std::net::IpAddr, u16),
+    pub dst: (std::net::IpAddr, u16),
+    /// 17 (UDP) or 6 (TCP).
+    pub protocol: u8,
+    pub payload: &'a [u8],
+}
+
+/// The UDP datagram or TCP segment a frame carries, whole headers included: what the DNS
+/// transactions read. None for other frames and later fragments.
+pub fn segment(link: Link, frame: &[u8]) -> Option<Segment<'_>> {
     let head = link::header(link, frame).ok()?;
     let (ether_type, bytes) = l2::walk(head.ether_type, head.payload).net?;
-    match LaxSlicedPacket::from_ether_type(ether_type, bytes).transport? {
-        TransportSlice::Udp(udp) => Some((17, udp.payload())),
-        TransportSlice::Tcp(tcp) => Some((6, tcp.payload())),
-        _ => None,
-    }
+    let packet = LaxSlicedPacket::from_ether_type(ether_type, bytes);
+    let (src, dst): (std::net::IpAddr, std::net::IpAddr) = match packet.net.as_ref()? {
+        LaxNetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        LaxNetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        LaxNetSlice::Arp(_) => return None,
+    };
+    let (protocol, ports, payload) = match packet.transport.as_ref()? {
+        TransportSlice::Udp(u) => (17, (u.source_port(), u.destination_port()), u.payload()),
+        TransportSlice::Tcp(t) => (6, (t.source_port(), t.destination_port()), t.payload()),
+        _ => return None,
+    };
+    Some(Segment {
+        src: (src, ports.0),
+        dst: (dst, ports.1),
+        protocol,
+        payload,
+    })
 }
 
 fn packet_type(ether_type: EtherType) -> PacketType {

@@ -16,6 +16,7 @@ use prometheus_client::{
 
 use super::{
     counters::{Counters, FlowCounters},
+    dns::DnsSummary,
     kernel::{DIRECTIONS, DirectionStats},
     registry::Registry,
     summary::FlowSummary,
@@ -258,6 +259,9 @@ impl Collector for Scrape {
         if let Some(f) = &self.0.flows {
             flows(e, &FlowSummary::new(&k, f), f)?;
         }
+        if let Some(d) = &self.0.dns {
+            dns(e, &DnsSummary::new(d))?;
+        }
         Ok(())
     }
 }
@@ -354,6 +358,82 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "Size of each flow map (--flow-max-entries).",
         s.map_max,
     )
+}
+
+/// The DNS counters on `/metrics`, `flowmetrix_dns_*`.
+fn dns(e: &mut DescriptorEncoder, s: &DnsSummary) -> fmt::Result {
+    let counters: [(&str, &str, u64); 14] = [
+        (
+            "dns_rows",
+            "DNS rows made (answered transactions and timeouts).",
+            s.rows,
+        ),
+        (
+            "dns_rows_written",
+            "DNS rows the output accepted.",
+            s.written,
+        ),
+        (
+            "dns_write_errors",
+            "DNS rows the output failed to write.",
+            s.write_errors,
+        ),
+        (
+            "dns_queue_drops",
+            "DNS rows dropped because the queue to the output was full.",
+            s.queue_drops,
+        ),
+        (
+            "dns_rows_unread",
+            "DNS rows not printed because the reader of stdout left.",
+            s.unread,
+        ),
+        (
+            "dns_spooled_rows",
+            "DNS rows put in the disk spool.",
+            s.spooled,
+        ),
+        (
+            "dns_spool_replayed_rows",
+            "DNS rows from the spool that GreptimeDB acknowledged.",
+            s.replayed,
+        ),
+        ("dns_queries", "DNS queries seen.", s.queries),
+        (
+            "dns_timeouts",
+            "DNS queries with no answer within --dns-timeout.",
+            s.timeouts,
+        ),
+        (
+            "dns_unmatched_answers",
+            "DNS answers to no query seen.",
+            s.unmatched_answers,
+        ),
+        (
+            "dns_repeated_queries",
+            "DNS queries repeated with the same id before the answer (the first one's time is kept).",
+            s.repeated_queries,
+        ),
+        (
+            "dns_table_full",
+            "DNS queries that found the table of waiting queries full (no row for them).",
+            s.table_full,
+        ),
+        (
+            "dns_malformed",
+            "Packets on a DNS port whose message could not be read.",
+            s.malformed,
+        ),
+        (
+            "dns_pending_at_end",
+            "DNS queries still waiting at the end, younger than the timeout (no row for them).",
+            s.pending_at_end,
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(e, name, help, v)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -587,6 +667,7 @@ mod tests {
             spool_lost,
             unread,
             flows: _,
+            dns: _,
         } = s;
         let text = r.render();
         let page = |name| value(&text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));

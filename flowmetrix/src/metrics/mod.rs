@@ -7,11 +7,13 @@
 //!
 //! - [`counters`]: the userspace counters the stages share, and the write-duration histogram;
 //! - [`kernel`]: the kernel's counters, by direction and interface;
+//! - [`dns`]: the DNS transactions' counters and their part of the summary and the page;
 //! - [`summary`]: the exit summary line and the loss equation;
 //! - [`registry`]: what the page and the status line read;
 //! - [`exposition`] turns them into the Prometheus page at scrape time, [`http`] serves it.
 
 pub mod counters;
+pub mod dns;
 pub mod exposition;
 pub mod http;
 pub mod kernel;
@@ -19,6 +21,7 @@ pub mod registry;
 pub mod summary;
 
 pub use counters::{Counters, DurationHistogram, FlowCounters, WRITE_BUCKETS};
+pub use dns::{DnsCounters, DnsSummary};
 pub use flowmetrix_common::Direction;
 pub use http::{Limits, MAX_CONNECTIONS, READ_TIMEOUT, serve, serve_with};
 pub use kernel::{DIRECTIONS, DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{
     counters::{Counters, FlowCounters},
+    dns::DnsCounters,
     kernel::{InterfaceStats, KernelStats},
 };
 
@@ -48,6 +49,8 @@ pub struct Registry {
     pub gauges: Gauges,
     /// `--mode flows|both`.
     pub flows: Option<Arc<FlowCounters>>,
+    /// `--mode flows|both`: the DNS transactions.
+    pub dns: Option<Arc<DnsCounters>>,
 }
 
 impl Registry {

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{
     counters::{Counters, FlowCounters},
+    dns::{DnsCounters, DnsSummary},
     kernel::{DIRECTIONS, KernelStats},
 };
 
@@ -166,12 +167,20 @@ pub struct Summary {
     pub unread: u64,
     /// `--mode flows|both`: printed as a `; flows: …` part after the others.
     pub flows: Option<FlowSummary>,
+    /// `--mode flows|both`: the DNS transactions, a `; dns: …` part after the flows.
+    pub dns: Option<DnsSummary>,
 }
 
 impl Summary {
     /// With the flows part.
     pub fn with_flows(mut self, f: &FlowCounters) -> Self {
         self.flows = Some(FlowSummary::new(&self.kernel, f));
+        self
+    }
+
+    /// With the DNS part.
+    pub fn with_dns(mut self, d: &DnsCounters) -> Self {
+        self.dns = Some(DnsSummary::new(d));
         self
     }
 
@@ -188,6 +197,7 @@ impl Summary {
             spool_lost: c.spool_lost.load(Relaxed),
             unread: c.unread.load(Relaxed),
             flows: None,
+            dns: None,
         }
     }
 
@@ -263,6 +273,9 @@ impl Summary {
         if let Some(flows) = &self.flows {
             out.push_str(&format!("; flows: {}", join(&flows.fields(shape.spool))));
         }
+        if let Some(dns) = &self.dns {
+            out.push_str(&format!("; dns: {}", join(&dns.fields(shape.spool))));
+        }
         out
     }
 
@@ -285,20 +298,24 @@ impl Summary {
             if let Some(flows) = &self.flows {
                 map.insert("flows".to_owned(), object(&flows.fields(shape.spool)));
             }
+            if let Some(dns) = &self.dns {
+                map.insert("dns".to_owned(), object(&dns.fields(shape.spool)));
+            }
         }
         out
     }
 
-    /// Rows lost, packet and flow rows together, by cause: not written (write errors),
+    /// Rows lost, packet, flow and DNS rows together, by cause: not written (write errors),
     /// dropped on a full queue, dropped from the spool. Samples the kernel dropped (ring
     /// drops) never became rows and are not among them; nor are the rows not printed
     /// because the reader of stdout left (`unread`): nobody was there to lose them.
     pub fn lost(&self) -> Lost {
         let f = self.flows.unwrap_or_default();
+        let d = self.dns.unwrap_or_default();
         Lost {
-            write_errors: self.write_errors + f.write_errors,
-            queue_drops: self.queue_drops + f.queue_drops,
-            spool_lost: self.spool_lost + f.spool_lost,
+            write_errors: self.write_errors + f.write_errors + d.write_errors,
+            queue_drops: self.queue_drops + f.queue_drops + d.queue_drops,
+            spool_lost: self.spool_lost + f.spool_lost + d.spool_lost,
         }
     }
 }
@@ -389,6 +406,7 @@ mod tests {
             spool_lost: 0,
             unread: 0,
             flows: None,
+            dns: None,
         };
         assert_eq!(
             s.to_string(),

@@ -173,14 +173,15 @@ fn flow_sums() -> String {
 
 /// Per minute, host and interface: DNS queries, errors (every rcode but `NOERROR`, timeouts
 /// included), timeouts, and the answers' latency sum and maximum (the mean is
-/// `latency_us_sum / (queries - timeouts)`).
+/// `dns_latency_us_sum / (dns_queries - dns_timeouts)`). Each name starts `dns_`: `queries`
+/// is a keyword of GreptimeDB's SQL parser.
 pub fn dns_rollup(dns_table: &str) -> Rollup {
     let (rcode, latency) = (quote(DNS_RCODE.name), quote(DNS_LATENCY_US.name));
     let sums = format!(
-        "count(*) AS \"queries\", \
-         sum(CASE WHEN {rcode} != 'NOERROR' THEN 1 ELSE 0 END) AS \"errors\", \
-         sum(CASE WHEN {rcode} = 'TIMEOUT' THEN 1 ELSE 0 END) AS \"timeouts\", \
-         sum({latency}) AS \"latency_us_sum\", max({latency}) AS \"latency_us_max\""
+        "count(*) AS \"dns_queries\", \
+         sum(CASE WHEN {rcode} != 'NOERROR' THEN 1 ELSE 0 END) AS \"dns_errors\", \
+         sum(CASE WHEN {rcode} = 'TIMEOUT' THEN 1 ELSE 0 END) AS \"dns_timeouts\", \
+         sum({latency}) AS \"dns_latency_us_sum\", max({latency}) AS \"dns_latency_us_max\""
     );
     rollup(
         dns_table,
@@ -257,7 +258,7 @@ mod tests {
         );
         assert_eq!(
             r.sql,
-            "CREATE FLOW IF NOT EXISTS \"dns_data_1m_flow\" SINK TO \"dns_data_1m\" COMMENT 'flowmetrix: DNS queries, errors, timeouts and latency per minute' AS SELECT \"host\", \"interface\", date_bin(INTERVAL '1 minutes', \"ts\") AS \"minute\", count(*) AS \"queries\", sum(CASE WHEN \"dns_rcode\" != 'NOERROR' THEN 1 ELSE 0 END) AS \"errors\", sum(CASE WHEN \"dns_rcode\" = 'TIMEOUT' THEN 1 ELSE 0 END) AS \"timeouts\", sum(\"dns_latency_us\") AS \"latency_us_sum\", max(\"dns_latency_us\") AS \"latency_us_max\" FROM \"dns_data\" GROUP BY \"host\", \"interface\", \"minute\""
+            "CREATE FLOW IF NOT EXISTS \"dns_data_1m_flow\" SINK TO \"dns_data_1m\" COMMENT 'flowmetrix: DNS queries, errors, timeouts and latency per minute' AS SELECT \"host\", \"interface\", date_bin(INTERVAL '1 minutes', \"ts\") AS \"minute\", count(*) AS \"dns_queries\", sum(CASE WHEN \"dns_rcode\" != 'NOERROR' THEN 1 ELSE 0 END) AS \"dns_errors\", sum(CASE WHEN \"dns_rcode\" = 'TIMEOUT' THEN 1 ELSE 0 END) AS \"dns_timeouts\", sum(\"dns_latency_us\") AS \"dns_latency_us_sum\", max(\"dns_latency_us\") AS \"dns_latency_us_max\" FROM \"dns_data\" GROUP BY \"host\", \"interface\", \"minute\""
         );
     }
 }

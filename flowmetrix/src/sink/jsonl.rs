@@ -1,6 +1,7 @@
-//! JSON lines on stdout: one object per row, keys = column names. Packet rows and flow rows
+//! JSON lines on stdout: one object per row, keys = column names. Packet, flow and DNS rows
 //! (`--mode both`) go through one writer, so lines never interleave; a reader tells a flow
-//! row by its `interval_ms` key (packet rows have `packet_size` instead).
+//! row by its `interval_ms` key, a DNS row by its `dns_qname` key (packet rows have
+//! `packet_size` instead).
 //!
 //! A reader that leaves (`flowmetrix … --output jsonl | head -2`: a broken pipe) ends the
 //! run as a Ctrl+C would, quietly, as Unix tools do: the pipeline stops capture, detaches
@@ -19,7 +20,7 @@ use super::{
 use crate::{
     metrics::Counters,
     queue::Receiver,
-    record::{FlowRecord, PacketRecord},
+    record::{DnsRecord, FlowRecord},
     schema::Table,
 };
 
@@ -34,51 +35,91 @@ fn encode_all<R: Table>(buf: &mut Vec<u8>, rows: &[R]) -> u64 {
     rows.len() as u64
 }
 
-/// Packet rows from `rx`, and flow rows from `flows` when given, each counted in its own
-/// counters. When the reader of stdout leaves, `reader_gone` turns true (the pipeline stops
-/// as at Ctrl+C) and the rows still coming are counted as unread until the queues close.
+/// The tables besides the packet table, when written: each one's queue and counters.
+#[derive(Default)]
+pub struct More {
+    pub flows: Option<(Receiver<Vec<FlowRecord>>, Arc<Counters>)>,
+    pub dns: Option<(Receiver<Vec<DnsRecord>>, Arc<Counters>)>,
+}
+
+/// One table's queue, while it is open, and its counters.
+struct Stream<R> {
+    rx: Option<Receiver<Vec<R>>>,
+    counters: Arc<Counters>,
+}
+
+impl<R: Table> Stream<R> {
+    fn new(table: Option<(Receiver<Vec<R>>, Arc<Counters>)>) -> Self {
+        match table {
+            Some((rx, counters)) => Self {
+                rx: Some(rx),
+                counters,
+            },
+            None => Self {
+                rx: None,
+                counters: Arc::default(),
+            },
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    /// The next batch; None once the queue has closed (it is then forgotten).
+    async fn recv(&mut self) -> Option<Vec<R>> {
+        let batch = match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        };
+        if batch.is_none() {
+            self.rx = None;
+        }
+        batch
+    }
+
+    /// `batch` encoded into `buf`: its rows, its counters, and whether more is queued.
+    fn encode(&self, buf: &mut Vec<u8>, batch: &[R]) -> (u64, Arc<Counters>, bool) {
+        let more = self.rx.as_ref().is_some_and(|r| !r.is_empty());
+        (encode_all(buf, batch), Arc::clone(&self.counters), more)
+    }
+
+    /// After a fatal error: what is queued counts as failed.
+    fn fail(self) {
+        if let Some(rx) = self.rx {
+            fail_remaining(rx, &self.counters);
+        }
+    }
+
+    /// The reader has left: what is queued or still coming counts as unread.
+    async fn unread(self) {
+        if let Some(rx) = self.rx {
+            unread(rx, &self.counters).await;
+        }
+    }
+}
+
+/// Packet rows from `rx`, and the `more` tables' rows, each counted in its own counters.
+/// When the reader of stdout leaves, `reader_gone` turns true (the pipeline stops as at
+/// Ctrl+C) and the rows still coming are counted as unread until the queues close.
 pub async fn run(
-    mut rx: Receiver,
-    counters: &Counters,
-    flows: Option<(Receiver<Vec<FlowRecord>>, Arc<Counters>)>,
+    rx: Receiver,
+    counters: &Arc<Counters>,
+    more: More,
     reader_gone: &watch::Sender<bool>,
 ) -> Result<(), SinkError> {
     let mut out = tokio::io::stdout();
     let mut buf = Vec::with_capacity(1 << 16);
-    let (mut frx, fc) = match flows {
-        Some((r, c)) => (Some(r), Some(c)),
-        None => (None, None),
-    };
-    let mut packets_open = true;
+    let mut packets = Stream::new(Some((rx, Arc::clone(counters))));
+    let mut flows = Stream::new(more.flows);
+    let mut dns = Stream::new(more.dns);
     loop {
-        enum Got {
-            Packets(Option<Vec<PacketRecord>>),
-            Flows(Option<Vec<FlowRecord>>),
-        }
-        let got = tokio::select! {
-            b = rx.recv(), if packets_open => Got::Packets(b),
-            b = async { match frx.as_mut() {
-                Some(r) => r.recv().await,
-                None => std::future::pending().await,
-            } }, if frx.is_some() => Got::Flows(b),
-            else => break,
-        };
         buf.clear();
-        let (n, c, more) = match got {
-            Got::Packets(None) => {
-                packets_open = false;
-                continue;
-            }
-            Got::Flows(None) => {
-                frx = None;
-                continue;
-            }
-            Got::Packets(Some(batch)) => (encode_all(&mut buf, &batch), counters, !rx.is_empty()),
-            Got::Flows(Some(batch)) => (
-                encode_all(&mut buf, &batch),
-                fc.as_deref().unwrap_or(counters),
-                frx.as_ref().is_some_and(|r| !r.is_empty()),
-            ),
+        let (n, c, more) = tokio::select! {
+            Some(b) = packets.recv(), if packets.open() => packets.encode(&mut buf, &b),
+            Some(b) = flows.recv(), if flows.open() => flows.encode(&mut buf, &b),
+            Some(b) = dns.recv(), if dns.open() => dns.encode(&mut buf, &b),
+            else => break,
         };
         let res = match out.write_all(&buf).await {
             Ok(()) if !more => out.flush().await,
@@ -87,13 +128,17 @@ pub async fn run(
         if let Err(e) = res {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 Counters::add(&c.unread, n);
-                return reader_left(rx, counters, frx.zip(fc), reader_gone).await;
+                tracing::info!(
+                    "stdout was closed by its reader: stopping (rows not printed are counted as unread)"
+                );
+                reader_gone.send_replace(true);
+                tokio::join!(packets.unread(), flows.unread(), dns.unread());
+                return Ok(());
             }
             Counters::add(&c.write_errors, n);
-            fail_remaining(rx, counters);
-            if let (Some(r), Some(c)) = (frx, &fc) {
-                fail_remaining(r, c);
-            }
+            packets.fail();
+            flows.fail();
+            dns.fail();
             return Err(SinkError::Stdout(e));
         }
         Counters::add(&c.written, n);
@@ -103,25 +148,4 @@ pub async fn run(
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.map_err(SinkError::Stdout),
     }
-}
-
-/// The reader of stdout has left: say so (not as an error), have the pipeline stop, and
-/// count the rows still queued or still coming as unread until it closes the queues.
-async fn reader_left(
-    rx: Receiver,
-    counters: &Counters,
-    flows: Option<(Receiver<Vec<FlowRecord>>, Arc<Counters>)>,
-    reader_gone: &watch::Sender<bool>,
-) -> Result<(), SinkError> {
-    tracing::info!(
-        "stdout was closed by its reader: stopping (rows not printed are counted as unread)"
-    );
-    reader_gone.send_replace(true);
-    match flows {
-        Some((f, fc)) => {
-            tokio::join!(unread(rx, counters), unread(f, &fc));
-        }
-        None => unread(rx, counters).await,
-    }
-    Ok(())
 }

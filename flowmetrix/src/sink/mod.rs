@@ -5,9 +5,9 @@
 //! its disk spool, JSON lines and `none` count them as `queue drops`. Batching (size or
 //! flush interval), retries and the spool live inside the sink.
 //!
-//! A sink writes one or two tables (`packet_data`, and `flow_data` with `--mode
-//! flows|both`): the code is generic over the row type ([`Table`]), with a queue, a batcher
-//! and [`Counters`] per table, over one GreptimeDB connection set and one spool.
+//! A sink writes one to three tables (`packet_data`, and `flow_data` and `dns_data` with
+//! `--mode flows|both`): the code is generic over the row type ([`Table`]), with a queue, a
+//! batcher and [`Counters`] per table, over one GreptimeDB connection set and one spool.
 //!
 //! [`start`] wires one output to the inputs ([`input`]); the outputs ([`greptime`],
 //! [`jsonl`], `none` in [`drain`]) use the shared [`batch`]er and [`error`] type and never
@@ -28,7 +28,7 @@ pub use crate::schema::Table;
 use crate::{
     metrics::Counters,
     queue,
-    record::{FlowRecord, PacketRecord},
+    record::{DnsRecord, FlowRecord, PacketRecord},
 };
 use drain::discard;
 pub use error::SinkError;
@@ -51,12 +51,14 @@ pub struct SinkSettings {
     pub queue_rows: usize,
 }
 
-/// A started sink of packet rows and, with `--mode flows|both`, flow rows: one output, one
-/// GreptimeDB connection set and one spool for both, a queue and counters per table. The
-/// task ends once both inputs are dropped and every row is written, spooled or counted.
+/// A started sink of packet rows and, with `--mode flows|both`, flow and DNS rows: one
+/// output, one GreptimeDB connection set and one spool for all, a queue and counters per
+/// table. The task ends once every input is dropped and every row is written, spooled or
+/// counted.
 pub struct Sink {
     pub packets: Input<PacketRecord>,
     pub flows: Option<Input<FlowRecord>>,
+    pub dns: Option<Input<DnsRecord>>,
     pub task: JoinHandle<Result<(), SinkError>>,
     /// Whether a disk spool takes the rows the output cannot (one was asked for and
     /// opened).
@@ -73,31 +75,70 @@ pub struct Sink {
     pub reader_gone: watch::Receiver<bool>,
 }
 
-/// Where flow rows go: their table and their counters.
+/// Where the rows of a table besides the packet table go: its name and its counters.
 #[derive(Debug, Clone)]
-pub struct FlowOutput {
+pub struct TableOutput {
     pub table: String,
     pub counters: Arc<Counters>,
 }
 
-/// Starts the sink of packet rows (`counters`) and, when `flows` is given, of flow rows.
+/// The tables besides the packet table a sink writes.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    /// `--mode flows|both`: flow rows.
+    pub flows: Option<TableOutput>,
+    /// `--mode flows|both`: DNS rows.
+    pub dns: Option<TableOutput>,
+}
+
+/// A table's two ends, when it is written: the receiver for the output, the sender (with
+/// the table's name and counters) for its [`Input`].
+struct Ends<R> {
+    tx: queue::Sender<Vec<R>>,
+    rx: queue::Receiver<Vec<R>>,
+    out: TableOutput,
+}
+
+/// What a table's [`Input`] takes: the queue's sender and the table's counters.
+type InputEnd<R> = (queue::Sender<Vec<R>>, Arc<Counters>);
+
+impl<R> Ends<R> {
+    fn of(out: Option<TableOutput>, rows: usize) -> Option<Self> {
+        out.map(|out| {
+            let (tx, rx) = queue::bounded(rows);
+            Self { tx, rx, out }
+        })
+    }
+
+    /// What the output takes (the receiver, the name and counters), and what the input
+    /// takes.
+    fn split(self) -> (greptime::TableRx<R>, InputEnd<R>) {
+        let rx = greptime::TableRx {
+            table: self.out.table,
+            rx: self.rx,
+            counters: Arc::clone(&self.out.counters),
+        };
+        (rx, (self.tx, self.out.counters))
+    }
+}
+
+/// Starts the sink of packet rows (`counters`) and of the `more` tables given.
 /// `stopping` turns true when capture stops; sinks that retry use it to start their
 /// shutdown deadline.
 pub fn start(
     settings: SinkSettings,
     counters: Arc<Counters>,
-    flows: Option<FlowOutput>,
+    more: Outputs,
     stopping: watch::Receiver<bool>,
 ) -> Result<Sink, SinkError> {
     let (tx, rx) = queue::bounded(settings.queue_rows);
-    let (flow_tx, flow_rx) = match &flows {
-        Some(f) => {
-            let (t, r) = queue::bounded::<Vec<FlowRecord>>(settings.queue_rows);
-            (Some((t, f.clone())), Some(r))
-        }
-        None => (None, None),
-    };
-    let mut flow_overflow = Overflow::Drop;
+    let (flows, flow_in) = Ends::<FlowRecord>::of(more.flows, settings.queue_rows)
+        .map(Ends::split)
+        .unzip();
+    let (dns, dns_in) = Ends::<DnsRecord>::of(more.dns, settings.queue_rows)
+        .map(Ends::split)
+        .unzip();
+    let (mut flow_overflow, mut dns_overflow) = (Overflow::Drop, Overflow::Drop);
     let (give_up, give_up_rx) = watch::channel(false);
     let (gone, reader_gone) = watch::channel(false);
     let mut spool = false;
@@ -121,9 +162,10 @@ pub fn start(
                         greptime::spool::list::earlier_run(w.spool().dir(), rows, &output)
                     );
                 }
-            }
-            if let (Some(w), Some(f)) = (&writer, &flows) {
-                w.spool().add_table(&f.table, Arc::clone(&f.counters));
+                let tables = flows.iter().map(|f| (&f.table, &f.counters));
+                for (table, c) in tables.chain(dns.iter().map(|d| (&d.table, &d.counters))) {
+                    w.spool().add_table(table, Arc::clone(c));
+                }
             }
             let spill = |table: &str| match &writer {
                 Some(w) => Overflow::Spool {
@@ -137,16 +179,14 @@ pub fn start(
             if let Some(f) = &flows {
                 flow_overflow = spill(&f.table);
             }
-            let flow_table = flow_rx.zip(flows).map(|(rx, f)| greptime::FlowTable {
-                table: f.table,
-                rx,
-                counters: f.counters,
-            });
+            if let Some(d) = &dns {
+                dns_overflow = spill(&d.table);
+            }
             let run = greptime::writer::run_until(
                 *cfg,
                 rx,
                 Arc::clone(&counters),
-                flow_table,
+                greptime::MoreTables { flows, dns },
                 greptime::writer::Stop {
                     stopping,
                     give_up: give_up_rx,
@@ -158,25 +198,33 @@ pub fn start(
         }
         SinkConfig::Jsonl => {
             let c = Arc::clone(&counters);
-            let flows = flow_rx.zip(flows.map(|f| f.counters));
+            let more = jsonl::More {
+                flows: flows.map(|f| (f.rx, f.counters)),
+                dns: dns.map(|d| (d.rx, d.counters)),
+            };
             (
                 Overflow::Drop,
-                tokio::spawn(async move { jsonl::run(rx, &c, flows, &gone).await }),
+                tokio::spawn(async move { jsonl::run(rx, &c, more, &gone).await }),
             )
         }
         SinkConfig::None => {
             let c = Arc::clone(&counters);
-            let flows = flow_rx.zip(flows.map(|f| f.counters));
             (
                 Overflow::Drop,
                 tokio::spawn(async move {
-                    let packets = discard(rx, &c);
-                    match flows {
-                        Some((rx, fc)) => {
-                            tokio::join!(packets, discard(rx, &fc));
+                    tokio::join!(
+                        discard(rx, &c),
+                        async {
+                            if let Some(f) = flows {
+                                discard(f.rx, &f.counters).await;
+                            }
+                        },
+                        async {
+                            if let Some(d) = dns {
+                                discard(d.rx, &d.counters).await;
+                            }
                         }
-                        None => packets.await,
-                    }
+                    );
                     Ok(())
                 }),
             )
@@ -184,7 +232,8 @@ pub fn start(
     };
     Ok(Sink {
         packets: Input::new(tx, overflow, counters),
-        flows: flow_tx.map(|(tx, f)| Input::new(tx, flow_overflow, f.counters)),
+        flows: flow_in.map(|(tx, c)| Input::new(tx, flow_overflow, c)),
+        dns: dns_in.map(|(tx, c)| Input::new(tx, dns_overflow, c)),
         task,
         spool,
         waits_for,

@@ -418,6 +418,8 @@ pub struct Summary {
     pub egress: DirectionSummary,
     /// `--mode flows|both`: the `; flows: rows N, written N, …` part, by name.
     pub flows: Option<std::collections::BTreeMap<String, u64>>,
+    /// `--mode flows|both`: the `; dns: rows N, written N, …` part, by name.
+    pub dns: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Summary {
@@ -465,13 +467,17 @@ impl Summary {
         let totals = parts.next()?;
         for part in parts {
             let (name, counts) = part.split_once(": ")?;
-            if name == "flows" {
+            if name == "flows" || name == "dns" {
                 let mut f = std::collections::BTreeMap::new();
                 for item in counts.split(", ") {
                     let (k, n) = item.rsplit_once(' ')?;
                     f.insert(k.to_owned(), n.parse().ok()?);
                 }
-                s.flows = Some(f);
+                if name == "flows" {
+                    s.flows = Some(f);
+                } else {
+                    s.dns = Some(f);
+                }
                 continue;
             }
             let counts = DirectionSummary::parse(counts)?;

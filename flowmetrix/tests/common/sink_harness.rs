@@ -41,7 +41,7 @@ impl Harness {
                 sink::start(
                     SinkSettings { output, queue_rows },
                     Arc::clone(&counters),
-                    None,
+                    Default::default(),
                     stop_rx,
                 )
             })

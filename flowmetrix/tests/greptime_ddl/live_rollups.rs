@@ -73,7 +73,7 @@ fn live_rollups_per_minute_are_the_sampled_sums() {
             c.clone(),
             rx,
             Arc::clone(&counters),
-            None,
+            Default::default(),
             stop_rx,
             None,
         ));

@@ -26,6 +26,7 @@ use flowmetrix::{
     record::{PacketRecord, UnixNanos},
     sink::greptime::{
         Endpoints, FLOW_SCHEMA, GreptimeConfig, SCHEMA, SpoolConfig,
+        columns::DNS_SCHEMA,
         ddl::{self, STATEMENT_TIMEOUT},
         encode, prepare,
         retry::REQUEST_TIMEOUT,
@@ -77,7 +78,7 @@ fn run_writer(
             c.clone(),
             rx,
             Arc::clone(&counters),
-            None,
+            Default::default(),
             stop_rx,
             None,
         ));

@@ -77,7 +77,7 @@ fn run_with_endpoint_down_at_start(
             c.clone(),
             rx,
             Arc::clone(&counters),
-            None,
+            Default::default(),
             stop_rx,
             spool,
         ));

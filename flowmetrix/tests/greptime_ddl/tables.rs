@@ -5,7 +5,7 @@
 use super::*;
 
 #[test]
-fn an_empty_database_gets_both_tables_and_the_rollups_and_a_second_run_changes_nothing() {
+fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_nothing() {
     let endpoint = Endpoint::start(None);
     let c = cfg(&[&endpoint]);
     let rt = runtime();
@@ -13,14 +13,15 @@ fn an_empty_database_gets_both_tables_and_the_rollups_and_a_second_run_changes_n
         let pool = Endpoints::connect(&c).unwrap();
         prepare(&pool, &c, true).await
     });
-    assert_eq!(done.tables, ["packet_data", "flow_data"]);
+    assert_eq!(done.tables, ["packet_data", "flow_data", "dns_data"]);
     assert_eq!(
         done.rollups,
         [
             "packet_data_1m",
             "packet_data_talkers_1m",
             "flow_data_1m",
-            "flow_data_talkers_1m"
+            "flow_data_talkers_1m",
+            "dns_data_1m"
         ]
     );
     assert!(
@@ -32,6 +33,7 @@ fn an_empty_database_gets_both_tables_and_the_rollups_and_a_second_run_changes_n
     expected.extend(
         ddl::rollups("packet_data", Some("flow_data"))
             .into_iter()
+            .chain([ddl::dns_rollup("dns_data")])
             .map(|r| r.sql),
     );
     assert_eq!(endpoint.sql(), expected);
@@ -65,12 +67,20 @@ fn an_empty_database_gets_both_tables_and_the_rollups_and_a_second_run_changes_n
     assert!(endpoint.append_only("public", "packet_data"));
     assert!(endpoint.append_only("public", "flow_data"));
     assert_eq!(endpoint.column_types("public", "flow_data").len(), 18);
+    assert!(endpoint.append_only("public", "dns_data"));
+    let want: Vec<(String, ColumnDataType)> = DNS_SCHEMA
+        .iter()
+        .map(|c| (c.name.to_owned(), c.data_type))
+        .collect();
+    assert_eq!(endpoint.column_types("public", "dns_data"), want);
     let flows = endpoint.flows("public");
-    assert_eq!(flows.len(), 4);
+    assert_eq!(flows.len(), 5);
     // The flow engine made the sink tables.
     assert_eq!(
         endpoint.tables("public"),
         [
+            "dns_data",
+            "dns_data_1m",
             "flow_data",
             "flow_data_1m",
             "flow_data_talkers_1m",
@@ -364,6 +374,17 @@ fn a_type_clash_is_one_clear_error_line_and_counted() {
 const COLUMN_NAMES: &[(&str, bool)] = &[
     ("application", true),
     ("bytes", true),
+    ("dns_answers", false),
+    ("dns_errors", false),
+    ("dns_id", false),
+    ("dns_latency_us", false),
+    ("dns_latency_us_max", false),
+    ("dns_latency_us_sum", false),
+    ("dns_qname", false),
+    ("dns_qtype", false),
+    ("dns_queries", false),
+    ("dns_rcode", false),
+    ("dns_timeouts", false),
     ("dst_ip", false),
     ("dst_mac", false),
     ("dst_port", false),
@@ -404,11 +425,12 @@ fn the_endpoint_refuses_unquoted_exactly_the_keywords_among_our_column_names() {
         let pool = Endpoints::connect(&c).unwrap();
         let done = prepare(&pool, &c, true).await;
         assert!(done.failed.is_empty(), "{done:?}");
-        // Every name we use: both tables and the sinks the flow engine made.
+        // Every name we use: the three tables and the sinks the flow engine made.
         let mut used: BTreeSet<String> = SCHEMA
             .iter()
             .map(|c| c.name.to_owned())
             .chain(FLOW_SCHEMA.iter().map(|c| c.name.to_owned()))
+            .chain(DNS_SCHEMA.iter().map(|c| c.name.to_owned()))
             .collect();
         for sink in &done.rollups {
             used.extend(endpoint.columns("public", sink));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::schema::ddl::FLOW_TABLE;
+use crate::schema::ddl::{DNS_TABLE, FLOW_TABLE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -57,10 +57,13 @@ pub struct DdlOptions {
     pub create_tables: bool,
     /// Create the per-minute rollups (Flows) when they do not exist.
     pub rollups: bool,
-    /// Flow rows are written (the `--mode` of issue 18): create `flow_data` and its rollups.
+    /// Flow and DNS rows are written (`--mode flows|both`): create `flow_data`, `dns_data`
+    /// and their rollups.
     pub flows: bool,
     /// The table of flow rows.
     pub flow_table: String,
+    /// The table of DNS transactions.
+    pub dns_table: String,
     /// Split points of the `host` partitioning of a fleet's tables (empty: one partition).
     pub partition_hosts: Vec<String>,
 }
@@ -72,6 +75,7 @@ impl Default for DdlOptions {
             rollups: true,
             flows: false,
             flow_table: FLOW_TABLE.to_owned(),
+            dns_table: DNS_TABLE.to_owned(),
             partition_hosts: Vec::new(),
         }
     }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{config::GreptimeConfig, service::Endpoints};
 pub use crate::schema::ddl::*;
-use crate::schema::{FLOW_SCHEMA, SCHEMA};
+use crate::schema::{FLOW_SCHEMA, SCHEMA, columns::DNS_SCHEMA};
 
 /// The `CREATE TABLE` statements for this run, in order.
 pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<(String, String)> {
@@ -30,6 +30,8 @@ pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<(String, String)> {
     if flows_on {
         let t = &cfg.ddl.flow_table;
         out.push((t.clone(), create_table(t, FLOW_SCHEMA, ttl, splits)));
+        let t = &cfg.ddl.dns_table;
+        out.push((t.clone(), create_table(t, DNS_SCHEMA, ttl, splits)));
     }
     out
 }
@@ -59,8 +61,8 @@ pub const PENDING_TRIES: u32 = 60;
 
 /// Creates the tables (unless `--no-create-table`) and the rollups (unless `--no-rollups`)
 /// that do not exist, each statement once on one endpoint in rotation (not once per
-/// endpoint). `flows_on`: flow rows are written, so `flow_data` and its rollups are made
-/// too. Failures GreptimeDB answered are logged, one line each, and capture goes on (the
+/// endpoint). `flows_on`: flow and DNS rows are written, so `flow_data`, `dns_data` and
+/// their rollups are made too. Failures GreptimeDB answered are logged, one line each, and capture goes on (the
 /// first insert then creates a missing table without indexes). When no endpoint answers,
 /// it stops there and says so in [`Prepared::unreachable`], unlogged: the caller runs it
 /// again later. A rollup whose source table lacks a column (an older table the first
@@ -87,7 +89,8 @@ pub async fn prepare(pool: &Arc<Endpoints>, cfg: &GreptimeConfig, flows_on: bool
     if cfg.ddl.rollups {
         let flow_table = flows_on.then_some(cfg.ddl.flow_table.as_str());
         let mut later = Vec::new();
-        for r in rollups(&cfg.table, flow_table) {
+        let dns = flows_on.then(|| dns_rollup(&cfg.ddl.dns_table));
+        for r in rollups(&cfg.table, flow_table).into_iter().chain(dns) {
             match pool.execute(&r.sql, STATEMENT_TIMEOUT).await {
                 Ok(()) => done.rollups.push(r.sink),
                 Err(e) if e.code == Some(PLAN_ERROR) => {

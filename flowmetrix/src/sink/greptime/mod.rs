@@ -48,14 +48,14 @@ use tracing::warn;
 
 use crate::metrics::Counters;
 
-pub use crate::schema::{Column, FLOW_SCHEMA, SCHEMA, column_schemas, encode_row};
+pub use crate::schema::{Column, FLOW_SCHEMA, SCHEMA, column_schemas, columns, encode_row};
 pub use crate::schema::{Table, encode};
 pub use config::{Compression, DdlOptions, GreptimeConfig, SpoolConfig, Tls, WritePath};
 pub use ddl::{Prepared, prepare};
 pub use error::GreptimeError;
 pub use retry::{Failure, Problem, classify, classify_status};
 pub use service::{AllDown, Chosen, EndpointState, Endpoints, StatementError};
-pub use writer::{FlowTable, run};
+pub use writer::{DnsTable, FlowTable, MoreTables, TableRx, run};
 
 /// Opens the spool and starts its thread. A directory another collector holds is an error;
 /// any other failure runs without a spool (logged): rows GreptimeDB cannot take are then

@@ -36,7 +36,7 @@ use crate::schema::{Table, encode};
 use crate::{
     metrics::Counters,
     queue::Receiver,
-    record::{FlowRecord, PacketRecord},
+    record::{DnsRecord, FlowRecord, PacketRecord},
     sink::batch::Batcher,
 };
 
@@ -364,23 +364,35 @@ impl<R: Table> TableOut<R> {
     }
 }
 
-/// The flow table, for [`run`].
-pub struct FlowTable {
+/// A table besides the packet table, for [`run`]: its name, its queue and its counters.
+pub struct TableRx<R> {
     pub table: String,
-    pub rx: Receiver<Vec<FlowRecord>>,
+    pub rx: Receiver<Vec<R>>,
     pub counters: Arc<Counters>,
 }
 
+/// The flow table (`--mode flows|both`).
+pub type FlowTable = TableRx<FlowRecord>;
+/// The DNS table (`--mode flows|both`).
+pub type DnsTable = TableRx<DnsRecord>;
+
+/// The tables besides the packet table.
+#[derive(Default)]
+pub struct MoreTables {
+    pub flows: Option<FlowTable>,
+    pub dns: Option<DnsTable>,
+}
+
 /// Writes packet rows from `rx` (`cfg.table`, counted in `counters`) and, when given, flow
-/// rows until the queues close: both over the same connections, retries, outage log and
-/// spool, each with its own batcher and counters, and `--max-in-flight` requests in flight
-/// over both. When `shutdown` fires, retries get `shutdown_timeout` more before the rows they
+/// and DNS rows until the queues close: all over the same connections, retries, outage log
+/// and spool, each with its own batcher and counters, and `--max-in-flight` requests in
+/// flight over all. When `shutdown` fires, retries get `shutdown_timeout` more before the rows they
 /// hold count as write errors (or, with a spool, go to it).
 pub async fn run(
     cfg: GreptimeConfig,
     rx: Receiver,
     counters: Arc<Counters>,
-    flows: Option<FlowTable>,
+    more: MoreTables,
     shutdown: watch::Receiver<bool>,
     spool: Option<Arc<SpoolWriter>>,
 ) -> Result<(), GreptimeError> {
@@ -388,7 +400,7 @@ pub async fn run(
         stopping: shutdown,
         give_up: watch::channel(false).1,
     };
-    run_until(cfg, rx, counters, flows, stop, spool).await
+    run_until(cfg, rx, counters, more, stop, spool).await
 }
 
 /// When the sink stops trying: `stopping` starts the shutdown deadline
@@ -403,7 +415,7 @@ pub async fn run_until(
     cfg: GreptimeConfig,
     rx: Receiver,
     counters: Arc<Counters>,
-    flows: Option<FlowTable>,
+    more: MoreTables,
     stop: Stop,
     spool: Option<Arc<SpoolWriter>>,
 ) -> Result<(), GreptimeError> {
@@ -456,13 +468,15 @@ pub async fn run_until(
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
     let packets = TableOut::<PacketRecord>::new(&cfg, cfg.table.clone(), counters)?;
     let packets = feed(&writer, &in_flight, packets, rx);
-    match flows {
-        Some(f) => {
-            let out = TableOut::<FlowRecord>::new(&cfg, f.table, f.counters)?;
-            tokio::join!(packets, feed(&writer, &in_flight, out, f.rx));
-        }
-        None => packets.await,
-    }
+    let flows = more
+        .flows
+        .map(|f| table_feed(&writer, &in_flight, f))
+        .transpose()?;
+    let dns = more
+        .dns
+        .map(|d| table_feed(&writer, &in_flight, d))
+        .transpose()?;
+    tokio::join!(packets, maybe(flows), maybe(dns));
 
     if let Some(replayer) = replayer {
         let _ = replayer.await;
@@ -521,6 +535,23 @@ async fn feed<R: Table>(
     }
     while let Some(res) = tasks.join_next().await {
         reap(res);
+    }
+}
+
+/// [`feed`] for a table besides the packet table.
+fn table_feed<'a, R: Table>(
+    writer: &'a Arc<Writer>,
+    in_flight: &'a Arc<Semaphore>,
+    t: TableRx<R>,
+) -> Result<impl Future<Output = ()> + 'a, GreptimeError> {
+    let out = TableOut::<R>::new(&writer.cfg, t.table, t.counters)?;
+    Ok(feed(writer, in_flight, out, t.rx))
+}
+
+/// Runs `f` when there is one.
+async fn maybe(f: Option<impl Future<Output = ()>>) {
+    if let Some(f) = f {
+        f.await;
     }
 }
 

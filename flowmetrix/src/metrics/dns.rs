@@ -1,0 +1,114 @@
+//! The DNS transactions' counters (`--mode flows|both`): what the matcher saw and made, and
+//! the `dns_data` table's own sink counters (on the page: [`super::exposition`]). When everything has drained, `rows ==
+//! sink.written + sink.write_errors + sink.queue_drops + sink.spooled + sink.unread`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use super::counters::Counters;
+
+#[derive(Debug, Default)]
+pub struct DnsCounters {
+    pub sink: Arc<Counters>,
+    /// Queries seen.
+    pub queries: AtomicU64,
+    /// Rows made: answered transactions and timeouts.
+    pub rows: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Answers to no query seen.
+    pub unmatched_answers: AtomicU64,
+    /// A query again with the same id before its answer.
+    pub repeated_queries: AtomicU64,
+    /// Queries that found the table of waiting queries full: no row for them.
+    pub table_full: AtomicU64,
+    /// DNS-port packets whose message could not be read.
+    pub malformed: AtomicU64,
+    /// Queries still waiting at the end, younger than the timeout: no row for them.
+    pub pending_at_end: AtomicU64,
+}
+
+/// The DNS part of the exit summary, read once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsSummary {
+    pub rows: u64,
+    pub written: u64,
+    pub write_errors: u64,
+    pub queue_drops: u64,
+    pub spooled: u64,
+    pub replayed: u64,
+    pub spool_lost: u64,
+    pub unread: u64,
+    pub queries: u64,
+    pub timeouts: u64,
+    pub unmatched_answers: u64,
+    pub repeated_queries: u64,
+    pub table_full: u64,
+    pub malformed: u64,
+    pub pending_at_end: u64,
+}
+
+impl DnsSummary {
+    pub fn new(d: &DnsCounters) -> Self {
+        let s = &d.sink;
+        Self {
+            rows: d.rows.load(Relaxed),
+            written: s.written.load(Relaxed),
+            write_errors: s.write_errors.load(Relaxed),
+            queue_drops: s.queue_drops.load(Relaxed),
+            spooled: s.spooled.load(Relaxed),
+            replayed: s.spool_replayed.load(Relaxed),
+            spool_lost: s.spool_lost.load(Relaxed),
+            unread: s.unread.load(Relaxed),
+            queries: d.queries.load(Relaxed),
+            timeouts: d.timeouts.load(Relaxed),
+            unmatched_answers: d.unmatched_answers.load(Relaxed),
+            repeated_queries: d.repeated_queries.load(Relaxed),
+            table_full: d.table_full.load(Relaxed),
+            malformed: d.malformed.load(Relaxed),
+            pending_at_end: d.pending_at_end.load(Relaxed),
+        }
+    }
+
+    /// DNS rows unaccounted for: 0 when every row was written or counted as lost.
+    pub fn unaccounted(&self) -> i128 {
+        i128::from(self.rows)
+            - i128::from(self.written)
+            - i128::from(self.write_errors)
+            - i128::from(self.queue_drops)
+            - i128::from(self.spooled)
+            - i128::from(self.unread)
+    }
+
+    /// The DNS part, name and number, in the order printed; the spool's figures only when a
+    /// spool could take rows.
+    pub fn fields(&self, spool: bool) -> Vec<(&'static str, u64)> {
+        let mut v = vec![
+            ("rows", self.rows),
+            ("written", self.written),
+            ("write errors", self.write_errors),
+            ("queue drops", self.queue_drops),
+        ];
+        if self.unread > 0 {
+            v.push(("unread", self.unread));
+        }
+        if spool {
+            v.extend([
+                ("spooled", self.spooled),
+                ("replayed", self.replayed),
+                ("spool lost", self.spool_lost),
+            ]);
+        }
+        v.extend([
+            ("queries", self.queries),
+            ("timeouts", self.timeouts),
+            ("unmatched answers", self.unmatched_answers),
+            ("repeated queries", self.repeated_queries),
+            ("table full", self.table_full),
+            ("malformed", self.malformed),
+            ("pending at end", self.pending_at_end),
+        ]);
+        v
+    }
+}
