@@ -19,6 +19,7 @@ pub mod decode;
 pub mod decoder;
 pub mod dns;
 pub mod flows;
+pub mod kernel_btf;
 pub mod kernel_object;
 pub mod metrics;
 pub mod offset;

@@ -102,6 +102,7 @@ const SHARED: &[&str] = &[
     "throttle.rs",
     "status.rs",
     "kernel_object.rs",
+    "kernel_btf.rs",
 ];
 
 /// Wiring: may import anything.
