@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
+    attribution,
     decoder::{DecodeSettings, Decoder},
     flows::{self, FlowSettings},
     metrics::{self, Counters, FlowCounters, Gauges, KernelStats, Registry, Shape, Summary},
@@ -161,6 +162,15 @@ pub async fn run_until(
         }
     };
     let mut decoder = Decoder::new(settings.decode.clone(), &info, Arc::clone(&counters));
+    // Live: which workload each row belongs to. The pod index is filled by
+    // `--kube-metadata` (empty without it: pod and namespace stay null).
+    let pods = attribution::kube::PodIndex::default();
+    let resolver = live
+        .then(|| attribution::Resolver::start(pods.clone()))
+        .flatten();
+    if let Some(r) = &resolver {
+        decoder.attribute_with(r.clone());
+    }
     let flow_input = sink.flows.take().map(Arc::new);
     // Live: the flows stage on its own task; in a replay, counted here from the frames.
     let (stop_flows, flows_stopped) = watch::channel(false);
@@ -170,7 +180,7 @@ pub async fn run_until(
         if live {
             match (source.take_flow_maps(), &flow_input) {
                 (Some(maps), Some(input)) => {
-                    let stage = flows::Live::new(
+                    let mut stage = flows::Live::new(
                         f,
                         Arc::clone(&settings.decode.applications),
                         Arc::clone(&settings.decode.host),
@@ -179,6 +189,9 @@ pub async fn run_until(
                         source.names(),
                         Arc::clone(&info.interface),
                     );
+                    if let Some(r) = &resolver {
+                        stage = stage.attribute_with(r.clone());
+                    }
                     let signals = flows::Signals {
                         prefix: decoder.learned_prefix(),
                         stop: flows_stopped,

@@ -231,6 +231,16 @@ pub mod shared {
     pub const SRC_PORT: Def = Def::field("src_port", T::Uint16);
     pub const DST_PORT: Def = Def::field("dst_port", T::Uint16).inverted();
     pub const TCP_FLAGS: Def = Def::field("tcp_flags", T::Uint8);
+    /// Workload attribution: fields, not tags. Ids and pod names are high-cardinality, and
+    /// a table that exists gains a column by `ALTER TABLE … ADD COLUMN` (or the insert),
+    /// which adds fields and leaves the primary key (already five tags in `packet_data`) as
+    /// it is. Namespaces are few: an inverted index for `WHERE "namespace" = …`; ids and
+    /// pod names: bloom filters for equality lookups.
+    pub const CGROUP_ID: Def = Def::field("cgroup_id", T::Uint64);
+    pub const CONTAINER_ID: Def = Def::field("container_id", T::String).bloom();
+    pub const POD_UID: Def = Def::field("pod_uid", T::String).bloom();
+    pub const POD: Def = Def::field("pod", T::String).bloom();
+    pub const NAMESPACE: Def = Def::field("namespace", T::String).inverted();
 }
 
 /// A table's column list, `DEFINITION => |row| value,` one line a column, as a `const`
@@ -320,6 +330,11 @@ pub const SCHEMA: PacketRecord = [
     field("inner_dst_port", T::Uint16) => |r| r.inner_dst_port.into(),
     field("mpls_labels", T::String) => |r| r.mpls_labels.as_ref().into(),
     field("sample_rate", T::Uint32) => |r| r.sample_rate.into(),
+    CGROUP_ID => |r| r.workload.cgroup_id.into(),
+    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
+    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
+    POD => |r| r.workload.pod.as_ref().into(),
+    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
 ]
 }
 
@@ -349,6 +364,11 @@ pub const FLOW_SCHEMA: FlowRecord = [
     field("last_seen", T::TimestampNanosecond) => |r| r.last_seen.into(),
     TCP_FLAGS => |r| r.tcp_flags.into(),
     field("interval_ms", T::Uint32) => |r| r.interval_ms.into(),
+    CGROUP_ID => |r| r.workload.cgroup_id.into(),
+    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
+    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
+    POD => |r| r.workload.pod.as_ref().into(),
+    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
 ]
 }
 
@@ -394,6 +414,13 @@ pub(crate) mod tests {
             host: "node-1".into(),
             interface: "eth0".into(),
             direction: crate::record::Direction::Egress,
+            workload: crate::record::Workload {
+                cgroup_id: Some(12_345),
+                container_id: Some("0123456789abcdef".repeat(4).into()),
+                pod_uid: Some("5f1c8a3e-2b4d-4c6e-9f01-23456789abcd".into()),
+                pod: Some("checkout-7d9f".into()),
+                namespace: Some("shop".into()),
+            },
         }
     }
 
@@ -428,6 +455,11 @@ pub(crate) mod tests {
                 "inner_dst_port",
                 "mpls_labels",
                 "sample_rate",
+                "cgroup_id",
+                "container_id",
+                "pod_uid",
+                "pod",
+                "namespace",
             ]
         );
         let tags: Vec<&str> = SCHEMA
@@ -466,6 +498,7 @@ pub(crate) mod tests {
             ) | (ValueData::U8Value(0..=255), ColumnDataType::Uint8)
                 | (ValueData::U16Value(0..=65535), ColumnDataType::Uint16)
                 | (ValueData::U32Value(_), ColumnDataType::Uint32)
+                | (ValueData::U64Value(_), ColumnDataType::Uint64)
                 | (ValueData::StringValue(_), ColumnDataType::String)
         )
     }
@@ -512,6 +545,11 @@ pub(crate) mod tests {
             "src_port",
             "dst_port",
             "tcp_flags",
+            "cgroup_id",
+            "container_id",
+            "pod_uid",
+            "pod",
+            "namespace",
         ] {
             let i = SCHEMA.iter().position(|c| c.name == name).unwrap();
             assert_eq!(row.values[i].value_data, None, "{name}");

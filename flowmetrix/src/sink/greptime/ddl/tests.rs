@@ -36,6 +36,11 @@ fn packet_data_ddl_is_the_documented_one() {
   "inner_dst_port" SMALLINT UNSIGNED NULL,
   "mpls_labels" STRING NULL,
   "sample_rate" INT UNSIGNED NULL,
+  "cgroup_id" BIGINT UNSIGNED NULL,
+  "container_id" STRING NULL {bloom},
+  "pod_uid" STRING NULL {bloom},
+  "pod" STRING NULL {bloom},
+  "namespace" STRING NULL INVERTED INDEX,
   TIME INDEX ("ts"),
   PRIMARY KEY ("host", "interface", "direction", "application", "packet_type")
 )
@@ -73,6 +78,11 @@ fn flow_data_ddl_is_the_documented_one() {
   "last_seen" TIMESTAMP(9) NULL,
   "tcp_flags" TINYINT UNSIGNED NULL,
   "interval_ms" INT UNSIGNED NULL,
+  "cgroup_id" BIGINT UNSIGNED NULL,
+  "container_id" STRING NULL {bloom},
+  "pod_uid" STRING NULL {bloom},
+  "pod" STRING NULL {bloom},
+  "namespace" STRING NULL INVERTED INDEX,
   TIME INDEX ("ts"),
   PRIMARY KEY ("host", "interface", "direction", "application")
 )
@@ -143,7 +153,12 @@ fn the_primary_keys_are_the_declared_tags_and_every_index_names_a_column() {
             "first_seen",
             "last_seen",
             "tcp_flags",
-            "interval_ms"
+            "interval_ms",
+            "cgroup_id",
+            "container_id",
+            "pod_uid",
+            "pod",
+            "namespace"
         ]
     );
 }
