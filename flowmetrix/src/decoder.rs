@@ -212,8 +212,9 @@ impl Decoder {
                 row.host = Arc::clone(&self.host);
                 row.interface = interface;
                 row.direction = direction;
-                if let Some(a) = &self.attribution {
-                    a.packet(&mut row, cgroup_id, Instant::now());
+                match &self.attribution {
+                    Some(a) => a.packet(&mut row, cgroup_id, Instant::now()),
+                    None => row.workload.cgroup_id = (cgroup_id != 0).then_some(cgroup_id),
                 }
                 out.push(row);
             }

@@ -150,15 +150,14 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    /// On this host: the cgroup2 mount from `/proc/self/mountinfo`. `None` (logged) when
-    /// there is none: rows then carry the cgroup id alone.
+    /// On this host: the cgroup2 tree ([`cgroup_root`]). `None` (logged) when there is
+    /// none: rows then carry the cgroup id alone.
     pub fn start(pods: PodIndex) -> Option<Self> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let Some(root) = cgroup::cgroup2_mount(&mountinfo) else {
+        let Some(root) = cgroup_root() else {
             info!("no cgroup2 mount: rows carry no container or pod (cgroup ids only)");
             return None;
         };
-        debug!("cgroup2 mount at {}", root.display());
+        debug!("cgroup2 tree at {}", root.display());
         Some(Self::with_roots(veth::Roots::host(root), pods))
     }
 
@@ -365,9 +364,24 @@ impl Worker {
     }
 }
 
-/// Where the collector's own cgroup2 tree is (for tests and the README's examples).
+/// Where the cgroup2 tree can be read: the cgroup2 mount of this process's mount
+/// namespace (`/proc/self/mountinfo`), else one seen through the root of PID 1 or of the
+/// parent process (`ip netns exec` remounts `/sys` without the cgroup mounts; a container
+/// may lack them too).
 pub fn cgroup_root() -> Option<PathBuf> {
-    cgroup::cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+    let mount = |pid: &str| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+        cgroup::cgroup2_mount(&text)
+    };
+    if let Some(m) = mount("self") {
+        return Some(m);
+    }
+    let parent = std::os::unix::process::parent_id().to_string();
+    ["1", parent.as_str()].into_iter().find_map(|pid| {
+        let m = mount(pid)?;
+        let root = PathBuf::from(format!("/proc/{pid}/root")).join(m.strip_prefix("/").ok()?);
+        root.is_dir().then_some(root)
+    })
 }
 
 #[cfg(test)]

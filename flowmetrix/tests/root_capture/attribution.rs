@@ -1,0 +1,192 @@
+//! Workload attribution on the TC egress hook: two processes in two cgroups the test makes
+//! under the cgroup2 tree — one named as containerd names a pod's container under the
+//! systemd driver, one plain — send UDP out of the collector's namespace. Each row carries
+//! its own sender's cgroup id (the directory's inode number) and, from the path, the
+//! container id and pod UID; the plain cgroup's rows have none. In packet rows and in flow
+//! rows.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::common;
+
+const UID: &str = "5f1c8a3e-2b4d-4c6e-9f01-23456789abcd";
+const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The test's cgroups, removed (deepest first) when dropped, whatever failed.
+struct Cgroups {
+    top: PathBuf,
+    pod: PathBuf,
+    plain: PathBuf,
+}
+
+impl Cgroups {
+    fn new() -> Self {
+        let root = flowmetrix::attribution::cgroup_root().expect("a cgroup2 mount");
+        let top = root.join(format!("fmx-test-{}", std::process::id()));
+        let pod = top.join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{HEX}.scope",
+            UID.replace('-', "_")
+        ));
+        let plain = top.join("plain");
+        let c = Self { top, pod, plain };
+        for d in [&c.pod, &c.plain] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        }
+        c
+    }
+
+    fn id(dir: &PathBuf) -> u64 {
+        std::fs::metadata(dir).unwrap().ino()
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        // rmdir each directory, deepest first (a cgroup is removed by rmdir, when empty).
+        let mut dirs = Vec::new();
+        let mut todo = vec![self.top.clone()];
+        while let Some(d) = todo.pop() {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        todo.push(e.path());
+                    }
+                }
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A shell in namespace `ns` that moves itself into cgroup `dir`, then sends `n` UDP
+/// datagrams to 10.231.0.2:`port`, each from a new socket.
+fn sender(ns: &str, dir: &PathBuf, port: u16, n: u32) -> Child {
+    let procs = dir.join("cgroup.procs");
+    let script = format!(
+        "echo $$ > '{}' || exit 1; for i in $(seq {n}); do echo x > /dev/udp/10.231.0.2/{port}; sleep 0.02; done",
+        procs.display()
+    );
+    // nsenter, not `ip netns exec`: that one remounts /sys, without the cgroup mounts.
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["bash", "-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("bash")
+}
+
+/// Runs the collector with `args` while both processes send; its rows.
+fn rows_with(args: &[&str], ready: &str) -> (Vec<Value>, u64, u64) {
+    let cgroups = Cgroups::new();
+    let net = common::NetPair::new();
+    for cmd in [
+        vec![
+            "ip",
+            "-n",
+            &net.ns_a,
+            "addr",
+            "add",
+            "10.231.0.1/24",
+            "dev",
+            &net.if_a,
+        ],
+        vec!["ip", "-n", &net.ns_a, "link", "set", "lo", "up"],
+    ] {
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    }
+    let collector = net.collector().args(args).ready(ready).start();
+    let (pod_id, plain_id) = (Cgroups::id(&cgroups.pod), Cgroups::id(&cgroups.plain));
+    let mut children = [
+        sender(&net.ns_a, &cgroups.pod, 9001, 20),
+        sender(&net.ns_a, &cgroups.plain, 9002, 20),
+    ];
+    for c in &mut children {
+        assert!(c.wait().unwrap().success());
+    }
+    // The walk of the cgroup tree runs on a miss, in the background: let a second batch
+    // find it done.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut children = [
+        sender(&net.ns_a, &cgroups.pod, 9001, 20),
+        sender(&net.ns_a, &cgroups.plain, 9002, 20),
+    ];
+    for c in &mut children {
+        assert!(c.wait().unwrap().success());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    (done.rows(), pod_id, plain_id)
+}
+
+fn check(rows: &[Value], pod_id: u64, plain_id: u64) {
+    let of = |port: u64| -> Vec<&Value> {
+        rows.iter()
+            .filter(|r| r["dst_port"] == port && r["protocol"] == 17)
+            .collect()
+    };
+    let (pod, plain) = (of(9001), of(9002));
+    assert!(!pod.is_empty() && !plain.is_empty(), "{rows:#?}");
+    for r in pod.iter().chain(&plain) {
+        assert_eq!(r["direction"], "egress", "{r}");
+    }
+    // Every row: its own sender's cgroup.
+    for r in &pod {
+        assert_eq!(r["cgroup_id"], pod_id, "{r}");
+    }
+    for r in &plain {
+        assert_eq!(r["cgroup_id"], plain_id, "{r}");
+        assert_eq!(r["container_id"], Value::Null, "{r}");
+        assert_eq!(r["pod_uid"], Value::Null, "{r}");
+    }
+    // Once the tree was walked, the pod's rows name its container and pod (no pod name
+    // or namespace without --kube-metadata).
+    let named: Vec<&&Value> = pod.iter().filter(|r| r["container_id"] == HEX).collect();
+    assert!(!named.is_empty(), "{pod:#?}");
+    for r in named {
+        assert_eq!(r["pod_uid"], UID, "{r}");
+        assert_eq!(r["pod"], Value::Null);
+        assert_eq!(r["namespace"], Value::Null);
+    }
+}
+
+#[test]
+fn packet_rows_carry_their_senders_cgroup_container_and_pod() {
+    let (rows, pod, plain) = rows_with(
+        &["--direction", "egress", "--output", "jsonl"],
+        "TC attached",
+    );
+    check(&rows, pod, plain);
+}
+
+#[test]
+fn flow_rows_carry_their_senders_cgroup_container_and_pod() {
+    let (rows, pod, plain) = rows_with(
+        &[
+            "--direction",
+            "egress",
+            "--mode",
+            "flows",
+            "--flow-interval",
+            "1s",
+            "--output",
+            "jsonl",
+        ],
+        "TC attached",
+    );
+    let flows: Vec<Value> = rows
+        .into_iter()
+        .filter(|r| r.get("interval_ms").is_some())
+        .collect();
+    check(&flows, pod, plain);
+}
