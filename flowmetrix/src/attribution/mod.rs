@@ -240,10 +240,10 @@ impl Resolver {
             }
             return Some(kernel);
         }
-        if let (Direction::Ingress, Some(c)) = (dir, conn) {
-            if let Some(id) = self.sockets().find(&c, now) {
-                return Some(id);
-            }
+        if let (Direction::Ingress, Some(c)) = (dir, conn)
+            && let Some(id) = self.sockets().find(&c, now)
+        {
+            return Some(id);
         }
         self.veth(interface, now)
     }

@@ -7,7 +7,7 @@
 
 use std::{
     os::unix::fs::MetadataExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
@@ -41,7 +41,7 @@ impl Cgroups {
         c
     }
 
-    fn id(dir: &PathBuf) -> u64 {
+    fn id(dir: &Path) -> u64 {
         std::fs::metadata(dir).unwrap().ino()
     }
 }
@@ -69,7 +69,7 @@ impl Drop for Cgroups {
 
 /// A shell in namespace `ns` that moves itself into cgroup `dir`, then sends `n` UDP
 /// datagrams to 10.231.0.2:`port`, each from a new socket.
-fn sender(ns: &str, dir: &PathBuf, port: u16, n: u32) -> Child {
+fn sender(ns: &str, dir: &Path, port: u16, n: u32) -> Child {
     let procs = dir.join("cgroup.procs");
     let script = format!(
         "echo $$ > '{}' || exit 1; for i in $(seq {n}); do echo x > /dev/udp/10.231.0.2/{port}; sleep 0.02; done",
