@@ -119,20 +119,6 @@ fn parse(record: &[u8]) -> Record {
     }
 }
 
-/// The cgroup v2 id of this process: the inode number of its cgroup's directory.
-fn own_cgroup_id() -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup v2 line");
-    let root = flowmetrix::attribution::cgroup_root().expect("a cgroup2 mount");
-    std::fs::metadata(root.join(path.trim_start_matches('/')))
-        .unwrap()
-        .ino()
-}
-
 /// The smallest slot that holds `n` bytes.
 fn slot_for(n: usize) -> usize {
     SLOT_SIZES
@@ -223,7 +209,7 @@ fn every_length(program: &'static str) {
             // A test run gives its skb a socket of its own, in this process's cgroup: TC
             // egress reads that cgroup's id; the other hooks none.
             let cgroup = if program == TC_EGRESS_PROGRAM_NAME {
-                own_cgroup_id()
+                crate::own_cgroup_id()
             } else {
                 0
             };
