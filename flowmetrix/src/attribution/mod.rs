@@ -25,7 +25,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError, RwLock,
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender},
     },
     time::{Duration, Instant},
 };
@@ -276,10 +276,10 @@ impl Resolver {
         }
     }
 
+    /// Asks the thread, never waiting: when its queue is full a later row asks again; when
+    /// it is gone (it could not start) the answer stays null.
     fn ask(&self, r: Request) {
-        match self.0.requests.try_send(r) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-        }
+        let _ = self.0.requests.try_send(r);
     }
 
     /// The workload of cgroup `id`: what the index knows of it, and its pod's name.

@@ -394,6 +394,25 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_keeps_the_cgroup_its_socket_was_seen_with() {
+        let (mut a, _) = agg();
+        let mut v = value(3, 300, 10, 20);
+        v.cgroup_id = 4242;
+        a.add_collected(&Collected {
+            generation: 1,
+            flows: vec![(key(1, 2), v), (key(3, 4), value(1, 100, 10, 10))],
+            // A packet the full map sent as an event carries no cgroup: the flow keeps its.
+            events: vec![event(key(1, 2), 30, 100, 0)],
+            map_entries: 2,
+            max_entries: 2,
+        });
+        let r = rows(&mut a);
+        assert_eq!(r[0].workload.cgroup_id, Some(4242));
+        assert_eq!(r[0].packets, 4);
+        assert_eq!(r[1].workload, Workload::default(), "0 is none");
+    }
+
+    #[test]
     fn a_flow_idle_for_an_interval_gets_no_row() {
         let (mut a, _) = agg();
         a.add_packet(key(1, 2), 10, 100, 0);
