@@ -3,7 +3,7 @@
 //! systemd driver, one plain — send UDP out of the collector's namespace. Each row carries
 //! its own sender's cgroup id (the directory's inode number) and, from the path, the
 //! container id and pod UID; the plain cgroup's rows have none. In packet rows and in flow
-//! rows.
+//! rows; and an answer coming back to the pod's socket gets the pod's cgroup.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -28,7 +28,10 @@ struct Cgroups {
 impl Cgroups {
     fn new() -> Self {
         let root = flowmetrix::attribution::cgroup_root().expect("a cgroup2 mount");
-        let top = root.join(format!("fmx-test-{}", std::process::id()));
+        // One tree per test: the tests of this binary run at once.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let top = root.join(format!("fmx-test-{}-{seq}", std::process::id()));
         let pod = top.join(format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{HEX}.scope",
             UID.replace('-', "_")
@@ -189,4 +192,103 @@ fn flow_rows_carry_their_senders_cgroup_container_and_pod() {
         .filter(|r| r.get("interval_ms").is_some())
         .collect();
     check(&flows, pod, plain);
+}
+
+/// The local port of the UDP socket in namespace `ns` connected to `remote` (`/proc/net/udp`
+/// read there: `ADDR:PORT` in hex, the address in the kernel's byte order).
+fn local_port(ns: &str, remote: ([u8; 4], u16)) -> Option<u16> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/udp"])
+        .output()
+        .ok()?;
+    let want = format!("{:08X}:{:04X}", u32::from_ne_bytes(remote.0), remote.1);
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1)?;
+        (f.next()? == want).then(|| u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok())?
+    })
+}
+
+/// Ingress to a local socket: the answer to a datagram the pod's process sent gets the
+/// process's cgroup from the connection seen leaving (`--direction both`, XDP ingress).
+#[test]
+fn an_answer_to_a_local_socket_gets_the_senders_cgroup() {
+    let cgroups = Cgroups::new();
+    let net = common::NetPair::new();
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &net.ns_a,
+            "addr",
+            "add",
+            "10.231.0.1/24",
+            "dev",
+            &net.if_a,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let collector = net
+        .collector()
+        .args(&[
+            "--direction",
+            "both",
+            "--mode",
+            "flows",
+            "--flow-interval",
+            "1s",
+            "--output",
+            "jsonl",
+        ])
+        .ready(r#"direction="egress""#)
+        .start();
+    let pod_id = Cgroups::id(&cgroups.pod);
+    // One socket, kept open: a datagram out, then a pause while the test answers it.
+    let procs = cgroups.pod.join("cgroup.procs");
+    let script = format!(
+        "echo $$ > '{}' || exit 1; exec 3>/dev/udp/10.231.0.2/9003; echo x >&3; sleep 3",
+        procs.display()
+    );
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", net.ns_a))
+        .args(["bash", "-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("bash");
+    let mut port = None;
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(2),
+        || {
+            port = local_port(&net.ns_a, ([10, 231, 0, 2], 9003));
+            port.is_some()
+        }
+    ));
+    let port = port.unwrap();
+    let mut answer = Vec::new();
+    etherparse::PacketBuilder::ethernet2(common::MAC_B, common::MAC_A)
+        .ipv4([10, 231, 0, 2], [10, 231, 0, 1], 64)
+        .udp(9003, port)
+        .write(&mut answer, b"y")
+        .unwrap();
+    let sender = net.sender();
+    for _ in 0..3 {
+        sender.send(&answer);
+    }
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let rows = done.rows();
+    let flow = |dir: &str, src_port: u64, dst_port: u64| {
+        rows.iter()
+            .find(|r| {
+                r["direction"] == dir && r["src_port"] == src_port && r["dst_port"] == dst_port
+            })
+            .unwrap_or_else(|| panic!("no {dir} flow {src_port} → {dst_port}: {rows:#?}"))
+    };
+    let out = flow("egress", u64::from(port), 9003);
+    let back = flow("ingress", 9003, u64::from(port));
+    assert_eq!(out["cgroup_id"], pod_id, "{out}");
+    assert_eq!(back["cgroup_id"], pod_id, "{back}");
+    assert_eq!(back["packets"], 3, "{back}");
 }
