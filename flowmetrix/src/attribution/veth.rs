@@ -1,11 +1,14 @@
 //! The fallback for rows no socket names: a host-side veth belongs to the pod at its other
 //! end. Best effort, from `/proc` and sysfs alone:
-//! - the interface is one of a pair when its `iflink` (the peer's ifindex) differs from its
-//!   `ifindex`;
+//! - the interface may be one of a pair when it is virtual (no `device` in sysfs) and not
+//!   loopback; its `iflink` is the peer's ifindex. Each namespace numbers its interfaces on
+//!   its own, so a pair numbered alike at both ends (2 ↔ 2, as two fresh namespaces have)
+//!   says nothing about which namespace is the peer's: left null;
 //! - the peer's network namespace is the one, among the namespaces of the processes in
 //!   `/proc` (leaving out ours and PID 1's), whose sysfs (`/proc/PID/root/sys/class/net`, as
 //!   a container or `ip netns exec` mounts it) has an interface whose `ifindex` is our
-//!   `iflink` and whose `iflink` is our `ifindex`;
+//!   `iflink` and whose `iflink` is our `ifindex` — the only one: when several namespaces
+//!   match (their numbers collide, as in namespaces numbered alike), none is taken;
 //! - its cgroup is that of a process in that namespace: one whose cgroup path names a
 //!   container if there is one (in a pod, every container shares the namespace), else the
 //!   lowest PID's. Its id is its directory's inode under the cgroup2 mount.
@@ -69,7 +72,10 @@ pub fn peer_cgroup(roots: &Roots, name: &str) -> Option<u64> {
         return None;
     }
     let (ifindex, iflink) = link(&roots.class_net, name)?;
-    if ifindex == iflink || iflink == 0 {
+    let physical = roots.class_net.join(name).join("device").exists();
+    // A pair numbered alike at both ends (i ↔ i) cannot be told from the many namespaces
+    // that number their first interface alike: left null.
+    if physical || name == "lo" || iflink == 0 || iflink == ifindex {
         return None;
     }
     let skip = [netns(&roots.proc, "self"), netns(&roots.proc, "1")];
@@ -91,7 +97,7 @@ pub fn peer_cgroup(roots: &Roots, name: &str) -> Option<u64> {
         }
         spaces.entry(ns).or_default().push(pid);
     }
-    let members = spaces.into_values().find(|members| {
+    let mut matched = spaces.into_values().filter(|members| {
         let class_net = roots
             .proc
             .join(members[0].to_string())
@@ -100,11 +106,17 @@ pub fn peer_cgroup(roots: &Roots, name: &str) -> Option<u64> {
             d.flatten().any(|e| {
                 e.file_name()
                     .to_str()
+                    .filter(|n| *n != "lo")
                     .and_then(|n| link(&class_net, n))
                     .is_some_and(|(i, l)| i == iflink && l == ifindex)
             })
         })
-    })?;
+    });
+    // Indexes are per namespace: where two namespaces match, neither is known to be ours.
+    let members = matched.next()?;
+    if matched.next().is_some() {
+        return None;
+    }
     let paths: Vec<String> = members
         .iter()
         .take(MAX_MEMBERS)
@@ -165,10 +177,14 @@ mod tests {
             class_net: s.join("class_net"),
             cgroup: s.join("cg"),
         };
-        // Ours: lxc1 (ifindex 7) paired with index 2 elsewhere; eth0 unpaired.
+        // Ours: lxc1 (ifindex 7) paired with index 2 elsewhere; eth0 a NIC; lo.
         iface(&roots.class_net, "lxc1", 7, 2);
         iface(&roots.class_net, "eth0", 3, 3);
+        std::fs::create_dir_all(roots.class_net.join("eth0/device")).unwrap();
         iface(&roots.class_net, "lxc2", 9, 2);
+        iface(&roots.class_net, "lo", 1, 1);
+        // Each namespace numbers its own: a pair may be 2 ↔ 2.
+        iface(&roots.class_net, "veth9", 2, 2);
         std::fs::create_dir_all(roots.proc.join("self/ns")).unwrap();
         symlink("net:[1]", roots.proc.join("self/ns/net")).unwrap();
         process(s, 1, "1", &[("eth0", 3, 3)], "/init.scope");
@@ -179,12 +195,36 @@ mod tests {
         let container = format!("{sandbox}/{HEX}");
         process(s, 100, "60", &[("lo", 1, 1), ("eth0", 2, 7)], sandbox);
         process(s, 101, "60", &[], &container);
+        // A pod whose eth0 is 2 ↔ 2 like veth9 (and a loopback numbered like ours).
+        let other = format!(
+            "/kubepods/besteffort/pod5f1c8a3e-2b4d-4c6e-9f01-23456789abce/{}",
+            &HEX
+        );
+        process(
+            s,
+            200,
+            "70",
+            &[("lo", 1, 1), ("eth0", 2, 2), ("eth1", 3, 5)],
+            &other,
+        );
+        // lxc3 (5 ↔ 3) pairs with that pod's eth1 (3 ↔ 5).
+        iface(&roots.class_net, "lxc3", 5, 3);
         let ino = std::fs::metadata(roots.cgroup.join(container.trim_start_matches('/')))
             .unwrap()
             .ino();
         assert_eq!(peer_cgroup(&roots, "lxc1"), Some(ino));
-        // Unpaired, unknown, no namespace at the other end, bad names: none.
-        for name in ["eth0", "nosuch", "lxc2", "", "../x", "lxc1/.."] {
+        let ino9 = std::fs::metadata(roots.cgroup.join(other.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        // Numbered alike at both ends: not told apart from other namespaces, none.
+        assert_eq!(peer_cgroup(&roots, "veth9"), None);
+        assert_eq!(peer_cgroup(&roots, "lxc3"), Some(ino9));
+        // A second namespace that matches lxc3 as well: ambiguous, none.
+        process(s, 300, "80", &[("eth1", 3, 5)], "/plain");
+        assert_eq!(peer_cgroup(&roots, "lxc3"), None);
+        assert_eq!(peer_cgroup(&roots, "lxc1"), Some(ino));
+        // A NIC, loopback, unknown, no namespace at the other end, bad names: none.
+        for name in ["eth0", "lo", "nosuch", "lxc2", "", "../x", "lxc1/.."] {
             assert_eq!(peer_cgroup(&roots, name), None, "{name}");
         }
         // Without the container, the lowest PID's cgroup.

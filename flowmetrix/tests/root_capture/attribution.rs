@@ -292,3 +292,68 @@ fn an_answer_to_a_local_socket_gets_the_senders_cgroup() {
     assert_eq!(back["cgroup_id"], pod_id, "{back}");
     assert_eq!(back["packets"], 3, "{back}");
 }
+
+/// The host-veth fallback: frames with no socket arriving on a veth whose peer's namespace
+/// holds a process in the pod's cgroup are that pod's (once the background search found it).
+#[test]
+fn frames_from_a_veth_peers_namespace_get_its_process_cgroup() {
+    let cgroups = Cgroups::new();
+    let net = common::NetPair::new();
+    // A process in the peer's namespace (with that namespace's /sys, as a pod has), moved
+    // into the pod's cgroup by the test.
+    // A pair of its own, numbered apart from every other test's (each namespace numbers
+    // its interfaces from 2: pairs numbered alike are ambiguous, and left null).
+    let index = 30_000 + std::process::id() % 20_000;
+    let (host, pod) = (format!("fxh{index}"), format!("fxp{index}"));
+    let (hi, pi) = (index.to_string(), (index + 1).to_string());
+    for cmd in [
+        vec![
+            "ip", "link", "add", &host, "index", &hi, "netns", &net.ns_a, "type", "veth", "peer",
+            "name", &pod, "index", &pi, "netns", &net.ns_b,
+        ],
+        vec![
+            "ip", "-n", &net.ns_a, "link", "set", &host, "arp", "off", "up",
+        ],
+        vec![
+            "ip", "-n", &net.ns_b, "link", "set", &pod, "arp", "off", "up",
+        ],
+    ] {
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    }
+    let mut peer = Command::new("ip")
+        .args(["netns", "exec", &net.ns_b, "sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sleep");
+    std::fs::write(cgroups.pod.join("cgroup.procs"), peer.id().to_string()).unwrap();
+    let collector = net
+        .collector()
+        .args(&["-i", &host, "--output", "jsonl"])
+        .ready("XDP attached")
+        .start();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sender = net.sender_on(&net.ns_b, &pod);
+    sender.send_udp(0..5);
+    // The search runs in the background on the first row that asks.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    sender.send_udp(5..10);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let done = collector.interrupt();
+    let _ = peer.kill();
+    let _ = peer.wait();
+    assert!(done.status.success(), "{}", done.stderr);
+    let rows = done.rows();
+    let late: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["interface"] == host.as_str())
+        .filter(|r| r["src_port"].as_u64().is_some_and(|p| p >= 10_005))
+        .collect();
+    assert!(!late.is_empty(), "{rows:#?}");
+    let pod_id = Cgroups::id(&cgroups.pod);
+    for r in late {
+        assert_eq!(r["cgroup_id"], pod_id, "{r}");
+        assert_eq!(r["container_id"], HEX, "{r}");
+        assert_eq!(r["pod_uid"], UID, "{r}");
+    }
+}
