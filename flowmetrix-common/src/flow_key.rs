@@ -105,6 +105,9 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
     /// OR of the TCP flags bytes seen (u64 for the kernel's 64-bit atomic or).
     pub tcp_flags: u64,
+    /// TC egress: the cgroup v2 id of the socket of the last packet counted (a plain store,
+    /// as `last_seen_ns`); 0: no socket, or not egress.
+    pub cgroup_id: u64,
 }
 
 /// One packet the flow map had no room for, sent to userspace through
@@ -319,7 +322,7 @@ mod tests {
         assert_eq!(offset_of!(FlowKey, direction), 44);
         assert_eq!(offset_of!(FlowKey, protocol), 45);
         assert_eq!(offset_of!(FlowKey, _pad), 46);
-        assert_eq!(size_of::<FlowValue>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 48);
         assert_eq!(size_of::<FlowEvent>(), 72);
         assert_eq!(offset_of!(FlowEvent, ts_boot_ns), 48);
         assert_eq!(offset_of!(FlowEvent, bytes), 56);

@@ -94,6 +94,10 @@ pub struct SampleHeader {
     pub rx_queue: u16,
     /// A [`Direction`] as its u16 value (0 ingress, 1 egress).
     pub direction: u16,
+    /// TC egress: the cgroup v2 id of the socket that sent the packet
+    /// (`bpf_skb_cgroup_id`, the inode number of its cgroup directory); 0 when the packet
+    /// has no socket (forwarded), and always 0 on ingress.
+    pub cgroup_id: u64,
 }
 
 /// The bit of [`SampleHeader::vlan`] that says there is a tag (VLAN ids are 12 bits).
@@ -180,7 +184,8 @@ mod tests {
 
     #[test]
     fn sample_header_layout_is_fixed() {
-        assert_eq!(size_of::<SampleHeader>(), 24);
+        assert_eq!(size_of::<SampleHeader>(), 32);
+        assert_eq!(offset_of!(SampleHeader, cgroup_id), 24);
         assert_eq!(offset_of!(SampleHeader, ts_boot_ns), 0);
         assert_eq!(offset_of!(SampleHeader, wire_len), 8);
         assert_eq!(offset_of!(SampleHeader, cap_len), 12);
@@ -202,10 +207,10 @@ mod tests {
 
     #[test]
     fn sample_layout_is_fixed_and_ring_aligned() {
-        assert_eq!(offset_of!(Sample, data), 24);
-        assert_eq!(size_of::<Sample>(), 24 + MAX_SNAPLEN);
-        assert_eq!(size_of::<Sample<64>>(), 24 + 64);
-        assert_eq!(size_of::<Sample<128>>(), 24 + 128);
+        assert_eq!(offset_of!(Sample, data), 32);
+        assert_eq!(size_of::<Sample>(), 32 + MAX_SNAPLEN);
+        assert_eq!(size_of::<Sample<64>>(), 32 + 64);
+        assert_eq!(size_of::<Sample<128>>(), 32 + 128);
         // bpf_ringbuf_reserve hands out 8-byte aligned records, and the XDP program masks
         // lengths with a slot size - 1.
         assert_eq!(8 % align_of::<Sample>(), 0);

@@ -42,7 +42,7 @@ use flowmetrix_common::{
     },
 };
 
-use crate::packet::Packet;
+use crate::packet::{Packet, cgroup_of};
 
 /// The two flow maps; the programs count into `FLOWS{generation & 1}`. Sized by userspace
 /// (`--flow-max-entries`; the minimum in `packets` mode).
@@ -192,10 +192,11 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
     }
     key.ifindex = ctx.ifindex();
     key.direction = dir as u8;
+    let cgroup = cgroup_of(ctx, dir);
     let counted = if generation & 1 == 0 {
-        add(&FLOWS0, key, bytes, flags)
+        add(&FLOWS0, key, bytes, flags, cgroup)
     } else {
-        add(&FLOWS1, key, bytes, flags)
+        add(&FLOWS1, key, bytes, flags, cgroup)
     };
     // The map had no room: `ts` is the packet's timestamp, read by `add`.
     let Err(ts) = counted else {
@@ -272,9 +273,16 @@ fn key_of<P: Packet>(ctx: &P, prefix: usize, wire_len: u32, key: &mut FlowKey) -
 }
 
 /// Adds the packet to `key`'s entry of `map`, creating it if need be, stamped with the
-/// boot-time clock read here. `Err(timestamp)` when the map has no room for a new entry.
+/// boot-time clock read here, with the `cgroup` id of its socket. `Err(timestamp)` when the
+/// map has no room for a new entry.
 #[inline(always)]
-fn add(map: &HashMap<FlowKey, FlowValue>, key: &FlowKey, bytes: u64, flags: u8) -> Result<(), u64> {
+fn add(
+    map: &HashMap<FlowKey, FlowValue>,
+    key: &FlowKey,
+    bytes: u64,
+    flags: u8,
+    cgroup: u64,
+) -> Result<(), u64> {
     let found = map.get_ptr_mut(key);
     // The clock is read between the lookup and the atomic adds, not before the lookup: the
     // same work, 4–5 ns less per packet on this VM (BENCHMARKS.md, Flows), where the
@@ -283,7 +291,7 @@ fn add(map: &HashMap<FlowKey, FlowValue>, key: &FlowKey, bytes: u64, flags: u8) 
     // SAFETY: no arguments.
     let ts = unsafe { bpf_ktime_get_boot_ns() };
     if let Some(v) = found {
-        bump(v, bytes, ts, flags);
+        bump(v, bytes, ts, flags, cgroup);
         return Ok(());
     }
     let fresh = FlowValue {
@@ -292,13 +300,14 @@ fn add(map: &HashMap<FlowKey, FlowValue>, key: &FlowKey, bytes: u64, flags: u8) 
         first_seen_ns: ts,
         last_seen_ns: ts,
         tcp_flags: u64::from(flags),
+        cgroup_id: cgroup,
     };
     match map.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
         Ok(()) => Ok(()),
         // EEXIST: another CPU created the entry since the lookup.
         Err(-17) => match map.get_ptr_mut(key) {
             Some(v) => {
-                bump(v, bytes, ts, flags);
+                bump(v, bytes, ts, flags, cgroup);
                 Ok(())
             }
             None => Err(ts),
@@ -309,7 +318,7 @@ fn add(map: &HashMap<FlowKey, FlowValue>, key: &FlowKey, bytes: u64, flags: u8) 
 }
 
 #[inline(always)]
-fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8) {
+fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8, cgroup: u64) {
     // The intrinsics, not `AtomicU64`: the bpf target declares no compare-and-swap, so core
     // leaves out the atomic types' read-modify-write methods; the intrinsics compile to the
     // BPF atomic instructions (`lock *(u64 *)(r + off) += r`, and the atomic or of BPF v3,
@@ -320,6 +329,10 @@ fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8) {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, 1);
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, bytes);
         (&raw mut (*v).last_seen_ns).write_volatile(ts);
+        // The last packet's socket wins, as for `last_seen_ns`; ingress leaves it be.
+        if cgroup != 0 {
+            (&raw mut (*v).cgroup_id).write_volatile(cgroup);
+        }
         if flags != 0 {
             atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, u64::from(flags));
         }

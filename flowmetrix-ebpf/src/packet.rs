@@ -6,7 +6,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::generated::{
+        bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+    },
     programs::{TcContext, XdpContext},
 };
 
@@ -32,6 +34,19 @@ pub trait Packet: EbpfContext {
     /// the skb's metadata (on receive it always does, before TC ingress; on transmit with
     /// VLAN offload): the tag was on the wire but is not in the bytes. XDP: never.
     fn vlan_tag(&self) -> Option<u16>;
+    /// The cgroup v2 id of the packet's socket (`bpf_skb_cgroup_id`); 0 without a socket.
+    /// XDP: never one.
+    fn cgroup_id(&self) -> u64;
+}
+
+/// The cgroup id a packet going `dir` is attributed to: its socket's on egress (one helper
+/// call: callers ask only for packets they keep), 0 on ingress, where no socket is known yet.
+#[inline(always)]
+pub fn cgroup_of<P: Packet>(ctx: &P, dir: flowmetrix_common::Direction) -> u64 {
+    match dir {
+        flowmetrix_common::Direction::Egress => ctx.cgroup_id(),
+        flowmetrix_common::Direction::Ingress => 0,
+    }
 }
 
 impl Packet for XdpContext {
@@ -72,6 +87,11 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn vlan_tag(&self) -> Option<u16> {
         None
+    }
+
+    #[inline(always)]
+    fn cgroup_id(&self) -> u64 {
+        0
     }
 }
 
@@ -116,5 +136,11 @@ impl Packet for TcContext {
         // SAFETY: reading fields of the program's own context.
         let (present, tci) = unsafe { ((*self.skb.skb).vlan_present, (*self.skb.skb).vlan_tci) };
         (present != 0).then_some((tci & 0x0fff) as u16)
+    }
+
+    #[inline(always)]
+    fn cgroup_id(&self) -> u64 {
+        // SAFETY: the helper takes the program's own context.
+        unsafe { bpf_skb_cgroup_id(self.skb.skb) }
     }
 }

@@ -18,7 +18,7 @@ use flowmetrix_common::{
     CpuStats, Direction, MAX_SNAPLEN, SLOT_SIZES, Sample, VLAN_PRESENT, WAKEUP_EVERY, next_skip,
 };
 
-use crate::packet::Packet;
+use crate::packet::{Packet, cgroup_of};
 
 /// 1 in SAMPLE_RATE packets is sampled. Set by userspace at load time.
 #[unsafe(no_mangle)]
@@ -134,6 +134,7 @@ fn record<P: Packet, const N: usize>(ctx: &P, want: u32, head: &Head) -> Option<
         (*record).header.rx_queue = ctx.queue() as u16;
         (*record).header.direction = head.dir as u16;
         (*record).header.vlan = vlan.map_or(0, |id| VLAN_PRESENT | id);
+        (*record).header.cgroup_id = cgroup_of(ctx, head.dir);
     }
     entry.submit(u64::from(head.flags));
     Some(())

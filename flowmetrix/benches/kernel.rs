@@ -42,9 +42,21 @@ fn ns_per_packet(program: &'static str, sample_rate: u32, packet: &[u8]) -> f64 
 
 /// [`ns_per_packet`] in `mode` (MODE_* bits).
 fn ns_per_packet_in(program: &'static str, mode: u32, sample_rate: u32, packet: &[u8]) -> f64 {
+    ns_per_packet_of(None, program, mode, sample_rate, packet)
+}
+
+/// [`ns_per_packet_in`] with `object` (None: the embedded one).
+fn ns_per_packet_of(
+    object: Option<&'static [u8]>,
+    program: &'static str,
+    mode: u32,
+    sample_rate: u32,
+    packet: &[u8],
+) -> f64 {
     let mut runs: Vec<f64> = (0..RUNS)
         .map(|_| {
             let loaded = Loaded::load(Settings {
+                object,
                 program,
                 sample_rate,
                 snaplen: 192,
@@ -66,6 +78,9 @@ fn ns_per_packet_in(program: &'static str, mode: u32, sample_rate: u32, packet: 
 
 fn main() {
     // cargo bench passes --bench; nothing to parse.
+    if let Some(path) = std::env::var_os("FLOWMETRIX_BENCH_BEFORE") {
+        return before_after(&path);
+    }
     println!(
         "kernel cost per packet, BPF_PROG_TEST_RUN, {REPEAT} packets a run, median of {RUNS} runs"
     );
@@ -226,4 +241,60 @@ fn flows() {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// `FLOWMETRIX_BENCH_BEFORE=OBJECT`: the TC egress program of an earlier build of the kernel
+/// programs (the object file build.rs leaves in OUT_DIR) against the embedded one and the
+/// empty program, measured in turn in one run, three rounds; the median of each.
+fn before_after(path: &std::ffi::OsStr) {
+    let bytes = std::fs::read(path).expect("the earlier object");
+    // Loaded programs borrow nothing from the bytes after load, but Settings wants 'static.
+    let before: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    println!(
+        "TC egress, before ({}) and after, BPF_PROG_TEST_RUN, {REPEAT} packets a run, median of {RUNS} runs, 3 rounds",
+        path.to_string_lossy()
+    );
+    println!(
+        "{:<12} {:<12} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "case", "frame", "baseline", "before", "after", "before-base", "after-base"
+    );
+    let cases: [(&str, u32, u32); 3] = [
+        ("sampled-out", MODE_PACKETS, 1_000_000),
+        ("sampled-in", MODE_PACKETS, 1),
+        ("flows", MODE_FLOWS, 1),
+    ];
+    for (case, mode, rate) in cases {
+        for len in [64, 1500] {
+            let packet = frame(len);
+            let (mut base, mut old, mut new) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..3 {
+                base.push(ns_per_packet(TC_BASELINE_PROGRAM_NAME, 1, &packet));
+                old.push(ns_per_packet_of(
+                    Some(before),
+                    TC_EGRESS_PROGRAM_NAME,
+                    mode,
+                    rate,
+                    &packet,
+                ));
+                new.push(ns_per_packet_of(
+                    None,
+                    TC_EGRESS_PROGRAM_NAME,
+                    mode,
+                    rate,
+                    &packet,
+                ));
+            }
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (b, o, n) = (median(base), median(old), median(new));
+            println!(
+                "{case:<12} {:<12} {b:>10.1} {o:>10.1} {n:>10.1} {:>12.1} {:>12.1}",
+                format!("{len} bytes"),
+                o - b,
+                n - b
+            );
+        }
+    }
 }

@@ -137,6 +137,7 @@ fn bench_flow_interval(c: &mut Criterion) {
                     first_seen_ns: 1_000,
                     last_seen_ns: 2_000,
                     tcp_flags: 0x18,
+                    cgroup_id: 0,
                 };
                 (k, v)
             })

@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use crate::{
     applications::Applications,
+    attribution::Resolver,
     decode::{self, FrameMeta, Link},
     metrics::Counters,
     offset::{self, AutoPrefix, Prefix, Step},
@@ -28,6 +29,10 @@ pub struct DecodeSettings {
     pub host: Arc<str>,
 }
 
+/// Where a frame came from besides its bytes: interface, the VLAN tag the kernel took out
+/// of the bytes, the cgroup id of its socket (0: none).
+type Origin = (Arc<str>, Option<u16>, u64);
+
 pub struct Decoder {
     prefix: Prefix,
     /// Learning or checking the prefix (`Prefix::Auto` only).
@@ -37,9 +42,11 @@ pub struct Decoder {
     host: Arc<str>,
     /// For samples that do not say their interface.
     interface: Arc<str>,
-    /// The interface and kernel VLAN tag ([`Sample::vlan`]) of each frame `-auto-detect`
-    /// holds, in order.
-    held: VecDeque<(Arc<str>, Option<u16>)>,
+    /// The interface, kernel VLAN tag ([`Sample::vlan`]) and cgroup id of each frame
+    /// `-auto-detect` holds, in order.
+    held: VecDeque<Origin>,
+    /// Which workload each row belongs to (live capture).
+    attribution: Option<Resolver>,
     counters: Arc<Counters>,
     warned: bool,
     /// Whether the prefix was said to be ignored for a non-Ethernet frame.
@@ -60,12 +67,18 @@ impl Decoder {
             host: settings.host,
             interface: Arc::clone(&source.interface),
             held: VecDeque::new(),
+            attribution: None,
             counters,
             warned: false,
             warned_prefix: false,
             learned: watch::Sender::new(None),
             told: None,
         }
+    }
+
+    /// Rows get their [`crate::record::Workload`] from `resolver`.
+    pub fn attribute_with(&mut self, resolver: Resolver) {
+        self.attribution = Some(resolver);
     }
 
     /// `-auto-detect`: the prefix as it is learned (`None` while learning), as the kernel's
@@ -94,7 +107,7 @@ impl Decoder {
             }
             let interface = Arc::clone(s.interface.unwrap_or(&self.interface));
             let frame = (s.frame, s.wire_len, s.ts, s.direction);
-            return self.decode_at(s.link, 0, frame, (interface, s.vlan), out);
+            return self.decode_at(s.link, 0, frame, (interface, s.vlan, s.cgroup_id), out);
         }
         let step = match (&mut self.learner, self.prefix) {
             (Some(auto), _) => {
@@ -111,13 +124,14 @@ impl Decoder {
         };
         let interface = Arc::clone(s.interface.unwrap_or(&self.interface));
         match step {
-            Step::Hold => self.held.push_back((interface, s.vlan)),
+            Step::Hold => self.held.push_back((interface, s.vlan, s.cgroup_id)),
             Step::Use(len) => {
                 let frame = (s.frame, s.wire_len, s.ts, s.direction);
-                self.decode_at(Link::Ethernet, len, frame, (interface, s.vlan), out);
+                let origin = (interface, s.vlan, s.cgroup_id);
+                self.decode_at(Link::Ethernet, len, frame, origin, out);
             }
             Step::Release { offset, frames } => {
-                self.held.push_back((interface, s.vlan));
+                self.held.push_back((interface, s.vlan, s.cgroup_id));
                 self.release(offset, frames, out);
             }
         }
@@ -152,7 +166,7 @@ impl Decoder {
             let interface = self
                 .held
                 .pop_front()
-                .unwrap_or_else(|| (Arc::clone(&self.interface), None));
+                .unwrap_or_else(|| (Arc::clone(&self.interface), None, 0));
             let frame = (&held.bytes[..], held.wire_len, held.ts, held.direction);
             self.decode_at(Link::Ethernet, offset, frame, interface, out);
         }
@@ -160,13 +174,14 @@ impl Decoder {
     }
 
     /// Decodes `frame` (bytes, wire length, time, direction) after a prefix of `prefix`, as
-    /// seen on `interface` with `vlan`, the tag the kernel took out of the bytes (if any).
+    /// seen on `interface` with `vlan`, the tag the kernel took out of the bytes (if any),
+    /// sent by a socket in cgroup `cgroup_id` (0: none).
     fn decode_at(
         &mut self,
         link: Link,
         prefix: usize,
         (frame, wire_len, ts, direction): (&[u8], u32, UnixNanos, Direction),
-        (interface, vlan): (Arc<str>, Option<u16>),
+        (interface, vlan, cgroup_id): Origin,
         out: &mut Vec<PacketRecord>,
     ) {
         // No combinators here: each one would move the ~200-byte row once more.
@@ -197,6 +212,10 @@ impl Decoder {
                 row.host = Arc::clone(&self.host);
                 row.interface = interface;
                 row.direction = direction;
+                match &self.attribution {
+                    Some(a) => a.packet(&mut row, cgroup_id, Instant::now()),
+                    None => row.workload.cgroup_id = (cgroup_id != 0).then_some(cgroup_id),
+                }
                 out.push(row);
             }
             Err(e) => self.not_decoded(&e),
@@ -237,6 +256,7 @@ mod tests {
             ts: UnixNanos(ts),
             ifindex: 3,
             direction: Direction::Ingress,
+            cgroup_id: 0,
             link: Link::Ethernet,
             interface: None,
         })

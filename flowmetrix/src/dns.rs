@@ -18,13 +18,14 @@ use std::{
 };
 
 use crate::{
+    attribution::Resolver,
     decode::{
         self, Link,
         dns::{Message, Transport, parse, qtype_name, rcode_name},
     },
     metrics::DnsCounters,
     offset,
-    record::{Direction, DnsRecord, UnixNanos},
+    record::{Direction, DnsRecord, UnixNanos, Workload},
     sample::Sample,
     schema::ddl::DNS_TABLE,
 };
@@ -79,6 +80,8 @@ pub struct Stage {
     malformed: u64,
     /// The newest capture time seen (a replay's clock).
     newest: UnixNanos,
+    /// Which workload each row belongs to (live capture).
+    attribution: Option<Resolver>,
 }
 
 impl Stage {
@@ -90,7 +93,13 @@ impl Stage {
             counters,
             malformed: 0,
             newest: UnixNanos::default(),
+            attribution: None,
         }
+    }
+
+    /// Rows get their workload from `resolver`.
+    pub fn attribute_with(&mut self, resolver: Resolver) {
+        self.attribution = Some(resolver);
     }
 
     /// One sample, seen on `interface`, after a VMware prefix of `prefix` bytes (None while
@@ -128,19 +137,24 @@ impl Stage {
             return;
         }
         match parse(seg.payload, transport) {
-            Ok(message) => self.transactions.message(
-                Captured {
-                    ts: s.ts,
-                    host: Arc::clone(&self.host),
-                    interface: Arc::clone(interface),
-                    direction: s.direction,
-                    src: seg.src,
-                    dst: seg.dst,
-                    protocol: seg.protocol,
-                    message,
-                },
-                out,
-            ),
+            Ok(message) => {
+                let made = out.len();
+                self.transactions.message(
+                    Captured {
+                        ts: s.ts,
+                        host: Arc::clone(&self.host),
+                        interface: Arc::clone(interface),
+                        direction: s.direction,
+                        src: seg.src,
+                        dst: seg.dst,
+                        protocol: seg.protocol,
+                        message,
+                        cgroup_id: s.cgroup_id,
+                    },
+                    out,
+                );
+                self.attribute(&mut out[made..]);
+            }
             Err(e) => {
                 self.malformed += 1;
                 tracing::debug!("DNS message not read: {e}");
@@ -163,14 +177,25 @@ impl Stage {
     /// Live: queries captured a timeout before the wall clock's `now` time out. A replay:
     /// before its newest packet's time.
     pub fn tick(&mut self, now: Option<UnixNanos>, out: &mut Vec<DnsRecord>) {
+        let made = out.len();
         self.transactions.expire(now.unwrap_or(self.newest), out);
+        self.attribute(&mut out[made..]);
         self.publish();
     }
 
     /// The end of the capture (at `now`, or the newest packet's time in a replay).
     pub fn finish(&mut self, now: Option<UnixNanos>, out: &mut Vec<DnsRecord>) {
+        let made = out.len();
         self.transactions.finish(now.unwrap_or(self.newest), out);
+        self.attribute(&mut out[made..]);
         self.publish();
+    }
+
+    fn attribute(&self, rows: &mut [DnsRecord]) {
+        if let Some(a) = &self.attribution {
+            let now = std::time::Instant::now();
+            rows.iter_mut().for_each(|r| a.dns(r, now));
+        }
     }
 
     fn publish(&self) {
@@ -200,6 +225,8 @@ pub struct Captured {
     /// 17 (UDP) or 6 (TCP).
     pub protocol: u8,
     pub message: Message,
+    /// The cgroup id of the socket that sent it (TC egress; 0: none).
+    pub cgroup_id: u64,
 }
 
 /// What the matcher did, since it was made.
@@ -237,6 +264,7 @@ struct Pending {
     direction: Direction,
     qname: String,
     qtype: u16,
+    cgroup_id: u64,
 }
 
 /// The queries waiting for their answers.
@@ -308,6 +336,7 @@ impl Transactions {
                 direction: m.direction,
                 qname: m.message.qname,
                 qtype: m.message.qtype,
+                cgroup_id: m.cgroup_id,
             },
         );
     }
@@ -389,6 +418,10 @@ fn row(
         dns_rcode: rcode,
         dns_latency_us: latency_us,
         dns_answers: answers,
+        workload: Workload {
+            cgroup_id: (query.cgroup_id != 0).then_some(query.cgroup_id),
+            ..Workload::default()
+        },
     }
 }
 
@@ -427,6 +460,7 @@ mod tests {
             dst: server(),
             protocol: 17,
             message: msg(id, false, 0, 0),
+            cgroup_id: 0,
         }
     }
 
@@ -464,6 +498,7 @@ mod tests {
                 dns_rcode: "NOERROR".into(),
                 dns_latency_us: Some(21_000),
                 dns_answers: Some(2),
+                workload: Workload::default(),
             }]
         );
         assert_eq!(t.pending(), 0);

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    clock,
+    attribution, clock,
     decoder::{DecodeSettings, Decoder},
     dns::{self, DnsSettings},
     flows::{self, FlowSettings},
@@ -177,6 +177,15 @@ pub async fn run_until(
         }
     };
     let mut decoder = Decoder::new(settings.decode.clone(), &info, Arc::clone(&counters));
+    // Live: which workload each row belongs to. The pod index is filled by
+    // `--kube-metadata` (empty without it: pod and namespace stay null).
+    let pods = attribution::kube::PodIndex::default();
+    let resolver = live
+        .then(|| attribution::Resolver::start(pods.clone()))
+        .flatten();
+    if let Some(r) = &resolver {
+        decoder.attribute_with(r.clone());
+    }
     let flow_input = sink.flows.take().map(Arc::new);
     let dns_input = sink.dns.take();
     let mut dns = settings
@@ -184,6 +193,9 @@ pub async fn run_until(
         .as_ref()
         .zip(dns_counters.clone())
         .map(|(d, c)| dns::Stage::new(d, Arc::clone(&settings.decode.host), c));
+    if let (Some(d), Some(r)) = (dns.as_mut(), &resolver) {
+        d.attribute_with(r.clone());
+    }
     let mut dns_rows = Vec::new();
     // Live: the flows stage on its own task; in a replay, counted here from the frames.
     let (stop_flows, flows_stopped) = watch::channel(false);
@@ -193,7 +205,7 @@ pub async fn run_until(
         if live {
             match (source.take_flow_maps(), &flow_input) {
                 (Some(maps), Some(input)) => {
-                    let stage = flows::Live::new(
+                    let mut stage = flows::Live::new(
                         f,
                         Arc::clone(&settings.decode.applications),
                         Arc::clone(&settings.decode.host),
@@ -202,6 +214,9 @@ pub async fn run_until(
                         source.names(),
                         Arc::clone(&info.interface),
                     );
+                    if let Some(r) = &resolver {
+                        stage = stage.attribute_with(r.clone());
+                    }
                     let signals = flows::Signals {
                         prefix: decoder.learned_prefix(),
                         stop: flows_stopped,

@@ -192,6 +192,22 @@ impl Serialize for MplsLabels {
     }
 }
 
+/// Which workload a row belongs to (the `cgroup_id`, `container_id`, `pod_uid`, `pod` and
+/// `namespace` columns); each null when unknown. Filled by [`crate::attribution`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// The cgroup v2 id of the socket that sent the packet (egress), or of the socket the
+    /// connection was seen sending from (ingress); the inode number of its directory.
+    pub cgroup_id: Option<u64>,
+    /// The container's 64-hex id, from the cgroup path (containerd, CRI-O, Docker).
+    pub container_id: Option<Arc<str>>,
+    /// The Kubernetes pod UID, from the cgroup path.
+    pub pod_uid: Option<Arc<str>>,
+    /// The pod's name and namespace (`--kube-metadata`).
+    pub pod: Option<Arc<str>>,
+    pub namespace: Option<Arc<str>>,
+}
+
 /// Capture time as nanoseconds since the Unix epoch (UTC).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnixNanos(pub i64);
@@ -253,6 +269,8 @@ pub struct PacketRecord {
     pub mpls_labels: Option<MplsLabels>,
     /// The 1-in-N rate this row was sampled at: multiply counts by it.
     pub sample_rate: u32,
+    /// The workload it belongs to.
+    pub workload: Workload,
 }
 
 impl Default for PacketRecord {
@@ -284,6 +302,7 @@ impl Default for PacketRecord {
             host: unnamed(),
             interface: unnamed(),
             direction: Direction::Ingress,
+            workload: Workload::default(),
         }
     }
 }
@@ -321,6 +340,8 @@ pub struct FlowRecord {
     pub tcp_flags: u8,
     /// The interval's length.
     pub interval_ms: u32,
+    /// The workload it belongs to.
+    pub workload: Workload,
 }
 
 /// One DNS transaction, a query and its answer (or none): field for field the columns of
@@ -351,6 +372,8 @@ pub struct DnsRecord {
     pub dns_latency_us: Option<u64>,
     /// Records in the answer section; null for a timeout.
     pub dns_answers: Option<u16>,
+    /// The client's workload, as for packet rows.
+    pub workload: Workload,
 }
 
 #[cfg(test)]
@@ -377,7 +400,7 @@ mod tests {
         let line = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
             line,
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"","interface":"","direction":"ingress","application":"UNKNOWN","packet_type":"ARP","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"mpls_labels":null,"sample_rate":1}"#
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"","interface":"","direction":"ingress","application":"UNKNOWN","packet_type":"ARP","packet_size":60,"ether_type":2054,"src_mac":"aa:bb:cc:00:01:02","dst_mac":"ff:ff:ff:ff:ff:ff","vlan_id":42,"protocol":null,"src_ip":"10.0.0.1","dst_ip":"fe80::1","src_port":null,"dst_port":null,"tcp_flags":null,"tunnel":null,"inner_src_ip":null,"inner_dst_ip":null,"inner_protocol":null,"inner_src_port":null,"inner_dst_port":null,"mpls_labels":null,"sample_rate":1,"cgroup_id":null,"container_id":null,"pod_uid":null,"pod":null,"namespace":null}"#
         );
     }
 

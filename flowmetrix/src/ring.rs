@@ -119,6 +119,7 @@ mod tests {
                 ifindex: 3,
                 rx_queue: 1,
                 direction,
+                cgroup_id: 0x0102_0304_0506_0708,
                 ..SampleHeader::default()
             },
             slot,
@@ -142,6 +143,7 @@ mod tests {
         assert_eq!(s.header.wire_len, 1500);
         assert_eq!(s.header.ifindex, 3);
         assert_eq!(s.header.rx_queue, 1);
+        assert_eq!(s.header.cgroup_id, 0x0102_0304_0506_0708);
         assert_eq!(s.direction, KernelDirection::Ingress);
         assert_eq!(s.frame, &[0xab; 60][..]);
         assert_eq!(s.vlan, None);

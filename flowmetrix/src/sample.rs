@@ -30,6 +30,8 @@ pub struct Sample<'a> {
     pub ts: UnixNanos,
     pub ifindex: u32,
     pub direction: Direction,
+    /// The cgroup v2 id of the sending socket (TC egress); 0: none or not known.
+    pub cgroup_id: u64,
     /// What the frame starts with: Ethernet live, the file's link type in a replay.
     pub link: Link,
     /// The name of the interface `ifindex` is (live capture); None: [`SourceInfo::interface`].

@@ -388,6 +388,7 @@ impl Source {
                         ts: clock.wall(s.header.ts_boot_ns),
                         ifindex: s.header.ifindex,
                         direction: s.direction.into(),
+                        cgroup_id: s.header.cgroup_id,
                         link: Link::Ethernet,
                     }));
                 });
@@ -406,6 +407,7 @@ impl Source {
                         ts: info.ts,
                         ifindex: 0,
                         direction: Direction::Ingress,
+                        cgroup_id: 0,
                         link: info.link,
                         interface: info.interface.as_ref(),
                     }));

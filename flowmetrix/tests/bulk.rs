@@ -140,6 +140,30 @@ fn with_no_create_table_a_new_table_gets_its_first_rows_by_row_insert_then_bulk(
     h.assert_accounted(1_000);
 }
 
+/// A table an earlier release made, without the workload columns (`cgroup_id` …
+/// `namespace`): bulk refuses batches with columns the table lacks, the row insert adds them
+/// (as GreptimeDB does), and bulk carries the rest.
+#[test]
+fn a_table_without_the_workload_columns_gains_them_and_then_takes_bulk() {
+    let endpoint = Endpoint::start(None);
+    let new = ["cgroup_id", "container_id", "pod_uid", "pod", "namespace"];
+    let cols: Vec<(&str, greptime_proto::v1::ColumnDataType)> = SCHEMA
+        .iter()
+        .filter(|c| !new.contains(&c.name))
+        .map(|c| (c.name, c.data_type))
+        .collect();
+    endpoint.create_table("public", "t_old", &cols);
+    let mut h = start(cfg(&endpoint, "t_old"));
+    ready(&endpoint);
+    h.offer_batches(0..10, 100, Duration::ZERO);
+    h.finish();
+    assert_exactly(&endpoint, "t_old", 0..1_000);
+    let columns = endpoint.columns("public", "t_old");
+    assert_eq!(columns[columns.len() - 5..], new, "added, in order");
+    assert!(endpoint.bulk_rows("t_old") > 0, "bulk once they exist");
+    h.assert_accounted(1_000);
+}
+
 fn refused_mid_stream(with_codes: bool, table: &str) {
     let endpoint = Endpoint::start(None);
     if with_codes {

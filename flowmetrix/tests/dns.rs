@@ -206,6 +206,11 @@ fn each_query_and_its_answer_is_one_row_and_an_unanswered_one_times_out() {
         "dns_rcode",
         "dns_latency_us",
         "dns_answers",
+        "cgroup_id",
+        "container_id",
+        "pod_uid",
+        "pod",
+        "namespace",
     ];
     let at: Vec<usize> = keys
         .iter()

@@ -299,7 +299,12 @@ fn flow_rows_reach_greptimedb_with_their_types_next_to_packet_rows() {
             "first_seen",
             "last_seen",
             "tcp_flags",
-            "interval_ms"
+            "interval_ms",
+            "cgroup_id",
+            "container_id",
+            "pod_uid",
+            "pod",
+            "namespace"
         ]
     );
     let _ = std::fs::remove_dir_all(&spool);

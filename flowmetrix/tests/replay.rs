@@ -253,6 +253,12 @@ fn ip_udp_row(size: usize, ether_type: u16, src_mac: Value, dst_mac: Value, mpls
         "mpls_labels": mpls,
         "sample_rate": 1,
         "direction": "ingress",
+        // A file says nothing of sockets.
+        "cgroup_id": null,
+        "container_id": null,
+        "pod_uid": null,
+        "pod": null,
+        "namespace": null,
     })
 }
 

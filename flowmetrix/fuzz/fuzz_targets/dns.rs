@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             dst: (addr, 53),
             protocol: 17,
             message,
+            cgroup_id: 0,
         };
         // The same message as query and as answer: at most one row.
         let mut query = captured.clone();

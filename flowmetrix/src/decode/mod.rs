@@ -88,6 +88,7 @@ pub fn decode_link(
         host: record::unnamed(),
         interface: record::unnamed(),
         direction: Direction::Ingress,
+        workload: record::Workload::default(),
     })
 }
 

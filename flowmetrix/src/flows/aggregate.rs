@@ -13,7 +13,7 @@ use crate::{
     applications::Applications,
     decode::{self, Link},
     metrics::{Counters, FlowCounters},
-    record::{Direction, FlowRecord, UnixNanos},
+    record::{Direction, FlowRecord, UnixNanos, Workload},
 };
 
 const PROTO_TCP: u8 = 6;
@@ -61,6 +61,10 @@ impl Aggregator {
                 f.first_seen_ns = f.first_seen_ns.min(v.first_seen_ns);
                 f.last_seen_ns = f.last_seen_ns.max(v.last_seen_ns);
                 f.tcp_flags |= v.tcp_flags;
+                // The socket last seen sending on the flow (0: none in this part).
+                if v.cgroup_id != 0 {
+                    f.cgroup_id = v.cgroup_id;
+                }
             })
             .or_insert(v);
     }
@@ -75,6 +79,7 @@ impl Aggregator {
                 first_seen_ns: ts_ns,
                 last_seen_ns: ts_ns,
                 tcp_flags: u64::from(tcp_flags),
+                cgroup_id: 0,
             },
         );
     }
@@ -194,6 +199,10 @@ impl Aggregator {
                 last_seen: wall(v.last_seen_ns),
                 tcp_flags: (v.tcp_flags & 0xff) as u8,
                 interval_ms,
+                workload: Workload {
+                    cgroup_id: (v.cgroup_id != 0).then_some(v.cgroup_id),
+                    ..Workload::default()
+                },
             });
         }
         Counters::add(&self.counters.rows, out.len() as u64);
@@ -320,6 +329,7 @@ mod tests {
             first_seen_ns: first,
             last_seen_ns: last,
             tcp_flags: 0,
+            cgroup_id: 0,
         }
     }
 
@@ -381,6 +391,25 @@ mod tests {
             (Counters::get(&c.map_entries), Counters::get(&c.map_max)),
             (2, 2)
         );
+    }
+
+    #[test]
+    fn a_flow_keeps_the_cgroup_its_socket_was_seen_with() {
+        let (mut a, _) = agg();
+        let mut v = value(3, 300, 10, 20);
+        v.cgroup_id = 4242;
+        a.add_collected(&Collected {
+            generation: 1,
+            flows: vec![(key(1, 2), v), (key(3, 4), value(1, 100, 10, 10))],
+            // A packet the full map sent as an event carries no cgroup: the flow keeps its.
+            events: vec![event(key(1, 2), 30, 100, 0)],
+            map_entries: 2,
+            max_entries: 2,
+        });
+        let r = rows(&mut a);
+        assert_eq!(r[0].workload.cgroup_id, Some(4242));
+        assert_eq!(r[0].packets, 4);
+        assert_eq!(r[1].workload, Workload::default(), "0 is none");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     applications::Applications,
+    attribution::Resolver,
     clock::{self, Clock},
     metrics::{Counters, FlowCounters},
     record::{FlowRecord, UnixNanos},
@@ -44,6 +45,8 @@ pub struct Live {
     /// The name of flows whose interface is not in `names`.
     fallback: Arc<str>,
     warned: bool,
+    /// Which workload each row belongs to.
+    attribution: Option<Resolver>,
 }
 
 /// What the live stage listens to while it runs.
@@ -75,7 +78,14 @@ impl Live {
             names,
             fallback,
             warned: false,
+            attribution: None,
         }
+    }
+
+    /// Rows get their [`crate::record::Workload`] from `resolver`.
+    pub fn attribute_with(mut self, resolver: Resolver) -> Self {
+        self.attribution = Some(resolver);
+        self
     }
 
     /// Runs the stage on a task of its own: a collection every interval (the first one an
@@ -142,7 +152,7 @@ impl Live {
         self.since = std::time::Instant::now();
         let clock = Clock::now();
         let (names, fallback) = (self.names.read(), &self.fallback);
-        self.agg.rows(
+        let mut rows = self.agg.rows(
             clock::wall_now(),
             interval,
             |ns| clock.wall(ns),
@@ -152,7 +162,11 @@ impl Live {
                     .cloned()
                     .unwrap_or_else(|| Arc::clone(fallback))
             },
-        )
+        );
+        if let Some(a) = &self.attribution {
+            a.flows(&mut rows, std::time::Instant::now());
+        }
+        rows
     }
 
     fn collected(

@@ -289,11 +289,19 @@ mod tests {
             tcp_flags: 0x12,
             interval_ms: 10_000,
             direction: crate::record::Direction::Egress,
+            workload: crate::record::Workload {
+                cgroup_id: Some(u64::MAX),
+                container_id: Some("c".repeat(64).into()),
+                pod_uid: Some("u".into()),
+                pod: Some("p".into()),
+                namespace: Some("n".into()),
+            },
         };
         let non_ip = crate::record::FlowRecord {
             vlan_id: None,
             src_ip: None,
             dst_ip: None,
+            workload: crate::record::Workload::default(),
             ..flow.clone()
         };
         holds_what_the_row_insert_sends(&[flow, non_ip]);

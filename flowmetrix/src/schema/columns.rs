@@ -232,6 +232,16 @@ pub mod shared {
     pub const SRC_PORT: Def = Def::field("src_port", T::Uint16);
     pub const DST_PORT: Def = Def::field("dst_port", T::Uint16).inverted();
     pub const TCP_FLAGS: Def = Def::field("tcp_flags", T::Uint8);
+    /// Workload attribution: fields, not tags. Ids and pod names are high-cardinality, and
+    /// a table that exists gains a column by `ALTER TABLE … ADD COLUMN` (or the insert),
+    /// which adds fields and leaves the primary key (already five tags in `packet_data`) as
+    /// it is. Namespaces are few: an inverted index for `WHERE "namespace" = …`; ids and
+    /// pod names: bloom filters for equality lookups.
+    pub const CGROUP_ID: Def = Def::field("cgroup_id", T::Uint64);
+    pub const CONTAINER_ID: Def = Def::field("container_id", T::String).bloom();
+    pub const POD_UID: Def = Def::field("pod_uid", T::String).bloom();
+    pub const POD: Def = Def::field("pod", T::String).bloom();
+    pub const NAMESPACE: Def = Def::field("namespace", T::String).inverted();
 }
 
 /// A table's column list, `DEFINITION => |row| value,` one line a column, as a `const`
@@ -321,6 +331,11 @@ pub const SCHEMA: PacketRecord = [
     field("inner_dst_port", T::Uint16) => |r| r.inner_dst_port.into(),
     field("mpls_labels", T::String) => |r| r.mpls_labels.as_ref().into(),
     field("sample_rate", T::Uint32) => |r| r.sample_rate.into(),
+    CGROUP_ID => |r| r.workload.cgroup_id.into(),
+    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
+    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
+    POD => |r| r.workload.pod.as_ref().into(),
+    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
 ]
 }
 
@@ -350,6 +365,11 @@ pub const FLOW_SCHEMA: FlowRecord = [
     field("last_seen", T::TimestampNanosecond) => |r| r.last_seen.into(),
     TCP_FLAGS => |r| r.tcp_flags.into(),
     field("interval_ms", T::Uint32) => |r| r.interval_ms.into(),
+    CGROUP_ID => |r| r.workload.cgroup_id.into(),
+    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
+    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
+    POD => |r| r.workload.pod.as_ref().into(),
+    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
 ]
 }
 
@@ -379,6 +399,11 @@ pub const DNS_SCHEMA: DnsRecord = [
     DNS_RCODE => |r| Datum::Str(&r.dns_rcode),
     DNS_LATENCY_US => |r| r.dns_latency_us.into(),
     field("dns_answers", T::Uint16) => |r| r.dns_answers.into(),
+    CGROUP_ID => |r| r.workload.cgroup_id.into(),
+    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
+    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
+    POD => |r| r.workload.pod.as_ref().into(),
+    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
 ]
 }
 
@@ -425,6 +450,13 @@ pub(crate) mod tests {
             host: "node-1".into(),
             interface: "eth0".into(),
             direction: crate::record::Direction::Egress,
+            workload: crate::record::Workload {
+                cgroup_id: Some(12_345),
+                container_id: Some("0123456789abcdef".repeat(4).into()),
+                pod_uid: Some("5f1c8a3e-2b4d-4c6e-9f01-23456789abcd".into()),
+                pod: Some("checkout-7d9f".into()),
+                namespace: Some("shop".into()),
+            },
         }
     }
 
@@ -446,6 +478,7 @@ pub(crate) mod tests {
             dns_rcode: "NXDOMAIN".into(),
             dns_latency_us: Some(21_000),
             dns_answers: Some(0),
+            workload: crate::record::Workload::default(),
         }
     }
 
@@ -453,7 +486,7 @@ pub(crate) mod tests {
     fn a_dns_row_in_json_and_in_the_row_insert() {
         assert_eq!(
             serde_json::to_string(&dns_record()).unwrap(),
-            r#"{"ts":"2026-11-18T11:06:40.123456789Z","host":"node-1","interface":"eth0","direction":"egress","src_ip":"10.0.0.2","dst_ip":"10.0.0.1","protocol":17,"src_port":40000,"dst_port":53,"dns_id":48879,"dns_qname":"example.com","dns_qtype":"AAAA","dns_rcode":"NXDOMAIN","dns_latency_us":21000,"dns_answers":0}"#
+            r#"{"ts":"2026-11-18T11:06:40.123456789Z","host":"node-1","interface":"eth0","direction":"egress","src_ip":"10.0.0.2","dst_ip":"10.0.0.1","protocol":17,"src_port":40000,"dst_port":53,"dns_id":48879,"dns_qname":"example.com","dns_qtype":"AAAA","dns_rcode":"NXDOMAIN","dns_latency_us":21000,"dns_answers":0,"cgroup_id":null,"container_id":null,"pod_uid":null,"pod":null,"namespace":null}"#
         );
         let timeout = DnsRecord {
             dns_rcode: "TIMEOUT".into(),
@@ -466,7 +499,10 @@ pub(crate) mod tests {
             match v.value_data.as_ref() {
                 Some(v) => assert!(fits(v, c.data_type), "{}: {v:?}", c.name),
                 None => assert!(
-                    ["dns_latency_us", "dns_answers"].contains(&c.name),
+                    ["dns_latency_us", "dns_answers"].contains(&c.name)
+                        || c.name == "cgroup_id"
+                        || c.semantic == SemanticType::Field
+                            && c.data_type == ColumnDataType::String,
                     "{}",
                     c.name
                 ),
@@ -511,6 +547,11 @@ pub(crate) mod tests {
                 "inner_dst_port",
                 "mpls_labels",
                 "sample_rate",
+                "cgroup_id",
+                "container_id",
+                "pod_uid",
+                "pod",
+                "namespace",
             ]
         );
         let tags: Vec<&str> = SCHEMA
@@ -596,6 +637,11 @@ pub(crate) mod tests {
             "src_port",
             "dst_port",
             "tcp_flags",
+            "cgroup_id",
+            "container_id",
+            "pod_uid",
+            "pod",
+            "namespace",
         ] {
             let i = SCHEMA.iter().position(|c| c.name == name).unwrap();
             assert_eq!(row.values[i].value_data, None, "{name}");

@@ -9,7 +9,9 @@ use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 pub use super::columns::Index;
 use super::columns::{
     BYTES, Column, DNS_LATENCY_US, DNS_RCODE, Def, PACKETS,
-    shared::{APPLICATION, DIRECTION, DST_IP, HOST, INTERFACE, PROTOCOL, SRC_IP, TS},
+    shared::{
+        APPLICATION, DIRECTION, DST_IP, HOST, INTERFACE, NAMESPACE, POD, PROTOCOL, SRC_IP, TS,
+    },
 };
 
 /// The default table of flow rows.
@@ -192,10 +194,13 @@ pub fn dns_rollup(dns_table: &str) -> Rollup {
     )
 }
 
-/// The rollups of the packet table (and of the flow table when flows are on).
+/// The rollups of the packet table (and of the flow table when flows are on): per minute by
+/// the shared tags and protocol (`_1m`), by address pair (`_talkers_1m`), and by workload
+/// (`_workloads_1m`: namespace and pod, null for rows no pod is known for).
 pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
     let by = [HOST, INTERFACE, DIRECTION, APPLICATION, PROTOCOL];
     let talkers = [HOST, DIRECTION, SRC_IP, DST_IP];
+    let workloads = [HOST, DIRECTION, NAMESPACE, POD];
     let mut out = vec![
         rollup(
             packet_table,
@@ -226,6 +231,23 @@ pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
             &talkers,
             &flow_sums(),
             "flowmetrix: exact packets and bytes per minute and address pair",
+        ));
+    }
+    // Last, so that the older rollups keep their places.
+    out.push(rollup(
+        packet_table,
+        "workloads_1m",
+        &workloads,
+        SAMPLED_SUMS,
+        "flowmetrix: packets and bytes per minute, namespace and pod, scaled by sample_rate",
+    ));
+    if let Some(flows) = flow_table {
+        out.push(rollup(
+            flows,
+            "workloads_1m",
+            &workloads,
+            &flow_sums(),
+            "flowmetrix: exact packets and bytes per minute, namespace and pod",
         ));
     }
     out

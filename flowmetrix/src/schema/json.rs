@@ -57,6 +57,10 @@ mod tests {
             last_seen: UnixNanos(2),
             tcp_flags: 0,
             interval_ms: 10_000,
+            workload: crate::record::Workload {
+                cgroup_id: Some(7),
+                ..Default::default()
+            },
         };
         let v = serde_json::to_value(&r).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -67,7 +71,7 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"h","interface":"eth0","direction":"egress","application":"DNS","vlan_id":null,"ether_type":2048,"src_ip":"10.0.0.1","dst_ip":"fd00::2","protocol":17,"src_port":40000,"dst_port":53,"packets":3,"bytes":300,"first_seen":"1970-01-01T00:00:00.000000001Z","last_seen":"1970-01-01T00:00:00.000000002Z","tcp_flags":0,"interval_ms":10000}"#
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"h","interface":"eth0","direction":"egress","application":"DNS","vlan_id":null,"ether_type":2048,"src_ip":"10.0.0.1","dst_ip":"fd00::2","protocol":17,"src_port":40000,"dst_port":53,"packets":3,"bytes":300,"first_seen":"1970-01-01T00:00:00.000000001Z","last_seen":"1970-01-01T00:00:00.000000002Z","tcp_flags":0,"interval_ms":10000,"cgroup_id":7,"container_id":null,"pod_uid":null,"pod":null,"namespace":null}"#
         );
     }
 

@@ -128,6 +128,13 @@ mod tests {
             last_seen: UnixNanos(1_795_000_009_000_000_000),
             tcp_flags: 0x1b,
             interval_ms: 10_000,
+            workload: crate::record::Workload {
+                cgroup_id: Some(4026),
+                container_id: Some("ab".repeat(32).into()),
+                pod_uid: Some("5f1c8a3e-2b4d-4c6e-9f01-23456789abcd".into()),
+                pod: Some("checkout-7d9f".into()),
+                namespace: Some("shop".into()),
+            },
         }
     }
 
@@ -155,6 +162,11 @@ mod tests {
                 "last_seen",
                 "tcp_flags",
                 "interval_ms",
+                "cgroup_id",
+                "container_id",
+                "pod_uid",
+                "pod",
+                "namespace",
             ]
         );
         let tags: Vec<&str> = FLOW_SCHEMA

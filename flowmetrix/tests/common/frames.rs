@@ -49,6 +49,12 @@ fn base_row(frame: &[u8]) -> Value {
         "mpls_labels": null,
         "sample_rate": 1,
         "direction": "ingress",
+        // Frames a raw socket sent from a namespace with no process in it: no workload.
+        "cgroup_id": null,
+        "container_id": null,
+        "pod_uid": null,
+        "pod": null,
+        "namespace": null,
     })
 }
 

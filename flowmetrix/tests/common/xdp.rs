@@ -45,6 +45,9 @@ pub struct Settings {
     pub flow_entries: u32,
     pub event_bytes: u32,
     pub prefix: Option<u32>,
+    /// Another build of the kernel programs to load instead of the embedded one (the
+    /// bench's before/after comparison).
+    pub object: Option<&'static [u8]>,
 }
 
 impl Default for Settings {
@@ -60,6 +63,7 @@ impl Default for Settings {
             flow_entries: 1024,
             event_bytes: 1 << 20,
             prefix: Some(0),
+            object: None,
         }
     }
 }
@@ -103,7 +107,9 @@ impl Loaded {
             .map_max_entries(FLOW_MAPS[0], if flows { s.flow_entries } else { 1 })
             .map_max_entries(FLOW_MAPS[1], if flows { s.flow_entries } else { 1 })
             .map_max_entries(FLOW_EVENTS_MAP, if flows { s.event_bytes } else { 4096 })
-            .load(kernel_object::object().expect("the kernel programs (--features ebpf)"))
+            .load(s.object.unwrap_or_else(|| {
+                kernel_object::object().expect("the kernel programs (--features ebpf)")
+            }))
             .expect("load the XDP object (needs root)");
         // Built in every mode: in `packets` mode the programs never touch them.
         let flows = Some(FlowMaps::from_ebpf(&mut ebpf, s.prefix).expect("flow maps"));

@@ -47,7 +47,7 @@ fn an_endpoint_stopped_mid_stream_and_restarted_loses_and_doubles_no_row() {
     );
     // The DDL ran once, on one endpoint; the start-up check on both.
     let creates = |e: &Endpoint| e.sql().iter().filter(|s| s.starts_with("CREATE")).count();
-    assert_eq!(creates(&a) + creates(&b), 3, "{:?} {:?}", a.sql(), b.sql());
+    assert_eq!(creates(&a) + creates(&b), 4, "{:?} {:?}", a.sql(), b.sql());
     assert!(a.sql().contains(&"USE \"public\"".to_owned()));
     assert!(b.sql().contains(&"USE \"public\"".to_owned()));
 }
@@ -181,7 +181,11 @@ fn down_at_start_gets_the_tables_by_ddl_first(spool: bool) {
     assert!(endpoint.append_only("public", "packet_data"));
     assert_eq!(
         endpoint.flows("public").keys().collect::<Vec<_>>(),
-        ["packet_data_1m_flow", "packet_data_talkers_1m_flow"]
+        [
+            "packet_data_1m_flow",
+            "packet_data_talkers_1m_flow",
+            "packet_data_workloads_1m_flow"
+        ]
     );
     assert_eq!(
         logs.lines_with("created when GreptimeDB first answers")

@@ -21,6 +21,8 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
             "packet_data_talkers_1m",
             "flow_data_1m",
             "flow_data_talkers_1m",
+            "packet_data_workloads_1m",
+            "flow_data_workloads_1m",
             "dns_data_1m"
         ]
     );
@@ -66,7 +68,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
     assert_eq!(roles["ts"], SemanticType::Timestamp);
     assert!(endpoint.append_only("public", "packet_data"));
     assert!(endpoint.append_only("public", "flow_data"));
-    assert_eq!(endpoint.column_types("public", "flow_data").len(), 18);
+    assert_eq!(endpoint.column_types("public", "flow_data").len(), 23);
     assert!(endpoint.append_only("public", "dns_data"));
     let want: Vec<(String, ColumnDataType)> = DNS_SCHEMA
         .iter()
@@ -74,7 +76,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
         .collect();
     assert_eq!(endpoint.column_types("public", "dns_data"), want);
     let flows = endpoint.flows("public");
-    assert_eq!(flows.len(), 5);
+    assert_eq!(flows.len(), 7);
     // The flow engine made the sink tables.
     assert_eq!(
         endpoint.tables("public"),
@@ -84,9 +86,11 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
             "flow_data",
             "flow_data_1m",
             "flow_data_talkers_1m",
+            "flow_data_workloads_1m",
             "packet_data",
             "packet_data_1m",
-            "packet_data_talkers_1m"
+            "packet_data_talkers_1m",
+            "packet_data_workloads_1m"
         ]
     );
 
@@ -134,7 +138,12 @@ fn flows_off_makes_no_flow_table_and_no_create_table_sends_no_ddl() {
     });
     assert_eq!(
         endpoint.tables("public"),
-        ["packet_data", "packet_data_1m", "packet_data_talkers_1m"]
+        [
+            "packet_data",
+            "packet_data_1m",
+            "packet_data_talkers_1m",
+            "packet_data_workloads_1m"
+        ]
     );
 
     let endpoint = Endpoint::start(None);
@@ -298,6 +307,11 @@ fn a_table_of_the_go_original_is_used_as_it_is_and_gains_the_new_columns() {
             "inner_dst_port",
             "mpls_labels",
             "sample_rate",
+            "cgroup_id",
+            "container_id",
+            "pod_uid",
+            "pod",
+            "namespace",
         ]
     );
     assert!(
@@ -323,7 +337,14 @@ fn pending_rollups_are_made_once_the_insert_added_their_columns() {
     runtime().block_on(async {
         let pool = Endpoints::connect(&c).unwrap();
         let done = prepare(&pool, &c, false).await;
-        assert_eq!(done.pending, ["packet_data_1m", "packet_data_talkers_1m"]);
+        assert_eq!(
+            done.pending,
+            [
+                "packet_data_1m",
+                "packet_data_talkers_1m",
+                "packet_data_workloads_1m"
+            ]
+        );
         assert!(endpoint.flows("public").is_empty());
         let res = pool
             .insert(
@@ -335,12 +356,12 @@ fn pending_rollups_are_made_once_the_insert_added_their_columns() {
             .await;
         assert_eq!(res, Ok(1));
         let deadline = Instant::now() + ddl::PENDING_RETRY * 2;
-        while endpoint.flows("public").len() < 2 && Instant::now() < deadline {
+        while endpoint.flows("public").len() < 3 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    assert_eq!(endpoint.flows("public").len(), 2, "{}", logs.text());
-    assert_eq!(logs.lines_with("is in place").len(), 2, "{}", logs.text());
+    assert_eq!(endpoint.flows("public").len(), 3, "{}", logs.text());
+    assert_eq!(logs.lines_with("is in place").len(), 3, "{}", logs.text());
 }
 
 #[test]
@@ -374,6 +395,8 @@ fn a_type_clash_is_one_clear_error_line_and_counted() {
 const COLUMN_NAMES: &[(&str, bool)] = &[
     ("application", true),
     ("bytes", true),
+    ("cgroup_id", false),
+    ("container_id", false),
     ("dns_answers", false),
     ("dns_errors", false),
     ("dns_id", false),
@@ -402,9 +425,12 @@ const COLUMN_NAMES: &[(&str, bool)] = &[
     ("last_seen", false),
     ("minute", true),
     ("mpls_labels", false),
+    ("namespace", false),
     ("packet_size", false),
     ("packet_type", false),
     ("packets", false),
+    ("pod", false),
+    ("pod_uid", false),
     ("protocol", false),
     ("sample_rate", false),
     ("src_ip", false),

@@ -7,6 +7,7 @@
 mod common;
 
 mod attach;
+mod attribution;
 mod capture;
 mod first_hour;
 mod flows;

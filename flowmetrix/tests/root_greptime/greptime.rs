@@ -104,6 +104,11 @@ fn rows_arrive_with_every_column_typed_and_the_table_append_only() {
         ("inner_dst_port", T::Uint16, Field),
         ("mpls_labels", T::String, Field),
         ("sample_rate", T::Uint32, Field),
+        ("cgroup_id", T::Uint64, Field),
+        ("container_id", T::String, Field),
+        ("pod_uid", T::String, Field),
+        ("pod", T::String, Field),
+        ("namespace", T::String, Field),
     ];
     let received = endpoint.received();
     assert!(!received.is_empty());

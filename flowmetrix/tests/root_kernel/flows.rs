@@ -202,6 +202,16 @@ fn keyed_like_userspace(program: &'static str, prefix: usize) {
     for (k, w) in &want {
         assert_eq!(got.get(k), Some(w), "{what}: {k:?}");
     }
+    // TC egress keeps the sending socket's cgroup (a test run's own socket, in this
+    // process's cgroup); the other hooks none.
+    let cgroup = if program == TC_EGRESS_PROGRAM_NAME {
+        crate::own_cgroup_id()
+    } else {
+        0
+    };
+    for (k, v) in &c.flows {
+        assert_eq!(v.cgroup_id, cgroup, "{what}: {k:?}");
+    }
     let s = prog.cpu_stats();
     assert_eq!(s.seen, runs, "{what}");
     assert_eq!(

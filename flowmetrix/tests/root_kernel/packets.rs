@@ -107,6 +107,11 @@ fn parse(record: &[u8]) -> Record {
         ifindex: u32_at(record, offset_of!(SampleHeader, ifindex)),
         rx_queue: u16_at(record, offset_of!(SampleHeader, rx_queue)),
         direction: u16_at(record, offset_of!(SampleHeader, direction)),
+        cgroup_id: u64::from_ne_bytes(
+            record[offset_of!(SampleHeader, cgroup_id)..][..8]
+                .try_into()
+                .unwrap(),
+        ),
     };
     Record {
         header,
@@ -201,6 +206,14 @@ fn every_length(program: &'static str) {
             // BPF_PROG_TEST_RUN without a context runs on loopback's first queue.
             assert_eq!((r.header.ifindex, r.header.rx_queue), (1, 0), "{what}");
             assert_eq!(r.header.direction, direction(program) as u16, "{what}");
+            // A test run gives its skb a socket of its own, in this process's cgroup: TC
+            // egress reads that cgroup's id; the other hooks none.
+            let cgroup = if program == TC_EGRESS_PROGRAM_NAME {
+                crate::own_cgroup_id()
+            } else {
+                0
+            };
+            assert_eq!(r.header.cgroup_id, cgroup, "{what}");
 
             let n = i as u64 + 1;
             let want = Counters {

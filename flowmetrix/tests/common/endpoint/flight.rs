@@ -25,7 +25,7 @@ use greptime_proto::v1::{ColumnSchema, Row, SemanticType, Value as GtValue, valu
 use greptimedb_ingester::{
     arrow_array::{
         Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt8Array, UInt16Array,
-        UInt32Array,
+        UInt32Array, UInt64Array,
     },
     arrow_schema::{DataType, Schema},
 };
@@ -93,6 +93,7 @@ fn column_type(t: &DataType) -> Option<i32> {
         DataType::UInt8 => T::Uint8,
         DataType::UInt16 => T::Uint16,
         DataType::UInt32 => T::Uint32,
+        DataType::UInt64 => T::Uint64,
         DataType::Utf8 => T::String,
         _ => return None,
     } as i32)
@@ -136,6 +137,8 @@ fn to_rows(b: &RecordBatch) -> (Vec<ColumnSchema>, Vec<Row>) {
                         Some(ValueData::U16Value(a.value(r).into()))
                     } else if let Some(a) = any.downcast_ref::<UInt32Array>() {
                         Some(ValueData::U32Value(a.value(r)))
+                    } else if let Some(a) = any.downcast_ref::<UInt64Array>() {
+                        Some(ValueData::U64Value(a.value(r)))
                     } else {
                         any.downcast_ref::<StringArray>()
                             .map(|a| ValueData::StringValue(a.value(r).to_owned()))

@@ -36,6 +36,11 @@ fn packet_data_ddl_is_the_documented_one() {
   "inner_dst_port" SMALLINT UNSIGNED NULL,
   "mpls_labels" STRING NULL,
   "sample_rate" INT UNSIGNED NULL,
+  "cgroup_id" BIGINT UNSIGNED NULL,
+  "container_id" STRING NULL {bloom},
+  "pod_uid" STRING NULL {bloom},
+  "pod" STRING NULL {bloom},
+  "namespace" STRING NULL INVERTED INDEX,
   TIME INDEX ("ts"),
   PRIMARY KEY ("host", "interface", "direction", "application", "packet_type")
 )
@@ -73,6 +78,11 @@ fn flow_data_ddl_is_the_documented_one() {
   "last_seen" TIMESTAMP(9) NULL,
   "tcp_flags" TINYINT UNSIGNED NULL,
   "interval_ms" INT UNSIGNED NULL,
+  "cgroup_id" BIGINT UNSIGNED NULL,
+  "container_id" STRING NULL {bloom},
+  "pod_uid" STRING NULL {bloom},
+  "pod" STRING NULL {bloom},
+  "namespace" STRING NULL INVERTED INDEX,
   TIME INDEX ("ts"),
   PRIMARY KEY ("host", "interface", "direction", "application")
 )
@@ -143,7 +153,12 @@ fn the_primary_keys_are_the_declared_tags_and_every_index_names_a_column() {
             "first_seen",
             "last_seen",
             "tcp_flags",
-            "interval_ms"
+            "interval_ms",
+            "cgroup_id",
+            "container_id",
+            "pod_uid",
+            "pod",
+            "namespace"
         ]
     );
 }
@@ -180,7 +195,8 @@ fn rollups_are_named_and_written_in_the_1_0_grammar() {
         names,
         [
             ("packet_data_1m_flow", "packet_data_1m"),
-            ("packet_data_talkers_1m_flow", "packet_data_talkers_1m")
+            ("packet_data_talkers_1m_flow", "packet_data_talkers_1m"),
+            ("packet_data_workloads_1m_flow", "packet_data_workloads_1m")
         ]
     );
     assert_eq!(
@@ -191,13 +207,17 @@ fn rollups_are_named_and_written_in_the_1_0_grammar() {
         "AS SELECT \"host\", \"direction\", \"src_ip\", \"dst_ip\", date_bin(INTERVAL '1 minutes', \"ts\") AS \"minute\""
     ));
     let with_flows = rollups("packet_data", Some("flow_data"));
-    assert_eq!(with_flows.len(), 4);
+    assert_eq!(with_flows.len(), 6);
     assert_eq!(with_flows[2].sink, "flow_data_1m");
     assert_eq!(
         with_flows[2].sql,
         "CREATE FLOW IF NOT EXISTS \"flow_data_1m_flow\" SINK TO \"flow_data_1m\" COMMENT 'flowmetrix: exact packets and bytes per minute' AS SELECT \"host\", \"interface\", \"direction\", \"application\", \"protocol\", date_bin(INTERVAL '1 minutes', \"ts\") AS \"minute\", sum(\"packets\") AS \"packets\", sum(\"bytes\") AS \"bytes\" FROM \"flow_data\" GROUP BY \"host\", \"interface\", \"direction\", \"application\", \"protocol\", \"minute\""
     );
     assert_eq!(with_flows[3].sink, "flow_data_talkers_1m");
+    assert!(r[2].sql.contains(
+        "AS SELECT \"host\", \"direction\", \"namespace\", \"pod\", date_bin(INTERVAL '1 minutes', \"ts\") AS \"minute\""
+    ));
+    assert_eq!(with_flows[5].sink, "flow_data_workloads_1m");
 }
 
 // A tiny evaluator of the rollups' SELECT, with SQL's integer types: a product is computed
@@ -418,6 +438,8 @@ fn packet(minute: i64, second: i64, size: u16, rate: u32) -> BTreeMap<&'static s
         ("protocol", V::U(6, 8)),
         ("src_ip", s("10.0.0.1")),
         ("dst_ip", s("10.0.0.2")),
+        ("namespace", s("shop")),
+        ("pod", s("checkout-7d9f")),
         ("packet_size", V::U(u64::from(size), 16)),
         ("sample_rate", V::U(u64::from(rate), 32)),
     ])
@@ -480,6 +502,8 @@ fn flow_rollups_add_exact_counts() {
             ("protocol", V::U(17, 8)),
             ("src_ip", s("10.0.0.1")),
             ("dst_ip", s("10.0.0.53")),
+            ("namespace", s("shop")),
+            ("pod", s("checkout-7d9f")),
             ("packets", V::U(packets, 64)),
             ("bytes", V::U(bytes, 64)),
         ])
