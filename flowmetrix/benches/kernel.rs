@@ -344,8 +344,18 @@ fn flows(before: Option<&'static [u8]>) {
     println!();
     println!("flows: cost per packet (every packet counted in the flow map; one flow, a hit)");
     println!(
-        "{:<5} {:<10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "hook", "frame", "base", "packets", "flows-b", "both-b", "bef flows", "bef both", "insns"
+        "{:<5} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>6}",
+        "hook",
+        "frame",
+        "base",
+        "packets",
+        "flows-b",
+        "both-b",
+        "both in",
+        "bef flows",
+        "bef both",
+        "bef b.in",
+        "insns"
     );
     for (hook, baseline, program) in [
         ("xdp", BASELINE_PROGRAM_NAME, PROGRAM_NAME),
@@ -359,23 +369,27 @@ fn flows(before: Option<&'static [u8]>) {
                 ours(program, MODE_PACKETS, 1_000_000, None),
                 ours(program, MODE_FLOWS, 1, None),
                 ours(program, MODE_PACKETS | MODE_FLOWS, 1_000_000, None),
+                // Both, every packet sampled in as well.
+                ours(program, MODE_PACKETS | MODE_FLOWS, 1, None),
             ];
             if let Some(o) = before {
                 v.push(ours(program, MODE_FLOWS, 1, Some(o)));
                 v.push(ours(program, MODE_PACKETS | MODE_FLOWS, 1_000_000, Some(o)));
+                v.push(ours(program, MODE_PACKETS | MODE_FLOWS, 1, Some(o)));
             }
             let m = medians(&v, &packet);
             let base = m[0].0;
-            let (bf, bb) = match before {
-                Some(_) => (fmt(m[4].0 - base), fmt(m[5].0 - base)),
-                None => ("-".into(), "-".into()),
-            };
+            let [bf, bb, bi] = [5, 6, 7].map(|i| match before {
+                Some(_) => fmt(m[i].0 - base),
+                None => "-".into(),
+            });
             println!(
-                "{hook:<5} {:<10} {base:>8.1} {:>8.1} {:>10} {:>10} {bf:>10} {bb:>10} {:>8}",
+                "{hook:<5} {:<10} {base:>8.1} {:>8.1} {:>8} {:>8} {:>8} {bf:>9} {bb:>9} {bi:>9} {:>6}",
                 format!("{len} B"),
                 m[1].0,
                 fmt(m[2].0 - base),
                 fmt(m[3].0 - base),
+                fmt(m[4].0 - base),
                 m[2].1.0,
             );
         }
