@@ -13,7 +13,11 @@
 //!   protocol is the first header that is not one of these (or the last one walked);
 //! - TCP and UDP: ports (and TCP's flags byte); ICMP and ICMPv6: type in `src_port`, code
 //!   in `dst_port`; other protocols: ports 0;
-//! - other EtherTypes (ARP, …): keyed by `ether_type` (and VLAN) alone, addresses 0.
+//! - ARP: the sender and target protocol addresses when they are IPv4 (protocol type
+//!   0x0800, length 4; any hardware address length), as the packet row gives them, stored
+//!   as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`): an ARP key without them stays all
+//!   zero, and an ARP probe's sender 0.0.0.0 is told apart from none. Protocol and ports 0;
+//! - other EtherTypes: keyed by `ether_type` (and VLAN) alone, addresses 0.
 //!
 //! A frame is not keyed ([`parse`] gives `None`) when it is shorter than the prefix and an
 //! Ethernet header, or its IP header is cut short or malformed. Those are counted apart
@@ -54,7 +58,8 @@ pub const IPV6_EXT_MAX: usize = 4;
 pub const MAX_L4_OFFSET: usize = 512;
 
 /// What a flow is counted under. Addresses are in network order, IPv4 in the first four
-/// bytes (the rest zero); ports in host order. Every byte is set (no implicit padding), so
+/// bytes (the rest zero), ARP's as IPv4-mapped IPv6 addresses (module rules); ports in host
+/// order. Every byte is set (no implicit padding), so
 /// the kernel's hash sees no garbage: start from [`FlowKey::ZERO`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,6 +152,12 @@ const VLAN_TAG: usize = 4;
 const VLAN_TAGS_MAX: usize = 2;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+/// Bytes 10 and 11 of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), how a key holds an
+/// ARP packet's IPv4 addresses.
+pub const IPV4_MAPPED: [u8; 2] = [0xff, 0xff];
+/// ARP's fixed header: hardware type, protocol type, their lengths, operation.
+const ARP_HEADER: usize = 8;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const PROTO_ICMP: u8 = 1;
@@ -224,6 +235,10 @@ pub fn parse_ip<F: Frame + ?Sized>(
             key.protocol = next;
             (l4, next)
         }
+        ETHERTYPE_ARP => {
+            arp(f, off, key);
+            return Some(0);
+        }
         _ => return Some(0),
     };
     let Some(l4) = l4 else { return Some(0) };
@@ -255,6 +270,28 @@ pub fn parse_ip<F: Frame + ?Sized>(
         }
         _ => Some(0),
     }
+}
+
+/// An ARP packet's IPv4 sender and target addresses into `key` (module rules); nothing when
+/// it is not about IPv4 or is cut short.
+#[inline(always)]
+fn arp<F: Frame + ?Sized>(f: &F, off: usize, key: &mut FlowKey) {
+    let Some(h) = f.bytes::<ARP_HEADER>(off) else {
+        return;
+    };
+    if be16([h[2], h[3]]) != ETHERTYPE_IPV4 || h[5] != 4 {
+        return;
+    }
+    // Sender hardware address, sender IPv4, target hardware address, target IPv4.
+    let hlen = usize::from(h[4]);
+    let spa = off + ARP_HEADER + hlen;
+    let (Some(src), Some(dst)) = (f.bytes::<4>(spa), f.bytes::<4>(spa + 4 + hlen)) else {
+        return;
+    };
+    key.src_addr[10..12].copy_from_slice(&IPV4_MAPPED);
+    key.src_addr[12..].copy_from_slice(&src);
+    key.dst_addr[10..12].copy_from_slice(&IPV4_MAPPED);
+    key.dst_addr[12..].copy_from_slice(&dst);
 }
 
 /// Walks IPv6 extension headers from `off` (`next`: the fixed header's next header). Gives
@@ -426,6 +463,48 @@ mod tests {
         f[64..66].copy_from_slice(&0x0008u16.to_be_bytes());
         let (k, _) = key_of(&f, 0).unwrap();
         assert_eq!((k.protocol, k.src_port, k.dst_port), (6, 0, 0));
+    }
+
+    /// An Ethernet/ARP frame about IPv4 (hardware address length `hlen`).
+    fn arp_frame(hlen: u8, sender: [u8; 4], target: [u8; 4]) -> [u8; 64] {
+        let mut f = eth(ETHERTYPE_ARP, &[]);
+        let h = usize::from(hlen);
+        f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, hlen, 4, 0, 1]);
+        f[22 + h..26 + h].copy_from_slice(&sender);
+        f[26 + 2 * h..30 + 2 * h].copy_from_slice(&target);
+        f
+    }
+
+    #[test]
+    fn arp_sender_and_target_addresses_as_ipv4_mapped() {
+        let mapped = |a: [u8; 4]| {
+            let mut m = [0u8; 16];
+            m[10..12].copy_from_slice(&IPV4_MAPPED);
+            m[12..].copy_from_slice(&a);
+            m
+        };
+        for hlen in [6, 8] {
+            let f = arp_frame(hlen, [10, 0, 0, 1], [10, 0, 0, 2]);
+            let (k, flags) = key_of(&f, 0).unwrap();
+            assert_eq!((k.ether_type, k.protocol, flags), (ETHERTYPE_ARP, 0, 0));
+            assert_eq!(k.src_addr, mapped([10, 0, 0, 1]));
+            assert_eq!(k.dst_addr, mapped([10, 0, 0, 2]));
+            assert_eq!((k.src_port, k.dst_port), (0, 0));
+        }
+        // A probe's sender 0.0.0.0 is an address.
+        let (k, _) = key_of(&arp_frame(6, [0; 4], [10, 0, 0, 2]), 0).unwrap();
+        assert_eq!(k.src_addr, mapped([0; 4]));
+        // Cut short before the target address, or not about IPv4: keyed, no addresses.
+        let f = arp_frame(6, [10, 0, 0, 1], [10, 0, 0, 2]);
+        let (k, _) = key_of(&f[..41], 0).unwrap();
+        assert_eq!((k.src_addr, k.dst_addr), ([0; 16], [0; 16]));
+        let mut other = f;
+        other[17] = 0x86; // protocol type 0x86dd
+        let (k, _) = key_of(&other, 0).unwrap();
+        assert_eq!(
+            (k.ether_type, k.src_addr, k.dst_addr),
+            (ETHERTYPE_ARP, [0; 16], [0; 16])
+        );
     }
 
     #[test]

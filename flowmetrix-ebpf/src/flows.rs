@@ -30,7 +30,6 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
-    helpers::generated::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, HashMap, RingBuf},
 };
@@ -42,7 +41,7 @@ use flowmetrix_common::{
     },
 };
 
-use crate::packet::{Packet, cgroup_of};
+use crate::packet::{Now, Packet, cgroup_of};
 
 /// The two flow maps; the programs count into `FLOWS{generation & 1}`. Sized by userspace
 /// (`--flow-max-entries`; the minimum in `packets` mode).
@@ -160,7 +159,7 @@ unsafe fn load<const N: usize>(p: usize) -> [u8; N] {
 /// Counts the packet (direction `dir`) in the active flow map, or as an event, an
 /// overflow or not keyed, in `stats`.
 #[inline(always)]
-pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
+pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now) {
     let generation = FLOWCFG.get(FLOW_CFG_GENERATION).copied().unwrap_or(0);
     let prefix = FLOWCFG
         .get(FLOW_CFG_PREFIX)
@@ -194,9 +193,9 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
     key.direction = dir as u8;
     let cgroup = cgroup_of(ctx, dir);
     let counted = if generation & 1 == 0 {
-        add(&FLOWS0, key, bytes, flags, cgroup)
+        add(&FLOWS0, key, bytes, flags, cgroup, now)
     } else {
-        add(&FLOWS1, key, bytes, flags, cgroup)
+        add(&FLOWS1, key, bytes, flags, cgroup, now)
     };
     // The map had no room: `ts` is the packet's timestamp, read by `add`.
     let Err(ts) = counted else {
@@ -273,8 +272,8 @@ fn key_of<P: Packet>(ctx: &P, prefix: usize, wire_len: u32, key: &mut FlowKey) -
 }
 
 /// Adds the packet to `key`'s entry of `map`, creating it if need be, stamped with the
-/// boot-time clock read here, with the `cgroup` id of its socket. `Err(timestamp)` when the
-/// map has no room for a new entry.
+/// packet's time (`now`, read from the clock here unless already read), with the `cgroup`
+/// id of its socket. `Err(timestamp)` when the map has no room for a new entry.
 #[inline(always)]
 fn add(
     map: &HashMap<FlowKey, FlowValue>,
@@ -282,14 +281,14 @@ fn add(
     bytes: u64,
     flags: u8,
     cgroup: u64,
+    now: &Now,
 ) -> Result<(), u64> {
     let found = map.get_ptr_mut(key);
     // The clock is read between the lookup and the atomic adds, not before the lookup: the
     // same work, 4–5 ns less per packet on this VM (BENCHMARKS.md, Flows), where the
     // clock read (`lfence; rdtsc` under a hypervisor) is half of the flow path's cost. Read
     // before the parse or after the adds it costs as much as before the lookup.
-    // SAFETY: no arguments.
-    let ts = unsafe { bpf_ktime_get_boot_ns() };
+    let ts = now.get();
     if let Some(v) = found {
         bump(v, bytes, ts, flags, cgroup);
         return Ok(());

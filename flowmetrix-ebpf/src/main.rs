@@ -34,7 +34,7 @@ use flowmetrix_common::{
     stats_index,
 };
 
-use packet::Packet;
+use packet::{Now, Packet};
 
 /// The mode bits (`MODE_PACKETS`, `MODE_FLOWS`). Set by userspace at load time, as a
 /// constant: the verifier drops the path a mode does not take.
@@ -68,13 +68,15 @@ fn count<P: Packet>(ctx: &P, dir: Direction) {
     // MODE is a load-time constant: the verifier keeps only the paths the mode takes.
     // SAFETY: reading a global set before load.
     let mode = unsafe { read_volatile(&MODE) };
+    // The clock, read once for both (`both` mode).
+    let now = Now::new();
     if mode & MODE_FLOWS != 0 {
-        flows::count(ctx, dir, stats);
+        flows::count(ctx, dir, stats, &now);
     }
     if mode & MODE_PACKETS == 0 {
         return;
     }
-    sampler::sample(ctx, dir, stats);
+    sampler::sample(ctx, dir, stats, &now);
 }
 
 #[xdp]

@@ -9,7 +9,7 @@ use core::{cmp::min, ffi::c_void, ptr::read_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns},
+    helpers::generated::bpf_get_prandom_u32,
     macros::map,
     maps::RingBuf,
 };
@@ -18,7 +18,7 @@ use flowmetrix_common::{
     CpuStats, Direction, MAX_SNAPLEN, SLOT_SIZES, Sample, VLAN_PRESENT, WAKEUP_EVERY, next_skip,
 };
 
-use crate::packet::{Packet, cgroup_of};
+use crate::packet::{Now, Packet, cgroup_of};
 
 /// 1 in SAMPLE_RATE packets is sampled. Set by userspace at load time.
 #[unsafe(no_mangle)]
@@ -38,20 +38,22 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Samples the packet (direction `dir`, counted in `stats`) if its turn has come.
 #[inline(always)]
-pub fn sample<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats) {
+pub fn sample<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now) {
     if stats.countdown > 0 {
         stats.countdown -= 1;
         return;
     }
-    // SAFETY: reading globals that userspace set before load; helpers take no pointers.
-    let (rate, random, ts) = unsafe {
-        (
-            read_volatile(&SAMPLE_RATE),
-            bpf_get_prandom_u32(),
-            bpf_ktime_get_boot_ns(),
-        )
+    // SAFETY: reading a global that userspace set before load.
+    let rate = unsafe { read_volatile(&SAMPLE_RATE) };
+    // A random number only when there is a skip to draw (1:1 has none).
+    // SAFETY: no arguments.
+    let random = if rate > 1 {
+        unsafe { bpf_get_prandom_u32() }
+    } else {
+        0
     };
     stats.countdown = next_skip(rate, random);
+    let ts = now.get();
     stats.sampled += 1;
 
     let wire_len = ctx.wire_len();

@@ -242,6 +242,69 @@ fn both_mode_writes_packet_rows_and_flow_rows_told_apart_by_interval_ms() {
     assert!(lines(&out).iter().all(|r| r.get("interval_ms").is_none()));
 }
 
+/// An Ethernet ARP request about IPv4: who has `target`? Tell `sender`.
+fn arp_ipv4(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&MAC_B);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&MAC_B);
+    f.extend_from_slice(&sender);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn an_arp_flow_row_carries_the_addresses_its_packet_row_has() {
+    let frames = vec![
+        (T0 + SEC, arp_ipv4([10, 1, 0, 1], [10, 1, 0, 2])),
+        // A probe: sender 0.0.0.0.
+        (T0 + 2 * SEC, arp_ipv4([0; 4], [10, 1, 0, 3])),
+    ];
+    let file = pcap("arp.pcap", &frames);
+    let out = replay(&file, &["--mode", "both", "--output", "jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let (flows, packets): (Vec<Value>, Vec<Value>) = lines(&out)
+        .into_iter()
+        .partition(|r| r.get("interval_ms").is_some());
+    assert_eq!((flows.len(), packets.len()), (2, 2), "{stderr}");
+    let want = [("10.1.0.1", "10.1.0.2"), ("0.0.0.0", "10.1.0.3")];
+    for (src, dst) in want {
+        let p = packets
+            .iter()
+            .find(|r| r["dst_ip"] == dst)
+            .unwrap_or_else(|| panic!("a packet row to {dst}: {packets:?}"));
+        assert_eq!(
+            (p["src_ip"].as_str(), p["ether_type"].as_u64()),
+            (Some(src), Some(0x0806))
+        );
+        let f = flows
+            .iter()
+            .find(|r| r["dst_ip"] == dst)
+            .unwrap_or_else(|| panic!("a flow row to {dst}: {flows:?}"));
+        // Every column both rows have and that is the same kind of value in both (the
+        // flow table's protocol and ports are never null: 0 there, null in the packet row).
+        for c in [
+            "host",
+            "interface",
+            "direction",
+            "application",
+            "vlan_id",
+            "ether_type",
+            "src_ip",
+            "dst_ip",
+        ] {
+            assert_eq!(f[c], p[c], "{c}: flow row {f}, packet row {p}");
+        }
+        assert_eq!(
+            (f["packets"].as_u64(), f["protocol"].as_u64()),
+            (Some(1), Some(0))
+        );
+    }
+}
+
 #[test]
 fn flow_rows_reach_greptimedb_with_their_types_next_to_packet_rows() {
     let (frames, want) = traffic();

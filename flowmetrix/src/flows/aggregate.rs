@@ -210,9 +210,14 @@ impl Aggregator {
     }
 }
 
-/// The key's addresses as the decoder writes them; `None` when the flow is not IP.
+/// The key's addresses as the decoder writes them; `None` when the flow is not IP, or is
+/// ARP without IPv4 addresses (the parser writes those IPv4-mapped).
 fn addresses(k: &FlowKey) -> (Option<IpAddr>, Option<IpAddr>) {
     match k.ether_type {
+        flow_key::ETHERTYPE_ARP if k.src_addr[10..12] == flow_key::IPV4_MAPPED => {
+            let v4 = |a: &[u8; 16]| IpAddr::from([a[12], a[13], a[14], a[15]]);
+            (Some(v4(&k.src_addr)), Some(v4(&k.dst_addr)))
+        }
         flow_key::ETHERTYPE_IPV4 => {
             let v4 = |a: &[u8; 16]| IpAddr::from([a[0], a[1], a[2], a[3]]);
             (Some(v4(&k.src_addr)), Some(v4(&k.dst_addr)))

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use flowmetrix::{flows::kernel::FlowMaps, kernel_object};
 use flowmetrix_common::{
-    CpuStats, DEFAULT_SNAPLEN, Direction, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
-    SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
+    CpuStats, DEFAULT_SNAPLEN, Direction, IF_SLOT_MAP, PROGRAM_NAME, SAMPLE_RATE_GLOBAL,
+    SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
     TC_INGRESS_PROGRAM_NAME, WAKEUP_BYTES_GLOBAL,
     flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_FLOWS, MODE_GLOBAL, MODE_PACKETS},
 };
@@ -46,7 +46,7 @@ pub struct Settings {
     pub event_bytes: u32,
     pub prefix: Option<u32>,
     /// Another build of the kernel programs to load instead of the embedded one (the
-    /// bench's before/after comparison).
+    /// kernel bench's before/after runs); None: the embedded object.
     pub object: Option<&'static [u8]>,
 }
 
@@ -134,6 +134,24 @@ impl Loaded {
             stats,
             flows,
         }
+    }
+
+    /// Gives interface `ifindex` counter slot `slot` (what userspace does when it attaches).
+    pub fn set_slot(&mut self, ifindex: u32, slot: u32) {
+        let map = self.ebpf.map_mut(IF_SLOT_MAP).expect("the IFSLOT map");
+        let mut slots: Array<&mut MapData, u32> = Array::try_from(map).expect("IFSLOT is an array");
+        slots.set(ifindex, slot, 0).expect("set a slot");
+    }
+
+    /// The loaded program's size after the verifier: (BPF instructions, JITed bytes).
+    pub fn sizes(&self) -> (u32, u32) {
+        let info = self
+            .ebpf
+            .program(self.program)
+            .expect("loaded above")
+            .info()
+            .expect("program info");
+        (info.size_translated().unwrap_or(0) / 8, info.size_jitted())
     }
 
     /// The flow maps (not taken).
