@@ -187,8 +187,8 @@ pub fn image(root: &Path) -> anyhow::Result<()> {
     let ctr = WorkingContainer(output(Command::new("buildah").args(["from", "scratch"]))?);
     let buildah = |args: &[&str]| run(Command::new("buildah").args(args));
     let bin = bin.to_string_lossy();
-    buildah(&["copy", "--chmod", "0755", &ctr.0, &bin, IMAGE_BIN])?;
-    buildah(&["copy", "--chmod", "0644", &ctr.0, CA_BUNDLE, CA_BUNDLE])?;
+    buildah(&["copy", "--quiet", "--chmod", "0755", &ctr.0, &bin, IMAGE_BIN])?;
+    buildah(&["copy", "--quiet", "--chmod", "0644", &ctr.0, CA_BUNDLE, CA_BUNDLE])?;
     let entrypoint = format!("[\"{IMAGE_BIN}\"]");
     let version = format!("org.opencontainers.image.version={VERSION}");
     buildah(&[
