@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{EBPF, cargo, dist_into, have, run};
+use crate::{EBPF, cargo_cmd, dist_into, have, run};
 
 /// The one target the static build and the image are made for.
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -67,7 +67,7 @@ pub fn static_dist(root: &Path, target: &str) -> anyhow::Result<PathBuf> {
         bail!("musl-gcc is missing (Debian's musl-tools): run `cargo xtask setup` as root");
     }
     // ring and zstd-sys have C parts: the cc crate picks musl-gcc for this target.
-    cargo(&[
+    let mut build = cargo_cmd(&[
         "build",
         "--release",
         "--package",
@@ -76,7 +76,26 @@ pub fn static_dist(root: &Path, target: &str) -> anyhow::Result<PathBuf> {
         EBPF,
         "--target",
         target,
-    ])?;
+    ]);
+    // What cargo set for this process (as `cargo run` of xtask, or a test that runs it):
+    // ring's build script reruns when CARGO_MANIFEST_DIR changes, and with it everything
+    // above ring. Without them the build is the same from a shell, xtask or a test.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_crate = [
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_MANIFEST_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p));
+        if per_crate || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*key)
+        {
+            build.env_remove(&*key);
+        }
+    }
+    run(&mut build)?;
     let built = root.join("target").join(target).join("release/flowmetrix");
     check_static(&built)?;
     let out = dist_dir(root, target);
@@ -187,8 +206,12 @@ pub fn image(root: &Path) -> anyhow::Result<()> {
     let ctr = WorkingContainer(output(Command::new("buildah").args(["from", "scratch"]))?);
     let buildah = |args: &[&str]| run(Command::new("buildah").args(args));
     let bin = bin.to_string_lossy();
-    buildah(&["copy", "--quiet", "--chmod", "0755", &ctr.0, &bin, IMAGE_BIN])?;
-    buildah(&["copy", "--quiet", "--chmod", "0644", &ctr.0, CA_BUNDLE, CA_BUNDLE])?;
+    buildah(&[
+        "copy", "--quiet", "--chmod", "0755", &ctr.0, &bin, IMAGE_BIN,
+    ])?;
+    buildah(&[
+        "copy", "--quiet", "--chmod", "0644", &ctr.0, CA_BUNDLE, CA_BUNDLE,
+    ])?;
     let entrypoint = format!("[\"{IMAGE_BIN}\"]");
     let version = format!("org.opencontainers.image.version={VERSION}");
     buildah(&[
