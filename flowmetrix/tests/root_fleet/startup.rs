@@ -6,7 +6,6 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    os::unix::fs::PermissionsExt as _,
     process::Command,
     sync::{
         Arc,
@@ -19,7 +18,7 @@ use std::{
 use crate::{
     artifacts,
     common::{NetPair, frames::udp_frame},
-    jail,
+    jail, static_binary,
 };
 
 const RUNS: usize = 5;
@@ -47,10 +46,7 @@ fn startup() {
         .collect();
 
     let net = NetPair::new();
-    let root = jail::EmptyRoot::new();
-    let inside = root.0.join("flowmetrix");
-    std::fs::copy(&bin, &inside).expect("copy the binary");
-    std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = static_binary::root_with_binary();
     let (mut attached, mut first_row) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         let (a, r) = one_start(&net, &root);
