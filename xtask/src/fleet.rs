@@ -220,8 +220,6 @@ pub fn image(root: &Path) -> anyhow::Result<()> {
         &entrypoint,
         "--cmd",
         "",
-        "--env",
-        &format!("SSL_CERT_FILE={CA_BUNDLE}"),
         "--os",
         "linux",
         "--arch",
