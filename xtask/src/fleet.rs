@@ -60,7 +60,7 @@ pub fn static_dist(root: &Path, target: &str) -> anyhow::Result<PathBuf> {
     if target != MUSL {
         bail!(
             "only {MUSL} is set up here; another target (aarch64-unknown-linux-musl) needs its \
-             rustup target and a C cross compiler and linker for it (README, \"Static binary\")"
+             rustup target and a C cross compiler and linker for it (README, \"Install\")"
         );
     }
     if !have("musl-gcc") {
@@ -101,7 +101,7 @@ pub fn static_dist(root: &Path, target: &str) -> anyhow::Result<PathBuf> {
     let out = dist_dir(root, target);
     dist_into(root, &built, &out)?;
     let bin = out.join("flowmetrix");
-    // The symbol table is a third of the file; the build in target/TARGET keeps it.
+    // The symbol table is a sixth of the file; the build in target/TARGET keeps it.
     run(Command::new("strip").arg(&bin))?;
     check_static(&bin)?;
     let size = std::fs::metadata(&bin)?.len();
@@ -301,4 +301,26 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::program_interpreter;
+
+    #[test]
+    fn a_dynamically_linked_test_binary_names_its_loader() {
+        // This test binary is linked against the host's glibc.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let interp = program_interpreter(&me).unwrap();
+        assert!(interp.is_some_and(|i| i.contains("ld-linux")));
+    }
+
+    #[test]
+    fn what_is_no_elf_file_or_is_cut_short_is_an_error() {
+        assert!(program_interpreter(b"#!/bin/sh\n").is_err());
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(program_interpreter(&me[..0x30]).is_err());
+        // The header alone, its program headers cut off.
+        assert!(program_interpreter(&me[..0x40]).is_err());
+    }
 }
