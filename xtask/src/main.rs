@@ -14,7 +14,10 @@
 //! - `bench [FILTER]`: setup, then the kernel per-packet cost, the capture rate against
 //!   tcpdump on veth (root) and the userspace criterion benchmarks (BENCHMARKS.md).
 //! - `dist`: setup, release build, then dist/ with the binary, man page, completions and
-//!   the deploy/ files.
+//!   the deploy/ files. `dist --target x86_64-unknown-linux-musl`: the same for one static
+//!   binary, in target/dist/TARGET/ (`fleet.rs`).
+//! - `image`: setup, the static binary, then the OCI image `FROM scratch` with buildah:
+//!   `flowmetrix:VERSION` in the local store and target/image/flowmetrix-VERSION.oci.tar.
 //! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder, the pcap reader or
 //!   the offset learner (no kernel programs needed).
 
@@ -25,6 +28,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod fleet;
 
 #[derive(Parser)]
 #[command(about = "FlowMetrix developer tasks")]
@@ -46,7 +51,15 @@ enum Verb {
     },
     /// Setup, build, and gather what a package needs in dist/: the binary, the man page,
     /// shell completions, the systemd unit, an example config, the Grafana dashboard.
-    Dist,
+    Dist {
+        /// Build one static binary for this target (x86_64-unknown-linux-musl) instead, into
+        /// target/dist/TARGET/.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Setup, the static binary, then the OCI image (FROM scratch, buildah, nothing pulled):
+    /// flowmetrix:VERSION in the local store and target/image/flowmetrix-VERSION.oci.tar.
+    Image,
     /// Setup, then the kernel per-packet cost and the userspace benchmarks; see
     /// BENCHMARKS.md.
     Bench {
@@ -103,12 +116,16 @@ const EBPF: &str = "flowmetrix/ebpf";
 /// Also builds and runs the root tier (tests/root_*; implies `ebpf`).
 const ROOT_TESTS: &str = "flowmetrix/root-tests";
 
-/// Debian packages: the command each provides, and the package.
+/// Debian packages: the command (or, from `/`, the file) each provides, and the package.
 const APT: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("tcpdump", "tcpdump"),
     ("systemd-analyze", "systemd"),
+    // The static binary (C parts of ring and zstd against musl) and the image.
+    ("musl-gcc", "musl-tools"),
+    ("buildah", "buildah"),
+    (fleet::CA_BUNDLE, "ca-certificates"),
 ];
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
@@ -188,10 +205,23 @@ fn xtask(args: Args) -> anyhow::Result<()> {
             }
             cargo(&bench)
         }
-        Verb::Dist => {
+        Verb::Dist { target: None } => {
             setup(&root)?;
             release_build()?;
-            dist(&root)
+            let out = root.join("dist");
+            dist_into(&root, &root.join("target/release/flowmetrix"), &out)?;
+            eprintln!("xtask: wrote {}", out.display());
+            Ok(())
+        }
+        Verb::Dist {
+            target: Some(target),
+        } => {
+            setup(&root)?;
+            fleet::static_dist(&root, &target).map(drop)
+        }
+        Verb::Image => {
+            setup(&root)?;
+            fleet::image(&root)
         }
         Verb::Fuzz { target, seconds } => {
             setup(&root)?;
@@ -291,13 +321,21 @@ fn workspace_root() -> PathBuf {
 fn setup(root: &Path) -> anyhow::Result<()> {
     let missing: Vec<&str> = APT
         .iter()
-        .filter(|(cmd, _)| !have(cmd))
+        .filter(|(cmd, _)| {
+            if cmd.starts_with('/') {
+                !Path::new(cmd).exists()
+            } else {
+                !have(cmd)
+            }
+        })
         .map(|&(_, pkg)| pkg)
         .collect();
     if !missing.is_empty() {
-        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get").args(["update", "-q", "-o", "DPkg::Lock::Timeout=300"]))?;
         run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            // Another apt run (unattended upgrades) may hold the lock for a while.
+            .args(["install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"])
+            .arg("--no-install-recommends")
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
@@ -332,7 +370,12 @@ fn rust_tools(root: &Path) -> anyhow::Result<()> {
         let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
         cargo(&["install", &spec, "--locked", "--force"])?;
     }
-    eprintln!("xtask: setup complete (toolchain {toolchain}, bpf-linker {BPF_LINKER_VERSION})");
+    fleet::musl_target()?;
+    eprintln!(
+        "xtask: setup complete (toolchain {toolchain}, bpf-linker {BPF_LINKER_VERSION}, target \
+         {})",
+        fleet::MUSL
+    );
     Ok(())
 }
 
@@ -343,12 +386,12 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-fn dist(root: &Path) -> anyhow::Result<()> {
-    let bin = root.join("target/release/flowmetrix");
-    let out = root.join("dist");
+/// Fills `out` with the binary `bin`, its man page and shell completions (generated by it),
+/// and the deploy/ files.
+fn dist_into(root: &Path, bin: &Path, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.join("completions"))?;
     let generate = |what: &str| -> anyhow::Result<Vec<u8>> {
-        let o = Command::new(&bin).args(["--generate", what]).output()?;
+        let o = Command::new(bin).args(["--generate", what]).output()?;
         if !o.status.success() || o.stdout.is_empty() {
             bail!("{} --generate {what} failed", bin.display());
         }
@@ -362,7 +405,7 @@ fn dist(root: &Path) -> anyhow::Result<()> {
     ] {
         std::fs::write(out.join("completions").join(file), generate(shell)?)?;
     }
-    std::fs::copy(&bin, out.join("flowmetrix"))?;
+    std::fs::copy(bin, out.join("flowmetrix"))?;
     for file in [
         "flowmetrix.service",
         "flowmetrix.toml",
@@ -371,7 +414,6 @@ fn dist(root: &Path) -> anyhow::Result<()> {
         let name = Path::new(file).file_name().unwrap_or_default();
         std::fs::copy(root.join("deploy").join(file), out.join(name))?;
     }
-    eprintln!("xtask: wrote {}", out.display());
     Ok(())
 }
 

@@ -17,7 +17,8 @@ pub fn if_is_up(name: &str) -> Option<bool> {
         for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
             *dst = src as libc::c_char;
         }
-        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        // The request's type is the C library's: unsigned long in glibc, int in musl.
+        let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req);
         libc::close(fd);
         (rc == 0).then_some(req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0)
     }

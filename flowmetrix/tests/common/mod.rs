@@ -541,7 +541,8 @@ impl Finished {
 }
 
 impl Collector {
-    fn start_until(mut cmd: Command, ready: &str) -> Self {
+    /// Spawns `cmd` (stdout and stderr piped) and waits until a log line contains `ready`.
+    pub fn start_until(mut cmd: Command, ready: &str) -> Self {
         let mut child = cmd.spawn().expect("spawn collector");
         let stderr = child.stderr.take().expect("stderr");
         let mut stdout = child.stdout.take().expect("stdout");
