@@ -18,8 +18,8 @@
 //!   binary, in target/dist/TARGET/ (`fleet.rs`).
 //! - `image`: setup, the static binary, then the OCI image `FROM scratch` with buildah:
 //!   `flowmetrix:VERSION` in the local store and target/image/flowmetrix-VERSION.oci.tar.
-//! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder, the pcap reader or
-//!   the offset learner (no kernel programs needed).
+//! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder, the pcap reader, the
+//!   offset learner or the DNS parser and matcher (no kernel programs needed).
 
 use std::{
     path::{Path, PathBuf},
@@ -67,7 +67,7 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then run a cargo-fuzz target (decode, pcap, offset_learner) for a while.
+    /// Setup, then run a cargo-fuzz target (decode, pcap, offset_learner, dns) for a while.
     Fuzz {
         /// Fuzz target.
         #[arg(default_value = "decode")]
@@ -291,6 +291,14 @@ fn xtask(args: Args) -> anyhow::Result<()> {
                 "--",
                 "-D",
                 "warnings",
+            ])?;
+            // The fuzz targets live outside the workspace: check that they still build.
+            let fuzz = root.join("flowmetrix/fuzz/Cargo.toml");
+            cargo(&[
+                "check",
+                "--manifest-path",
+                &fuzz.to_string_lossy(),
+                "--bins",
             ])?;
             let mut test = vec!["test", "--features", ROOT_TESTS];
             test.extend(args.iter().map(String::as_str));
