@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
+    attribution::kube::{self, KubeSettings, PodIndex},
     decoder::{DecodeSettings, Decoder},
     flows::{self, FlowSettings},
     metrics::{self, Counters, FlowCounters, Gauges, KernelStats, Registry, Shape, Summary},
@@ -52,6 +53,8 @@ pub struct PipelineSettings {
     /// Write flow rows (`--mode flows|both`).
     pub flows: Option<FlowSettings>,
     pub metrics: MetricsSettings,
+    /// `--kube-metadata`: where the pod names come from.
+    pub kube: Option<KubeSettings>,
 }
 
 /// How a run ended: its numbers, and the error that ended it early, if any.
@@ -136,6 +139,12 @@ pub async fn run_until(
         tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
     }
     let (stopping, stopping_rx) = watch::channel(false);
+    // Pod names by UID, kept current by their own task; the stages look them up without
+    // waiting (a pod not yet listed is a miss).
+    let pods = PodIndex::default();
+    if let Some(k) = settings.kube.clone() {
+        kube::start(k, pods.clone(), Arc::clone(&counters), stopping.subscribe());
+    }
     let flow_output = settings
         .flows
         .as_ref()

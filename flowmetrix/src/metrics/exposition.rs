@@ -15,7 +15,7 @@ use prometheus_client::{
 };
 
 use super::{
-    counters::{Counters, FlowCounters},
+    counters::{Counters, FlowCounters, KUBE_ERROR_REASONS, KubeCounters},
     kernel::{DIRECTIONS, DirectionStats},
     registry::Registry,
     summary::FlowSummary,
@@ -258,8 +258,37 @@ impl Collector for Scrape {
         if let Some(f) = &self.0.flows {
             flows(e, &FlowSummary::new(&k, f), f)?;
         }
+        if c.kube.is_on() {
+            kube(e, &c.kube)?;
+        }
         Ok(())
     }
+}
+
+/// `--kube-metadata`: the pod index and the failed reads of the pod list, by reason.
+fn kube(e: &mut DescriptorEncoder, k: &KubeCounters) -> fmt::Result {
+    counter(
+        e,
+        "kube_updates",
+        "Pod lists and watch events taken into the pod index.",
+        Counters::get(&k.updates),
+    )?;
+    gauge(
+        e,
+        "kube_pods",
+        "Pods in the pod index.",
+        Counters::get(&k.pods),
+    )?;
+    let mut m = e.encode_descriptor(
+        "kube_errors",
+        "Failed reads of the pod list, by reason (the index keeps the last good list).",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (reason, n) in KUBE_ERROR_REASONS.iter().zip(&k.errors) {
+        ConstCounter::new(Counters::get(n)).encode(m.encode_family(&[("reason", *reason)])?)?;
+    }
+    Ok(())
 }
 
 /// `--mode flows|both`: the flow rows and the packets counted in them.
