@@ -483,6 +483,25 @@ mod tests {
     }
 
     #[test]
+    fn kube_metrics_are_on_the_page_only_with_kube_metadata() {
+        let r = Arc::new(Registry::default());
+        assert!(!r.render().contains("kube"));
+        let k = &r.counters.kube;
+        k.on.store(true, std::sync::atomic::Ordering::Relaxed);
+        Counters::add(&k.updates, 3);
+        Counters::set(&k.pods, 17);
+        Counters::add(&k.errors[4], 2);
+        let text = r.render();
+        assert_eq!(value(&text, "flowmetrix_kube_updates_total"), Some(3));
+        assert_eq!(value(&text, "flowmetrix_kube_pods"), Some(17));
+        assert!(
+            text.contains("flowmetrix_kube_errors_total{reason=\"status\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("flowmetrix_kube_errors_total{reason=\"token\"} 0"));
+    }
+
+    #[test]
     fn names_and_types_are_the_same_as_before() {
         let r = Arc::new(Registry::default());
         let text = r.render();
