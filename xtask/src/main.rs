@@ -18,6 +18,8 @@
 //! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder, the pcap reader or
 //!   the offset learner (no kernel programs needed).
 
+mod kube_validate;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -301,6 +303,7 @@ fn setup(root: &Path) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    kube_validate::install(root)?;
     rust_tools(root)
 }
 
