@@ -150,9 +150,9 @@ fn a_required_field_removed_or_a_field_misspelt_fails_the_check() {
     assert!(!ok, "a misspelt field passed: {said}");
     // A wrong type.
     let (ok, said) = validate_changed(&ds, |d| {
-        d["spec"]["template"]["spec"]["hostNetwork"] = Value::from("yes");
+        d["spec"]["template"]["spec"]["hostNetwork"] = Value::from("host");
     });
-    assert!(!ok, "hostNetwork: \"yes\" passed: {said}");
+    assert!(!ok, "hostNetwork: \"host\" passed: {said}");
     let svc = manifests::one(&all, "Service");
     let (ok, said) = validate_changed(&svc, |d| remove(d, &["spec", "ports", "0", "port"]));
     assert!(!ok, "a Service port without a number passed: {said}");

@@ -10,9 +10,11 @@
 //! - `kubelet`: the kubelet's own `/pods` on port 10250, which has no watch: a list every
 //!   `--kube-refresh`.
 //!
-//! Every failure (no token, TLS, 401/403, bad JSON, a timeout) is one warning and a count
-//! by reason (`flowmetrix_kube_errors_total`); the task retries with a growing delay
-//! (1 s to 1 min, jittered) and the index keeps the last good list meanwhile.
+//! Every failure (no token, TLS, 401/403, bad JSON, a timeout) is counted by reason
+//! (`flowmetrix_kube_errors_total`) and logged in one line: a warning for the first of its
+//! kind in an outage, a debug line for the ones like it after, one line at recovery. The task
+//! retries with a growing delay (1 s to 1 min, jittered) and the index keeps the last good
+//! list meanwhile.
 
 mod http;
 mod pods;
@@ -169,33 +171,44 @@ async fn keep(settings: &KubeSettings, index: &PodIndex, counters: &KubeCounters
             .build()
     };
     let mut delays = backoff();
-    let mut failing = false;
+    // The reason of the failures since the last good read, and how many: the first of a
+    // kind is a warning, the ones like it after it are debug lines, the recovery one line.
+    let mut failing: Option<(usize, u64)> = None;
     let mut client = None;
     loop {
         let started = Instant::now();
         match round(settings, &mut client, index, counters).await {
             Ok(()) => {
-                if failing {
+                if let Some((_, failures)) = failing.take() {
                     info!(
-                        "--kube-metadata: the pod list is read again ({} pods)",
+                        "--kube-metadata: the pod list is read again after {failures} failed attempts ({} pods)",
                         Counters::get(&counters.pods)
                     );
                 }
-                failing = false;
                 delays = backoff();
                 tokio::time::sleep_until(started + settings.refresh).await;
             }
             Err(e) => {
-                Counters::add(&counters.errors[e.reason()], 1);
+                let reason = e.reason();
+                Counters::add(&counters.errors[reason], 1);
                 client = None; // made afresh: the CA or the endpoint may have changed
-                failing = true;
                 let delay = delays.next().unwrap_or(Duration::from_secs(60));
-                warn!(
-                    "--kube-metadata: cannot read the pod list from {}: {e}; keeping the last one ({} pods), retrying in {:.1?}",
+                let message = format!(
+                    "--kube-metadata: cannot read the pod list from {}: {e}; keeping the last one ({} pods), retrying in {delay:.1?}",
                     settings.url,
                     Counters::get(&counters.pods),
-                    delay
                 );
+                match &mut failing {
+                    Some((last, failures)) if *last == reason => {
+                        *failures += 1;
+                        debug!("{message}");
+                    }
+                    _ => {
+                        let failures = failing.map_or(0, |(_, n)| n);
+                        failing = Some((reason, failures + 1));
+                        warn!("{message}");
+                    }
+                }
                 tokio::time::sleep(delay).await;
             }
         }
