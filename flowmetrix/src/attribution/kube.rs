@@ -16,12 +16,13 @@
 //! retries with a growing delay (1 s to 1 min, jittered) and the index keeps the last good
 //! list meanwhile.
 
+mod error;
 mod http;
+mod index;
 mod pods;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
@@ -30,7 +31,9 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Counters, KubeCounters};
+pub use error::KubeError;
 use http::{Client, Endpoint};
+pub use index::{PodIndex, PodMeta};
 use pods::{Change, PodList, Pods, WatchEvent};
 
 /// Where the ServiceAccount's token and the cluster's CA are mounted in a pod.
@@ -68,75 +71,6 @@ pub struct KubeSettings {
     pub refresh: Duration,
     /// For connecting and for each answer (a list's whole body; a watch's head).
     pub timeout: Duration,
-}
-
-/// Why a read of the pod list failed; each is one line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KubeError {
-    #[error("no ServiceAccount token: {0}")]
-    Token(String),
-    #[error("the cluster CA: {0}")]
-    Ca(String),
-    #[error("cannot connect to {0}")]
-    Connect(String),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("HTTP {status}{hint}")]
-    Status { status: u16, hint: &'static str },
-    #[error("not a pod list: {0}")]
-    Json(String),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("HTTP: {0}")]
-    Http(String),
-}
-
-impl KubeError {
-    /// Its place in [`crate::metrics::KUBE_ERROR_REASONS`].
-    pub fn reason(&self) -> usize {
-        match self {
-            Self::Token(_) => 0,
-            Self::Ca(_) => 1,
-            Self::Connect(_) => 2,
-            Self::Tls(_) => 3,
-            Self::Status { .. } => 4,
-            Self::Json(_) => 5,
-            Self::Timeout(_) => 6,
-            Self::Http(_) => 7,
-        }
-    }
-}
-
-/// A pod's name and namespace, as Kubernetes names them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodMeta {
-    pub name: Arc<str>,
-    pub namespace: Arc<str>,
-}
-
-/// Pods by UID (the UID as the kubelet writes it in cgroup paths, with dashes), shared
-/// between the task that refreshes it and the stages that read it.
-#[derive(Clone, Debug, Default)]
-pub struct PodIndex(Arc<RwLock<HashMap<Box<str>, PodMeta>>>);
-
-impl PodIndex {
-    /// The pod with this UID, if the index knows it. Never waits for a refresh.
-    pub fn lookup(&self, pod_uid: &str) -> Option<PodMeta> {
-        let pods = self
-            .0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pods.get(pod_uid).cloned()
-    }
-
-    /// Replaces the whole index with a fresh pod list.
-    pub fn replace(&self, pods: HashMap<Box<str>, PodMeta>) {
-        let mut current = self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *current = pods;
-    }
 }
 
 /// Starts the task that keeps `index` current from the pod list `settings` name, until
@@ -316,22 +250,4 @@ fn publish(index: &PodIndex, pods: &Pods, counters: &KubeCounters) {
     index.replace(pods.clone());
     Counters::add(&counters.updates, 1);
     Counters::set(&counters.pods, pods.len() as u64);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_replaced_index_answers_lookups_and_misses_are_none() {
-        let index = PodIndex::default();
-        assert_eq!(index.lookup("u1"), None);
-        let meta = PodMeta {
-            name: "checkout-7d9f".into(),
-            namespace: "shop".into(),
-        };
-        index.replace(HashMap::from([("u1".into(), meta.clone())]));
-        assert_eq!(index.lookup("u1"), Some(meta));
-        assert_eq!(index.lookup("u2"), None);
-    }
 }

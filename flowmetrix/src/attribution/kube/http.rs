@@ -22,7 +22,7 @@ use tokio_rustls::{
     },
 };
 
-use super::KubeError;
+use super::error::KubeError;
 
 /// The most a pod list may hold (a node's hundred pods, full specs, are a few MiB).
 pub(super) const MAX_BODY: usize = 64 << 20;

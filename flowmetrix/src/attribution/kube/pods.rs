@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::PodMeta;
+use super::index::PodMeta;
 
 /// A static pod's mirror in the API server carries the UID the kubelet gave the pod (the
 /// one its cgroup is named for) in this annotation; its own `uid` is another.
