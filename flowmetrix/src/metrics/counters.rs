@@ -66,7 +66,8 @@ pub struct KubeCounters {
     pub on: AtomicBool,
     /// Pod lists and watch events taken into the index.
     pub updates: AtomicU64,
-    /// Pods in the index (gauge).
+    /// Pod UIDs in the index (gauge): one a pod, two for a static pod (its own and its
+    /// mirror's).
     pub pods: AtomicU64,
     /// Failed reads of the pod list, by reason ([`KUBE_ERROR_REASONS`]); the index keeps
     /// the last good list.
