@@ -23,7 +23,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    attribution, clock,
+    attribution::{
+        self,
+        kube::{self, KubeSettings, PodIndex},
+    },
+    clock,
     decoder::{DecodeSettings, Decoder},
     dns::{self, DnsSettings},
     flows::{self, FlowSettings},
@@ -58,6 +62,10 @@ pub struct PipelineSettings {
     /// `--mode flows|both`: DNS transactions.
     pub dns: Option<DnsSettings>,
     pub metrics: MetricsSettings,
+    /// `--kube-metadata`: where the pod names come from.
+    pub kube: Option<KubeSettings>,
+    /// `--cgroup-root`: the host's cgroup2 tree (None: this process's cgroup2 mount).
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// How a run ended: its numbers, and the error that ended it early, if any.
@@ -147,6 +155,12 @@ pub async fn run_until(
         tokio::spawn(metrics::serve(listener, Arc::clone(&registry)));
     }
     let (stopping, stopping_rx) = watch::channel(false);
+    // Pod names by UID, kept current by their own task; the stages look them up without
+    // waiting (a pod not yet listed is a miss).
+    let pods = PodIndex::default();
+    if let Some(k) = settings.kube.clone() {
+        kube::start(k, pods.clone(), Arc::clone(&counters), stopping.subscribe());
+    }
     let outputs = sink::Outputs {
         flows: settings
             .flows
@@ -177,11 +191,10 @@ pub async fn run_until(
         }
     };
     let mut decoder = Decoder::new(settings.decode.clone(), &info, Arc::clone(&counters));
-    // Live: which workload each row belongs to. The pod index is filled by
-    // `--kube-metadata` (empty without it: pod and namespace stay null).
-    let pods = attribution::kube::PodIndex::default();
+    // Live: which workload each row belongs to; pod and namespace from the pod index
+    // (`--kube-metadata`; empty without it: they stay null).
     let resolver = live
-        .then(|| attribution::Resolver::start(pods.clone()))
+        .then(|| attribution::Resolver::start(pods.clone(), settings.cgroup_root.clone()))
         .flatten();
     if let Some(r) = &resolver {
         decoder.attribute_with(r.clone());

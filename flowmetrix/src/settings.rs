@@ -7,10 +7,11 @@ use std::{path::Path, sync::Arc};
 
 use crate::{
     applications::Applications,
+    attribution::kube::{KUBELET_PORT, KubeSettings, KubeSource, SERVICE_ACCOUNT_DIR},
     capture::{self, CaptureConfig, Directions, FlowsConfig, IngressHook, TcAttach, XdpMode},
     cli::{
-        Cli, DirectionArg, FileSettings, IngressHookArg, LogFormat, ModeArg, Output, PASSWORD_ENV,
-        TcAttachArg, XdpModeArg,
+        Cli, DirectionArg, FileSettings, IngressHookArg, KubeMetadataArg, LogFormat, ModeArg,
+        Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
     },
     decoder::DecodeSettings,
     dns::{DnsSettings, dns_ports},
@@ -80,6 +81,8 @@ impl Settings {
             ));
         }
         let source = source(cli)?;
+        let host = cli.host_name.clone().unwrap_or_else(host_name);
+        let kube = kube(cli, &host, |name| std::env::var(name).ok())?;
         let decode = DecodeSettings {
             prefix: if cli.auto_detect {
                 Prefix::Auto
@@ -87,7 +90,7 @@ impl Settings {
                 Prefix::Fixed(cli.offset.map_or(0, usize::from))
             },
             applications: Arc::new(Applications::new(file.applications.iter().cloned())),
-            host: cli.host_name.clone().unwrap_or_else(host_name).into(),
+            host: host.into(),
         };
         let sink = SinkSettings {
             output: output(cli, password)?,
@@ -113,6 +116,8 @@ impl Settings {
                     addr: cli.metrics_addr,
                     stats_interval: cli.stats_interval,
                 },
+                kube,
+                cgroup_root: cli.cgroup_root.clone(),
             },
             log: LogSettings {
                 level: match (cli.no_log, cli.debug) {
@@ -204,6 +209,68 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
         }
     }
 }
+
+/// `--kube-metadata`: where the pod list is, for the node named `node` (`--host-name`);
+/// `env` reads the environment (the API server's address, as Kubernetes gives it to a pod).
+fn kube(
+    cli: &Cli,
+    node: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<KubeSettings>, UsageError> {
+    let source = match cli.kube_metadata {
+        KubeMetadataArg::Off => return Ok(None),
+        KubeMetadataArg::Kubelet => KubeSource::Kubelet,
+        KubeMetadataArg::Api => KubeSource::Api,
+    };
+    // The node's name goes into the API server's query: a DNS subdomain, as Kubernetes
+    // requires of node names.
+    let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    if node.is_empty() || !node.chars().all(dns) {
+        return Err(usage(format!(
+            "--kube-metadata: the node name '{node}' is not a Kubernetes node name (lowercase letters, digits, '-' and '.'): set --host-name to the node's name (spec.nodeName)"
+        )));
+    }
+    let url = match (&cli.kube_url, source) {
+        (Some(url), _) => url.clone(),
+        (None, KubeSource::Kubelet) => format!("https://{node}:{KUBELET_PORT}"),
+        (None, KubeSource::Api) => {
+            let (Some(host), Some(port)) = (
+                env("KUBERNETES_SERVICE_HOST"),
+                env("KUBERNETES_SERVICE_PORT"),
+            ) else {
+                return Err(usage(
+                    "--kube-metadata api: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set (not in a pod?): give the API server with --kube-url",
+                ));
+            };
+            if host.contains(':') {
+                format!("https://[{host}]:{port}")
+            } else {
+                format!("https://{host}:{port}")
+            }
+        }
+    };
+    let tls = url.starts_with("https://");
+    if !tls && !url.starts_with("http://") {
+        return Err(usage(format!(
+            "--kube-url {url}: not an https:// (or http://) URL"
+        )));
+    }
+    let account = Path::new(SERVICE_ACCOUNT_DIR);
+    Ok(Some(KubeSettings {
+        source,
+        url,
+        node: node.to_owned(),
+        // Plain HTTP is a local proxy (`kubectl proxy`) that authenticates by itself: no
+        // token goes over it.
+        token_file: tls.then(|| account.join("token")),
+        ca_file: tls.then(|| account.join("ca.crt")),
+        refresh: cli.kube_refresh,
+        timeout: KUBE_TIMEOUT,
+    }))
+}
+
+/// How long the kubelet or the API server may take to answer.
+const KUBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn output(cli: &Cli, password: Option<String>) -> Result<SinkConfig, UsageError> {
     Ok(match cli.output {
@@ -515,6 +582,88 @@ mod tests {
                 "200"
             ])
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn kube_metadata_finds_the_api_server_or_the_kubelet_and_names_the_node() {
+        let kube = |args: &[&str], env: &[(&str, &str)]| {
+            let Ok(Parsed::Run(cli, _)) = cli::parse(args.iter().map(std::ffi::OsString::from))
+            else {
+                panic!("{args:?} did not parse")
+            };
+            let env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>();
+            let node = cli.host_name.clone().unwrap_or_default();
+            super::kube(&cli, &node, |k| env.get(k).cloned())
+        };
+        let base = ["fm", "--pcap", "/dev/null", "--host-name", "node-1.zone"];
+        assert_eq!(kube(&base, &[]), Ok(None));
+        let api = [&base[..], &["--kube-metadata", "api"]].concat();
+        let in_pod = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        let s = kube(&api, &in_pod).unwrap().unwrap();
+        assert_eq!(s.source, KubeSource::Api);
+        assert_eq!(s.url, "https://10.96.0.1:443");
+        assert_eq!(s.node, "node-1.zone");
+        assert_eq!(
+            s.token_file.as_deref(),
+            Some(Path::new(
+                "/var/run/secrets/kubernetes.io/serviceaccount/token"
+            ))
+        );
+        assert_eq!(
+            s.ca_file.as_deref(),
+            Some(Path::new(
+                "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+            ))
+        );
+        assert_eq!(s.refresh, std::time::Duration::from_secs(10));
+        let v6 = [
+            ("KUBERNETES_SERVICE_HOST", "fd00::1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        assert_eq!(
+            kube(&api, &v6).unwrap().unwrap().url,
+            "https://[fd00::1]:443"
+        );
+        let e = kube(&api, &[]).unwrap_err();
+        assert!(
+            e.0.contains("KUBERNETES_SERVICE_HOST") && e.0.contains("--kube-url"),
+            "{e}"
+        );
+        let kubelet = [
+            &base[..],
+            &["--kube-metadata", "kubelet", "--kube-refresh", "3s"],
+        ]
+        .concat();
+        let s = kube(&kubelet, &in_pod).unwrap().unwrap();
+        assert_eq!(s.source, KubeSource::Kubelet);
+        assert_eq!(s.url, "https://node-1.zone:10250");
+        assert_eq!(s.refresh, std::time::Duration::from_secs(3));
+        // A local proxy: no token over plain HTTP.
+        let proxy = [&api[..], &["--kube-url", "http://127.0.0.1:8001"]].concat();
+        let s = kube(&proxy, &[]).unwrap().unwrap();
+        assert_eq!((s.token_file, s.ca_file), (None, None));
+        let bad = [&api[..], &["--kube-url", "10.0.0.1:443"]].concat();
+        assert!(kube(&bad, &[]).unwrap_err().0.contains("not an https://"));
+        let upper = [
+            "fm",
+            "--pcap",
+            "/dev/null",
+            "--host-name",
+            "Node_1",
+            "--kube-metadata",
+            "kubelet",
+        ];
+        let e = kube(&upper, &[]).unwrap_err();
+        assert!(
+            e.0.contains("'Node_1' is not a Kubernetes node name"),
+            "{e}"
         );
     }
 

@@ -59,6 +59,8 @@ fn settings(file: PathBuf, decode: DecodeSettings, output: SinkConfig) -> Pipeli
             addr: None,
             stats_interval: Duration::from_secs(60),
         },
+        kube: None,
+        cgroup_root: None,
     }
 }
 

@@ -21,6 +21,8 @@
 //! - `fuzz [TARGET] [SECONDS]`: setup, then cargo-fuzz on the decoder, the pcap reader, the
 //!   offset learner or the DNS parser and matcher (no kernel programs needed).
 
+mod kube_validate;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -347,6 +349,7 @@ fn setup(root: &Path) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    kube_validate::install(root)?;
     rust_tools(root)
 }
 

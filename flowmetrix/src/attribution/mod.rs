@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::record::{Direction, DnsRecord, FlowRecord, PacketRecord, Workload};
 use cgroup::{CgroupIndex, Walker};
@@ -150,12 +150,26 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    /// On this host: the cgroup2 tree ([`cgroup_root`]). `None` (logged) when there is
-    /// none: rows then carry the cgroup id alone.
-    pub fn start(pods: PodIndex) -> Option<Self> {
-        let Some(root) = cgroup_root() else {
-            info!("no cgroup2 mount: rows carry no container or pod (cgroup ids only)");
-            return None;
+    /// On this host: the cgroup2 tree at `root` (`--cgroup-root`), else this process's
+    /// ([`cgroup_root`]). `None` (logged) when there is none: rows then carry the cgroup id
+    /// alone.
+    pub fn start(pods: PodIndex, root: Option<PathBuf>) -> Option<Self> {
+        let root = match root {
+            Some(r) if r.is_dir() => r,
+            Some(r) => {
+                warn!(
+                    "--cgroup-root {}: not a directory: rows carry no container or pod (cgroup ids only)",
+                    r.display()
+                );
+                return None;
+            }
+            None => {
+                let Some(r) = cgroup_root() else {
+                    info!("no cgroup2 mount: rows carry no container or pod (cgroup ids only)");
+                    return None;
+                };
+                r
+            }
         };
         debug!("cgroup2 tree at {}", root.display());
         Some(Self::with_roots(veth::Roots::host(root), pods))

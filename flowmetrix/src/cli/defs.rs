@@ -252,6 +252,29 @@ pub struct Cli {
           value_parser = parse_host_name)]
     pub partition_hosts: Vec<String>,
 
+    /// Name each row's pod and namespace from this node's pod list: read from the API server
+    /// (list and watch), from the kubelet (polled), or not at all. Uses the pod's
+    /// ServiceAccount token and CA; --host-name is the node's name.
+    #[arg(help_heading = "Kubernetes", long, value_enum, default_value_t = KubeMetadataArg::Off,
+          value_name = "FROM")]
+    pub kube_metadata: KubeMetadataArg,
+
+    /// Where --kube-metadata reads the pod list; default: the API server at
+    /// KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT, or the kubelet at https://NODE:10250.
+    #[arg(help_heading = "Kubernetes", long, value_name = "URL")]
+    pub kube_url: Option<String>,
+
+    /// The host's cgroup2 tree, where a cgroup id is looked up to name its container and pod
+    /// (a DaemonSet mounts the host's /sys/fs/cgroup there); default: this process's cgroup2
+    /// mount.
+    #[arg(help_heading = "Kubernetes", long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// How often the kubelet's pod list is read (the API server's is watched).
+    #[arg(help_heading = "Kubernetes", long, default_value = "10s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub kube_refresh: Duration,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
     #[arg(help_heading = "Operations", long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -377,6 +400,17 @@ pub enum TcAttachArg {
     Auto,
     Tcx,
     Netlink,
+}
+
+/// `--kube-metadata`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KubeMetadataArg {
+    /// No pod names (the default).
+    Off,
+    /// The kubelet's /pods, polled every --kube-refresh (needs nodes/proxy).
+    Kubelet,
+    /// The API server: this node's pods, listed and watched (needs pods list and watch).
+    Api,
 }
 
 /// `--write-path`, as the command line spells it.

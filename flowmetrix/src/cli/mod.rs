@@ -29,9 +29,9 @@ use std::{
 use clap::{FromArgMatches, error::ErrorKind};
 
 pub use defs::{
-    Cli, CompressionArg, DirectionArg, Generate, IngressHookArg, LogFormat, MAX_FLOW_MAX_ENTRIES,
-    MIN_FLOW_MAX_ENTRIES, ModeArg, Output, PASSWORD_ENV, TcAttachArg, WritePathArg, XdpModeArg,
-    command,
+    Cli, CompressionArg, DirectionArg, Generate, IngressHookArg, KubeMetadataArg, LogFormat,
+    MAX_FLOW_MAX_ENTRIES, MIN_FLOW_MAX_ENTRIES, ModeArg, Output, PASSWORD_ENV, TcAttachArg,
+    WritePathArg, XdpModeArg, command,
 };
 pub use file::{ConfigError, DEFAULT_PATH, FileSettings};
 pub use go_flags::normalize_go_flags;

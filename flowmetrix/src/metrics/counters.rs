@@ -11,7 +11,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -50,6 +50,34 @@ pub struct Counters {
     pub spool_segments: AtomicU64,
     /// Time each batch write took, retries included.
     pub write_seconds: DurationHistogram,
+    /// `--kube-metadata`: the pod list.
+    pub kube: KubeCounters,
+}
+
+/// Why a read of the pod list failed (`--kube-metadata`), as the page labels it.
+pub const KUBE_ERROR_REASONS: [&str; 8] = [
+    "token", "ca", "connect", "tls", "status", "json", "timeout", "http",
+];
+
+/// `--kube-metadata`: how the pod list the attribution reads is kept (zero when it is off).
+#[derive(Debug, Default)]
+pub struct KubeCounters {
+    /// `--kube-metadata` is on: the page shows these only then.
+    pub on: AtomicBool,
+    /// Pod lists and watch events taken into the index.
+    pub updates: AtomicU64,
+    /// Pod UIDs in the index (gauge): one a pod, two for a static pod (its own and its
+    /// mirror's).
+    pub pods: AtomicU64,
+    /// Failed reads of the pod list, by reason ([`KUBE_ERROR_REASONS`]); the index keeps
+    /// the last good list.
+    pub errors: [AtomicU64; KUBE_ERROR_REASONS.len()],
+}
+
+impl KubeCounters {
+    pub fn is_on(&self) -> bool {
+        self.on.load(Relaxed)
+    }
 }
 
 /// The flows stage's counters (`--mode flows|both`). The flow table's own sink counters

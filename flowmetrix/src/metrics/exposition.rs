@@ -15,7 +15,7 @@ use prometheus_client::{
 };
 
 use super::{
-    counters::{Counters, FlowCounters},
+    counters::{Counters, FlowCounters, KUBE_ERROR_REASONS, KubeCounters},
     dns::DnsSummary,
     kernel::{DIRECTIONS, DirectionStats},
     registry::Registry,
@@ -262,8 +262,37 @@ impl Collector for Scrape {
         if let Some(d) = &self.0.dns {
             dns(e, &DnsSummary::new(d))?;
         }
+        if c.kube.is_on() {
+            kube(e, &c.kube)?;
+        }
         Ok(())
     }
+}
+
+/// `--kube-metadata`: the pod index and the failed reads of the pod list, by reason.
+fn kube(e: &mut DescriptorEncoder, k: &KubeCounters) -> fmt::Result {
+    counter(
+        e,
+        "kube_updates",
+        "Pod lists and watch events taken into the pod index.",
+        Counters::get(&k.updates),
+    )?;
+    gauge(
+        e,
+        "kube_pods",
+        "Pods in the pod index.",
+        Counters::get(&k.pods),
+    )?;
+    let mut m = e.encode_descriptor(
+        "kube_errors",
+        "Failed reads of the pod list, by reason (the index keeps the last good list).",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (reason, n) in KUBE_ERROR_REASONS.iter().zip(&k.errors) {
+        ConstCounter::new(Counters::get(n)).encode(m.encode_family(&[("reason", *reason)])?)?;
+    }
+    Ok(())
 }
 
 /// `--mode flows|both`: the flow rows and the packets counted in them.
@@ -531,6 +560,25 @@ mod tests {
     fn value(page: &str, name: &str) -> Option<u64> {
         page.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn kube_metrics_are_on_the_page_only_with_kube_metadata() {
+        let r = Arc::new(Registry::default());
+        assert!(!r.render().contains("kube"));
+        let k = &r.counters.kube;
+        k.on.store(true, std::sync::atomic::Ordering::Relaxed);
+        Counters::add(&k.updates, 3);
+        Counters::set(&k.pods, 17);
+        Counters::add(&k.errors[4], 2);
+        let text = r.render();
+        assert_eq!(value(&text, "flowmetrix_kube_updates_total"), Some(3));
+        assert_eq!(value(&text, "flowmetrix_kube_pods"), Some(17));
+        assert!(
+            text.contains("flowmetrix_kube_errors_total{reason=\"status\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("flowmetrix_kube_errors_total{reason=\"token\"} 0"));
     }
 
     #[test]

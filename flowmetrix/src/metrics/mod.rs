@@ -20,7 +20,9 @@ pub mod kernel;
 pub mod registry;
 pub mod summary;
 
-pub use counters::{Counters, DurationHistogram, FlowCounters, WRITE_BUCKETS};
+pub use counters::{
+    Counters, DurationHistogram, FlowCounters, KUBE_ERROR_REASONS, KubeCounters, WRITE_BUCKETS,
+};
 pub use dns::{DnsCounters, DnsSummary};
 pub use flowmetrix_common::Direction;
 pub use http::{Limits, MAX_CONNECTIONS, READ_TIMEOUT, serve, serve_with};

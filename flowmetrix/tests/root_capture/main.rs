@@ -12,6 +12,7 @@ mod capture;
 mod first_hour;
 mod flows;
 mod interfaces;
+mod kube;
 mod lifecycle;
 mod operations;
 mod replay;
