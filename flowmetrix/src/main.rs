@@ -118,29 +118,26 @@ fn spool_command(cmd: Result<SpoolCommand, String>) -> ExitCode {
         Err(msg) => return usage_error(Say { json: false }, &msg),
     };
     let dir = &args.spool_dir;
-    if args.drop {
-        return match list::drop_all(dir) {
+    // A change to the spool: its line, or the error.
+    let changed =
+        |done: Result<(u64, usize), SpoolError>, say: &dyn Fn(u64, usize) -> String| match done {
             Ok((rows, files)) => {
-                println!(
-                    "spool {}: dropped {rows} rows ({files} file(s))",
-                    dir.display()
-                );
+                println!("spool {}: {}", dir.display(), say(rows, files));
                 ExitCode::SUCCESS
             }
             Err(e) => spool_error(&e),
         };
+    if args.drop {
+        return changed(list::drop_all(dir), &|rows, files| {
+            format!("dropped {rows} rows ({files} file(s))")
+        });
     }
     if let Some(database) = &args.replay_to {
-        return match list::replay_to(dir, database) {
-            Ok((rows, files)) => {
-                println!(
-                    "spool {}: {rows} rows ({files} segment(s)) now go to database {database}; the next collector run with this spool replays them there",
-                    dir.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => spool_error(&e),
-        };
+        return changed(list::replay_to(dir, database), &|rows, files| {
+            format!(
+                "{rows} rows ({files} segment(s)) now go to database {database}; the next collector run with this spool replays them there"
+            )
+        });
     }
     match list::list(dir) {
         Ok(listing) => {

@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use super::counters::Counters;
+use super::{counters::Counters, summary::SinkFigures};
 
 #[derive(Debug, Default)]
 pub struct DnsCounters {
@@ -33,13 +33,8 @@ pub struct DnsCounters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DnsSummary {
     pub rows: u64,
-    pub written: u64,
-    pub write_errors: u64,
-    pub queue_drops: u64,
-    pub spooled: u64,
-    pub replayed: u64,
-    pub spool_lost: u64,
-    pub unread: u64,
+    /// What became of them.
+    pub sink: SinkFigures,
     pub queries: u64,
     pub timeouts: u64,
     pub unmatched_answers: u64,
@@ -51,16 +46,9 @@ pub struct DnsSummary {
 
 impl DnsSummary {
     pub fn new(d: &DnsCounters) -> Self {
-        let s = &d.sink;
         Self {
             rows: d.rows.load(Relaxed),
-            written: s.written.load(Relaxed),
-            write_errors: s.write_errors.load(Relaxed),
-            queue_drops: s.queue_drops.load(Relaxed),
-            spooled: s.spooled.load(Relaxed),
-            replayed: s.spool_replayed.load(Relaxed),
-            spool_lost: s.spool_lost.load(Relaxed),
-            unread: s.unread.load(Relaxed),
+            sink: SinkFigures::of(&d.sink),
             queries: d.queries.load(Relaxed),
             timeouts: d.timeouts.load(Relaxed),
             unmatched_answers: d.unmatched_answers.load(Relaxed),
@@ -73,33 +61,13 @@ impl DnsSummary {
 
     /// DNS rows unaccounted for: 0 when every row was written or counted as lost.
     pub fn unaccounted(&self) -> i128 {
-        i128::from(self.rows)
-            - i128::from(self.written)
-            - i128::from(self.write_errors)
-            - i128::from(self.queue_drops)
-            - i128::from(self.spooled)
-            - i128::from(self.unread)
+        self.sink.unaccounted(self.rows)
     }
 
     /// The DNS part, name and number, in the order printed; the spool's figures only when a
     /// spool could take rows.
     pub fn fields(&self, spool: bool) -> Vec<(&'static str, u64)> {
-        let mut v = vec![
-            ("rows", self.rows),
-            ("written", self.written),
-            ("write errors", self.write_errors),
-            ("queue drops", self.queue_drops),
-        ];
-        if self.unread > 0 {
-            v.push(("unread", self.unread));
-        }
-        if spool {
-            v.extend([
-                ("spooled", self.spooled),
-                ("replayed", self.replayed),
-                ("spool lost", self.spool_lost),
-            ]);
-        }
+        let mut v = self.sink.fields(self.rows, spool);
         v.extend([
             ("queries", self.queries),
             ("timeouts", self.timeouts),

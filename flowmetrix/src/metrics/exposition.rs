@@ -19,7 +19,7 @@ use super::{
     dns::DnsSummary,
     kernel::{DIRECTIONS, DirectionStats},
     registry::Registry,
-    summary::FlowSummary,
+    summary::{FlowSummary, SinkFigures},
 };
 
 /// Every metric name starts with this, then `_`.
@@ -297,42 +297,14 @@ fn kube(e: &mut DescriptorEncoder, k: &KubeCounters) -> fmt::Result {
 
 /// `--mode flows|both`: the flow rows and the packets counted in them.
 fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::Result {
-    let counters: [(&str, &str, u64); 13] = [
-        (
-            "flow_rows",
-            "Flow rows made (one per flow and interval).",
-            s.rows,
-        ),
-        (
-            "flow_rows_written",
-            "Flow rows the output accepted.",
-            s.written,
-        ),
-        (
-            "flow_write_errors",
-            "Flow rows the output failed to write.",
-            s.write_errors,
-        ),
-        (
-            "flow_queue_drops",
-            "Flow rows dropped because the queue to the output was full.",
-            s.queue_drops,
-        ),
-        (
-            "flow_rows_unread",
-            "Flow rows not printed because the reader of stdout left.",
-            s.unread,
-        ),
-        (
-            "flow_spooled_rows",
-            "Flow rows put in the disk spool.",
-            s.spooled,
-        ),
-        (
-            "flow_spool_replayed_rows",
-            "Flow rows from the spool that GreptimeDB acknowledged.",
-            s.replayed,
-        ),
+    counter(
+        e,
+        "flow_rows",
+        "Flow rows made (one per flow and interval).",
+        s.rows,
+    )?;
+    sink_figures(e, "flow", "Flow", &s.sink())?;
+    let counters: [(&str, &str, u64); 6] = [
         ("flow_packets", "Packets counted in flow rows.", s.packets),
         (
             "flow_bytes",
@@ -389,44 +361,53 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
     )
 }
 
-/// The DNS counters on `/metrics`, `flowmetrix_dns_*`.
-fn dns(e: &mut DescriptorEncoder, s: &DnsSummary) -> fmt::Result {
-    let counters: [(&str, &str, u64); 14] = [
+/// What became of a table's rows (flow rows, DNS rows): `{prefix}_rows_written`, … with
+/// help texts about `{what}` rows.
+fn sink_figures(
+    e: &mut DescriptorEncoder,
+    prefix: &str,
+    what: &str,
+    s: &SinkFigures,
+) -> fmt::Result {
+    for (name, help, v) in [
+        ("rows_written", "rows the output accepted.", s.written),
         (
-            "dns_rows",
-            "DNS rows made (answered transactions and timeouts).",
-            s.rows,
-        ),
-        (
-            "dns_rows_written",
-            "DNS rows the output accepted.",
-            s.written,
-        ),
-        (
-            "dns_write_errors",
-            "DNS rows the output failed to write.",
+            "write_errors",
+            "rows the output failed to write.",
             s.write_errors,
         ),
         (
-            "dns_queue_drops",
-            "DNS rows dropped because the queue to the output was full.",
+            "queue_drops",
+            "rows dropped because the queue to the output was full.",
             s.queue_drops,
         ),
         (
-            "dns_rows_unread",
-            "DNS rows not printed because the reader of stdout left.",
+            "rows_unread",
+            "rows not printed because the reader of stdout left.",
             s.unread,
         ),
+        ("spooled_rows", "rows put in the disk spool.", s.spooled),
         (
-            "dns_spooled_rows",
-            "DNS rows put in the disk spool.",
-            s.spooled,
-        ),
-        (
-            "dns_spool_replayed_rows",
-            "DNS rows from the spool that GreptimeDB acknowledged.",
+            "spool_replayed_rows",
+            "rows from the spool that GreptimeDB acknowledged.",
             s.replayed,
         ),
+    ] {
+        counter(e, &format!("{prefix}_{name}"), &format!("{what} {help}"), v)?;
+    }
+    Ok(())
+}
+
+/// The DNS counters on `/metrics`, `flowmetrix_dns_*`.
+fn dns(e: &mut DescriptorEncoder, s: &DnsSummary) -> fmt::Result {
+    counter(
+        e,
+        "dns_rows",
+        "DNS rows made (answered transactions and timeouts).",
+        s.rows,
+    )?;
+    sink_figures(e, "dns", "DNS", &s.sink)?;
+    let counters: [(&str, &str, u64); 7] = [
         ("dns_queries", "DNS queries seen.", s.queries),
         (
             "dns_timeouts",

@@ -173,17 +173,33 @@ fn time_span(req: &RowInsertRequests) -> Option<(i64, i64)> {
     span
 }
 
-/// Discards every segment of `dir` (damaged ones too), under its lock: a spool a running
-/// collector holds is refused with its pid. The rows and files dropped.
-pub fn drop_all(dir: &Path) -> Result<(u64, usize), SpoolError> {
-    let dir_err = |source| SpoolError::Dir {
-        path: dir.display().to_string(),
-        source,
-    };
+/// Runs `change` on the spool `dir` under its lock (a spool a running collector holds is
+/// refused with its pid), with the error for a failed file operation in it; nothing when
+/// there is no such directory.
+fn locked(
+    dir: &Path,
+    change: impl FnOnce(&dyn Fn(std::io::Error) -> SpoolError) -> Result<(u64, usize), SpoolError>,
+) -> Result<(u64, usize), SpoolError> {
     if !dir.exists() {
         return Ok((0, 0));
     }
     let _lock = lock(dir)?;
+    change(&|source| SpoolError::Dir {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
+/// Discards every segment of `dir` (damaged ones too), under its lock: a spool a running
+/// collector holds is refused with its pid. The rows and files dropped.
+pub fn drop_all(dir: &Path) -> Result<(u64, usize), SpoolError> {
+    locked(dir, |dir_err| drop_locked(dir, dir_err))
+}
+
+fn drop_locked(
+    dir: &Path,
+    dir_err: &dyn Fn(std::io::Error) -> SpoolError,
+) -> Result<(u64, usize), SpoolError> {
     let listing = list(dir).map_err(dir_err)?;
     let mut removed = 0;
     for (_, path, _) in files(dir).map_err(dir_err)? {
@@ -199,14 +215,14 @@ pub fn drop_all(dir: &Path) -> Result<(u64, usize), SpoolError> {
 /// the old one, so a crash leaves either. Damage after a segment's intact records is kept as
 /// it is (the replay counts its rows as lost). The rows and segments changed.
 pub fn replay_to(dir: &Path, database: &str) -> Result<(u64, usize), SpoolError> {
-    let dir_err = |source| SpoolError::Dir {
-        path: dir.display().to_string(),
-        source,
-    };
-    if !dir.exists() {
-        return Ok((0, 0));
-    }
-    let _lock = lock(dir)?;
+    locked(dir, |dir_err| replay_to_locked(dir, database, dir_err))
+}
+
+fn replay_to_locked(
+    dir: &Path,
+    database: &str,
+    dir_err: &dyn Fn(std::io::Error) -> SpoolError,
+) -> Result<(u64, usize), SpoolError> {
     let (mut rows, mut changed) = (0, 0);
     for (_, path, bad) in files(dir).map_err(dir_err)? {
         if bad {
