@@ -1,5 +1,5 @@
-//! The Grafana dashboard against what it reads: every column a SQL query names exists in
-//! its table with a type that fits its use (the column lists are the library's: the tables'
+//! The Grafana dashboard against what it reads (`packet_data`, `flow_data`, `dns_data` and
+//! their rollups): every column a SQL query names exists in its table with a type that fits its use (the column lists are the library's: the tables'
 //! own, and the rollups' from their `CREATE FLOW` text), every SQL panel filters by the
 //! `host`, `interface` and `direction` variables where its table has the column, every
 //! Prometheus query names metrics the `/metrics` page has, and every query is documented.
@@ -10,7 +10,8 @@ use flowmetrix::{
     metrics::{FlowCounters, Registry},
     schema::{
         FLOW_SCHEMA, SCHEMA,
-        ddl::{FLOW_TABLE, SAMPLED_SUMS, rollups},
+        columns::DNS_SCHEMA,
+        ddl::{DNS_TABLE, FLOW_TABLE, SAMPLED_SUMS, dns_rollup, rollups},
     },
 };
 use greptimedb_ingester::api::v1::ColumnDataType;
@@ -83,7 +84,15 @@ fn tables() -> BTreeMap<String, Columns> {
             .map(|c| (c.name.to_owned(), c.data_type))
             .collect(),
     );
-    for r in rollups(PACKET_TABLE, Some(FLOW_TABLE)) {
+    out.insert(
+        DNS_TABLE.to_owned(),
+        DNS_SCHEMA
+            .iter()
+            .map(|c| (c.name.to_owned(), c.data_type))
+            .collect(),
+    );
+    let all = rollups(PACKET_TABLE, Some(FLOW_TABLE));
+    for r in all.into_iter().chain([dns_rollup(DNS_TABLE)]) {
         let columns = rollup_columns(&r.sql, &out);
         out.insert(r.sink, columns);
     }
@@ -96,7 +105,8 @@ fn unquote(s: &str) -> String {
 
 /// The sink columns of a `CREATE FLOW … AS SELECT <list> FROM "source" …`: a key keeps its
 /// source column's type, `date_bin(…)` the time index's, a `sum(…)` of unsigned integers is
-/// a UInt64.
+/// a UInt64 (and of a `CASE … THEN 1 ELSE 0` an Int64, as `count(*)` is), a `max(…)` its
+/// column's.
 fn rollup_columns(sql: &str, tables: &BTreeMap<String, Columns>) -> Columns {
     let body = &sql[sql.find(" AS SELECT ").expect(sql) + " AS SELECT ".len()..];
     let from = body.find(" FROM ").expect(sql);
@@ -129,8 +139,13 @@ fn rollup_columns(sql: &str, tables: &BTreeMap<String, Columns>) -> Columns {
             } else if expr.starts_with("date_bin(") {
                 let ts = expr.rsplit('"').nth(1).expect(expr);
                 source[ts]
+            } else if expr.starts_with("count(") || expr.starts_with("sum(CASE") {
+                ColumnDataType::Int64
             } else if expr.starts_with("sum(") {
                 ColumnDataType::Uint64
+            } else if let Some(inner) = expr.strip_prefix("max(").and_then(|e| e.strip_suffix(')'))
+            {
+                source[&unquote(inner)]
             } else {
                 panic!("a rollup column this test cannot type: {item} in {sql}")
             };
@@ -491,6 +506,9 @@ fn dashboard_is_valid_json_with_the_documented_queries() {
         "Exact packets per second",
         "Exact bytes per second",
         "Top flows by bytes",
+        "DNS queries, errors and timeouts",
+        "Failing DNS names",
+        "Slowest DNS names",
     ] {
         assert!(
             titles.iter().any(|t| t.starts_with(want)),
