@@ -141,7 +141,22 @@ pub struct CpuStats {
     /// Flows mode: packets neither the map nor the event ring could take, and their bytes.
     pub flow_overflow: u64,
     pub flow_overflow_bytes: u64,
+    /// Flows mode: DNS packets (UDP or TCP on a [`DNS_PORTS_GLOBAL`] port) passed to the
+    /// ring for the DNS transactions because the sampler did not take them, and those the
+    /// ring had no room for.
+    pub dns_copies: u64,
+    pub dns_ring_full: u64,
 }
+
+/// A sample's [`SampleHeader::direction`] carries its [`Direction`] in the low byte and
+/// this bit for a DNS packet passed to the ring outside the sampling (flows mode): it is
+/// read for the DNS transactions only, never made a packet row.
+pub const SAMPLE_DNS_ONLY: u16 = 0x0100;
+
+/// Name of the global holding the ports DNS is served on (`[u16; DNS_PORTS]`, 0: unused).
+pub const DNS_PORTS_GLOBAL: &str = "DNS_PORTS";
+/// How many ports it holds.
+pub const DNS_PORTS: usize = 4;
 
 /// Every this many samples a CPU looks at how full the ring is, and wakes the reader when
 /// more than [`WAKEUP_BYTES_GLOBAL`] bytes wait; otherwise samples are submitted quietly and
@@ -223,7 +238,7 @@ mod tests {
 
     #[test]
     fn cpu_stats_layout_is_fixed() {
-        assert_eq!(size_of::<CpuStats>(), 80);
+        assert_eq!(size_of::<CpuStats>(), 96);
         assert_eq!(offset_of!(CpuStats, flow_unkeyed), 40);
         assert_eq!(offset_of!(CpuStats, flow_events), 56);
         assert_eq!(offset_of!(CpuStats, flow_overflow_bytes), 72);

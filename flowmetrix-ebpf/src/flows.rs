@@ -26,6 +26,7 @@ use core::{
     cell::Cell,
     intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd},
     mem::MaybeUninit,
+    ptr::read_volatile,
 };
 
 use aya_ebpf::{
@@ -156,10 +157,33 @@ unsafe fn load<const N: usize>(p: usize) -> [u8; N] {
     unsafe { out.assume_init() }
 }
 
-/// Counts the packet (direction `dir`) in the active flow map, or as an event, an
-/// overflow or not keyed, in `stats`.
+/// The ports DNS is served on (53 and `--dns-port`'s; 0: unused). Set by userspace at load.
+#[unsafe(no_mangle)]
+static DNS_PORTS: [u16; flowmetrix_common::DNS_PORTS] = [53, 0, 0, 0];
+
+/// Whether a keyed packet is DNS: UDP or TCP to or from a [`DNS_PORTS`] port.
 #[inline(always)]
-pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now) {
+fn is_dns(key: &FlowKey) -> bool {
+    if key.protocol != 6 && key.protocol != 17 {
+        return false;
+    }
+    // SAFETY: reading a global that userspace set before load.
+    let ports = unsafe { read_volatile(&DNS_PORTS) };
+    let mut i = 0;
+    while i < ports.len() {
+        let p = ports[i];
+        if p != 0 && (key.src_port == p || key.dst_port == p) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Counts the packet (direction `dir`) in the active flow map, or as an event, an
+/// overflow or not keyed, in `stats`. Whether it is a DNS packet.
+#[inline(always)]
+pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now) -> bool {
     let generation = FLOWCFG.get(FLOW_CFG_GENERATION).copied().unwrap_or(0);
     let prefix = FLOWCFG
         .get(FLOW_CFG_PREFIX)
@@ -169,7 +193,7 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
     if prefix > MAX_PREFIX {
         stats.flow_unkeyed += 1;
         stats.flow_unkeyed_bytes += u64::from(wire_len);
-        return;
+        return false;
     }
     let mut bytes = u64::from(wire_len.saturating_sub(prefix));
     // A tag the kernel moved into the skb's metadata was on the wire, in front of what the
@@ -184,13 +208,14 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
     let Some(flags) = key_of(ctx, prefix as usize, wire_len, key) else {
         stats.flow_unkeyed += 1;
         stats.flow_unkeyed_bytes += bytes;
-        return;
+        return false;
     };
     if let Some(vid) = outer {
         key.vlan_id = vid;
     }
     key.ifindex = ctx.ifindex();
     key.direction = dir as u8;
+    let dns = is_dns(key);
     let cgroup = cgroup_of(ctx, dir);
     let counted = if generation & 1 == 0 {
         add(&FLOWS0, key, bytes, flags, cgroup, now)
@@ -199,7 +224,7 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
     };
     // The map had no room: `ts` is the packet's timestamp, read by `add`.
     let Err(ts) = counted else {
-        return;
+        return dns;
     };
     match FLOWEVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
@@ -219,6 +244,7 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
             stats.flow_overflow_bytes += bytes;
         }
     }
+    dns
 }
 
 /// A [`FlowKey`] on an 8-byte boundary, so [`zero`] can clear it a word at a time.

@@ -70,13 +70,14 @@ fn count<P: Packet>(ctx: &P, dir: Direction) {
     let mode = unsafe { read_volatile(&MODE) };
     // The clock, read once for both (`both` mode).
     let now = Now::new();
-    if mode & MODE_FLOWS != 0 {
-        flows::count(ctx, dir, stats, &now);
-    }
-    if mode & MODE_PACKETS == 0 {
+    let dns = mode & MODE_FLOWS != 0 && flows::count(ctx, dir, stats, &now);
+    if mode & MODE_PACKETS != 0 && sampler::sample(ctx, dir, stats, &now) {
         return;
     }
-    sampler::sample(ctx, dir, stats, &now);
+    // A DNS packet reaches the DNS transactions whatever the sample rate.
+    if dns {
+        sampler::copy_dns(ctx, dir, stats, &now);
+    }
 }
 
 #[xdp]

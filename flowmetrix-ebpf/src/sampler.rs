@@ -15,7 +15,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use flowmetrix_common::{
-    CpuStats, Direction, MAX_SNAPLEN, SLOT_SIZES, Sample, VLAN_PRESENT, WAKEUP_EVERY, next_skip,
+    CpuStats, Direction, MAX_SNAPLEN, SAMPLE_DNS_ONLY, SLOT_SIZES, Sample, VLAN_PRESENT,
+    WAKEUP_EVERY, next_skip,
 };
 
 use crate::packet::{Now, Packet, cgroup_of};
@@ -36,12 +37,13 @@ static WAKEUP_BYTES: u32 = 1 << 20;
 #[map]
 static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Samples the packet (direction `dir`, counted in `stats`) if its turn has come.
+/// Samples the packet (direction `dir`, counted in `stats`) if its turn has come: whether
+/// it did (the ring may have had no room).
 #[inline(always)]
-pub fn sample<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now) {
+pub fn sample<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now) -> bool {
     if stats.countdown > 0 {
         stats.countdown -= 1;
-        return;
+        return false;
     }
     // SAFETY: reading a global that userspace set before load.
     let rate = unsafe { read_volatile(&SAMPLE_RATE) };
@@ -53,9 +55,34 @@ pub fn sample<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &No
         0
     };
     stats.countdown = next_skip(rate, random);
-    let ts = now.get();
     stats.sampled += 1;
+    if submit(ctx, dir, stats, now, 0).is_none() {
+        stats.ring_full += 1;
+    }
+    true
+}
 
+/// A DNS packet the sampler did not take (flows mode), passed to the ring for the DNS
+/// transactions alone ([`SAMPLE_DNS_ONLY`]).
+#[inline(always)]
+pub fn copy_dns<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now) {
+    stats.dns_copies += 1;
+    if submit(ctx, dir, stats, now, SAMPLE_DNS_ONLY).is_none() {
+        stats.dns_ring_full += 1;
+    }
+}
+
+/// Puts the packet in the ring with the `flag` bits in its direction. None when the ring
+/// had no room.
+#[inline(always)]
+fn submit<P: Packet>(
+    ctx: &P,
+    dir: Direction,
+    stats: &mut CpuStats,
+    now: &Now,
+    flag: u16,
+) -> Option<()> {
+    let ts = now.get();
     let wire_len = ctx.wire_len();
     // SAFETY: reading a global set before load.
     let snaplen = unsafe { read_volatile(&SNAPLEN) };
@@ -78,18 +105,16 @@ pub fn sample<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &No
         ts,
         flags,
         dir,
+        flag,
     };
     // The smallest slot that holds `want` bytes (SLOT_SIZES): small frames, the ones that
     // come at the highest rates, take the least ring.
-    let done = if want <= SLOT_SIZES[0] as u32 {
+    if want <= SLOT_SIZES[0] as u32 {
         record::<P, { SLOT_SIZES[0] }>(ctx, want, &head)
     } else if want <= SLOT_SIZES[1] as u32 {
         record::<P, { SLOT_SIZES[1] }>(ctx, want, &head)
     } else {
         record::<P, MAX_SNAPLEN>(ctx, want, &head)
-    };
-    if done.is_none() {
-        stats.ring_full += 1;
     }
 }
 
@@ -99,6 +124,8 @@ struct Head {
     ts: u64,
     flags: u32,
     dir: Direction,
+    /// Bits or-ed into the record's direction ([`SAMPLE_DNS_ONLY`]).
+    flag: u16,
 }
 
 /// Reserves a record with an `N`-byte slot, copies `want` (1..=N) bytes of the frame into
@@ -134,7 +161,7 @@ fn record<P: Packet, const N: usize>(ctx: &P, want: u32, head: &Head) -> Option<
         (*record).header.cap_len = cap_len as u16;
         (*record).header.ifindex = ctx.ifindex();
         (*record).header.rx_queue = ctx.queue() as u16;
-        (*record).header.direction = head.dir as u16;
+        (*record).header.direction = head.dir as u16 | head.flag;
         (*record).header.vlan = vlan.map_or(0, |id| VLAN_PRESENT | id);
         (*record).header.cgroup_id = cgroup_of(ctx, head.dir);
     }

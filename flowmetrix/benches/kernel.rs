@@ -52,10 +52,16 @@ const GO_RING: &str = "rb";
 const BEFORE_OBJECT_VAR: &str = "FLOWMETRIX_BENCH_BEFORE_OBJECT";
 
 fn frame(len: usize) -> Vec<u8> {
+    udp_to(9999, len)
+}
+
+/// A UDP frame of `len` bytes to `port`: 53 is a DNS packet, which flows mode passes to the
+/// ring; [`frame`] is not.
+fn udp_to(port: u16, len: usize) -> Vec<u8> {
     let mut f = Vec::new();
     PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .udp(40_000, 53)
+        .udp(40_000, port)
         .write(&mut f, &vec![0u8; len - 42])
         .unwrap();
     f
@@ -506,6 +512,35 @@ fn flows(before: Option<&'static [u8]>) {
                 m[2].1.0,
             );
         }
+    }
+    // A DNS packet in flows mode: counted, and passed to the ring for the DNS transactions.
+    println!();
+    println!("flows, a DNS packet (UDP to port 53, 64 B): counted and passed to the ring");
+    println!(
+        "{:<5} {:>8} {:>10} {:>10} {:>12}",
+        "hook", "base", "other-b", "dns-b", "bef dns-b"
+    );
+    for (hook, baseline, program) in [
+        ("xdp", BASELINE_PROGRAM_NAME, PROGRAM_NAME),
+        ("tc", TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME),
+    ] {
+        let (other, dns) = (frame(64), udp_to(53, 64));
+        let flows = ours(program, MODE_FLOWS, 1, None);
+        let m = medians(&[ours(baseline, MODE_PACKETS, 1, None), flows], &other);
+        let (base, o) = (m[0].0, m[1].0);
+        let mut v = vec![ours(baseline, MODE_PACKETS, 1, None), flows];
+        if let Some(b) = before {
+            v.push(ours(program, MODE_FLOWS, 1, Some(b)));
+        }
+        let m = medians(&v, &dns);
+        let d = m[1].0 - m[0].0 + base;
+        let bd = before.map(|_| m[2].0 - m[0].0 + base);
+        println!(
+            "{hook:<5} {base:>8.1} {:>10} {:>10} {:>12}",
+            fmt(o - base),
+            fmt(d - base),
+            bd.map_or("-".into(), |b| fmt(b - base)),
+        );
     }
 }
 

@@ -259,6 +259,7 @@ mod tests {
             cgroup_id: 0,
             link: Link::Ethernet,
             interface: None,
+            dns_only: false,
         })
     }
 

@@ -509,7 +509,8 @@ fn pull_one(
     dns: Option<(&mut dns::Stage, &mut Vec<crate::record::DnsRecord>)>,
 ) {
     let sample = s.as_ref().ok().copied();
-    if packets {
+    // A DNS packet the kernel passed outside the sampling is no packet row.
+    if packets && !sample.is_some_and(|s| s.dns_only) {
         decoder.push(s, rows);
     }
     if let (Some((dns, dns_rows)), Some(sample)) = (dns, sample) {

@@ -5,7 +5,9 @@ use std::mem::size_of;
 
 use aya::maps::{MapData, RingBuf};
 // The kernel's direction (the ring record's number), not the rows' `record::Direction`.
-use flowmetrix_common::{Direction as KernelDirection, SLOT_SIZES, SampleHeader, VLAN_PRESENT};
+use flowmetrix_common::{
+    Direction as KernelDirection, SAMPLE_DNS_ONLY, SLOT_SIZES, SampleHeader, VLAN_PRESENT,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::sample::RecordError;
@@ -18,6 +20,8 @@ pub struct RawSample<'a> {
     pub header: SampleHeader,
     /// `header.direction`, checked.
     pub direction: KernelDirection,
+    /// A DNS packet passed outside the sampling ([`SAMPLE_DNS_ONLY`]).
+    pub dns_only: bool,
     /// The VLAN id of an outer tag the kernel took out of the frame (`header.vlan`):
     /// it was on the wire but is not in `frame` nor in `header.wire_len`.
     pub vlan: Option<u16>,
@@ -37,15 +41,16 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
     let frame = data
         .get(..header.cap_len as usize)
         .ok_or(RecordError::BadCapLen(header.cap_len, slot))?;
-    let direction = match header.direction {
+    let direction = match header.direction & !SAMPLE_DNS_ONLY {
         d if d == KernelDirection::Ingress as u16 => KernelDirection::Ingress,
         d if d == KernelDirection::Egress as u16 => KernelDirection::Egress,
-        d => return Err(RecordError::BadDirection(d)),
+        _ => return Err(RecordError::BadDirection(header.direction)),
     };
     let vlan = (header.vlan & VLAN_PRESENT != 0).then_some(header.vlan & 0x0fff);
     Ok(RawSample {
         header,
         direction,
+        dns_only: header.direction & SAMPLE_DNS_ONLY != 0,
         vlan,
         frame,
     })
@@ -172,6 +177,15 @@ mod tests {
             let r = record_with(SampleHeader { vlan, ..header }, 64, 0);
             assert_eq!(parse_record(&r).unwrap().vlan, want, "{vlan:#x}");
         }
+    }
+
+    #[test]
+    fn a_dns_copy_keeps_its_direction_and_says_so() {
+        let r = record_dir(64, 10, 1, KernelDirection::Egress as u16 | SAMPLE_DNS_ONLY);
+        let s = parse_record(&r).unwrap();
+        assert_eq!((s.direction, s.dns_only), (KernelDirection::Egress, true));
+        let r = record_dir(64, 10, 1, KernelDirection::Egress as u16);
+        assert!(!parse_record(&r).unwrap().dns_only);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Sample<'a> {
     pub link: Link,
     /// The name of the interface `ifindex` is (live capture); None: [`SourceInfo::interface`].
     pub interface: Option<&'a Arc<str>>,
+    /// A DNS packet the kernel passed outside the sampling (flows mode): for the DNS
+    /// transactions only, never a packet row.
+    pub dns_only: bool,
 }
 
 /// What the rows need to know about the source.

@@ -172,6 +172,7 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
             {
                 return Err(usage(format!("no such interface: {iface}")));
             }
+            let dns_ports = kernel_dns_ports(&cli.dns_port)?;
             Ok(SourceSettings::Live(CaptureConfig {
                 interfaces: interfaces.iter().map(|i| (*i).to_owned()).collect(),
                 mode: match cli.xdp_mode {
@@ -204,10 +205,26 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                     events_bytes: std::env::var(FLOW_EVENTS_BYTES_ENV)
                         .ok()
                         .and_then(|v| v.parse().ok()),
+                    dns_ports,
                 }),
             }))
         }
     }
+}
+
+/// The DNS ports the kernel programs pass to the ring: 53 and at most three more.
+fn kernel_dns_ports(extra: &[u16]) -> Result<[u16; flowmetrix_common::DNS_PORTS], UsageError> {
+    let ports = dns_ports(extra);
+    let mut out = [0; flowmetrix_common::DNS_PORTS];
+    if ports.len() > out.len() {
+        return Err(UsageError(format!(
+            "--dns-port: at most {} ports besides 53 ({} given)",
+            out.len() - 1,
+            ports.len() - 1
+        )));
+    }
+    out[..ports.len()].copy_from_slice(&ports);
+    Ok(out)
 }
 
 /// `--kube-metadata`: where the pod list is, for the node named `node` (`--host-name`);
@@ -470,6 +487,7 @@ mod tests {
                 max_entries: 64,
                 prefix: Some(24),
                 events_bytes: None,
+                dns_ports: [53, 0, 0, 0],
             })
         );
         let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();

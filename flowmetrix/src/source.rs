@@ -390,6 +390,7 @@ impl Source {
                         direction: s.direction.into(),
                         cgroup_id: s.header.cgroup_id,
                         link: Link::Ethernet,
+                        dns_only: s.dns_only,
                     }));
                 });
                 Ok(Pulled::More)
@@ -410,6 +411,7 @@ impl Source {
                         cgroup_id: 0,
                         link: info.link,
                         interface: info.interface.as_ref(),
+                        dns_only: false,
                     }));
                 }
                 match chunk.end {

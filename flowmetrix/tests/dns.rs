@@ -11,7 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use common::{
     MAC_A, MAC_B, Summary,
     endpoint::Endpoint,
-    frames::{eth, udp4, write},
+    frames::{dns_message as message, eth, udp4, write},
     pcap::{file, json_lines, replay},
 };
 use serde_json::{Value, json};
@@ -22,27 +22,6 @@ const T0: u64 = 1_795_000_000_000 * MS;
 
 const CLIENT: [u8; 4] = [10, 1, 0, 1];
 const SERVER: [u8; 4] = [10, 1, 0, 2];
-
-/// A DNS message: header (id, flags, counts), one question for `name` of type `qtype`, and
-/// `answers` A records pointing at it.
-fn message(id: u16, flags: u16, name: &str, qtype: u16, answers: u16) -> Vec<u8> {
-    let mut m = Vec::new();
-    for w in [id, flags, 1, answers, 0, 0] {
-        m.extend_from_slice(&w.to_be_bytes());
-    }
-    for label in name.split('.') {
-        m.push(label.len() as u8);
-        m.extend_from_slice(label.as_bytes());
-    }
-    m.push(0);
-    m.extend_from_slice(&qtype.to_be_bytes());
-    m.extend_from_slice(&1u16.to_be_bytes());
-    for i in 0..answers {
-        m.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x00\x00");
-        m.push(i as u8);
-    }
-    m
-}
 
 const QUERY: u16 = 0x0100;
 const NOERROR: u16 = 0x8180;

@@ -85,6 +85,9 @@ pub struct FlowsConfig {
     /// instead of the one `max_entries` gives (rounded up to a power of two, at least a
     /// page), to fill it in a test.
     pub events_bytes: Option<u32>,
+    /// The ports DNS is served on (53 and `--dns-port`'s): the programs pass DNS packets to
+    /// the ring whatever the sample rate.
+    pub dns_ports: [u16; flowmetrix_common::DNS_PORTS],
 }
 
 /// Load-time mode and map sizes for `cfg`: what a mode does not use is shrunk to the
@@ -97,6 +100,9 @@ pub struct MapSizes {
     pub flow_entries: u32,
     pub events_bytes: u32,
 }
+
+/// The sample ring of `--mode flows`, which carries DNS packets only.
+const DNS_RING_BYTES: u32 = 1 << 20;
 
 /// Smallest and largest flow-event ring: it holds about as many events as the map holds
 /// flows (80 bytes a record), within these bounds.
@@ -127,7 +133,15 @@ impl MapSizes {
         };
         Self {
             mode,
-            samples_bytes: if cfg.packets { cfg.ring_bytes } else { page },
+            // Flows mode passes DNS packets through the ring too: alone, they need little of
+            // it (a 1 MiB ring holds some 3 000 of them, drained every 20 ms).
+            samples_bytes: if cfg.packets {
+                cfg.ring_bytes
+            } else if cfg.flows.is_some() {
+                cfg.ring_bytes.min(DNS_RING_BYTES).max(page)
+            } else {
+                page
+            },
             flow_entries,
             events_bytes,
         }
@@ -166,6 +180,7 @@ mod tests {
             max_entries: 100_000,
             prefix: None,
             events_bytes: None,
+            dns_ports: [53, 0, 0, 0],
         });
         let s = MapSizes::of(&cfg);
         assert_eq!(s.mode, MODE_PACKETS | MODE_FLOWS);
@@ -173,17 +188,19 @@ mod tests {
         assert_eq!((s.flow_entries, s.events_bytes), (100_000, 8 << 20));
         cfg.packets = false;
         let s = MapSizes::of(&cfg);
-        assert_eq!((s.mode, s.samples_bytes), (MODE_FLOWS, page));
+        assert_eq!((s.mode, s.samples_bytes), (MODE_FLOWS, DNS_RING_BYTES));
         cfg.flows = Some(FlowsConfig {
             max_entries: 10,
             prefix: Some(0),
             events_bytes: None,
+            dns_ports: [53, 0, 0, 0],
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 1 << 20, "at least 1 MiB");
         cfg.flows = Some(FlowsConfig {
             max_entries: u32::MAX,
             prefix: Some(0),
             events_bytes: None,
+            dns_ports: [53, 0, 0, 0],
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 64 << 20, "at most 64 MiB");
         assert!(MapSizes::of(&cfg).events_bytes.is_power_of_two());
@@ -192,6 +209,7 @@ mod tests {
             max_entries: 16,
             prefix: Some(0),
             events_bytes: Some(100),
+            dns_ports: [53, 0, 0, 0],
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, page);
     }

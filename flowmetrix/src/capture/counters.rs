@@ -71,6 +71,8 @@ impl KernelCounters {
                             events: c.flow_events,
                             overflow: c.flow_overflow,
                             overflow_bytes: c.flow_overflow_bytes,
+                            dns_copies: c.dns_copies,
+                            dns_ring_full: c.dns_ring_full,
                         },
                     },
                     |a, b| a + b,

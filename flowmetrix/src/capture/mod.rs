@@ -41,8 +41,8 @@ pub use counters::CounterReader;
 
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
 use flowmetrix_common::{
-    IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP, SNAPLEN_GLOBAL,
-    STATS_MAP, WAKEUP_BYTES_GLOBAL,
+    DNS_PORTS_GLOBAL, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
+    SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL,
 };
 use tracing::{debug, info, warn};
 
@@ -110,7 +110,11 @@ impl Capture {
         raise_memlock_limit();
 
         let sizes = MapSizes::of(cfg);
+        let dns_ports = cfg
+            .flows
+            .map_or([0; flowmetrix_common::DNS_PORTS], |f| f.dns_ports);
         let mut ebpf = EbpfLoader::new()
+            .override_global(DNS_PORTS_GLOBAL, &dns_ports, true)
             .override_global(SAMPLE_RATE_GLOBAL, &cfg.sample_rate, true)
             .override_global(SNAPLEN_GLOBAL, &cfg.snaplen, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &(cfg.ring_bytes / 4), true)

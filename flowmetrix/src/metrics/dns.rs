@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use super::{counters::Counters, summary::SinkFigures};
+use super::{counters::Counters, kernel::KernelStats, summary::SinkFigures};
 
 #[derive(Debug, Default)]
 pub struct DnsCounters {
@@ -42,11 +42,20 @@ pub struct DnsSummary {
     pub table_full: u64,
     pub malformed: u64,
     pub pending_at_end: u64,
+    /// DNS packets the kernel passed to the ring outside the sampling, and those the ring
+    /// had no room for (live, flows mode).
+    pub kernel_copies: u64,
+    pub ring_drops: u64,
 }
 
 impl DnsSummary {
-    pub fn new(d: &DnsCounters) -> Self {
+    pub fn new(d: &DnsCounters, kernel: &KernelStats) -> Self {
+        let k = kernel.directions[0]
+            .flows
+            .zip(kernel.directions[1].flows, |a, b| a + b);
         Self {
+            kernel_copies: k.dns_copies,
+            ring_drops: k.dns_ring_full,
             rows: d.rows.load(Relaxed),
             sink: SinkFigures::of(&d.sink),
             queries: d.queries.load(Relaxed),
@@ -77,6 +86,13 @@ impl DnsSummary {
             ("malformed", self.malformed),
             ("pending at end", self.pending_at_end),
         ]);
+        // Only where the kernel passed DNS packets (live, flows mode).
+        if self.kernel_copies > 0 {
+            v.extend([
+                ("kernel copies", self.kernel_copies),
+                ("ring drops", self.ring_drops),
+            ]);
+        }
         v
     }
 }

@@ -260,7 +260,7 @@ impl Collector for Scrape {
             flows(e, &FlowSummary::new(&k, f), f)?;
         }
         if let Some(d) = &self.0.dns {
-            dns(e, &DnsSummary::new(d))?;
+            dns(e, &DnsSummary::new(d, &k))?;
         }
         if c.kube.is_on() {
             kube(e, &c.kube)?;
@@ -407,7 +407,7 @@ fn dns(e: &mut DescriptorEncoder, s: &DnsSummary) -> fmt::Result {
         s.rows,
     )?;
     sink_figures(e, "dns", "DNS", &s.sink)?;
-    let counters: [(&str, &str, u64); 7] = [
+    let counters: [(&str, &str, u64); 9] = [
         ("dns_queries", "DNS queries seen.", s.queries),
         (
             "dns_timeouts",
@@ -433,6 +433,16 @@ fn dns(e: &mut DescriptorEncoder, s: &DnsSummary) -> fmt::Result {
             "dns_malformed",
             "Packets on a DNS port whose message could not be read.",
             s.malformed,
+        ),
+        (
+            "dns_kernel_copies",
+            "DNS packets the kernel passed to the ring outside the sampling (flows mode).",
+            s.kernel_copies,
+        ),
+        (
+            "dns_ring_drops",
+            "DNS packets the kernel could not pass: the ring had no room.",
+            s.ring_drops,
         ),
         (
             "dns_pending_at_end",

@@ -26,6 +26,9 @@ pub struct FlowKernelStats {
     /// Packets neither the map nor the ring could take, and their bytes.
     pub overflow: u64,
     pub overflow_bytes: u64,
+    /// DNS packets passed to the ring outside the sampling, and those it had no room for.
+    pub dns_copies: u64,
+    pub dns_ring_full: u64,
 }
 
 impl FlowKernelStats {
@@ -37,6 +40,8 @@ impl FlowKernelStats {
             events: f(self.events, other.events),
             overflow: f(self.overflow, other.overflow),
             overflow_bytes: f(self.overflow_bytes, other.overflow_bytes),
+            dns_copies: f(self.dns_copies, other.dns_copies),
+            dns_ring_full: f(self.dns_ring_full, other.dns_ring_full),
         }
     }
 }

@@ -233,7 +233,7 @@ impl Summary {
 
     /// With the DNS part.
     pub fn with_dns(mut self, d: &DnsCounters) -> Self {
-        self.dns = Some(DnsSummary::new(d));
+        self.dns = Some(DnsSummary::new(d, &self.kernel));
         self
     }
 
@@ -479,6 +479,7 @@ mod tests {
                     events: 2,
                     overflow: 1,
                     overflow_bytes: 100,
+                    ..Default::default()
                 },
                 ..Default::default()
             },

@@ -381,3 +381,24 @@ pub fn send_cases(sender: &super::FrameSender, cases: &[Case]) -> (SystemTime, S
     std::thread::sleep(std::time::Duration::from_millis(300));
     (before, after)
 }
+
+/// A DNS message: header (id, flags, counts), one question for `name` of type `qtype`, and
+/// `answers` A records pointing at it.
+pub fn dns_message(id: u16, flags: u16, name: &str, qtype: u16, answers: u16) -> Vec<u8> {
+    let mut m = Vec::new();
+    for w in [id, flags, 1, answers, 0, 0] {
+        m.extend_from_slice(&w.to_be_bytes());
+    }
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(&qtype.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    for i in 0..answers {
+        m.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x0a\x00\x00");
+        m.push(i as u8);
+    }
+    m
+}

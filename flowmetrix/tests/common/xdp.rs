@@ -82,7 +82,9 @@ pub struct Loaded {
     ebpf: Ebpf,
     program: &'static str,
     ring: RingBuf<MapData>,
-    stats: PerCpuArray<MapData, CpuStats>,
+    /// None for another build whose counters have another layout (the bench's before
+    /// object): it can be timed, not counted.
+    stats: Option<PerCpuArray<MapData, CpuStats>>,
     /// The flow maps (until taken; in `packets` mode, of one entry each).
     pub flows: Option<FlowMaps>,
 }
@@ -115,8 +117,15 @@ impl Loaded {
         let flows = Some(FlowMaps::from_ebpf(&mut ebpf, s.prefix).expect("flow maps"));
         let ring = ebpf.take_map(SAMPLES_MAP).expect("the SAMPLES map");
         let ring = RingBuf::try_from(ring).expect("SAMPLES is a ring buffer");
-        let stats = ebpf.take_map(STATS_MAP).expect("the STATS map");
-        let stats = PerCpuArray::try_from(stats).expect("STATS is a per-CPU array");
+        // Looked at in place first: a map taken out and dropped would leave the program
+        // pointing at a closed map.
+        let fits = PerCpuArray::<_, CpuStats>::try_from(ebpf.map(STATS_MAP).expect("STATS"))
+            .map_err(|e| assert!(s.object.is_some(), "STATS of CpuStats: {e}"))
+            .is_ok();
+        let stats = fits.then(|| {
+            let map = ebpf.take_map(STATS_MAP).expect("the STATS map");
+            PerCpuArray::try_from(map).expect("STATS is a per-CPU array")
+        });
         let prog = ebpf
             .program_mut(s.program)
             .expect("the program is in the object");
@@ -160,10 +169,16 @@ impl Loaded {
     }
 
     /// Every counter of both directions, summed over CPUs (the flow ones included).
+    fn stats(&self) -> &PerCpuArray<MapData, CpuStats> {
+        self.stats
+            .as_ref()
+            .expect("the counters of a build with this CpuStats layout")
+    }
+
     pub fn cpu_stats(&self) -> CpuStats {
         let mut t = CpuStats::default();
         for d in [Direction::Ingress, Direction::Egress] {
-            for c in self.stats.get(&(d as u32), 0).expect("read STATS").iter() {
+            for c in self.stats().get(&(d as u32), 0).expect("read STATS").iter() {
                 t.seen += c.seen;
                 t.sampled += c.sampled;
                 t.ring_full += c.ring_full;
@@ -172,6 +187,8 @@ impl Loaded {
                 t.flow_events += c.flow_events;
                 t.flow_overflow += c.flow_overflow;
                 t.flow_overflow_bytes += c.flow_overflow_bytes;
+                t.dns_copies += c.dns_copies;
+                t.dns_ring_full += c.dns_ring_full;
             }
         }
         t
@@ -224,7 +241,7 @@ impl Loaded {
 
     /// The counters of one direction.
     pub fn counters_of(&self, d: Direction) -> Counters {
-        let per_cpu = self.stats.get(&(d as u32), 0).expect("read STATS");
+        let per_cpu = self.stats().get(&(d as u32), 0).expect("read STATS");
         per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
             seen: acc.seen + c.seen,
             sampled: acc.sampled + c.sampled,

@@ -9,6 +9,7 @@ mod common;
 mod attach;
 mod attribution;
 mod capture;
+mod dns;
 mod first_hour;
 mod flows;
 mod interfaces;

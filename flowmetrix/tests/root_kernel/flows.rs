@@ -224,10 +224,13 @@ fn keyed_like_userspace(program: &'static str, prefix: usize) {
         (0, 0, 0),
         "{what}"
     );
-    assert!(
-        prog.drain().is_empty(),
-        "{what}: flows mode samples nothing"
-    );
+    // Flows mode samples nothing: what the ring holds is the DNS packets alone, flagged.
+    let passed = prog.drain();
+    assert_eq!(passed.len() as u64, s.dns_copies, "{what}");
+    for r in &passed {
+        let p = flowmetrix::ring::parse_record(r).expect("a well-formed record");
+        assert!(p.dns_only, "{what}: flows mode samples nothing");
+    }
     // The next collection has nothing: the map was cleared.
     let c = prog.flow_maps().collect().expect("collect");
     assert_eq!((c.generation, c.flows.len(), c.events.len()), (1, 0, 0));
@@ -489,6 +492,69 @@ fn without_batch_calls_one_by_one_reads_and_clears_every_flow() {
         // Both maps are empty now: two more collections find nothing.
         for _ in 0..2 {
             assert_eq!(prog.flow_maps().collect().unwrap().map_entries, 0);
+        }
+    }
+}
+
+/// Flows mode passes every DNS packet (UDP to or from port 53) to the ring, flagged as such,
+/// whatever the sample rate, and nothing else; `both` mode passes the ones the sampler did
+/// not take, each counted.
+#[test]
+fn dns_packets_reach_the_ring_whatever_the_sample_rate() {
+    use flowmetrix::ring::parse_record;
+    common::require_root();
+    let dns = common::frames::udp4(
+        (common::MAC_A, common::MAC_B),
+        ([10, 1, 0, 1], 40_000),
+        ([10, 1, 0, 2], 53),
+        &[0; 30],
+    );
+    let other = common::frames::udp4(
+        (common::MAC_A, common::MAC_B),
+        ([10, 1, 0, 1], 40_000),
+        ([10, 1, 0, 2], 5_300),
+        &[0; 30],
+    );
+    for program in PROGRAMS {
+        for (mode, rate) in [(MODE_FLOWS, 1), (MODE_PACKETS | MODE_FLOWS, 1_000_000)] {
+            let mut prog = Loaded::load(Settings {
+                mode,
+                sample_rate: rate,
+                ..flows(program, Some(0))
+            });
+            prog.run(&dns, 10);
+            prog.run(&other, 10);
+            let records = prog.drain();
+            let parsed: Vec<_> = records
+                .iter()
+                .map(|r| parse_record(r).expect("a well-formed record"))
+                .collect();
+            let s = prog.cpu_stats();
+            let what = format!("{program}, mode {mode}");
+            if mode == MODE_FLOWS {
+                // Every DNS packet, none of the others, each flagged.
+                assert_eq!(parsed.len(), 10, "{what}");
+                assert!(parsed.iter().all(|p| p.dns_only), "{what}");
+                assert_eq!(
+                    (s.sampled, s.dns_copies, s.dns_ring_full),
+                    (0, 10, 0),
+                    "{what}"
+                );
+            } else {
+                // A CPU samples its first packet (its countdown starts at 0), then hardly
+                // any at this rate: every DNS packet is in the ring, sampled or copied, and
+                // a copy only where it was not sampled.
+                let copies = parsed.iter().filter(|p| p.dns_only).count() as u64;
+                assert_eq!(copies, s.dns_copies, "{what}");
+                assert_eq!(records.len() as u64, s.sampled + s.dns_copies, "{what}");
+                let dns_records = parsed.iter().filter(|p| p.frame == &dns[..]).count();
+                assert_eq!(dns_records, 10, "{what}");
+                assert!(copies >= 8, "{what}: {copies}");
+            }
+            for p in parsed.iter().filter(|p| p.dns_only) {
+                assert_eq!(p.direction, direction(program), "{what}");
+                assert_eq!(p.frame, &dns[..], "{what}");
+            }
         }
     }
 }
