@@ -7,7 +7,10 @@ use std::sync::{
     atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use super::{counters::Counters, kernel::KernelStats, summary::SinkFigures};
+use super::{
+    counters::{Counters, SinkFigures},
+    kernel::KernelStats,
+};
 
 #[derive(Debug, Default)]
 pub struct DnsCounters {

@@ -15,11 +15,11 @@ use prometheus_client::{
 };
 
 use super::{
-    counters::{Counters, FlowCounters, KUBE_ERROR_REASONS, KubeCounters},
+    counters::{Counters, FlowCounters, KUBE_ERROR_REASONS, KubeCounters, SinkFigures},
     dns::DnsSummary,
     kernel::{DIRECTIONS, DirectionStats},
     registry::Registry,
-    summary::{FlowSummary, SinkFigures},
+    summary::FlowSummary,
 };
 
 /// Every metric name starts with this, then `_`.

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{
-    counters::{Counters, FlowCounters},
+    counters::{Counters, FlowCounters, SinkFigures},
     dns::{DnsCounters, DnsSummary},
     kernel::{DIRECTIONS, KernelStats},
 };
@@ -80,67 +80,6 @@ impl FlowSummary {
     /// Flow rows unaccounted for: 0 when every row was written or counted as lost.
     pub fn unaccounted(&self) -> i128 {
         self.sink().unaccounted(self.rows)
-    }
-}
-
-/// What became of the rows of a table besides the packet table (flow rows, DNS rows), read
-/// once from its [`Counters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SinkFigures {
-    pub written: u64,
-    pub write_errors: u64,
-    pub queue_drops: u64,
-    pub spooled: u64,
-    pub replayed: u64,
-    pub spool_lost: u64,
-    /// Not printed: the reader of stdout left (not a loss).
-    pub unread: u64,
-}
-
-impl SinkFigures {
-    pub fn of(c: &Counters) -> Self {
-        Self {
-            written: c.written.load(Relaxed),
-            write_errors: c.write_errors.load(Relaxed),
-            queue_drops: c.queue_drops.load(Relaxed),
-            spooled: c.spooled.load(Relaxed),
-            replayed: c.spool_replayed.load(Relaxed),
-            spool_lost: c.spool_lost.load(Relaxed),
-            unread: c.unread.load(Relaxed),
-        }
-    }
-
-    /// Of `rows` made, those unaccounted for: 0 when every row was written or counted.
-    pub fn unaccounted(&self, rows: u64) -> i128 {
-        i128::from(rows)
-            - i128::from(self.written)
-            - i128::from(self.write_errors)
-            - i128::from(self.queue_drops)
-            - i128::from(self.spooled)
-            - i128::from(self.unread)
-    }
-
-    /// `rows`, then these figures, name and number, in the order printed; `unread` only in
-    /// a run whose reader left (`| head`), the spool's figures only when a spool could take
-    /// rows.
-    pub fn fields(&self, rows: u64, spool: bool) -> Vec<(&'static str, u64)> {
-        let mut v = vec![
-            ("rows", rows),
-            ("written", self.written),
-            ("write errors", self.write_errors),
-            ("queue drops", self.queue_drops),
-        ];
-        if self.unread > 0 {
-            v.push(("unread", self.unread));
-        }
-        if spool {
-            v.extend([
-                ("spooled", self.spooled),
-                ("replayed", self.replayed),
-                ("spool lost", self.spool_lost),
-            ]);
-        }
-        v
     }
 }
 
