@@ -249,6 +249,21 @@ pub mod shared {
 /// ([`super::table::Table::encode_row`]) read field by field without going through the
 /// column getters one call at a time (that path is the hot one of row inserts).
 macro_rules! table {
+    // `; workload` at the end of a list: the workload columns every table ends with (each
+    // row type has a `workload: Workload`), written here once.
+    ($(#[$m:meta])* pub const $name:ident: $rec:ty = [$($def:expr => |$r:ident| $get:expr,)* ; workload]) => {
+        table! {
+            $(#[$m])*
+            pub const $name: $rec = [
+                $($def => |$r| $get,)*
+                CGROUP_ID => |r| r.workload.cgroup_id.into(),
+                CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
+                POD_UID => |r| r.workload.pod_uid.as_ref().into(),
+                POD => |r| r.workload.pod.as_ref().into(),
+                NAMESPACE => |r| r.workload.namespace.as_ref().into(),
+            ]
+        }
+    };
     ($(#[$m:meta])* pub const $name:ident: $rec:ty = [$($def:expr => |$r:ident| $get:expr,)*]) => {
         $(#[$m])*
         pub const $name: &[Column<$rec>] = &[$(Column::new($def, |$r| $get)),*];
@@ -303,7 +318,9 @@ table! {
 /// in the table — `field("name", T::Type) => |r| r.name.into(),` (a column
 /// `flow_data` has too: a [`shared`] definition, and a line in [`FLOW_SCHEMA`]). The row
 /// insert, the Arrow batch, the JSON key and the `CREATE TABLE` text follow from it. A
-/// value whose [`Datum`] does not fit the column's type fails the tests here (and the bulk
+/// list ends `; workload`: the workload columns (`cgroup_id` … `namespace`), the same in
+/// every table, written once in `table!`. A value whose [`Datum`] does not fit the column's
+/// type fails the tests here (and the bulk
 /// path, as an error).
 pub const SCHEMA: PacketRecord = [
     TS => |r| r.ts.into(),
@@ -331,11 +348,7 @@ pub const SCHEMA: PacketRecord = [
     field("inner_dst_port", T::Uint16) => |r| r.inner_dst_port.into(),
     field("mpls_labels", T::String) => |r| r.mpls_labels.as_ref().into(),
     field("sample_rate", T::Uint32) => |r| r.sample_rate.into(),
-    CGROUP_ID => |r| r.workload.cgroup_id.into(),
-    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
-    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
-    POD => |r| r.workload.pod.as_ref().into(),
-    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
+    ; workload
 ]
 }
 
@@ -365,11 +378,7 @@ pub const FLOW_SCHEMA: FlowRecord = [
     field("last_seen", T::TimestampNanosecond) => |r| r.last_seen.into(),
     TCP_FLAGS => |r| r.tcp_flags.into(),
     field("interval_ms", T::Uint32) => |r| r.interval_ms.into(),
-    CGROUP_ID => |r| r.workload.cgroup_id.into(),
-    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
-    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
-    POD => |r| r.workload.pod.as_ref().into(),
-    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
+    ; workload
 ]
 }
 
@@ -399,11 +408,7 @@ pub const DNS_SCHEMA: DnsRecord = [
     DNS_RCODE => |r| Datum::Str(&r.dns_rcode),
     DNS_LATENCY_US => |r| r.dns_latency_us.into(),
     field("dns_answers", T::Uint16) => |r| r.dns_answers.into(),
-    CGROUP_ID => |r| r.workload.cgroup_id.into(),
-    CONTAINER_ID => |r| r.workload.container_id.as_ref().into(),
-    POD_UID => |r| r.workload.pod_uid.as_ref().into(),
-    POD => |r| r.workload.pod.as_ref().into(),
-    NAMESPACE => |r| r.workload.namespace.as_ref().into(),
+    ; workload
 ]
 }
 
