@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{EBPF, cargo_cmd, dist_into, have, run};
+use crate::{RELEASE_BUILD, cargo_cmd, dist_into, have, run};
 
 /// The one target the static build and the image are made for.
 pub const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -67,16 +67,7 @@ pub fn static_dist(root: &Path, target: &str) -> anyhow::Result<PathBuf> {
         bail!("musl-gcc is missing (Debian's musl-tools): run `cargo xtask setup` as root");
     }
     // ring and zstd-sys have C parts: the cc crate picks musl-gcc for this target.
-    let mut build = cargo_cmd(&[
-        "build",
-        "--release",
-        "--package",
-        "flowmetrix",
-        "--features",
-        EBPF,
-        "--target",
-        target,
-    ]);
+    let mut build = cargo_cmd(&[&RELEASE_BUILD[..], &["--target", target]].concat());
     // What cargo set for this process (as `cargo run` of xtask, or a test that runs it):
     // ring's build script reruns when CARGO_MANIFEST_DIR changes, and with it everything
     // above ring. Without them the build is the same from a shell, xtask or a test.

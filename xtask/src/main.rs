@@ -309,16 +309,19 @@ fn xtask(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// `cargo` arguments of the release binary with the kernel programs embedded.
+const RELEASE_BUILD: [&str; 6] = [
+    "build",
+    "--release",
+    "--package",
+    "flowmetrix",
+    "--features",
+    EBPF,
+];
+
 /// The release binary with the kernel programs embedded.
 fn release_build() -> anyhow::Result<()> {
-    cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "flowmetrix",
-        "--features",
-        EBPF,
-    ])
+    cargo(&RELEASE_BUILD)
 }
 
 fn workspace_root() -> PathBuf {
