@@ -51,6 +51,7 @@ fn flows() -> Vec<FlowRecord> {
             last_seen: UnixNanos(1_795_000_009_000_000_000),
             tcp_flags: 0x1b,
             interval_ms: 10_000,
+            health: Default::default(),
             workload: Default::default(),
         })
         .collect()

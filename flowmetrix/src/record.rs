@@ -340,8 +340,36 @@ pub struct FlowRecord {
     pub tcp_flags: u8,
     /// The interval's length.
     pub interval_ms: u32,
+    /// How well it flowed: handshake, retransmits, RTT, drops (issue 25).
+    pub health: FlowHealth,
     /// The workload it belongs to.
     pub workload: Workload,
+}
+
+/// How well a flow went in one interval: the `tcp_*` and `drop_*` columns of `flow_data`.
+/// Null (`None`) means not measured — the part is off (`--tcp-health off`, `--drops off`),
+/// the kernel lacks its hook, or it does not apply (the `tcp_*` counts on a flow that is
+/// not TCP); `Some(0)` means measured, and none. Filled by [`crate::flows::health`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowHealth {
+    /// The connection's handshake, on the row of its initiating direction (client →
+    /// server), in the interval it completed: on the server's host SYN-ACK out → the ACK
+    /// that completes it, on the client's SYN out → SYN-ACK in, where it is forwarded both
+    /// ways SYN → ACK.
+    pub tcp_handshake_us: Option<u64>,
+    /// SYNs after the first of one connection attempt (initiating direction's row).
+    pub tcp_syn_retransmits: Option<u32>,
+    /// Segments a local TCP socket sent again (`tcp:tcp_retransmit_skb`), on the row of the
+    /// socket's sending direction.
+    pub tcp_retransmits: Option<u32>,
+    /// The interval's largest smoothed RTT of the local socket (`srtt_us >> 3`), same row.
+    pub tcp_rtt_us: Option<u64>,
+    /// Packets of this flow the kernel dropped (`skb:kfree_skb` with a reason), and bytes.
+    pub drop_packets: Option<u64>,
+    pub drop_bytes: Option<u64>,
+    /// The interval's most frequent drop reason, by the running kernel's name for it
+    /// (`NO_SOCKET`, `NETFILTER_DROP`, …); null without drops.
+    pub drop_reason: Option<Arc<str>>,
 }
 
 /// One DNS transaction, a query and its answer (or none): field for field the columns of

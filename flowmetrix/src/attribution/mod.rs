@@ -495,6 +495,7 @@ mod tests {
             last_seen: Default::default(),
             tcp_flags: 0,
             interval_ms: 1,
+            health: Default::default(),
             workload: Workload {
                 cgroup_id: cgroup,
                 ..Workload::default()

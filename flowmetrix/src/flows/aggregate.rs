@@ -8,12 +8,15 @@ use flowmetrix_common::{
     flow_key::{self, FlowEvent, FlowKey, FlowValue},
 };
 
-use super::kernel::Collected;
+use super::{
+    health::{DropOnly, Health},
+    kernel::Collected,
+};
 use crate::{
     applications::Applications,
     decode::{self, Link},
     metrics::{Counters, FlowCounters},
-    record::{Direction, FlowRecord, UnixNanos, Workload},
+    record::{Direction, FlowHealth, FlowRecord, UnixNanos, Workload},
 };
 
 const PROTO_TCP: u8 = 6;
@@ -27,6 +30,8 @@ pub struct Aggregator {
     applications: Arc<Applications>,
     host: Arc<str>,
     counters: Arc<FlowCounters>,
+    /// The interval's how-well figures, joined to its rows by [`Aggregator::rows`].
+    pub health: Health,
 }
 
 impl Aggregator {
@@ -40,6 +45,7 @@ impl Aggregator {
             applications,
             host,
             counters,
+            health: Health::default(),
         }
     }
 
@@ -158,7 +164,8 @@ impl Aggregator {
         let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
         let mut names: Option<(u32, Arc<str>)> = None;
         let mut out = Vec::with_capacity(self.flows.len());
-        for (k, v) in self.flows.drain() {
+        let mut flows = std::mem::take(&mut self.flows);
+        for (k, v) in flows.drain() {
             let name = match &names {
                 Some((i, n)) if *i == k.ifindex => Arc::clone(n),
                 _ => {
@@ -169,44 +176,78 @@ impl Aggregator {
             };
             Counters::add(&self.counters.packets, v.packets);
             Counters::add(&self.counters.bytes, v.bytes);
-            let (src_ip, dst_ip) = addresses(&k);
-            let ports = matches!(k.protocol, PROTO_TCP | PROTO_UDP) && src_ip.is_some();
-            out.push(FlowRecord {
-                ts,
-                host: Arc::clone(&self.host),
-                interface: name,
-                direction: if k.direction == KernelDirection::Egress as u8 {
-                    Direction::Egress
-                } else {
-                    Direction::Ingress
-                },
-                application: if ports {
-                    self.applications
-                        .application(Some(k.src_port), Some(k.dst_port))
-                } else {
-                    crate::applications::UNKNOWN
-                },
-                vlan_id: (k.vlan_id != 0).then_some(k.vlan_id),
-                ether_type: k.ether_type,
-                src_ip,
-                dst_ip,
-                protocol: k.protocol,
-                src_port: k.src_port,
-                dst_port: k.dst_port,
-                packets: v.packets,
-                bytes: v.bytes,
-                first_seen: wall(v.first_seen_ns),
-                last_seen: wall(v.last_seen_ns),
-                tcp_flags: (v.tcp_flags & 0xff) as u8,
-                interval_ms,
-                workload: Workload {
-                    cgroup_id: (v.cgroup_id != 0).then_some(v.cgroup_id),
-                    ..Workload::default()
-                },
-            });
+            let health = self.health.fill(&k);
+            out.push(self.row(&k, &v, ts, interval_ms, &wall, name, health));
+        }
+        // Reuse the map's allocation next interval.
+        self.flows = flows;
+        for DropOnly {
+            key,
+            first_ns,
+            last_ns,
+            health,
+        } in self.health.finish(&self.counters)
+        {
+            let v = FlowValue {
+                first_seen_ns: first_ns,
+                last_seen_ns: last_ns,
+                ..FlowValue::default()
+            };
+            let name = interface(key.ifindex);
+            out.push(self.row(&key, &v, ts, interval_ms, &wall, name, health));
         }
         Counters::add(&self.counters.rows, out.len() as u64);
         out
+    }
+
+    /// The row of flow `k` with counts `v`.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        k: &FlowKey,
+        v: &FlowValue,
+        ts: UnixNanos,
+        interval_ms: u32,
+        wall: &impl Fn(u64) -> UnixNanos,
+        interface: Arc<str>,
+        health: FlowHealth,
+    ) -> FlowRecord {
+        let (src_ip, dst_ip) = addresses(k);
+        let ports = matches!(k.protocol, PROTO_TCP | PROTO_UDP) && src_ip.is_some();
+        FlowRecord {
+            ts,
+            host: Arc::clone(&self.host),
+            interface,
+            direction: if k.direction == KernelDirection::Egress as u8 {
+                Direction::Egress
+            } else {
+                Direction::Ingress
+            },
+            application: if ports {
+                self.applications
+                    .application(Some(k.src_port), Some(k.dst_port))
+            } else {
+                crate::applications::UNKNOWN
+            },
+            vlan_id: (k.vlan_id != 0).then_some(k.vlan_id),
+            ether_type: k.ether_type,
+            src_ip,
+            dst_ip,
+            protocol: k.protocol,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            packets: v.packets,
+            bytes: v.bytes,
+            first_seen: wall(v.first_seen_ns),
+            last_seen: wall(v.last_seen_ns),
+            tcp_flags: (v.tcp_flags & 0xff) as u8,
+            interval_ms,
+            health,
+            workload: Workload {
+                cgroup_id: (v.cgroup_id != 0).then_some(v.cgroup_id),
+                ..Workload::default()
+            },
+        }
     }
 }
 

@@ -21,9 +21,11 @@
 //! reads the kernel's maps.
 
 pub mod aggregate;
+pub mod health;
 pub mod kernel;
 pub mod stage;
 
 pub use aggregate::{Aggregator, Interfaces, PacketClock};
+pub use health::{Handshake, Health, Parts, SocketKey};
 pub use kernel::{Collected, FlowMapError, FlowMaps};
 pub use stage::{FlowSettings, Live, Replay, Signals};

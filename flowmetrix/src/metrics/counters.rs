@@ -106,6 +106,9 @@ pub struct FlowCounters {
     /// Collections of the kernel's maps that failed (their packets stay in the map for
     /// the next one, or are lost if the maps are gone).
     pub collect_errors: AtomicU64,
+    /// How-well figures (handshakes, sockets' retransmits and RTT) that found no flow row
+    /// to go on ([`crate::flows::health`]).
+    pub health_unmatched: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.

@@ -288,6 +288,7 @@ mod tests {
             last_seen: UnixNanos(2),
             tcp_flags: 0x12,
             interval_ms: 10_000,
+            health: Default::default(),
             direction: crate::record::Direction::Egress,
             workload: crate::record::Workload {
                 cgroup_id: Some(u64::MAX),

@@ -378,6 +378,13 @@ pub const FLOW_SCHEMA: FlowRecord = [
     field("last_seen", T::TimestampNanosecond) => |r| r.last_seen.into(),
     TCP_FLAGS => |r| r.tcp_flags.into(),
     field("interval_ms", T::Uint32) => |r| r.interval_ms.into(),
+    TCP_HANDSHAKE_US => |r| r.health.tcp_handshake_us.into(),
+    TCP_SYN_RETRANSMITS => |r| r.health.tcp_syn_retransmits.into(),
+    TCP_RETRANSMITS => |r| r.health.tcp_retransmits.into(),
+    TCP_RTT_US => |r| r.health.tcp_rtt_us.into(),
+    DROP_PACKETS => |r| r.health.drop_packets.into(),
+    DROP_BYTES => |r| r.health.drop_bytes.into(),
+    DROP_REASON => |r| r.health.drop_reason.as_ref().into(),
     ; workload
 ]
 }
@@ -385,6 +392,17 @@ pub const FLOW_SCHEMA: FlowRecord = [
 /// `flow_data`'s exact counts (the rollups sum them).
 pub const PACKETS: Def = field("packets", T::Uint64);
 pub const BYTES: Def = field("bytes", T::Uint64);
+
+/// `flow_data`'s how-well columns ([`crate::record::FlowHealth`]), which the rollups and the
+/// dashboard read. Fields: a table made before them gains them by `ALTER TABLE … ADD
+/// COLUMN`. Drop reasons are few: an inverted index for `WHERE drop_reason = …`.
+pub const TCP_HANDSHAKE_US: Def = field("tcp_handshake_us", T::Uint64);
+pub const TCP_SYN_RETRANSMITS: Def = field("tcp_syn_retransmits", T::Uint32);
+pub const TCP_RETRANSMITS: Def = field("tcp_retransmits", T::Uint32);
+pub const TCP_RTT_US: Def = field("tcp_rtt_us", T::Uint64);
+pub const DROP_PACKETS: Def = field("drop_packets", T::Uint64);
+pub const DROP_BYTES: Def = field("drop_bytes", T::Uint64);
+pub const DROP_REASON: Def = field("drop_reason", T::String).inverted();
 
 table! {
 /// The `dns_data` table, in [`DnsRecord`] field order: one row per transaction, the client

@@ -57,6 +57,7 @@ mod tests {
             last_seen: UnixNanos(2),
             tcp_flags: 0,
             interval_ms: 10_000,
+            health: Default::default(),
             workload: crate::record::Workload {
                 cgroup_id: Some(7),
                 ..Default::default()
@@ -71,7 +72,7 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"h","interface":"eth0","direction":"egress","application":"DNS","vlan_id":null,"ether_type":2048,"src_ip":"10.0.0.1","dst_ip":"fd00::2","protocol":17,"src_port":40000,"dst_port":53,"packets":3,"bytes":300,"first_seen":"1970-01-01T00:00:00.000000001Z","last_seen":"1970-01-01T00:00:00.000000002Z","tcp_flags":0,"interval_ms":10000,"cgroup_id":7,"container_id":null,"pod_uid":null,"pod":null,"namespace":null}"#
+            r#"{"ts":"2026-11-18T11:06:40.000000042Z","host":"h","interface":"eth0","direction":"egress","application":"DNS","vlan_id":null,"ether_type":2048,"src_ip":"10.0.0.1","dst_ip":"fd00::2","protocol":17,"src_port":40000,"dst_port":53,"packets":3,"bytes":300,"first_seen":"1970-01-01T00:00:00.000000001Z","last_seen":"1970-01-01T00:00:00.000000002Z","tcp_flags":0,"interval_ms":10000,"tcp_handshake_us":null,"tcp_syn_retransmits":null,"tcp_retransmits":null,"tcp_rtt_us":null,"drop_packets":null,"drop_bytes":null,"drop_reason":null,"cgroup_id":7,"container_id":null,"pod_uid":null,"pod":null,"namespace":null}"#
         );
     }
 
