@@ -112,6 +112,26 @@ pub fn create_table<R>(
     sql
 }
 
+/// `ALTER TABLE … ADD COLUMN IF NOT EXISTS` for every field of `columns`, in one statement:
+/// a table made by an older FlowMetrix (or by the first insert) gains the columns added
+/// since, which the bulk path needs (it never adds columns); a table that has them all is
+/// left as it is. Without their indexes (GreptimeDB takes no index options on this path):
+/// `SHOW CREATE TABLE` tells, and `ALTER TABLE t MODIFY COLUMN c SET INVERTED INDEX` adds one.
+pub fn add_columns<R>(table: &str, columns: &[Column<R>]) -> String {
+    let adds: Vec<String> = columns
+        .iter()
+        .filter(|c| c.semantic == SemanticType::Field)
+        .map(|c| {
+            format!(
+                "ADD COLUMN IF NOT EXISTS {} {} NULL",
+                quote(c.name),
+                sql_type(c.data_type)
+            )
+        })
+        .collect();
+    format!("ALTER TABLE {} {}", quote(table), adds.join(", "))
+}
+
 /// `PARTITION ON COLUMNS ("host") (…)` from split points: one partition below the first,
 /// one between each two, one from the last on.
 pub fn partition(splits: &[String]) -> Option<String> {

@@ -156,7 +156,7 @@ fn down_at_start_gets_the_tables_by_ddl_first(spool: bool) {
     want.extend(
         ddl::tables(&c, false)
             .into_iter()
-            .map(|(_, sql)| Event::Sql(sql)),
+            .flat_map(|t| [Event::Sql(t.create), Event::Sql(t.add_columns)]),
     );
     want.extend(
         ddl::rollups("packet_data", None)

@@ -31,7 +31,10 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
         "{done:?}"
     );
     // Exactly the documented statements, in order, each once.
-    let mut expected: Vec<String> = ddl::tables(&c, true).into_iter().map(|(_, s)| s).collect();
+    let mut expected: Vec<String> = ddl::tables(&c, true)
+        .into_iter()
+        .flat_map(|t| [t.create, t.add_columns])
+        .collect();
     expected.extend(
         ddl::rollups("packet_data", Some("flow_data"))
             .into_iter()
@@ -68,7 +71,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
     assert_eq!(roles["ts"], SemanticType::Timestamp);
     assert!(endpoint.append_only("public", "packet_data"));
     assert!(endpoint.append_only("public", "flow_data"));
-    assert_eq!(endpoint.column_types("public", "flow_data").len(), 23);
+    assert_eq!(endpoint.column_types("public", "flow_data").len(), 30);
     assert!(endpoint.append_only("public", "dns_data"));
     let want: Vec<(String, ColumnDataType)> = DNS_SCHEMA
         .iter()
@@ -289,15 +292,13 @@ fn a_table_of_the_go_original_is_used_as_it_is_and_gains_the_new_columns() {
             logs.text()
         );
     }
-    // The columns it lacked were added (by the insert, in its order), after its own.
+    // The columns it lacked were added after its own: the fields by the start-up's ALTER
+    // TABLE (in the row's order), then the tags by the insert.
     let cols = endpoint.columns("public", "packet_data");
     assert_eq!(cols.len(), SCHEMA.len());
     assert_eq!(
         &cols[13..],
         [
-            "host",
-            "interface",
-            "direction",
             "vlan_id",
             "tunnel",
             "inner_src_ip",
@@ -312,6 +313,9 @@ fn a_table_of_the_go_original_is_used_as_it_is_and_gains_the_new_columns() {
             "pod_uid",
             "pod",
             "namespace",
+            "host",
+            "interface",
+            "direction",
         ]
     );
     assert!(
@@ -408,6 +412,9 @@ const COLUMN_NAMES: &[(&str, bool)] = &[
     ("dns_queries", false),
     ("dns_rcode", false),
     ("dns_timeouts", false),
+    ("drop_bytes", false),
+    ("drop_packets", false),
+    ("drop_reason", false),
     ("dst_ip", false),
     ("dst_mac", false),
     ("dst_port", false),
@@ -437,6 +444,10 @@ const COLUMN_NAMES: &[(&str, bool)] = &[
     ("src_mac", false),
     ("src_port", false),
     ("tcp_flags", false),
+    ("tcp_handshake_us", false),
+    ("tcp_retransmits", false),
+    ("tcp_rtt_us", false),
+    ("tcp_syn_retransmits", false),
     ("ts", false),
     ("tunnel", false),
     ("update_at", false),
@@ -491,7 +502,8 @@ fn the_endpoint_refuses_unquoted_exactly_the_keywords_among_our_column_names() {
                 pool.execute(&alter, STATEMENT_TIMEOUT).await.unwrap();
                 let e = pool
                     .execute(
-                        &format!("ALTER TABLE \"{table}\" ADD COLUMN {written} STRING"),
+                        // (IF NOT EXISTS: the column is there, which alone fails, 4002.)
+                        &format!("ALTER TABLE \"{table}\" ADD COLUMN IF NOT EXISTS {written} STRING"),
                         STATEMENT_TIMEOUT,
                     )
                     .await;
@@ -499,5 +511,65 @@ fn the_endpoint_refuses_unquoted_exactly_the_keywords_among_our_column_names() {
                 endpoint.drop_table("public", &table);
             }
         }
+    });
+}
+
+#[test]
+fn an_older_flow_table_gains_the_newer_columns_and_a_second_run_changes_nothing() {
+    // flow_data as an earlier FlowMetrix made it: without the how-well columns.
+    const NEWER: [&str; 7] = [
+        "tcp_handshake_us",
+        "tcp_syn_retransmits",
+        "tcp_retransmits",
+        "tcp_rtt_us",
+        "drop_packets",
+        "drop_bytes",
+        "drop_reason",
+    ];
+    let endpoint = Endpoint::start(None);
+    let older: Vec<(&str, ColumnDataType, SemanticType)> = FLOW_SCHEMA
+        .iter()
+        .filter(|c| !NEWER.contains(&c.name))
+        .map(|c| (c.name, c.data_type, c.semantic))
+        .collect();
+    endpoint.create_table_with_roles("public", "flow_data", &older);
+    let c = cfg(&[&endpoint]);
+    let rt = runtime();
+    for _ in 0..2 {
+        let done = rt.block_on(async {
+            let pool = Endpoints::connect(&c).unwrap();
+            prepare(&pool, &c, true).await
+        });
+        assert!(done.failed.is_empty(), "{done:?}");
+        // Its own columns first, then the ones it lacked, each with the row's type, as fields.
+        let mut want: Vec<&str> = older.iter().map(|c| c.0).collect();
+        want.extend(NEWER);
+        assert_eq!(endpoint.columns("public", "flow_data"), want);
+        let types = endpoint.column_types("public", "flow_data");
+        let roles = endpoint.roles("public", "flow_data");
+        for c in FLOW_SCHEMA {
+            assert!(
+                types.contains(&(c.name.to_owned(), c.data_type)),
+                "{}",
+                c.name
+            );
+            assert_eq!(roles[c.name], c.semantic, "{}", c.name);
+        }
+    }
+    // Without IF NOT EXISTS, a column that is there fails the statement, as on the server.
+    rt.block_on(async {
+        let pool = Endpoints::connect(&c).unwrap();
+        let e = pool
+            .execute(
+                "ALTER TABLE \"flow_data\" ADD COLUMN \"drop_reason\" STRING NULL",
+                STATEMENT_TIMEOUT,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Some(4002));
+        assert_eq!(
+            e.message,
+            "Column drop_reason already exists in table flow_data"
+        );
     });
 }

@@ -19,19 +19,37 @@ use super::{config::GreptimeConfig, service::Endpoints};
 pub use crate::schema::ddl::*;
 use crate::schema::{FLOW_SCHEMA, SCHEMA, columns::DNS_SCHEMA};
 
-/// The `CREATE TABLE` statements for this run, in order.
-pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<(String, String)> {
+/// A table of this run: its `CREATE TABLE IF NOT EXISTS` and the `ALTER TABLE … ADD
+/// COLUMN IF NOT EXISTS` that gives an older table the columns added since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDdl {
+    pub name: String,
+    pub create: String,
+    pub add_columns: String,
+}
+
+/// The tables of this run, in order.
+pub fn tables(cfg: &GreptimeConfig, flows_on: bool) -> Vec<TableDdl> {
     let ttl = cfg.ttl.as_deref();
     let splits = &cfg.ddl.partition_hosts;
-    let mut out = vec![(
-        cfg.table.clone(),
-        create_table(&cfg.table, SCHEMA, ttl, splits),
-    )];
+    let mut out = vec![TableDdl {
+        name: cfg.table.clone(),
+        create: create_table(&cfg.table, SCHEMA, ttl, splits),
+        add_columns: add_columns(&cfg.table, SCHEMA),
+    }];
     if flows_on {
         let t = &cfg.ddl.flow_table;
-        out.push((t.clone(), create_table(t, FLOW_SCHEMA, ttl, splits)));
+        out.push(TableDdl {
+            name: t.clone(),
+            create: create_table(t, FLOW_SCHEMA, ttl, splits),
+            add_columns: add_columns(t, FLOW_SCHEMA),
+        });
         let t = &cfg.ddl.dns_table;
-        out.push((t.clone(), create_table(t, DNS_SCHEMA, ttl, splits)));
+        out.push(TableDdl {
+            name: t.clone(),
+            create: create_table(t, DNS_SCHEMA, ttl, splits),
+            add_columns: add_columns(t, DNS_SCHEMA),
+        });
     }
     out
 }
@@ -70,9 +88,14 @@ pub const PENDING_TRIES: u32 = 60;
 pub async fn prepare(pool: &Arc<Endpoints>, cfg: &GreptimeConfig, flows_on: bool) -> Prepared {
     let mut done = Prepared::default();
     if cfg.ddl.create_tables {
-        for (table, sql) in tables(cfg, flows_on) {
-            match pool.execute(&sql, STATEMENT_TIMEOUT).await {
-                Ok(()) => done.tables.push(table),
+        for TableDdl {
+            name: table,
+            create,
+            add_columns,
+        } in tables(cfg, flows_on)
+        {
+            match pool.execute(&create, STATEMENT_TIMEOUT).await {
+                Ok(()) => {}
                 Err(e) if e.unreachable => {
                     done.unreachable = Some(e.to_string());
                     return done;
@@ -82,6 +105,21 @@ pub async fn prepare(pool: &Arc<Endpoints>, cfg: &GreptimeConfig, flows_on: bool
                         "cannot create table {table} ({e}): the first insert creates it, without its indexes; or create it yourself (see README, Tables)"
                     );
                     done.failed.push(format!("table {table}: {e}"));
+                    continue;
+                }
+            }
+            // The table is there; an older one gains the columns added since.
+            match pool.execute(&add_columns, STATEMENT_TIMEOUT).await {
+                Ok(()) => done.tables.push(table),
+                Err(e) if e.unreachable => {
+                    done.unreachable = Some(e.to_string());
+                    return done;
+                }
+                Err(e) => {
+                    warn!(
+                        "cannot add the newer columns to table {table} ({e}): row inserts add them themselves, bulk writes into it fail until they exist; run with --write-path rows, or add them yourself (see README, Tables)"
+                    );
+                    done.failed.push(format!("columns of table {table}: {e}"));
                 }
             }
         }

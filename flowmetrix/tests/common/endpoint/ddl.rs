@@ -227,16 +227,46 @@ fn parse_create_table(rest: &str) -> Result<CreateTable, Syntax> {
     })
 }
 
-/// `ALTER TABLE t ADD COLUMN c TYPE`, if `sql` is one: (table, column, type).
-pub fn alter_add_column(sql: &str) -> Option<Result<(String, String, i32), Syntax>> {
+/// A column `ALTER TABLE … ADD COLUMN [IF NOT EXISTS] c TYPE` adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddColumn {
+    pub name: String,
+    pub data_type: i32,
+    pub if_not_exists: bool,
+}
+
+/// `ALTER TABLE t ADD COLUMN [IF NOT EXISTS] c TYPE [NULL][, ADD COLUMN …]`, if `sql` is
+/// one (GreptimeDB's `parse_alter_table_add`: comma-separated, `COLUMN` optional): the table
+/// and its columns.
+pub fn alter_add_column(sql: &str) -> Option<Result<(String, Vec<AddColumn>), Syntax>> {
     let rest = strip_ci(strip_ci(sql, "ALTER")?, "TABLE")?;
     let (table, _, rest) = ident(rest)?;
-    let rest = strip_ci(strip_ci(rest, "ADD")?, "COLUMN")?;
-    Some(column_name(rest).and_then(|(col, rest)| {
-        let t = sql_type(rest.trim().trim_end_matches(" NULL"))
-            .ok_or_else(|| format!("Unsupported data type: {}", rest.trim()))?;
-        Ok((table, col, t as i32))
-    }))
+    strip_ci(rest, "ADD")?;
+    let mut columns = Vec::new();
+    for item in rest.trim().trim_end_matches(';').split(',') {
+        let parsed = (|| {
+            let item = strip_ci(item, "ADD").ok_or("Expected: ADD")?;
+            let item = strip_ci(item, "COLUMN").unwrap_or(item);
+            let (if_not_exists, item) = match strip_ci(item, "IF NOT EXISTS") {
+                Some(r) => (true, r),
+                None => (false, item),
+            };
+            let (name, rest) = column_name(item)?;
+            let ty = rest.trim();
+            let ty = ty.strip_suffix(" NULL").unwrap_or(ty);
+            let t = sql_type(ty).ok_or_else(|| format!("Unsupported data type: {ty}"))?;
+            Ok::<_, Syntax>(AddColumn {
+                name,
+                data_type: t as i32,
+                if_not_exists,
+            })
+        })();
+        match parsed {
+            Ok(c) => columns.push(c),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok((table, columns)))
 }
 
 /// `CREATE FLOW …`, if `sql` is one.

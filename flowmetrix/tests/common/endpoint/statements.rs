@@ -105,7 +105,7 @@ pub(super) fn ddl_statement(st: &mut State, db: &str, sql: &str) -> Option<Answe
         return Some(Ok(affected_rows(0)));
     }
     if let Some(parsed) = ddl::alter_add_column(sql) {
-        let (table, column, ty) = match parsed {
+        let (table, adds) = match parsed {
             Ok(a) => a,
             Err(m) => return Some(Err(syntax(m))),
         };
@@ -117,10 +117,24 @@ pub(super) fn ddl_statement(st: &mut State, db: &str, sql: &str) -> Option<Answe
                 format!("Table not found: greptime.{db}.{table}"),
             )));
         };
-        if !cols.iter().any(|(n, _)| *n == column) {
-            cols.push((column.clone(), ty));
-            if let Some(roles) = st.roles.get_mut(&key) {
-                roles.insert(column, SemanticType::Field as i32);
+        // All or nothing: a column that exists without IF NOT EXISTS fails the statement
+        // (table::error::ColumnExists, TableColumnExists 4002); with it, it is skipped.
+        if let Some(c) = adds
+            .iter()
+            .find(|c| !c.if_not_exists && cols.iter().any(|(n, _)| *n == c.name))
+        {
+            return Some(Err(gt_error(
+                Code::AlreadyExists,
+                4002,
+                format!("Column {} already exists in table {table}", c.name),
+            )));
+        }
+        for c in adds {
+            if !cols.iter().any(|(n, _)| *n == c.name) {
+                cols.push((c.name.clone(), c.data_type));
+                if let Some(roles) = st.roles.get_mut(&key) {
+                    roles.insert(c.name, SemanticType::Field as i32);
+                }
             }
         }
         return Some(Ok(affected_rows(0)));
