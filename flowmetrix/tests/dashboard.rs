@@ -387,7 +387,19 @@ fn every_column_a_query_names_is_in_its_table_with_a_fitting_type() {
         ),
         (
             FLOW_TABLE,
-            &["ts", "packets", "bytes", "dst_port", "interface"],
+            &[
+                "ts",
+                "packets",
+                "bytes",
+                "dst_port",
+                "interface",
+                "tcp_handshake_us",
+                "tcp_syn_retransmits",
+                "tcp_retransmits",
+                "tcp_rtt_us",
+                "drop_packets",
+                "drop_reason",
+            ],
         ),
         ("packet_data_1m", &["minute", "bytes", "direction"]),
         ("packet_data_talkers_1m", &["src_ip", "dst_ip", "bytes"]),
@@ -509,6 +521,11 @@ fn dashboard_is_valid_json_with_the_documented_queries() {
         "DNS queries, errors and timeouts",
         "Failing DNS names",
         "Slowest DNS names",
+        "Handshake latency",
+        "Slowest handshakes",
+        "TCP retransmits",
+        "Highest smoothed RTT",
+        "Dropped packets per second by reason",
     ] {
         assert!(
             titles.iter().any(|t| t.starts_with(want)),
@@ -560,5 +577,23 @@ fn dashboard_is_valid_json_with_the_documented_queries() {
                 .filter_map(|p| sql(p))
                 .any(|s| s.contains(rollup))
         );
+    }
+}
+
+#[test]
+fn no_two_panels_share_a_cell_of_the_grid() {
+    let dash = dashboard();
+    let mut taken: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for p in dash["panels"].as_array().unwrap() {
+        let g = &p["gridPos"];
+        let n = |k: &str| g[k].as_u64().unwrap();
+        let title = p["title"].as_str().unwrap().to_owned();
+        for x in n("x")..n("x") + n("w") {
+            for y in n("y")..n("y") + n("h") {
+                if let Some(other) = taken.insert((x, y), title.clone()) {
+                    panic!("{title:?} overlaps {other:?} at x {x}, y {y}");
+                }
+            }
+        }
     }
 }
