@@ -347,6 +347,12 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "Collections of the kernel's flow maps that failed.",
         Counters::get(&f.collect_errors),
     )?;
+    counter(
+        e,
+        "flow_health_unmatched",
+        "Handshakes and sockets' figures that found no flow row to go on.",
+        Counters::get(&f.health_unmatched),
+    )?;
     gauge(
         e,
         "flow_map_entries",

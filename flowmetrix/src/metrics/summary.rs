@@ -33,6 +33,8 @@ pub struct FlowSummary {
     pub map_peak: u64,
     pub map_max: u64,
     pub collect_errors: u64,
+    /// How-well figures that found no row (`flows::health`).
+    pub health_unmatched: u64,
 }
 
 impl FlowSummary {
@@ -61,6 +63,7 @@ impl FlowSummary {
             map_peak: f.map_peak.load(Relaxed),
             map_max: f.map_max.load(Relaxed),
             collect_errors: f.collect_errors.load(Relaxed),
+            health_unmatched: f.health_unmatched.load(Relaxed),
         }
     }
 
@@ -99,6 +102,7 @@ impl FlowSummary {
             ("map peak", self.map_peak),
             ("map max", self.map_max),
             ("collect errors", self.collect_errors),
+            ("health unmatched", self.health_unmatched),
         ]);
         v
     }
@@ -443,7 +447,7 @@ mod tests {
         assert_eq!(packets, Summary::new(k, &Counters::default()).to_string());
         assert_eq!(
             flows,
-            "rows 3, written 2, write errors 0, queue drops 1, spooled 0, replayed 0, spool lost 0, packets 7, bytes 700, events 2, unkeyed 3, unkeyed bytes 60, overflow 1, overflow bytes 100, map peak 9, map max 16, collect errors 1"
+            "rows 3, written 2, write errors 0, queue drops 1, spooled 0, replayed 0, spool lost 0, packets 7, bytes 700, events 2, unkeyed 3, unkeyed bytes 60, overflow 1, overflow bytes 100, map peak 9, map max 16, collect errors 1, health unmatched 0"
         );
         assert_eq!(s.flows.unwrap().unaccounted(), 0);
     }
@@ -471,7 +475,7 @@ mod tests {
         };
         assert_eq!(
             flows_run().text(&shape),
-            "seen 10; ingress: seen 10; flows: rows 3, written 3, write errors 0, queue drops 0, spooled 0, replayed 0, spool lost 0, packets 0, bytes 0, events 0, unkeyed 0, unkeyed bytes 0, overflow 0, overflow bytes 0, map peak 0, map max 0, collect errors 0"
+            "seen 10; ingress: seen 10; flows: rows 3, written 3, write errors 0, queue drops 0, spooled 0, replayed 0, spool lost 0, packets 0, bytes 0, events 0, unkeyed 0, unkeyed bytes 0, overflow 0, overflow bytes 0, map peak 0, map max 0, collect errors 0, health unmatched 0"
         );
     }
 
