@@ -62,7 +62,7 @@ fn sh(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
 }
 
-fn must(args: &[&str]) {
+pub fn must(args: &[&str]) {
     let out = sh(args);
     assert!(
         out.status.success(),

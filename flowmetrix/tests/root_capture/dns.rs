@@ -136,3 +136,172 @@ fn both_mode_passes_dns_packets_without_making_them_packet_rows() {
         "{packet_rows} packet rows at 1 in 1000: {stderr}"
     );
 }
+
+/// A DNS server in the collector's namespace (10.9.0.1, UDP and TCP port 53) that answers
+/// every query 20 ms late: names starting `nx` with NXDOMAIN, `silent.example.com` never, the
+/// rest NOERROR with one A record. Queries from a real client in the other namespace, over
+/// UDP and TCP.
+#[test]
+fn a_real_resolver_answering_late_gives_one_row_per_query_and_a_timeout() {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream, UdpSocket},
+        thread,
+        time::Duration,
+    };
+
+    let net = common::NetPair::new();
+    for (ns, ifname, addr) in [
+        (&net.ns_a, &net.if_a, "10.9.0.1/24"),
+        (&net.ns_b, &net.if_b, "10.9.0.2/24"),
+    ] {
+        common::must(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
+        common::must(&["ip", "-n", ns, "link", "set", ifname, "arp", "on"]);
+    }
+    let collector = net
+        .collector()
+        .args(&[
+            "--mode",
+            "flows",
+            "--direction",
+            "both",
+            "--dns-timeout",
+            "1s",
+            "--output",
+            "jsonl",
+        ])
+        .ready("TC attached")
+        .start();
+
+    // The answer to query `q`: None for the name that is never answered.
+    fn answer(q: &[u8]) -> Option<Vec<u8>> {
+        let id = u16::from_be_bytes([*q.first()?, *q.get(1)?]);
+        let mut name = Vec::new();
+        let mut at = 12;
+        while let Some(&n) = q.get(at).filter(|&&n| n != 0) {
+            let label = q.get(at + 1..at + 1 + usize::from(n))?;
+            name.push(String::from_utf8_lossy(label).into_owned());
+            at += 1 + usize::from(n);
+        }
+        let name = name.join(".");
+        thread::sleep(Duration::from_millis(20));
+        match name.as_str() {
+            "silent.example.com" => None,
+            n if n.starts_with("nx") => Some(dns_message(id, NXDOMAIN, n, 1, 0)),
+            n => Some(dns_message(id, NOERROR, n, 1, 1)),
+        }
+    }
+    let (udp, tcp) = common::in_netns(&net.ns_a, || {
+        (
+            UdpSocket::bind("10.9.0.1:53").unwrap(),
+            TcpListener::bind("10.9.0.1:53").unwrap(),
+        )
+    });
+    thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            if let Some(a) = answer(&buf[..n]) {
+                let _ = udp.send_to(&a, from);
+            }
+        }
+    });
+    thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if s.read_exact(&mut q).is_err() {
+                continue;
+            }
+            if let Some(a) = answer(&q) {
+                let mut m = (a.len() as u16).to_be_bytes().to_vec();
+                m.extend_from_slice(&a);
+                let _ = s.write_all(&m);
+            }
+        }
+    });
+
+    // The client: three queries over UDP, two over TCP.
+    let client_udp = common::in_netns(&net.ns_b, || UdpSocket::bind("10.9.0.2:40053").unwrap());
+    client_udp
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for (id, name) in [
+        (1u16, "a.example.com"),
+        (2, "nx.example.com"),
+        (3, "silent.example.com"),
+    ] {
+        client_udp
+            .send_to(&dns_message(id, QUERY, name, 1, 0), "10.9.0.1:53")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let got = client_udp.recv_from(&mut buf);
+        assert_eq!(got.is_ok(), id != 3, "{name}: {got:?}");
+    }
+    for (id, name) in [(4u16, "b.example.com"), (5, "nx2.example.com")] {
+        let mut s = common::in_netns(&net.ns_b, || {
+            TcpStream::connect_timeout(&"10.9.0.1:53".parse().unwrap(), Duration::from_secs(2))
+                .unwrap()
+        });
+        let q = dns_message(id, QUERY, name, 1, 0);
+        let mut m = (q.len() as u16).to_be_bytes().to_vec();
+        m.extend_from_slice(&q);
+        s.write_all(&m).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut a).unwrap();
+        assert_eq!(a[..2], id.to_be_bytes());
+    }
+    // The unanswered query times out after 1 s.
+    thread::sleep(Duration::from_millis(1_500));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    let rows = done.rows();
+    let mut dns: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r.get("dns_qname").is_some())
+        .collect();
+    dns.sort_by_key(|r| r["dns_id"].as_u64());
+    let stderr = &done.stderr;
+    assert_eq!(dns.len(), 5, "{dns:#?}\n{stderr}");
+    let want = [
+        (1, "a.example.com", "NOERROR", 17, Some(1)),
+        (2, "nx.example.com", "NXDOMAIN", 17, Some(0)),
+        (3, "silent.example.com", "TIMEOUT", 17, None),
+        (4, "b.example.com", "NOERROR", 6, Some(1)),
+        (5, "nx2.example.com", "NXDOMAIN", 6, Some(0)),
+    ];
+    for (r, (id, name, rcode, protocol, answers)) in dns.iter().zip(want) {
+        assert_eq!(r["dns_id"], id, "{r}");
+        assert_eq!(r["dns_qname"], name, "{r}");
+        assert_eq!(r["dns_qtype"], "A", "{r}");
+        assert_eq!(r["dns_rcode"], rcode, "{r}");
+        assert_eq!(r["protocol"], protocol, "{r}");
+        assert_eq!(r["dns_answers"].as_u64(), answers, "{r}");
+        assert_eq!(r["src_ip"], "10.9.0.2", "{r}");
+        assert_eq!(r["dst_ip"], "10.9.0.1", "{r}");
+        assert_eq!(r["dst_port"], 53, "{r}");
+        assert_eq!(r["direction"], "ingress", "{r}");
+        assert_eq!(r["interface"], net.if_a.as_str(), "{r}");
+        match answers {
+            // At least the responder's 20 ms, and not the timeout.
+            Some(_) => {
+                let us = r["dns_latency_us"].as_u64().unwrap();
+                assert!((20_000..1_000_000).contains(&us), "{r}");
+            }
+            None => assert!(r["dns_latency_us"].is_null(), "{r}"),
+        }
+        if protocol == 17 {
+            assert_eq!(r["src_port"], 40_053, "{r}");
+        }
+    }
+    let d = done.summary().dns.expect("a dns part");
+    assert_eq!(
+        (d["rows"], d["queries"], d["timeouts"], d["ring drops"]),
+        (5, 5, 1, 0),
+        "{stderr}"
+    );
+}
