@@ -41,7 +41,7 @@ pub const HANDSHAKE_MAP: &str = "HANDSHAKES";
 /// Name of the per-CPU array (one entry) of [`HandshakeStats`].
 pub const HANDSHAKE_STATS_MAP: &str = "HSSTATS";
 /// Name of the global that switches the tracking on (1) or off (0), set at load.
-pub const HANDSHAKES_GLOBAL: &str = "HANDSHAKES";
+pub const HANDSHAKES_GLOBAL: &str = "HANDSHAKES_ON";
 /// Entries of [`HANDSHAKE_MAP`]: handshakes open at once (and completed ones until the next
 /// collection) it can hold.
 pub const DEFAULT_HANDSHAKE_MAX_ENTRIES: u32 = 16_384;
@@ -434,7 +434,10 @@ mod tests {
                 (Ack, true, 1003, false),
             ])
             .unwrap();
-            assert_eq!((s.phase, s.latency_ns, s.syn_retransmits), (PHASE_RESET, 0, 1));
+            assert_eq!(
+                (s.phase, s.latency_ns, s.syn_retransmits),
+                (PHASE_RESET, 0, 1)
+            );
         }
         // An RST with no attempt: nothing.
         assert_eq!(run(&[(Rst, true, 1, false)]), None);
@@ -449,7 +452,10 @@ mod tests {
             (Syn, true, 200, false),
         ])
         .unwrap();
-        assert_eq!((s.phase, s.latency_ns, s.syn_retransmits), (PHASE_SYN, 0, 1));
+        assert_eq!(
+            (s.phase, s.latency_ns, s.syn_retransmits),
+            (PHASE_SYN, 0, 1)
+        );
         assert_eq!(s.start_ns, 200 * MS);
         let s = run(&[
             (Syn, true, 0, true),
@@ -464,7 +470,10 @@ mod tests {
     #[test]
     fn out_of_order_and_stray_segments_never_make_a_figure() {
         // A SYN-ACK or ACK with no SYN seen: no state.
-        assert_eq!(run(&[(SynAck, false, 1, true), (Ack, true, 2, false)]), None);
+        assert_eq!(
+            run(&[(SynAck, false, 1, true), (Ack, true, 2, false)]),
+            None
+        );
         // A SYN-ACK stamped before the SYN (segments handled out of order), and an ACK at
         // the SYN's own time: nothing completes.
         let s = run(&[

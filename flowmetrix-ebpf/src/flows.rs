@@ -24,7 +24,7 @@
 use core::{
     arch::asm,
     cell::Cell,
-    intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd},
+    intrinsics::{AtomicOrdering::Relaxed, atomic_and, atomic_or, atomic_xadd},
     mem::MaybeUninit,
     ptr::read_volatile,
 };
@@ -40,9 +40,13 @@ use flowmetrix_common::{
         DEFAULT_FLOW_MAX_ENTRIES, FLOW_CFG_ENTRIES, FLOW_CFG_GENERATION, FLOW_CFG_PREFIX,
         FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, PREFIX_UNKNOWN, parse,
     },
+    handshake::{FLOW_AWAITS_ACK, Segment},
 };
 
-use crate::packet::{Now, Packet, cgroup_of};
+use crate::{
+    handshake,
+    packet::{Now, Packet, cgroup_of},
+};
 
 /// The two flow maps; the programs count into `FLOWS{generation & 1}`. Sized by userspace
 /// (`--flow-max-entries`; the minimum in `packets` mode).
@@ -217,11 +221,27 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
     key.direction = dir as u8;
     let dns = is_dns(key);
     let cgroup = cgroup_of(ctx, dir);
-    let counted = if generation & 1 == 0 {
-        add(&FLOWS0, key, bytes, flags, cgroup, now)
-    } else {
-        add(&FLOWS1, key, bytes, flags, cgroup, now)
+    // TCP handshakes: a SYN marks its flow entry, whose next plain ACK then looks its
+    // connection up (see `handshake`).
+    let seg = handshake::segment(key.protocol, flags);
+    let mark = Mark {
+        flags: u64::from(flags)
+            | if seg == Segment::Syn {
+                FLOW_AWAITS_ACK
+            } else {
+                0
+            },
+        ack: seg == Segment::Ack,
     };
+    let counted = if generation & 1 == 0 {
+        add(&FLOWS0, key, bytes, mark, cgroup, now)
+    } else {
+        add(&FLOWS1, key, bytes, mark, cgroup, now)
+    };
+    if seg.is_handshake() || (mark.ack && counted != Ok(false)) {
+        // An egress packet with a socket was sent by this host's own TCP stack.
+        handshake::track(key, seg, now.get(), cgroup != 0);
+    }
     // The map had no room: `ts` is the packet's timestamp, read by `add`.
     let Err(ts) = counted else {
         return dns;
@@ -297,18 +317,29 @@ fn key_of<P: Packet>(ctx: &P, prefix: usize, wire_len: u32, key: &mut FlowKey) -
     parse(&f, prefix, key)
 }
 
+/// The flags a packet ors into its flow entry (the TCP flags byte, and
+/// [`FLOW_AWAITS_ACK`] for a SYN), and whether it is a plain ACK that wants to know if the
+/// entry awaits one.
+#[derive(Clone, Copy)]
+struct Mark {
+    flags: u64,
+    ack: bool,
+}
+
 /// Adds the packet to `key`'s entry of `map`, creating it if need be, stamped with the
 /// packet's time (`now`, read from the clock here unless already read), with the `cgroup`
-/// id of its socket. `Err(timestamp)` when the map has no room for a new entry.
+/// id of its socket. `Ok(look)`: for a plain ACK (`mark.ack`), whether its connection is
+/// to be looked up (the entry awaited an ACK, or is new); `Err(timestamp)` when the map
+/// has no room for a new entry.
 #[inline(always)]
 fn add(
     map: &HashMap<FlowKey, FlowValue>,
     key: &FlowKey,
     bytes: u64,
-    flags: u8,
+    mark: Mark,
     cgroup: u64,
     now: &Now,
-) -> Result<(), u64> {
+) -> Result<bool, u64> {
     let found = map.get_ptr_mut(key);
     // The clock is read between the lookup and the atomic adds, not before the lookup: the
     // same work, 4–5 ns less per packet on this VM (BENCHMARKS.md, Flows), where the
@@ -316,25 +347,21 @@ fn add(
     // before the parse or after the adds it costs as much as before the lookup.
     let ts = now.get();
     if let Some(v) = found {
-        bump(v, bytes, ts, flags, cgroup);
-        return Ok(());
+        return Ok(bump(v, bytes, ts, mark, cgroup));
     }
     let fresh = FlowValue {
         packets: 1,
         bytes,
         first_seen_ns: ts,
         last_seen_ns: ts,
-        tcp_flags: u64::from(flags),
+        tcp_flags: mark.flags,
         cgroup_id: cgroup,
     };
     match map.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(mark.ack),
         // EEXIST: another CPU created the entry since the lookup.
         Err(-17) => match map.get_ptr_mut(key) {
-            Some(v) => {
-                bump(v, bytes, ts, flags, cgroup);
-                Ok(())
-            }
+            Some(v) => Ok(bump(v, bytes, ts, mark, cgroup)),
             None => Err(ts),
         },
         // E2BIG (full), ENOMEM: no room.
@@ -342,8 +369,10 @@ fn add(
     }
 }
 
+/// Adds to the entry `v`; for a plain ACK (`mark.ack`), whether the entry awaited one (the
+/// mark is then cleared).
 #[inline(always)]
-fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8, cgroup: u64) {
+fn bump(v: *mut FlowValue, bytes: u64, ts: u64, mark: Mark, cgroup: u64) -> bool {
     // The intrinsics, not `AtomicU64`: the bpf target declares no compare-and-swap, so core
     // leaves out the atomic types' read-modify-write methods; the intrinsics compile to the
     // BPF atomic instructions (`lock *(u64 *)(r + off) += r`, and the atomic or of BPF v3,
@@ -358,8 +387,13 @@ fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8, cgroup: u64) {
         if cgroup != 0 {
             (&raw mut (*v).cgroup_id).write_volatile(cgroup);
         }
-        if flags != 0 {
-            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, u64::from(flags));
+        if mark.flags != 0 {
+            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, mark.flags);
         }
+        if !mark.ack || (&raw const (*v).tcp_flags).read_volatile() & FLOW_AWAITS_ACK == 0 {
+            return false;
+        }
+        atomic_and::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, !FLOW_AWAITS_ACK);
+        true
     }
 }

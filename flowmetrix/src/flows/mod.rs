@@ -21,11 +21,13 @@
 //! reads the kernel's maps.
 
 pub mod aggregate;
+pub mod handshakes;
 pub mod health;
 pub mod kernel;
 pub mod stage;
 
 pub use aggregate::{Aggregator, Interfaces, PacketClock};
+pub use handshakes::{HandshakeMap, HandshakeTotals, Tracker};
 pub use health::{Handshake, Health, Parts, SocketKey};
 pub use kernel::{Collected, FlowMapError, FlowMaps};
 pub use stage::{FlowSettings, Live, Replay, Signals};
