@@ -181,7 +181,9 @@ impl Default for Tracker {
 
 impl Tracker {
     /// A TCP segment with `flags`, keyed `key` as the flow path keyed it, at `now`. A
-    /// replay knows no sockets: every segment is seen from the path (SYN → ACK).
+    /// replay knows no sockets: every segment is seen from the path (SYN → ACK). An
+    /// answer (SYN-ACK, RST) whose connection is not known the other direction is looked
+    /// for in its own (files without directions).
     pub fn segment(&mut self, key: &FlowKey, flags: u8, now: u64) {
         if key.protocol != 6 {
             return;
@@ -198,7 +200,12 @@ impl Tracker {
     }
 
     fn on(&mut self, key: &FlowKey, seg: Segment, forward: bool, now: u64) {
-        let conn = connection_of(key, forward);
+        let mut conn = connection_of(key, forward);
+        // A file without directions (a classic pcap: all "ingress") has both ways of a
+        // connection in one direction: the reversed key keeps it then.
+        if !forward && !self.states.contains_key(&conn) {
+            conn.direction = key.direction;
+        }
         match step(self.states.get(&conn), seg, forward, now, false) {
             Step::Keep => {}
             Step::Update(n) => {
