@@ -204,6 +204,10 @@ impl FlowMaps {
             return Err(e);
         }
         let map_entries = flows.len() - before;
+        // The kernel's marks above the flags byte are its own (FLOW_AWAITS_ACK).
+        for (_, v) in &mut flows[before..] {
+            v.tcp_flags &= 0xff;
+        }
         self.drain_events();
         let events = take_events(&mut self.pending, old);
         Ok(Collected {
