@@ -8,8 +8,10 @@
 //!   [`PREFIX_UNKNOWN`] or above [`MAX_PREFIX`], or a frame the parser cannot key, is
 //!   counted as not keyed (`flow_unkeyed`, `flow_unkeyed_bytes`);
 //! - a hit adds 1 packet and the bytes with atomic adds, stores `last_seen`, ors the TCP
-//!   flags (only when there are some); a miss inserts with `BPF_NOEXIST`; `EEXIST` (another
-//!   CPU inserted the key meanwhile) looks up again and adds;
+//!   flags (only when they add a bit to the entry's); a miss inserts with `BPF_NOEXIST`;
+//!   `EEXIST` (another CPU inserted the key meanwhile) looks up again and adds;
+//! - a TCP packet goes to the handshake tracking ([`crate::handshake`]) when it is a SYN,
+//!   SYN-ACK or RST, or a plain ACK whose entry awaits one (a SYN marked it) or is new;
 //! - when the map is full, the packet goes to userspace as a [`FlowEvent`] tagged with its
 //!   generation, in `FLOWEVENTS` (submitted without a wakeup: userspace drains it at every
 //!   interval), and `flow_events` counts it; when that ring is full too, `flow_overflow`
@@ -223,7 +225,11 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
     let cgroup = cgroup_of(ctx, dir);
     // TCP handshakes: a SYN marks its flow entry, whose next plain ACK then looks its
     // connection up (see `handshake`).
-    let seg = handshake::segment(key.protocol, flags);
+    let seg = if handshake::tracked(key.protocol) {
+        Segment::of(flags)
+    } else {
+        Segment::Other
+    };
     let mark = Mark {
         flags: u64::from(flags)
             | if seg == Segment::Syn {
@@ -238,14 +244,15 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
     } else {
         add(&FLOWS1, key, bytes, mark, cgroup, now)
     };
-    if seg.is_handshake() || (mark.ack && counted != Ok(false)) {
+    if seg.is_handshake() || counted.look {
         // An egress packet with a socket was sent by this host's own TCP stack.
         handshake::track(key, seg, now.get(), cgroup != 0);
     }
-    // The map had no room: `ts` is the packet's timestamp, read by `add`.
-    let Err(ts) = counted else {
+    if !counted.full {
         return dns;
-    };
+    }
+    // The map had no room: the packet's timestamp, read by `add`.
+    let ts = now.get();
     match FLOWEVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
             entry.write(FlowEvent {
@@ -326,11 +333,21 @@ struct Mark {
     ack: bool,
 }
 
+/// What became of a packet in the flow map. (Plain fields, not a `Result`: LLVM may merge
+/// the payload of a variant not taken into a branch, a register the verifier then finds
+/// never written.)
+#[derive(Clone, Copy)]
+struct Added {
+    /// A plain ACK (`mark.ack`) whose connection is to be looked up: its entry awaited an
+    /// ACK, is new, or could not be made.
+    look: bool,
+    /// The map had no room for a new entry.
+    full: bool,
+}
+
 /// Adds the packet to `key`'s entry of `map`, creating it if need be, stamped with the
 /// packet's time (`now`, read from the clock here unless already read), with the `cgroup`
-/// id of its socket. `Ok(look)`: for a plain ACK (`mark.ack`), whether its connection is
-/// to be looked up (the entry awaited an ACK, or is new); `Err(timestamp)` when the map
-/// has no room for a new entry.
+/// id of its socket.
 #[inline(always)]
 fn add(
     map: &HashMap<FlowKey, FlowValue>,
@@ -339,7 +356,12 @@ fn add(
     mark: Mark,
     cgroup: u64,
     now: &Now,
-) -> Result<bool, u64> {
+) -> Added {
+    let done = |look| Added { look, full: false };
+    let full = Added {
+        look: mark.ack,
+        full: true,
+    };
     let found = map.get_ptr_mut(key);
     // The clock is read between the lookup and the atomic adds, not before the lookup: the
     // same work, 4–5 ns less per packet on this VM (BENCHMARKS.md, Flows), where the
@@ -347,7 +369,7 @@ fn add(
     // before the parse or after the adds it costs as much as before the lookup.
     let ts = now.get();
     if let Some(v) = found {
-        return Ok(bump(v, bytes, ts, mark, cgroup));
+        return done(bump(v, bytes, ts, mark, cgroup));
     }
     let fresh = FlowValue {
         packets: 1,
@@ -358,14 +380,14 @@ fn add(
         cgroup_id: cgroup,
     };
     match map.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Ok(mark.ack),
+        Ok(()) => done(mark.ack),
         // EEXIST: another CPU created the entry since the lookup.
         Err(-17) => match map.get_ptr_mut(key) {
-            Some(v) => Ok(bump(v, bytes, ts, mark, cgroup)),
-            None => Err(ts),
+            Some(v) => done(bump(v, bytes, ts, mark, cgroup)),
+            None => full,
         },
         // E2BIG (full), ENOMEM: no room.
-        Err(_) => Err(ts),
+        Err(_) => full,
     }
 }
 
@@ -387,10 +409,13 @@ fn bump(v: *mut FlowValue, bytes: u64, ts: u64, mark: Mark, cgroup: u64) -> bool
         if cgroup != 0 {
             (&raw mut (*v).cgroup_id).write_volatile(cgroup);
         }
-        if mark.flags != 0 {
+        // Read first: the atomic or only when it adds a bit (a TCP flow's segments mostly
+        // repeat flags already there), and an ACK learns whether the entry awaits it.
+        let had = (&raw const (*v).tcp_flags).read_volatile();
+        if mark.flags & !had != 0 {
             atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, mark.flags);
         }
-        if !mark.ack || (&raw const (*v).tcp_flags).read_volatile() & FLOW_AWAITS_ACK == 0 {
+        if !mark.ack || had & FLOW_AWAITS_ACK == 0 {
             return false;
         }
         atomic_and::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, !FLOW_AWAITS_ACK);

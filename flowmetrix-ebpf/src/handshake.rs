@@ -44,18 +44,11 @@ static HANDSHAKES: HashMap<FlowKey, HandshakeState> =
 #[map]
 static HSSTATS: PerCpuArray<HandshakeStats> = PerCpuArray::with_max_entries(1, 0);
 
-/// The segment a TCP packet with `flags` is, or [`Segment::Other`] when the packet is not
-/// TCP (`protocol`) or the tracking is off.
+/// Whether a packet of IP protocol `protocol` is tracked: TCP, with the tracking on.
 #[inline(always)]
-pub fn segment(protocol: u8, flags: u8) -> Segment {
-    if protocol != 6 {
-        return Segment::Other;
-    }
+pub fn tracked(protocol: u8) -> bool {
     // SAFETY: reading a global set before load.
-    if unsafe { read_volatile(&HANDSHAKES_ON) } == 0 {
-        return Segment::Other;
-    }
-    Segment::of(flags)
+    protocol == 6 && unsafe { read_volatile(&HANDSHAKES_ON) } != 0
 }
 
 /// Runs segment `seg` of the packet keyed `key` (at `now`; `local`: it leaves with a local
