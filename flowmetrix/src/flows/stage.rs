@@ -253,6 +253,7 @@ pub struct Replay {
     interfaces: Interfaces,
     /// The handshakes' states (the kernel's state machine, run here).
     handshakes: Option<Tracker>,
+    counters: Arc<FlowCounters>,
 }
 
 impl Replay {
@@ -262,7 +263,7 @@ impl Replay {
         host: Arc<str>,
         counters: Arc<FlowCounters>,
     ) -> Self {
-        let mut agg = Aggregator::new(applications, host, counters);
+        let mut agg = Aggregator::new(applications, host, Arc::clone(&counters));
         agg.health.parts.handshakes = settings.handshakes;
         Self {
             clock: PacketClock::new(settings.interval),
@@ -270,6 +271,7 @@ impl Replay {
             settings,
             agg,
             interfaces: Interfaces::default(),
+            counters,
         }
     }
 
@@ -310,6 +312,7 @@ impl Replay {
     fn close(&mut self, end: UnixNanos, out: &mut Vec<FlowRecord>) {
         if let Some(t) = self.handshakes.as_mut() {
             t.report(u64::try_from(end.0).unwrap_or(0), &mut self.agg.health);
+            Counters::set(&self.counters.handshakes_full, t.full);
         }
         let interfaces = &self.interfaces;
         out.extend(self.agg.rows(

@@ -347,6 +347,12 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "Collections of the kernel's flow maps that failed.",
         Counters::get(&f.collect_errors),
     )?;
+    counter(
+        e,
+        "flow_handshakes_full",
+        "TCP handshakes not measured: the kernel's handshake state map was full.",
+        Counters::get(&f.handshakes_full),
+    )?;
     gauge(
         e,
         "flow_map_entries",

@@ -33,6 +33,8 @@ pub struct FlowSummary {
     pub map_peak: u64,
     pub map_max: u64,
     pub collect_errors: u64,
+    /// TCP handshakes the kernel's full state map could not take (printed when not 0).
+    pub handshakes_full: u64,
 }
 
 impl FlowSummary {
@@ -61,6 +63,7 @@ impl FlowSummary {
             map_peak: f.map_peak.load(Relaxed),
             map_max: f.map_max.load(Relaxed),
             collect_errors: f.collect_errors.load(Relaxed),
+            handshakes_full: f.handshakes_full.load(Relaxed),
         }
     }
 
@@ -100,6 +103,9 @@ impl FlowSummary {
             ("map max", self.map_max),
             ("collect errors", self.collect_errors),
         ]);
+        if self.handshakes_full != 0 {
+            v.push(("handshakes full", self.handshakes_full));
+        }
         v
     }
 }
