@@ -409,6 +409,10 @@ fn bump(v: *mut FlowValue, bytes: u64, ts: u64, mark: Mark, cgroup: u64) -> bool
         if cgroup != 0 {
             (&raw mut (*v).cgroup_id).write_volatile(cgroup);
         }
+        // Not TCP (no flags): nothing more, as before the tracking.
+        if mark.flags == 0 {
+            return false;
+        }
         // Read first: the atomic or only when it adds a bit (a TCP flow's segments mostly
         // repeat flags already there), and an ACK learns whether the entry awaits it.
         let had = (&raw const (*v).tcp_flags).read_volatile();
