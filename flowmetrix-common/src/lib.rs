@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod flow_key;
+pub mod handshake;
 
 /// Largest number of frame bytes one sample can carry (the compiled maximum of `--snaplen`).
 /// A power of two, so the XDP program can bound copy lengths with a mask.
@@ -190,6 +191,8 @@ mod user {
     unsafe impl aya::Pod for super::flow_key::FlowKey {}
     unsafe impl aya::Pod for super::flow_key::FlowValue {}
     unsafe impl aya::Pod for super::flow_key::FlowEvent {}
+    unsafe impl aya::Pod for super::handshake::HandshakeState {}
+    unsafe impl aya::Pod for super::handshake::HandshakeStats {}
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //!   [`PREFIX_UNKNOWN`] or above [`MAX_PREFIX`], or a frame the parser cannot key, is
 //!   counted as not keyed (`flow_unkeyed`, `flow_unkeyed_bytes`);
 //! - a hit adds 1 packet and the bytes with atomic adds, stores `last_seen`, ors the TCP
-//!   flags (only when there are some); a miss inserts with `BPF_NOEXIST`; `EEXIST` (another
-//!   CPU inserted the key meanwhile) looks up again and adds;
+//!   flags (only when they add a bit to the entry's); a miss inserts with `BPF_NOEXIST`;
+//!   `EEXIST` (another CPU inserted the key meanwhile) looks up again and adds;
+//! - a TCP packet goes to the handshake tracking ([`crate::handshake`]) when it is a SYN,
+//!   SYN-ACK or RST, or a plain ACK whose entry awaits one (a SYN marked it) or is new;
 //! - when the map is full, the packet goes to userspace as a [`FlowEvent`] tagged with its
 //!   generation, in `FLOWEVENTS` (submitted without a wakeup: userspace drains it at every
 //!   interval), and `flow_events` counts it; when that ring is full too, `flow_overflow`
@@ -24,7 +26,7 @@
 use core::{
     arch::asm,
     cell::Cell,
-    intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd},
+    intrinsics::{AtomicOrdering::Relaxed, atomic_and, atomic_or, atomic_xadd},
     mem::MaybeUninit,
     ptr::read_volatile,
 };
@@ -40,9 +42,13 @@ use flowmetrix_common::{
         DEFAULT_FLOW_MAX_ENTRIES, FLOW_CFG_ENTRIES, FLOW_CFG_GENERATION, FLOW_CFG_PREFIX,
         FlowEvent, FlowKey, FlowValue, Frame, MAX_L4_OFFSET, MAX_PREFIX, PREFIX_UNKNOWN, parse,
     },
+    handshake::{FLOW_AWAITS_ACK, Segment},
 };
 
-use crate::packet::{Now, Packet, cgroup_of};
+use crate::{
+    handshake,
+    packet::{Now, Packet, cgroup_of},
+};
 
 /// The two flow maps; the programs count into `FLOWS{generation & 1}`. Sized by userspace
 /// (`--flow-max-entries`; the minimum in `packets` mode).
@@ -217,15 +223,36 @@ pub fn count<P: Packet>(ctx: &P, dir: Direction, stats: &mut CpuStats, now: &Now
     key.direction = dir as u8;
     let dns = is_dns(key);
     let cgroup = cgroup_of(ctx, dir);
-    let counted = if generation & 1 == 0 {
-        add(&FLOWS0, key, bytes, flags, cgroup, now)
+    // TCP handshakes: a SYN marks its flow entry, whose next plain ACK then looks its
+    // connection up (see `handshake`).
+    let seg = if handshake::tracked(key.protocol) {
+        Segment::of(flags)
     } else {
-        add(&FLOWS1, key, bytes, flags, cgroup, now)
+        Segment::Other
     };
-    // The map had no room: `ts` is the packet's timestamp, read by `add`.
-    let Err(ts) = counted else {
+    let mark = Mark {
+        flags: u64::from(flags)
+            | if seg == Segment::Syn {
+                FLOW_AWAITS_ACK
+            } else {
+                0
+            },
+        ack: seg == Segment::Ack,
+    };
+    let counted = if generation & 1 == 0 {
+        add(&FLOWS0, key, bytes, mark, cgroup, now)
+    } else {
+        add(&FLOWS1, key, bytes, mark, cgroup, now)
+    };
+    if seg.is_handshake() || counted.look {
+        // An egress packet with a socket was sent by this host's own TCP stack.
+        handshake::track(key, seg, now.get(), cgroup != 0);
+    }
+    if !counted.full {
         return dns;
-    };
+    }
+    // The map had no room: the packet's timestamp, read by `add`.
+    let ts = now.get();
     match FLOWEVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
             entry.write(FlowEvent {
@@ -297,18 +324,44 @@ fn key_of<P: Packet>(ctx: &P, prefix: usize, wire_len: u32, key: &mut FlowKey) -
     parse(&f, prefix, key)
 }
 
+/// The flags a packet ors into its flow entry (the TCP flags byte, and
+/// [`FLOW_AWAITS_ACK`] for a SYN), and whether it is a plain ACK that wants to know if the
+/// entry awaits one.
+#[derive(Clone, Copy)]
+struct Mark {
+    flags: u64,
+    ack: bool,
+}
+
+/// What became of a packet in the flow map. (Plain fields, not a `Result`: LLVM may merge
+/// the payload of a variant not taken into a branch, a register the verifier then finds
+/// never written.)
+#[derive(Clone, Copy)]
+struct Added {
+    /// A plain ACK (`mark.ack`) whose connection is to be looked up: its entry awaited an
+    /// ACK, is new, or could not be made.
+    look: bool,
+    /// The map had no room for a new entry.
+    full: bool,
+}
+
 /// Adds the packet to `key`'s entry of `map`, creating it if need be, stamped with the
 /// packet's time (`now`, read from the clock here unless already read), with the `cgroup`
-/// id of its socket. `Err(timestamp)` when the map has no room for a new entry.
+/// id of its socket.
 #[inline(always)]
 fn add(
     map: &HashMap<FlowKey, FlowValue>,
     key: &FlowKey,
     bytes: u64,
-    flags: u8,
+    mark: Mark,
     cgroup: u64,
     now: &Now,
-) -> Result<(), u64> {
+) -> Added {
+    let done = |look| Added { look, full: false };
+    let full = Added {
+        look: mark.ack,
+        full: true,
+    };
     let found = map.get_ptr_mut(key);
     // The clock is read between the lookup and the atomic adds, not before the lookup: the
     // same work, 4–5 ns less per packet on this VM (BENCHMARKS.md, Flows), where the
@@ -316,34 +369,32 @@ fn add(
     // before the parse or after the adds it costs as much as before the lookup.
     let ts = now.get();
     if let Some(v) = found {
-        bump(v, bytes, ts, flags, cgroup);
-        return Ok(());
+        return done(bump(v, bytes, ts, mark, cgroup));
     }
     let fresh = FlowValue {
         packets: 1,
         bytes,
         first_seen_ns: ts,
         last_seen_ns: ts,
-        tcp_flags: u64::from(flags),
+        tcp_flags: mark.flags,
         cgroup_id: cgroup,
     };
     match map.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Ok(()),
+        Ok(()) => done(mark.ack),
         // EEXIST: another CPU created the entry since the lookup.
         Err(-17) => match map.get_ptr_mut(key) {
-            Some(v) => {
-                bump(v, bytes, ts, flags, cgroup);
-                Ok(())
-            }
-            None => Err(ts),
+            Some(v) => done(bump(v, bytes, ts, mark, cgroup)),
+            None => full,
         },
         // E2BIG (full), ENOMEM: no room.
-        Err(_) => Err(ts),
+        Err(_) => full,
     }
 }
 
+/// Adds to the entry `v`; for a plain ACK (`mark.ack`), whether the entry awaited one (the
+/// mark is then cleared).
 #[inline(always)]
-fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8, cgroup: u64) {
+fn bump(v: *mut FlowValue, bytes: u64, ts: u64, mark: Mark, cgroup: u64) -> bool {
     // The intrinsics, not `AtomicU64`: the bpf target declares no compare-and-swap, so core
     // leaves out the atomic types' read-modify-write methods; the intrinsics compile to the
     // BPF atomic instructions (`lock *(u64 *)(r + off) += r`, and the atomic or of BPF v3,
@@ -358,8 +409,20 @@ fn bump(v: *mut FlowValue, bytes: u64, ts: u64, flags: u8, cgroup: u64) {
         if cgroup != 0 {
             (&raw mut (*v).cgroup_id).write_volatile(cgroup);
         }
-        if flags != 0 {
-            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, u64::from(flags));
+        // Not TCP (no flags): nothing more, as before the tracking.
+        if mark.flags == 0 {
+            return false;
         }
+        // Read first: the atomic or only when it adds a bit (a TCP flow's segments mostly
+        // repeat flags already there), and an ACK learns whether the entry awaits it.
+        let had = (&raw const (*v).tcp_flags).read_volatile();
+        if mark.flags & !had != 0 {
+            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, mark.flags);
+        }
+        if !mark.ack || had & FLOW_AWAITS_ACK == 0 {
+            return false;
+        }
+        atomic_and::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, !FLOW_AWAITS_ACK);
+        true
     }
 }

@@ -17,6 +17,7 @@
 //! both. Both read the packet through [`packet::Packet`].
 
 mod flows;
+mod handshake;
 mod packet;
 mod sampler;
 

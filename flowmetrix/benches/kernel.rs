@@ -22,6 +22,10 @@
 #[allow(dead_code)]
 mod xdp;
 
+/// The TCP handshake tracking's cost (section `handshake`).
+#[path = "kernel_parts/handshake.rs"]
+mod handshake;
+
 use etherparse::PacketBuilder;
 use std::time::{Duration, Instant};
 
@@ -235,7 +239,7 @@ fn medians(variants: &[Variant], packet: &[u8]) -> Vec<(f64, (u32, u32))> {
 
 /// Whether section `name` runs: every section unless the command line names some
 /// (`cargo bench --bench kernel -- packets flows`; sections: packets, warm, slots, flows, growth,
-/// memory).
+/// memory, handshake).
 fn section(name: &str) -> bool {
     let named: Vec<String> = std::env::args()
         .skip(1)
@@ -340,6 +344,9 @@ fn main() {
     }
     if section("memory") {
         memory();
+    }
+    if section("handshake") {
+        handshake::table(before);
     }
 }
 

@@ -105,6 +105,8 @@ impl Settings {
                 flows: (cli.mode != ModeArg::Packets).then(|| FlowSettings {
                     interval: cli.flow_interval,
                     table: cli.flow_table.clone(),
+                    // `--tcp-health off` turns it off.
+                    handshakes: true,
                 }),
                 dns: (cli.mode != ModeArg::Packets).then(|| DnsSettings {
                     timeout: cli.dns_timeout,
@@ -206,6 +208,7 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                         .ok()
                         .and_then(|v| v.parse().ok()),
                     dns_ports,
+                    handshakes: true,
                 }),
             }))
         }
@@ -488,6 +491,7 @@ mod tests {
                 prefix: Some(24),
                 events_bytes: None,
                 dns_ports: [53, 0, 0, 0],
+                handshakes: true,
             })
         );
         let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();

@@ -363,6 +363,7 @@ fn flow_rows_reach_greptimedb_with_their_types_next_to_packet_rows() {
             "last_seen",
             "tcp_flags",
             "interval_ms",
+            // Sent: the TCP flow's rows carry a handshake's figures.
             "tcp_handshake_us",
             "tcp_syn_retransmits",
             "tcp_retransmits",

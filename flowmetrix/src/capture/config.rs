@@ -1,7 +1,10 @@
 //! What to load and where to attach it (from the command line), and the map sizes that
 //! follow from it.
 
-use flowmetrix_common::flow_key::{MODE_FLOWS, MODE_PACKETS};
+use flowmetrix_common::{
+    flow_key::{MODE_FLOWS, MODE_PACKETS},
+    handshake::DEFAULT_HANDSHAKE_MAX_ENTRIES,
+};
 
 /// How to attach the XDP program.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +91,9 @@ pub struct FlowsConfig {
     /// The ports DNS is served on (53 and `--dns-port`'s): the programs pass DNS packets to
     /// the ring whatever the sample rate.
     pub dns_ports: [u16; flowmetrix_common::DNS_PORTS],
+    /// Track TCP handshakes (`HANDSHAKES_ON`; off with `--tcp-health off`): when off, the
+    /// programs skip it and its state map is shrunk to one entry.
+    pub handshakes: bool,
 }
 
 /// Load-time mode and map sizes for `cfg`: what a mode does not use is shrunk to the
@@ -99,6 +105,8 @@ pub struct MapSizes {
     pub samples_bytes: u32,
     pub flow_entries: u32,
     pub events_bytes: u32,
+    /// Entries of the handshake state map (1 when the tracking is off).
+    pub handshake_entries: u32,
 }
 
 /// The sample ring of `--mode flows`, which carries DNS packets only.
@@ -144,6 +152,10 @@ impl MapSizes {
             },
             flow_entries,
             events_bytes,
+            handshake_entries: match cfg.flows {
+                Some(f) if f.handshakes => DEFAULT_HANDSHAKE_MAX_ENTRIES,
+                _ => 1,
+            },
         }
     }
 }
@@ -176,16 +188,19 @@ mod tests {
         let s = MapSizes::of(&cfg);
         assert_eq!((s.mode, s.samples_bytes), (MODE_PACKETS, 8 << 20));
         assert_eq!((s.flow_entries, s.events_bytes), (1, page));
+        assert_eq!(s.handshake_entries, 1);
         cfg.flows = Some(FlowsConfig {
             max_entries: 100_000,
             prefix: None,
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
+            handshakes: true,
         });
         let s = MapSizes::of(&cfg);
         assert_eq!(s.mode, MODE_PACKETS | MODE_FLOWS);
         // 100 000 events of 80 bytes: 8 MB, rounded up to a power of two.
         assert_eq!((s.flow_entries, s.events_bytes), (100_000, 8 << 20));
+        assert_eq!(s.handshake_entries, DEFAULT_HANDSHAKE_MAX_ENTRIES);
         cfg.packets = false;
         let s = MapSizes::of(&cfg);
         assert_eq!((s.mode, s.samples_bytes), (MODE_FLOWS, DNS_RING_BYTES));
@@ -194,6 +209,7 @@ mod tests {
             prefix: Some(0),
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
+            handshakes: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 1 << 20, "at least 1 MiB");
         cfg.flows = Some(FlowsConfig {
@@ -201,6 +217,7 @@ mod tests {
             prefix: Some(0),
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
+            handshakes: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 64 << 20, "at most 64 MiB");
         assert!(MapSizes::of(&cfg).events_bytes.is_power_of_two());
@@ -210,6 +227,7 @@ mod tests {
             prefix: Some(0),
             events_bytes: Some(100),
             dns_ports: [53, 0, 0, 0],
+            handshakes: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, page);
     }

@@ -40,6 +40,7 @@ use std::{collections::BTreeMap, sync::Arc};
 pub use counters::CounterReader;
 
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
+use flowmetrix_common::handshake::{HANDSHAKE_MAP, HANDSHAKES_GLOBAL};
 use flowmetrix_common::{
     DNS_PORTS_GLOBAL, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL,
@@ -119,6 +120,12 @@ impl Capture {
             .override_global(SNAPLEN_GLOBAL, &cfg.snaplen, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &(cfg.ring_bytes / 4), true)
             .override_global(MODE_GLOBAL, &sizes.mode, true)
+            .override_global(
+                HANDSHAKES_GLOBAL,
+                &u32::from(cfg.flows.is_some_and(|f| f.handshakes)),
+                true,
+            )
+            .map_max_entries(HANDSHAKE_MAP, sizes.handshake_entries)
             .map_max_entries(SAMPLES_MAP, sizes.samples_bytes)
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)

@@ -114,7 +114,8 @@ impl Aggregator {
     /// A replayed frame: keyed by the kernel's rules after `prefix` bytes (Ethernet), or
     /// from the network header on for other link types (no VLAN tags then). `None` for the
     /// prefix: not known yet (`-auto-detect` still learning), so not keyed, as live.
-    /// `ifindex` stands for the frame's interface (see [`Interfaces`]).
+    /// `ifindex` stands for the frame's interface (see [`Interfaces`]). The frame's key and
+    /// TCP flags, when it was keyed.
     #[allow(clippy::too_many_arguments)]
     pub fn add_frame(
         &mut self,
@@ -125,7 +126,7 @@ impl Aggregator {
         ts: UnixNanos,
         ifindex: u32,
         direction: Direction,
-    ) {
+    ) -> Option<(FlowKey, u8)> {
         let mut key = FlowKey::ZERO;
         let (keyed, bytes) = match (link, prefix) {
             (Link::Ethernet, Some(p)) => (
@@ -144,11 +145,12 @@ impl Aggregator {
         let Some(tcp_flags) = keyed else {
             Counters::add(&self.counters.unkeyed, 1);
             Counters::add(&self.counters.unkeyed_bytes, bytes);
-            return;
+            return None;
         };
         key.ifindex = ifindex;
         key.direction = KernelDirection::from(direction) as u8;
         self.add_packet(key, u64::try_from(ts.0).unwrap_or(0), bytes, tcp_flags);
+        Some((key, tcp_flags))
     }
 
     /// The interval's rows, and the aggregator emptied for the next one. `ts` is the

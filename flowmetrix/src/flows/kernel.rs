@@ -51,6 +51,8 @@ use flowmetrix_common::flow_key::{
 
 pub use sys::BatchStep;
 
+use super::handshakes::{HandshakeMap, HandshakeMapError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum FlowMapError {
     #[error("the XDP object lacks the map {0}")]
@@ -73,6 +75,8 @@ pub enum FlowMapError {
     },
     #[error("cannot read the flow map's size")]
     Info(#[source] aya::maps::MapError),
+    #[error(transparent)]
+    Handshakes(#[from] HandshakeMapError),
 }
 
 /// What one collection gives: everything the programs counted under one generation.
@@ -104,6 +108,8 @@ pub struct FlowMaps {
     carry: Vec<(FlowKey, FlowValue)>,
     /// Whether the kernel takes BPF_MAP_LOOKUP_AND_DELETE_BATCH (until it refuses).
     batch: bool,
+    /// The TCP handshakes' states, read by the flows stage at every collection.
+    pub handshakes: Option<HandshakeMap>,
 }
 
 impl FlowMaps {
@@ -124,6 +130,7 @@ impl FlowMaps {
             hash_map(take(FLOW_MAPS[1])?, FLOW_MAPS[1])?,
         ];
         let max_entries = maps[0].info().map_err(FlowMapError::Info)?.max_entries();
+        let handshakes = HandshakeMap::from_ebpf(ebpf)?;
         let mut this = Self {
             cfg,
             maps,
@@ -133,6 +140,7 @@ impl FlowMaps {
             pending: Vec::new(),
             carry: Vec::new(),
             batch: true,
+            handshakes,
         };
         this.cfg
             .set(FLOW_CFG_GENERATION, 0, 0)
@@ -196,6 +204,10 @@ impl FlowMaps {
             return Err(e);
         }
         let map_entries = flows.len() - before;
+        // The kernel's marks above the flags byte are its own (FLOW_AWAITS_ACK).
+        for (_, v) in &mut flows[before..] {
+            v.tcp_flags &= 0xff;
+        }
         self.drain_events();
         let events = take_events(&mut self.pending, old);
         Ok(Collected {

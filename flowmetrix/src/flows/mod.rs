@@ -18,14 +18,17 @@
 //! timer, given the kernel's maps at start, the interface names ([`crate::sample::InterfaceNames`])
 //! and the learned prefix (a watch channel the decode stage sends on); in a replay, fed the
 //! frames by the pipeline. [`aggregate`] adds up an interval and makes its rows; [`kernel`]
-//! reads the kernel's maps.
+//! reads the kernel's maps; [`handshakes`] reads the TCP handshakes' states (live) or runs
+//! their state machine on the frames (replay); [`health`] joins such figures to the rows.
 
 pub mod aggregate;
+pub mod handshakes;
 pub mod health;
 pub mod kernel;
 pub mod stage;
 
 pub use aggregate::{Aggregator, Interfaces, PacketClock};
+pub use handshakes::{HandshakeMap, HandshakeTotals, Tracker};
 pub use health::{Handshake, Health, Parts, SocketKey};
 pub use kernel::{Collected, FlowMapError, FlowMaps};
 pub use stage::{FlowSettings, Live, Replay, Signals};

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     aggregate::{Aggregator, Interfaces, PacketClock},
+    handshakes::{self, Tracker},
     kernel::{Collected, FlowMapError, FlowMaps},
 };
 use crate::{
@@ -27,6 +28,9 @@ pub struct FlowSettings {
     pub interval: Duration,
     /// `--flow-table`.
     pub table: String,
+    /// TCP handshake latency and SYN retransmits (off with `--tcp-health off`; the kernel
+    /// is told at load, [`crate::capture::FlowsConfig::handshakes`]).
+    pub handshakes: bool,
 }
 
 /// Live: the kernel's maps, collected every interval on a blocking thread, their flows named
@@ -68,9 +72,11 @@ impl Live {
         names: InterfaceNames,
         fallback: Arc<str>,
     ) -> Self {
+        let mut agg = Aggregator::new(applications, host, Arc::clone(&counters));
+        agg.health.parts.handshakes = settings.handshakes && maps.handshakes.is_some();
         Self {
             settings,
-            agg: Aggregator::new(applications, host, Arc::clone(&counters)),
+            agg,
             counters,
             maps: Some(maps),
             since: std::time::Instant::now(),
@@ -141,11 +147,30 @@ impl Live {
     /// Collects the maps once: the interval's rows.
     async fn collect(&mut self) -> Vec<FlowRecord> {
         if let Some(mut maps) = self.maps.take() {
+            let on = self.agg.health.parts.handshakes;
             let res = tokio::task::spawn_blocking(move || {
                 let res = maps.collect();
-                (maps, res)
+                let shakes = match maps.handshakes.as_mut().filter(|_| on) {
+                    Some(h) => h
+                        .collect(handshakes::boot_now())
+                        .and_then(|read| Ok((read, h.totals()?.full))),
+                    None => Ok((Vec::new(), 0)),
+                };
+                (maps, res, shakes)
             })
             .await;
+            let res = res.map(|(maps, res, shakes)| {
+                match shakes {
+                    Ok((read, full)) => {
+                        for (key, h) in read {
+                            self.agg.health.handshake(key, h);
+                        }
+                        Counters::set(&self.counters.handshakes_full, full);
+                    }
+                    Err(e) => debug!("cannot read the handshake map: {e}"),
+                }
+                (maps, res)
+            });
             self.collected(res);
         }
         let interval = self.since.elapsed();
@@ -226,6 +251,9 @@ pub struct Replay {
     agg: Aggregator,
     clock: PacketClock,
     interfaces: Interfaces,
+    /// The handshakes' states (the kernel's state machine, run here).
+    handshakes: Option<Tracker>,
+    counters: Arc<FlowCounters>,
 }
 
 impl Replay {
@@ -235,11 +263,15 @@ impl Replay {
         host: Arc<str>,
         counters: Arc<FlowCounters>,
     ) -> Self {
+        let mut agg = Aggregator::new(applications, host, Arc::clone(&counters));
+        agg.health.parts.handshakes = settings.handshakes;
         Self {
             clock: PacketClock::new(settings.interval),
+            handshakes: settings.handshakes.then(Tracker::default),
             settings,
-            agg: Aggregator::new(applications, host, counters),
+            agg,
             interfaces: Interfaces::default(),
+            counters,
         }
     }
 
@@ -256,7 +288,7 @@ impl Replay {
             self.close(end, out);
         }
         let ifindex = self.interfaces.index(name);
-        self.agg.add_frame(
+        let keyed = self.agg.add_frame(
             s.link,
             s.frame,
             s.wire_len,
@@ -265,6 +297,9 @@ impl Replay {
             ifindex,
             s.direction,
         );
+        if let (Some(t), Some((key, flags))) = (self.handshakes.as_mut(), keyed) {
+            t.segment(&key, flags, u64::try_from(s.ts.0).unwrap_or(0));
+        }
     }
 
     /// At the end of the file: the last interval's rows.
@@ -275,6 +310,10 @@ impl Replay {
     }
 
     fn close(&mut self, end: UnixNanos, out: &mut Vec<FlowRecord>) {
+        if let Some(t) = self.handshakes.as_mut() {
+            t.report(u64::try_from(end.0).unwrap_or(0), &mut self.agg.health);
+            Counters::set(&self.counters.handshakes_full, t.full);
+        }
         let interfaces = &self.interfaces;
         out.extend(self.agg.rows(
             end,

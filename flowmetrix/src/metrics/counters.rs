@@ -109,6 +109,8 @@ pub struct FlowCounters {
     /// How-well figures (handshakes, sockets' retransmits and RTT) that found no flow row
     /// to go on ([`crate::flows::health`]).
     pub health_unmatched: AtomicU64,
+    /// TCP handshakes the kernel's full state map could not take (not measured).
+    pub handshakes_full: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.

@@ -353,6 +353,12 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "Handshakes and sockets' figures that found no flow row to go on.",
         Counters::get(&f.health_unmatched),
     )?;
+    counter(
+        e,
+        "flow_handshakes_full",
+        "TCP handshakes not measured: the kernel's handshake state map was full.",
+        Counters::get(&f.handshakes_full),
+    )?;
     gauge(
         e,
         "flow_map_entries",

@@ -35,6 +35,8 @@ pub struct FlowSummary {
     pub collect_errors: u64,
     /// How-well figures that found no row (`flows::health`).
     pub health_unmatched: u64,
+    /// TCP handshakes the kernel's full state map could not take (printed when not 0).
+    pub handshakes_full: u64,
 }
 
 impl FlowSummary {
@@ -64,6 +66,7 @@ impl FlowSummary {
             map_max: f.map_max.load(Relaxed),
             collect_errors: f.collect_errors.load(Relaxed),
             health_unmatched: f.health_unmatched.load(Relaxed),
+            handshakes_full: f.handshakes_full.load(Relaxed),
         }
     }
 
@@ -104,6 +107,9 @@ impl FlowSummary {
             ("collect errors", self.collect_errors),
             ("health unmatched", self.health_unmatched),
         ]);
+        if self.handshakes_full != 0 {
+            v.push(("handshakes full", self.handshakes_full));
+        }
         v
     }
 }

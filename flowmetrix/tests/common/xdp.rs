@@ -17,6 +17,7 @@ use flowmetrix_common::{
     SAMPLES_MAP, SNAPLEN_GLOBAL, STATS_MAP, TC_BASELINE_PROGRAM_NAME, TC_EGRESS_PROGRAM_NAME,
     TC_INGRESS_PROGRAM_NAME, WAKEUP_BYTES_GLOBAL,
     flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_FLOWS, MODE_GLOBAL, MODE_PACKETS},
+    handshake::{DEFAULT_HANDSHAKE_MAX_ENTRIES, HANDSHAKE_MAP, HANDSHAKES_GLOBAL},
 };
 
 /// Whether program `name` of the object is a TC (sched_cls) program; else it is XDP.
@@ -48,6 +49,9 @@ pub struct Settings {
     /// Another build of the kernel programs to load instead of the embedded one (the
     /// kernel bench's before/after runs); None: the embedded object.
     pub object: Option<&'static [u8]>,
+    /// The TCP handshake tracking (`HANDSHAKES_ON`), and its state map's entries.
+    pub handshakes: bool,
+    pub handshake_entries: u32,
 }
 
 impl Default for Settings {
@@ -64,6 +68,8 @@ impl Default for Settings {
             event_bytes: 1 << 20,
             prefix: Some(0),
             object: None,
+            handshakes: true,
+            handshake_entries: DEFAULT_HANDSHAKE_MAX_ENTRIES,
         }
     }
 }
@@ -105,6 +111,9 @@ impl Loaded {
             .override_global(SNAPLEN_GLOBAL, &s.snaplen, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &s.wakeup_bytes, true)
             .override_global(MODE_GLOBAL, &s.mode, true)
+            // Not in objects built before the tracking (the bench's before runs).
+            .override_global(HANDSHAKES_GLOBAL, &u32::from(s.handshakes), false)
+            .map_max_entries(HANDSHAKE_MAP, s.handshake_entries)
             .map_max_entries(SAMPLES_MAP, s.ring_bytes)
             .map_max_entries(FLOW_MAPS[0], if flows { s.flow_entries } else { 1 })
             .map_max_entries(FLOW_MAPS[1], if flows { s.flow_entries } else { 1 })

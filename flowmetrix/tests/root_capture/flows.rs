@@ -502,6 +502,10 @@ fn flow_content(r: &Value) -> Value {
     for k in ["ts", "first_seen", "last_seen", "interval_ms", "interface"] {
         r.as_object_mut().unwrap().remove(k);
     }
+    // A handshake's latency is a time too (the replayed frames are stamped 1 ms apart):
+    // whether there is one.
+    let measured = !r["tcp_handshake_us"].is_null();
+    r["tcp_handshake_us"] = Value::Bool(measured);
     r
 }
 

@@ -12,6 +12,7 @@ mod capture;
 mod dns;
 mod first_hour;
 mod flows;
+mod handshake;
 mod interfaces;
 mod kube;
 mod lifecycle;

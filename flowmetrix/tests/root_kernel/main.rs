@@ -6,6 +6,7 @@
 mod common;
 
 mod flows;
+mod handshake;
 mod packets;
 
 /// The cgroup v2 id of this process: the inode number of its cgroup's directory.
