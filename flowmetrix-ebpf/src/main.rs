@@ -19,6 +19,7 @@
 mod flows;
 mod packet;
 mod sampler;
+mod tcp;
 
 use core::ptr::read_volatile;
 

@@ -11,7 +11,7 @@ use crate::{
     capture::{self, CaptureConfig, Directions, FlowsConfig, IngressHook, TcAttach, XdpMode},
     cli::{
         Cli, DirectionArg, FileSettings, IngressHookArg, KubeMetadataArg, LogFormat, ModeArg,
-        Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
+        OnOff, Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
     },
     decoder::DecodeSettings,
     dns::{DnsSettings, dns_ports},
@@ -105,6 +105,7 @@ impl Settings {
                 flows: (cli.mode != ModeArg::Packets).then(|| FlowSettings {
                     interval: cli.flow_interval,
                     table: cli.flow_table.clone(),
+                    egress_watched: cli.direction != DirectionArg::Ingress,
                 }),
                 dns: (cli.mode != ModeArg::Packets).then(|| DnsSettings {
                     timeout: cli.dns_timeout,
@@ -206,6 +207,7 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                         .ok()
                         .and_then(|v| v.parse().ok()),
                     dns_ports,
+                    tcp_health: cli.tcp_health == OnOff::On,
                 }),
             }))
         }
@@ -488,6 +490,7 @@ mod tests {
                 prefix: Some(24),
                 events_bytes: None,
                 dns_ports: [53, 0, 0, 0],
+                tcp_health: true,
             })
         );
         let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();

@@ -27,6 +27,7 @@ mod owner;
 mod slots;
 mod stale;
 mod tc;
+mod tcp_health;
 mod xdp;
 
 use aya::{
@@ -40,13 +41,14 @@ use std::{collections::BTreeMap, sync::Arc};
 pub use counters::CounterReader;
 
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
+use flowmetrix_common::tcp::{TCP_OFFSETS_GLOBAL, TCP_SOCKET_MAPS};
 use flowmetrix_common::{
     DNS_PORTS_GLOBAL, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL,
 };
 use tracing::{debug, info, warn};
 
-use crate::flows::kernel::FlowMaps;
+use crate::flows::{kernel::FlowMaps, tcp::TcpSockets};
 use crate::metrics::{InterfaceStats, KernelStats};
 
 pub use config::{
@@ -56,6 +58,7 @@ pub use error::CaptureError;
 pub use iface::{if_index, if_is_up};
 pub use load::EbpfLogger;
 pub use slots::{OTHER, SlotBook};
+pub use tcp_health::TCP_HEALTH_BTF_ENV;
 
 use load::{load_error, load_program, raise_memlock_limit};
 use tc::{attach_tc, tc_hooks};
@@ -82,6 +85,8 @@ pub struct Capture {
     slot_of: Array<MapData, u32>,
     /// The flow maps, until taken (`--mode flows|both`).
     flow_maps: Option<FlowMaps>,
+    /// The socket maps, until taken (`--tcp-health`, when the kernel lets it run).
+    tcp_sockets: Option<TcpSockets>,
     /// The mode the XDP program was last attached in ("native" or "skb"), "" without XDP.
     pub mode: &'static str,
     /// How the TC programs were last attached ("tcx" or "netlink"), "" without TC.
@@ -113,6 +118,7 @@ impl Capture {
         let dns_ports = cfg
             .flows
             .map_or([0; flowmetrix_common::DNS_PORTS], |f| f.dns_ports);
+        let tcp = tcp_health::Probe::new(cfg);
         let mut ebpf = EbpfLoader::new()
             .override_global(DNS_PORTS_GLOBAL, &dns_ports, true)
             .override_global(SAMPLE_RATE_GLOBAL, &cfg.sample_rate, true)
@@ -123,6 +129,9 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
+            .override_global(TCP_OFFSETS_GLOBAL, &tcp.offsets(), true)
+            .map_max_entries(TCP_SOCKET_MAPS[0], tcp.map_entries())
+            .map_max_entries(TCP_SOCKET_MAPS[1], tcp.map_entries())
             .load(crate::kernel_object::object().map_err(|e| load_error(programs_of(cfg), e))?)
             .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.
@@ -130,6 +139,7 @@ impl Capture {
             Some(f) => Some(FlowMaps::from_ebpf(&mut ebpf, f.prefix).map_err(CaptureError::Flows)?),
             None => None,
         };
+        let tcp_sockets = tcp.start(&mut ebpf);
         // The logger owns the program's log map: it must live as long as the program.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| debug!("eBPF logger not started: {e}"))
@@ -158,6 +168,7 @@ impl Capture {
             counters: CounterReader::new(stats),
             slot_of,
             flow_maps,
+            tcp_sockets,
             mode: "",
             tc_attached: "",
         })
@@ -289,6 +300,11 @@ impl Capture {
     /// The flow maps (once), when loaded with [`CaptureConfig::flows`].
     pub fn take_flow_maps(&mut self) -> Option<FlowMaps> {
         self.flow_maps.take()
+    }
+
+    /// The socket maps (once), when `--tcp-health` runs.
+    pub fn take_tcp_sockets(&mut self) -> Option<TcpSockets> {
+        self.tcp_sockets.take()
     }
 
     /// Messages the XDP program logs (errors only), to be polled by the caller.

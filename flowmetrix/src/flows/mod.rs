@@ -24,6 +24,7 @@ pub mod aggregate;
 pub mod health;
 pub mod kernel;
 pub mod stage;
+pub mod tcp;
 
 pub use aggregate::{Aggregator, Interfaces, PacketClock};
 pub use health::{Handshake, Health, Parts, SocketKey};

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 use super::{
     aggregate::{Aggregator, Interfaces, PacketClock},
     kernel::{Collected, FlowMapError, FlowMaps},
+    tcp::{SocketsCollected, TcpSocketError, TcpSockets},
 };
 use crate::{
     applications::Applications,
@@ -27,6 +28,9 @@ pub struct FlowSettings {
     pub interval: Duration,
     /// `--flow-table`.
     pub table: String,
+    /// Whether egress is watched (`--direction egress|both`): a local socket's figures go on
+    /// its egress rows, else on the reverse direction's ingress rows.
+    pub egress_watched: bool,
 }
 
 /// Live: the kernel's maps, collected every interval on a blocking thread, their flows named
@@ -37,6 +41,8 @@ pub struct Live {
     counters: Arc<FlowCounters>,
     /// The maps, while no collection holds them.
     maps: Option<FlowMaps>,
+    /// `--tcp-health`: the socket maps, collected with the flow maps' generation.
+    tcp: Option<TcpSockets>,
     /// When the interval being counted began.
     since: std::time::Instant,
     /// `-auto-detect`: the prefix the programs were told.
@@ -68,11 +74,14 @@ impl Live {
         names: InterfaceNames,
         fallback: Arc<str>,
     ) -> Self {
+        let mut agg = Aggregator::new(applications, host, Arc::clone(&counters));
+        agg.health.parts.egress_watched = settings.egress_watched;
         Self {
             settings,
-            agg: Aggregator::new(applications, host, Arc::clone(&counters)),
+            agg,
             counters,
             maps: Some(maps),
+            tcp: None,
             since: std::time::Instant::now(),
             prefix_pushed: None,
             names,
@@ -85,6 +94,14 @@ impl Live {
     /// Rows get their [`crate::record::Workload`] from `resolver`.
     pub fn attribute_with(mut self, resolver: Resolver) -> Self {
         self.attribution = Some(resolver);
+        self
+    }
+
+    /// Local sockets' retransmits and RTT go on the rows, from `sockets` (`--tcp-health`,
+    /// when the kernel lets it run; else those columns stay null).
+    pub fn tcp_sockets(mut self, sockets: TcpSockets) -> Self {
+        self.tcp = Some(sockets);
+        self.agg.health.parts.tcp_sockets = true;
         self
     }
 
@@ -141,12 +158,25 @@ impl Live {
     /// Collects the maps once: the interval's rows.
     async fn collect(&mut self) -> Vec<FlowRecord> {
         if let Some(mut maps) = self.maps.take() {
+            let mut tcp = self.tcp.take();
             let res = tokio::task::spawn_blocking(move || {
                 let res = maps.collect();
-                (maps, res)
+                // The flip and grace period just made that generation's socket map idle too.
+                let sockets = match (&res, tcp.as_mut()) {
+                    (Ok(c), Some(t)) => Some(t.collect(c.generation)),
+                    _ => None,
+                };
+                (maps, res, tcp, sockets)
             })
             .await;
-            self.collected(res);
+            match res {
+                Ok((maps, res, tcp, sockets)) => {
+                    self.tcp = tcp;
+                    self.sockets(sockets);
+                    self.collected(Ok((maps, res)));
+                }
+                Err(e) => self.collected(Err(e)),
+            }
         }
         let interval = self.since.elapsed();
         self.since = std::time::Instant::now();
@@ -183,6 +213,19 @@ impl Live {
                 self.failed(&e);
             }
             Err(e) => self.failed(&e),
+        }
+    }
+
+    fn sockets(&mut self, collected: Option<Result<SocketsCollected, TcpSocketError>>) {
+        match collected {
+            Some(Ok(c)) => {
+                for f in c.sockets {
+                    self.agg.health.tcp_socket(f.key, f.retransmits, f.rtt_us);
+                }
+                Counters::add(&self.counters.tcp_sockets_full, c.full);
+            }
+            Some(Err(e)) => self.failed(&e),
+            None => {}
         }
     }
 

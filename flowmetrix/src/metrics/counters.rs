@@ -109,6 +109,9 @@ pub struct FlowCounters {
     /// How-well figures (handshakes, sockets' retransmits and RTT) that found no flow row
     /// to go on ([`crate::flows::health`]).
     pub health_unmatched: AtomicU64,
+    /// Local sockets' updates the kernel's full socket map could not take
+    /// (`--tcp-health`): their retransmits and RTT of that interval are missing.
+    pub tcp_sockets_full: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.

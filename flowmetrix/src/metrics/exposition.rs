@@ -347,6 +347,12 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "Collections of the kernel's flow maps that failed.",
         Counters::get(&f.collect_errors),
     )?;
+    counter(
+        e,
+        "flow_tcp_sockets_full",
+        "Local TCP sockets' updates the full socket map could not take (--tcp-health).",
+        Counters::get(&f.tcp_sockets_full),
+    )?;
     gauge(
         e,
         "flow_map_entries",
