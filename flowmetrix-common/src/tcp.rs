@@ -1,5 +1,6 @@
-//! Local TCP sockets' health (`--tcp-health`): retransmits (`tp_btf/tcp_retransmit_skb`) and
-//! smoothed RTT (`fentry/tcp_rcv_established`), counted per socket in one of two hash maps,
+//! Local TCP sockets' health (`--tcp-health`): retransmits (raw tracepoint
+//! `tcp_retransmit_skb`) and smoothed RTT (raw tracepoint `tcp_probe`, fired by
+//! `tcp_rcv_established`), counted per socket in one of two hash maps,
 //! `TCPSOCK{generation & 1}`, under the flow maps' generation (read from the same config
 //! map), so userspace collects them at the same flip and grace period as the flows.
 //!
@@ -18,15 +19,18 @@ pub const TCP_STATS_ENTRIES: u32 = 1;
 pub const TCP_OFFSETS_GLOBAL: &str = "TCP_OFFSETS";
 /// Entries of each socket map: sockets that saw a segment or a retransmit in one interval.
 pub const TCP_SOCKET_ENTRIES: u32 = 16_384;
-/// The `fentry` program on `tcp_rcv_established` (every segment a local socket takes in
-/// the established state).
+/// The raw tracepoint program on `tcp_probe`, which `tcp_rcv_established` fires for every
+/// segment a local socket takes in the established state.
 pub const TCP_RTT_PROGRAM: &str = "tcp_rtt";
-/// The function it is attached to.
-pub const TCP_RTT_FUNCTION: &str = "tcp_rcv_established";
-/// The BTF tracepoint program on `tcp_retransmit_skb`.
+/// The tracepoint it is attached to.
+pub const TCP_RTT_TRACEPOINT: &str = "tcp_probe";
+/// The raw tracepoint program on `tcp_retransmit_skb`.
 pub const TCP_RETRANSMIT_PROGRAM: &str = "tcp_retransmit";
 /// The tracepoint it is attached to.
 pub const TCP_RETRANSMIT_TRACEPOINT: &str = "tcp_retransmit_skb";
+/// Name of the load-time global that says `tcp_retransmit_skb` has an `err` argument
+/// (6.17+; u32, 0 or 1).
+pub const TCP_RETRANSMIT_ERR_GLOBAL: &str = "TCP_RETRANSMIT_ERR";
 
 /// `AF_INET` and `AF_INET6`, as `sock_common.skc_family` holds them.
 pub const AF_INET: u16 = 2;
@@ -55,6 +59,10 @@ pub struct SockOffsets {
     pub v6_rcv_saddr: u32,
     /// `tcp_sock.srtt_us` (smoothed RTT in µs, shifted left by 3).
     pub srtt_us: u32,
+    /// From the start of `struct sk_buff`: `tcp_skb_cb.tcp_gso_segs` in its `cb` (u16, the
+    /// segments the skb holds: what one retransmit event sent).
+    pub skb_gso_segs: u32,
+    pub _pad: u32,
 }
 
 /// A socket, local → remote, as the programs read it: ports in host order, IPv4 addresses in
@@ -87,7 +95,8 @@ impl TcpSocketKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpSocketValue {
-    /// Retransmitted segments (`tcp_retransmit_skb` events).
+    /// Retransmitted segments: each `tcp_retransmit_skb` event adds the segments of its skb
+    /// (what the kernel's own `total_retrans` and `TcpRetransSegs` add).
     pub retransmits: u32,
     /// The largest smoothed RTT seen (`srtt_us >> 3`, µs); 0: none measured yet.
     pub rtt_us: u32,
@@ -120,7 +129,8 @@ mod tests {
 
     #[test]
     fn sock_offsets_layout_is_fixed() {
-        assert_eq!(size_of::<SockOffsets>(), 32);
+        assert_eq!(size_of::<SockOffsets>(), 40);
+        assert_eq!(offset_of!(SockOffsets, skb_gso_segs), 32);
         assert_eq!(offset_of!(SockOffsets, family), 0);
         assert_eq!(offset_of!(SockOffsets, v6_daddr), 20);
         assert_eq!(offset_of!(SockOffsets, srtt_us), 28);

@@ -1,11 +1,15 @@
 //! Local TCP sockets' health (`--tcp-health`, `--mode flows|both`), counted per socket
 //! (local → remote) in `TCPSOCK{generation & 1}`, the generation being the flow maps' (so
 //! userspace reads the idle map after the same flip and grace period as the flows):
-//! - [`tcp_rtt`], `fentry` on `tcp_rcv_established` (every segment an established local
-//!   socket takes): the largest `srtt_us >> 3` of the interval;
-//! - [`tcp_retransmit`], the BTF tracepoint `tcp_retransmit_skb`: one retransmit per event.
-//!   Its first argument is the socket on every kernel (6.17 added an `err` argument after
-//!   the skb), so no format file is read.
+//! - [`tcp_rtt`], the raw tracepoint `tcp_probe`, which `tcp_rcv_established` fires first
+//!   thing for every segment an established local socket takes (the event an `fentry` on
+//!   that function sees, without the BTF trampolines some kernels lack): the largest
+//!   `srtt_us >> 3` of the interval;
+//! - [`tcp_retransmit`], the raw tracepoint `tcp_retransmit_skb`: the segments of the skb
+//!   it retransmitted (`tcp_skb_cb.tcp_gso_segs`), as the kernel's `total_retrans` counts.
+//!   Its first argument is the socket on every kernel, so no format file is read; 6.17 added
+//!   an `err` argument after the skb and fires it for failed attempts too, which are skipped
+//!   (`TCP_RETRANSMIT_ERR`, set from the tracepoint's prototype in BTF).
 //!
 //! Socket fields are read with `bpf_probe_read_kernel` at the offsets userspace found in
 //! the running kernel's BTF ([`SockOffsets`], a load-time constant). A socket the full map
@@ -15,15 +19,16 @@
 
 use core::{
     intrinsics::{AtomicOrdering::Relaxed, atomic_xadd},
+    mem::MaybeUninit,
     ptr::read_volatile,
 };
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_probe_read_kernel,
-    macros::{btf_tracepoint, fentry, map},
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
-    programs::{BtfTracePointContext, FEntryContext},
+    programs::RawTracePointContext,
 };
 use flowmetrix_common::{
     flow_key::FLOW_CFG_GENERATION,
@@ -58,19 +63,35 @@ static TCP_OFFSETS: SockOffsets = SockOffsets {
     v6_daddr: 0,
     v6_rcv_saddr: 0,
     srtt_us: 0,
+    skb_gso_segs: 0,
+    _pad: 0,
 };
 
-#[fentry(function = "tcp_rcv_established")]
-pub fn tcp_rtt(ctx: FEntryContext) -> u32 {
+/// 1 when `tcp_retransmit_skb` has the `err` argument (6.17+): events with an error are
+/// attempts that sent nothing. Set by userspace at load time.
+#[unsafe(no_mangle)]
+static TCP_RETRANSMIT_ERR: u32 = 0;
+
+#[raw_tracepoint(tracepoint = "tcp_probe")]
+pub fn tcp_rtt(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let _ = try_rtt(sk);
     0
 }
 
-#[btf_tracepoint(function = "tcp_retransmit_skb")]
-pub fn tcp_retransmit(ctx: BtfTracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: a global set before load (a constant to the verifier, which then never sees
+    // the third argument read on a kernel whose tracepoint has two).
+    if unsafe { read_volatile(&TCP_RETRANSMIT_ERR) } != 0 {
+        let err: i64 = ctx.arg(2);
+        if err != 0 {
+            return 0;
+        }
+    }
     let sk: *const u8 = ctx.arg(0);
-    let _ = try_retransmit(sk);
+    let skb: *const u8 = ctx.arg(1);
+    let _ = try_retransmit(sk, skb);
     0
 }
 
@@ -86,27 +107,48 @@ fn read<T>(sk: *const u8, off: u32) -> Result<T, ()> {
     unsafe { bpf_probe_read_kernel(sk.wrapping_add(off as usize).cast::<T>()) }.map_err(|_| ())
 }
 
-/// The socket's key, local → remote; Err for a family other than IPv4 and IPv6.
+/// `len` bytes at `sk + off` into `dst`.
 #[inline(always)]
-fn key_of(sk: *const u8, o: &SockOffsets) -> Result<TcpSocketKey, ()> {
-    let mut k = TcpSocketKey::ZERO;
+fn read_into(sk: *const u8, off: u32, dst: &mut [u8]) -> Result<(), ()> {
+    // SAFETY: a kernel read through the helper, which fails rather than faults.
+    unsafe { bpf_probe_read_kernel_buf(sk.wrapping_add(off as usize), dst) }.map_err(|_| ())
+}
+
+/// A [`TcpSocketKey`] on an 8-byte boundary, so it can be zeroed a word at a time.
+#[repr(C, align(8))]
+struct Key8(TcpSocketKey);
+
+/// The socket's key, local → remote, into `k`; Err for a family other than IPv4 and IPv6.
+///
+/// `k` is zeroed with five volatile 8-byte stores and the addresses are read into it in
+/// place: a key built from a constant (`[a, b, c, d, 0, …]`) made LLVM copy the zeros from
+/// `.rodata`, which also holds the load-time globals, and the copy came from the wrong place
+/// once relocated; a plain zeroing becomes a call to `memset`.
+#[inline(always)]
+fn key_of(sk: *const u8, o: &SockOffsets, k: &mut Key8) -> Result<(), ()> {
+    const WORDS: usize = size_of::<TcpSocketKey>() / 8;
+    const _: () = assert!(size_of::<TcpSocketKey>() == WORDS * 8);
+    let words = (k as *mut Key8).cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: inside `k`, 8-byte aligned.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    let k = &mut k.0;
     k.family = read::<u16>(sk, o.family)?;
     k.local_port = read::<u16>(sk, o.num)?;
     k.remote_port = u16::from_be(read::<u16>(sk, o.dport)?);
     match k.family {
         AF_INET => {
-            let local: [u8; 4] = read(sk, o.rcv_saddr)?;
-            let remote: [u8; 4] = read(sk, o.daddr)?;
-            k.local_addr[..4].copy_from_slice(&local);
-            k.remote_addr[..4].copy_from_slice(&remote);
+            read_into(sk, o.rcv_saddr, &mut k.local_addr[..4])?;
+            read_into(sk, o.daddr, &mut k.remote_addr[..4])?;
         }
         AF_INET6 if o.v6_daddr != 0 => {
-            k.local_addr = read(sk, o.v6_rcv_saddr)?;
-            k.remote_addr = read(sk, o.v6_daddr)?;
+            read_into(sk, o.v6_rcv_saddr, &mut k.local_addr)?;
+            read_into(sk, o.v6_daddr, &mut k.remote_addr)?;
         }
         _ => return Err(()),
     }
-    Ok(k)
+    Ok(())
 }
 
 #[inline(always)]
@@ -153,12 +195,16 @@ fn try_rtt(sk: *const u8) -> Result<(), ()> {
         return Ok(());
     }
     let rtt = srtt >> 3;
-    let key = key_of(sk, &o)?;
+    let mut key = MaybeUninit::<Key8>::uninit();
+    // SAFETY: key_of writes every byte before anything reads it.
+    let key = unsafe { &mut *key.as_mut_ptr() };
+    key_of(sk, &o, key)?;
+    let key = &key.0;
     let fresh = TcpSocketValue {
         retransmits: 0,
         rtt_us: rtt,
     };
-    if let Some(v) = upsert(&key, &fresh)? {
+    if let Some(v) = upsert(key, &fresh)? {
         // SAFETY: a live map value; see the module doc for why no other CPU writes it.
         unsafe {
             let at = &raw mut (*v).rtt_us;
@@ -171,16 +217,23 @@ fn try_rtt(sk: *const u8) -> Result<(), ()> {
 }
 
 #[inline(always)]
-fn try_retransmit(sk: *const u8) -> Result<(), ()> {
+fn try_retransmit(sk: *const u8, skb: *const u8) -> Result<(), ()> {
     let o = offsets();
-    let key = key_of(sk, &o)?;
+    let mut key = MaybeUninit::<Key8>::uninit();
+    // SAFETY: key_of writes every byte before anything reads it.
+    let key = unsafe { &mut *key.as_mut_ptr() };
+    key_of(sk, &o, key)?;
+    let key = &key.0;
+    // The segments this event sent (a GSO skb holds several; 0 is never stored, but read
+    // as one).
+    let segs = u32::from(read::<u16>(skb, o.skb_gso_segs)?).max(1);
     let fresh = TcpSocketValue {
-        retransmits: 1,
+        retransmits: segs,
         rtt_us: 0,
     };
-    if let Some(v) = upsert(&key, &fresh)? {
+    if let Some(v) = upsert(key, &fresh)? {
         // SAFETY: a live, 4-byte aligned map value.
-        unsafe { atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*v).retransmits, 1) };
+        unsafe { atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*v).retransmits, segs) };
     }
     Ok(())
 }

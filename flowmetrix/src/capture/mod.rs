@@ -41,7 +41,7 @@ use std::{collections::BTreeMap, sync::Arc};
 pub use counters::CounterReader;
 
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
-use flowmetrix_common::tcp::{TCP_OFFSETS_GLOBAL, TCP_SOCKET_MAPS};
+use flowmetrix_common::tcp::{TCP_OFFSETS_GLOBAL, TCP_RETRANSMIT_ERR_GLOBAL, TCP_SOCKET_MAPS};
 use flowmetrix_common::{
     DNS_PORTS_GLOBAL, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL,
@@ -129,7 +129,12 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
-            .override_global(TCP_OFFSETS_GLOBAL, &tcp.offsets(), true)
+            .override_global(TCP_OFFSETS_GLOBAL, &tcp.hooks().offsets, true)
+            .override_global(
+                TCP_RETRANSMIT_ERR_GLOBAL,
+                &u32::from(tcp.hooks().retransmit_err),
+                true,
+            )
             .map_max_entries(TCP_SOCKET_MAPS[0], tcp.map_entries())
             .map_max_entries(TCP_SOCKET_MAPS[1], tcp.map_entries())
             .load(crate::kernel_object::object().map_err(|e| load_error(programs_of(cfg), e))?)

@@ -1,22 +1,19 @@
 //! `--tcp-health` (with `--mode flows|both`): the socket field offsets looked up in the
-//! running kernel's BTF before load (Rust eBPF has no CO-RE), then the two tracing programs
-//! loaded and attached — `fentry/tcp_rcv_established` and the BTF tracepoint
-//! `tcp_retransmit_skb` (see `flowmetrix-ebpf/src/tcp.rs`).
+//! running kernel's BTF before load (Rust eBPF has no CO-RE), then the two raw tracepoint
+//! programs loaded and attached — `tcp_probe` (fired by `tcp_rcv_established` for every
+//! segment) and `tcp_retransmit_skb` (see `flowmetrix-ebpf/src/tcp.rs`).
 //!
-//! A kernel without what they need (no BTF, no such function or tracepoint, a program the
-//! verifier refuses) turns the part off with one line naming what is missing; the capture
-//! and the flow rows go on, their `tcp_retransmits` and `tcp_rtt_us` null. Both programs run
-//! or neither: a retransmit count of 0 must mean none, not "not watched".
+//! A kernel without what they need (no BTF, no such tracepoint, a program the verifier
+//! refuses) turns the part off with one line naming what is missing; the capture and the
+//! flow rows go on, their `tcp_retransmits` and `tcp_rtt_us` null. Both programs run or
+//! neither: a retransmit count of 0 must mean none, not "not watched".
 
 use std::path::PathBuf;
 
-use aya::{
-    Btf, Ebpf, Endianness,
-    programs::{BtfTracePoint, FEntry},
-};
+use aya::{Ebpf, programs::RawTracePoint};
 use flowmetrix_common::tcp::{
-    SockOffsets, TCP_RETRANSMIT_PROGRAM, TCP_RETRANSMIT_TRACEPOINT, TCP_RTT_FUNCTION,
-    TCP_RTT_PROGRAM, TCP_SOCKET_ENTRIES,
+    SockOffsets, TCP_RETRANSMIT_PROGRAM, TCP_RETRANSMIT_TRACEPOINT, TCP_RTT_PROGRAM,
+    TCP_RTT_TRACEPOINT, TCP_SOCKET_ENTRIES,
 };
 use tracing::{info, warn};
 
@@ -27,7 +24,8 @@ use crate::{
 };
 
 /// Test hook: the BTF file to read instead of the running kernel's (one that is not there,
-/// or lacks the socket structs, makes the start-up probe fail as on such a kernel).
+/// or lacks the socket structs or the tracepoints, makes the start-up probe fail as on such
+/// a kernel).
 pub const TCP_HEALTH_BTF_ENV: &str = "FLOWMETRIX_TCP_HEALTH_BTF";
 
 /// Why the part is off.
@@ -35,15 +33,9 @@ pub const TCP_HEALTH_BTF_ENV: &str = "FLOWMETRIX_TCP_HEALTH_BTF";
 pub enum TcpHealthOff {
     #[error(transparent)]
     Btf(#[from] BtfError),
-    #[error("cannot read the kernel's BTF at {path} for the programs")]
-    LoadBtf {
-        path: String,
-        #[source]
-        source: aya::BtfError,
-    },
-    #[error("the {what} was refused")]
+    #[error("the program on tracepoint {tracepoint} was refused")]
     Program {
-        what: String,
+        tracepoint: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -53,41 +45,49 @@ pub enum TcpHealthOff {
     Maps(#[from] TcpSocketError),
 }
 
+/// What the programs are told at load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub offsets: SockOffsets,
+    /// `tcp_retransmit_skb` passes an `err` argument (6.17+).
+    pub retransmit_err: bool,
+}
+
 /// The start-up probe: what to hand the programs at load, and whether they may run.
 pub struct Probe {
-    /// The BTF file read (None: the part is off by the settings).
-    btf: Option<PathBuf>,
-    offsets: Result<SockOffsets, TcpHealthOff>,
+    /// Whether the settings ask for the part.
+    wanted: bool,
+    hooks: Result<Hooks, TcpHealthOff>,
 }
 
 impl Probe {
-    /// Looks the offsets up when `cfg` asks for the part.
+    /// Reads what the programs need from the kernel's BTF, when `cfg` asks for the part.
     pub fn new(cfg: &CaptureConfig) -> Self {
         if !cfg.flows.is_some_and(|f| f.tcp_health) {
             return Self {
-                btf: None,
-                offsets: Ok(SockOffsets::default()),
+                wanted: false,
+                hooks: Ok(Hooks::default()),
             };
         }
         let path = std::env::var_os(TCP_HEALTH_BTF_ENV)
             .map_or_else(|| PathBuf::from(VMLINUX), PathBuf::from);
-        let offsets = KernelBtf::read(&path)
-            .and_then(|btf| sock_offsets(&btf))
+        let hooks = KernelBtf::read(&path)
+            .and_then(|btf| hooks(&btf))
             .map_err(TcpHealthOff::from);
         Self {
-            btf: Some(path),
-            offsets,
+            wanted: true,
+            hooks,
         }
     }
 
-    /// The offsets for the programs' global (zeros when off: the programs are not loaded).
-    pub fn offsets(&self) -> SockOffsets {
-        self.offsets.as_ref().copied().unwrap_or_default()
+    /// What the programs' globals hold (zeros when off: the programs are not loaded).
+    pub fn hooks(&self) -> Hooks {
+        self.hooks.as_ref().copied().unwrap_or_default()
     }
 
     /// Entries of each socket map: the kernel's minimum when the part does not run.
     pub fn map_entries(&self) -> u32 {
-        if self.btf.is_some() && self.offsets.is_ok() {
+        if self.wanted && self.hooks.is_ok() {
             TCP_SOCKET_ENTRIES
         } else {
             1
@@ -97,82 +97,87 @@ impl Probe {
     /// Loads and attaches the programs in the loaded `ebpf`, and takes their maps. None when
     /// the part is off: by the settings, or (one line says why) by the kernel.
     pub fn start(self, ebpf: &mut Ebpf) -> Option<TcpSockets> {
-        let path = self.btf?;
-        let started = self.offsets.and_then(|_| attach(ebpf, &path));
-        match started {
+        if !self.wanted {
+            return None;
+        }
+        match self.hooks.and_then(|_| attach(ebpf)) {
             Ok(s) => {
                 info!(
-                    "tcp health: retransmits and smoothed RTT of local sockets ({TCP_RETRANSMIT_TRACEPOINT}, {TCP_RTT_FUNCTION})"
+                    "tcp health: retransmits and smoothed RTT of local sockets (tracepoints {TCP_RETRANSMIT_TRACEPOINT}, {TCP_RTT_TRACEPOINT})"
                 );
                 Some(s)
             }
             Err(e) => {
-                warn!(
-                    "tcp health off: {}; tcp_retransmits and tcp_rtt_us stay null, the rest runs",
-                    chain(&e)
-                );
+                warn!("{}", off_line(&e));
                 None
             }
         }
     }
 }
 
-/// `e` and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
+/// The one line that says the part is off, and why (`e` and its causes).
+fn off_line(e: &dyn std::error::Error) -> String {
+    let mut out = format!("tcp health off: {e}");
     let mut cause = e.source();
     while let Some(c) = cause {
         let s = c.to_string();
         if !out.contains(&s) {
             out.push_str(": ");
-            out.push_str(&s);
+            out.push_str(s.lines().next().unwrap_or_default());
         }
         cause = c.source();
     }
+    out.push_str("; tcp_retransmits and tcp_rtt_us stay null, the rest runs");
     out
 }
 
-fn attach(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<TcpSockets, TcpHealthOff> {
-    let btf = if path == std::path::Path::new(VMLINUX) {
-        Btf::from_sys_fs()
-    } else {
-        Btf::parse_file(path, Endianness::default())
-    }
-    .map_err(|source| TcpHealthOff::LoadBtf {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let refused = |what: String| move |source| TcpHealthOff::Program { what, source };
-    let rtt: &mut FEntry = ebpf
-        .program_mut(TCP_RTT_PROGRAM)
-        .ok_or(TcpHealthOff::Missing(TCP_RTT_PROGRAM))?
-        .try_into()
-        .map_err(refused(format!("fentry program on {TCP_RTT_FUNCTION}")))?;
-    rtt.load(TCP_RTT_FUNCTION, &btf)
-        .and_then(|()| rtt.attach().map(drop))
-        .map_err(refused(format!("fentry program on {TCP_RTT_FUNCTION}")))?;
-    let retransmit: &mut BtfTracePoint = ebpf
-        .program_mut(TCP_RETRANSMIT_PROGRAM)
-        .ok_or(TcpHealthOff::Missing(TCP_RETRANSMIT_PROGRAM))?
-        .try_into()
-        .map_err(refused(format!(
-            "BTF tracepoint program on {TCP_RETRANSMIT_TRACEPOINT}"
-        )))?;
-    let attached = retransmit
-        .load(TCP_RETRANSMIT_TRACEPOINT, &btf)
-        .and_then(|()| retransmit.attach().map(drop));
-    if let Err(e) = attached {
-        // Neither runs: unload the first (its link goes with it).
-        if let Some(p) = ebpf.program_mut(TCP_RTT_PROGRAM)
-            && let Ok(rtt) = <&mut FEntry>::try_from(p)
-        {
-            let _ = rtt.unload();
+fn attach(ebpf: &mut Ebpf) -> Result<TcpSockets, TcpHealthOff> {
+    let mut attached = Vec::new();
+    for (name, tracepoint) in [
+        (TCP_RTT_PROGRAM, TCP_RTT_TRACEPOINT),
+        (TCP_RETRANSMIT_PROGRAM, TCP_RETRANSMIT_TRACEPOINT),
+    ] {
+        let refused = |source| TcpHealthOff::Program { tracepoint, source };
+        let result = ebpf
+            .program_mut(name)
+            .ok_or(TcpHealthOff::Missing(name))
+            .and_then(|p| <&mut RawTracePoint>::try_from(p).map_err(refused))
+            .and_then(|p| {
+                p.load()
+                    .and_then(|()| p.attach(tracepoint).map(drop))
+                    .map_err(refused)
+            });
+        if let Err(e) = result {
+            // Neither runs: unload what was attached (its link goes with it).
+            for name in attached {
+                if let Some(p) = ebpf.program_mut(name)
+                    && let Ok(p) = <&mut RawTracePoint>::try_from(p)
+                {
+                    let _ = p.unload();
+                }
+            }
+            return Err(e);
         }
-        return Err(refused(format!(
-            "BTF tracepoint program on {TCP_RETRANSMIT_TRACEPOINT}"
-        ))(e));
+        attached.push(name);
     }
     Ok(TcpSockets::from_ebpf(ebpf)?)
+}
+
+/// What the programs need from the kernel `btf` describes: the socket offsets, and whether
+/// both tracepoints are there and `tcp_retransmit_skb` passes `err`.
+pub fn hooks(btf: &KernelBtf) -> Result<Hooks, BtfError> {
+    let rtt_args = btf.tracepoint_args(TCP_RTT_TRACEPOINT)?;
+    let retransmit_args = btf.tracepoint_args(TCP_RETRANSMIT_TRACEPOINT)?;
+    // Both pass (sk, skb, …): a kernel that changed that is not read blindly.
+    if rtt_args < 2 || retransmit_args < 2 {
+        return Err(BtfError::Missing(format!(
+            "socket argument of tracepoints {TCP_RTT_TRACEPOINT} and {TCP_RETRANSMIT_TRACEPOINT}"
+        )));
+    }
+    Ok(Hooks {
+        offsets: sock_offsets(btf)?,
+        retransmit_err: retransmit_args >= 3,
+    })
 }
 
 /// Where the socket fields the programs read are, in the kernel `btf` describes: from the
@@ -194,6 +199,9 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
         v6_daddr: v6("skc_v6_daddr")?,
         v6_rcv_saddr: v6("skc_v6_rcv_saddr")?,
         srtt_us: btf.offset_of("tcp_sock", "srtt_us")?,
+        skb_gso_segs: btf.offset_of("sk_buff", "cb")?
+            + btf.offset_of("tcp_skb_cb", "tcp_gso_segs")?,
+        _pad: 0,
     })
 }
 
@@ -218,6 +226,10 @@ mod tests {
         assert!(o.v6_daddr > o.family, "{o:?}");
         assert_eq!(o.v6_rcv_saddr, o.v6_daddr + 16, "{o:?}");
         assert!(o.srtt_us > 1_000, "{o:?}");
+        // cb is 48 bytes, in the first cache lines of sk_buff; tcp_gso_segs follows seq and
+        // end_seq.
+        let cb = btf.offset_of("sk_buff", "cb").unwrap();
+        assert_eq!(o.skb_gso_segs, cb + 8, "{o:?}");
     }
 
     fn cfg(tcp_health: bool) -> CaptureConfig {
@@ -244,27 +256,43 @@ mod tests {
     #[test]
     fn the_probe_is_on_with_the_running_kernel_off_by_setting_or_without_btf() {
         let on = Probe::new(&cfg(true));
-        assert!(on.offsets.is_ok());
+        assert!(on.hooks.is_ok(), "{:?}", on.hooks.as_ref().err());
         assert_eq!(on.map_entries(), TCP_SOCKET_ENTRIES);
-        assert_eq!(on.offsets().family, 16);
+        assert_eq!(on.hooks().offsets.family, 16);
 
         let off = Probe::new(&cfg(false));
-        assert!(off.btf.is_none());
-        assert_eq!(
-            (off.map_entries(), off.offsets()),
-            (1, SockOffsets::default())
-        );
+        assert!(!off.wanted);
+        assert_eq!((off.map_entries(), off.hooks()), (1, Hooks::default()));
 
         let missing = Path::new("/nonexistent/vmlinux");
         let e = KernelBtf::read(missing)
-            .and_then(|b| sock_offsets(&b))
+            .and_then(|b| hooks(&b))
             .map_err(TcpHealthOff::from)
             .unwrap_err();
-        let line = chain(&e);
+        let line = off_line(&e);
         assert!(
-            line.starts_with("cannot read the kernel's BTF at /nonexistent/vmlinux"),
+            line.starts_with(
+                "tcp health off: cannot read the kernel's BTF at /nonexistent/vmlinux"
+            ),
             "{line}"
         );
+        assert!(line.ends_with("the rest runs"), "{line}");
         assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn the_tracepoints_are_found_with_their_arguments() {
+        let btf = KernelBtf::running().unwrap();
+        // (sk, skb), and from 6.17 on (sk, skb, err).
+        assert_eq!(btf.tracepoint_args(TCP_RTT_TRACEPOINT).unwrap(), 2);
+        let retransmit = btf.tracepoint_args(TCP_RETRANSMIT_TRACEPOINT).unwrap();
+        assert!((2..=3).contains(&retransmit), "{retransmit}");
+        let h = hooks(&btf).unwrap();
+        assert_eq!(h.retransmit_err, retransmit == 3);
+        let e = btf.tracepoint_args("no_such_tracepoint").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the kernel's BTF has no tracepoint no_such_tracepoint"
+        );
     }
 }
