@@ -17,3 +17,4 @@ mod kube;
 mod lifecycle;
 mod operations;
 mod replay;
+mod tcp_health;
