@@ -502,6 +502,29 @@ mod tests {
     }
 
     #[test]
+    fn tcp_health_is_on_by_default_and_its_figures_follow_the_watched_directions() {
+        let live = |args: &[&str]| {
+            let mut all = vec!["fm", "-i", "lo", "--mode", "flows"];
+            all.extend(args);
+            let s = settings(&all).unwrap();
+            let SourceSettings::Live(c) = s.pipeline.source else {
+                panic!("live")
+            };
+            let flows = s.pipeline.flows.unwrap();
+            (c.flows.unwrap().tcp_health, flows.egress_watched)
+        };
+        assert_eq!(live(&[]), (true, false));
+        assert_eq!(live(&["--direction", "both"]), (true, true));
+        assert_eq!(live(&["--direction", "egress"]), (true, true));
+        assert_eq!(live(&["--tcp-health", "off"]), (false, false));
+        let bad = ["fm", "-i", "lo", "--tcp-health", "maybe"];
+        assert!(!matches!(
+            cli::parse(bad.iter().map(std::ffi::OsString::from)),
+            Ok(Parsed::Run(..))
+        ));
+    }
+
+    #[test]
     fn each_stage_gets_its_own_settings() {
         let s = settings(&[
             "fm",
