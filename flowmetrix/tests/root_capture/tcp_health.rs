@@ -348,3 +348,55 @@ fn a_kernel_without_the_hooks_says_so_in_one_line_and_the_flows_still_run() {
     assert_eq!(s.flow("packets"), s.seen, "{stderr}");
     assert_eq!(s.flow("unkeyed"), 0, "{stderr}");
 }
+
+/// The programs' cost per event (BENCHMARKS.md): run time over run count from the kernel's
+/// BPF statistics (`BPF_ENABLE_STATS`, on while this test holds it, as `sysctl
+/// kernel.bpf_stats_enabled=1`), over a lossy bulk transfer: `tcp_rtt` runs for every
+/// segment the sockets take, `tcp_retransmit` for every retransmit. Run alone:
+/// `cargo test -p flowmetrix --features root-tests --test root_capture tcp_health::cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run it alone, by name"]
+fn cost_per_event() {
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let net = addressed(9, 2);
+    let collector = net
+        .collector()
+        .args(&[
+            "--mode",
+            "flows",
+            "--direction",
+            "both",
+            "--output",
+            "jsonl",
+        ])
+        .ready("TC attached")
+        .start();
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        sent.push(transfer(&net, 9).total_retrans);
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for p in aya::programs::loaded_programs().flatten() {
+        let name = p.name_as_str().unwrap_or_default().to_owned();
+        if name == "tcp_rtt" || name == "tcp_retransmit" {
+            let e = seen.entry(name).or_insert((0u64, 0u64));
+            e.0 += p.run_count();
+            e.1 += u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX);
+        }
+    }
+    drop(stats);
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    println!(
+        "4 transfers of {} MiB, 2% loss; retransmitted segments {sent:?}",
+        BULK >> 20
+    );
+    for (name, (runs, ns)) in &seen {
+        assert!(*runs > 0, "{name} never ran");
+        println!(
+            "{name}: {runs} runs, {:.1} ns a run",
+            *ns as f64 / *runs as f64
+        );
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
