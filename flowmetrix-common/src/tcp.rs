@@ -36,6 +36,11 @@ pub const TCP_RETRANSMIT_ERR_GLOBAL: &str = "TCP_RETRANSMIT_ERR";
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
+/// Bytes of the head of `struct sock` (its `sock_common`) the programs read in one go: every
+/// socket field but `srtt_us` must lie inside (they do on every kernel so far, the IPv6
+/// addresses ending at 88).
+pub const SOCK_HEAD: u32 = 96;
+
 /// Byte offsets, from the start of `struct sock` (`struct tcp_sock` starts with it), of the
 /// fields the programs read. Addresses in network order, `skc_num` in host order,
 /// `skc_dport` in network order. `v6_*` are 0 on a kernel without IPv6 (its sockets are then

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use aya::{Ebpf, programs::RawTracePoint};
 use flowmetrix_common::tcp::{
-    SockOffsets, TCP_RETRANSMIT_PROGRAM, TCP_RETRANSMIT_TRACEPOINT, TCP_RTT_PROGRAM,
+    SOCK_HEAD, SockOffsets, TCP_RETRANSMIT_PROGRAM, TCP_RETRANSMIT_TRACEPOINT, TCP_RTT_PROGRAM,
     TCP_RTT_TRACEPOINT, TCP_SOCKET_ENTRIES,
 };
 use tracing::{info, warn};
@@ -174,10 +174,32 @@ pub fn hooks(btf: &KernelBtf) -> Result<Hooks, BtfError> {
             "socket argument of tracepoints {TCP_RTT_TRACEPOINT} and {TCP_RETRANSMIT_TRACEPOINT}"
         )));
     }
+    let offsets = sock_offsets(btf)?;
+    if !in_head(&offsets) {
+        return Err(BtfError::Missing(format!(
+            "socket fields within the first {SOCK_HEAD} bytes of struct sock ({offsets:?})"
+        )));
+    }
     Ok(Hooks {
-        offsets: sock_offsets(btf)?,
+        offsets,
         retransmit_err: retransmit_args >= 3,
     })
+}
+
+/// Whether every `sock_common` field the programs read lies in the head they read in one go
+/// ([`SOCK_HEAD`] bytes).
+fn in_head(o: &SockOffsets) -> bool {
+    let mut fields = vec![
+        (o.family, 2),
+        (o.daddr, 4),
+        (o.rcv_saddr, 4),
+        (o.dport, 2),
+        (o.num, 2),
+    ];
+    if o.v6_daddr != 0 {
+        fields.extend([(o.v6_daddr, 16), (o.v6_rcv_saddr, 16)]);
+    }
+    fields.iter().all(|&(at, len)| at + len <= SOCK_HEAD)
 }
 
 /// Where the socket fields the programs read are, in the kernel `btf` describes: from the
@@ -230,6 +252,17 @@ mod tests {
         // end_seq.
         let cb = btf.offset_of("sk_buff", "cb").unwrap();
         assert_eq!(o.skb_gso_segs, cb + 8, "{o:?}");
+        // All but srtt_us within the head the programs read in one go.
+        assert!(in_head(&o), "{o:?}");
+        assert!(!in_head(&SockOffsets {
+            v6_rcv_saddr: SOCK_HEAD - 8,
+            ..o
+        }));
+        assert!(in_head(&SockOffsets {
+            v6_daddr: 0,
+            v6_rcv_saddr: SOCK_HEAD,
+            ..o
+        }));
     }
 
     fn cfg(tcp_health: bool) -> CaptureConfig {
