@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod data;
+pub mod delay;
 pub mod endpoint;
 pub mod frames;
 pub mod http;

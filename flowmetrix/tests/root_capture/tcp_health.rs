@@ -3,7 +3,7 @@
 //! its segments at random with nft: the sender's flow row carries exactly the retransmitted
 //! segments the kernel counted for the socket (`tcpi_total_retrans`) and a plausible
 //! smoothed RTT; `--tcp-health off` and a kernel without the hooks leave both null, the
-//! flows exact.
+//! flows exact; with a 50 ms delay line the RTT is the path's.
 
 use std::{
     io::{Read as _, Write as _},
@@ -15,7 +15,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{self, MAC_A, MAC_B, NetPair, in_netns, mac_str};
+use crate::common::{
+    self, MAC_A, MAC_B, NetPair,
+    delay::{DelayLine, Line},
+    in_netns, mac_str,
+};
 
 /// A's and B's addresses in subnet `net` (each test its own: the hooks see every socket of
 /// the host, so two tests' sockets must never share a key).
@@ -144,7 +148,31 @@ struct Run {
 /// Runs the collector on A (`--mode flows`, 1 s intervals, `extra` arguments and `env`)
 /// around one transfer.
 fn run(subnet: u8, loss_percent: u32, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    run_delayed(subnet, loss_percent, extra, env, None)
+}
+
+/// [`run`], B's packets to A going through a delay line of `delay` in B's namespace (the
+/// side the collector does not watch).
+fn run_delayed(
+    subnet: u8,
+    loss_percent: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    delay: Option<Duration>,
+) -> Run {
     let net = addressed(subnet, loss_percent);
+    let (a, b) = addrs(subnet);
+    let _line = delay.map(|delay| {
+        DelayLine::start(&Line {
+            ns: &net.ns_b,
+            tun: &format!("{}t", net.if_b),
+            to: a.parse().unwrap(),
+            from: b.parse().unwrap(),
+            out: &net.if_b,
+            macs: (MAC_B, MAC_A),
+            delay,
+        })
+    });
     let mut args = vec![
         "--mode",
         "flows",
@@ -294,6 +322,46 @@ fn without_egress_the_figures_go_on_the_reverse_ingress_row() {
         back.iter()
             .any(|r| r["tcp_rtt_us"].as_u64().is_some_and(|us| us > 0))
     );
+}
+
+#[test]
+fn with_a_50_ms_delay_one_way_the_rtt_is_the_paths() {
+    let Run {
+        rows,
+        sent,
+        stderr,
+        ifname,
+        ..
+    } = run_delayed(
+        5,
+        0,
+        &["--direction", "both"],
+        &[],
+        Some(Duration::from_millis(50)),
+    );
+    let (a, b) = addrs(5);
+    let out = rows_of(
+        &rows,
+        "egress",
+        (a.as_str(), sent.local_port),
+        (b.as_str(), PORT),
+        &ifname,
+    );
+    let rtt: Vec<u64> = out
+        .iter()
+        .filter_map(|r| r["tcp_rtt_us"].as_u64())
+        .collect();
+    assert!(!rtt.is_empty(), "{rows:?}\n{stderr}");
+    // The line delays B's packets by 50 ms (and waits at most 10 ms more to send them).
+    for us in &rtt {
+        assert!((45_000..=90_000).contains(us), "{rtt:?}");
+    }
+    assert!(
+        (45_000..=90_000).contains(&u64::from(sent.rtt_us)),
+        "{}",
+        sent.rtt_us
+    );
+    assert_eq!(sum(&out, "tcp_retransmits"), u64::from(sent.total_retrans));
 }
 
 #[test]
