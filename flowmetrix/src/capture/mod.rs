@@ -17,6 +17,9 @@
 //! removes such stale filters of ours first, when no running process holds programs of ours;
 //! by hand: `tc filter show dev IF egress` then `tc filter del dev IF egress pref P`.
 //! The `clsact` qdisc itself is left in place (other filters may use it).
+//!
+//! With `--tcp-health` (flows mode) two raw tracepoint programs are loaded and attached at
+//! load time too, when the kernel allows (`tcp_health.rs`: one line says what is off if not).
 
 mod config;
 mod counters;

@@ -18,7 +18,8 @@
 //! timer, given the kernel's maps at start, the interface names ([`crate::sample::InterfaceNames`])
 //! and the learned prefix (a watch channel the decode stage sends on); in a replay, fed the
 //! frames by the pipeline. [`aggregate`] adds up an interval and makes its rows; [`kernel`]
-//! reads the kernel's maps.
+//! reads the kernel's maps; [`tcp`] the local sockets' retransmits and RTT (`--tcp-health`),
+//! at the same generation flip, which [`health`] joins to the rows.
 
 pub mod aggregate;
 pub mod health;
