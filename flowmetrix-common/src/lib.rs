@@ -6,6 +6,7 @@
 
 pub mod flow_key;
 pub mod handshake;
+pub mod tcp;
 
 /// Largest number of frame bytes one sample can carry (the compiled maximum of `--snaplen`).
 /// A power of two, so the XDP program can bound copy lengths with a mask.

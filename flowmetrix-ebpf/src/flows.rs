@@ -59,7 +59,7 @@ static FLOWS1: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_F
 
 /// Generation and prefix, written by userspace ([`FLOW_CFG_GENERATION`], [`FLOW_CFG_PREFIX`]).
 #[map]
-static FLOWCFG: Array<u32> = Array::with_max_entries(FLOW_CFG_ENTRIES, 0);
+pub(crate) static FLOWCFG: Array<u32> = Array::with_max_entries(FLOW_CFG_ENTRIES, 0);
 
 /// Packets the full flow map could not take. Sized by userspace.
 #[map]

@@ -20,6 +20,7 @@ mod flows;
 mod handshake;
 mod packet;
 mod sampler;
+mod tcp;
 
 use core::ptr::read_volatile;
 

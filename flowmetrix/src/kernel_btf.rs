@@ -120,6 +120,25 @@ impl KernelBtf {
         Ok(None)
     }
 
+    /// The arguments tracepoint `name` passes a raw (or BTF) tracepoint program: the
+    /// parameters of the `btf_trace_<name>` prototype, less its leading context pointer.
+    pub fn tracepoint_args(&self, name: &str) -> Result<usize, BtfError> {
+        let missing = || BtfError::Missing(format!("tracepoint {name}"));
+        let types = self
+            .0
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .map_err(|_| missing())?;
+        for t in types {
+            if let Type::Typedef(td) = t
+                && let Type::Ptr(p) = self.0.resolve_chained_type(&td)?
+                && let Type::FuncProto(f) = self.0.resolve_chained_type(&p)?
+            {
+                return Ok(f.parameters.len().saturating_sub(1));
+            }
+        }
+        Err(missing())
+    }
+
     /// The offsets a program reading an `sk_buff` needs.
     pub fn skb_offsets(&self) -> Result<SkbOffsets, BtfError> {
         let skb = |f| self.offset_of("sk_buff", f);

@@ -230,6 +230,9 @@ pub async fn run_until(
                     if let Some(r) = &resolver {
                         stage = stage.attribute_with(r.clone());
                     }
+                    if let Some(t) = source.take_tcp_sockets() {
+                        stage = stage.tcp_sockets(t);
+                    }
                     let signals = flows::Signals {
                         prefix: decoder.learned_prefix(),
                         stop: flows_stopped,

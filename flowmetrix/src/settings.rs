@@ -11,7 +11,7 @@ use crate::{
     capture::{self, CaptureConfig, Directions, FlowsConfig, IngressHook, TcAttach, XdpMode},
     cli::{
         Cli, DirectionArg, FileSettings, IngressHookArg, KubeMetadataArg, LogFormat, ModeArg,
-        Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
+        OnOff, Output, PASSWORD_ENV, TcAttachArg, XdpModeArg,
     },
     decoder::DecodeSettings,
     dns::{DnsSettings, dns_ports},
@@ -106,7 +106,8 @@ impl Settings {
                     interval: cli.flow_interval,
                     table: cli.flow_table.clone(),
                     // `--tcp-health off` turns it off.
-                    handshakes: true,
+                    handshakes: cli.tcp_health == OnOff::On,
+                    egress_watched: cli.direction != DirectionArg::Ingress,
                 }),
                 dns: (cli.mode != ModeArg::Packets).then(|| DnsSettings {
                     timeout: cli.dns_timeout,
@@ -208,7 +209,8 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                         .ok()
                         .and_then(|v| v.parse().ok()),
                     dns_ports,
-                    handshakes: true,
+                    handshakes: cli.tcp_health == OnOff::On,
+                    tcp_health: cli.tcp_health == OnOff::On,
                 }),
             }))
         }
@@ -492,6 +494,7 @@ mod tests {
                 events_bytes: None,
                 dns_ports: [53, 0, 0, 0],
                 handshakes: true,
+                tcp_health: true,
             })
         );
         let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();
@@ -500,6 +503,33 @@ mod tests {
         };
         assert!(c.packets);
         assert_eq!(c.flows.unwrap().prefix, None);
+    }
+
+    #[test]
+    fn tcp_health_is_on_by_default_and_its_figures_follow_the_watched_directions() {
+        let live = |args: &[&str]| {
+            let mut all = vec!["fm", "-i", "lo", "--mode", "flows"];
+            all.extend(args);
+            let s = settings(&all).unwrap();
+            let SourceSettings::Live(c) = s.pipeline.source else {
+                panic!("live")
+            };
+            let flows = s.pipeline.flows.unwrap();
+            let kernel = c.flows.unwrap();
+            // The handshake tracking goes with it, in the kernel and in the stage.
+            assert_eq!(kernel.handshakes, kernel.tcp_health);
+            assert_eq!(flows.handshakes, kernel.tcp_health);
+            (kernel.tcp_health, flows.egress_watched)
+        };
+        assert_eq!(live(&[]), (true, false));
+        assert_eq!(live(&["--direction", "both"]), (true, true));
+        assert_eq!(live(&["--direction", "egress"]), (true, true));
+        assert_eq!(live(&["--tcp-health", "off"]), (false, false));
+        let bad = ["fm", "-i", "lo", "--tcp-health", "maybe"];
+        assert!(!matches!(
+            cli::parse(bad.iter().map(std::ffi::OsString::from)),
+            Ok(Parsed::Run(..))
+        ));
     }
 
     #[test]

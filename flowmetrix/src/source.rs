@@ -501,6 +501,15 @@ impl Source {
         }
     }
 
+    /// Live, `--tcp-health`: the kernel's socket maps (once), when the kernel lets the part
+    /// run.
+    pub fn take_tcp_sockets(&mut self) -> Option<crate::flows::tcp::TcpSockets> {
+        match self {
+            Self::Live(l) => l.capture.take_tcp_sockets(),
+            Self::Pcap(_) => None,
+        }
+    }
+
     /// Live: the names of the interfaces captured on, as the samples' rows have them
     /// (shared: it follows interfaces as they come and go). Empty for a file.
     pub fn names(&self) -> InterfaceNames {

@@ -123,6 +123,8 @@ const APT: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("tcpdump", "tcpdump"),
+    // Random loss in the TCP health tests (`numgen random`).
+    ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
     // The static binary (C parts of ring and zstd against musl) and the image.
     ("musl-gcc", "musl-tools"),

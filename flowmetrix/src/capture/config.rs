@@ -94,6 +94,9 @@ pub struct FlowsConfig {
     /// Track TCP handshakes (`HANDSHAKES_ON`; off with `--tcp-health off`): when off, the
     /// programs skip it and its state map is shrunk to one entry.
     pub handshakes: bool,
+    /// `--tcp-health`: local sockets' retransmits and RTT (tracing programs, probed at
+    /// load).
+    pub tcp_health: bool,
 }
 
 /// Load-time mode and map sizes for `cfg`: what a mode does not use is shrunk to the
@@ -195,6 +198,7 @@ mod tests {
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
+            tcp_health: true,
         });
         let s = MapSizes::of(&cfg);
         assert_eq!(s.mode, MODE_PACKETS | MODE_FLOWS);
@@ -210,6 +214,7 @@ mod tests {
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
+            tcp_health: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 1 << 20, "at least 1 MiB");
         cfg.flows = Some(FlowsConfig {
@@ -218,6 +223,7 @@ mod tests {
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
+            tcp_health: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 64 << 20, "at most 64 MiB");
         assert!(MapSizes::of(&cfg).events_bytes.is_power_of_two());
@@ -228,6 +234,7 @@ mod tests {
             events_bytes: Some(100),
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
+            tcp_health: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, page);
     }

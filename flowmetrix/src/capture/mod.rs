@@ -17,6 +17,9 @@
 //! removes such stale filters of ours first, when no running process holds programs of ours;
 //! by hand: `tc filter show dev IF egress` then `tc filter del dev IF egress pref P`.
 //! The `clsact` qdisc itself is left in place (other filters may use it).
+//!
+//! With `--tcp-health` (flows mode) two raw tracepoint programs are loaded and attached at
+//! load time too, when the kernel allows (`tcp_health.rs`: one line says what is off if not).
 
 mod config;
 mod counters;
@@ -27,6 +30,7 @@ mod owner;
 mod slots;
 mod stale;
 mod tc;
+mod tcp_health;
 mod xdp;
 
 use aya::{
@@ -41,13 +45,14 @@ pub use counters::CounterReader;
 
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
 use flowmetrix_common::handshake::{HANDSHAKE_MAP, HANDSHAKES_GLOBAL};
+use flowmetrix_common::tcp::{TCP_OFFSETS_GLOBAL, TCP_RETRANSMIT_ERR_GLOBAL, TCP_SOCKET_MAPS};
 use flowmetrix_common::{
     DNS_PORTS_GLOBAL, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
     SNAPLEN_GLOBAL, STATS_MAP, WAKEUP_BYTES_GLOBAL,
 };
 use tracing::{debug, info, warn};
 
-use crate::flows::kernel::FlowMaps;
+use crate::flows::{kernel::FlowMaps, tcp::TcpSockets};
 use crate::metrics::{InterfaceStats, KernelStats};
 
 pub use config::{
@@ -57,6 +62,7 @@ pub use error::CaptureError;
 pub use iface::{if_index, if_is_up};
 pub use load::EbpfLogger;
 pub use slots::{OTHER, SlotBook};
+pub use tcp_health::TCP_HEALTH_BTF_ENV;
 
 use load::{load_error, load_program, raise_memlock_limit};
 use tc::{attach_tc, tc_hooks};
@@ -83,6 +89,8 @@ pub struct Capture {
     slot_of: Array<MapData, u32>,
     /// The flow maps, until taken (`--mode flows|both`).
     flow_maps: Option<FlowMaps>,
+    /// The socket maps, until taken (`--tcp-health`, when the kernel lets it run).
+    tcp_sockets: Option<TcpSockets>,
     /// The mode the XDP program was last attached in ("native" or "skb"), "" without XDP.
     pub mode: &'static str,
     /// How the TC programs were last attached ("tcx" or "netlink"), "" without TC.
@@ -114,6 +122,7 @@ impl Capture {
         let dns_ports = cfg
             .flows
             .map_or([0; flowmetrix_common::DNS_PORTS], |f| f.dns_ports);
+        let tcp = tcp_health::Probe::new(cfg);
         let mut ebpf = EbpfLoader::new()
             .override_global(DNS_PORTS_GLOBAL, &dns_ports, true)
             .override_global(SAMPLE_RATE_GLOBAL, &cfg.sample_rate, true)
@@ -130,6 +139,14 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
+            .override_global(TCP_OFFSETS_GLOBAL, &tcp.hooks().offsets, true)
+            .override_global(
+                TCP_RETRANSMIT_ERR_GLOBAL,
+                &u32::from(tcp.hooks().retransmit_err),
+                true,
+            )
+            .map_max_entries(TCP_SOCKET_MAPS[0], tcp.map_entries())
+            .map_max_entries(TCP_SOCKET_MAPS[1], tcp.map_entries())
             .load(crate::kernel_object::object().map_err(|e| load_error(programs_of(cfg), e))?)
             .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.
@@ -137,6 +154,7 @@ impl Capture {
             Some(f) => Some(FlowMaps::from_ebpf(&mut ebpf, f.prefix).map_err(CaptureError::Flows)?),
             None => None,
         };
+        let tcp_sockets = tcp.start(&mut ebpf);
         // The logger owns the program's log map: it must live as long as the program.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| debug!("eBPF logger not started: {e}"))
@@ -165,6 +183,7 @@ impl Capture {
             counters: CounterReader::new(stats),
             slot_of,
             flow_maps,
+            tcp_sockets,
             mode: "",
             tc_attached: "",
         })
@@ -296,6 +315,11 @@ impl Capture {
     /// The flow maps (once), when loaded with [`CaptureConfig::flows`].
     pub fn take_flow_maps(&mut self) -> Option<FlowMaps> {
         self.flow_maps.take()
+    }
+
+    /// The socket maps (once), when `--tcp-health` runs.
+    pub fn take_tcp_sockets(&mut self) -> Option<TcpSockets> {
+        self.tcp_sockets.take()
     }
 
     /// Messages the XDP program logs (errors only), to be polled by the caller.

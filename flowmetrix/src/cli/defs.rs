@@ -125,6 +125,12 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_port: Vec<u16>,
 
+    /// TCP health on the flow rows: local sockets' retransmits and smoothed RTT (kernel
+    /// tracing hooks, probed at start) and handshake latency; off leaves those columns null.
+    #[arg(help_heading = "Flows", long, value_enum, default_value_t = OnOff::On,
+          value_name = "ON|OFF")]
+    pub tcp_health: OnOff,
+
     /// Where rows go: GreptimeDB, JSON lines on stdout, or nowhere (decode and count only).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
     pub output: Output,
@@ -400,6 +406,13 @@ pub enum TcAttachArg {
     Auto,
     Tcx,
     Netlink,
+}
+
+/// A part switched on or off (`--tcp-health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// `--kube-metadata`.

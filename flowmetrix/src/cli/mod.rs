@@ -30,7 +30,7 @@ use clap::{FromArgMatches, error::ErrorKind};
 
 pub use defs::{
     Cli, CompressionArg, DirectionArg, Generate, IngressHookArg, KubeMetadataArg, LogFormat,
-    MAX_FLOW_MAX_ENTRIES, MIN_FLOW_MAX_ENTRIES, ModeArg, Output, PASSWORD_ENV, TcAttachArg,
+    MAX_FLOW_MAX_ENTRIES, MIN_FLOW_MAX_ENTRIES, ModeArg, OnOff, Output, PASSWORD_ENV, TcAttachArg,
     WritePathArg, XdpModeArg, command,
 };
 pub use file::{ConfigError, DEFAULT_PATH, FileSettings};

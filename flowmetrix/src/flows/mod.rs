@@ -19,13 +19,15 @@
 //! and the learned prefix (a watch channel the decode stage sends on); in a replay, fed the
 //! frames by the pipeline. [`aggregate`] adds up an interval and makes its rows; [`kernel`]
 //! reads the kernel's maps; [`handshakes`] reads the TCP handshakes' states (live) or runs
-//! their state machine on the frames (replay); [`health`] joins such figures to the rows.
+//! their state machine on the frames (replay); [`tcp`] the local sockets' retransmits and RTT
+//! (`--tcp-health`), at the same generation flip; [`health`] joins such figures to the rows.
 
 pub mod aggregate;
 pub mod handshakes;
 pub mod health;
 pub mod kernel;
 pub mod stage;
+pub mod tcp;
 
 pub use aggregate::{Aggregator, Interfaces, PacketClock};
 pub use handshakes::{HandshakeMap, HandshakeTotals, Tracker};

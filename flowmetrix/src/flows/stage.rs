@@ -11,6 +11,7 @@ use super::{
     aggregate::{Aggregator, Interfaces, PacketClock},
     handshakes::{self, Tracker},
     kernel::{Collected, FlowMapError, FlowMaps},
+    tcp::{SocketsCollected, TcpSocketError, TcpSockets},
 };
 use crate::{
     applications::Applications,
@@ -31,6 +32,9 @@ pub struct FlowSettings {
     /// TCP handshake latency and SYN retransmits (off with `--tcp-health off`; the kernel
     /// is told at load, [`crate::capture::FlowsConfig::handshakes`]).
     pub handshakes: bool,
+    /// Whether egress is watched (`--direction egress|both`): a local socket's figures go on
+    /// its egress rows, else on the reverse direction's ingress rows.
+    pub egress_watched: bool,
 }
 
 /// Live: the kernel's maps, collected every interval on a blocking thread, their flows named
@@ -41,6 +45,8 @@ pub struct Live {
     counters: Arc<FlowCounters>,
     /// The maps, while no collection holds them.
     maps: Option<FlowMaps>,
+    /// `--tcp-health`: the socket maps, collected with the flow maps' generation.
+    tcp: Option<TcpSockets>,
     /// When the interval being counted began.
     since: std::time::Instant,
     /// `-auto-detect`: the prefix the programs were told.
@@ -74,11 +80,13 @@ impl Live {
     ) -> Self {
         let mut agg = Aggregator::new(applications, host, Arc::clone(&counters));
         agg.health.parts.handshakes = settings.handshakes && maps.handshakes.is_some();
+        agg.health.parts.egress_watched = settings.egress_watched;
         Self {
             settings,
             agg,
             counters,
             maps: Some(maps),
+            tcp: None,
             since: std::time::Instant::now(),
             prefix_pushed: None,
             names,
@@ -91,6 +99,14 @@ impl Live {
     /// Rows get their [`crate::record::Workload`] from `resolver`.
     pub fn attribute_with(mut self, resolver: Resolver) -> Self {
         self.attribution = Some(resolver);
+        self
+    }
+
+    /// Local sockets' retransmits and RTT go on the rows, from `sockets` (`--tcp-health`,
+    /// when the kernel lets it run; else those columns stay null).
+    pub fn tcp_sockets(mut self, sockets: TcpSockets) -> Self {
+        self.tcp = Some(sockets);
+        self.agg.health.parts.tcp_sockets = true;
         self
     }
 
@@ -148,30 +164,40 @@ impl Live {
     async fn collect(&mut self) -> Vec<FlowRecord> {
         if let Some(mut maps) = self.maps.take() {
             let on = self.agg.health.parts.handshakes;
+            let mut tcp = self.tcp.take();
             let res = tokio::task::spawn_blocking(move || {
                 let res = maps.collect();
+                // The flip and grace period just made that generation's socket map idle too.
+                let sockets = match (&res, tcp.as_mut()) {
+                    (Ok(c), Some(t)) => Some(t.collect(c.generation)),
+                    _ => None,
+                };
                 let shakes = match maps.handshakes.as_mut().filter(|_| on) {
                     Some(h) => h
                         .collect(handshakes::boot_now())
                         .and_then(|read| Ok((read, h.totals()?.full))),
                     None => Ok((Vec::new(), 0)),
                 };
-                (maps, res, shakes)
+                (maps, res, tcp, sockets, shakes)
             })
             .await;
-            let res = res.map(|(maps, res, shakes)| {
-                match shakes {
-                    Ok((read, full)) => {
-                        for (key, h) in read {
-                            self.agg.health.handshake(key, h);
+            match res {
+                Ok((maps, res, tcp, sockets, shakes)) => {
+                    self.tcp = tcp;
+                    self.sockets(sockets);
+                    match shakes {
+                        Ok((read, full)) => {
+                            for (key, h) in read {
+                                self.agg.health.handshake(key, h);
+                            }
+                            Counters::set(&self.counters.handshakes_full, full);
                         }
-                        Counters::set(&self.counters.handshakes_full, full);
+                        Err(e) => debug!("cannot read the handshake map: {e}"),
                     }
-                    Err(e) => debug!("cannot read the handshake map: {e}"),
+                    self.collected(Ok((maps, res)));
                 }
-                (maps, res)
-            });
-            self.collected(res);
+                Err(e) => self.collected(Err(e)),
+            }
         }
         let interval = self.since.elapsed();
         self.since = std::time::Instant::now();
@@ -208,6 +234,19 @@ impl Live {
                 self.failed(&e);
             }
             Err(e) => self.failed(&e),
+        }
+    }
+
+    fn sockets(&mut self, collected: Option<Result<SocketsCollected, TcpSocketError>>) {
+        match collected {
+            Some(Ok(c)) => {
+                for f in c.sockets {
+                    self.agg.health.tcp_socket(f.key, f.retransmits, f.rtt_us);
+                }
+                Counters::add(&self.counters.tcp_sockets_full, c.full);
+            }
+            Some(Err(e)) => self.failed(&e),
+            None => {}
         }
     }
 

@@ -111,6 +111,9 @@ pub struct FlowCounters {
     pub health_unmatched: AtomicU64,
     /// TCP handshakes the kernel's full state map could not take (not measured).
     pub handshakes_full: AtomicU64,
+    /// Local sockets' updates the kernel's full socket map could not take
+    /// (`--tcp-health`): their retransmits and RTT of that interval are missing.
+    pub tcp_sockets_full: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.

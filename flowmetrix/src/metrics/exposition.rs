@@ -359,6 +359,12 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "TCP handshakes not measured: the kernel's handshake state map was full.",
         Counters::get(&f.handshakes_full),
     )?;
+    counter(
+        e,
+        "flow_tcp_sockets_full",
+        "Local TCP sockets' updates the full socket map could not take (--tcp-health).",
+        Counters::get(&f.tcp_sockets_full),
+    )?;
     gauge(
         e,
         "flow_map_entries",

@@ -18,3 +18,4 @@ mod kube;
 mod lifecycle;
 mod operations;
 mod replay;
+mod tcp_health;
