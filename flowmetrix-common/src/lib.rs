@@ -4,6 +4,7 @@
 //! sizes and field offsets are pinned by the tests at the bottom of this file.
 #![no_std]
 
+pub mod drops;
 pub mod flow_key;
 
 /// Largest number of frame bytes one sample can carry (the compiled maximum of `--snaplen`).
@@ -190,6 +191,8 @@ mod user {
     unsafe impl aya::Pod for super::flow_key::FlowKey {}
     unsafe impl aya::Pod for super::flow_key::FlowValue {}
     unsafe impl aya::Pod for super::flow_key::FlowEvent {}
+    unsafe impl aya::Pod for super::drops::DropKey {}
+    unsafe impl aya::Pod for super::drops::DropValue {}
 }
 
 #[cfg(test)]

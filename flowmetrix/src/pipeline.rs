@@ -230,6 +230,9 @@ pub async fn run_until(
                     if let Some(r) = &resolver {
                         stage = stage.attribute_with(r.clone());
                     }
+                    if let Some(d) = source.take_drop_maps() {
+                        stage = stage.with_drops(d);
+                    }
                     let signals = flows::Signals {
                         prefix: decoder.learned_prefix(),
                         stop: flows_stopped,

@@ -206,6 +206,7 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                         .ok()
                         .and_then(|v| v.parse().ok()),
                     dns_ports,
+                    drops: cli.drops,
                 }),
             }))
         }
@@ -488,6 +489,7 @@ mod tests {
                 prefix: Some(24),
                 events_bytes: None,
                 dns_ports: [53, 0, 0, 0],
+                drops: true,
             })
         );
         let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();

@@ -88,6 +88,8 @@ pub struct FlowsConfig {
     /// The ports DNS is served on (53 and `--dns-port`'s): the programs pass DNS packets to
     /// the ring whatever the sample rate.
     pub dns_ports: [u16; flowmetrix_common::DNS_PORTS],
+    /// Drops by reason (`--drops`): the `skb:kfree_skb` program, probed at start.
+    pub drops: bool,
 }
 
 /// Load-time mode and map sizes for `cfg`: what a mode does not use is shrunk to the
@@ -181,6 +183,7 @@ mod tests {
             prefix: None,
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
+            drops: true,
         });
         let s = MapSizes::of(&cfg);
         assert_eq!(s.mode, MODE_PACKETS | MODE_FLOWS);
@@ -194,6 +197,7 @@ mod tests {
             prefix: Some(0),
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
+            drops: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 1 << 20, "at least 1 MiB");
         cfg.flows = Some(FlowsConfig {
@@ -201,6 +205,7 @@ mod tests {
             prefix: Some(0),
             events_bytes: None,
             dns_ports: [53, 0, 0, 0],
+            drops: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 64 << 20, "at most 64 MiB");
         assert!(MapSizes::of(&cfg).events_bytes.is_power_of_two());
@@ -210,6 +215,7 @@ mod tests {
             prefix: Some(0),
             events_bytes: Some(100),
             dns_ports: [53, 0, 0, 0],
+            drops: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, page);
     }

@@ -20,6 +20,7 @@
 
 mod config;
 mod counters;
+mod drops;
 mod error;
 mod iface;
 mod load;
@@ -38,7 +39,9 @@ use aya::{
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use counters::CounterReader;
+pub use drops::{DROPS_BTF_ENV, DropProbeError};
 
+use flowmetrix_common::drops::{DROP_OFFSETS_GLOBAL, DROP_SKIP_GLOBAL};
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
 use flowmetrix_common::{
     DNS_PORTS_GLOBAL, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
@@ -82,6 +85,8 @@ pub struct Capture {
     slot_of: Array<MapData, u32>,
     /// The flow maps, until taken (`--mode flows|both`).
     flow_maps: Option<FlowMaps>,
+    /// The drop program's maps, until taken (`--drops on`, when the probe passed).
+    drop_maps: Option<crate::flows::drops::DropMaps>,
     /// The mode the XDP program was last attached in ("native" or "skb"), "" without XDP.
     pub mode: &'static str,
     /// How the TC programs were last attached ("tcx" or "netlink"), "" without TC.
@@ -113,7 +118,19 @@ impl Capture {
         let dns_ports = cfg
             .flows
             .map_or([0; flowmetrix_common::DNS_PORTS], |f| f.dns_ports);
+        // Drops by reason: what the program needs from the kernel's BTF, read first (its
+        // globals are set at load).
+        let drop_plan = cfg
+            .flows
+            .filter(|f| f.drops)
+            .map(|_| drops::plan(&drops::btf_path()));
+        let (drop_offsets, drop_skip) = match &drop_plan {
+            Some(Ok(p)) => (p.offsets, p.skip),
+            _ => Default::default(),
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(DROP_OFFSETS_GLOBAL, &drop_offsets, true)
+            .override_global(DROP_SKIP_GLOBAL, &drop_skip, true)
             .override_global(DNS_PORTS_GLOBAL, &dns_ports, true)
             .override_global(SAMPLE_RATE_GLOBAL, &cfg.sample_rate, true)
             .override_global(SNAPLEN_GLOBAL, &cfg.snaplen, true)
@@ -130,6 +147,11 @@ impl Capture {
             Some(f) => Some(FlowMaps::from_ebpf(&mut ebpf, f.prefix).map_err(CaptureError::Flows)?),
             None => None,
         };
+        let drop_maps = drop_plan.and_then(|plan| {
+            plan.and_then(|p| drops::start(&mut ebpf, p))
+                .inspect_err(|e| warn!("{}", drops::off_line(e)))
+                .ok()
+        });
         // The logger owns the program's log map: it must live as long as the program.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| debug!("eBPF logger not started: {e}"))
@@ -158,6 +180,7 @@ impl Capture {
             counters: CounterReader::new(stats),
             slot_of,
             flow_maps,
+            drop_maps,
             mode: "",
             tc_attached: "",
         })
@@ -289,6 +312,11 @@ impl Capture {
     /// The flow maps (once), when loaded with [`CaptureConfig::flows`].
     pub fn take_flow_maps(&mut self) -> Option<FlowMaps> {
         self.flow_maps.take()
+    }
+
+    /// The drop program's maps (once), when `--drops on` and the probe passed.
+    pub fn take_drop_maps(&mut self) -> Option<crate::flows::drops::DropMaps> {
+        self.drop_maps.take()
     }
 
     /// Messages the XDP program logs (errors only), to be polled by the caller.

@@ -125,6 +125,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_port: Vec<u16>,
 
+    /// Kernel drops by reason on the flow rows (drop_packets, drop_bytes, drop_reason) and
+    /// as flowmetrix_kernel_drops_total{reason}: skb:kfree_skb, reasons named by the running
+    /// kernel (with --mode flows|both; off by itself where the kernel lacks the hook).
+    #[arg(help_heading = "Flows", long, default_value = "on", value_name = "on|off",
+          value_parser = parse_switch, action = ArgAction::Set)]
+    pub drops: bool,
+
     /// Where rows go: GreptimeDB, JSON lines on stdout, or nowhere (decode and count only).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
     pub output: Output,

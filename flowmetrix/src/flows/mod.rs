@@ -18,9 +18,10 @@
 //! timer, given the kernel's maps at start, the interface names ([`crate::sample::InterfaceNames`])
 //! and the learned prefix (a watch channel the decode stage sends on); in a replay, fed the
 //! frames by the pipeline. [`aggregate`] adds up an interval and makes its rows; [`kernel`]
-//! reads the kernel's maps.
+//! reads the kernel's maps, [`drops`] the drop program's.
 
 pub mod aggregate;
+pub mod drops;
 pub mod health;
 pub mod kernel;
 pub mod stage;

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     aggregate::{Aggregator, Interfaces, PacketClock},
+    drops::DropMaps,
     kernel::{Collected, FlowMapError, FlowMaps},
 };
 use crate::{
@@ -47,6 +48,8 @@ pub struct Live {
     warned: bool,
     /// Which workload each row belongs to.
     attribution: Option<Resolver>,
+    /// `--drops on`: the drop program's maps, while no collection holds them.
+    drops: Option<DropMaps>,
 }
 
 /// What the live stage listens to while it runs.
@@ -79,12 +82,24 @@ impl Live {
             fallback,
             warned: false,
             attribution: None,
+            drops: None,
         }
     }
 
     /// Rows get their [`crate::record::Workload`] from `resolver`.
     pub fn attribute_with(mut self, resolver: Resolver) -> Self {
         self.attribution = Some(resolver);
+        self
+    }
+
+    /// Drops by reason go on the rows, from `drops` (the drop program runs).
+    pub fn with_drops(mut self, drops: DropMaps) -> Self {
+        self.agg.health.parts.drops = true;
+        self.counters
+            .drops
+            .on
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.drops = Some(drops);
         self
     }
 
@@ -147,6 +162,24 @@ impl Live {
             })
             .await;
             self.collected(res);
+        }
+        // After the flow maps: a drop is keyed to the flow its packet was counted in before.
+        if let Some(mut drops) = self.drops.take() {
+            let res = tokio::task::spawn_blocking(move || {
+                let res = drops.collect();
+                (drops, res)
+            })
+            .await;
+            match res {
+                Ok((mut drops, res)) => {
+                    match res {
+                        Ok(c) => drops.deliver(&c, &mut self.agg.health, &self.counters.drops),
+                        Err(e) => self.failed(&e),
+                    }
+                    self.drops = Some(drops);
+                }
+                Err(e) => self.failed(&e),
+            }
         }
         let interval = self.since.elapsed();
         self.since = std::time::Instant::now();

@@ -109,6 +109,8 @@ pub struct FlowCounters {
     /// How-well figures (handshakes, sockets' retransmits and RTT) that found no flow row
     /// to go on ([`crate::flows::health`]).
     pub health_unmatched: AtomicU64,
+    /// Kernel drops by reason (`--drops on`).
+    pub drops: super::drops::DropCounters,
 }
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.
