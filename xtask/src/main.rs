@@ -123,6 +123,8 @@ const APT: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("tcpdump", "tcpdump"),
+    // Drops by reason: the root tests drop packets with a firewall rule.
+    ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
     // The static binary (C parts of ring and zstd against musl) and the image.
     ("musl-gcc", "musl-tools"),
