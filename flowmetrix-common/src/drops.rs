@@ -62,7 +62,11 @@ pub const OFF_DEV_NET: usize = 10;
 pub const OFF_NET_INUM: usize = 11;
 /// The collector's network namespace inode number (0: not checked).
 pub const OFF_NETNS_INUM: usize = 12;
-pub const OFFSETS: usize = 13;
+/// `sk_buff._skb_refdst` (the route, its low bit a flag) and `dst_entry.dev`: the device
+/// of a packet this host sends that has none yet (dropped in a firewall's OUTPUT chain).
+pub const OFF_SKB_REFDST: usize = 13;
+pub const OFF_DST_DEV: usize = 14;
+pub const OFFSETS: usize = 15;
 /// The global of the reason values that are not drops (`[u32; SKIPS]`; `u32::MAX`: unused):
 /// `NOT_DROPPED_YET`, `CONSUMED`, `NOT_SPECIFIED` as the running kernel numbers them.
 pub const DROP_SKIP_GLOBAL: &str = "DROP_SKIP";

@@ -8,8 +8,9 @@
 //! The skb is read with `bpf_probe_read_kernel` at the offsets userspace read from the
 //! running kernel's BTF (`DROP_OFFSETS`): Rust eBPF has no CO-RE. Direction and interface:
 //! an skb that came in by an interface and is still on it (`skb_iif` = `dev->ifindex`) is
-//! an ingress drop there; any other skb with a device (sent by this host, or forwarded and
-//! already on its way out) an egress drop on `skb->dev`. The key is read from the network
+//! an ingress drop there; any other skb (sent by this host, or forwarded and already on its
+//! way out) an egress drop on `skb->dev`, or, before it has one (a firewall's OUTPUT
+//! chain), on its route's device. The key is read from the network
 //! header by the flow parser's `parse_ip`, so it is the XDP/TC key of that packet but for
 //! the VLAN id (the tag is gone by then).
 //!
@@ -32,9 +33,10 @@ use flowmetrix_common::{
     drops::{
         DROP_CFG_ENTRIES, DROP_CFG_GENERATION, DROP_MAX_ENTRIES, DROP_REASONS_MAX,
         DROP_STAT_KEY_FULL, DROP_STAT_OTHER_IF, DROP_STAT_REASON_FULL, DROP_STAT_SEEN, DROP_STATS,
-        DropKey, DropValue, OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_NET_INUM, OFF_NETNS_INUM,
-        OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER,
-        OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_TAIL, OFFSETS, SKIPS,
+        DropKey, DropValue, OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM,
+        OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN,
+        OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL,
+        OFFSETS, SKIPS,
     },
     flow_key::{FlowKey, Frame, MAX_L4_OFFSET, parse_ip},
 };
@@ -126,9 +128,17 @@ impl Frame for Skb {
 #[inline(always)]
 fn key_of(skb: usize, off: &[u32; OFFSETS]) -> Option<(FlowKey, u64)> {
     let at = |i: usize| skb + off[i] as usize;
-    let dev = read::<u64>(at(OFF_SKB_DEV))? as usize;
+    let mut dev = read::<u64>(at(OFF_SKB_DEV))? as usize;
     if dev == 0 {
-        return None;
+        // Sent by this host, not on a device yet (a firewall's OUTPUT chain): the route's.
+        let dst = read::<u64>(at(OFF_SKB_REFDST))? as usize & !1;
+        if dst == 0 {
+            return None;
+        }
+        dev = read::<u64>(dst + off[OFF_DST_DEV] as usize)? as usize;
+        if dev == 0 {
+            return None;
+        }
     }
     let dev_ifindex = read::<i32>(dev + off[OFF_DEV_IFINDEX] as usize)? as u32;
     let iif = read::<i32>(at(OFF_SKB_IIF))? as u32;

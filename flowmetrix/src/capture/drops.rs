@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, programs::BtfTracePoint};
 use flowmetrix_common::drops::{
-    DROP_PROGRAM_NAME, DROP_TRACEPOINT, OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_NET_INUM, OFF_NETNS_INUM,
-    OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER,
-    OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_TAIL, OFFSETS, SKIPS,
+    DROP_PROGRAM_NAME, DROP_TRACEPOINT, OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM,
+    OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN,
+    OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL,
+    OFFSETS, SKIPS,
 };
 
 use crate::{
@@ -96,6 +97,8 @@ pub fn plan(path: &Path) -> Result<DropPlan, DropProbeError> {
     offsets[OFF_SKB_MAC_HEADER] = skb("mac_header")?;
     offsets[OFF_SKB_IIF] = skb("skb_iif")?;
     offsets[OFF_DEV_IFINDEX] = btf.offset_of("net_device", "ifindex")?;
+    offsets[OFF_SKB_REFDST] = skb("_skb_refdst")?;
+    offsets[OFF_DST_DEV] = btf.offset_of("dst_entry", "dev")?;
     // The namespace check, where the kernel lets us make it: else drops of every
     // namespace with a watched interface's index count.
     let netns = (|| -> Result<(u32, u32, u32), BtfError> {
