@@ -1,0 +1,308 @@
+//! Kernel drops by reason (`--drops`, root tier): the collector's host drops packets — SYNs
+//! to one port by a firewall rule, datagrams to a closed port, datagrams it sends out by a
+//! firewall rule — and each flow row carries its drops with the reason the running kernel
+//! names; `--drops off` and a kernel without the hook leave the columns null, the flows
+//! exact.
+
+use std::{
+    net::{SocketAddr, TcpStream, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::common::{self, MAC_A, MAC_B, NetPair, mac_str};
+
+/// The collector's host (`ns_a`) and the client (`ns_b`).
+const HOST: [u8; 4] = [10, 88, 0, 1];
+const CLIENT: [u8; 4] = [10, 88, 0, 2];
+/// The port the firewall drops SYNs to, and one nothing listens on.
+const FIREWALLED: u16 = 7070;
+const CLOSED: u16 = 9;
+/// The client's UDP port.
+const CLIENT_PORT: u16 = 40_010;
+
+fn ip4(a: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+}
+
+fn must(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Addresses on both ends, neighbours set by hand (ARP is off on the pair), and the
+/// firewall: SYNs to [`FIREWALLED`] dropped on input, datagrams to the client's port
+/// [`CLOSED`] dropped on output.
+fn hosts() -> NetPair {
+    let net = NetPair::new();
+    for (ns, ifname, me, peer, peer_mac) in [
+        (&net.ns_a, &net.if_a, HOST, CLIENT, MAC_B),
+        (&net.ns_b, &net.if_b, CLIENT, HOST, MAC_A),
+    ] {
+        let me = format!("{}/24", ip4(me));
+        must(&["ip", "-n", ns, "addr", "add", &me, "dev", ifname]);
+        let (peer, mac) = (ip4(peer), mac_str(peer_mac));
+        must(&[
+            "ip", "-n", ns, "neigh", "add", &peer, "lladdr", &mac, "dev", ifname,
+        ]);
+    }
+    let nft = |rule: &str| {
+        let mut args = vec!["ip", "netns", "exec", &net.ns_a, "nft"];
+        args.extend(rule.split(' '));
+        must(&args);
+    };
+    nft("add table inet fmxdrops");
+    nft("add chain inet fmxdrops input { type filter hook input priority 0 ; }");
+    nft("add chain inet fmxdrops output { type filter hook output priority 0 ; }");
+    nft(&format!(
+        "add rule inet fmxdrops input tcp dport {FIREWALLED} drop"
+    ));
+    nft(&format!(
+        "add rule inet fmxdrops output udp dport {CLIENT_PORT} drop"
+    ));
+    net
+}
+
+/// A connect from the client to the firewalled port, given up after 3.5 s: its SYN and
+/// the retransmits within (at 1 s and 3 s).
+fn connect_firewalled(net: &NetPair) {
+    let to = SocketAddr::from((HOST, FIREWALLED));
+    let res = common::in_netns(&net.ns_b, move || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(3_500))
+    });
+    assert!(res.is_err(), "the firewall let the connection through");
+}
+
+/// `n` datagrams from the client's [`CLIENT_PORT`] to the host's closed port.
+fn datagrams_to_closed_port(net: &NetPair, n: usize) {
+    common::in_netns(&net.ns_b, move || {
+        let s = UdpSocket::bind(SocketAddr::from((CLIENT, CLIENT_PORT))).unwrap();
+        for _ in 0..n {
+            s.send_to(&[7; 100], SocketAddr::from((HOST, CLOSED)))
+                .unwrap();
+        }
+    });
+}
+
+/// `n` datagrams the host sends to the client's port, which its firewall drops on output.
+fn datagrams_out_firewalled(net: &NetPair, n: usize) {
+    common::in_netns(&net.ns_a, move || {
+        let s = UdpSocket::bind(SocketAddr::from((HOST, 40_020))).unwrap();
+        for _ in 0..n {
+            // The firewall's drop is EPERM to the sender.
+            let _ = s.send_to(&[7; 60], SocketAddr::from((CLIENT, CLIENT_PORT)));
+        }
+    });
+}
+
+/// The rows, stderr and the collector's interface of a run with `args` and `env`, during
+/// which `traffic` runs.
+fn run(
+    args: &[&str],
+    env: &[(&str, &str)],
+    traffic: impl FnOnce(&NetPair),
+) -> (Vec<Value>, String, String) {
+    let net = hosts();
+    let mut all = vec![
+        "--mode",
+        "flows",
+        "--flow-interval",
+        "1s",
+        "--output",
+        "jsonl",
+    ];
+    all.extend_from_slice(args);
+    let collector = net.collector().args(&all).env(env).start();
+    traffic(&net);
+    // The last drops' interval collected.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let done = collector.interrupt();
+    assert!(done.status.success(), "{}", done.stderr);
+    (done.rows(), done.stderr, net.if_a.clone())
+}
+
+/// The rows of one flow: `src` → `dst`, `protocol`, `direction`.
+fn flow<'a>(
+    rows: &'a [Value],
+    src: ([u8; 4], Option<u16>),
+    dst: ([u8; 4], u16),
+    protocol: u8,
+    direction: &str,
+) -> Vec<&'a Value> {
+    rows.iter()
+        .filter(|r| {
+            r["src_ip"] == ip4(src.0).as_str()
+                && src.1.is_none_or(|p| r["src_port"] == p)
+                && r["dst_ip"] == ip4(dst.0).as_str()
+                && r["dst_port"] == dst.1
+                && r["protocol"] == protocol
+                && r["direction"] == direction
+        })
+        .collect()
+}
+
+fn sum(rows: &[&Value], field: &str) -> u64 {
+    rows.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
+}
+
+/// Every row of a flow is the collector's interface's, IPv4, and its drops (if any) are for
+/// `reason`; their sums.
+fn drops_of(rows: &[&Value], interface: &str, reason: &str) -> (u64, u64, u64, u64) {
+    assert!(!rows.is_empty(), "no rows");
+    for r in rows {
+        assert_eq!(r["interface"], interface, "{r}");
+        assert_eq!(r["ether_type"], 0x0800, "{r}");
+        assert_eq!(r["vlan_id"], Value::Null, "{r}");
+        let dropped = r["drop_packets"].as_u64().expect("drop_packets measured");
+        assert!(r["drop_bytes"].as_u64().is_some(), "{r}");
+        if dropped > 0 {
+            assert_eq!(r["drop_reason"], reason, "{r}");
+        } else {
+            assert_eq!(r["drop_reason"], Value::Null, "{r}");
+        }
+    }
+    (
+        sum(rows, "packets"),
+        sum(rows, "bytes"),
+        sum(rows, "drop_packets"),
+        sum(rows, "drop_bytes"),
+    )
+}
+
+#[test]
+fn drops_go_on_their_flow_rows_with_the_reason_the_kernel_names() {
+    let (rows, stderr, interface) = run(&["--direction", "both"], &[], |net| {
+        datagrams_to_closed_port(net, 10);
+        datagrams_out_firewalled(net, 4);
+        connect_firewalled(net);
+    });
+    assert!(!stderr.contains("drops by reason are off"), "{stderr}");
+
+    // Ten datagrams to a closed port: ten NO_SOCKET drops of their ingress flow, every
+    // byte (the link header included, as the flow counts them).
+    let udp = flow(
+        &rows,
+        (CLIENT, Some(CLIENT_PORT)),
+        (HOST, CLOSED),
+        17,
+        "ingress",
+    );
+    let (packets, bytes, dropped, dropped_bytes) = drops_of(&udp, &interface, "NO_SOCKET");
+    assert_eq!((packets, dropped), (10, 10), "{udp:?}");
+    assert_eq!(dropped_bytes, bytes, "{udp:?}");
+    assert_eq!(bytes, 10 * (14 + 20 + 8 + 100), "{udp:?}");
+
+    // SYNs to the firewalled port: each one the client sent reached the interface and was
+    // dropped by the rule (NETFILTER_DROP), on the SYNs' own flow.
+    let syn = flow(&rows, (CLIENT, None), (HOST, FIREWALLED), 6, "ingress");
+    let (syns, syn_bytes, dropped, dropped_bytes) = drops_of(&syn, &interface, "NETFILTER_DROP");
+    assert!(
+        syns >= 2,
+        "the SYN and its retransmits within 3.5 s: {syn:?}"
+    );
+    assert_eq!(dropped, syns, "{syn:?}");
+    assert_eq!(dropped_bytes, syn_bytes, "{syn:?}");
+    assert!(
+        syn.iter().all(|r| r["tcp_flags"] == 0x02),
+        "SYNs only: {syn:?}"
+    );
+
+    // Datagrams the host sends, dropped in its OUTPUT chain before the egress hook saw
+    // them: a row of their own on the egress side, no packets, four drops.
+    let out = flow(
+        &rows,
+        (HOST, Some(40_020)),
+        (CLIENT, CLIENT_PORT),
+        17,
+        "egress",
+    );
+    let (packets, _, dropped, dropped_bytes) = drops_of(&out, &interface, "NETFILTER_DROP");
+    assert_eq!((packets, dropped), (0, 4), "{out:?}");
+    assert_eq!(
+        dropped_bytes,
+        4 * (20 + 8 + 60),
+        "no link header yet: {out:?}"
+    );
+
+    // Nothing else was dropped on the interface: the other rows say 0.
+    for r in &rows {
+        let ours = [FIREWALLED, CLOSED, CLIENT_PORT]
+            .iter()
+            .any(|p| r["dst_port"] == *p);
+        if !ours {
+            assert_eq!(r["drop_packets"], 0, "{r}");
+        }
+    }
+}
+
+/// The rows of `n` datagrams to the closed port, each checked but for the drop columns.
+fn closed_port_rows(rows: &[Value], interface: &str) -> Vec<Value> {
+    let udp = flow(
+        rows,
+        (CLIENT, Some(CLIENT_PORT)),
+        (HOST, CLOSED),
+        17,
+        "ingress",
+    );
+    for r in &udp {
+        assert_eq!(r["interface"], interface, "{r}");
+        assert_eq!(r["ether_type"], 0x0800, "{r}");
+    }
+    udp.into_iter().cloned().collect()
+}
+
+#[test]
+fn drops_off_leaves_the_drop_columns_null() {
+    let (rows, stderr, interface) = run(&["--drops", "off"], &[], |net| {
+        datagrams_to_closed_port(net, 10);
+    });
+    assert!(!stderr.contains("drops by reason"), "{stderr}");
+    let udp = closed_port_rows(&rows, &interface);
+    assert_eq!(
+        sum(&udp.iter().collect::<Vec<_>>(), "packets"),
+        10,
+        "{udp:?}"
+    );
+    for r in &rows {
+        for c in ["drop_packets", "drop_bytes", "drop_reason"] {
+            assert_eq!(r[c], Value::Null, "{c}: {r}");
+        }
+    }
+}
+
+#[test]
+fn a_kernel_without_the_hook_gives_one_line_and_exact_flows() {
+    // The probe reads a file that is no BTF, as on a kernel built without it.
+    let (rows, stderr, interface) = run(
+        &[],
+        &[("FLOWMETRIX_TEST_DROPS_BTF", "/proc/self/cmdline")],
+        |net| datagrams_to_closed_port(net, 10),
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("drops by reason are off"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("cannot read the kernel's BTF"),
+        "{stderr}"
+    );
+    let udp = closed_port_rows(&rows, &interface);
+    let udp: Vec<&Value> = udp.iter().collect();
+    assert_eq!(sum(&udp, "packets"), 10, "{udp:?}");
+    assert_eq!(sum(&udp, "bytes"), 10 * (14 + 20 + 8 + 100), "{udp:?}");
+    for r in &rows {
+        for c in ["drop_packets", "drop_bytes", "drop_reason"] {
+            assert_eq!(r[c], Value::Null, "{c}: {r}");
+        }
+    }
+}
