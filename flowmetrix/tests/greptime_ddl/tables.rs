@@ -23,7 +23,8 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
             "flow_data_talkers_1m",
             "packet_data_workloads_1m",
             "flow_data_workloads_1m",
-            "dns_data_1m"
+            "dns_data_1m",
+            "flow_data_drops_1m"
         ]
     );
     assert!(
@@ -35,7 +36,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
     expected.extend(
         ddl::rollups("packet_data", Some("flow_data"))
             .into_iter()
-            .chain([ddl::dns_rollup("dns_data")])
+            .chain([ddl::dns_rollup("dns_data"), ddl::drop_rollup("flow_data")])
             .map(|r| r.sql),
     );
     assert_eq!(endpoint.sql(), expected);
@@ -68,7 +69,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
     assert_eq!(roles["ts"], SemanticType::Timestamp);
     assert!(endpoint.append_only("public", "packet_data"));
     assert!(endpoint.append_only("public", "flow_data"));
-    assert_eq!(endpoint.column_types("public", "flow_data").len(), 23);
+    assert_eq!(endpoint.column_types("public", "flow_data").len(), 30);
     assert!(endpoint.append_only("public", "dns_data"));
     let want: Vec<(String, ColumnDataType)> = DNS_SCHEMA
         .iter()
@@ -76,7 +77,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
         .collect();
     assert_eq!(endpoint.column_types("public", "dns_data"), want);
     let flows = endpoint.flows("public");
-    assert_eq!(flows.len(), 7);
+    assert_eq!(flows.len(), 8);
     // The flow engine made the sink tables.
     assert_eq!(
         endpoint.tables("public"),
@@ -85,6 +86,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
             "dns_data_1m",
             "flow_data",
             "flow_data_1m",
+            "flow_data_drops_1m",
             "flow_data_talkers_1m",
             "flow_data_workloads_1m",
             "packet_data",
@@ -408,6 +410,9 @@ const COLUMN_NAMES: &[(&str, bool)] = &[
     ("dns_queries", false),
     ("dns_rcode", false),
     ("dns_timeouts", false),
+    ("drop_bytes", false),
+    ("drop_packets", false),
+    ("drop_reason", false),
     ("dst_ip", false),
     ("dst_mac", false),
     ("dst_port", false),
@@ -437,6 +442,10 @@ const COLUMN_NAMES: &[(&str, bool)] = &[
     ("src_mac", false),
     ("src_port", false),
     ("tcp_flags", false),
+    ("tcp_handshake_us", false),
+    ("tcp_retransmits", false),
+    ("tcp_rtt_us", false),
+    ("tcp_syn_retransmits", false),
     ("ts", false),
     ("tunnel", false),
     ("update_at", false),
