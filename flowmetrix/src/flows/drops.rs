@@ -10,7 +10,7 @@
 //! are. A drop the full map could not take is counted (`DROP_STAT_KEY_FULL`), never lost
 //! from its reason's total.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering::Relaxed};
 
 use aya::{
     Ebpf,
@@ -55,9 +55,7 @@ pub struct DropMaps {
     reasons: HashMap<MapData, u32, u64>,
     stats: PerCpuArray<MapData, u64>,
     generation: u32,
-    names: DropReasons,
-    /// Reason names already made, shared by the rows that carry them.
-    interned: std::collections::HashMap<u32, Arc<str>>,
+    names: Names,
 }
 
 impl DropMaps {
@@ -82,8 +80,7 @@ impl DropMaps {
             reasons,
             stats,
             generation: 0,
-            names,
-            interned: std::collections::HashMap::new(),
+            names: Names::new(names),
         })
     }
 
@@ -120,6 +117,26 @@ impl DropMaps {
         Ok(out)
     }
 
+    /// Hands a collection to `health` (each drop to its flow) and `counters`.
+    pub fn deliver(&mut self, c: &DropsCollected, health: &mut Health, counters: &DropCounters) {
+        self.names.deliver(c, health, counters);
+    }
+}
+
+/// The running kernel's reason names, each made once and shared by the rows that carry it.
+pub struct Names {
+    names: DropReasons,
+    interned: std::collections::HashMap<u32, Arc<str>>,
+}
+
+impl Names {
+    pub fn new(names: DropReasons) -> Self {
+        Self {
+            names,
+            interned: std::collections::HashMap::new(),
+        }
+    }
+
     /// `reason`'s name, as the running kernel calls it.
     pub fn name(&mut self, reason: u32) -> Arc<str> {
         let names = &self.names;
@@ -130,7 +147,8 @@ impl DropMaps {
         )
     }
 
-    /// Hands a collection to `health` (each drop to its flow) and `counters`.
+    /// Hands a collection to `health` (each drop to its flow) and `counters` (the reasons'
+    /// totals and the losses).
     pub fn deliver(&mut self, c: &DropsCollected, health: &mut Health, counters: &DropCounters) {
         for (k, v) in &c.drops {
             let reason = self.name(k.reason);
@@ -141,7 +159,6 @@ impl DropMaps {
                 .iter()
                 .map(|(r, n)| (self.names.name(*r).into_owned(), *n)),
         );
-        use std::sync::atomic::Ordering::Relaxed;
         counters
             .map_full
             .store(c.stats[DROP_STAT_KEY_FULL as usize], Relaxed);
@@ -151,5 +168,81 @@ impl DropMaps {
         counters
             .other_interface
             .store(c.stats[DROP_STAT_OTHER_IF as usize], Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowmetrix_common::{Direction, flow_key::FlowKey};
+
+    use super::*;
+    use crate::{flows::health::Parts, kernel_btf::KernelBtf, metrics::FlowCounters};
+
+    fn names() -> Names {
+        Names::new(KernelBtf::running().unwrap().drop_reasons().unwrap())
+    }
+
+    /// The running kernel's value of reason `name`.
+    fn value_of(n: &mut Names, name: &str) -> u32 {
+        (0..1024).find(|v| &*n.name(*v) == name).unwrap()
+    }
+
+    #[test]
+    fn a_collection_puts_each_drop_on_its_flow_and_names_every_total() {
+        let mut n = names();
+        let (no_socket, netfilter) = (
+            value_of(&mut n, "NO_SOCKET"),
+            value_of(&mut n, "NETFILTER_DROP"),
+        );
+        let mut flow = FlowKey::ZERO;
+        flow.ifindex = 3;
+        flow.direction = Direction::Ingress as u8;
+        flow.ether_type = 0x0800;
+        flow.protocol = 17;
+        flow.src_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        flow.dst_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        flow.dst_port = 9;
+        let v = |packets, first_ns| DropValue {
+            packets,
+            bytes: packets * 142,
+            first_ns,
+            last_ns: first_ns + 5,
+        };
+        let key = |reason| DropKey {
+            flow,
+            reason,
+            _pad: 0,
+        };
+        let c = DropsCollected {
+            drops: vec![(key(no_socket), v(10, 100)), (key(netfilter), v(2, 50))],
+            totals: vec![(no_socket, 40), (netfilter, 2), ((9_999 << 16) | 1, 1)],
+            stats: [53, 4, 1, 7],
+        };
+        let counters = FlowCounters::default();
+        let mut health = Health::new(Parts {
+            drops: true,
+            ..Parts::default()
+        });
+        n.deliver(&c, &mut health, &counters.drops);
+        let h = health.fill(&flow);
+        assert_eq!(h.drop_packets, Some(12));
+        assert_eq!(h.drop_bytes, Some(12 * 142));
+        assert_eq!(h.drop_reason.as_deref(), Some("NO_SOCKET"));
+        assert!(health.finish(&counters).is_empty());
+        let mut totals = counters.drops.totals();
+        totals.sort();
+        assert_eq!(
+            totals,
+            [
+                (((9_999u32 << 16) | 1).to_string(), 1),
+                ("NETFILTER_DROP".to_owned(), 2),
+                ("NO_SOCKET".to_owned(), 40)
+            ]
+        );
+        assert_eq!(counters.drops.map_full.load(Relaxed), 4);
+        assert_eq!(counters.drops.reasons_full.load(Relaxed), 1);
+        assert_eq!(counters.drops.other_interface.load(Relaxed), 7);
+        // One name, shared.
+        assert!(Arc::ptr_eq(&n.name(no_socket), &n.name(no_socket)));
     }
 }
