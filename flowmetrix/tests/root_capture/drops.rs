@@ -306,3 +306,89 @@ fn a_kernel_without_the_hook_gives_one_line_and_exact_flows() {
         }
     }
 }
+
+/// The drop program's runs and their time from the collector's file descriptors
+/// (`/proc/PID/fdinfo`, with `kernel.bpf_stats_enabled=1`): the one tracing program it holds.
+fn drop_program_stats(pid: i32) -> (u64, u64) {
+    let mut found = None;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(e.unwrap().path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+        };
+        // BPF_PROG_TYPE_TRACING.
+        if field("prog_type:") == Some(26) {
+            found = Some((
+                field("run_cnt:").unwrap_or(0),
+                field("run_time_ns:").unwrap_or(0),
+            ));
+        }
+    }
+    found.expect("the collector holds the drop program")
+}
+
+/// The cost per drop event, and what a packet that is not dropped pays (BENCHMARKS.md):
+///
+///     cargo test -p flowmetrix --features root-tests --test root_capture \
+///         drops::cost -- --ignored --nocapture
+#[test]
+#[ignore = "a measurement: run by hand"]
+fn cost_per_drop_event() {
+    const N: usize = 200_000;
+    let stats_were = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
+    let net = hosts();
+    let collector = net
+        .collector()
+        .args(&["--mode", "flows", "--output", "none"])
+        .start();
+    let pid = collector.pid();
+    // Delivered datagrams: a socket listens on the port, read as fast as they come.
+    let listener = common::in_netns(&net.ns_a, || {
+        UdpSocket::bind(SocketAddr::from((HOST, 5_000))).unwrap()
+    });
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0; 200];
+        let mut n = 0u64;
+        while listener.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let before = drop_program_stats(pid);
+    common::in_netns(&net.ns_b, move || {
+        let s = UdpSocket::bind(SocketAddr::from((CLIENT, 0))).unwrap();
+        for i in 0..N {
+            s.send_to(&[7; 100], SocketAddr::from((HOST, 5_000)))
+                .unwrap();
+            if i % 64 == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    });
+    let delivered = reader.join().unwrap();
+    let delivered_runs = drop_program_stats(pid);
+    datagrams_to_closed_port(&net, N);
+    let after = drop_program_stats(pid);
+    let done = collector.interrupt();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_were.trim()).unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    let (runs, ns) = (after.0 - delivered_runs.0, after.1 - delivered_runs.1);
+    println!(
+        "delivered datagrams: {N} sent, {delivered} read, drop program runs {} (the socket buffer's overflow, if any)",
+        delivered_runs.0 - before.0
+    );
+    println!(
+        "dropped datagrams: {N} sent, drop program runs {runs}, {:.1} ns per drop event",
+        ns as f64 / runs.max(1) as f64
+    );
+    assert!(runs >= N as u64, "{runs}");
+    // A delivered datagram never runs the program: each run was an overflow drop.
+    assert_eq!(delivered + (delivered_runs.0 - before.0), N as u64);
+}
