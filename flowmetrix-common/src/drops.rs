@@ -66,7 +66,16 @@ pub const OFF_NETNS_INUM: usize = 12;
 /// of a packet this host sends that has none yet (dropped in a firewall's OUTPUT chain).
 pub const OFF_SKB_REFDST: usize = 13;
 pub const OFF_DST_DEV: usize = 14;
-pub const OFFSETS: usize = 15;
+/// Where the block of `sk_buff` fields read at once starts (`len`, `protocol`, `head`,
+/// `data`, `tail`, the header offsets, `skb_iif`: one read of [`SKB_BLOCK`] bytes, not
+/// eight); [`NO_BLOCK`] when they do not fit in it (each is then read on its own).
+pub const OFF_BLOCK: usize = 15;
+pub const OFFSETS: usize = 16;
+pub const SKB_BLOCK: usize = 128;
+pub const NO_BLOCK: u32 = u32::MAX;
+/// Bytes of the packet from its network header read at once (the parser reads further
+/// ones on their own).
+pub const HEADER_BLOCK: usize = 128;
 /// The global of the reason values that are not drops (`[u32; SKIPS]`; `u32::MAX`: unused):
 /// `NOT_DROPPED_YET`, `CONSUMED`, `NOT_SPECIFIED` as the running kernel numbers them.
 pub const DROP_SKIP_GLOBAL: &str = "DROP_SKIP";

@@ -17,13 +17,17 @@
 //! Only `kfree_skb` runs it: a packet that is not dropped never pays for it.
 
 use core::{
+    ffi::c_void,
     intrinsics::{AtomicOrdering::Relaxed, atomic_xadd},
     ptr::read_volatile,
 };
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_probe_read_kernel, generated::bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{self as helper, bpf_ktime_get_boot_ns},
+    },
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -33,10 +37,10 @@ use flowmetrix_common::{
     drops::{
         DROP_CFG_ENTRIES, DROP_CFG_GENERATION, DROP_MAX_ENTRIES, DROP_REASONS_MAX,
         DROP_STAT_KEY_FULL, DROP_STAT_OTHER_IF, DROP_STAT_REASON_FULL, DROP_STAT_SEEN, DROP_STATS,
-        DropKey, DropValue, OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM,
-        OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN,
-        OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL,
-        OFFSETS, SKIPS,
+        DropKey, DropValue, HEADER_BLOCK, NO_BLOCK, OFF_BLOCK, OFF_DEV_IFINDEX, OFF_DEV_NET,
+        OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD,
+        OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL,
+        OFF_SKB_REFDST, OFF_SKB_TAIL, OFFSETS, SKB_BLOCK, SKIPS,
     },
     flow_key::{FlowKey, Frame, MAX_L4_OFFSET, parse_ip},
 };
@@ -59,6 +63,15 @@ static DROPS1: HashMap<DropKey, DropValue> = HashMap::with_max_entries(DROP_MAX_
 static DROPCFG: Array<u32> = Array::with_max_entries(DROP_CFG_ENTRIES, 0);
 #[map]
 static DROPREASONS: HashMap<u32, u64> = HashMap::with_max_entries(DROP_REASONS_MAX, 0);
+/// Bytes after the header copy, so that an access at a masked offset (below 128) of up to
+/// 40 bytes (an IPv6 header) stays inside the value in the verifier's eyes.
+const SLACK: usize = 64;
+
+/// Per CPU: the copies of the skb's fields ([`SKB_BLOCK`] bytes) and of its headers
+/// ([`HEADER_BLOCK`]) one run reads from.
+#[map]
+static DROPBUF: PerCpuArray<[u64; (SKB_BLOCK + HEADER_BLOCK + SLACK) / 8]> =
+    PerCpuArray::with_max_entries(1, 0);
 #[map]
 static DROPSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_STATS, 0);
 
@@ -108,10 +121,13 @@ fn read<T: Copy>(p: usize) -> Option<T> {
     unsafe { bpf_probe_read_kernel(p as *const T) }.ok()
 }
 
-/// The skb's linear data from its network header on.
+/// The skb's linear data from its network header on: its first [`HEADER_BLOCK`] bytes
+/// copied at once into `copy` (where they could be), the rest read where it is.
 struct Skb {
     base: usize,
     len: usize,
+    /// The copy (a per-CPU map value), 0: none.
+    copy: usize,
 }
 
 impl Frame for Skb {
@@ -120,8 +136,58 @@ impl Frame for Skb {
         if off > MAX_L4_OFFSET + 64 || off + N > self.len {
             return None;
         }
+        if self.copy != 0 && off + N <= HEADER_BLOCK {
+            // SAFETY: inside the map value: `off + N` ≤ HEADER_BLOCK (checked just above),
+            // and the verifier sees `off` < HEADER_BLOCK, with [`SLACK`] bytes after.
+            return Some(unsafe {
+                ((self.copy + below_block(off)) as *const [u8; N]).read_unaligned()
+            });
+        }
         read::<[u8; N]>(self.base + off)
     }
+}
+
+/// The `sk_buff` fields read from the block: the copy at `block` (a map value) of the skb's
+/// bytes from `lo` on, or each read where it is (`lo` is [`NO_BLOCK`]).
+struct Fields {
+    skb: usize,
+    lo: u32,
+    block: usize,
+}
+
+impl Fields {
+    #[inline(always)]
+    fn get<T: Copy>(&self, off: u32) -> Option<T> {
+        if self.lo == NO_BLOCK || self.block == 0 {
+            return read::<T>(self.skb + off as usize);
+        }
+        let rel = off.wrapping_sub(self.lo) as usize;
+        if rel > SKB_BLOCK - size_of::<T>() {
+            return None;
+        }
+        // SAFETY: inside the map value (checked just above; the verifier sees `rel` <
+        // SKB_BLOCK).
+        Some(unsafe { ((self.block + below_block(rel)) as *const T).read_unaligned() })
+    }
+}
+
+/// `i`, which the caller checked to be below 128 ([`SKB_BLOCK`], [`HEADER_BLOCK`]), masked
+/// so that the verifier sees it too: LLVM would drop a mask written in Rust after the
+/// caller's check, and the verifier does not always carry that check over to the register
+/// the access uses.
+#[inline(always)]
+fn below_block(mut i: usize) -> usize {
+    const _: () = assert!(SKB_BLOCK == 128 && HEADER_BLOCK == 128);
+    // SAFETY: arithmetic on a register.
+    unsafe { core::arch::asm!("{i} &= 127", i = inout(reg) i, options(pure, nomem, nostack)) };
+    i
+}
+
+/// Copies `len` bytes of kernel memory at `src` to `dst`; false when the kernel refused.
+#[inline(always)]
+fn copy(dst: usize, src: usize, len: u32) -> bool {
+    // SAFETY: `dst` is a map value of at least `len` bytes; the helper checks `src`.
+    unsafe { helper::bpf_probe_read_kernel(dst as *mut c_void, len, src as *const c_void) == 0 }
 }
 
 /// The dropped packet's flow key and length, on a watched interface of our namespace.
@@ -141,7 +207,15 @@ fn key_of(skb: usize, off: &[u32; OFFSETS]) -> Option<(FlowKey, u64)> {
         }
     }
     let dev_ifindex = read::<i32>(dev + off[OFF_DEV_IFINDEX] as usize)? as u32;
-    let iif = read::<i32>(at(OFF_SKB_IIF))? as u32;
+    // The block of skb fields, at once.
+    let buf = DROPBUF.get_ptr_mut(0).map(|b| b as usize);
+    let lo = off[OFF_BLOCK];
+    let block = match buf {
+        Some(b) if lo != NO_BLOCK && copy(b, skb + lo as usize, SKB_BLOCK as u32) => b,
+        _ => 0,
+    };
+    let f = Fields { skb, lo, block };
+    let iif = f.get::<i32>(off[OFF_SKB_IIF])? as u32;
     let (ifindex, dir) = if iif != 0 && iif == dev_ifindex {
         (iif, Direction::Ingress)
     } else {
@@ -157,27 +231,37 @@ fn key_of(skb: usize, off: &[u32; OFFSETS]) -> Option<(FlowKey, u64)> {
             return None;
         }
     }
-    let len = read::<u32>(at(OFF_SKB_LEN))?;
-    let head = read::<u64>(at(OFF_SKB_HEAD))? as usize;
-    let data = read::<u64>(at(OFF_SKB_DATA))? as usize;
-    let tail = read::<u32>(at(OFF_SKB_TAIL))? as usize;
-    let network = usize::from(read::<u16>(at(OFF_SKB_NETWORK_HEADER))?);
-    let mac = read::<u16>(at(OFF_SKB_MAC_HEADER))?;
+    let len: u32 = f.get(off[OFF_SKB_LEN])?;
+    let head = f.get::<u64>(off[OFF_SKB_HEAD])? as usize;
+    let data = f.get::<u64>(off[OFF_SKB_DATA])? as usize;
+    let tail = f.get::<u32>(off[OFF_SKB_TAIL])? as usize;
+    let network = usize::from(f.get::<u16>(off[OFF_SKB_NETWORK_HEADER])?);
+    let mac: u16 = f.get(off[OFF_SKB_MAC_HEADER])?;
     // With its link header when the skb still has one in front of `data`.
     let mut bytes = u64::from(len);
     if mac != u16::MAX && head + usize::from(mac) < data {
         bytes += (data - head - usize::from(mac)) as u64;
     }
-    let ether_type = u16::from_be(read::<u16>(at(OFF_SKB_PROTOCOL))?);
+    let ether_type = u16::from_be(f.get::<u16>(off[OFF_SKB_PROTOCOL])?);
     let mut key = FlowKey::ZERO;
     key.ether_type = ether_type;
     if tail > network {
-        let f = Skb {
-            base: head + network,
+        let base = head + network;
+        let headers = buf.map_or(0, |b| b + SKB_BLOCK);
+        // The headers' first bytes at once (the allocation runs on past `tail`: the
+        // skb's shared info follows its data).
+        let headers = if headers != 0 && copy(headers, base, HEADER_BLOCK as u32) {
+            headers
+        } else {
+            0
+        };
+        let frame = Skb {
+            base,
             len: tail - network,
+            copy: headers,
         };
         // Not keyed (a malformed header): the interface, direction and EtherType alone.
-        parse_ip(&f, 0, ether_type, &mut key);
+        parse_ip(&frame, 0, ether_type, &mut key);
     }
     key.ifindex = ifindex;
     key.direction = dir as u8;

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, programs::BtfTracePoint};
 use flowmetrix_common::drops::{
-    DROP_PROGRAM_NAME, DROP_TRACEPOINT, OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM,
-    OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN,
-    OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL,
-    OFFSETS, SKIPS,
+    DROP_PROGRAM_NAME, DROP_TRACEPOINT, NO_BLOCK, OFF_BLOCK, OFF_DEV_IFINDEX, OFF_DEV_NET,
+    OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD,
+    OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL,
+    OFF_SKB_REFDST, OFF_SKB_TAIL, OFFSETS, SKB_BLOCK, SKIPS,
 };
 
 use crate::{
@@ -99,6 +99,7 @@ pub fn plan(path: &Path) -> Result<DropPlan, DropProbeError> {
     offsets[OFF_DEV_IFINDEX] = btf.offset_of("net_device", "ifindex")?;
     offsets[OFF_SKB_REFDST] = skb("_skb_refdst")?;
     offsets[OFF_DST_DEV] = btf.offset_of("dst_entry", "dev")?;
+    offsets[OFF_BLOCK] = block_start(&offsets);
     // The namespace check, where the kernel lets us make it: else drops of every
     // namespace with a watched interface's index count.
     let netns = (|| -> Result<(u32, u32, u32), BtfError> {
@@ -117,6 +118,32 @@ pub fn plan(path: &Path) -> Result<DropPlan, DropProbeError> {
         reasons,
         btf: path.to_owned(),
     })
+}
+
+/// Where the block of `sk_buff` fields the program reads at once starts, or [`NO_BLOCK`]
+/// when they span more than [`SKB_BLOCK`] bytes.
+fn block_start(offsets: &[u32; OFFSETS]) -> u32 {
+    let fields = [
+        (OFF_SKB_LEN, 4),
+        (OFF_SKB_PROTOCOL, 2),
+        (OFF_SKB_HEAD, 8),
+        (OFF_SKB_DATA, 8),
+        (OFF_SKB_TAIL, 4),
+        (OFF_SKB_NETWORK_HEADER, 2),
+        (OFF_SKB_MAC_HEADER, 2),
+        (OFF_SKB_IIF, 4),
+    ];
+    let lo = fields.iter().map(|(i, _)| offsets[*i]).min().unwrap_or(0);
+    let hi = fields
+        .iter()
+        .map(|(i, n)| offsets[*i] + n)
+        .max()
+        .unwrap_or(0);
+    if (hi - lo) as usize <= SKB_BLOCK {
+        lo
+    } else {
+        NO_BLOCK
+    }
 }
 
 /// The inode number of the collector's network namespace.
@@ -145,12 +172,21 @@ pub fn start(ebpf: &mut Ebpf, plan: DropPlan) -> Result<DropMaps, DropProbeError
     Ok(DropMaps::from_ebpf(ebpf, plan.reasons)?)
 }
 
-/// The one line that says the part is off, with every cause.
-pub fn off_line(e: &DropProbeError) -> String {
+/// The one line that says the part is off, with every cause (each cut at its first line
+/// break: the verifier's log, if any, goes to the debug log).
+pub fn off_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = format!("drops by reason are off: {e}");
-    let mut cause = std::error::Error::source(e);
+    let mut cause = e.source();
     while let Some(c) = cause {
-        line.push_str(&format!(": {c}"));
+        let text = c.to_string();
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        let first = first
+            .split_once(" Verifier output:")
+            .map_or(first, |(f, _)| f);
+        line.push_str(&format!(": {}", first.trim_end()));
+        if !rest.is_empty() {
+            tracing::debug!("drops by reason: {text}");
+        }
         cause = c.source();
     }
     line.push_str(" (flows and DNS rows are not affected; --drops off silences this)");
@@ -174,6 +210,12 @@ mod tests {
             assert!(p.offsets[i] > 0 || i == OFF_SKB_LEN, "{i}: {:?}", p.offsets);
         }
         assert!(p.offsets[OFF_NETNS_INUM] > 0, "{:?}", p.offsets);
+        // This kernel's fields fit in one block read.
+        assert_ne!(p.offsets[OFF_BLOCK], NO_BLOCK, "{:?}", p.offsets);
+        assert!(p.offsets[OFF_BLOCK] <= p.offsets[OFF_SKB_LEN]);
+        let mut spread = p.offsets;
+        spread[OFF_SKB_IIF] = spread[OFF_SKB_LEN] + SKB_BLOCK as u32;
+        assert_eq!(block_start(&spread), NO_BLOCK);
         // NOT_SPECIFIED and CONSUMED are named by every kernel with reasons.
         assert!(
             p.skip[1] != u32::MAX && p.skip[2] != u32::MAX,
@@ -195,6 +237,18 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'), "{line}");
+        // A refused program: the verifier's log stays out of the line.
+        #[derive(Debug, thiserror::Error)]
+        #[error("the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: 0: R1=ctx()\ninvalid access")]
+        struct Refused;
+        #[derive(Debug, thiserror::Error)]
+        #[error("the kernel refused the skb:kfree_skb program")]
+        struct Program(#[source] Refused);
+        let line = off_line(&Program(Refused));
+        assert_eq!(
+            line,
+            "drops by reason are off: the kernel refused the skb:kfree_skb program: the BPF_PROG_LOAD syscall returned Permission denied (os error 13). (flows and DNS rows are not affected; --drops off silences this)"
+        );
         let e = DropProbeError::NoReason("sk_buff, void".into());
         assert!(
             off_line(&e).contains("no reason argument"),
