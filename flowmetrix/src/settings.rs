@@ -498,6 +498,14 @@ mod tests {
         };
         assert!(c.packets);
         assert_eq!(c.flows.unwrap().prefix, None);
+        // Drops by reason: on by default, `--drops off` (or its variable) turns them off.
+        let off = settings(&["fm", "-i", "lo", "--mode", "flows", "--drops", "off"]).unwrap();
+        let SourceSettings::Live(c) = off.pipeline.source else {
+            panic!("live")
+        };
+        assert!(!c.flows.unwrap().drops);
+        let bad = ["fm", "-i", "lo", "--mode", "flows", "--drops", "maybe"];
+        assert!(cli::parse(bad.iter().map(std::ffi::OsString::from)).is_err());
     }
 
     #[test]

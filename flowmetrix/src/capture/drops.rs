@@ -239,7 +239,9 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         // A refused program: the verifier's log stays out of the line.
         #[derive(Debug, thiserror::Error)]
-        #[error("the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: 0: R1=ctx()\ninvalid access")]
+        #[error(
+            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: 0: R1=ctx()\ninvalid access"
+        )]
         struct Refused;
         #[derive(Debug, thiserror::Error)]
         #[error("the kernel refused the skb:kfree_skb program")]
