@@ -70,7 +70,12 @@ pub const OFF_DST_DEV: usize = 14;
 /// `data`, `tail`, the header offsets, `skb_iif`: one read of [`SKB_BLOCK`] bytes, not
 /// eight); [`NO_BLOCK`] when they do not fit in it (each is then read on its own).
 pub const OFF_BLOCK: usize = 15;
-pub const OFFSETS: usize = 16;
+/// `sk_buff.vlan_all`: non-zero when the kernel took a VLAN tag out of the packet into the
+/// skb (4 bytes that were on the wire, as the flow counts them); [`NO_FIELD`] on a kernel
+/// without it.
+pub const OFF_SKB_VLAN: usize = 16;
+pub const OFFSETS: usize = 17;
+pub const NO_FIELD: u32 = u32::MAX;
 pub const SKB_BLOCK: usize = 128;
 pub const NO_BLOCK: u32 = u32::MAX;
 /// Bytes of the packet from its network header read at once (the parser reads further

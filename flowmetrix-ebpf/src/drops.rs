@@ -37,10 +37,10 @@ use flowmetrix_common::{
     drops::{
         DROP_CFG_ENTRIES, DROP_CFG_GENERATION, DROP_MAX_ENTRIES, DROP_REASONS_MAX,
         DROP_STAT_KEY_FULL, DROP_STAT_OTHER_IF, DROP_STAT_REASON_FULL, DROP_STAT_SEEN, DROP_STATS,
-        DropKey, DropValue, HEADER_BLOCK, NO_BLOCK, OFF_BLOCK, OFF_DEV_IFINDEX, OFF_DEV_NET,
-        OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD,
-        OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL,
-        OFF_SKB_REFDST, OFF_SKB_TAIL, OFFSETS, SKB_BLOCK, SKIPS,
+        DropKey, DropValue, HEADER_BLOCK, NO_BLOCK, NO_FIELD, OFF_BLOCK, OFF_DEV_IFINDEX,
+        OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV,
+        OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER,
+        OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL, OFF_SKB_VLAN, OFFSETS, SKB_BLOCK, SKIPS,
     },
     flow_key::{FlowKey, Frame, MAX_L4_OFFSET, parse_ip},
 };
@@ -237,8 +237,13 @@ fn key_of(skb: usize, off: &[u32; OFFSETS]) -> Option<(FlowKey, u64)> {
     let tail = f.get::<u32>(off[OFF_SKB_TAIL])? as usize;
     let network = usize::from(f.get::<u16>(off[OFF_SKB_NETWORK_HEADER])?);
     let mac: u16 = f.get(off[OFF_SKB_MAC_HEADER])?;
-    // With its link header when the skb still has one in front of `data`.
+    // With its link header when the skb still has one in front of `data`, and the VLAN tag
+    // the kernel took out of it.
     let mut bytes = u64::from(len);
+    let vlan = off[OFF_SKB_VLAN];
+    if vlan != NO_FIELD && f.get::<u32>(vlan)? != 0 {
+        bytes += 4;
+    }
     if mac != u16::MAX && head + usize::from(mac) < data {
         bytes += (data - head - usize::from(mac)) as u64;
     }

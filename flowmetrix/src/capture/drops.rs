@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, programs::BtfTracePoint};
 use flowmetrix_common::drops::{
-    DROP_PROGRAM_NAME, DROP_TRACEPOINT, NO_BLOCK, OFF_BLOCK, OFF_DEV_IFINDEX, OFF_DEV_NET,
-    OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD,
-    OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL,
-    OFF_SKB_REFDST, OFF_SKB_TAIL, OFFSETS, SKB_BLOCK, SKIPS,
+    DROP_PROGRAM_NAME, DROP_TRACEPOINT, NO_BLOCK, NO_FIELD, OFF_BLOCK, OFF_DEV_IFINDEX,
+    OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV,
+    OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER,
+    OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL, OFF_SKB_VLAN, OFFSETS, SKB_BLOCK, SKIPS,
 };
 
 use crate::{
@@ -99,6 +99,7 @@ pub fn plan(path: &Path) -> Result<DropPlan, DropProbeError> {
     offsets[OFF_DEV_IFINDEX] = btf.offset_of("net_device", "ifindex")?;
     offsets[OFF_SKB_REFDST] = skb("_skb_refdst")?;
     offsets[OFF_DST_DEV] = btf.offset_of("dst_entry", "dev")?;
+    offsets[OFF_SKB_VLAN] = skb("vlan_all").unwrap_or(NO_FIELD);
     offsets[OFF_BLOCK] = block_start(&offsets);
     // The namespace check, where the kernel lets us make it: else drops of every
     // namespace with a watched interface's index count.
@@ -132,13 +133,11 @@ fn block_start(offsets: &[u32; OFFSETS]) -> u32 {
         (OFF_SKB_NETWORK_HEADER, 2),
         (OFF_SKB_MAC_HEADER, 2),
         (OFF_SKB_IIF, 4),
+        (OFF_SKB_VLAN, 4),
     ];
-    let lo = fields.iter().map(|(i, _)| offsets[*i]).min().unwrap_or(0);
-    let hi = fields
-        .iter()
-        .map(|(i, n)| offsets[*i] + n)
-        .max()
-        .unwrap_or(0);
+    let there = || fields.iter().filter(|(i, _)| offsets[*i] != NO_FIELD);
+    let lo = there().map(|(i, _)| offsets[*i]).min().unwrap_or(0);
+    let hi = there().map(|(i, n)| offsets[*i] + n).max().unwrap_or(0);
     if (hi - lo) as usize <= SKB_BLOCK {
         lo
     } else {
@@ -216,6 +215,10 @@ mod tests {
         let mut spread = p.offsets;
         spread[OFF_SKB_IIF] = spread[OFF_SKB_LEN] + SKB_BLOCK as u32;
         assert_eq!(block_start(&spread), NO_BLOCK);
+        // A field the kernel lacks is left out of the block.
+        let mut old = p.offsets;
+        old[OFF_SKB_VLAN] = NO_FIELD;
+        assert_eq!(block_start(&old), p.offsets[OFF_BLOCK]);
         // NOT_SPECIFIED and CONSUMED are named by every kernel with reasons.
         assert!(
             p.skip[1] != u32::MAX && p.skip[2] != u32::MAX,
