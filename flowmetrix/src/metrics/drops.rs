@@ -40,6 +40,15 @@ impl DropCounters {
         }
     }
 
+    /// Every reason's drops together.
+    pub fn total(&self) -> u64 {
+        self.by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+
     pub fn totals(&self) -> Vec<(String, u64)> {
         self.by_reason
             .lock()

@@ -33,6 +33,9 @@ pub struct FlowSummary {
     pub map_peak: u64,
     pub map_max: u64,
     pub collect_errors: u64,
+    /// `--drops on` (the drop program ran): the kernel's drops, all reasons, and those the
+    /// full drop map could not put on a flow row.
+    pub drops: Option<(u64, u64)>,
 }
 
 impl FlowSummary {
@@ -61,6 +64,11 @@ impl FlowSummary {
             map_peak: f.map_peak.load(Relaxed),
             map_max: f.map_max.load(Relaxed),
             collect_errors: f.collect_errors.load(Relaxed),
+            drops: f
+                .drops
+                .on
+                .load(Relaxed)
+                .then(|| (f.drops.total(), f.drops.map_full.load(Relaxed))),
         }
     }
 
@@ -100,6 +108,9 @@ impl FlowSummary {
             ("map max", self.map_max),
             ("collect errors", self.collect_errors),
         ]);
+        if let Some((drops, map_full)) = self.drops {
+            v.extend([("kernel drops", drops), ("drop map full", map_full)]);
+        }
         v
     }
 }
@@ -472,6 +483,24 @@ mod tests {
         assert_eq!(
             flows_run().text(&shape),
             "seen 10; ingress: seen 10; flows: rows 3, written 3, write errors 0, queue drops 0, spooled 0, replayed 0, spool lost 0, packets 0, bytes 0, events 0, unkeyed 0, unkeyed bytes 0, overflow 0, overflow bytes 0, map peak 0, map max 0, collect errors 0"
+        );
+    }
+
+    #[test]
+    fn the_kernel_drops_end_the_flows_part_when_the_drop_program_ran() {
+        let k = KernelStats::default();
+        let f = FlowCounters::default();
+        f.drops.on.store(true, Relaxed);
+        f.drops.set_totals([
+            ("NO_SOCKET".to_owned(), 10),
+            ("NETFILTER_DROP".to_owned(), 3),
+        ]);
+        f.drops.map_full.store(1, Relaxed);
+        let s = Summary::new(k, &Counters::default()).with_flows(&f);
+        let text = s.text(&Shape::default());
+        assert!(
+            text.ends_with("collect errors 0, kernel drops 13, drop map full 1"),
+            "{text}"
         );
     }
 

@@ -143,6 +143,17 @@ fn run(
     std::thread::sleep(Duration::from_millis(1_500));
     let done = collector.interrupt();
     assert!(done.status.success(), "{}", done.stderr);
+    // The summary says the kernel's drops exactly when the drop program ran.
+    let s = done.summary();
+    let flows = s.flows.as_ref().expect("a flows part");
+    let ran = !args.contains(&"off") && env.is_empty();
+    assert_eq!(flows.contains_key("kernel drops"), ran, "{}", done.stderr);
+    assert_eq!(
+        flows.get("drop map full").copied(),
+        ran.then_some(0),
+        "{}",
+        done.stderr
+    );
     (done.rows(), done.stderr, net.if_a.clone())
 }
 
@@ -202,6 +213,11 @@ fn drops_go_on_their_flow_rows_with_the_reason_the_kernel_names() {
         connect_firewalled(net);
     });
     assert!(!stderr.contains("drops by reason are off"), "{stderr}");
+    // Every drop below is in the kernel's total (the host may drop more of its own).
+    let total = common::Summary::parse(&stderr)
+        .unwrap()
+        .flow("kernel drops");
+    assert!(total >= 10 + 3 + 4 + 2, "{stderr}");
 
     // Ten datagrams to a closed port: ten NO_SOCKET drops of their ingress flow, every
     // byte (the link header included, as the flow counts them).
