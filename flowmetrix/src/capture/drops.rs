@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, programs::BtfTracePoint};
 use flowmetrix_common::drops::{
-    DROP_PROGRAM_NAME, DROP_TRACEPOINT, NO_BLOCK, NO_FIELD, OFF_BLOCK, OFF_DEV_IFINDEX,
-    OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV,
-    OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER,
-    OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL, OFF_SKB_VLAN, OFFSETS, SKB_BLOCK, SKIPS,
+    DROP_MAX_ENTRIES, DROP_PROGRAM_NAME, DROP_TRACEPOINT, NO_BLOCK, NO_FIELD, OFF_BLOCK,
+    OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA,
+    OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER,
+    OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL, OFF_SKB_VLAN, OFFSETS,
+    SKB_BLOCK, SKIPS,
 };
 
 use crate::{
@@ -30,6 +31,19 @@ use crate::{
 /// Test hook: the BTF file the probe reads instead of the running kernel's (a file that is
 /// not BTF makes the probe fail, as on a kernel without BTF).
 pub const DROPS_BTF_ENV: &str = "FLOWMETRIX_TEST_DROPS_BTF";
+
+/// Test hook: the entries of each per-interval drop map instead of [`DROP_MAX_ENTRIES`],
+/// to fill it in a test.
+pub const DROP_MAX_ENTRIES_ENV: &str = "FLOWMETRIX_TEST_DROP_MAX_ENTRIES";
+
+/// Entries of each per-interval drop map.
+pub fn max_entries() -> u32 {
+    std::env::var(DROP_MAX_ENTRIES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DROP_MAX_ENTRIES)
+}
 
 /// The reason names that are not drops: the normal path and the unset ones.
 const NOT_DROPS: [&str; SKIPS] = ["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"];

@@ -39,9 +39,9 @@ use aya::{
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use counters::CounterReader;
-pub use drops::{DROPS_BTF_ENV, DropProbeError};
+pub use drops::{DROP_MAX_ENTRIES_ENV, DROPS_BTF_ENV, DropProbeError};
 
-use flowmetrix_common::drops::{DROP_OFFSETS_GLOBAL, DROP_SKIP_GLOBAL};
+use flowmetrix_common::drops::{DROP_MAPS, DROP_OFFSETS_GLOBAL, DROP_SKIP_GLOBAL};
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
 use flowmetrix_common::{
     DNS_PORTS_GLOBAL, IF_SLOT_MAP, MAX_IFINDEX, PROGRAM_NAME, SAMPLE_RATE_GLOBAL, SAMPLES_MAP,
@@ -140,6 +140,8 @@ impl Capture {
             .map_max_entries(FLOW_MAPS[0], sizes.flow_entries)
             .map_max_entries(FLOW_MAPS[1], sizes.flow_entries)
             .map_max_entries(FLOW_EVENTS_MAP, sizes.events_bytes)
+            .map_max_entries(DROP_MAPS[0], drops::max_entries())
+            .map_max_entries(DROP_MAPS[1], drops::max_entries())
             .load(crate::kernel_object::object().map_err(|e| load_error(programs_of(cfg), e))?)
             .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.
