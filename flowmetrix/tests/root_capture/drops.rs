@@ -209,10 +209,9 @@ fn drops_go_on_their_flow_rows_with_the_reason_the_kernel_names() {
     });
     assert!(!stderr.contains("drops by reason are off"), "{stderr}");
     // Every drop below is in the kernel's total (the host may drop more of its own).
-    let total = common::Summary::parse(&stderr)
-        .unwrap()
-        .flow("kernel drops");
-    assert!(total >= 10 + 3 + 4 + 2, "{stderr}");
+    let summary = common::Summary::parse(&stderr).unwrap();
+    assert!(summary.flow("kernel drops") >= 10 + 3 + 4 + 2, "{stderr}");
+    assert_eq!(summary.flow("drop map full"), 0, "{stderr}");
 
     // Ten datagrams to a closed port: ten NO_SOCKET drops of their ingress flow, every
     // byte (the link header included, as the flow counts them).
