@@ -86,6 +86,12 @@ pub const HEADER_BLOCK: usize = 128;
 pub const DROP_SKIP_GLOBAL: &str = "DROP_SKIP";
 pub const SKIPS: usize = 3;
 
+// The kernel's limit on a program's name; every index inside its array.
+const _: () = {
+    assert!(DROP_PROGRAM_NAME.len() <= 15);
+    assert!(OFF_SKB_VLAN < OFFSETS && DROP_STAT_OTHER_IF < DROP_STATS);
+};
+
 /// A dropped packet's flow and reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,7 +129,5 @@ mod tests {
         assert_eq!(offset_of!(DropKey, reason), 48);
         assert_eq!(size_of::<DropValue>(), 32);
         assert_eq!(offset_of!(DropValue, last_ns), 24);
-        assert!(DROP_PROGRAM_NAME.len() <= 15);
-        assert!(OFF_NETNS_INUM < OFFSETS && DROP_STAT_OTHER_IF < DROP_STATS);
     }
 }

@@ -10,11 +10,14 @@
 //! an skb that came in by an interface and is still on it (`skb_iif` = `dev->ifindex`) is
 //! an ingress drop there; any other skb (sent by this host, or forwarded and already on its
 //! way out) an egress drop on `skb->dev`, or, before it has one (a firewall's OUTPUT
-//! chain), on its route's device. The key is read from the network
-//! header by the flow parser's `parse_ip`, so it is the XDP/TC key of that packet but for
-//! the VLAN id (the tag is gone by then).
+//! chain), on its route's device. The key is read from the network header by the flow
+//! parser's `parse_ip`, so it is the XDP/TC key of that packet but for the VLAN id (the
+//! tag is gone by then).
 //!
-//! Only `kfree_skb` runs it: a packet that is not dropped never pays for it.
+//! Only `kfree_skb` runs it: a packet that is not dropped never pays for it. The kernel
+//! does not nest a tracing program on a CPU (a drop while it runs there is skipped and
+//! counted as the program's `recursion_misses`), so one per-CPU scratch buffer
+//! (`DROPBUF`) serves every run.
 
 use core::{
     ffi::c_void,
@@ -63,6 +66,7 @@ static DROPS1: HashMap<DropKey, DropValue> = HashMap::with_max_entries(DROP_MAX_
 static DROPCFG: Array<u32> = Array::with_max_entries(DROP_CFG_ENTRIES, 0);
 #[map]
 static DROPREASONS: HashMap<u32, u64> = HashMap::with_max_entries(DROP_REASONS_MAX, 0);
+
 /// Bytes after the header copy, so that an access at a masked offset (below 128) of up to
 /// 40 bytes (an IPv6 header) stays inside the value in the verifier's eyes.
 const SLACK: usize = 64;
