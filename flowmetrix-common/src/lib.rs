@@ -4,6 +4,7 @@
 //! sizes and field offsets are pinned by the tests at the bottom of this file.
 #![no_std]
 
+pub mod drops;
 pub mod flow_key;
 pub mod handshake;
 pub mod tcp;
@@ -194,6 +195,8 @@ mod user {
     unsafe impl aya::Pod for super::flow_key::FlowEvent {}
     unsafe impl aya::Pod for super::handshake::HandshakeState {}
     unsafe impl aya::Pod for super::handshake::HandshakeStats {}
+    unsafe impl aya::Pod for super::drops::DropKey {}
+    unsafe impl aya::Pod for super::drops::DropValue {}
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! every packet in the flow maps ([`flows`], `flows`), sampling ([`sampler`], `packets`), or
 //! both. Both read the packet through [`packet::Packet`].
 
+mod drops;
 mod flows;
 mod handshake;
 mod packet;
@@ -49,7 +50,7 @@ static STATS: PerCpuArray<CpuStats> = PerCpuArray::with_max_entries(IF_SLOTS * D
 
 /// An interface's slot in STATS, by ifindex; 0 (no slot) unless userspace set one.
 #[map]
-static IFSLOT: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
+pub(crate) static IFSLOT: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
 
 /// Counts the packet in direction `dir`'s counters, in its flow (`flows`), and samples it
 /// if its turn has come (`packets`).

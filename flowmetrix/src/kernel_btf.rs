@@ -120,23 +120,50 @@ impl KernelBtf {
         Ok(None)
     }
 
-    /// The arguments tracepoint `name` passes a raw (or BTF) tracepoint program: the
-    /// parameters of the `btf_trace_<name>` prototype, less its leading context pointer.
-    pub fn tracepoint_args(&self, name: &str) -> Result<usize, BtfError> {
-        let missing = || BtfError::Missing(format!("tracepoint {name}"));
-        let types = self
-            .0
-            .resolve_types_by_name(&format!("btf_trace_{name}"))
-            .map_err(|_| missing())?;
-        for t in types {
-            if let Type::Typedef(td) = t
-                && let Type::Ptr(p) = self.0.resolve_chained_type(&td)?
-                && let Type::FuncProto(f) = self.0.resolve_chained_type(&p)?
-            {
-                return Ok(f.parameters.len().saturating_sub(1));
-            }
+    /// The type names of tracepoint `tp`'s arguments, as a BTF-enabled program gets them
+    /// (`btf_trace_<tp>`'s prototype less its first, the context): `sk_buff`, `void`,
+    /// `skb_drop_reason`, … (pointers and qualifiers looked through).
+    pub fn tracepoint_args(&self, tp: &str) -> Result<Vec<String>, BtfError> {
+        let name = format!("btf_trace_{tp}");
+        for t in self.0.resolve_types_by_name(&name)? {
+            let Type::Typedef(td) = t else { continue };
+            let Type::Ptr(p) = self.0.resolve_chained_type(&td)? else {
+                continue;
+            };
+            let Type::FuncProto(proto) = self.0.resolve_chained_type(&p)? else {
+                continue;
+            };
+            return proto
+                .parameters
+                .iter()
+                .skip(1)
+                .map(|param| self.type_name(self.0.resolve_chained_type(param)?))
+                .collect();
         }
-        Err(missing())
+        Err(BtfError::Missing(format!("tracepoint {tp}")))
+    }
+
+    /// The name of `t`, through pointers, typedefs' targets excepted, and qualifiers.
+    fn type_name(&self, mut t: Type) -> Result<String, BtfError> {
+        for _ in 0..8 {
+            t = match t {
+                Type::Ptr(x) => self.0.resolve_chained_type(&x)?,
+                Type::Const(x) => self.0.resolve_chained_type(&x)?,
+                Type::Volatile(x) => self.0.resolve_chained_type(&x)?,
+                Type::Restrict(x) => self.0.resolve_chained_type(&x)?,
+                Type::TypeTag(x) => self.0.resolve_chained_type(&x)?,
+                Type::Void => return Ok("void".to_owned()),
+                Type::Struct(x) => return Ok(self.0.resolve_name(&x)?),
+                Type::Union(x) => return Ok(self.0.resolve_name(&x)?),
+                Type::Enum(x) => return Ok(self.0.resolve_name(&x)?),
+                Type::Enum64(x) => return Ok(self.0.resolve_name(&x)?),
+                Type::Typedef(x) => return Ok(self.0.resolve_name(&x)?),
+                Type::Int(x) => return Ok(self.0.resolve_name(&x)?),
+                Type::Fwd(x) => return Ok(self.0.resolve_name(&x)?),
+                _ => return Ok(String::new()),
+            };
+        }
+        Ok(String::new())
     }
 
     /// The offsets a program reading an `sk_buff` needs.
@@ -255,6 +282,25 @@ mod tests {
         };
         assert_eq!(r.name((2 << SUBSYS_SHIFT) | 7), "OPENVSWITCH:7");
         assert_eq!(r.name(3), "NO_SOCKET");
+    }
+
+    #[test]
+    fn kfree_skb_has_a_reason_argument() {
+        let args = running().tracepoint_args("kfree_skb").unwrap();
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some("sk_buff"),
+            "{args:?}"
+        );
+        assert_eq!(
+            args.get(2).map(String::as_str),
+            Some("skb_drop_reason"),
+            "{args:?}"
+        );
+        assert!(matches!(
+            running().tracepoint_args("no_such_tracepoint"),
+            Err(BtfError::Missing(_))
+        ));
     }
 
     #[test]

@@ -233,6 +233,9 @@ pub async fn run_until(
                     if let Some(t) = source.take_tcp_sockets() {
                         stage = stage.tcp_sockets(t);
                     }
+                    if let Some(d) = source.take_drop_maps() {
+                        stage = stage.with_drops(d);
+                    }
                     let signals = flows::Signals {
                         prefix: decoder.learned_prefix(),
                         stop: flows_stopped,

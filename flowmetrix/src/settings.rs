@@ -211,6 +211,7 @@ fn source(cli: &Cli) -> Result<SourceSettings, UsageError> {
                     dns_ports,
                     handshakes: cli.tcp_health == OnOff::On,
                     tcp_health: cli.tcp_health == OnOff::On,
+                    drops: cli.drops == OnOff::On,
                 }),
             }))
         }
@@ -495,6 +496,7 @@ mod tests {
                 dns_ports: [53, 0, 0, 0],
                 handshakes: true,
                 tcp_health: true,
+                drops: true,
             })
         );
         let live = settings(&["fm", "-i", "lo", "--mode", "both", "-auto-detect"]).unwrap();
@@ -503,6 +505,14 @@ mod tests {
         };
         assert!(c.packets);
         assert_eq!(c.flows.unwrap().prefix, None);
+        // Drops by reason: on by default, `--drops off` (or its variable) turns them off.
+        let off = settings(&["fm", "-i", "lo", "--mode", "flows", "--drops", "off"]).unwrap();
+        let SourceSettings::Live(c) = off.pipeline.source else {
+            panic!("live")
+        };
+        assert!(!c.flows.unwrap().drops);
+        let bad = ["fm", "-i", "lo", "--mode", "flows", "--drops", "maybe"];
+        assert!(cli::parse(bad.iter().map(std::ffi::OsString::from)).is_err());
     }
 
     #[test]

@@ -510,6 +510,14 @@ impl Source {
         }
     }
 
+    /// Live, `--drops on`: the drop program's maps (once), when the probe passed.
+    pub fn take_drop_maps(&mut self) -> Option<crate::flows::drops::DropMaps> {
+        match self {
+            Self::Live(l) => l.capture.take_drop_maps(),
+            Self::Pcap(_) => None,
+        }
+    }
+
     /// Live: the names of the interfaces captured on, as the samples' rows have them
     /// (shared: it follows interfaces as they come and go). Empty for a file.
     pub fn names(&self) -> InterfaceNames {

@@ -123,7 +123,8 @@ const APT: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("tcpdump", "tcpdump"),
-    // Random loss in the TCP health tests (`numgen random`).
+    // The root tests drop packets with firewall rules (drops by reason) and drop them at random
+    // (`numgen random`: the TCP health tests' loss).
     ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
     // The static binary (C parts of ring and zstd against musl) and the image.

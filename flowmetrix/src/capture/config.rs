@@ -97,6 +97,8 @@ pub struct FlowsConfig {
     /// `--tcp-health`: local sockets' retransmits and RTT (tracing programs, probed at
     /// load).
     pub tcp_health: bool,
+    /// Drops by reason (`--drops`): the `skb:kfree_skb` program, probed at start.
+    pub drops: bool,
 }
 
 /// Load-time mode and map sizes for `cfg`: what a mode does not use is shrunk to the
@@ -199,6 +201,7 @@ mod tests {
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
             tcp_health: true,
+            drops: true,
         });
         let s = MapSizes::of(&cfg);
         assert_eq!(s.mode, MODE_PACKETS | MODE_FLOWS);
@@ -215,6 +218,7 @@ mod tests {
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
             tcp_health: true,
+            drops: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 1 << 20, "at least 1 MiB");
         cfg.flows = Some(FlowsConfig {
@@ -224,6 +228,7 @@ mod tests {
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
             tcp_health: true,
+            drops: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, 64 << 20, "at most 64 MiB");
         assert!(MapSizes::of(&cfg).events_bytes.is_power_of_two());
@@ -235,6 +240,7 @@ mod tests {
             dns_ports: [53, 0, 0, 0],
             handshakes: true,
             tcp_health: true,
+            drops: true,
         });
         assert_eq!(MapSizes::of(&cfg).events_bytes, page);
     }

@@ -23,6 +23,7 @@
 
 mod config;
 mod counters;
+mod drops;
 mod error;
 mod iface;
 mod load;
@@ -42,7 +43,9 @@ use aya::{
 use std::{collections::BTreeMap, sync::Arc};
 
 pub use counters::CounterReader;
+pub use drops::{DROP_MAX_ENTRIES_ENV, DROPS_BTF_ENV, DropProbeError};
 
+use flowmetrix_common::drops::{DROP_MAPS, DROP_OFFSETS_GLOBAL, DROP_SKIP_GLOBAL};
 use flowmetrix_common::flow_key::{FLOW_EVENTS_MAP, FLOW_MAPS, MODE_GLOBAL};
 use flowmetrix_common::handshake::{HANDSHAKE_MAP, HANDSHAKES_GLOBAL};
 use flowmetrix_common::tcp::{TCP_OFFSETS_GLOBAL, TCP_RETRANSMIT_ERR_GLOBAL, TCP_SOCKET_MAPS};
@@ -91,6 +94,8 @@ pub struct Capture {
     flow_maps: Option<FlowMaps>,
     /// The socket maps, until taken (`--tcp-health`, when the kernel lets it run).
     tcp_sockets: Option<TcpSockets>,
+    /// The drop program's maps, until taken (`--drops on`, when the probe passed).
+    drop_maps: Option<crate::flows::drops::DropMaps>,
     /// The mode the XDP program was last attached in ("native" or "skb"), "" without XDP.
     pub mode: &'static str,
     /// How the TC programs were last attached ("tcx" or "netlink"), "" without TC.
@@ -123,7 +128,19 @@ impl Capture {
             .flows
             .map_or([0; flowmetrix_common::DNS_PORTS], |f| f.dns_ports);
         let tcp = tcp_health::Probe::new(cfg);
+        // Drops by reason: what the program needs from the kernel's BTF, read first (its
+        // globals are set at load).
+        let drop_plan = cfg
+            .flows
+            .filter(|f| f.drops)
+            .map(|_| drops::plan(&drops::btf_path()));
+        let (drop_offsets, drop_skip) = match &drop_plan {
+            Some(Ok(p)) => (p.offsets, p.skip),
+            _ => Default::default(),
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(DROP_OFFSETS_GLOBAL, &drop_offsets, true)
+            .override_global(DROP_SKIP_GLOBAL, &drop_skip, true)
             .override_global(DNS_PORTS_GLOBAL, &dns_ports, true)
             .override_global(SAMPLE_RATE_GLOBAL, &cfg.sample_rate, true)
             .override_global(SNAPLEN_GLOBAL, &cfg.snaplen, true)
@@ -147,6 +164,8 @@ impl Capture {
             )
             .map_max_entries(TCP_SOCKET_MAPS[0], tcp.map_entries())
             .map_max_entries(TCP_SOCKET_MAPS[1], tcp.map_entries())
+            .map_max_entries(DROP_MAPS[0], drops::max_entries())
+            .map_max_entries(DROP_MAPS[1], drops::max_entries())
             .load(crate::kernel_object::object().map_err(|e| load_error(programs_of(cfg), e))?)
             .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.
@@ -155,6 +174,11 @@ impl Capture {
             None => None,
         };
         let tcp_sockets = tcp.start(&mut ebpf);
+        let drop_maps = drop_plan.and_then(|plan| {
+            plan.and_then(|p| drops::start(&mut ebpf, p))
+                .inspect_err(|e| warn!("{}", drops::off_line(e)))
+                .ok()
+        });
         // The logger owns the program's log map: it must live as long as the program.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| debug!("eBPF logger not started: {e}"))
@@ -184,6 +208,7 @@ impl Capture {
             slot_of,
             flow_maps,
             tcp_sockets,
+            drop_maps,
             mode: "",
             tc_attached: "",
         })
@@ -320,6 +345,11 @@ impl Capture {
     /// The socket maps (once), when `--tcp-health` runs.
     pub fn take_tcp_sockets(&mut self) -> Option<TcpSockets> {
         self.tcp_sockets.take()
+    }
+
+    /// The drop program's maps (once), when `--drops on` and the probe passed.
+    pub fn take_drop_maps(&mut self) -> Option<crate::flows::drops::DropMaps> {
+        self.drop_maps.take()
     }
 
     /// Messages the XDP program logs (errors only), to be polled by the caller.

@@ -166,8 +166,8 @@ fn attach(ebpf: &mut Ebpf) -> Result<TcpSockets, TcpHealthOff> {
 /// What the programs need from the kernel `btf` describes: the socket offsets, and whether
 /// both tracepoints are there and `tcp_retransmit_skb` passes `err`.
 pub fn hooks(btf: &KernelBtf) -> Result<Hooks, BtfError> {
-    let rtt_args = btf.tracepoint_args(TCP_RTT_TRACEPOINT)?;
-    let retransmit_args = btf.tracepoint_args(TCP_RETRANSMIT_TRACEPOINT)?;
+    let rtt_args = btf.tracepoint_args(TCP_RTT_TRACEPOINT)?.len();
+    let retransmit_args = btf.tracepoint_args(TCP_RETRANSMIT_TRACEPOINT)?.len();
     // Both pass (sk, skb, …): a kernel that changed that is not read blindly.
     if rtt_args < 2 || retransmit_args < 2 {
         return Err(BtfError::Missing(format!(
@@ -283,6 +283,7 @@ mod tests {
                 dns_ports: [53, 0, 0, 0],
                 handshakes: true,
                 tcp_health,
+                drops: false,
             }),
         }
     }
@@ -318,8 +319,11 @@ mod tests {
     fn the_tracepoints_are_found_with_their_arguments() {
         let btf = KernelBtf::running().unwrap();
         // (sk, skb), and from 6.17 on (sk, skb, err).
-        assert_eq!(btf.tracepoint_args(TCP_RTT_TRACEPOINT).unwrap(), 2);
-        let retransmit = btf.tracepoint_args(TCP_RETRANSMIT_TRACEPOINT).unwrap();
+        assert_eq!(btf.tracepoint_args(TCP_RTT_TRACEPOINT).unwrap().len(), 2);
+        let retransmit = btf
+            .tracepoint_args(TCP_RETRANSMIT_TRACEPOINT)
+            .unwrap()
+            .len();
         assert!((2..=3).contains(&retransmit), "{retransmit}");
         let h = hooks(&btf).unwrap();
         assert_eq!(h.retransmit_err, retransmit == 3);

@@ -131,6 +131,13 @@ pub struct Cli {
           value_name = "ON|OFF")]
     pub tcp_health: OnOff,
 
+    /// Kernel drops by reason on the flow rows (drop_packets, drop_bytes, drop_reason) and
+    /// as flowmetrix_kernel_drops_total{reason}: skb:kfree_skb, reasons named by the running
+    /// kernel (with --mode flows|both; off by itself where the kernel lacks the hook).
+    #[arg(help_heading = "Flows", long, value_enum, default_value_t = OnOff::On,
+          value_name = "ON|OFF")]
+    pub drops: OnOff,
+
     /// Where rows go: GreptimeDB, JSON lines on stdout, or nowhere (decode and count only).
     #[arg(help_heading = "Output", long, value_enum, default_value_t = Output::Greptimedb, value_name = "KIND")]
     pub output: Output,

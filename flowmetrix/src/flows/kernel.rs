@@ -493,7 +493,7 @@ mod sys {
 }
 
 /// The grace period `collect` waits for.
-mod membarrier {
+pub(super) mod membarrier {
     const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
 

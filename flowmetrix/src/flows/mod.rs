@@ -20,9 +20,10 @@
 //! frames by the pipeline. [`aggregate`] adds up an interval and makes its rows; [`kernel`]
 //! reads the kernel's maps; [`handshakes`] reads the TCP handshakes' states (live) or runs
 //! their state machine on the frames (replay); [`tcp`] the local sockets' retransmits and RTT
-//! (`--tcp-health`), at the same generation flip; [`health`] joins such figures to the rows.
+//! (`--tcp-health`), and [`drops`] the drop program's, at the same generation flip; [`health`] joins such figures to the rows.
 
 pub mod aggregate;
+pub mod drops;
 pub mod handshakes;
 pub mod health;
 pub mod kernel;

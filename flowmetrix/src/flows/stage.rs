@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     aggregate::{Aggregator, Interfaces, PacketClock},
+    drops::DropMaps,
     handshakes::{self, Tracker},
     kernel::{Collected, FlowMapError, FlowMaps},
     tcp::{SocketsCollected, TcpSocketError, TcpSockets},
@@ -57,6 +58,8 @@ pub struct Live {
     warned: bool,
     /// Which workload each row belongs to.
     attribution: Option<Resolver>,
+    /// `--drops on`: the drop program's maps, while no collection holds them.
+    drops: Option<DropMaps>,
 }
 
 /// What the live stage listens to while it runs.
@@ -93,6 +96,7 @@ impl Live {
             fallback,
             warned: false,
             attribution: None,
+            drops: None,
         }
     }
 
@@ -107,6 +111,17 @@ impl Live {
     pub fn tcp_sockets(mut self, sockets: TcpSockets) -> Self {
         self.tcp = Some(sockets);
         self.agg.health.parts.tcp_sockets = true;
+        self
+    }
+
+    /// Drops by reason go on the rows, from `drops` (the drop program runs).
+    pub fn with_drops(mut self, drops: DropMaps) -> Self {
+        self.agg.health.parts.drops = true;
+        self.counters
+            .drops
+            .on
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.drops = Some(drops);
         self
     }
 
@@ -197,6 +212,24 @@ impl Live {
                     self.collected(Ok((maps, res)));
                 }
                 Err(e) => self.collected(Err(e)),
+            }
+        }
+        // After the flow maps: a drop is keyed to the flow its packet was counted in before.
+        if let Some(mut drops) = self.drops.take() {
+            let res = tokio::task::spawn_blocking(move || {
+                let res = drops.collect();
+                (drops, res)
+            })
+            .await;
+            match res {
+                Ok((mut drops, res)) => {
+                    match res {
+                        Ok(c) => drops.deliver(&c, &mut self.agg.health, &self.counters.drops),
+                        Err(e) => self.failed(&e),
+                    }
+                    self.drops = Some(drops);
+                }
+                Err(e) => self.failed(&e),
             }
         }
         let interval = self.since.elapsed();

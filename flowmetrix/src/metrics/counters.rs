@@ -114,6 +114,8 @@ pub struct FlowCounters {
     /// Local sockets' updates the kernel's full socket map could not take
     /// (`--tcp-health`): their retransmits and RTT of that interval are missing.
     pub tcp_sockets_full: AtomicU64,
+    /// Kernel drops by reason (`--drops on`).
+    pub drops: super::drops::DropCounters,
 }
 
 /// Upper bounds (seconds) of the write-latency histogram buckets.

@@ -376,7 +376,8 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "flow_map_max_entries",
         "Size of each flow map (--flow-max-entries).",
         s.map_max,
-    )
+    )?;
+    f.drops.encode(e)
 }
 
 /// What became of a table's rows (flow rows, DNS rows): `{prefix}_rows_written`, … with

@@ -7,6 +7,7 @@
 //!
 //! - [`counters`]: the userspace counters the stages share, and the write-duration histogram;
 //! - [`kernel`]: the kernel's counters, by direction and interface;
+//! - [`drops`]: kernel drops by reason (`--drops on`);
 //! - [`dns`]: the DNS transactions' counters and their part of the summary and the page;
 //! - [`summary`]: the exit summary line and the loss equation;
 //! - [`registry`]: what the page and the status line read;
@@ -14,6 +15,7 @@
 
 pub mod counters;
 pub mod dns;
+pub mod drops;
 pub mod exposition;
 pub mod http;
 pub mod kernel;
@@ -24,6 +26,7 @@ pub use counters::{
     Counters, DurationHistogram, FlowCounters, KUBE_ERROR_REASONS, KubeCounters, WRITE_BUCKETS,
 };
 pub use dns::{DnsCounters, DnsSummary};
+pub use drops::DropCounters;
 pub use flowmetrix_common::Direction;
 pub use http::{Limits, MAX_CONNECTIONS, READ_TIMEOUT, serve, serve_with};
 pub use kernel::{DIRECTIONS, DirectionStats, FlowKernelStats, InterfaceStats, KernelStats};

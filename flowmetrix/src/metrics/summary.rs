@@ -37,6 +37,9 @@ pub struct FlowSummary {
     pub health_unmatched: u64,
     /// TCP handshakes the kernel's full state map could not take (printed when not 0).
     pub handshakes_full: u64,
+    /// `--drops on` (the drop program ran): the kernel's drops, all reasons, and those the
+    /// full drop map could not put on a flow row.
+    pub drops: Option<(u64, u64)>,
 }
 
 impl FlowSummary {
@@ -67,6 +70,11 @@ impl FlowSummary {
             collect_errors: f.collect_errors.load(Relaxed),
             health_unmatched: f.health_unmatched.load(Relaxed),
             handshakes_full: f.handshakes_full.load(Relaxed),
+            drops: f
+                .drops
+                .on
+                .load(Relaxed)
+                .then(|| (f.drops.total(), f.drops.map_full.load(Relaxed))),
         }
     }
 
@@ -109,6 +117,9 @@ impl FlowSummary {
         ]);
         if self.handshakes_full != 0 {
             v.push(("handshakes full", self.handshakes_full));
+        }
+        if let Some((drops, map_full)) = self.drops {
+            v.extend([("kernel drops", drops), ("drop map full", map_full)]);
         }
         v
     }
@@ -482,6 +493,26 @@ mod tests {
         assert_eq!(
             flows_run().text(&shape),
             "seen 10; ingress: seen 10; flows: rows 3, written 3, write errors 0, queue drops 0, spooled 0, replayed 0, spool lost 0, packets 0, bytes 0, events 0, unkeyed 0, unkeyed bytes 0, overflow 0, overflow bytes 0, map peak 0, map max 0, collect errors 0, health unmatched 0"
+        );
+    }
+
+    #[test]
+    fn the_kernel_drops_end_the_flows_part_when_the_drop_program_ran() {
+        let k = KernelStats::default();
+        let f = FlowCounters::default();
+        f.drops.on.store(true, Relaxed);
+        f.drops.set_totals([
+            ("NO_SOCKET".to_owned(), 10),
+            ("NETFILTER_DROP".to_owned(), 3),
+        ]);
+        f.drops.map_full.store(1, Relaxed);
+        let s = Summary::new(k, &Counters::default()).with_flows(&f);
+        let text = s.text(&Shape::default());
+        assert!(
+            text.ends_with(
+                "collect errors 0, health unmatched 0, kernel drops 13, drop map full 1"
+            ),
+            "{text}"
         );
     }
 

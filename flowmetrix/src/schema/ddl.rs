@@ -8,7 +8,7 @@ use greptimedb_ingester::api::v1::{ColumnDataType, SemanticType};
 
 pub use super::columns::Index;
 use super::columns::{
-    BYTES, Column, DNS_LATENCY_US, DNS_RCODE, Def, PACKETS,
+    BYTES, Column, DNS_LATENCY_US, DNS_RCODE, DROP_BYTES, DROP_PACKETS, DROP_REASON, Def, PACKETS,
     shared::{
         APPLICATION, DIRECTION, DST_IP, HOST, INTERFACE, NAMESPACE, POD, PROTOCOL, SRC_IP, TS,
     },
@@ -214,6 +214,20 @@ pub fn dns_rollup(dns_table: &str) -> Rollup {
     )
 }
 
+/// Per minute, host, interface and reason: the kernel's drops (`--drops on`) from the flow
+/// rows. Rows without drops fall in the null reason with sums of 0 (or null, `--drops
+/// off`): `WHERE "drop_reason" IS NOT NULL` when reading.
+pub fn drop_rollup(flow_table: &str) -> Rollup {
+    let (packets, bytes) = (quote(DROP_PACKETS.name), quote(DROP_BYTES.name));
+    rollup(
+        flow_table,
+        "drops_1m",
+        &[HOST, INTERFACE, DROP_REASON],
+        &format!("sum({packets}) AS {packets}, sum({bytes}) AS {bytes}"),
+        "flowmetrix: kernel drops per minute and reason",
+    )
+}
+
 /// The rollups of the packet table (and of the flow table when flows are on): per minute by
 /// the shared tags and protocol (`_1m`), by address pair (`_talkers_1m`), and by workload
 /// (`_workloads_1m`: namespace and pod, null for rows no pod is known for).
@@ -277,6 +291,19 @@ pub fn rollups(packet_table: &str, flow_table: Option<&str>) -> Vec<Rollup> {
 mod tests {
     use super::*;
     use crate::schema::columns::DNS_SCHEMA;
+
+    #[test]
+    fn the_drop_rollup_sums_the_flow_rows_drops_by_reason() {
+        let r = drop_rollup(FLOW_TABLE);
+        assert_eq!(
+            (r.flow.as_str(), r.sink.as_str()),
+            ("flow_data_drops_1m_flow", "flow_data_drops_1m")
+        );
+        assert_eq!(
+            r.sql,
+            "CREATE FLOW IF NOT EXISTS \"flow_data_drops_1m_flow\" SINK TO \"flow_data_drops_1m\" COMMENT 'flowmetrix: kernel drops per minute and reason' AS SELECT \"host\", \"interface\", \"drop_reason\", date_bin(INTERVAL '1 minutes', \"ts\") AS \"minute\", sum(\"drop_packets\") AS \"drop_packets\", sum(\"drop_bytes\") AS \"drop_bytes\" FROM \"flow_data\" GROUP BY \"host\", \"interface\", \"drop_reason\", \"minute\""
+        );
+    }
 
     #[test]
     fn the_dns_table_and_its_rollup() {

@@ -23,7 +23,8 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
             "flow_data_talkers_1m",
             "packet_data_workloads_1m",
             "flow_data_workloads_1m",
-            "dns_data_1m"
+            "dns_data_1m",
+            "flow_data_drops_1m"
         ]
     );
     assert!(
@@ -38,7 +39,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
     expected.extend(
         ddl::rollups("packet_data", Some("flow_data"))
             .into_iter()
-            .chain([ddl::dns_rollup("dns_data")])
+            .chain([ddl::dns_rollup("dns_data"), ddl::drop_rollup("flow_data")])
             .map(|r| r.sql),
     );
     assert_eq!(endpoint.sql(), expected);
@@ -79,7 +80,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
         .collect();
     assert_eq!(endpoint.column_types("public", "dns_data"), want);
     let flows = endpoint.flows("public");
-    assert_eq!(flows.len(), 7);
+    assert_eq!(flows.len(), 8);
     // The flow engine made the sink tables.
     assert_eq!(
         endpoint.tables("public"),
@@ -88,6 +89,7 @@ fn an_empty_database_gets_the_tables_and_the_rollups_and_a_second_run_changes_no
             "dns_data_1m",
             "flow_data",
             "flow_data_1m",
+            "flow_data_drops_1m",
             "flow_data_talkers_1m",
             "flow_data_workloads_1m",
             "packet_data",

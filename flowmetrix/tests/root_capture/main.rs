@@ -10,6 +10,7 @@ mod attach;
 mod attribution;
 mod capture;
 mod dns;
+mod drops;
 mod first_hour;
 mod flows;
 mod handshake;

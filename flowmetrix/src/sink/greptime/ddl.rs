@@ -128,7 +128,12 @@ pub async fn prepare(pool: &Arc<Endpoints>, cfg: &GreptimeConfig, flows_on: bool
         let flow_table = flows_on.then_some(cfg.ddl.flow_table.as_str());
         let mut later = Vec::new();
         let dns = flows_on.then(|| dns_rollup(&cfg.ddl.dns_table));
-        for r in rollups(&cfg.table, flow_table).into_iter().chain(dns) {
+        let drops = flow_table.map(drop_rollup);
+        for r in rollups(&cfg.table, flow_table)
+            .into_iter()
+            .chain(dns)
+            .chain(drops)
+        {
             match pool.execute(&r.sql, STATEMENT_TIMEOUT).await {
                 Ok(()) => done.rollups.push(r.sink),
                 Err(e) if e.code == Some(PLAN_ERROR) => {
