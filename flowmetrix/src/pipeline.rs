@@ -349,7 +349,9 @@ pub async fn run_until(
         tokio::time::sleep(DETACH_SETTLE).await;
     }
     let kernel = source.counters();
-    if source.is_live() {
+    // Everything the ring holds, a bounded drain at a time.
+    let mut more = source.is_live();
+    while more {
         let _ = source.pull(|s| {
             pull_one(
                 s,
@@ -362,6 +364,12 @@ pub async fn run_until(
                 dns.as_mut().map(|d| (d, &mut dns_rows)),
             )
         });
+        more = source.has_more();
+        if more {
+            sink.packets
+                .hand_over(std::mem::take(&mut rows), info.waits)
+                .await;
+        }
     }
     // Frames still held by -auto-detect are decided and written too.
     decoder.finish(&mut rows);

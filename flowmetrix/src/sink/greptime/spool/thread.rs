@@ -1,7 +1,8 @@
 //! The spool's own thread: encodes and appends what is handed to it, so no disk write,
 //! fsync or segment drop ever runs on the thread that drains the ring (or on a write task).
-//! It is fed by a queue bounded in rows; what does not fit is handed back to the caller,
-//! which counts it.
+//! It is fed by a queue bounded in rows and in bytes ([`QUEUE_BYTES`]); what does not fit is
+//! handed back to the caller, which counts it. Rows wait in it as the records they are, not
+//! as inserts (an insert held in memory is several times their size).
 
 use std::{
     sync::{Arc, Mutex},
@@ -19,9 +20,14 @@ use crate::{
     queue::{self, Rejected},
 };
 
+/// What the spool's queue holds at most, in bytes.
+pub const QUEUE_BYTES: usize = 8 << 20;
+
 /// Rows of some table, encoded only on the spool's thread.
 pub trait Unencoded: Send {
     fn rows(&self) -> usize;
+    /// The memory the rows hold.
+    fn bytes(&self) -> usize;
     fn encode(&self) -> RowInsertRequests;
 }
 
@@ -36,6 +42,10 @@ impl<R: Table> Unencoded for UnencodedRows<R> {
         self.rows.len()
     }
 
+    fn bytes(&self) -> usize {
+        queue::Rows::bytes(&self.rows)
+    }
+
     fn encode(&self) -> RowInsertRequests {
         encode(&self.table, &self.rows)
     }
@@ -43,13 +53,9 @@ impl<R: Table> Unencoded for UnencodedRows<R> {
 
 /// What goes to the spool.
 pub enum Payload {
-    /// Rows the queue to GreptimeDB had no room for (encoded on the spool's thread).
+    /// Rows the queue to GreptimeDB had no room for, or that GreptimeDB could not take now
+    /// (encoded on the spool's thread).
     Rows(Box<dyn Unencoded>),
-    /// An insert GreptimeDB could not take now.
-    Insert {
-        request: RowInsertRequests,
-        rows: u64,
-    },
 }
 
 pub struct Item {
@@ -61,7 +67,12 @@ impl queue::Rows for Item {
     fn rows(&self) -> usize {
         match &self.payload {
             Payload::Rows(rows) => rows.rows(),
-            Payload::Insert { rows, .. } => usize::try_from(*rows).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.payload {
+            Payload::Rows(rows) => rows.bytes(),
         }
     }
 }
@@ -75,15 +86,15 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    /// Starts the thread, with room for `capacity` rows waiting; `stall` delays every
-    /// append (a test hook for a slow disk).
+    /// Starts the thread, with room for `capacity` rows (and [`QUEUE_BYTES`]) waiting;
+    /// `stall` delays every append (a test hook for a slow disk).
     pub fn start(
         spool: Arc<Spool>,
         capacity: usize,
         counters: Arc<Counters>,
         stall: Option<Duration>,
     ) -> Self {
-        let (tx, mut rx) = queue::bounded::<Item>(capacity);
+        let (tx, mut rx) = queue::bounded_in::<Item>(capacity, QUEUE_BYTES);
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
         let thread = {
             let spool = Arc::clone(&spool);
@@ -111,9 +122,6 @@ impl SpoolWriter {
                         match item.payload {
                             Payload::Rows(batch) => {
                                 spool.append(&item.database, &batch.encode(), rows);
-                            }
-                            Payload::Insert { request, rows } => {
-                                spool.append(&item.database, &request, rows);
                             }
                         }
                     }
