@@ -6,7 +6,6 @@
 //! No root needed.
 
 #[path = "common/data.rs"]
-#[allow(dead_code)]
 mod data;
 #[path = "common/endpoint/mod.rs"]
 #[allow(dead_code)]

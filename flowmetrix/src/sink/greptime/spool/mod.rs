@@ -36,6 +36,7 @@
 //! (`flowmetrix spool`) and discards them.
 
 pub mod accounting;
+pub mod columns;
 pub mod format;
 pub mod list;
 pub mod lock;

@@ -13,8 +13,12 @@ use std::{
 use greptimedb_ingester::api::v1::RowInsertRequests;
 use tracing::warn;
 
-use super::store::Spool;
-use crate::schema::{Table, encode};
+use super::{columns::ipc_parts, store::Spool};
+use crate::schema::{
+    Table,
+    arrow::{arrow_schema, record_batch},
+    encode,
+};
 use crate::{
     metrics::Counters,
     queue::{self, Rejected},
@@ -28,7 +32,13 @@ pub trait Unencoded: Send {
     fn rows(&self) -> usize;
     /// The memory the rows hold.
     fn bytes(&self) -> usize;
+    /// The table they are for.
+    fn table(&self) -> &str;
+    /// The rows as a row insert (the older record format).
     fn encode(&self) -> RowInsertRequests;
+    /// The rows as columnar records of at most `limit` bytes, each with its rows; None when
+    /// the table has no Arrow form.
+    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>>;
 }
 
 /// Rows for `table`, not encoded yet.
@@ -46,8 +56,19 @@ impl<R: Table> Unencoded for UnencodedRows<R> {
         queue::Rows::bytes(&self.rows)
     }
 
+    fn table(&self) -> &str {
+        &self.table
+    }
+
     fn encode(&self) -> RowInsertRequests {
         encode(&self.table, &self.rows)
+    }
+
+    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>> {
+        let schema = arrow_schema(R::COLUMNS).ok()?;
+        let rows: Vec<&R> = self.rows.iter().collect();
+        let batch = record_batch(R::COLUMNS, &rows, &schema).ok()?;
+        ipc_parts(&batch, limit).ok()
     }
 }
 
@@ -120,9 +141,15 @@ impl SpoolWriter {
                             std::thread::sleep(d);
                         }
                         match item.payload {
-                            Payload::Rows(batch) => {
-                                spool.append(&item.database, &batch.encode(), rows);
-                            }
+                            // Columnar records, one write each.
+                            Payload::Rows(batch) => match batch.columns(spool.part_limit()) {
+                                Some(parts) => {
+                                    for (ipc, n) in parts {
+                                        spool.append_columns(&item.database, batch.table(), &ipc, n);
+                                    }
+                                }
+                                None => spool.append(&item.database, &batch.encode(), rows),
+                            },
                         }
                     }
                     spool.sync();
