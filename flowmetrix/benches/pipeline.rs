@@ -44,6 +44,31 @@ fn bench_decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// One drain of 8192 samples decoded into rows: into a fresh Vec (grown by doubling), and
+/// into one with room for them (what the pipeline hands the next drain).
+fn bench_drain(c: &mut Criterion) {
+    const N: usize = 8192;
+    let frame = tcp_frame();
+    let apps = Applications::default();
+    let mut g = c.benchmark_group("drain");
+    g.throughput(Throughput::Elements(N as u64));
+    let mut fill = |mut rows: Vec<PacketRecord>| {
+        for _ in 0..N {
+            if let Ok(r) = decode(black_box(&frame), meta(), &apps) {
+                rows.push(r);
+            }
+        }
+        rows
+    };
+    g.bench_function("decode_8192_into_a_new_vec", |b| {
+        b.iter(|| fill(Vec::new()))
+    });
+    g.bench_function("decode_8192_into_a_sized_vec", |b| {
+        b.iter(|| fill(Vec::with_capacity(N)))
+    });
+    g.finish();
+}
+
 fn bench_encode(c: &mut Criterion) {
     let batch = rows(1024);
     let mut g = c.benchmark_group("encode");
@@ -228,6 +253,7 @@ fn bench_flow_interval(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_decode,
+    bench_drain,
     bench_encode,
     bench_spool,
     bench_sink,

@@ -319,7 +319,7 @@ pub async fn run_until(
                     )
                 });
                 sink.packets
-                    .hand_over(std::mem::take(&mut rows), info.waits)
+                    .hand_over(take_sized(&mut rows), info.waits)
                     .await;
                 if let Some(input) = &flow_input {
                     input.send(std::mem::take(&mut flow_rows)).await;
@@ -367,7 +367,7 @@ pub async fn run_until(
         more = source.has_more();
         if more {
             sink.packets
-                .hand_over(std::mem::take(&mut rows), info.waits)
+                .hand_over(take_sized(&mut rows), info.waits)
                 .await;
         }
     }
@@ -506,6 +506,14 @@ impl Ending {
 /// One sample: to the decode stage (packet rows), to the DNS transactions, and to the
 /// flows stage in a replay (live, the kernel counts flows).
 #[allow(clippy::too_many_arguments)]
+/// The rows of one drain, to hand over; `rows` is left with room for as many, as the next
+/// drain is likely to bring: it does not grow by doubling, each time copying every row so
+/// far (`cargo bench -p flowmetrix --bench pipeline -- drain`).
+fn take_sized<R>(rows: &mut Vec<R>) -> Vec<R> {
+    let n = rows.len();
+    std::mem::replace(rows, Vec::with_capacity(n))
+}
+
 fn pull_one(
     s: Result<Sample<'_>, RecordError>,
     packets: bool,
