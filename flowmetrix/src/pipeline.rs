@@ -503,9 +503,6 @@ impl Ending {
     }
 }
 
-/// One sample: to the decode stage (packet rows), to the DNS transactions, and to the
-/// flows stage in a replay (live, the kernel counts flows).
-#[allow(clippy::too_many_arguments)]
 /// The rows of one drain, to hand over; `rows` is left with room for as many, as the next
 /// drain is likely to bring: it does not grow by doubling, each time copying every row so
 /// far (`cargo bench -p flowmetrix --bench pipeline -- drain`).
@@ -514,6 +511,9 @@ fn take_sized<R>(rows: &mut Vec<R>) -> Vec<R> {
     std::mem::replace(rows, Vec::with_capacity(n))
 }
 
+/// One sample: to the decode stage (packet rows), to the DNS transactions, and to the
+/// flows stage in a replay (live, the kernel counts flows).
+#[allow(clippy::too_many_arguments)]
 fn pull_one(
     s: Result<Sample<'_>, RecordError>,
     packets: bool,
