@@ -52,7 +52,7 @@ fn bench_drain(c: &mut Criterion) {
     let apps = Applications::default();
     let mut g = c.benchmark_group("drain");
     g.throughput(Throughput::Elements(N as u64));
-    let mut fill = |mut rows: Vec<PacketRecord>| {
+    let fill = |mut rows: Vec<PacketRecord>| {
         for _ in 0..N {
             if let Ok(r) = decode(black_box(&frame), meta(), &apps) {
                 rows.push(r);
