@@ -160,6 +160,13 @@ fn peak_while_offering(endpoint: &Endpoint, c: GreptimeConfig, away: bool) -> (u
     std::thread::sleep(Duration::from_secs(2));
     h.finish();
     let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    eprintln!(
+        "written {}, write errors {}, queue drops {}, spooled {}",
+        h.get(|c| &c.written),
+        h.get(|c| &c.write_errors),
+        h.get(|c| &c.queue_drops),
+        h.get(|c| &c.spooled)
+    );
     h.assert_accounted(u64::from(OFFERED));
     (peak, h)
 }
