@@ -18,6 +18,13 @@ pub type Batch = Vec<PacketRecord>;
 /// The bytes a queue holds at most unless told otherwise ([`bounded_in`]).
 pub const QUEUE_BYTES: usize = 16 << 20;
 
+/// The bytes a queue of `rows` rows of `R` may hold: the rows themselves, a quarter more for
+/// the spare capacity of the `Vec`s they come in (senders trim more than that), and 1 MiB.
+pub fn bytes_for<R>(rows: usize) -> usize {
+    let exact = rows.saturating_mul(std::mem::size_of::<R>());
+    exact.saturating_add(exact / 4).saturating_add(1 << 20)
+}
+
 /// What the queue bounds: how many rows an item holds, and the memory it holds.
 pub trait Rows {
     fn rows(&self) -> usize;

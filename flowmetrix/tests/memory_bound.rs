@@ -84,7 +84,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// The heap a stalled sink may hold above its start, defaults as the command line's
 /// (`--queue-size 65536`, `--batch-size 1024`, `--max-in-flight 4`): the process's peak RSS
 /// must stay under 64 MiB, code, stacks and the runtime included.
-const HEAP_LIMIT: usize = 44 << 20;
+const HEAP_LIMIT: usize = 48 << 20;
 
 /// Rows offered in each scenario: many times what any queue holds.
 const OFFERED: u32 = CHUNK * 3_000;
