@@ -44,6 +44,31 @@ fn bench_decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// One drain of 8192 samples decoded into rows: into a fresh Vec (grown by doubling), and
+/// into one with room for them (what the pipeline hands the next drain).
+fn bench_drain(c: &mut Criterion) {
+    const N: usize = 8192;
+    let frame = tcp_frame();
+    let apps = Applications::default();
+    let mut g = c.benchmark_group("drain");
+    g.throughput(Throughput::Elements(N as u64));
+    let fill = |mut rows: Vec<PacketRecord>| {
+        for _ in 0..N {
+            if let Ok(r) = decode(black_box(&frame), meta(), &apps) {
+                rows.push(r);
+            }
+        }
+        rows
+    };
+    g.bench_function("decode_8192_into_a_new_vec", |b| {
+        b.iter(|| fill(Vec::new()))
+    });
+    g.bench_function("decode_8192_into_a_sized_vec", |b| {
+        b.iter(|| fill(Vec::with_capacity(N)))
+    });
+    g.finish();
+}
+
 fn bench_encode(c: &mut Criterion) {
     let batch = rows(1024);
     let mut g = c.benchmark_group("encode");
@@ -52,6 +77,61 @@ fn bench_encode(c: &mut Criterion) {
         b.iter(|| greptime::encode("packet_data", black_box(&batch)))
     });
     g.finish();
+}
+
+/// A spool record of one batch of 1024 rows, as the spool's thread makes it: the protobuf
+/// insert of the older format (`FMX2`: every row encoded as the ingester's values), and the
+/// columnar record (`FMX3`: the Arrow batch as IPC); then the columnar one appended to a
+/// spool on disk (one write a record). The Arrow batch alone is what the bulk path builds.
+fn bench_spool(c: &mut Criterion) {
+    use flowmetrix::{
+        schema::{
+            Table,
+            arrow::{arrow_schema, record_batch},
+        },
+        sink::greptime::spool::{Spool, columns, format},
+    };
+    let batch = rows(1024);
+    let columnar = |batch: &[PacketRecord]| {
+        let schema = arrow_schema(PacketRecord::COLUMNS).unwrap();
+        let refs: Vec<&PacketRecord> = batch.iter().collect();
+        let b = record_batch(PacketRecord::COLUMNS, &refs, &schema).unwrap();
+        columns::ipc_parts(&b, 4 << 20).unwrap()
+    };
+    let mut g = c.benchmark_group("spool");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("protobuf_record_1024", |b| {
+        b.iter(|| {
+            let req = greptime::encode("packet_data", black_box(&batch));
+            format::record_bytes("public", &req, 1024)
+        })
+    });
+    g.bench_function("columnar_record_1024", |b| {
+        b.iter(|| {
+            let parts = columnar(black_box(&batch));
+            format::columns_record("public", "packet_data", &parts[0].0, 1024)
+        })
+    });
+    g.bench_function("arrow_batch_1024", |b| {
+        let schema = arrow_schema(PacketRecord::COLUMNS).unwrap();
+        b.iter(|| {
+            let refs: Vec<&PacketRecord> = black_box(&batch).iter().collect();
+            record_batch(PacketRecord::COLUMNS, &refs, &schema).unwrap()
+        })
+    });
+    let dir = std::env::temp_dir().join(format!("fmx-bench-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = Spool::open(&dir, 256 << 20, Arc::new(Counters::default())).unwrap();
+    g.bench_function("columnar_append_1024", |b| {
+        b.iter(|| {
+            for (ipc, n) in columnar(black_box(&batch)) {
+                spool.append_columns("public", "packet_data", &ipc, n);
+            }
+        })
+    });
+    g.finish();
+    drop(spool);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Rows per second through the whole GreptimeDB sink (batching, ingester encoding, gRPC,
@@ -173,7 +253,9 @@ fn bench_flow_interval(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_decode,
+    bench_drain,
     bench_encode,
+    bench_spool,
     bench_sink,
     bench_flow_interval
 );

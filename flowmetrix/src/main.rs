@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    bound_malloc();
     let args: Vec<_> = std::env::args_os().collect();
     if let Some(cmd) = cli::spool::parse(&args) {
         return spool_command(cmd);
@@ -254,4 +255,17 @@ fn run(settings: PipelineSettings, say: Say) -> anyhow::Result<Ended> {
             (None, None) => Ended::Clean,
         })
     })
+}
+
+/// glibc's malloc, before any thread starts: two arenas (not eight a core, each keeping what
+/// its thread freed), and every block from 256 KiB up (a drain's rows, a batch, an Arrow
+/// buffer) mapped on its own and given back when freed, instead of a threshold that rises
+/// with each large free. Peak RSS then follows the bounded queues (BENCHMARKS.md, issue 27).
+fn bound_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
 }

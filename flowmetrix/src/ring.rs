@@ -56,9 +56,15 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawSample<'_>, RecordError> {
     })
 }
 
+/// Records one drain hands over at most: the rows made of them wait in memory until they
+/// are handed to the sink, so a drain never outlasts a producer faster than it.
+pub const MAX_DRAIN: usize = 8192;
+
 /// The ring buffer, readable through tokio.
 pub struct Ring {
     fd: AsyncFd<RingBuf<MapData>>,
+    /// The last drain stopped at [`MAX_DRAIN`] with records left: readable at once.
+    more: bool,
 }
 
 impl Ring {
@@ -67,24 +73,38 @@ impl Ring {
         // dropped, which happens only with the AsyncFd.
         let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(Self { fd })
+        Ok(Self { fd, more: false })
     }
 
-    /// Waits until the kernel has published records.
-    pub async fn readable(&self) -> std::io::Result<()> {
+    /// Waits until the kernel has published records (at once when the last drain left
+    /// some).
+    pub async fn readable(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.more) {
+            return Ok(());
+        }
         let mut guard = self.fd.readable().await?;
         guard.clear_ready();
         Ok(())
     }
 
-    /// Hands every record available now to `f`; returns how many there were.
+    /// The last drain stopped at [`MAX_DRAIN`] with records left.
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+
+    /// Hands the records available now to `f`, [`MAX_DRAIN`] at most; returns how many
+    /// there were.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let ring = self.fd.get_mut();
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < MAX_DRAIN {
+            let Some(item) = ring.next() else {
+                return n;
+            };
             f(&item);
             n += 1;
         }
+        self.more = true;
         n
     }
 }

@@ -530,4 +530,12 @@ impl Source {
     pub fn is_live(&self) -> bool {
         matches!(self, Self::Live(_))
     }
+
+    /// The last [`pull`](Self::pull) stopped with records left in the ring.
+    pub fn has_more(&self) -> bool {
+        match self {
+            Self::Live(l) => l.ring.has_more(),
+            Self::Pcap(_) => false,
+        }
+    }
 }

@@ -64,6 +64,7 @@ impl<R: Table> Input<R> {
         if rows.is_empty() {
             return;
         }
+        let rows = trimmed(rows);
         let rows = match self.tx.try_send(rows) {
             Ok(()) => return,
             // The sink has stopped (its error is reported); these rows are not written.
@@ -111,6 +112,7 @@ impl<R: Table> Input<R> {
         if rows.is_empty() {
             return;
         }
+        let rows = trimmed(rows);
         if let Err(rows) = self.tx.send_waiting(rows).await {
             Counters::add(&self.counters.write_errors, rows.len() as u64);
         }
@@ -124,4 +126,13 @@ impl<R: Table> Input<R> {
                 Overflow::Drop => 0,
             }
     }
+}
+
+/// `rows` without spare capacity beyond a quarter of their number: the queue counts what a
+/// `Vec` holds, spare room included ([`queue::bytes_for`]).
+fn trimmed<R>(mut rows: Vec<R>) -> Vec<R> {
+    if rows.capacity() > rows.len() + rows.len() / 4 {
+        rows.shrink_to_fit();
+    }
+    rows
 }

@@ -105,7 +105,7 @@ type InputEnd<R> = (queue::Sender<Vec<R>>, Arc<Counters>);
 impl<R> Ends<R> {
     fn of(out: Option<TableOutput>, rows: usize) -> Option<Self> {
         out.map(|out| {
-            let (tx, rx) = queue::bounded(rows);
+            let (tx, rx) = queue::bounded_in(rows, queue::bytes_for::<R>(rows));
             Self { tx, rx, out }
         })
     }
@@ -131,7 +131,8 @@ pub fn start(
     more: Outputs,
     stopping: watch::Receiver<bool>,
 ) -> Result<Sink, SinkError> {
-    let (tx, rx) = queue::bounded(settings.queue_rows);
+    let rows = settings.queue_rows;
+    let (tx, rx) = queue::bounded_in(rows, queue::bytes_for::<PacketRecord>(rows));
     let (flows, flow_in) = Ends::<FlowRecord>::of(more.flows, settings.queue_rows)
         .map(Ends::split)
         .unzip();

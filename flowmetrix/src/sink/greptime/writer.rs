@@ -28,7 +28,7 @@ use super::{
     service::Endpoints,
     spool::{
         Contents, Replayed,
-        thread::{Item, Payload, SpoolWriter},
+        thread::{Item, Payload, SpoolWriter, UnencodedRows},
     },
     startup::Startup,
 };
@@ -174,7 +174,9 @@ impl Writer {
         let mut account = Unsettled::new(rows.len() as u64, counters);
         let started = Instant::now();
         let request = encode(&out.table, &rows);
-        drop(rows);
+        // Kept for the spool, which takes rows as they are (a fraction of the insert's
+        // size); else freed now.
+        let mut rows = self.spool.is_some().then_some(rows);
         let mut backoff = retry::backoff();
         loop {
             match self.attempt(None, &request, bulk_failed_at).await {
@@ -189,13 +191,14 @@ impl Writer {
                 }
                 Attempt::Retry(why) => {
                     self.log.began(&why);
-                    if let Some(spool) = &self.spool {
+                    if let (Some(spool), Some(rows)) = (&self.spool, rows.take()) {
+                        drop(request);
                         let item = Item {
                             database: self.cfg.database.clone(),
-                            payload: Payload::Insert {
-                                request,
-                                rows: account.n,
-                            },
+                            payload: Payload::Rows(Box::new(UnencodedRows {
+                                table: out.table.clone(),
+                                rows,
+                            })),
                         };
                         return match spool.put(item, &self.deadline.subscribe()).await {
                             // Counted as spooled by the spool.
@@ -465,7 +468,10 @@ pub async fn run_until(
         });
     }
 
-    let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let in_flight = Window {
+        requests: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+        kib: Arc::new(Semaphore::new(IN_FLIGHT_KIB)),
+    };
     let packets = TableOut::<PacketRecord>::new(&cfg, cfg.table.clone(), counters)?;
     let packets = feed(&writer, &in_flight, packets, rx);
     let flows = more
@@ -504,11 +510,22 @@ fn move_deadline(deadline: &watch::Sender<Option<Instant>>, at: Instant) {
     deadline.send_modify(|d| *d = Some(d.map_or(at, |d| d.min(at))));
 }
 
+/// What the write tasks of every table hold at most: `--max-in-flight` batches, and
+/// [`IN_FLIGHT_KIB`] of rows (each batch's insert or Arrow form is a few times that). A batch
+/// waits for both; meanwhile the queue before it fills, and its overflow policy takes over.
+struct Window {
+    requests: Arc<Semaphore>,
+    kib: Arc<Semaphore>,
+}
+
+/// KiB of rows the write tasks hold at most (a batch larger than that waits for all of it).
+const IN_FLIGHT_KIB: usize = 4 << 10;
+
 /// One table's rows from `rx` through its batcher into write tasks, until `rx` closes and
 /// every batch it gave is accounted for.
 async fn feed<R: Table>(
     writer: &Arc<Writer>,
-    in_flight: &Arc<Semaphore>,
+    in_flight: &Window,
     out: TableOut<R>,
     mut rx: Receiver<Vec<R>>,
 ) {
@@ -541,7 +558,7 @@ async fn feed<R: Table>(
 /// [`feed`] for a table besides the packet table.
 fn table_feed<'a, R: Table>(
     writer: &'a Arc<Writer>,
-    in_flight: &'a Arc<Semaphore>,
+    in_flight: &'a Window,
     t: TableRx<R>,
 ) -> Result<impl Future<Output = ()> + 'a, GreptimeError> {
     let out = TableOut::<R>::new(&writer.cfg, t.table, t.counters)?;
@@ -558,20 +575,29 @@ async fn maybe(f: Option<impl Future<Output = ()>>) {
 /// Starts a write task once one of the `max_in_flight` places is free.
 async fn submit<R: Table>(
     writer: &Arc<Writer>,
-    in_flight: &Arc<Semaphore>,
+    in_flight: &Window,
     tasks: &mut JoinSet<()>,
     out: &Arc<TableOut<R>>,
     rows: Vec<R>,
 ) {
-    let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
-        // The semaphore is never closed; keep the accounting exact all the same.
+    let kib = crate::queue::Rows::bytes(&rows)
+        .div_ceil(1024)
+        .clamp(1, IN_FLIGHT_KIB);
+    let permits = (
+        Arc::clone(&in_flight.requests).acquire_owned().await,
+        Arc::clone(&in_flight.kib)
+            .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+            .await,
+    );
+    let (Ok(request), Ok(bytes)) = permits else {
+        // The semaphores are never closed; keep the accounting exact all the same.
         return Unsettled::new(rows.len() as u64, &out.counters).settle(&out.counters.write_errors);
     };
     let writer = Arc::clone(writer);
     let out = Arc::clone(out);
     tasks.spawn(async move {
         writer.write(&out, rows).await;
-        drop(permit);
+        drop((request, bytes));
     });
 }
 

@@ -3,7 +3,10 @@
 //! payload is the database name (a length byte, then the name) and the protobuf
 //! `RowInsertRequests` (which names the table) as the ingester sends it. Records of the first
 //! format (`FMX1`, the insert alone) replay into the run's own database; a record that is
-//! done has the magic `FMXD`.
+//! done has the magic `FMXD`. A columnar record (`FMX3`, what the spool writes since
+//! 2026-12-06) holds, after the database name, the table name (a length byte, then the
+//! name) and the rows as one Arrow IPC stream ([`super::columns`]); the older records are
+//! read and replayed as before.
 
 use std::{
     fs::File,
@@ -23,6 +26,8 @@ use super::accounting::RowsPerTable;
 pub const MAGIC_V1: u32 = 0x464d_5831; // "FMX1"
 /// A record: database name and insert.
 pub const MAGIC: u32 = 0x464d_5832; // "FMX2"
+/// A columnar record: database name, table name and the rows as Arrow IPC.
+pub const MAGIC_COLUMNS: u32 = 0x464d_5833; // "FMX3"
 /// A record that is done: acknowledged, or refused for good.
 pub const DONE: u32 = 0x464d_5844; // "FMXD"
 pub const HEADER: usize = 16;
@@ -32,8 +37,10 @@ pub const HEADER: usize = 16;
 pub struct Record {
     /// Where its header starts in the file.
     pub at: u64,
-    /// The protobuf insert, within [`Contents`]' bytes.
+    /// The protobuf insert (or, columnar, the Arrow IPC stream), within [`Contents`]' bytes.
     insert: std::ops::Range<usize>,
+    /// An `FMX3` record: the rows are Arrow IPC.
+    columnar: bool,
     pub rows: u64,
     /// The database it was meant for; `None` for a first-format record.
     pub database: Option<String>,
@@ -66,12 +73,23 @@ impl Contents {
     /// The insert of good record `i`.
     pub fn request(&self, i: usize) -> Option<RowInsertRequests> {
         let r = self.records.get(i)?;
-        RowInsertRequests::decode(self.bytes.get(r.insert.clone())?).ok()
+        let body = self.bytes.get(r.insert.clone())?;
+        if r.columnar {
+            let batch = super::columns::from_ipc(body).ok()?;
+            return super::columns::insert_of(r.table.as_deref()?, &batch).ok();
+        }
+        RowInsertRequests::decode(body).ok()
     }
 
-    /// The encoded insert of good record `i`.
-    pub fn insert_bytes(&self, i: usize) -> Option<&[u8]> {
-        self.bytes.get(self.records.get(i)?.insert.clone())
+    /// Good record `i` again, for `database` instead of its own.
+    pub fn record_for(&self, i: usize, database: &str) -> Option<Vec<u8>> {
+        let r = self.records.get(i)?;
+        let body = self.bytes.get(r.insert.clone())?;
+        Some(if r.columnar {
+            columns_record(database, r.table.as_deref().unwrap_or(""), body, r.rows)
+        } else {
+            record_with_insert(database, body, r.rows)
+        })
     }
 
     /// What follows the intact records: the damage, kept as it is.
@@ -123,6 +141,17 @@ pub fn record_with_insert(database: &str, insert: &[u8], rows: u64) -> Vec<u8> {
     framed(&payload, rows)
 }
 
+/// One columnar record for `database` and `table`: the rows as an Arrow IPC stream.
+pub fn columns_record(database: &str, table: &str, ipc: &[u8], rows: u64) -> Vec<u8> {
+    let t = table.as_bytes();
+    let t = &t[..t.len().min(MAX_DATABASE_LEN)];
+    let mut payload = payload_head(database, 1 + t.len() + ipc.len());
+    payload.push(t.len() as u8);
+    payload.extend_from_slice(t);
+    payload.extend_from_slice(ipc);
+    framed_as(MAGIC_COLUMNS, &payload, rows)
+}
+
 /// A payload's start: the database name's length and the name, with room for the insert.
 fn payload_head(database: &str, insert_len: usize) -> Vec<u8> {
     let db = database.as_bytes();
@@ -133,13 +162,24 @@ fn payload_head(database: &str, insert_len: usize) -> Vec<u8> {
     payload
 }
 
+/// A length byte and that many bytes of UTF-8 at the start of `bytes`, and what follows.
+fn short_name(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let n = usize::from(*bytes.first()?);
+    let name = std::str::from_utf8(bytes.get(1..1 + n)?).ok()?;
+    Some((name, bytes.get(1 + n..)?))
+}
+
 /// The longest database name a record holds (its length is one byte).
 pub const MAX_DATABASE_LEN: usize = 255;
 
 fn framed(payload: &[u8], rows: u64) -> Vec<u8> {
+    framed_as(MAGIC, payload, rows)
+}
+
+fn framed_as(magic: u32, payload: &[u8], rows: u64) -> Vec<u8> {
     let mut record = Vec::with_capacity(HEADER + payload.len());
     for word in [
-        MAGIC,
+        magic,
         u32::try_from(payload.len()).unwrap_or(u32::MAX),
         crc32fast::hash(payload),
         u32::try_from(rows).unwrap_or(u32::MAX),
@@ -162,6 +202,13 @@ fn split_payload(
     range: std::ops::Range<usize>,
 ) -> Option<(Option<String>, std::ops::Range<usize>, Option<String>)> {
     let payload = bytes.get(range.clone())?;
+    if magic == MAGIC_COLUMNS {
+        // Checked by its checksum; its Arrow is read when it is replayed.
+        let (database, rest) = short_name(payload)?;
+        let (table, ipc) = short_name(rest)?;
+        let insert = range.end - ipc.len()..range.end;
+        return Some((Some(database.to_owned()), insert, Some(table.to_owned())));
+    }
     let (database, skip) = if magic == MAGIC_V1 {
         (None, 0)
     } else {
@@ -190,7 +237,7 @@ pub fn parse_segment(bytes: Vec<u8>) -> Contents {
             break;
         };
         let range = at + HEADER..at + HEADER + len as usize;
-        let known = matches!(magic, MAGIC | MAGIC_V1 | DONE);
+        let known = matches!(magic, MAGIC | MAGIC_V1 | MAGIC_COLUMNS | DONE);
         let intact = known
             && bytes
                 .get(range.clone())
@@ -198,7 +245,7 @@ pub fn parse_segment(bytes: Vec<u8>) -> Contents {
         if !intact {
             out.damaged = true;
             // The header may be intact (a torn payload): count its rows.
-            if matches!(magic, MAGIC | MAGIC_V1) {
+            if matches!(magic, MAGIC | MAGIC_V1 | MAGIC_COLUMNS) {
                 out.damaged_rows += u64::from(rows);
             }
             break;
@@ -213,6 +260,7 @@ pub fn parse_segment(bytes: Vec<u8>) -> Contents {
             out.records.push(Record {
                 at: at as u64,
                 insert,
+                columnar: magic == MAGIC_COLUMNS,
                 rows: u64::from(rows),
                 database,
                 table,
@@ -263,6 +311,17 @@ pub fn pending_rows(path: &Path) -> std::io::Result<RowsPerTable> {
             break;
         };
         match magic {
+            MAGIC_COLUMNS => {
+                let want = u64::from(size)
+                    .min(PREFIX_BYTES)
+                    .min(len - at - HEADER as u64);
+                let mut prefix = vec![0u8; usize::try_from(want).unwrap_or(0)];
+                f.read_exact(&mut prefix)?;
+                let table = short_name(&prefix)
+                    .and_then(|(_, rest)| short_name(rest))
+                    .map(|(t, _)| t);
+                rows.add(table, u64::from(n));
+            }
             MAGIC | MAGIC_V1 => {
                 let want = u64::from(size)
                     .min(PREFIX_BYTES)

@@ -13,7 +13,7 @@ use std::{
 use greptimedb_ingester::api::v1::{RowInsertRequests, SemanticType, value::ValueData};
 
 use super::{
-    format::{parse_segment, record_with_insert, seq_of},
+    format::{parse_segment, seq_of},
     lock::{SpoolError, lock},
 };
 
@@ -234,8 +234,7 @@ fn replay_to_locked(
         }
         let mut bytes = Vec::new();
         for (i, record) in contents.records.iter().enumerate() {
-            let insert = contents.insert_bytes(i).unwrap_or_default();
-            bytes.extend(record_with_insert(database, insert, record.rows));
+            bytes.extend(contents.record_for(i, database).unwrap_or_default());
             rows += record.rows;
         }
         bytes.extend_from_slice(contents.damaged_tail());

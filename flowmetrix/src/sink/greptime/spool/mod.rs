@@ -6,7 +6,10 @@
 //! payload is the database name (a length byte, then the name) and the protobuf
 //! `RowInsertRequests` (which names the table) as the ingester sends it, so a record is
 //! replayed where it was meant to go whatever the later run is told. Records of the first
-//! format (`FMX1`, the insert alone) replay into the run's own database.
+//! format (`FMX1`, the insert alone) replay into the run's own database. What the spool
+//! writes now is columnar (`FMX3`, [`columns`]): the database and table names, then the
+//! batch's rows as one Arrow IPC stream, built straight from the records and appended with
+//! one write; on replay it becomes the row insert of the same rows. Every format is read.
 //!
 //! Segments are replayed oldest first. Each record GreptimeDB acknowledged (or refused for
 //! good) is marked done in place (its magic becomes `FMXD`), so a collector killed during a
@@ -29,13 +32,15 @@
 //! in bulk — a segment dropped for room, a damaged one — are counted against the table they
 //! belonged to ([`Spool::add_table`]). The on-disk format is unchanged by this.
 //!
-//! One concern a file, each used one way: [`format`] (records and segments on disk),
+//! One concern a file, each used one way: [`format`] (records and segments on disk) with
+//! [`columns`] (a columnar record's Arrow IPC, and its row insert),
 //! [`lock`] (the directory lock), [`accounting`] (rows per table and their counters), the
 //! [`store`] (appends, the size limit and eviction) on those, [`replay`] on the store, and
 //! the spool's own [`thread`] on top; [`list`] reads a spool's contents for the user
 //! (`flowmetrix spool`) and discards them.
 
 pub mod accounting;
+pub mod columns;
 pub mod format;
 pub mod list;
 pub mod lock;

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use super::{
     accounting::{RowsPerTable, TableCounters},
-    format::{pending_rows, record_bytes, seg_path, seq_of},
+    format::{columns_record, pending_rows, record_bytes, seg_path, seq_of},
     lock::{SpoolError, lock},
 };
 use crate::{metrics::Counters, throttle::Throttled};
@@ -229,10 +229,31 @@ impl Spool {
 
     fn append_one(&self, database: &str, req: &RowInsertRequests, rows: u64) {
         let table_name = req.inserts.first().map(|i| i.table_name.as_str());
+        self.append_record(table_name, rows, || record_bytes(database, req, rows));
+    }
+
+    /// The most bytes one record should hold: a batch larger than that is cut (see
+    /// [`Spool::append`]).
+    pub fn part_limit(&self) -> usize {
+        (self.segment_bytes / 2) as usize
+    }
+
+    /// Appends one columnar record (`FMX3`): `rows` rows of `table` for `database`, as the
+    /// Arrow IPC stream `ipc` (at most [`Spool::part_limit`] bytes, as
+    /// [`super::columns::ipc_parts`] cuts it). Never fails the caller, as [`Spool::append`].
+    pub fn append_columns(&self, database: &str, table: &str, ipc: &[u8], rows: u64) {
+        self.append_record(Some(table), rows, || {
+            columns_record(database, table, ipc, rows)
+        });
+    }
+
+    /// Counts `rows` of `table_name` as spooled and appends the record `record` makes, with
+    /// one write; rows that cannot be kept are counted as lost.
+    fn append_record(&self, table_name: Option<&str>, rows: u64, record: impl FnOnce() -> Vec<u8>) {
         let table = self.counters.of(table_name);
         Counters::add(&table.spooled, rows);
         let lose = |rows| Counters::add(&table.spool_lost, rows);
-        let record = record_bytes(database, req, rows);
+        let record = record();
         let len = record.len() as u64;
         if len > self.max_bytes {
             lose(rows);

@@ -1,7 +1,8 @@
 //! The spool's own thread: encodes and appends what is handed to it, so no disk write,
 //! fsync or segment drop ever runs on the thread that drains the ring (or on a write task).
-//! It is fed by a queue bounded in rows; what does not fit is handed back to the caller,
-//! which counts it.
+//! It is fed by a queue bounded in rows and in bytes ([`QUEUE_BYTES`]); what does not fit is
+//! handed back to the caller, which counts it. Rows wait in it as the records they are, not
+//! as inserts (an insert held in memory is several times their size).
 
 use std::{
     sync::{Arc, Mutex},
@@ -12,17 +13,32 @@ use std::{
 use greptimedb_ingester::api::v1::RowInsertRequests;
 use tracing::warn;
 
-use super::store::Spool;
-use crate::schema::{Table, encode};
+use super::{columns::ipc_parts, store::Spool};
+use crate::schema::{
+    Table,
+    arrow::{arrow_schema, record_batch},
+    encode,
+};
 use crate::{
     metrics::Counters,
     queue::{self, Rejected},
 };
 
+/// What the spool's queue holds at most, in bytes.
+pub const QUEUE_BYTES: usize = 8 << 20;
+
 /// Rows of some table, encoded only on the spool's thread.
 pub trait Unencoded: Send {
     fn rows(&self) -> usize;
+    /// The memory the rows hold.
+    fn bytes(&self) -> usize;
+    /// The table they are for.
+    fn table(&self) -> &str;
+    /// The rows as a row insert (the older record format).
     fn encode(&self) -> RowInsertRequests;
+    /// The rows as columnar records of at most `limit` bytes, each with its rows; None when
+    /// the table has no Arrow form.
+    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>>;
 }
 
 /// Rows for `table`, not encoded yet.
@@ -36,20 +52,31 @@ impl<R: Table> Unencoded for UnencodedRows<R> {
         self.rows.len()
     }
 
+    fn bytes(&self) -> usize {
+        queue::Rows::bytes(&self.rows)
+    }
+
+    fn table(&self) -> &str {
+        &self.table
+    }
+
     fn encode(&self) -> RowInsertRequests {
         encode(&self.table, &self.rows)
+    }
+
+    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>> {
+        let schema = arrow_schema(R::COLUMNS).ok()?;
+        let rows: Vec<&R> = self.rows.iter().collect();
+        let batch = record_batch(R::COLUMNS, &rows, &schema).ok()?;
+        ipc_parts(&batch, limit).ok()
     }
 }
 
 /// What goes to the spool.
 pub enum Payload {
-    /// Rows the queue to GreptimeDB had no room for (encoded on the spool's thread).
+    /// Rows the queue to GreptimeDB had no room for, or that GreptimeDB could not take now
+    /// (encoded on the spool's thread).
     Rows(Box<dyn Unencoded>),
-    /// An insert GreptimeDB could not take now.
-    Insert {
-        request: RowInsertRequests,
-        rows: u64,
-    },
 }
 
 pub struct Item {
@@ -61,7 +88,12 @@ impl queue::Rows for Item {
     fn rows(&self) -> usize {
         match &self.payload {
             Payload::Rows(rows) => rows.rows(),
-            Payload::Insert { rows, .. } => usize::try_from(*rows).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.payload {
+            Payload::Rows(rows) => rows.bytes(),
         }
     }
 }
@@ -75,15 +107,15 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    /// Starts the thread, with room for `capacity` rows waiting; `stall` delays every
-    /// append (a test hook for a slow disk).
+    /// Starts the thread, with room for `capacity` rows (and [`QUEUE_BYTES`]) waiting;
+    /// `stall` delays every append (a test hook for a slow disk).
     pub fn start(
         spool: Arc<Spool>,
         capacity: usize,
         counters: Arc<Counters>,
         stall: Option<Duration>,
     ) -> Self {
-        let (tx, mut rx) = queue::bounded::<Item>(capacity);
+        let (tx, mut rx) = queue::bounded_in::<Item>(capacity, QUEUE_BYTES);
         let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
         let thread = {
             let spool = Arc::clone(&spool);
@@ -109,12 +141,15 @@ impl SpoolWriter {
                             std::thread::sleep(d);
                         }
                         match item.payload {
-                            Payload::Rows(batch) => {
-                                spool.append(&item.database, &batch.encode(), rows);
-                            }
-                            Payload::Insert { request, rows } => {
-                                spool.append(&item.database, &request, rows);
-                            }
+                            // Columnar records, one write each.
+                            Payload::Rows(batch) => match batch.columns(spool.part_limit()) {
+                                Some(parts) => {
+                                    for (ipc, n) in parts {
+                                        spool.append_columns(&item.database, batch.table(), &ipc, n);
+                                    }
+                                }
+                                None => spool.append(&item.database, &batch.encode(), rows),
+                            },
                         }
                     }
                     spool.sync();
