@@ -110,10 +110,26 @@ fn row(i: u32, host: &Arc<str>, interface: &Arc<str>) -> PacketRecord {
     }
 }
 
-fn spool_dir(name: &str) -> PathBuf {
+/// A spool directory of this test's own, removed when dropped (also when the test fails).
+struct SpoolDir(PathBuf);
+
+impl std::ops::Deref for SpoolDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for SpoolDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spool_dir(name: &str) -> SpoolDir {
     let d = std::env::temp_dir().join(format!("fmx-memtest-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    SpoolDir(d)
 }
 
 /// The command line's defaults, but a short exit deadline.
@@ -206,7 +222,6 @@ fn a_stalled_endpoint_on_the_bulk_path_with_a_spool_keeps_memory_bounded() {
     );
     check("bulk, stalled, spool", peak);
     assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -233,7 +248,6 @@ fn a_stalled_endpoint_on_the_row_path_with_a_spool_keeps_memory_bounded() {
     );
     check("rows, stalled, spool", peak);
     assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -246,5 +260,4 @@ fn an_endpoint_away_with_a_spool_keeps_memory_bounded() {
         peak_while_offering(&endpoint, cfg(&endpoint, WritePath::Bulk, Some(&dir)), true);
     check("bulk, away, spool", peak);
     assert!(h.get(|c| &c.spooled) > 0, "rows went to the spool");
-    let _ = std::fs::remove_dir_all(dir);
 }
