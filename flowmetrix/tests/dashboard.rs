@@ -444,8 +444,15 @@ fn a_query_naming_a_missing_or_mistyped_column_is_found() {
 
 #[test]
 fn every_prometheus_query_names_metrics_of_the_page() {
+    // Flows mode with the drop program running: its per-reason counter is on the page.
+    let flows = FlowCounters::default();
+    flows
+        .drops
+        .on
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    flows.drops.set_totals([("NO_SOCKET".to_owned(), 1)]);
     let registry = Arc::new(Registry {
-        flows: Some(Arc::new(FlowCounters::default())),
+        flows: Some(Arc::new(flows)),
         ..Default::default()
     });
     let page = registry.render();
@@ -484,6 +491,7 @@ fn every_prometheus_query_names_metrics_of_the_page() {
         "flowmetrix_decode_errors_total",
         "flowmetrix_flow_overflow_packets_total",
         "flowmetrix_flow_unkeyed_packets_total",
+        "flowmetrix_kernel_drops_total",
     ] {
         assert!(checked.iter().any(|c| c == want), "no panel of {want}");
     }
@@ -526,6 +534,7 @@ fn dashboard_is_valid_json_with_the_documented_queries() {
         "TCP retransmits",
         "Highest smoothed RTT",
         "Dropped packets per second by reason",
+        "Kernel drops per second by reason",
     ] {
         assert!(
             titles.iter().any(|t| t.starts_with(want)),

@@ -26,7 +26,7 @@ use crate::{
 /// Test hook: the BTF file to read instead of the running kernel's (one that is not there,
 /// or lacks the socket structs or the tracepoints, makes the start-up probe fail as on such
 /// a kernel).
-pub const TCP_HEALTH_BTF_ENV: &str = "FLOWMETRIX_TCP_HEALTH_BTF";
+pub const TCP_HEALTH_BTF_ENV: &str = "FLOWMETRIX_TEST_TCP_HEALTH_BTF";
 
 /// Why the part is off.
 #[derive(Debug, thiserror::Error)]

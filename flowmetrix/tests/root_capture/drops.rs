@@ -258,6 +258,17 @@ fn drops_go_on_their_flow_rows_with_the_reason_the_kernel_names() {
         syn.iter().all(|r| r["tcp_flags"] == 0x02),
         "SYNs only: {syn:?}"
     );
+    // The same flow shows the attempt's retransmitted SYNs (the handshake part), and no
+    // handshake latency: none completed.
+    let retransmits: u64 = syn
+        .iter()
+        .map(|r| r["tcp_syn_retransmits"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(retransmits, syns - 1, "{syn:?}");
+    assert!(
+        syn.iter().all(|r| r["tcp_handshake_us"].is_null()),
+        "{syn:?}"
+    );
 
     // Datagrams the host sends, dropped in its OUTPUT chain before the egress hook saw
     // them: a row of their own on the egress side, no packets, four drops.

@@ -392,7 +392,7 @@ fn a_kernel_without_the_hooks_says_so_in_one_line_and_the_flows_still_run() {
         4,
         5,
         &["--direction", "both"],
-        &[("FLOWMETRIX_TCP_HEALTH_BTF", "/nonexistent/vmlinux")],
+        &[("FLOWMETRIX_TEST_TCP_HEALTH_BTF", "/nonexistent/vmlinux")],
     );
     let lines: Vec<&str> = stderr
         .lines()
