@@ -106,8 +106,7 @@ pub struct FlowCounters {
     /// Collections of the kernel's maps that failed (their packets stay in the map for
     /// the next one, or are lost if the maps are gone).
     pub collect_errors: AtomicU64,
-    /// How-well figures (handshakes, sockets' retransmits and RTT) that found no flow row
-    /// to go on ([`crate::flows::health`]).
+    /// Handshakes that found no flow row to go on ([`crate::flows::health`]).
     pub health_unmatched: AtomicU64,
     /// TCP handshakes the kernel's full state map could not take (not measured).
     pub handshakes_full: AtomicU64,

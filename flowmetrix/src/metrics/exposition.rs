@@ -350,7 +350,7 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
     counter(
         e,
         "flow_health_unmatched",
-        "Handshakes and sockets' figures that found no flow row to go on.",
+        "Handshakes that found no flow row to go on.",
         Counters::get(&f.health_unmatched),
     )?;
     counter(
