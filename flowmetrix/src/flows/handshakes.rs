@@ -201,34 +201,14 @@ mod sys {
 
     use flowmetrix_common::{flow_key::FlowKey, handshake::HandshakeState};
 
+    // The one bpf(2) wrapper of the stage.
+    use super::super::kernel::sys::{Attr, ENOTSUPP, bpf};
+
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-    /// The kernel's internal ENOTSUPP, which bpf(2) may return for unsupported map ops.
-    const ENOTSUPP: i32 = 524;
     /// Entries a call reads at first; doubled when a hash bucket holds more.
     const BATCH: usize = 1024;
     const BATCH_MAX: usize = 1 << 16;
-
-    /// `union bpf_attr`, as 8-byte words.
-    type Attr = [u64; 16];
-
-    fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
-        // SAFETY: `attr` is a zeroed bpf_attr laid out for `cmd`; its pointers point at
-        // buffers that outlive the call, sized as the map's keys and values times `count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                size_of::<Attr>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
 
     fn refused(e: &io::Error) -> bool {
         matches!(

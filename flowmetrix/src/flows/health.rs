@@ -242,7 +242,7 @@ impl Health {
     /// to be made rows; handshakes with no row wait one more interval, then are counted as
     /// unmatched; sockets with no row are left out.
     pub fn finish(&mut self, counters: &FlowCounters) -> Vec<DropOnly> {
-        let mut unmatched = self.waiting.len() as u64;
+        let unmatched = self.waiting.len() as u64;
         self.waiting = std::mem::take(&mut self.handshakes);
         self.sockets.clear();
         Counters::add(&counters.health_unmatched, unmatched);

@@ -361,7 +361,7 @@ fn one_by_one(fd: i32, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMa
 
 /// The bpf(2) calls aya 0.14 does not offer (batch calls), and the one-key ones, on a raw
 /// map fd.
-mod sys {
+pub(super) mod sys {
     use std::io;
 
     use flowmetrix_common::flow_key::{FlowKey, FlowValue};
@@ -390,12 +390,13 @@ mod sys {
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
     /// The kernel's internal ENOTSUPP, which bpf(2) may return for unsupported map ops.
-    const ENOTSUPP: i32 = 524;
+    pub const ENOTSUPP: i32 = 524;
 
     /// `union bpf_attr`, as 8-byte words (zero where a command does not look).
-    type Attr = [u64; 16];
+    pub type Attr = [u64; 16];
 
-    fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
+    /// bpf(2) with command `cmd` (the other map readers of the stage call it too).
+    pub fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
         // SAFETY: `attr` is a zeroed bpf_attr laid out for `cmd`, whose pointers point at
         // buffers that live across the call, sized as the map's key and value.
         let rc = unsafe {

@@ -6,13 +6,12 @@
 
 use std::{
     net::{SocketAddr, TcpStream, UdpSocket},
-    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
 
-use crate::common::{self, MAC_A, MAC_B, NetPair, mac_str};
+use crate::common::{self, MAC_A, MAC_B, NetPair, mac_str, must};
 
 /// The collector's host (`ns_a`) and the client (`ns_b`).
 const HOST: [u8; 4] = [10, 88, 0, 1];
@@ -25,18 +24,6 @@ const CLIENT_PORT: u16 = 40_010;
 
 fn ip4(a: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
-}
-
-fn must(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Addresses on both ends, neighbours set by hand (ARP is off on the pair), and the

@@ -9,7 +9,6 @@ use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    process::Command,
     time::Duration,
 };
 
@@ -18,7 +17,7 @@ use serde_json::Value;
 use crate::common::{
     self, MAC_A, MAC_B, NetPair,
     delay::{DelayLine, Line},
-    in_netns, mac_str,
+    in_netns, mac_str, must,
 };
 
 /// A's and B's addresses in subnet `net` (each test its own: the hooks see every socket of
@@ -29,18 +28,6 @@ fn addrs(net: u8) -> (String, String) {
 const PORT: u16 = 5001;
 /// Bytes sent A → B.
 const BULK: usize = 16 << 20;
-
-fn must(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Addresses on both ends (ARP is off on the pair: each end knows the other's MAC), and B's
 /// input dropping `loss_percent` of the segments to [`PORT`] at random.
