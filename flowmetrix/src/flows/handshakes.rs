@@ -201,8 +201,7 @@ mod sys {
 
     use flowmetrix_common::{flow_key::FlowKey, handshake::HandshakeState};
 
-    // The one bpf(2) wrapper of the stage.
-    use super::super::kernel::sys::{Attr, ENOTSUPP, bpf};
+    use super::super::bpf::{Attr, ENOTSUPP, bpf};
 
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const BPF_MAP_DELETE_BATCH: libc::c_long = 27;

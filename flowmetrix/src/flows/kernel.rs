@@ -361,7 +361,7 @@ fn one_by_one(fd: i32, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMa
 
 /// The bpf(2) calls aya 0.14 does not offer (batch calls), and the one-key ones, on a raw
 /// map fd.
-pub(super) mod sys {
+mod sys {
     use std::io;
 
     use flowmetrix_common::flow_key::{FlowKey, FlowValue};
@@ -389,30 +389,7 @@ pub(super) mod sys {
     const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
-    /// The kernel's internal ENOTSUPP, which bpf(2) may return for unsupported map ops.
-    pub const ENOTSUPP: i32 = 524;
-
-    /// `union bpf_attr`, as 8-byte words (zero where a command does not look).
-    pub type Attr = [u64; 16];
-
-    /// bpf(2) with command `cmd` (the other map readers of the stage call it too).
-    pub fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
-        // SAFETY: `attr` is a zeroed bpf_attr laid out for `cmd`, whose pointers point at
-        // buffers that live across the call, sized as the map's key and value.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                size_of::<Attr>() as libc::c_uint,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
+    use super::super::bpf::{Attr, ENOTSUPP, bpf};
 
     /// One BPF_MAP_LOOKUP_AND_DELETE_BATCH call (attr.batch: in_batch, out_batch, keys,
     /// values, count | map_fd, elem_flags, flags).

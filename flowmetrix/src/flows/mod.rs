@@ -23,6 +23,7 @@
 //! (`--tcp-health`), and [`drops`] the drop program's, at the same generation flip; [`health`] joins such figures to the rows.
 
 pub mod aggregate;
+mod bpf;
 pub mod drops;
 pub mod handshakes;
 pub mod health;
