@@ -37,6 +37,9 @@ pub struct FlowSummary {
     pub health_unmatched: u64,
     /// TCP handshakes the kernel's full state map could not take (printed when not 0).
     pub handshakes_full: u64,
+    /// Local sockets' updates the kernel's full socket map refused (`--tcp-health`; printed
+    /// when not 0).
+    pub tcp_sockets_full: u64,
     /// `--drops on` (the drop program ran): the kernel's drops, all reasons, and those the
     /// full drop map could not put on a flow row.
     pub drops: Option<(u64, u64)>,
@@ -70,6 +73,7 @@ impl FlowSummary {
             collect_errors: f.collect_errors.load(Relaxed),
             health_unmatched: f.health_unmatched.load(Relaxed),
             handshakes_full: f.handshakes_full.load(Relaxed),
+            tcp_sockets_full: f.tcp_sockets_full.load(Relaxed),
             drops: f
                 .drops
                 .on
@@ -117,6 +121,9 @@ impl FlowSummary {
         ]);
         if self.handshakes_full != 0 {
             v.push(("handshakes full", self.handshakes_full));
+        }
+        if self.tcp_sockets_full != 0 {
+            v.push(("tcp sockets full", self.tcp_sockets_full));
         }
         if let Some((drops, map_full)) = self.drops {
             v.extend([("kernel drops", drops), ("drop map full", map_full)]);
