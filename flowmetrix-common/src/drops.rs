@@ -3,8 +3,8 @@
 //!
 //! The program keys every dropped packet the way the XDP/TC programs key a flow
 //! ([`FlowKey`]: interface, direction, addresses, ports, protocol; no VLAN) with its reason,
-//! and counts it in `DROPS{generation & 1}` ([`DropKey`] → [`DropValue`]), the generation
-//! read from `DROPCFG` as the flow maps read theirs from `FLOWCFG`. Every drop is also added
+//! and counts it in `DROPS{generation & 1}` ([`DropKey`] → [`DropValue`]), the flow maps'
+//! generation (read from `FLOWCFG`), so a drop is in its packet's interval. Every drop is also added
 //! to its reason's running total in `DROPREASONS` (never cleared). What the maps cannot take
 //! is counted per CPU in `DROPSTATS` ([`DROP_STAT_KEY_FULL`], …).
 //!
@@ -23,10 +23,6 @@ pub const DROP_TRACEPOINT: &str = "kfree_skb";
 pub const DROP_MAPS: [&str; 2] = ["DROPS0", "DROPS1"];
 /// Entries of each of them: flows × reasons one interval holds; more are counted as full.
 pub const DROP_MAX_ENTRIES: u32 = 16_384;
-/// The config array (u32): [`DROP_CFG_GENERATION`].
-pub const DROP_CONFIG_MAP: &str = "DROPCFG";
-pub const DROP_CFG_GENERATION: u32 = 0;
-pub const DROP_CFG_ENTRIES: u32 = 1;
 /// Reason value → drops since start (u64), shared, atomic adds; never cleared.
 pub const DROP_REASONS_MAP: &str = "DROPREASONS";
 /// Reasons [`DROP_REASONS_MAP`] holds (the kernel names ~120 core ones).

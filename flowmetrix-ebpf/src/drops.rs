@@ -32,23 +32,23 @@ use aya_ebpf::{
         generated::{self as helper, bpf_ktime_get_boot_ns},
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 use flowmetrix_common::{
     Direction,
     drops::{
-        DROP_CFG_ENTRIES, DROP_CFG_GENERATION, DROP_MAX_ENTRIES, DROP_REASONS_MAX,
-        DROP_STAT_KEY_FULL, DROP_STAT_OTHER_IF, DROP_STAT_REASON_FULL, DROP_STAT_SEEN, DROP_STATS,
-        DropKey, DropValue, HEADER_BLOCK, NO_BLOCK, NO_FIELD, OFF_BLOCK, OFF_DEV_IFINDEX,
-        OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM, OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV,
-        OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN, OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER,
-        OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL, OFF_SKB_VLAN, OFFSETS, SKB_BLOCK, SKIPS,
+        DROP_MAX_ENTRIES, DROP_REASONS_MAX, DROP_STAT_KEY_FULL, DROP_STAT_OTHER_IF,
+        DROP_STAT_REASON_FULL, DROP_STAT_SEEN, DROP_STATS, DropKey, DropValue, HEADER_BLOCK,
+        NO_BLOCK, NO_FIELD, OFF_BLOCK, OFF_DEV_IFINDEX, OFF_DEV_NET, OFF_DST_DEV, OFF_NET_INUM,
+        OFF_NETNS_INUM, OFF_SKB_DATA, OFF_SKB_DEV, OFF_SKB_HEAD, OFF_SKB_IIF, OFF_SKB_LEN,
+        OFF_SKB_MAC_HEADER, OFF_SKB_NETWORK_HEADER, OFF_SKB_PROTOCOL, OFF_SKB_REFDST, OFF_SKB_TAIL,
+        OFF_SKB_VLAN, OFFSETS, SKB_BLOCK, SKIPS,
     },
-    flow_key::{FlowKey, Frame, MAX_L4_OFFSET, parse_ip},
+    flow_key::{FLOW_CFG_GENERATION, FlowKey, Frame, MAX_L4_OFFSET, parse_ip},
 };
 
-use crate::IFSLOT;
+use crate::{IFSLOT, flows::FLOWCFG};
 
 /// Byte offsets of the fields read (`OFF_*`), from the running kernel's BTF; set at load.
 #[unsafe(no_mangle)]
@@ -62,8 +62,6 @@ static DROP_SKIP: [u32; SKIPS] = [u32::MAX; SKIPS];
 static DROPS0: HashMap<DropKey, DropValue> = HashMap::with_max_entries(DROP_MAX_ENTRIES, 0);
 #[map]
 static DROPS1: HashMap<DropKey, DropValue> = HashMap::with_max_entries(DROP_MAX_ENTRIES, 0);
-#[map]
-static DROPCFG: Array<u32> = Array::with_max_entries(DROP_CFG_ENTRIES, 0);
 #[map]
 static DROPREASONS: HashMap<u32, u64> = HashMap::with_max_entries(DROP_REASONS_MAX, 0);
 
@@ -104,7 +102,8 @@ pub fn flowmetrix_drop(ctx: BtfTracePointContext) -> i32 {
         reason,
         _pad: 0,
     };
-    let generation = DROPCFG.get(DROP_CFG_GENERATION).copied().unwrap_or(0);
+    // The flow maps' generation: a drop is in the interval its packet was counted in.
+    let generation = FLOWCFG.get(FLOW_CFG_GENERATION).copied().unwrap_or(0);
     let map = if generation & 1 == 0 {
         &DROPS0
     } else {

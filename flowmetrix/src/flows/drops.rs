@@ -1,12 +1,13 @@
 //! The drop program's maps (`--drops on`), seen from userspace: each interval, the drops
 //! counted per flow and reason, and every reason's running total.
 //!
-//! Exact the way the flow maps are ([`super::kernel`]): the program reads the generation
-//! `g` from `DROPCFG` once per drop and counts it in `DROPS{g & 1}`; [`DropMaps::collect`]
-//! writes `g + 1`, waits an RCU grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)`: a
-//! tracing program runs inside an RCU read-side section, so every run that read `g` has
-//! finished), then reads and deletes every entry of the idle map, which no program writes
-//! until the flip after next. The reasons' totals are never cleared: they are read as they
+//! Exact with the flow maps ([`super::kernel`]): the program reads the flow maps' generation
+//! `g` from `FLOWCFG` once per drop and counts it in `DROPS{g & 1}`, so a drop is in the
+//! interval its packet was counted in. The flow maps' collection flips `g` and waits an RCU
+//! grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)`: a tracing program runs inside an RCU
+//! read-side section too, so every run that read `g` has finished); [`DropMaps::collect`]
+//! then reads and deletes every entry of that generation's map, which no program writes
+//! until the flip after next (one flip and one wait an interval for both). The reasons' totals are never cleared: they are read as they
 //! are. A drop the full map could not take is counted (`DROP_STAT_KEY_FULL`), never lost
 //! from its reason's total.
 
@@ -14,14 +15,14 @@ use std::sync::{Arc, atomic::Ordering::Relaxed};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
 };
 use flowmetrix_common::drops::{
-    DROP_CFG_GENERATION, DROP_CONFIG_MAP, DROP_MAPS, DROP_REASONS_MAP, DROP_STAT_KEY_FULL,
-    DROP_STAT_OTHER_IF, DROP_STAT_REASON_FULL, DROP_STATS, DROP_STATS_MAP, DropKey, DropValue,
+    DROP_MAPS, DROP_REASONS_MAP, DROP_STAT_KEY_FULL, DROP_STAT_OTHER_IF, DROP_STAT_REASON_FULL,
+    DROP_STATS, DROP_STATS_MAP, DropKey, DropValue,
 };
 
-use super::{health::Health, kernel::membarrier};
+use super::health::Health;
 use crate::{kernel_btf::DropReasons, metrics::DropCounters};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +31,6 @@ pub enum DropMapError {
     Missing(&'static str),
     #[error("map {0} has an unexpected type")]
     Map(&'static str, #[source] aya::maps::MapError),
-    #[error("cannot flip the drop maps' generation")]
-    Config(#[source] aya::maps::MapError),
-    #[error("membarrier(MEMBARRIER_CMD_GLOBAL) failed")]
-    Membarrier(#[source] std::io::Error),
     #[error("reading the drop maps failed")]
     Read(#[source] aya::maps::MapError),
 }
@@ -50,20 +47,16 @@ pub struct DropsCollected {
 
 /// The drop program's maps, and the names of the running kernel's reasons.
 pub struct DropMaps {
-    cfg: Array<MapData, u32>,
     maps: [HashMap<MapData, DropKey, DropValue>; 2],
     reasons: HashMap<MapData, u32, u64>,
     stats: PerCpuArray<MapData, u64>,
-    generation: u32,
     names: Names,
 }
 
 impl DropMaps {
-    /// Takes the maps out of a loaded object (generation 0).
+    /// Takes the maps out of a loaded object.
     pub fn from_ebpf(ebpf: &mut Ebpf, names: DropReasons) -> Result<Self, DropMapError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DropMapError::Missing(name));
-        let cfg = Array::try_from(take(DROP_CONFIG_MAP)?)
-            .map_err(|e| DropMapError::Map(DROP_CONFIG_MAP, e))?;
         let maps = [
             HashMap::try_from(take(DROP_MAPS[0])?)
                 .map_err(|e| DropMapError::Map(DROP_MAPS[0], e))?,
@@ -75,25 +68,18 @@ impl DropMaps {
         let stats = PerCpuArray::try_from(take(DROP_STATS_MAP)?)
             .map_err(|e| DropMapError::Map(DROP_STATS_MAP, e))?;
         Ok(Self {
-            cfg,
             maps,
             reasons,
             stats,
-            generation: 0,
             names: Names::new(names),
         })
     }
 
-    /// Flips the generation and reads the interval's drops, the totals and the counters.
-    pub fn collect(&mut self) -> Result<DropsCollected, DropMapError> {
-        let old = self.generation;
-        let new = old.wrapping_add(1);
-        self.cfg
-            .set(DROP_CFG_GENERATION, new, 0)
-            .map_err(DropMapError::Config)?;
-        self.generation = new;
-        membarrier::global().map_err(DropMapError::Membarrier)?;
-        let map = &mut self.maps[(old & 1) as usize];
+    /// Reads and clears the drops of `generation`, which the programs no longer count into
+    /// (call right after the flow maps' collection of that generation), the totals and the
+    /// counters. Blocking.
+    pub fn collect(&mut self, generation: u32) -> Result<DropsCollected, DropMapError> {
+        let map = &mut self.maps[(generation & 1) as usize];
         let keys = map
             .keys()
             .collect::<Result<Vec<_>, _>>()

@@ -180,11 +180,17 @@ impl Live {
         if let Some(mut maps) = self.maps.take() {
             let on = self.agg.health.parts.handshakes;
             let mut tcp = self.tcp.take();
+            let mut drops = self.drops.take();
             let res = tokio::task::spawn_blocking(move || {
                 let res = maps.collect();
-                // The flip and grace period just made that generation's socket map idle too.
+                // The flip and grace period just made that generation's socket and drop maps
+                // idle too.
                 let sockets = match (&res, tcp.as_mut()) {
                     (Ok(c), Some(t)) => Some(t.collect(c.generation)),
+                    _ => None,
+                };
+                let dropped = match (&res, drops.as_mut()) {
+                    (Ok(c), Some(d)) => Some(d.collect(c.generation)),
                     _ => None,
                 };
                 let shakes = match maps.handshakes.as_mut().filter(|_| on) {
@@ -193,13 +199,23 @@ impl Live {
                         .and_then(|read| Ok((read, h.totals()?.full))),
                     None => Ok((Vec::new(), 0)),
                 };
-                (maps, res, tcp, sockets, shakes)
+                (maps, res, tcp, sockets, shakes, drops, dropped)
             })
             .await;
             match res {
-                Ok((maps, res, tcp, sockets, shakes)) => {
+                Ok((maps, res, tcp, sockets, shakes, mut drops, dropped)) => {
                     self.tcp = tcp;
                     self.sockets(sockets);
+                    if let Some(d) = drops.as_mut() {
+                        match dropped {
+                            Some(Ok(c)) => {
+                                d.deliver(&c, &mut self.agg.health, &self.counters.drops)
+                            }
+                            Some(Err(e)) => self.failed(&e),
+                            None => {}
+                        }
+                    }
+                    self.drops = drops;
                     match shakes {
                         Ok((read, full)) => {
                             for (key, h) in read {
@@ -212,24 +228,6 @@ impl Live {
                     self.collected(Ok((maps, res)));
                 }
                 Err(e) => self.collected(Err(e)),
-            }
-        }
-        // After the flow maps: a drop is keyed to the flow its packet was counted in before.
-        if let Some(mut drops) = self.drops.take() {
-            let res = tokio::task::spawn_blocking(move || {
-                let res = drops.collect();
-                (drops, res)
-            })
-            .await;
-            match res {
-                Ok((mut drops, res)) => {
-                    match res {
-                        Ok(c) => drops.deliver(&c, &mut self.agg.health, &self.counters.drops),
-                        Err(e) => self.failed(&e),
-                    }
-                    self.drops = Some(drops);
-                }
-                Err(e) => self.failed(&e),
             }
         }
         let interval = self.since.elapsed();
