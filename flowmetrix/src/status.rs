@@ -79,14 +79,14 @@ impl Status {
             info!(
                 "flows: rows {:.1}/s, written {:.1}/s, packets {:.1}/s; since the last line: flow events {}, unkeyed {}, overflow {}, write errors {}, queue drops {}, spooled {}; map {}/{} entries",
                 d(now.rows, was.rows) as f64 / secs,
-                d(now.written, was.written) as f64 / secs,
+                d(now.sink.written, was.sink.written) as f64 / secs,
                 d(now.packets, was.packets) as f64 / secs,
                 d(now.events, was.events),
                 d(now.unkeyed, was.unkeyed),
                 d(now.overflow, was.overflow),
-                d(now.write_errors, was.write_errors),
-                d(now.queue_drops, was.queue_drops),
-                d(now.spooled, was.spooled),
+                d(now.sink.write_errors, was.sink.write_errors),
+                d(now.sink.queue_drops, was.sink.queue_drops),
+                d(now.sink.spooled, was.sink.spooled),
                 now.map_entries,
                 now.map_max,
             );

@@ -303,7 +303,7 @@ fn flows(e: &mut DescriptorEncoder, s: &FlowSummary, f: &FlowCounters) -> fmt::R
         "Flow rows made (one per flow and interval).",
         s.rows,
     )?;
-    sink_figures(e, "flow", "Flow", &s.sink())?;
+    sink_figures(e, "flow", "Flow", &s.sink)?;
     let counters: [(&str, &str, u64); 6] = [
         ("flow_packets", "Packets counted in flow rows.", s.packets),
         (

@@ -12,14 +12,8 @@ use super::{
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FlowSummary {
     pub rows: u64,
-    pub written: u64,
-    pub write_errors: u64,
-    pub queue_drops: u64,
-    pub spooled: u64,
-    pub replayed: u64,
-    pub spool_lost: u64,
-    /// Not printed: the reader of stdout left (not a loss).
-    pub unread: u64,
+    /// The flow table's own sink figures.
+    pub sink: SinkFigures,
     pub packets: u64,
     pub bytes: u64,
     pub events: u64,
@@ -50,16 +44,9 @@ impl FlowSummary {
         let k = kernel.directions[0]
             .flows
             .zip(kernel.directions[1].flows, |a, b| a + b);
-        let s = &f.sink;
         Self {
             rows: f.rows.load(Relaxed),
-            written: s.written.load(Relaxed),
-            write_errors: s.write_errors.load(Relaxed),
-            queue_drops: s.queue_drops.load(Relaxed),
-            spooled: s.spooled.load(Relaxed),
-            replayed: s.spool_replayed.load(Relaxed),
-            spool_lost: s.spool_lost.load(Relaxed),
-            unread: s.unread.load(Relaxed),
+            sink: SinkFigures::of(&f.sink),
             packets: f.packets.load(Relaxed),
             bytes: f.bytes.load(Relaxed),
             events: f.events.load(Relaxed),
@@ -82,22 +69,9 @@ impl FlowSummary {
         }
     }
 
-    /// The flow table's own sink figures.
-    pub fn sink(&self) -> SinkFigures {
-        SinkFigures {
-            written: self.written,
-            write_errors: self.write_errors,
-            queue_drops: self.queue_drops,
-            spooled: self.spooled,
-            replayed: self.replayed,
-            spool_lost: self.spool_lost,
-            unread: self.unread,
-        }
-    }
-
     /// Flow rows unaccounted for: 0 when every row was written or counted as lost.
     pub fn unaccounted(&self) -> i128 {
-        self.sink().unaccounted(self.rows)
+        self.sink.unaccounted(self.rows)
     }
 }
 
@@ -105,7 +79,7 @@ impl FlowSummary {
     /// The flows part, name and number, in the order printed; the spool's figures only
     /// when a spool could take rows.
     fn fields(&self, spool: bool) -> Vec<(&'static str, u64)> {
-        let mut v = self.sink().fields(self.rows, spool);
+        let mut v = self.sink.fields(self.rows, spool);
         v.extend([
             ("packets", self.packets),
             ("bytes", self.bytes),
@@ -330,7 +304,7 @@ impl Summary {
     /// drops) never became rows and are not among them; nor are the rows not printed
     /// because the reader of stdout left (`unread`): nobody was there to lose them.
     pub fn lost(&self) -> Lost {
-        let f = self.flows.unwrap_or_default();
+        let f = self.flows.unwrap_or_default().sink;
         let d = self.dns.unwrap_or_default().sink;
         Lost {
             write_errors: self.write_errors + f.write_errors + d.write_errors,
@@ -571,7 +545,7 @@ mod tests {
         s.write_errors = 5;
         s.spool_lost = 1;
         if let Some(f) = s.flows.as_mut() {
-            f.queue_drops = 2;
+            f.sink.queue_drops = 2;
         }
         let lost = s.lost();
         assert_eq!(lost.total(), 8);
