@@ -134,9 +134,10 @@ impl Capture {
             .flows
             .filter(|f| f.drops)
             .map(|_| drops::plan(&drops::btf_path()));
-        let (drop_offsets, drop_skip) = match &drop_plan {
-            Some(Ok(p)) => (p.offsets, p.skip),
-            _ => Default::default(),
+        // The drop maps take the kernel's minimum when the part does not run.
+        let (drop_offsets, drop_skip, drop_entries) = match &drop_plan {
+            Some(Ok(p)) => (p.offsets, p.skip, drops::max_entries()),
+            _ => (Default::default(), Default::default(), 1),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(DROP_OFFSETS_GLOBAL, &drop_offsets, true)
@@ -164,8 +165,8 @@ impl Capture {
             )
             .map_max_entries(TCP_SOCKET_MAPS[0], tcp.map_entries())
             .map_max_entries(TCP_SOCKET_MAPS[1], tcp.map_entries())
-            .map_max_entries(DROP_MAPS[0], drops::max_entries())
-            .map_max_entries(DROP_MAPS[1], drops::max_entries())
+            .map_max_entries(DROP_MAPS[0], drop_entries)
+            .map_max_entries(DROP_MAPS[1], drop_entries)
             .load(crate::kernel_object::object().map_err(|e| load_error(programs_of(cfg), e))?)
             .map_err(|e| load_error(programs_of(cfg), e))?;
         // Generation 0 and the prefix are set before any program is attached.

@@ -320,6 +320,59 @@ fn drops_off_leaves_the_drop_columns_null() {
     }
 }
 
+/// `max_entries` of each drop map the process `pid` holds, from its file descriptors
+/// (`/proc/PID/fdinfo`'s `map_id`) and the kernel's names of its maps.
+fn drop_map_entries(pid: i32) -> Vec<u32> {
+    let names: std::collections::HashMap<u32, (String, u32)> = aya::maps::loaded_maps()
+        .flatten()
+        .map(|m| {
+            let name = m.name_as_str().unwrap_or_default().to_owned();
+            (m.id(), (name, m.max_entries()))
+        })
+        .collect();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(e.unwrap().path()) else {
+            continue;
+        };
+        let id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:")?.trim().parse::<u32>().ok());
+        if let Some((name, entries)) = id.and_then(|id| names.get(&id))
+            && flowmetrix_common::drops::DROP_MAPS.contains(&name.as_str())
+        {
+            found.push(*entries);
+        }
+    }
+    found
+}
+
+/// The two drop maps take their entries only when the part runs: the kernel's minimum with
+/// `--drops off` and in packets mode.
+#[test]
+fn drop_maps_are_sized_only_when_the_part_runs() {
+    let net = hosts();
+    for (args, entries) in [
+        (
+            &["--mode", "flows"][..],
+            flowmetrix_common::drops::DROP_MAX_ENTRIES,
+        ),
+        (&["--mode", "flows", "--drops", "off"][..], 1),
+        (&["--mode", "packets"][..], 1),
+    ] {
+        let mut all = vec!["--output", "jsonl"];
+        all.extend_from_slice(args);
+        let collector = net.collector().args(&all).start();
+        assert_eq!(
+            drop_map_entries(collector.pid()),
+            [entries, entries],
+            "{args:?}"
+        );
+        let done = collector.interrupt();
+        assert!(done.status.success(), "{args:?}: {}", done.stderr);
+    }
+}
+
 #[test]
 fn a_kernel_without_the_hook_gives_one_line_and_exact_flows() {
     // The probe reads a file that is no BTF, as on a kernel built without it.
