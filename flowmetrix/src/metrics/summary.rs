@@ -34,9 +34,20 @@ pub struct FlowSummary {
     /// Local sockets' updates the kernel's full socket map refused (`--tcp-health`; printed
     /// when not 0).
     pub tcp_sockets_full: u64,
-    /// `--drops on` (the drop program ran): the kernel's drops, all reasons, and those the
-    /// full drop map could not put on a flow row.
-    pub drops: Option<(u64, u64)>,
+    /// `--drops on` (the drop program ran): the kernel's drops, all reasons.
+    pub drops: Option<DropFigures>,
+}
+
+/// The kernel's drops in the summary's flows part (`--drops on`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DropFigures {
+    /// Every reason's drops.
+    pub total: u64,
+    /// Drops the full per-interval map could not put on a flow row (in their reason's total).
+    pub map_full: u64,
+    /// Drops whose reason the full reasons map could not take (in no reason's total;
+    /// printed when not 0).
+    pub reasons_full: u64,
 }
 
 impl FlowSummary {
@@ -61,11 +72,11 @@ impl FlowSummary {
             health_unmatched: f.health_unmatched.load(Relaxed),
             handshakes_full: f.handshakes_full.load(Relaxed),
             tcp_sockets_full: f.tcp_sockets_full.load(Relaxed),
-            drops: f
-                .drops
-                .on
-                .load(Relaxed)
-                .then(|| (f.drops.total(), f.drops.map_full.load(Relaxed))),
+            drops: f.drops.on.load(Relaxed).then(|| DropFigures {
+                total: f.drops.total(),
+                map_full: f.drops.map_full.load(Relaxed),
+                reasons_full: f.drops.reasons_full.load(Relaxed),
+            }),
         }
     }
 
@@ -99,8 +110,11 @@ impl FlowSummary {
         if self.tcp_sockets_full != 0 {
             v.push(("tcp sockets full", self.tcp_sockets_full));
         }
-        if let Some((drops, map_full)) = self.drops {
-            v.extend([("kernel drops", drops), ("drop map full", map_full)]);
+        if let Some(d) = self.drops {
+            v.extend([("kernel drops", d.total), ("drop map full", d.map_full)]);
+            if d.reasons_full != 0 {
+                v.push(("drop reasons full", d.reasons_full));
+            }
         }
         v
     }
@@ -493,6 +507,20 @@ mod tests {
             text.ends_with(
                 "collect errors 0, health unmatched 0, kernel drops 13, drop map full 1"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn drops_no_reason_could_take_are_said_when_there_are_some() {
+        let f = FlowCounters::default();
+        f.drops.on.store(true, Relaxed);
+        f.drops.set_totals([("NO_SOCKET".to_owned(), 10)]);
+        f.drops.reasons_full.store(4, Relaxed);
+        let s = Summary::new(KernelStats::default(), &Counters::default()).with_flows(&f);
+        let text = s.text(&Shape::default());
+        assert!(
+            text.ends_with("kernel drops 10, drop map full 0, drop reasons full 4"),
             "{text}"
         );
     }
