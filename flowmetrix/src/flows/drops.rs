@@ -7,22 +7,26 @@
 //! grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)`: a tracing program runs inside an RCU
 //! read-side section too, so every run that read `g` has finished); [`DropMaps::collect`]
 //! then reads and deletes every entry of that generation's map, which no program writes
-//! until the flip after next (one flip and one wait an interval for both). The reasons' totals are never cleared: they are read as they
-//! are. A drop the full map could not take is counted (`DROP_STAT_KEY_FULL`), never lost
+//! until the flip after next (one flip and one wait an interval for both), with
+//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH` ([`BatchMap`]: a few calls, not three an entry). The
+//! reasons' totals are never cleared: they are read as they are (`BPF_MAP_LOOKUP_BATCH`). A drop the full map could not take is counted (`DROP_STAT_KEY_FULL`), never lost
 //! from its reason's total.
 
 use std::sync::{Arc, atomic::Ordering::Relaxed};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
 };
 use flowmetrix_common::drops::{
     DROP_MAPS, DROP_REASONS_MAP, DROP_STAT_KEY_FULL, DROP_STAT_OTHER_IF, DROP_STAT_REASON_FULL,
     DROP_STATS, DROP_STATS_MAP, DropKey, DropValue,
 };
 
-use super::health::Health;
+use super::{
+    bpf::{BatchMap, CallError},
+    health::Health,
+};
 use crate::{kernel_btf::DropReasons, metrics::DropCounters};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +36,7 @@ pub enum DropMapError {
     #[error("map {0} has an unexpected type")]
     Map(&'static str, #[source] aya::maps::MapError),
     #[error("reading the drop maps failed")]
-    Read(#[source] aya::maps::MapError),
+    Read(#[source] CallError),
 }
 
 /// One interval's drops, and the running totals.
@@ -45,10 +49,13 @@ pub struct DropsCollected {
     pub stats: [u64; DROP_STATS as usize],
 }
 
+/// Entries one batch call reads at first (doubled when a hash bucket holds more).
+const BATCH: usize = 1024;
+
 /// The drop program's maps, and the names of the running kernel's reasons.
 pub struct DropMaps {
-    maps: [HashMap<MapData, DropKey, DropValue>; 2],
-    reasons: HashMap<MapData, u32, u64>,
+    maps: [BatchMap<DropKey, DropValue>; 2],
+    reasons: BatchMap<u32, u64>,
     stats: PerCpuArray<MapData, u64>,
     names: Names,
 }
@@ -56,16 +63,12 @@ pub struct DropMaps {
 impl DropMaps {
     /// Takes the maps out of a loaded object.
     pub fn from_ebpf(ebpf: &mut Ebpf, names: DropReasons) -> Result<Self, DropMapError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DropMapError::Missing(name));
         let maps = [
-            HashMap::try_from(take(DROP_MAPS[0])?)
-                .map_err(|e| DropMapError::Map(DROP_MAPS[0], e))?,
-            HashMap::try_from(take(DROP_MAPS[1])?)
-                .map_err(|e| DropMapError::Map(DROP_MAPS[1], e))?,
+            batch_map(ebpf, DROP_MAPS[0])?,
+            batch_map(ebpf, DROP_MAPS[1])?,
         ];
-        let reasons = HashMap::try_from(take(DROP_REASONS_MAP)?)
-            .map_err(|e| DropMapError::Map(DROP_REASONS_MAP, e))?;
-        let stats = PerCpuArray::try_from(take(DROP_STATS_MAP)?)
+        let reasons = batch_map(ebpf, DROP_REASONS_MAP)?;
+        let stats = PerCpuArray::try_from(take(ebpf, DROP_STATS_MAP)?)
             .map_err(|e| DropMapError::Map(DROP_STATS_MAP, e))?;
         Ok(Self {
             maps,
@@ -79,22 +82,14 @@ impl DropMaps {
     /// (call right after the flow maps' collection of that generation), the totals and the
     /// counters. Blocking.
     pub fn collect(&mut self, generation: u32) -> Result<DropsCollected, DropMapError> {
-        let map = &mut self.maps[(generation & 1) as usize];
-        let keys = map
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DropMapError::Read)?;
         let mut out = DropsCollected::default();
-        for k in keys {
-            // No program writes this map until the flip after next: read, then delete.
-            if let Ok(v) = map.get(&k, 0) {
-                out.drops.push((k, v));
-            }
-            map.remove(&k).map_err(DropMapError::Read)?;
-        }
-        for e in self.reasons.iter() {
-            out.totals.push(e.map_err(DropMapError::Read)?);
-        }
+        // No program writes this map until the flip after next: read and delete it whole.
+        self.maps[(generation & 1) as usize]
+            .read_and_delete(&mut out.drops)
+            .map_err(DropMapError::Read)?;
+        self.reasons
+            .read(&mut out.totals)
+            .map_err(DropMapError::Read)?;
         for (i, s) in out.stats.iter_mut().enumerate() {
             if let Ok(per_cpu) = self.stats.get(&(i as u32), 0) {
                 *s = per_cpu.iter().sum();
@@ -103,10 +98,31 @@ impl DropMaps {
         Ok(out)
     }
 
+    /// Reads one key at a time from now on, as on a kernel that refuses batch calls (for
+    /// tests of that path).
+    #[doc(hidden)]
+    pub fn without_batch_calls(&mut self) {
+        for map in &mut self.maps {
+            map.without_batch_calls();
+        }
+        self.reasons.without_batch_calls();
+    }
+
     /// Hands a collection to `health` (each drop to its flow) and `counters`.
     pub fn deliver(&mut self, c: &DropsCollected, health: &mut Health, counters: &DropCounters) {
         self.names.deliver(c, health, counters);
     }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DropMapError> {
+    ebpf.take_map(name).ok_or(DropMapError::Missing(name))
+}
+
+fn batch_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<BatchMap<K, V>, DropMapError> {
+    BatchMap::new(take(ebpf, name)?, BATCH).map_err(|e| DropMapError::Map(name, e))
 }
 
 /// The running kernel's reason names, each made once and shared by the rows that carry it.

@@ -6,11 +6,11 @@
 //! then removed), an open attempt's SYN retransmits as they come (so an attempt that never
 //! completes still shows them on its row), and attempts idle too long removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
 };
 use flowmetrix_common::{
     flow_key::FlowKey,
@@ -20,16 +20,22 @@ use flowmetrix_common::{
     },
 };
 
-use super::health::{Handshake, Health};
+use super::{
+    bpf::{BatchMap, CallError},
+    health::{Handshake, Health},
+};
+
+/// Entries one batch call reads at first (doubled when a hash bucket holds more).
+const BATCH: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeMapError {
     #[error("map {0} has an unexpected type")]
     Map(&'static str, #[source] aya::maps::MapError),
-    #[error("reading the handshake map failed")]
+    #[error("reading the handshake counters failed")]
     Read(#[source] aya::maps::MapError),
-    #[error("reading the handshake map failed (batch calls)")]
-    Batch(#[source] std::io::Error),
+    #[error("reading the handshake map failed")]
+    States(#[source] CallError),
 }
 
 /// What the collector has reported of each open attempt: its SYN retransmits so far.
@@ -75,13 +81,9 @@ impl Reports {
 
 /// The kernel's handshake states and counters.
 pub struct HandshakeMap {
-    states: BpfHashMap<MapData, FlowKey, HandshakeState>,
+    states: BatchMap<FlowKey, HandshakeState>,
     stats: PerCpuArray<MapData, HandshakeStats>,
     reports: Reports,
-    /// Whether the kernel takes batch calls on the map (until it refuses).
-    batch: bool,
-    /// The state map's descriptor (owned by `states`), for the batch calls.
-    fd: i32,
 }
 
 /// The tracking's counters, summed over CPUs.
@@ -104,72 +106,37 @@ impl HandshakeMap {
         ) else {
             return Ok(None);
         };
-        let fd = match &states {
-            aya::maps::Map::HashMap(m) => {
-                use std::os::fd::{AsFd as _, AsRawFd as _};
-                m.fd().as_fd().as_raw_fd()
-            }
-            // Refused just below.
-            _ => -1,
-        };
         Ok(Some(Self {
-            states: BpfHashMap::try_from(states)
+            states: BatchMap::new(states, BATCH)
                 .map_err(|e| HandshakeMapError::Map(HANDSHAKE_MAP, e))?,
             stats: PerCpuArray::try_from(stats)
                 .map_err(|e| HandshakeMapError::Map(HANDSHAKE_STATS_MAP, e))?,
             reports: Reports::default(),
-            batch: true,
-            fd,
         }))
     }
 
     /// Reads every state (boot-time clock `now`): what is new, for [`Health::handshake`].
     /// Removes completed, reset and idle attempts. Blocking (system calls): a few batch
     /// calls an interval (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`), or, where the
-    /// kernel refuses them, three calls a state.
+    /// kernel refuses them, two calls a state and one more for each removed.
     pub fn collect(&mut self, now: u64) -> Result<Vec<(FlowKey, Handshake)>, HandshakeMapError> {
-        if self.batch {
-            let fd = self.fd;
-            match sys::read_all(fd) {
-                Ok(states) => {
-                    let mut out = Vec::new();
-                    let mut gone = Vec::new();
-                    for (key, state) in &states {
-                        if self.reports.read(key, state, now, &mut out) {
-                            gone.push(*key);
-                        }
-                    }
-                    // A new attempt on a key read as finished may have started since: it
-                    // goes too (a missing figure, never a wrong one).
-                    sys::delete_all(fd, &gone).map_err(HandshakeMapError::Batch)?;
-                    let live: std::collections::HashSet<FlowKey> =
-                        states.into_iter().map(|(k, _)| k).collect();
-                    self.reports.retain(|k| live.contains(k));
-                    return Ok(out);
-                }
-                Err(None) => self.batch = false,
-                Err(Some(e)) => return Err(HandshakeMapError::Batch(e)),
-            }
-        }
+        let mut states = Vec::new();
+        self.states
+            .read(&mut states)
+            .map_err(HandshakeMapError::States)?;
         let mut out = Vec::new();
-        // Keys first: removing while walking would restart get-next-key.
-        let keys = self
-            .states
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(HandshakeMapError::Read)?;
-        for key in &keys {
-            // Gone meanwhile (never by the programs, which only insert and update).
-            let Ok(state) = self.states.get(key, 0) else {
-                continue;
-            };
-            if self.reports.read(key, &state, now, &mut out) {
-                // A new attempt on the key could have started since the read: it is lost
-                // (a missing figure, never a wrong one).
-                let _ = self.states.remove(key);
+        let mut gone = Vec::new();
+        for (key, state) in &states {
+            if self.reports.read(key, state, now, &mut out) {
+                gone.push(*key);
             }
         }
-        let live: std::collections::HashSet<FlowKey> = keys.into_iter().collect();
+        // A new attempt on a key read as finished may have started since: it goes too (a
+        // missing figure, never a wrong one).
+        self.states
+            .delete(&gone)
+            .map_err(HandshakeMapError::States)?;
+        let live: HashSet<FlowKey> = states.into_iter().map(|(k, _)| k).collect();
         self.reports.retain(|k| live.contains(k));
         Ok(out)
     }
@@ -178,7 +145,7 @@ impl HandshakeMap {
     /// tests of that path).
     #[doc(hidden)]
     pub fn without_batch_calls(&mut self) {
-        self.batch = false;
+        self.states.without_batch_calls();
     }
 
     /// The kernel's counters, summed over CPUs.
@@ -192,93 +159,6 @@ impl HandshakeMap {
                 full: t.full + s.full,
                 ack_lookups: t.ack_lookups + s.ack_lookups,
             }))
-    }
-}
-
-/// Batch reads and deletes of the state map (`bpf(2)` directly: aya has no batch calls).
-mod sys {
-    use std::io;
-
-    use flowmetrix_common::{flow_key::FlowKey, handshake::HandshakeState};
-
-    use super::super::bpf::{Attr, ENOTSUPP, bpf};
-
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-    /// Entries a call reads at first; doubled when a hash bucket holds more.
-    const BATCH: usize = 1024;
-    const BATCH_MAX: usize = 1 << 16;
-
-    fn refused(e: &io::Error) -> bool {
-        matches!(
-            e.raw_os_error(),
-            Some(libc::EINVAL | libc::ENOTSUP | ENOTSUPP | libc::ENOSYS)
-        )
-    }
-
-    /// Every entry of the map `fd`. `Err(None)`: the kernel takes no batch calls here.
-    pub fn read_all(fd: i32) -> Result<Vec<(FlowKey, HandshakeState)>, Option<io::Error>> {
-        let mut size = BATCH;
-        let mut keys = vec![FlowKey::ZERO; size];
-        let mut values = vec![HandshakeState::default(); size];
-        let (mut out, mut from) = (Vec::new(), None::<u32>);
-        loop {
-            let mut in_batch = from.unwrap_or(0);
-            let mut out_batch = 0u32;
-            let mut attr: Attr = [0; 16];
-            // attr.batch: in_batch, out_batch, keys, values, count | map_fd, elem_flags, flags.
-            attr[0] = if from.is_some() {
-                (&raw mut in_batch) as u64
-            } else {
-                0
-            };
-            attr[1] = (&raw mut out_batch) as u64;
-            attr[2] = keys.as_mut_ptr() as u64;
-            attr[3] = values.as_mut_ptr() as u64;
-            attr[4] = size as u64 | (u64::from(fd as u32) << 32);
-            let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            let count = ((attr[4] & 0xffff_ffff) as usize).min(size);
-            out.extend(
-                keys[..count]
-                    .iter()
-                    .copied()
-                    .zip(values[..count].iter().copied()),
-            );
-            match rc {
-                Ok(()) => from = Some(out_batch),
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::ENOENT) => return Ok(out),
-                    Some(libc::ENOSPC) if count == 0 && size < BATCH_MAX => {
-                        size *= 2;
-                        keys.resize(size, FlowKey::ZERO);
-                        values.resize(size, HandshakeState::default());
-                    }
-                    _ if count == 0 && out.is_empty() && refused(&e) => return Err(None),
-                    _ => return Err(Some(e)),
-                },
-            }
-        }
-    }
-
-    /// Deletes `keys` from the map `fd` (a key already gone is skipped).
-    pub fn delete_all(fd: i32, keys: &[FlowKey]) -> io::Result<()> {
-        let mut rest = keys;
-        while !rest.is_empty() {
-            let mut attr: Attr = [0; 16];
-            attr[2] = rest.as_ptr() as u64;
-            attr[4] = rest.len() as u64 | (u64::from(fd as u32) << 32);
-            let rc = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
-            let done = ((attr[4] & 0xffff_ffff) as usize).min(rest.len());
-            match rc {
-                Ok(()) => return Ok(()),
-                // Stopped at a key not there: skip it, go on after it.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    rest = &rest[(done + 1).min(rest.len())..];
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 }
 

@@ -49,9 +49,10 @@ use flowmetrix_common::flow_key::{
     FlowKey, FlowValue, PREFIX_UNKNOWN,
 };
 
-pub use sys::BatchStep;
-
-use super::handshakes::{HandshakeMap, HandshakeMapError};
+use super::{
+    bpf::{BatchMap, CallError},
+    handshakes::{HandshakeMap, HandshakeMapError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlowMapError {
@@ -79,6 +80,12 @@ pub enum FlowMapError {
     Handshakes(#[from] HandshakeMapError),
 }
 
+impl From<CallError> for FlowMapError {
+    fn from(CallError { call, source }: CallError) -> Self {
+        Self::Read { call, source }
+    }
+}
+
 /// What one collection gives: everything the programs counted under one generation.
 #[derive(Debug, Default)]
 pub struct Collected {
@@ -97,7 +104,7 @@ pub struct Collected {
 /// The loaded flow maps and the flow-event ring.
 pub struct FlowMaps {
     cfg: Array<MapData, u32>,
-    maps: [MapData; 2],
+    maps: [BatchMap<FlowKey, FlowValue>; 2],
     events: RingBuf<MapData>,
     /// The generation the programs count under now.
     generation: u32,
@@ -106,8 +113,6 @@ pub struct FlowMaps {
     pending: Vec<FlowEvent>,
     /// Entries read by a collection that then failed: given with the next one.
     carry: Vec<(FlowKey, FlowValue)>,
-    /// Whether the kernel takes BPF_MAP_LOOKUP_AND_DELETE_BATCH (until it refuses).
-    batch: bool,
     /// The TCP handshakes' states, read by the flows stage at every collection.
     pub handshakes: Option<HandshakeMap>,
 }
@@ -129,7 +134,11 @@ impl FlowMaps {
             hash_map(take(FLOW_MAPS[0])?, FLOW_MAPS[0])?,
             hash_map(take(FLOW_MAPS[1])?, FLOW_MAPS[1])?,
         ];
-        let max_entries = maps[0].info().map_err(FlowMapError::Info)?.max_entries();
+        let max_entries = maps[0]
+            .map()
+            .info()
+            .map_err(FlowMapError::Info)?
+            .max_entries();
         let handshakes = HandshakeMap::from_ebpf(ebpf)?;
         let mut this = Self {
             cfg,
@@ -139,7 +148,6 @@ impl FlowMaps {
             max_entries,
             pending: Vec::new(),
             carry: Vec::new(),
-            batch: true,
             handshakes,
         };
         this.cfg
@@ -172,12 +180,14 @@ impl FlowMaps {
     /// batch calls (for tests of that path).
     #[doc(hidden)]
     pub fn without_batch_calls(&mut self) {
-        self.batch = false;
+        for map in &mut self.maps {
+            map.without_batch_calls();
+        }
     }
 
     /// Kernel memory of one flow map (the `memlock` the kernel charges for it), if known.
     pub fn map_memlock(&self) -> Option<u64> {
-        let fd = self.maps[0].fd().as_fd().as_raw_fd();
+        let fd = self.maps[0].map().fd().as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
         info.lines()
             .find_map(|l| l.strip_prefix("memlock:"))
@@ -195,13 +205,12 @@ impl FlowMaps {
             .map_err(FlowMapError::Config)?;
         self.generation = new;
         membarrier::global().map_err(FlowMapError::Membarrier)?;
-        let map = &self.maps[(old & 1) as usize];
+        let map = &mut self.maps[(old & 1) as usize];
         let mut flows = std::mem::take(&mut self.carry);
         let before = flows.len();
-        let read = read_and_clear(map, &mut self.batch, &mut flows);
-        if let Err(e) = read {
+        if let Err(e) = map.read_and_delete(&mut flows) {
             self.carry = flows;
-            return Err(e);
+            return Err(e.into());
         }
         let map_entries = flows.len() - before;
         // The kernel's marks above the flags byte are its own (FLOW_AWAITS_ACK).
@@ -229,16 +238,11 @@ impl FlowMaps {
     }
 }
 
-fn hash_map(map: aya::maps::Map, name: &'static str) -> Result<MapData, FlowMapError> {
-    match map {
-        aya::maps::Map::HashMap(m) => Ok(m),
-        other => Err(FlowMapError::Map(
-            name,
-            aya::maps::MapError::InvalidName {
-                name: format!("{name} is a {other:?}, not a hash map"),
-            },
-        )),
-    }
+fn hash_map(
+    map: aya::maps::Map,
+    name: &'static str,
+) -> Result<BatchMap<FlowKey, FlowValue>, FlowMapError> {
+    BatchMap::new(map, BATCH).map_err(|e| FlowMapError::Map(name, e))
 }
 
 /// A ring record as a [`FlowEvent`] (None if it is too short, which the program never
@@ -263,212 +267,6 @@ pub fn take_events(pending: &mut Vec<FlowEvent>, generation: u32) -> Vec<FlowEve
 
 /// Entries one batch call asks for at first (grown when a hash bucket holds more).
 const BATCH: usize = 4096;
-/// Largest batch buffer (entries): far more than a hash bucket ever holds (the kernel
-/// sizes the bucket array to the map, so buckets hold one or two entries).
-const BATCH_MAX: usize = 1 << 16;
-
-/// Reads and clears every entry of `map` into `out`: batch calls while the kernel takes
-/// them (`batch` is cleared for good when it refuses), else one key at a time.
-fn read_and_clear(
-    map: &MapData,
-    batch: &mut bool,
-    out: &mut Vec<(FlowKey, FlowValue)>,
-) -> Result<(), FlowMapError> {
-    let fd = map.fd().as_fd().as_raw_fd();
-    if *batch {
-        let done = batches(
-            |from, keys, values| sys::lookup_and_delete_batch(fd, from, keys, values),
-            out,
-        )?;
-        if done {
-            return Ok(());
-        }
-        tracing::debug!("BPF_MAP_LOOKUP_AND_DELETE_BATCH refused: reading flows one by one");
-        *batch = false;
-    }
-    one_by_one(fd, out)
-}
-
-/// Drives batch calls (`call(from, keys, values)`, `from`: None for the first) until the map
-/// is empty; gives false when the kernel refuses them (what was read is in `out`).
-pub fn batches(
-    mut call: impl FnMut(Option<u32>, &mut [FlowKey], &mut [FlowValue]) -> BatchStep,
-    out: &mut Vec<(FlowKey, FlowValue)>,
-) -> Result<bool, FlowMapError> {
-    let mut size = BATCH;
-    let mut keys = vec![FlowKey::ZERO; size];
-    let mut values = vec![FlowValue::default(); size];
-    let mut from = None;
-    loop {
-        match call(from, &mut keys, &mut values) {
-            BatchStep::More { count, next } => {
-                let count = count.min(size);
-                out.extend(
-                    keys[..count]
-                        .iter()
-                        .copied()
-                        .zip(values[..count].iter().copied()),
-                );
-                from = Some(next);
-            }
-            BatchStep::Done { count } => {
-                let count = count.min(size);
-                out.extend(
-                    keys[..count]
-                        .iter()
-                        .copied()
-                        .zip(values[..count].iter().copied()),
-                );
-                return Ok(true);
-            }
-            BatchStep::TooSmall if size < BATCH_MAX => {
-                size *= 2;
-                keys.resize(size, FlowKey::ZERO);
-                values.resize(size, FlowValue::default());
-            }
-            BatchStep::TooSmall => {
-                return Err(FlowMapError::Read {
-                    call: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
-                    source: io::Error::from_raw_os_error(libc::ENOSPC),
-                });
-            }
-            BatchStep::Unsupported => return Ok(false),
-            BatchStep::Failed(source) => {
-                return Err(FlowMapError::Read {
-                    call: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
-                    source,
-                });
-            }
-        }
-    }
-}
-
-/// Reads and deletes every entry with get-next-key, lookup and delete: each key is deleted
-/// once the next one is known (no program writes the map meanwhile, so the walk misses
-/// nothing, and it stays linear: asking for the first key again would rescan the buckets).
-fn one_by_one(fd: i32, out: &mut Vec<(FlowKey, FlowValue)>) -> Result<(), FlowMapError> {
-    let fail = |call| move |source| FlowMapError::Read { call, source };
-    let mut at = sys::next_key(fd, None).map_err(fail("BPF_MAP_GET_NEXT_KEY"))?;
-    while let Some(key) = at {
-        if let Some(value) = sys::lookup(fd, &key).map_err(fail("BPF_MAP_LOOKUP_ELEM"))? {
-            out.push((key, value));
-        }
-        at = sys::next_key(fd, Some(&key)).map_err(fail("BPF_MAP_GET_NEXT_KEY"))?;
-        sys::delete(fd, &key).map_err(fail("BPF_MAP_DELETE_ELEM"))?;
-    }
-    Ok(())
-}
-
-/// The bpf(2) calls aya 0.14 does not offer (batch calls), and the one-key ones, on a raw
-/// map fd.
-mod sys {
-    use std::io;
-
-    use flowmetrix_common::flow_key::{FlowKey, FlowValue};
-
-    /// What one batch call did.
-    #[derive(Debug)]
-    pub enum BatchStep {
-        /// `count` entries read (and deleted); go on from `next`.
-        More {
-            count: usize,
-            next: u32,
-        },
-        /// `count` entries read; the map has no more.
-        Done {
-            count: usize,
-        },
-        /// The buffers are too small for the next hash bucket (ENOSPC, nothing read).
-        TooSmall,
-        /// The kernel does not take batch calls on this map (EINVAL, ENOTSUPP, …).
-        Unsupported,
-        Failed(io::Error),
-    }
-
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
-    use super::super::bpf::{Attr, ENOTSUPP, bpf};
-
-    /// One BPF_MAP_LOOKUP_AND_DELETE_BATCH call (attr.batch: in_batch, out_batch, keys,
-    /// values, count | map_fd, elem_flags, flags).
-    pub fn lookup_and_delete_batch(
-        fd: i32,
-        from: Option<u32>,
-        keys: &mut [FlowKey],
-        values: &mut [FlowValue],
-    ) -> BatchStep {
-        let n = keys.len().min(values.len());
-        let mut in_batch = from.unwrap_or(0);
-        let mut out_batch = 0u32;
-        let mut attr: Attr = [0; 16];
-        attr[0] = if from.is_some() {
-            (&raw mut in_batch) as u64
-        } else {
-            0
-        };
-        attr[1] = (&raw mut out_batch) as u64;
-        attr[2] = keys.as_mut_ptr() as u64;
-        attr[3] = values.as_mut_ptr() as u64;
-        attr[4] = n as u64 | (u64::from(fd as u32) << 32);
-        let rc = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
-        let count = (attr[4] & 0xffff_ffff) as usize;
-        match rc {
-            Ok(()) => BatchStep::More {
-                count,
-                next: out_batch,
-            },
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOENT) => BatchStep::Done { count },
-                Some(libc::ENOSPC) if count == 0 => BatchStep::TooSmall,
-                Some(libc::EINVAL | libc::ENOTSUP | ENOTSUPP | libc::ENOSYS) if count == 0 => {
-                    BatchStep::Unsupported
-                }
-                _ => BatchStep::Failed(e),
-            },
-        }
-    }
-
-    /// attr for the one-key calls: map_fd | key | value or next_key | flags.
-    fn elem(fd: i32, key: u64, value: u64) -> Attr {
-        let mut attr: Attr = [0; 16];
-        attr[0] = u64::from(fd as u32);
-        attr[1] = key;
-        attr[2] = value;
-        attr
-    }
-
-    /// The key after `key` (None: the first key); None at the end.
-    pub fn next_key(fd: i32, key: Option<&FlowKey>) -> io::Result<Option<FlowKey>> {
-        let mut next = FlowKey::ZERO;
-        let key = key.map_or(0, |k| (&raw const *k) as u64);
-        let mut attr = elem(fd, key, (&raw mut next) as u64);
-        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
-            Ok(()) => Ok(Some(next)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn lookup(fd: i32, key: &FlowKey) -> io::Result<Option<FlowValue>> {
-        let mut value = FlowValue::default();
-        let mut attr = elem(fd, (&raw const *key) as u64, (&raw mut value) as u64);
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-            Ok(()) => Ok(Some(value)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn delete(fd: i32, key: &FlowKey) -> io::Result<()> {
-        let mut attr = elem(fd, (&raw const *key) as u64, 0);
-        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
 
 /// The grace period `collect` waits for.
 pub(super) mod membarrier {
@@ -552,97 +350,16 @@ mod tests {
         assert_eq!(event_of(&bytes[..71]), None);
     }
 
-    /// A hash map as the batch calls see it: buckets, each read whole or not at all.
-    struct FakeMap {
-        buckets: Vec<Vec<u32>>,
-        calls: usize,
-    }
-
-    impl FakeMap {
-        fn call(
-            &mut self,
-            from: Option<u32>,
-            keys: &mut [FlowKey],
-            values: &mut [FlowValue],
-        ) -> BatchStep {
-            self.calls += 1;
-            let mut b = from.unwrap_or(0) as usize;
-            let mut n = 0;
-            while b < self.buckets.len() {
-                let bucket = &self.buckets[b];
-                if bucket.len() > keys.len() - n {
-                    if n == 0 {
-                        return BatchStep::TooSmall;
-                    }
-                    return BatchStep::More {
-                        count: n,
-                        next: b as u32,
-                    };
-                }
-                for &k in bucket {
-                    keys[n] = FlowKey {
-                        ifindex: k,
-                        ..FlowKey::ZERO
-                    };
-                    values[n] = FlowValue {
-                        packets: u64::from(k),
-                        ..Default::default()
-                    };
-                    n += 1;
-                }
-                self.buckets[b].clear();
-                b += 1;
-            }
-            BatchStep::Done { count: n }
-        }
-    }
-
     #[test]
-    fn batches_read_every_bucket_once_and_grow_for_a_big_bucket() {
-        // 10 000 entries over 5 000 buckets, one bucket bigger than the first buffer.
-        let mut buckets: Vec<Vec<u32>> = (0..5_000u32).map(|b| vec![2 * b, 2 * b + 1]).collect();
-        buckets[1234] = (100_000..100_000 + BATCH as u32 + 10).collect();
-        let want: usize = buckets.iter().map(Vec::len).sum();
-        let mut map = FakeMap { buckets, calls: 0 };
-        let mut out = Vec::new();
-        assert!(batches(|f, k, v| map.call(f, k, v), &mut out).unwrap());
-        assert_eq!(out.len(), want);
-        let mut seen: Vec<u32> = out.iter().map(|(k, _)| k.ifindex).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        assert_eq!(seen.len(), want, "each entry once");
-        assert!(out.iter().all(|(k, v)| u64::from(k.ifindex) == v.packets));
-        assert!(map.buckets.iter().all(Vec::is_empty), "all deleted");
-        assert!(map.calls >= 4);
-    }
-
-    #[test]
-    fn a_refused_batch_call_falls_back_and_an_error_is_one() {
-        let mut out = Vec::new();
-        assert!(!batches(|_, _, _| BatchStep::Unsupported, &mut out).unwrap());
-        let err = batches(
-            |_, _, _| BatchStep::Failed(io::Error::from_raw_os_error(libc::EFAULT)),
-            &mut out,
-        )
-        .unwrap_err();
+    fn a_failed_map_call_is_a_read_error_naming_the_call() {
+        let err = FlowMapError::from(CallError {
+            call: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert!(matches!(err, FlowMapError::Read { .. }));
         assert!(
             err.to_string().contains("BPF_MAP_LOOKUP_AND_DELETE_BATCH"),
             "{err}"
         );
-        let err = batches(|_, _, _| BatchStep::TooSmall, &mut out).unwrap_err();
-        assert!(matches!(err, FlowMapError::Read { .. }));
-        // An empty map: one call.
-        let mut calls = 0;
-        assert!(
-            batches(
-                |_, _, _| {
-                    calls += 1;
-                    BatchStep::Done { count: 0 }
-                },
-                &mut out
-            )
-            .unwrap()
-        );
-        assert_eq!((calls, out.len()), (1, 0));
     }
 }

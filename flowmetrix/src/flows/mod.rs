@@ -21,6 +21,8 @@
 //! reads the kernel's maps; [`handshakes`] reads the TCP handshakes' states (live) or runs
 //! their state machine on the frames (replay); [`tcp`] the local sockets' retransmits and RTT
 //! (`--tcp-health`), and [`drops`] the drop program's, at the same generation flip; [`health`] joins such figures to the rows.
+//! All of them read their kernel maps whole through one reader (`bpf.rs`: a few batch calls
+//! an interval, one key at a time where the kernel refuses them).
 
 pub mod aggregate;
 mod bpf;

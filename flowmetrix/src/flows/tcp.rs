@@ -1,19 +1,23 @@
 //! Local TCP sockets' retransmits and smoothed RTT (`--tcp-health`), seen from userspace:
 //! the programs (`flowmetrix-ebpf/src/tcp.rs`) count into `TCPSOCK{generation & 1}` under
 //! the flow maps' generation, so once [`super::kernel::FlowMaps::collect`] has flipped it
-//! and waited the grace period, the old generation's socket map is idle too: read here,
-//! every entry, then cleared. Each socket becomes a [`SocketKey`] for
+//! and waited the grace period, the old generation's socket map is idle too: read and
+//! cleared here with `BPF_MAP_LOOKUP_AND_DELETE_BATCH` ([`BatchMap`]: a few calls, not three
+//! an entry). Each socket becomes a [`SocketKey`] for
 //! [`super::Health::tcp_socket`].
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
 };
 use flowmetrix_common::tcp::{
     AF_INET, AF_INET6, TCP_SOCKET_MAPS, TCP_STAT_FULL, TCP_STATS_MAP, TcpSocketKey, TcpSocketValue,
 };
 
-use super::health::SocketKey;
+use super::{
+    bpf::{BatchMap, CallError},
+    health::SocketKey,
+};
 
 const ETHER_IPV4: u16 = 0x0800;
 const ETHER_IPV6: u16 = 0x86dd;
@@ -24,7 +28,12 @@ pub enum TcpSocketError {
     Missing(&'static str),
     #[error("map {0}")]
     Map(&'static str, #[source] aya::maps::MapError),
+    #[error("reading map {0} failed")]
+    Read(&'static str, #[source] CallError),
 }
+
+/// Entries one batch call reads at first (doubled when a hash bucket holds more).
+const BATCH: usize = 1024;
 
 /// One socket's figures of an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +57,7 @@ pub struct SocketsCollected {
 
 /// The loaded socket maps.
 pub struct TcpSockets {
-    maps: [HashMap<MapData, TcpSocketKey, TcpSocketValue>; 2],
+    maps: [BatchMap<TcpSocketKey, TcpSocketValue>; 2],
     stats: PerCpuArray<MapData, u64>,
     /// The full count already reported.
     full_seen: u64,
@@ -61,7 +70,7 @@ impl TcpSockets {
             |name: &'static str| ebpf.take_map(name).ok_or(TcpSocketError::Missing(name));
         let stats = PerCpuArray::try_from(take(TCP_STATS_MAP)?)
             .map_err(|e| TcpSocketError::Map(TCP_STATS_MAP, e))?;
-        let map = |m, name| HashMap::try_from(m).map_err(|e| TcpSocketError::Map(name, e));
+        let map = |m, name| BatchMap::new(m, BATCH).map_err(|e| TcpSocketError::Map(name, e));
         let maps = [
             map(take(TCP_SOCKET_MAPS[0])?, TCP_SOCKET_MAPS[0])?,
             map(take(TCP_SOCKET_MAPS[1])?, TCP_SOCKET_MAPS[1])?,
@@ -73,19 +82,23 @@ impl TcpSockets {
         })
     }
 
+    /// Reads one key at a time from now on, as on a kernel that refuses batch calls (for
+    /// tests of that path).
+    #[doc(hidden)]
+    pub fn without_batch_calls(&mut self) {
+        for map in &mut self.maps {
+            map.without_batch_calls();
+        }
+    }
+
     /// Reads and clears the socket map of `generation`, which the programs no longer count
     /// into (call right after the flow maps' collection of that generation). Blocking.
     pub fn collect(&mut self, generation: u32) -> Result<SocketsCollected, TcpSocketError> {
         let map = &mut self.maps[(generation & 1) as usize];
         let name = TCP_SOCKET_MAPS[(generation & 1) as usize];
-        let entries = map
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TcpSocketError::Map(name, e))?;
-        for (k, _) in &entries {
-            // Gone already is as good as deleted.
-            let _ = map.remove(k);
-        }
+        let mut entries = Vec::new();
+        map.read_and_delete(&mut entries)
+            .map_err(|e| TcpSocketError::Read(name, e))?;
         let full = self
             .stats
             .get(&TCP_STAT_FULL, 0)

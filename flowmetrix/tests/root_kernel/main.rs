@@ -7,6 +7,7 @@ mod common;
 
 mod flows;
 mod handshake;
+mod maps;
 mod packets;
 
 /// The cgroup v2 id of this process: the inode number of its cgroup's directory.
