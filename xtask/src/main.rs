@@ -415,44 +415,25 @@ fn has_rust_src(toolchain: &str) -> bool {
 /// the whole run's are printed at the end (issue 27 holds the whole run to 20 minutes on a
 /// 2-core machine).
 fn bench(args: &[String]) -> anyhow::Result<()> {
-    let mut pipeline = vec![
-        "bench",
-        "--package",
-        "flowmetrix",
-        "--features",
-        EBPF,
-        "--bench",
-        "pipeline",
-    ];
+    let bench = |name| {
+        vec![
+            "bench",
+            "--package",
+            "flowmetrix",
+            "--features",
+            EBPF,
+            "--bench",
+            name,
+        ]
+    };
+    let mut pipeline = bench("pipeline");
     if !args.is_empty() {
         pipeline.push("--");
         pipeline.extend(args.iter().map(String::as_str));
     }
     let parts: [(&str, Vec<&str>); 4] = [
-        (
-            "kernel",
-            vec![
-                "bench",
-                "--package",
-                "flowmetrix",
-                "--features",
-                EBPF,
-                "--bench",
-                "kernel",
-            ],
-        ),
-        (
-            "capture_rate",
-            vec![
-                "bench",
-                "--package",
-                "flowmetrix",
-                "--features",
-                EBPF,
-                "--bench",
-                "capture_rate",
-            ],
-        ),
+        ("kernel", bench("kernel")),
+        ("capture_rate", bench("capture_rate")),
         (
             // 10 s at 100 000 frames/s with GreptimeDB away, in the release build.
             "outage",

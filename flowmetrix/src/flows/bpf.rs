@@ -132,24 +132,11 @@ pub fn batches<K: Pod, V: Pod>(
     loop {
         match call(from, &mut keys, &mut values) {
             BatchStep::More { count, next } => {
-                let count = count.min(size);
-                out.extend(
-                    keys[..count]
-                        .iter()
-                        .copied()
-                        .zip(values[..count].iter().copied()),
-                );
-                read += count;
+                read += take(&keys, &values, count, out);
                 from = Some(next);
             }
             BatchStep::Done { count } => {
-                let count = count.min(size);
-                out.extend(
-                    keys[..count]
-                        .iter()
-                        .copied()
-                        .zip(values[..count].iter().copied()),
-                );
+                take(&keys, &values, count, out);
                 return Ok(true);
             }
             BatchStep::TooSmall if size < BATCH_MAX => {
@@ -167,6 +154,19 @@ pub fn batches<K: Pod, V: Pod>(
             BatchStep::Failed(source) => return Err(fail(source)),
         }
     }
+}
+
+/// Puts the first `count` entries a batch call read (at most the buffers' size) in `out`;
+/// how many.
+fn take<K: Pod, V: Pod>(keys: &[K], values: &[V], count: usize, out: &mut Vec<(K, V)>) -> usize {
+    let count = count.min(keys.len()).min(values.len());
+    out.extend(
+        keys[..count]
+            .iter()
+            .copied()
+            .zip(values[..count].iter().copied()),
+    );
+    count
 }
 
 /// Drives batch deletes of `keys` (`call(rest)`: how many of `rest` it deleted, and how it
