@@ -113,6 +113,8 @@ fn submit<P: Packet>(
         record::<P, { SLOT_SIZES[0] }>(ctx, want, &head)
     } else if want <= SLOT_SIZES[1] as u32 {
         record::<P, { SLOT_SIZES[1] }>(ctx, want, &head)
+    } else if want <= SLOT_SIZES[2] as u32 {
+        record::<P, { SLOT_SIZES[2] }>(ctx, want, &head)
     } else {
         record::<P, MAX_SNAPLEN>(ctx, want, &head)
     }
@@ -137,11 +139,16 @@ fn record<P: Packet, const N: usize>(ctx: &P, want: u32, head: &Head) -> Option<
     let mut cap_len = 0;
     if want > 0 {
         // Give the verifier a provable range 1..=N; equal to `want` here (want <= N). The
-        // volatile read keeps LLVM from dropping the mask as a no-op (it knows want <= N
-        // from the caller's branch; the verifier, after a spill, may not).
+        // volatile read keeps LLVM from dropping the mask (and the bound) as a no-op (it
+        // knows want <= N from the caller's branch; the verifier, after a spill, may not).
+        // The mask bounds 1..=N for a power of two; a slot that is not one (192, the default
+        // snap length) is bounded once more by a compare.
         // SAFETY: reading a local.
         let w = unsafe { read_volatile(&want) };
-        let len = (w.wrapping_sub(1) & (N as u32 - 1)) + 1;
+        let mut len = (w.wrapping_sub(1) & (N.next_power_of_two() as u32 - 1)) + 1;
+        if !N.is_power_of_two() && len > N as u32 {
+            len = N as u32;
+        }
         // SAFETY: `record` points at a reserved Sample<N> whose data holds N >= len bytes.
         let ret = unsafe { ctx.load((*record).data.as_mut_ptr().cast::<c_void>(), len) };
         if ret == 0 {

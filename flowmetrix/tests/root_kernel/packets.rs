@@ -176,7 +176,9 @@ fn every_length(program: &'static str) {
     let lengths = lengths(program);
     // Around each slot boundary, the default, the maximum, and one above the maximum (the
     // collector refuses it; the program must still clamp to MAX_SNAPLEN).
-    for snaplen in [1u32, 14, 63, 64, 65, 127, 128, 129, 192, 255, 256, 4096] {
+    for snaplen in [
+        1u32, 14, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 256, 4096,
+    ] {
         let mut prog = Loaded::load(Settings {
             program,
             snaplen,
