@@ -57,9 +57,9 @@ pub fn decode_link(
 ) -> Result<PacketRecord, DecodeError> {
     let head = link::header(link, frame)?;
     let l2 = l2::walk(head.ether_type, head.payload);
-    let ip = l2.net.map_or_else(IpFields::default, |(t, bytes)| {
-        IpFields::of(&LaxSlicedPacket::from_ether_type(t, bytes))
-    });
+    let ip = l2
+        .net
+        .map_or_else(IpFields::default, |(t, bytes)| IpFields::sliced(t, bytes));
     let inner = ip.tunnel.and_then(|(_, payload)| payload.decode());
 
     Ok(PacketRecord {
