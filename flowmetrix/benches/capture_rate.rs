@@ -19,7 +19,8 @@
 //!
 //! Then FlowMetrix's peak RSS with the endpoint stalled, at the fastest rate. Needs root.
 //! `cargo xtask bench` (or `cargo bench --bench capture_rate`); `FLOWMETRIX_BENCH_REPS=1`
-//! for a quick look.
+//! for a quick look, `FLOWMETRIX_BENCH_ONLY=none` for the `--output none` and tcpdump rows
+//! only.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -518,23 +519,36 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(REPS);
+    // `FLOWMETRIX_BENCH_ONLY=none`: the `--output none` and tcpdump rows only (and the
+    // host's own cost they are measured above), without the stalled endpoint.
+    let only_none = std::env::var("FLOWMETRIX_BENCH_ONLY").is_ok_and(|v| v == "none");
+    let tools: Vec<Tool> = TOOLS
+        .into_iter()
+        .filter(|t| {
+            !only_none
+                || matches!(
+                    t,
+                    Tool::Nothing | Tool::Flowmetrix | Tool::Tcpdump | Tool::TcpdumpFile
+                )
+        })
+        .collect();
     println!("lossless capture on veth: 60-byte UDP frames, medians of {reps} runs\n");
     println!(
         "| step | listener | sent/s | recorded | lossless | CPU s/Mpkt | host s/Mpkt | peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     // Highest lossless rate per tool.
-    let mut best: Vec<(Tool, f64, f64)> = TOOLS.iter().map(|&t| (t, 0.0, 0.0)).collect();
+    let mut best: Vec<(Tool, f64, f64)> = tools.iter().map(|&t| (t, 0.0, 0.0)).collect();
     let mut lossless_at_last = Vec::new();
     for (n, step) in STEPS.iter().enumerate() {
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); TOOLS.len()];
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); tools.len()];
         for _ in 0..reps {
-            for (i, &tool) in TOOLS.iter().enumerate() {
+            for (i, &tool) in tools.iter().enumerate() {
                 runs[i].push(measure(tool, &net, &sender, &frame, step));
             }
         }
         let nothing_host = median(runs[0].iter().map(|r| r.host).collect());
-        for (i, &tool) in TOOLS.iter().enumerate() {
+        for (i, &tool) in tools.iter().enumerate() {
             let c = cell(&runs[i], nothing_host, step.count);
             let recorded = c.recorded.map_or("—".into(), |n| n.to_string());
             let (cpu, rss) = match c.recorded {
@@ -584,5 +598,7 @@ fn main() {
         };
         println!("- {}: {rate:.0}/s ({cpu:.2}){limit}", tool.name());
     }
-    stalled_database(&net, &sender, &frame);
+    if !only_none {
+        stalled_database(&net, &sender, &frame);
+    }
 }

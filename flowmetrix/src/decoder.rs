@@ -184,7 +184,8 @@ impl Decoder {
         (interface, vlan, cgroup_id): Origin,
         out: &mut Vec<PacketRecord>,
     ) {
-        // No combinators here: each one would move the ~200-byte row once more.
+        // No combinators here: each one would move the ~200-byte row once more; the row is
+        // made where it stays, at the end of `out`.
         // The prefix (and its check for a whole Ethernet header) is for Ethernet only.
         let stripped = match link {
             Link::Ethernet => offset::strip(frame, wire_len, prefix),
@@ -199,9 +200,13 @@ impl Decoder {
             wire_len,
             sample_rate: self.sample_rate,
         };
-        match decode::decode_link(link, frame, meta, &self.applications) {
-            Ok(mut row) => {
-                Counters::add(&self.counters.decoded, 1);
+        let origin = decode::Origin {
+            host: Arc::clone(&self.host),
+            interface,
+            direction,
+        };
+        match decode::decode_onto(link, frame, meta, &self.applications, origin, out) {
+            Ok(row) => {
                 // A tag the kernel moved into the skb's metadata was the outer one on the
                 // wire: it is the row's VLAN (a tag still in the bytes is an inner one), and
                 // its 4 bytes count in the packet's size.
@@ -209,14 +214,11 @@ impl Decoder {
                     row.vlan_id = Some(id);
                     row.packet_size = row.packet_size.saturating_add(4);
                 }
-                row.host = Arc::clone(&self.host);
-                row.interface = interface;
-                row.direction = direction;
                 match &self.attribution {
-                    Some(a) => a.packet(&mut row, cgroup_id, Instant::now()),
+                    Some(a) => a.packet(row, cgroup_id, Instant::now()),
                     None => row.workload.cgroup_id = (cgroup_id != 0).then_some(cgroup_id),
                 }
-                out.push(row);
+                Counters::add(&self.counters.decoded, 1);
             }
             Err(e) => self.not_decoded(&e),
         }

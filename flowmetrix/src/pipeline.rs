@@ -34,6 +34,7 @@ use crate::{
     metrics::{
         self, Counters, DnsCounters, FlowCounters, Gauges, KernelStats, Registry, Shape, Summary,
     },
+    record::PacketRecord,
     sample::{RecordError, Sample, SourceInfo},
     sink::{self, SinkConfig, SinkError, SinkSettings},
     source::{Pulled, Source, SourceSettings},
@@ -179,6 +180,7 @@ pub async fn run_until(
                 counters: Arc::clone(&c.sink),
             }),
     };
+    let discards = matches!(settings.sink.output, SinkConfig::None);
     let mut sink = sink::start(settings.sink, Arc::clone(&counters), outputs, stopping_rx)?;
     let packets = settings.packets;
     let live = source.is_live();
@@ -190,6 +192,8 @@ pub async fn run_until(
             without_samples(k)
         }
     };
+    // `--output none`: packet rows are counted where they are made (below, `rows_to`).
+    let discard = discards.then_some(&*counters);
     let mut decoder = Decoder::new(settings.decode.clone(), &info, Arc::clone(&counters));
     // Live: which workload each row belongs to; pod and namespace from the pod index
     // (`--kube-metadata`; empty without it: they stay null).
@@ -324,9 +328,7 @@ pub async fn run_until(
                         dns.as_mut().map(|d| (d, &mut dns_rows)),
                     )
                 });
-                sink.packets
-                    .hand_over(take_sized(&mut rows), info.waits)
-                    .await;
+                rows_to(&sink.packets, &mut rows, discard, info.waits).await;
                 if let Some(input) = &flow_input {
                     input.send(std::mem::take(&mut flow_rows)).await;
                 }
@@ -372,16 +374,12 @@ pub async fn run_until(
         });
         more = source.has_more();
         if more {
-            sink.packets
-                .hand_over(take_sized(&mut rows), info.waits)
-                .await;
+            rows_to(&sink.packets, &mut rows, discard, info.waits).await;
         }
     }
     // Frames still held by -auto-detect are decided and written too.
     decoder.finish(&mut rows);
-    sink.packets
-        .hand_over(std::mem::take(&mut rows), info.waits)
-        .await;
+    rows_to(&sink.packets, &mut rows, discard, info.waits).await;
     // Flows: the partial interval (live: one last collection, the programs detached).
     stop_flows.send_replace(true);
     if let Some(task) = flows_task
@@ -509,6 +507,26 @@ impl Ending {
     }
 }
 
+/// The rows of one drain to the sink's input; with `--output none` (`discard`) counted as
+/// written here instead, as the sink would, and `rows` kept, emptied, for the next drain:
+/// handing each drain's rows to the sink's task, on another thread, woke that thread and
+/// freed every batch there, for nothing (`FLOWMETRIX_BENCH_ONLY=none cargo bench -p
+/// flowmetrix --features ebpf --bench capture_rate`, BENCHMARKS.md).
+async fn rows_to(
+    input: &sink::Input,
+    rows: &mut Vec<PacketRecord>,
+    discard: Option<&Counters>,
+    waits: bool,
+) {
+    match discard {
+        Some(counters) => {
+            Counters::add(&counters.written, rows.len() as u64);
+            rows.clear();
+        }
+        None => input.hand_over(take_sized(rows), waits).await,
+    }
+}
+
 /// The rows of one drain, to hand over; `rows` is left with room for as many, as the next
 /// drain is likely to bring: it does not grow by doubling, each time copying every row so
 /// far (`cargo bench -p flowmetrix --bench pipeline -- drain`).
@@ -524,7 +542,7 @@ fn pull_one(
     s: Result<Sample<'_>, RecordError>,
     packets: bool,
     decoder: &mut Decoder,
-    rows: &mut Vec<crate::record::PacketRecord>,
+    rows: &mut Vec<PacketRecord>,
     replay: &mut Option<flows::Replay>,
     info: &SourceInfo,
     flow_rows: &mut Vec<crate::record::FlowRecord>,

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{
-    EtherType, IpNumber, LaxIpPayloadSlice, LaxNetSlice, LaxSlicedPacket, TransportSlice,
+    ArpPacketSlice, EtherType, IpNumber, LaxIpPayloadSlice, LaxIpSlice, LaxNetSlice,
+    LaxSlicedPacket,
 };
 
 use crate::record::Tunnel;
@@ -24,11 +25,12 @@ pub(super) enum Encapsulated<'a> {
 impl<'a> Encapsulated<'a> {
     /// The inner packet's addresses, protocol and ports (tunnels are not followed twice).
     pub(super) fn decode(self) -> Option<IpFields<'a>> {
-        let packet = match self {
-            Self::Ethernet(b) => LaxSlicedPacket::from_ethernet(b).ok()?,
-            Self::Ip(b) => LaxSlicedPacket::from_ip(b).ok()?,
+        let net = match self {
+            // Rare (tunnels only): the whole Ethernet walk, VLAN tags and MACsec included.
+            Self::Ethernet(b) => LaxSlicedPacket::from_ethernet(b).ok()?.net,
+            Self::Ip(b) => Some(LaxIpSlice::from_slice(b).ok()?.0.into()),
         };
-        let mut fields = IpFields::of(&packet);
+        let mut fields = IpFields::of(net.as_ref());
         fields.tunnel = None;
         Some(fields)
     }
@@ -61,9 +63,20 @@ pub(super) struct IpFields<'a> {
 }
 
 impl<'a> IpFields<'a> {
-    pub(super) fn of(packet: &LaxSlicedPacket<'a>) -> Self {
+    /// The network packet `bytes` (IPv4 or IPv6 by its version nibble, or ARP), sliced one
+    /// layer at a time: etherparse's IP slice only, no `LaxSlicedPacket` (which also slices
+    /// the transport header, and is moved whole through each of its steps).
+    pub(super) fn sliced(ether_type: EtherType, bytes: &'a [u8]) -> Self {
+        let net = match ether_type {
+            EtherType::ARP => ArpPacketSlice::from_slice(bytes).ok().map(LaxNetSlice::Arp),
+            _ => LaxIpSlice::from_slice(bytes).ok().map(|(ip, _)| ip.into()),
+        };
+        Self::of(net.as_ref())
+    }
+
+    pub(super) fn of(net: Option<&LaxNetSlice<'a>>) -> Self {
         let mut f = Self::default();
-        let (payload, first_fragment) = match &packet.net {
+        let (payload, first_fragment) = match net {
             Some(LaxNetSlice::Ipv4(ip)) => {
                 let header = ip.header();
                 f.src = Some(header.source_addr().into());
@@ -89,34 +102,23 @@ impl<'a> IpFields<'a> {
         f.protocol = Some(payload.ip_number.0);
         // Only the first fragment of a datagram carries the transport header.
         if first_fragment {
-            f.transport(packet, payload);
+            f.transport(payload);
         }
         f
     }
 
-    fn transport(&mut self, packet: &LaxSlicedPacket<'a>, payload: &LaxIpPayloadSlice<'a>) {
+    fn transport(&mut self, payload: &LaxIpPayloadSlice<'a>) {
         let bytes = payload.payload;
-        match &packet.transport {
-            Some(TransportSlice::Tcp(tcp)) => {
-                self.src_port = Some(tcp.source_port());
-                self.dst_port = Some(tcp.destination_port());
-                self.tcp_flags = tcp.header_slice().get(TCP_FLAGS_OFFSET).copied();
-            }
-            Some(TransportSlice::Udp(udp)) => {
-                self.src_port = Some(udp.source_port());
-                self.dst_port = Some(udp.destination_port());
-            }
-            Some(TransportSlice::Icmpv4(_) | TransportSlice::Icmpv6(_)) => {}
-            // etherparse leaves the transport of a fragmented datagram (and of a header cut
-            // by the snap length) undecoded; the first fragment still starts with the ports.
-            None => {
-                if matches!(payload.ip_number, IpNumber::TCP | IpNumber::UDP) && bytes.len() >= 4 {
-                    self.src_port = Some(u16::from_be_bytes([bytes[0], bytes[1]]));
-                    self.dst_port = Some(u16::from_be_bytes([bytes[2], bytes[3]]));
-                    if payload.ip_number == IpNumber::TCP {
-                        self.tcp_flags = bytes.get(TCP_FLAGS_OFFSET).copied();
-                    }
-                }
+        // The ports are the first four bytes of a TCP or UDP header, the flags its 14th:
+        // read where they are, whole header or not (a header cut by the snap length, or
+        // the first fragment of a datagram, still starts with them). What etherparse's
+        // TCP and UDP slices return for a whole header is these same bytes, so they are
+        // not made.
+        if matches!(payload.ip_number, IpNumber::TCP | IpNumber::UDP) && bytes.len() >= 4 {
+            self.src_port = Some(u16::from_be_bytes([bytes[0], bytes[1]]));
+            self.dst_port = Some(u16::from_be_bytes([bytes[2], bytes[3]]));
+            if payload.ip_number == IpNumber::TCP {
+                self.tcp_flags = bytes.get(TCP_FLAGS_OFFSET).copied();
             }
         }
         self.tunnel = match payload.ip_number {

@@ -13,6 +13,8 @@ mod link_tests;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 
 use self::ip::IpFields;
@@ -55,41 +57,89 @@ pub fn decode_link(
     meta: FrameMeta,
     apps: &Applications,
 ) -> Result<PacketRecord, DecodeError> {
-    let head = link::header(link, frame)?;
-    let l2 = l2::walk(head.ether_type, head.payload);
-    let ip = l2.net.map_or_else(IpFields::default, |(t, bytes)| {
-        IpFields::of(&LaxSlicedPacket::from_ether_type(t, bytes))
-    });
-    let inner = ip.tunnel.and_then(|(_, payload)| payload.decode());
-
-    Ok(PacketRecord {
-        ts: meta.ts,
-        packet_size: u16::try_from(meta.wire_len).unwrap_or(u16::MAX),
-        ether_type: l2.ether_type,
-        src_mac: head.src_mac,
-        dst_mac: head.dst_mac,
-        vlan_id: l2.vlan_id,
-        protocol: ip.protocol,
-        src_ip: ip.src,
-        dst_ip: ip.dst,
-        src_port: ip.src_port,
-        dst_port: ip.dst_port,
-        tcp_flags: ip.tcp_flags,
-        packet_type: l2.net.map_or(PacketType::Other, |(t, _)| packet_type(t)),
-        application: apps.application(ip.src_port, ip.dst_port),
-        tunnel: ip.tunnel.map(|(t, _)| t),
-        inner_src_ip: inner.as_ref().and_then(|i| i.src),
-        inner_dst_ip: inner.as_ref().and_then(|i| i.dst),
-        inner_protocol: inner.as_ref().and_then(|i| i.protocol),
-        inner_src_port: inner.as_ref().and_then(|i| i.src_port),
-        inner_dst_port: inner.as_ref().and_then(|i| i.dst_port),
-        mpls_labels: l2.mpls_labels,
-        sample_rate: meta.sample_rate,
+    let origin = Origin {
         host: record::unnamed(),
         interface: record::unnamed(),
         direction: Direction::Ingress,
-        workload: record::Workload::default(),
-    })
+    };
+    Ok(Layers::of(link, frame)?.row(meta, apps, origin))
+}
+
+/// The columns a frame's bytes do not give: set by the decode stage.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub host: Arc<str>,
+    pub interface: Arc<str>,
+    pub direction: Direction,
+}
+
+/// [`decode_link`], the row made in place at the end of `out`, with `origin`'s host,
+/// interface and direction (no row moved, no empty names made and dropped); returns it.
+pub fn decode_onto<'r>(
+    link: Link,
+    frame: &[u8],
+    meta: FrameMeta,
+    apps: &Applications,
+    origin: Origin,
+    out: &'r mut Vec<PacketRecord>,
+) -> Result<&'r mut PacketRecord, DecodeError> {
+    let layers = Layers::of(link, frame)?;
+    let at = out.len();
+    out.push(layers.row(meta, apps, origin));
+    Ok(&mut out[at])
+}
+
+/// A frame's layers, sliced.
+struct Layers<'a> {
+    head: link::LinkHeader<'a>,
+    l2: l2::L2<'a>,
+    ip: IpFields<'a>,
+}
+
+impl<'a> Layers<'a> {
+    fn of(link: Link, frame: &'a [u8]) -> Result<Self, DecodeError> {
+        let head = link::header(link, frame)?;
+        let l2 = l2::walk(head.ether_type, head.payload);
+        let ip = l2
+            .net
+            .map_or_else(IpFields::default, |(t, bytes)| IpFields::sliced(t, bytes));
+        Ok(Self { head, l2, ip })
+    }
+
+    /// The row, written as one value (where it is to be kept, when inlined there).
+    #[inline(always)]
+    fn row(self, meta: FrameMeta, apps: &Applications, origin: Origin) -> PacketRecord {
+        let Self { head, l2, ip } = self;
+        let inner = ip.tunnel.and_then(|(_, payload)| payload.decode());
+        PacketRecord {
+            ts: meta.ts,
+            packet_size: u16::try_from(meta.wire_len).unwrap_or(u16::MAX),
+            ether_type: l2.ether_type,
+            src_mac: head.src_mac,
+            dst_mac: head.dst_mac,
+            vlan_id: l2.vlan_id,
+            protocol: ip.protocol,
+            src_ip: ip.src,
+            dst_ip: ip.dst,
+            src_port: ip.src_port,
+            dst_port: ip.dst_port,
+            tcp_flags: ip.tcp_flags,
+            packet_type: l2.net.map_or(PacketType::Other, |(t, _)| packet_type(t)),
+            application: apps.application(ip.src_port, ip.dst_port),
+            tunnel: ip.tunnel.map(|(t, _)| t),
+            inner_src_ip: inner.as_ref().and_then(|i| i.src),
+            inner_dst_ip: inner.as_ref().and_then(|i| i.dst),
+            inner_protocol: inner.as_ref().and_then(|i| i.protocol),
+            inner_src_port: inner.as_ref().and_then(|i| i.src_port),
+            inner_dst_port: inner.as_ref().and_then(|i| i.dst_port),
+            mpls_labels: l2.mpls_labels,
+            sample_rate: meta.sample_rate,
+            host: origin.host,
+            interface: origin.interface,
+            direction: origin.direction,
+            workload: record::Workload::default(),
+        }
+    }
 }
 
 /// A UDP datagram or TCP segment: its addresses, ports and payload.
