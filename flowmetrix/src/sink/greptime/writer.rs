@@ -226,6 +226,19 @@ impl Writer {
         let mut backoff = retry::backoff();
         let mut deadline_set = self.deadline.subscribe();
         while self.deadline.borrow().is_none() {
+            if writer.spooled_within(REPLAY_QUIET) {
+                // Rows still go to the spool: GreptimeDB is not taking them. A replay now
+                // would hold a segment in memory (and compete with the spool's thread) only
+                // to fail; the segment being replayed goes back, first in line.
+                if current.take().is_some() {
+                    spool.put_back();
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(REPLAY_IDLE) => {}
+                    _ = deadline_set.changed() => {}
+                }
+                continue;
+            }
             if current.is_none() {
                 let s = Arc::clone(&spool);
                 // Reads a segment file: not on a runtime thread.
@@ -337,6 +350,8 @@ enum Attempt {
 
 /// How often an idle replayer looks at the spool.
 const REPLAY_IDLE: Duration = Duration::from_millis(200);
+/// How long nothing must have gone to the spool before a replay starts.
+const REPLAY_QUIET: Duration = Duration::from_secs(1);
 
 /// One table the writer writes: its name and counters.
 struct TableOut<R: Table> {

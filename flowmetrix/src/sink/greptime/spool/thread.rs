@@ -5,7 +5,10 @@
 //! as inserts (an insert held in memory is several times their size).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -104,6 +107,9 @@ pub struct SpoolWriter {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Set at shutdown: what is still queued after it is counted, not written.
     deadline: Arc<Mutex<Option<Instant>>>,
+    /// When rows were last queued, in milliseconds after `started` (0: never).
+    last_put: AtomicU64,
+    started: Instant,
 }
 
 impl SpoolWriter {
@@ -172,6 +178,22 @@ impl SpoolWriter {
             tx: Mutex::new(thread.is_some().then_some(tx)),
             thread: Mutex::new(thread),
             deadline,
+            last_put: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn queued(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_put.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether rows were queued for the spool within `d`: GreptimeDB is not taking them
+    /// (or not fast enough), so a replay would only hold a segment in memory and fail.
+    pub fn spooled_within(&self, d: Duration) -> bool {
+        match self.last_put.load(Ordering::Relaxed) {
+            0 => false,
+            ms => self.started.elapsed() < Duration::from_millis(ms) + d,
         }
     }
 
@@ -186,9 +208,13 @@ impl SpoolWriter {
     /// Queues `item` now, or hands it back when the spool's queue is full or closed.
     pub fn try_put(&self, item: Item) -> Result<(), Item> {
         match self.sender().as_ref() {
-            Some(tx) => tx.try_send(item).map_err(|e| match e {
-                Rejected::Full(i) | Rejected::Closed(i) => i,
-            }),
+            Some(tx) => {
+                tx.try_send(item).map_err(|e| match e {
+                    Rejected::Full(i) | Rejected::Closed(i) => i,
+                })?;
+                self.queued();
+                Ok(())
+            }
             None => Err(item),
         }
     }
@@ -208,7 +234,10 @@ impl SpoolWriter {
                     return Err(item);
                 };
                 match tx.try_send(item) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        self.queued();
+                        return Ok(());
+                    }
                     Err(Rejected::Closed(i)) => return Err(i),
                     Err(Rejected::Full(i)) => {
                         item = i;
