@@ -37,12 +37,17 @@ pub trait Unencoded: Send {
     fn bytes(&self) -> usize;
     /// The table they are for.
     fn table(&self) -> &str;
-    /// The rows as a row insert (the older record format).
-    fn encode(&self) -> RowInsertRequests;
-    /// The rows as columnar records of at most `limit` bytes, each with its rows; None when
-    /// the table has no Arrow form.
-    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>>;
+    /// The rows from the `from`-th on as a row insert (the older record format).
+    fn encode(&self, from: usize) -> RowInsertRequests;
+    /// Hands the rows to `append` as columnar records (Arrow IPC) of at most [`PART_ROWS`]
+    /// rows and `limit` bytes, each with its rows, in order; returns how many rows it
+    /// handed over: all of them, or those before the first part that has no Arrow form.
+    fn columns(&self, limit: usize, append: &mut dyn FnMut(&[u8], u64)) -> usize;
 }
+
+/// Rows a columnar record is built from at most: a drain's 8 192 rows would hold their
+/// Arrow arrays, the IPC stream and the record, each about their size, all at once.
+pub const PART_ROWS: usize = 1024;
 
 /// Rows for `table`, not encoded yet.
 pub struct UnencodedRows<R> {
@@ -63,15 +68,31 @@ impl<R: Table> Unencoded for UnencodedRows<R> {
         &self.table
     }
 
-    fn encode(&self) -> RowInsertRequests {
-        encode(&self.table, &self.rows)
+    fn encode(&self, from: usize) -> RowInsertRequests {
+        encode(&self.table, self.rows.get(from..).unwrap_or_default())
     }
 
-    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>> {
-        let schema = arrow_schema(R::COLUMNS).ok()?;
-        let rows: Vec<&R> = self.rows.iter().collect();
-        let batch = record_batch(R::COLUMNS, &rows, &schema).ok()?;
-        ipc_parts(&batch, limit).ok()
+    fn columns(&self, limit: usize, append: &mut dyn FnMut(&[u8], u64)) -> usize {
+        let Ok(schema) = arrow_schema(R::COLUMNS) else {
+            return 0;
+        };
+        let mut done = 0;
+        let mut refs: Vec<&R> = Vec::with_capacity(PART_ROWS.min(self.rows.len()));
+        for part in self.rows.chunks(PART_ROWS) {
+            refs.clear();
+            refs.extend(part);
+            let Ok(batch) = record_batch(R::COLUMNS, &refs, &schema) else {
+                return done;
+            };
+            let Ok(parts) = ipc_parts(&batch, limit) else {
+                return done;
+            };
+            for (ipc, n) in parts {
+                append(&ipc, n);
+            }
+            done += part.len();
+        }
+        done
     }
 }
 
@@ -147,15 +168,18 @@ impl SpoolWriter {
                             std::thread::sleep(d);
                         }
                         match item.payload {
-                            // Columnar records, one write each.
-                            Payload::Rows(batch) => match batch.columns(spool.part_limit()) {
-                                Some(parts) => {
-                                    for (ipc, n) in parts {
-                                        spool.append_columns(&item.database, batch.table(), &ipc, n);
-                                    }
+                            // Columnar records, one write each; rows without an Arrow form
+                            // as a row insert.
+                            Payload::Rows(batch) => {
+                                let (db, table) = (&item.database, batch.table());
+                                let done = batch.columns(spool.part_limit(), &mut |ipc, n| {
+                                    spool.append_columns(db, table, ipc, n);
+                                });
+                                if done < batch.rows() {
+                                    let rest = rows - done as u64;
+                                    spool.append(db, &batch.encode(done), rest);
                                 }
-                                None => spool.append(&item.database, &batch.encode(), rows),
-                            },
+                            }
                         }
                     }
                     spool.sync();
