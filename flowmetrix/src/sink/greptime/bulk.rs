@@ -295,7 +295,7 @@ impl<R: Table> Bulk<R> {
         budget: Duration,
         whole: bool,
     ) -> Window {
-        if endpoints.pick().is_err() {
+        if endpoints.all_down().is_some() {
             // Every endpoint is down: the row path waits and spools (as below), and the
             // Arrow batch is not built for nothing.
             return Window::Rows;

@@ -218,7 +218,7 @@ impl Writer {
     fn down_now(&self) -> Option<String> {
         match self.startup.ready() {
             Err(why) => Some(why),
-            Ok(()) => self.endpoints.pick().err().map(|e| e.to_string()),
+            Ok(()) => self.endpoints.all_down().map(|e| e.to_string()),
         }
     }
 
