@@ -17,10 +17,13 @@
 //! - RSS: the tool's peak resident set (VmHWM), which for FlowMetrix includes the ring
 //!   buffer's mapping (the kernel maps its data pages twice: 16 MiB for the default 8M).
 //!
-//! Then FlowMetrix's peak RSS with the endpoint stalled, at the fastest rate. Needs root.
-//! `cargo xtask bench` (or `cargo bench --bench capture_rate`); `FLOWMETRIX_BENCH_REPS=1`
-//! for a quick look, `FLOWMETRIX_BENCH_ONLY=none` for the `--output none` and tcpdump rows
-//! only.
+//! Then FlowMetrix's peak RSS with the endpoint stalled, and with it away, at the fastest
+//! rate, with where the resident memory was at its peak (`/proc/PID/smaps` every 100 ms).
+//! Needs root. `cargo xtask bench` (or `cargo bench --bench capture_rate`);
+//! `FLOWMETRIX_BENCH_REPS=1` for a quick look; `FLOWMETRIX_BENCH_ONLY=none` for the
+//! `--output none` and tcpdump rows only, `FLOWMETRIX_BENCH_ONLY=stalled` for the stalled
+//! and away parts alone, `FLOWMETRIX_BENCH_ONLY=endpoint` for the steps to the endpoint alone
+//! (each collector's memory at its peak on stderr).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -438,8 +441,20 @@ fn measure(tool: Tool, net: &NetPair, sender: &Sender, frame: &[u8], step: &Step
     let pid = listener.pid();
     let (rx0, host0) = (rx_packets(net), host_busy());
     let cpu0 = pid.map_or(0.0, cpu_seconds);
+    // Where a collector's memory goes, with `FLOWMETRIX_BENCH_ONLY=endpoint` (on stderr).
+    let sampler = pid
+        .filter(|_| tool == Tool::FlowmetrixGreptime && only().as_deref() == Some("endpoint"))
+        .map(Sampler::start);
     let achieved = sender.send(frame, step);
     std::thread::sleep(listener.settle());
+    if let Some(s) = sampler {
+        eprintln!(
+            "{}, {}: at the peak: {}",
+            step.label(),
+            tool.name(),
+            s.peak().show()
+        );
+    }
     let cpu = pid.map_or(0.0, cpu_seconds) - cpu0;
     let host = host_busy() - host0;
     let rss_mib = pid.map_or(0.0, peak_rss_mib);
@@ -484,6 +499,150 @@ fn cell(runs: &[Run], nothing_host: f64, count: u64) -> Cell {
     }
 }
 
+/// Where a process's resident memory is, by kind of mapping (KiB), from `/proc/PID/smaps`.
+#[derive(Clone, Default)]
+struct Resident {
+    total: u64,
+    /// The main arena (`[heap]`).
+    heap: u64,
+    /// Anonymous mappings: other malloc arenas, large blocks mapped on their own, stacks.
+    anon: u64,
+    /// Anonymous mappings of a thread stack's size (2 MiB and the guard page, or 8 MiB).
+    stacks: u64,
+    /// The BPF ring buffer's maps (data pages mapped twice) and other BPF maps.
+    bpf: u64,
+    /// The binary's own mappings.
+    binary: u64,
+    /// Other files (libraries).
+    files: u64,
+    threads: u64,
+    /// The largest anonymous mappings: (size, resident) in KiB.
+    largest: Vec<(u64, u64)>,
+}
+
+impl Resident {
+    fn of(pid: u32) -> Option<Self> {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+        let mut r = Self::default();
+        let mut name = String::new();
+        let mut size = 0;
+        for line in smaps.lines() {
+            let mut f = line.split_whitespace();
+            let Some(first) = f.next() else { continue };
+            if first.contains('-') && !first.ends_with(':') {
+                // A mapping's header: range perms offset dev inode [name].
+                name = f.nth(4).unwrap_or("").to_owned();
+                continue;
+            }
+            let kib = || f.clone().next().and_then(|v| v.parse::<u64>().ok());
+            match first {
+                "Size:" => size = kib().unwrap_or(0),
+                "Rss:" => {
+                    let rss = kib().unwrap_or(0);
+                    r.total += rss;
+                    let slot = if name == "[heap]" {
+                        &mut r.heap
+                    } else if name.contains("bpf") {
+                        &mut r.bpf
+                    } else if name.ends_with("/flowmetrix") {
+                        &mut r.binary
+                    } else if name.starts_with('/') || name.starts_with('[') {
+                        &mut r.files
+                    } else if size == 2048 || size == 8192 {
+                        &mut r.stacks
+                    } else {
+                        r.largest.push((size, rss));
+                        &mut r.anon
+                    };
+                    *slot += rss;
+                }
+                _ => {}
+            }
+        }
+        r.largest.sort_by_key(|&(_, rss)| std::cmp::Reverse(rss));
+        r.largest.truncate(8);
+        r.threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Some(r)
+    }
+
+    fn show(&self) -> String {
+        let mib = |k: u64| k as f64 / 1024.0;
+        let largest: Vec<String> = self
+            .largest
+            .iter()
+            .map(|(s, r)| format!("{:.1}/{:.1}", mib(*r), mib(*s)))
+            .collect();
+        format!(
+            "RSS {:.1} MiB: [heap] {:.1}, other anon {:.1} (largest, resident/size: {}), \
+             stacks {:.1}, BPF maps {:.1}, binary {:.1}, other files {:.1}; {} threads",
+            mib(self.total),
+            mib(self.heap),
+            mib(self.anon),
+            largest.join(" "),
+            mib(self.stacks),
+            mib(self.bpf),
+            mib(self.binary),
+            mib(self.files),
+            self.threads
+        )
+    }
+}
+
+/// Samples a process's resident memory every 100 ms until dropped; keeps the largest sample.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Resident>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = Resident::default();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match Resident::of(pid) {
+                    Some(r) if r.total > peak.total => peak = r,
+                    Some(_) => {}
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The largest sample.
+    fn peak(mut self) -> Resident {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Which part to run alone (`FLOWMETRIX_BENCH_ONLY`): `none` (the `--output none` and
+/// tcpdump rows), `stalled` (the endpoint stalled, then away), `endpoint` (the steps to the
+/// test endpoint); None: all of it.
+fn only() -> Option<String> {
+    let only = std::env::var("FLOWMETRIX_BENCH_ONLY").ok()?;
+    if !["none", "stalled", "endpoint"].contains(&only.as_str()) {
+        eprintln!("FLOWMETRIX_BENCH_ONLY={only}: not one of none, stalled, endpoint");
+        std::process::exit(2);
+    }
+    Some(only)
+}
+
 /// FlowMetrix's peak RSS at the fastest one-thread rate with the endpoint never answering.
 fn stalled_database(net: &NetPair, sender: &Sender, frame: &[u8]) {
     let _ = std::fs::remove_dir_all(net.spool_dir());
@@ -500,14 +659,59 @@ fn stalled_database(net: &NetPair, sender: &Sender, frame: &[u8]) {
         threads: 1,
         count: 4_000_000,
     };
+    let sampler = Sampler::start(collector.pid() as u32);
     let achieved = sender.send(frame, &step);
     std::thread::sleep(Duration::from_secs(1));
     let rss = peak_rss_mib(collector.pid() as u32);
+    let peak = sampler.peak();
     let s = collector.interrupt().summary();
     println!(
         "\nendpoint stalled: {} frames at {:.0}/s: peak RSS {rss:.1} MiB; \
-         {} written, {} spooled, {} ring drops, {} queue drops, {} spool lost",
-        step.count, achieved, s.written, s.spooled, s.ring_drops, s.queue_drops, s.spool_lost
+         {} written, {} spooled, {} ring drops, {} queue drops, {} spool lost\n  at the peak: {}",
+        step.count,
+        achieved,
+        s.written,
+        s.spooled,
+        s.ring_drops,
+        s.queue_drops,
+        s.spool_lost,
+        peak.show()
+    );
+}
+
+/// The same with the endpoint away (refusing connections) from the start: the collector
+/// spools from the first batch.
+fn database_away(net: &NetPair, sender: &Sender, frame: &[u8]) {
+    let _ = std::fs::remove_dir_all(net.spool_dir());
+    let ep = Endpoint::start(Some(&net.ns_a));
+    ep.refuse_for(Duration::from_secs(3600));
+    let collector = net
+        .collector()
+        .greptime(&ep)
+        .args(&["--sample-rate", "1"])
+        .start();
+    let step = Step {
+        rate: None,
+        threads: 1,
+        count: 4_000_000,
+    };
+    let sampler = Sampler::start(collector.pid() as u32);
+    let achieved = sender.send(frame, &step);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = peak_rss_mib(collector.pid() as u32);
+    let peak = sampler.peak();
+    let s = collector.interrupt().summary();
+    println!(
+        "\nendpoint away: {} frames at {:.0}/s: peak RSS {rss:.1} MiB; \
+         {} written, {} spooled, {} ring drops, {} queue drops, {} spool lost\n  at the peak: {}",
+        step.count,
+        achieved,
+        s.written,
+        s.spooled,
+        s.ring_drops,
+        s.queue_drops,
+        s.spool_lost,
+        peak.show()
     );
 }
 
@@ -515,23 +719,28 @@ fn main() {
     let net = NetPair::new();
     let sender = Sender::new(&net, 2);
     let frame = frame();
+    if only().as_deref() == Some("stalled") {
+        stalled_database(&net, &sender, &frame);
+        database_away(&net, &sender, &frame);
+        return;
+    }
     let reps = std::env::var("FLOWMETRIX_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(REPS);
     // `FLOWMETRIX_BENCH_ONLY=none`: the `--output none` and tcpdump rows only (and the
-    // host's own cost they are measured above), without the stalled endpoint.
-    let only_none = std::env::var("FLOWMETRIX_BENCH_ONLY").is_ok_and(|v| v == "none");
-    let tools: Vec<Tool> = TOOLS
-        .into_iter()
-        .filter(|t| {
-            !only_none
-                || matches!(
-                    t,
-                    Tool::Nothing | Tool::Flowmetrix | Tool::Tcpdump | Tool::TcpdumpFile
-                )
-        })
-        .collect();
+    // host's own cost they are measured above), without the stalled endpoint;
+    // `FLOWMETRIX_BENCH_ONLY=endpoint`: the steps to the test endpoint alone.
+    let tools: Vec<Tool> = match only().as_deref() {
+        Some("none") => vec![
+            Tool::Nothing,
+            Tool::Flowmetrix,
+            Tool::Tcpdump,
+            Tool::TcpdumpFile,
+        ],
+        Some("endpoint") => vec![Tool::Nothing, Tool::FlowmetrixGreptime],
+        _ => TOOLS.to_vec(),
+    };
     println!("lossless capture on veth: 60-byte UDP frames, medians of {reps} runs\n");
     println!(
         "| step | listener | sent/s | recorded | lossless | CPU s/Mpkt | host s/Mpkt | peak RSS MiB |"
@@ -598,7 +807,8 @@ fn main() {
         };
         println!("- {}: {rate:.0}/s ({cpu:.2}){limit}", tool.name());
     }
-    if !only_none {
+    if only().is_none() {
         stalled_database(&net, &sender, &frame);
+        database_away(&net, &sender, &frame);
     }
 }

@@ -18,11 +18,11 @@ pub type Batch = Vec<PacketRecord>;
 /// The bytes a queue holds at most unless told otherwise ([`bounded_in`]).
 pub const QUEUE_BYTES: usize = 16 << 20;
 
-/// The bytes a queue of `rows` rows of `R` may hold: the rows themselves, a quarter more for
-/// the spare capacity of the `Vec`s they come in (senders trim more than that), and 1 MiB.
+/// The bytes a queue of `rows` rows of `R` may hold: the rows themselves and 1 MiB (senders
+/// trim the spare capacity of the `Vec`s they send, which the queue would count).
 pub fn bytes_for<R>(rows: usize) -> usize {
-    let exact = rows.saturating_mul(std::mem::size_of::<R>());
-    exact.saturating_add(exact / 4).saturating_add(1 << 20)
+    rows.saturating_mul(std::mem::size_of::<R>())
+        .saturating_add(1 << 20)
 }
 
 /// What the queue bounds: how many rows an item holds, and the memory it holds.

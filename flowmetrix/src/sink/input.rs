@@ -128,10 +128,11 @@ impl<R: Table> Input<R> {
     }
 }
 
-/// `rows` without spare capacity beyond a quarter of their number: the queue counts what a
-/// `Vec` holds, spare room included ([`queue::bytes_for`]).
+/// `rows` without spare capacity: the queue counts what a `Vec` holds, spare room included
+/// ([`queue::bytes_for`]). Shrinking is in place (glibc's `realloc` to a smaller size, or
+/// `mremap` for a block mapped on its own): no copy.
 fn trimmed<R>(mut rows: Vec<R>) -> Vec<R> {
-    if rows.capacity() > rows.len() + rows.len() / 4 {
+    if rows.capacity() > rows.len() {
         rows.shrink_to_fit();
     }
     rows

@@ -295,6 +295,11 @@ impl<R: Table> Bulk<R> {
         budget: Duration,
         whole: bool,
     ) -> Window {
+        if endpoints.all_down().is_some() {
+            // Every endpoint is down: the row path waits and spools (as below), and the
+            // Arrow batch is not built for nothing.
+            return Window::Rows;
+        }
         let batch = match record_batch(R::COLUMNS, rows, &self.schema) {
             Ok(b) => b,
             Err(e) => {

@@ -173,6 +173,14 @@ impl Writer {
         }
         let mut account = Unsettled::new(rows.len() as u64, counters);
         let started = Instant::now();
+        if let Some(spool) = &self.spool
+            && let Some(why) = self.down_now()
+        {
+            // The insert would fail before it is sent (as `attempt` finds): the rows go to
+            // the spool as they are, without being encoded for nothing.
+            self.log.began_at(&why, bulk_failed_at.unwrap_or(started));
+            return self.to_spool(spool, out, rows, &mut account).await;
+        }
         let request = encode(&out.table, &rows);
         // Kept for the spool, which takes rows as they are (a fraction of the insert's
         // size); else freed now.
@@ -193,18 +201,7 @@ impl Writer {
                     self.log.began(&why);
                     if let (Some(spool), Some(rows)) = (&self.spool, rows.take()) {
                         drop(request);
-                        let item = Item {
-                            database: self.cfg.database.clone(),
-                            payload: Payload::Rows(Box::new(UnencodedRows {
-                                table: out.table.clone(),
-                                rows,
-                            })),
-                        };
-                        return match spool.put(item, &self.deadline.subscribe()).await {
-                            // Counted as spooled by the spool.
-                            Ok(()) => account.handed_over(),
-                            Err(_) => account.settle(&counters.write_errors),
-                        };
+                        return self.to_spool(spool, out, rows, &mut account).await;
                     }
                     Counters::add(&counters.write_retries, 1);
                     if !self.back_off(&mut backoff).await {
@@ -213,6 +210,37 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    /// Why an insert would fail now without being sent: the start-up work has not run, or
+    /// every endpoint is out of rotation.
+    fn down_now(&self) -> Option<String> {
+        match self.startup.ready() {
+            Err(why) => Some(why),
+            Ok(()) => self.endpoints.all_down().map(|e| e.to_string()),
+        }
+    }
+
+    /// Hands `rows` to the spool (waiting for room until the shutdown deadline); counted as
+    /// spooled by the spool, or as write errors when it could not take them.
+    async fn to_spool<R: Table>(
+        &self,
+        spool: &SpoolWriter,
+        out: &TableOut<R>,
+        rows: Vec<R>,
+        account: &mut Unsettled<'_>,
+    ) {
+        let item = Item {
+            database: self.cfg.database.clone(),
+            payload: Payload::Rows(Box::new(UnencodedRows {
+                table: out.table.clone(),
+                rows,
+            })),
+        };
+        match spool.put(item, &self.deadline.subscribe()).await {
+            Ok(()) => account.handed_over(),
+            Err(_) => account.settle(&out.counters.write_errors),
         }
     }
 
@@ -226,6 +254,19 @@ impl Writer {
         let mut backoff = retry::backoff();
         let mut deadline_set = self.deadline.subscribe();
         while self.deadline.borrow().is_none() {
+            if writer.spooled_within(REPLAY_QUIET) {
+                // Rows still go to the spool: GreptimeDB is not taking them. A replay now
+                // would hold a segment in memory (and compete with the spool's thread) only
+                // to fail; the segment being replayed goes back, first in line.
+                if current.take().is_some() {
+                    spool.put_back();
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(REPLAY_IDLE) => {}
+                    _ = deadline_set.changed() => {}
+                }
+                continue;
+            }
             if current.is_none() {
                 let s = Arc::clone(&spool);
                 // Reads a segment file: not on a runtime thread.
@@ -337,6 +378,8 @@ enum Attempt {
 
 /// How often an idle replayer looks at the spool.
 const REPLAY_IDLE: Duration = Duration::from_millis(200);
+/// How long nothing must have gone to the spool before a replay starts.
+const REPLAY_QUIET: Duration = Duration::from_secs(1);
 
 /// One table the writer writes: its name and counters.
 struct TableOut<R: Table> {

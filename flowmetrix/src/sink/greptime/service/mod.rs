@@ -169,6 +169,11 @@ impl Endpoints {
         Err(AllDown(why))
     }
 
+    /// Why no endpoint can be picked now, without moving the rotation on; None when one can.
+    pub fn all_down(&self) -> Option<AllDown> {
+        self.first_up().err()
+    }
+
     /// The first endpoint in rotation, in the order given: where DDL goes, so that every
     /// statement of the start-up runs on one frontend.
     fn first_up(&self) -> Result<Chosen, AllDown> {

@@ -5,7 +5,10 @@
 //! as inserts (an insert held in memory is several times their size).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -34,12 +37,17 @@ pub trait Unencoded: Send {
     fn bytes(&self) -> usize;
     /// The table they are for.
     fn table(&self) -> &str;
-    /// The rows as a row insert (the older record format).
-    fn encode(&self) -> RowInsertRequests;
-    /// The rows as columnar records of at most `limit` bytes, each with its rows; None when
-    /// the table has no Arrow form.
-    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>>;
+    /// The rows from the `from`-th on as a row insert (the older record format).
+    fn encode(&self, from: usize) -> RowInsertRequests;
+    /// Hands the rows to `append` as columnar records (Arrow IPC) of at most [`PART_ROWS`]
+    /// rows and `limit` bytes, each with its rows, in order; returns how many rows it
+    /// handed over: all of them, or those before the first part that has no Arrow form.
+    fn columns(&self, limit: usize, append: &mut dyn FnMut(&[u8], u64)) -> usize;
 }
+
+/// Rows a columnar record is built from at most: a drain's 8 192 rows would hold their
+/// Arrow arrays, the IPC stream and the record, each about their size, all at once.
+pub const PART_ROWS: usize = 1024;
 
 /// Rows for `table`, not encoded yet.
 pub struct UnencodedRows<R> {
@@ -60,15 +68,31 @@ impl<R: Table> Unencoded for UnencodedRows<R> {
         &self.table
     }
 
-    fn encode(&self) -> RowInsertRequests {
-        encode(&self.table, &self.rows)
+    fn encode(&self, from: usize) -> RowInsertRequests {
+        encode(&self.table, self.rows.get(from..).unwrap_or_default())
     }
 
-    fn columns(&self, limit: usize) -> Option<Vec<(Vec<u8>, u64)>> {
-        let schema = arrow_schema(R::COLUMNS).ok()?;
-        let rows: Vec<&R> = self.rows.iter().collect();
-        let batch = record_batch(R::COLUMNS, &rows, &schema).ok()?;
-        ipc_parts(&batch, limit).ok()
+    fn columns(&self, limit: usize, append: &mut dyn FnMut(&[u8], u64)) -> usize {
+        let Ok(schema) = arrow_schema(R::COLUMNS) else {
+            return 0;
+        };
+        let mut done = 0;
+        let mut refs: Vec<&R> = Vec::with_capacity(PART_ROWS.min(self.rows.len()));
+        for part in self.rows.chunks(PART_ROWS) {
+            refs.clear();
+            refs.extend(part);
+            let Ok(batch) = record_batch(R::COLUMNS, &refs, &schema) else {
+                return done;
+            };
+            let Ok(parts) = ipc_parts(&batch, limit) else {
+                return done;
+            };
+            for (ipc, n) in parts {
+                append(&ipc, n);
+            }
+            done += part.len();
+        }
+        done
     }
 }
 
@@ -104,6 +128,9 @@ pub struct SpoolWriter {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Set at shutdown: what is still queued after it is counted, not written.
     deadline: Arc<Mutex<Option<Instant>>>,
+    /// When rows were last queued, in milliseconds after `started` (0: never).
+    last_put: AtomicU64,
+    started: Instant,
 }
 
 impl SpoolWriter {
@@ -141,15 +168,18 @@ impl SpoolWriter {
                             std::thread::sleep(d);
                         }
                         match item.payload {
-                            // Columnar records, one write each.
-                            Payload::Rows(batch) => match batch.columns(spool.part_limit()) {
-                                Some(parts) => {
-                                    for (ipc, n) in parts {
-                                        spool.append_columns(&item.database, batch.table(), &ipc, n);
-                                    }
+                            // Columnar records, one write each; rows without an Arrow form
+                            // as a row insert.
+                            Payload::Rows(batch) => {
+                                let (db, table) = (&item.database, batch.table());
+                                let done = batch.columns(spool.part_limit(), &mut |ipc, n| {
+                                    spool.append_columns(db, table, ipc, n);
+                                });
+                                if done < batch.rows() {
+                                    let rest = rows - done as u64;
+                                    spool.append(db, &batch.encode(done), rest);
                                 }
-                                None => spool.append(&item.database, &batch.encode(), rows),
-                            },
+                            }
                         }
                     }
                     spool.sync();
@@ -172,6 +202,22 @@ impl SpoolWriter {
             tx: Mutex::new(thread.is_some().then_some(tx)),
             thread: Mutex::new(thread),
             deadline,
+            last_put: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn queued(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_put.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether rows were queued for the spool within `d`: GreptimeDB is not taking them
+    /// (or not fast enough), so a replay would only hold a segment in memory and fail.
+    pub fn spooled_within(&self, d: Duration) -> bool {
+        match self.last_put.load(Ordering::Relaxed) {
+            0 => false,
+            ms => self.started.elapsed() < Duration::from_millis(ms) + d,
         }
     }
 
@@ -186,9 +232,13 @@ impl SpoolWriter {
     /// Queues `item` now, or hands it back when the spool's queue is full or closed.
     pub fn try_put(&self, item: Item) -> Result<(), Item> {
         match self.sender().as_ref() {
-            Some(tx) => tx.try_send(item).map_err(|e| match e {
-                Rejected::Full(i) | Rejected::Closed(i) => i,
-            }),
+            Some(tx) => {
+                tx.try_send(item).map_err(|e| match e {
+                    Rejected::Full(i) | Rejected::Closed(i) => i,
+                })?;
+                self.queued();
+                Ok(())
+            }
             None => Err(item),
         }
     }
@@ -208,7 +258,10 @@ impl SpoolWriter {
                     return Err(item);
                 };
                 match tx.try_send(item) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        self.queued();
+                        return Ok(());
+                    }
                     Err(Rejected::Closed(i)) => return Err(i),
                     Err(Rejected::Full(i)) => {
                         item = i;
