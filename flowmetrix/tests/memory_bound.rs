@@ -82,7 +82,7 @@ static ALLOC: Counting = Counting;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The heap a stalled sink may hold above its start, defaults as the command line's
-/// (`--queue-size 65536`, `--batch-size 1024`, `--max-in-flight 4`): the process's peak RSS
+/// (`--queue-size 32768`, `--batch-size 1024`, `--max-in-flight 4`): the process's peak RSS
 /// must stay under 64 MiB, code, stacks and the runtime included.
 const HEAP_LIMIT: usize = 48 << 20;
 
@@ -158,7 +158,7 @@ fn peak_while_offering(endpoint: &Endpoint, c: GreptimeConfig, away: bool) -> (u
     let interface: Arc<str> = Arc::from("eth0");
     let base = HELD.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
-    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 65_536);
+    let mut h = Harness::start(SinkConfig::Greptime(Box::new(c)), 32_768);
     if !away {
         // Start-up (USE, ALTER … append_mode) found the table: bulk may go. Then the
         // endpoint stops answering.
