@@ -643,53 +643,38 @@ fn only() -> Option<String> {
     Some(only)
 }
 
-/// FlowMetrix's peak RSS at the fastest one-thread rate with the endpoint never answering.
-fn stalled_database(net: &NetPair, sender: &Sender, frame: &[u8]) {
-    let _ = std::fs::remove_dir_all(net.spool_dir());
-    let ep = Endpoint::start(Some(&net.ns_a));
-    ep.keys_only();
-    let collector = net
-        .collector()
-        .greptime(&ep)
-        .args(&["--sample-rate", "1"])
-        .start();
-    ep.stall(Some(Duration::from_secs(3600)));
-    let step = Step {
-        rate: None,
-        threads: 1,
-        count: 4_000_000,
-    };
-    let sampler = Sampler::start(collector.pid() as u32);
-    let achieved = sender.send(frame, &step);
-    std::thread::sleep(Duration::from_secs(1));
-    let rss = peak_rss_mib(collector.pid() as u32);
-    let peak = sampler.peak();
-    let s = collector.interrupt().summary();
-    println!(
-        "\nendpoint stalled: {} frames at {:.0}/s: peak RSS {rss:.1} MiB; \
-         {} written, {} spooled, {} ring drops, {} queue drops, {} spool lost\n  at the peak: {}",
-        step.count,
-        achieved,
-        s.written,
-        s.spooled,
-        s.ring_drops,
-        s.queue_drops,
-        s.spool_lost,
-        peak.show()
-    );
+/// What the endpoint does in [`database_down`].
+#[derive(Clone, Copy)]
+enum Down {
+    /// Never answers, once the collector's start-up found the table.
+    Stalled,
+    /// Refuses connections from the start: the collector spools from the first batch.
+    Away,
 }
 
-/// The same with the endpoint away (refusing connections) from the start: the collector
-/// spools from the first batch.
-fn database_away(net: &NetPair, sender: &Sender, frame: &[u8]) {
+/// FlowMetrix's peak RSS at the fastest one-thread rate with the endpoint stalled or away,
+/// and where its memory was at the peak.
+fn database_down(net: &NetPair, sender: &Sender, frame: &[u8], down: Down) {
     let _ = std::fs::remove_dir_all(net.spool_dir());
     let ep = Endpoint::start(Some(&net.ns_a));
-    ep.refuse_for(Duration::from_secs(3600));
+    let name = match down {
+        Down::Stalled => {
+            ep.keys_only();
+            "stalled"
+        }
+        Down::Away => {
+            ep.refuse_for(Duration::from_secs(3600));
+            "away"
+        }
+    };
     let collector = net
         .collector()
         .greptime(&ep)
         .args(&["--sample-rate", "1"])
         .start();
+    if let Down::Stalled = down {
+        ep.stall(Some(Duration::from_secs(3600)));
+    }
     let step = Step {
         rate: None,
         threads: 1,
@@ -702,7 +687,7 @@ fn database_away(net: &NetPair, sender: &Sender, frame: &[u8]) {
     let peak = sampler.peak();
     let s = collector.interrupt().summary();
     println!(
-        "\nendpoint away: {} frames at {:.0}/s: peak RSS {rss:.1} MiB; \
+        "\nendpoint {name}: {} frames at {:.0}/s: peak RSS {rss:.1} MiB; \
          {} written, {} spooled, {} ring drops, {} queue drops, {} spool lost\n  at the peak: {}",
         step.count,
         achieved,
@@ -720,8 +705,8 @@ fn main() {
     let sender = Sender::new(&net, 2);
     let frame = frame();
     if only().as_deref() == Some("stalled") {
-        stalled_database(&net, &sender, &frame);
-        database_away(&net, &sender, &frame);
+        database_down(&net, &sender, &frame, Down::Stalled);
+        database_down(&net, &sender, &frame, Down::Away);
         return;
     }
     let reps = std::env::var("FLOWMETRIX_BENCH_REPS")
@@ -808,7 +793,7 @@ fn main() {
         println!("- {}: {rate:.0}/s ({cpu:.2}){limit}", tool.name());
     }
     if only().is_none() {
-        stalled_database(&net, &sender, &frame);
-        database_away(&net, &sender, &frame);
+        database_down(&net, &sender, &frame, Down::Stalled);
+        database_down(&net, &sender, &frame, Down::Away);
     }
 }
