@@ -361,12 +361,13 @@ fn a_dead_endpoint_of_two_is_named_once_and_rows_go_to_the_other() {
 fn ctrl_c_with_fifty_thousand_queued_rows_writes_them_all() {
     let net = common::NetPair::new();
     let endpoint = Endpoint::start(Some(&net.ns_a));
-    // A slow server: rows pile up in the queue.
+    // A slow server: rows pile up in the queue, which holds all 50 000 (the default, 32 768,
+    // would send the rest to the spool, replayed at the next start).
     endpoint.stall(Some(Duration::from_secs(2)));
     let collector = net
         .collector()
         .greptime(&endpoint)
-        .args(&["--shutdown-timeout", "20s"])
+        .args(&["--shutdown-timeout", "20s", "--queue-size", "65536"])
         .start();
     net.send_udp(0..50_000);
     std::thread::sleep(Duration::from_millis(300));
