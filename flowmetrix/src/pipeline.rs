@@ -180,7 +180,6 @@ pub async fn run_until(
                 counters: Arc::clone(&c.sink),
             }),
     };
-    let discards = matches!(settings.sink.output, SinkConfig::None);
     let mut sink = sink::start(settings.sink, Arc::clone(&counters), outputs, stopping_rx)?;
     let packets = settings.packets;
     let live = source.is_live();
@@ -192,8 +191,6 @@ pub async fn run_until(
             without_samples(k)
         }
     };
-    // `--output none`: packet rows are counted where they are made (below, `rows_to`).
-    let discard = discards.then_some(&*counters);
     let mut decoder = Decoder::new(settings.decode.clone(), &info, Arc::clone(&counters));
     // Live: which workload each row belongs to; pod and namespace from the pod index
     // (`--kube-metadata`; empty without it: they stay null).
@@ -328,7 +325,7 @@ pub async fn run_until(
                         dns.as_mut().map(|d| (d, &mut dns_rows)),
                     )
                 });
-                rows_to(&sink.packets, &mut rows, discard, info.waits).await;
+                sink.packets.drain(&mut rows, info.waits).await;
                 if let Some(input) = &flow_input {
                     input.send(std::mem::take(&mut flow_rows)).await;
                 }
@@ -374,12 +371,12 @@ pub async fn run_until(
         });
         more = source.has_more();
         if more {
-            rows_to(&sink.packets, &mut rows, discard, info.waits).await;
+            sink.packets.drain(&mut rows, info.waits).await;
         }
     }
     // Frames still held by -auto-detect are decided and written too.
     decoder.finish(&mut rows);
-    rows_to(&sink.packets, &mut rows, discard, info.waits).await;
+    sink.packets.drain(&mut rows, info.waits).await;
     // Flows: the partial interval (live: one last collection, the programs detached).
     stop_flows.send_replace(true);
     if let Some(task) = flows_task
@@ -505,34 +502,6 @@ impl Ending {
         self.give_up.abort();
         self.gave_up.load(std::sync::atomic::Ordering::Relaxed)
     }
-}
-
-/// The rows of one drain to the sink's input; with `--output none` (`discard`) counted as
-/// written here instead, as the sink would, and `rows` kept, emptied, for the next drain:
-/// handing each drain's rows to the sink's task, on another thread, woke that thread and
-/// freed every batch there, for nothing (`FLOWMETRIX_BENCH_ONLY=none cargo bench -p
-/// flowmetrix --features ebpf --bench capture_rate`, BENCHMARKS.md).
-async fn rows_to(
-    input: &sink::Input,
-    rows: &mut Vec<PacketRecord>,
-    discard: Option<&Counters>,
-    waits: bool,
-) {
-    match discard {
-        Some(counters) => {
-            Counters::add(&counters.written, rows.len() as u64);
-            rows.clear();
-        }
-        None => input.hand_over(take_sized(rows), waits).await,
-    }
-}
-
-/// The rows of one drain, to hand over; `rows` is left with room for as many, as the next
-/// drain is likely to bring: it does not grow by doubling, each time copying every row so
-/// far (`cargo bench -p flowmetrix --bench pipeline -- drain`).
-fn take_sized<R>(rows: &mut Vec<R>) -> Vec<R> {
-    let n = rows.len();
-    std::mem::replace(rows, Vec::with_capacity(n))
 }
 
 /// One sample: to the decode stage (packet rows), to the DNS transactions, and to the

@@ -31,6 +31,9 @@ pub struct Input<R = PacketRecord> {
     counters: Arc<Counters>,
     full: Throttled,
     spooling: Throttled,
+    /// `--output none`: [`drain`](Self::drain) counts rows as written where they are made,
+    /// with no queue or task between.
+    discards: bool,
 }
 
 impl<R: Table> Input<R> {
@@ -45,7 +48,32 @@ impl<R: Table> Input<R> {
             counters,
             full: Throttled::default(),
             spooling: Throttled::default(),
+            discards: false,
         }
+    }
+
+    /// An input whose output keeps nothing (`--output none`).
+    pub(super) fn discarding(mut self) -> Self {
+        self.discards = true;
+        self
+    }
+
+    /// Hands the rows of one drain over ([`hand_over`](Self::hand_over)), leaving `rows`
+    /// empty with room for as many: the next drain is likely to bring as many, and a `Vec`
+    /// grown by doubling copies every row so far (`cargo bench -p flowmetrix --bench
+    /// pipeline -- drain`). An output that keeps nothing counts them as written here, and
+    /// `rows` keeps its room: handing each drain to the output's task, on another thread,
+    /// woke that thread and freed every row there, for nothing (`FLOWMETRIX_BENCH_ONLY=none
+    /// cargo bench -p flowmetrix --features ebpf --bench capture_rate`, BENCHMARKS.md).
+    pub async fn drain(&self, rows: &mut Vec<R>, wait: bool) {
+        if self.discards {
+            Counters::add(&self.counters.written, rows.len() as u64);
+            rows.clear();
+            return;
+        }
+        let n = rows.len();
+        self.hand_over(std::mem::replace(rows, Vec::with_capacity(n)), wait)
+            .await;
     }
 
     /// Hands `rows` over: waiting for room when `wait` ([`send`](Self::send), a replay),
@@ -136,4 +164,48 @@ fn trimmed<R>(mut rows: Vec<R>) -> Vec<R> {
         rows.shrink_to_fit();
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::UnixNanos;
+
+    fn rows(n: i64) -> Vec<PacketRecord> {
+        (0..n)
+            .map(|i| PacketRecord {
+                ts: UnixNanos(i),
+                ..PacketRecord::default()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_drain_is_handed_over_and_leaves_room_for_as_many() {
+        let (tx, mut rx) = queue::bounded_in(1_000, queue::bytes_for::<PacketRecord>(1_000));
+        let counters = Arc::new(Counters::default());
+        let input = Input::new(tx, Overflow::Drop, Arc::clone(&counters));
+        let mut drained = rows(300);
+        input.drain(&mut drained, false).await;
+        assert!(drained.is_empty());
+        assert!(drained.capacity() >= 300);
+        assert_eq!(rx.recv().await.map(|b| b.len()), Some(300));
+        assert_eq!(Counters::get(&counters.written), 0, "written by the output");
+    }
+
+    #[tokio::test]
+    async fn an_output_that_keeps_nothing_counts_the_drain_as_written_and_keeps_its_vec() {
+        let (tx, mut rx) = queue::bounded_in(1_000, queue::bytes_for::<PacketRecord>(1_000));
+        let counters = Arc::new(Counters::default());
+        let input = Input::new(tx, Overflow::Drop, Arc::clone(&counters)).discarding();
+        let mut drained = rows(300);
+        let kept = drained.as_ptr();
+        input.drain(&mut drained, false).await;
+        assert!(drained.is_empty());
+        assert_eq!(drained.as_ptr(), kept, "the same Vec, for the next drain");
+        assert_eq!(Counters::get(&counters.written), 300);
+        assert_eq!(Counters::get(&counters.queue_drops), 0);
+        drop(input);
+        assert!(rx.recv().await.is_none(), "nothing went to the queue");
+    }
 }

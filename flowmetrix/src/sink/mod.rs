@@ -144,6 +144,7 @@ pub fn start(
     let (gone, reader_gone) = watch::channel(false);
     let mut spool = false;
     let mut waits_for = None;
+    let discards = matches!(settings.output, SinkConfig::None);
     let (overflow, task) = match settings.output {
         SinkConfig::Greptime(cfg) => {
             waits_for = Some((cfg.describe(), cfg.shutdown_timeout));
@@ -231,8 +232,13 @@ pub fn start(
             )
         }
     };
+    let packets = Input::new(tx, overflow, counters);
     Ok(Sink {
-        packets: Input::new(tx, overflow, counters),
+        packets: if discards {
+            packets.discarding()
+        } else {
+            packets
+        },
         flows: flow_in.map(|(tx, c)| Input::new(tx, flow_overflow, c)),
         dns: dns_in.map(|(tx, c)| Input::new(tx, dns_overflow, c)),
         task,
