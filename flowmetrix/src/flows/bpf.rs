@@ -51,6 +51,10 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// sizes the bucket array to the map, so buckets hold one or two entries).
 const BATCH_MAX: usize = 1 << 16;
 
+/// Entries a batch call asks for at first, for maps of at most some ten thousand entries
+/// (the buffers double when a hash bucket holds more; the flow maps start larger).
+pub const FIRST_BATCH: usize = 1024;
+
 /// Which batch read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Batch {

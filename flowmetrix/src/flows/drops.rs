@@ -24,7 +24,7 @@ use flowmetrix_common::drops::{
 };
 
 use super::{
-    bpf::{BatchMap, CallError},
+    bpf::{BatchMap, CallError, FIRST_BATCH},
     health::Health,
 };
 use crate::{kernel_btf::DropReasons, metrics::DropCounters};
@@ -48,9 +48,6 @@ pub struct DropsCollected {
     /// `DROPSTATS`, summed over CPUs.
     pub stats: [u64; DROP_STATS as usize],
 }
-
-/// Entries one batch call reads at first (doubled when a hash bucket holds more).
-const BATCH: usize = 1024;
 
 /// The drop program's maps, and the names of the running kernel's reasons.
 pub struct DropMaps {
@@ -122,7 +119,7 @@ fn batch_map<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<BatchMap<K, V>, DropMapError> {
-    BatchMap::new(take(ebpf, name)?, BATCH).map_err(|e| DropMapError::Map(name, e))
+    BatchMap::new(take(ebpf, name)?, FIRST_BATCH).map_err(|e| DropMapError::Map(name, e))
 }
 
 /// The running kernel's reason names, each made once and shared by the rows that carry it.

@@ -21,12 +21,9 @@ use flowmetrix_common::{
 };
 
 use super::{
-    bpf::{BatchMap, CallError},
+    bpf::{BatchMap, CallError, FIRST_BATCH},
     health::{Handshake, Health},
 };
-
-/// Entries one batch call reads at first (doubled when a hash bucket holds more).
-const BATCH: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeMapError {
@@ -107,7 +104,7 @@ impl HandshakeMap {
             return Ok(None);
         };
         Ok(Some(Self {
-            states: BatchMap::new(states, BATCH)
+            states: BatchMap::new(states, FIRST_BATCH)
                 .map_err(|e| HandshakeMapError::Map(HANDSHAKE_MAP, e))?,
             stats: PerCpuArray::try_from(stats)
                 .map_err(|e| HandshakeMapError::Map(HANDSHAKE_STATS_MAP, e))?,

@@ -15,7 +15,7 @@ use flowmetrix_common::tcp::{
 };
 
 use super::{
-    bpf::{BatchMap, CallError},
+    bpf::{BatchMap, CallError, FIRST_BATCH},
     health::SocketKey,
 };
 
@@ -31,9 +31,6 @@ pub enum TcpSocketError {
     #[error("reading map {0} failed")]
     Read(&'static str, #[source] CallError),
 }
-
-/// Entries one batch call reads at first (doubled when a hash bucket holds more).
-const BATCH: usize = 1024;
 
 /// One socket's figures of an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +67,7 @@ impl TcpSockets {
             |name: &'static str| ebpf.take_map(name).ok_or(TcpSocketError::Missing(name));
         let stats = PerCpuArray::try_from(take(TCP_STATS_MAP)?)
             .map_err(|e| TcpSocketError::Map(TCP_STATS_MAP, e))?;
-        let map = |m, name| BatchMap::new(m, BATCH).map_err(|e| TcpSocketError::Map(name, e));
+        let map = |m, name| BatchMap::new(m, FIRST_BATCH).map_err(|e| TcpSocketError::Map(name, e));
         let maps = [
             map(take(TCP_SOCKET_MAPS[0])?, TCP_SOCKET_MAPS[0])?,
             map(take(TCP_SOCKET_MAPS[1])?, TCP_SOCKET_MAPS[1])?,
