@@ -580,6 +580,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    /// Asking whether every endpoint is down must not move the rotation on: the write path
+    /// asks before each batch, and a rotation moved by it sent every batch to one endpoint.
+    #[tokio::test]
+    async fn asking_whether_all_are_down_leaves_the_rotation_be() {
+        let cfg = GreptimeConfig::new(
+            vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            "packet_data",
+        );
+        let pool = Endpoints::connect(&cfg).unwrap();
+        let mut picked = Vec::new();
+        for _ in 0..4 {
+            assert_eq!(pool.all_down(), None);
+            picked.push(pool.pick().unwrap().index);
+        }
+        assert_eq!(picked, [0, 1, 0, 1]);
+        for _ in 0..2 {
+            let chosen = pool.pick().unwrap();
+            pool.mark_down(&chosen, "refused");
+        }
+        let down = pool.all_down().expect("both are down");
+        assert!(
+            down.to_string()
+                .starts_with("every GreptimeDB endpoint is down"),
+            "{down}"
+        );
+    }
+
     #[test]
     fn use_statement_names_the_database_as_the_server_reads_it() {
         assert_eq!(use_statement("public"), "USE \"public\"");

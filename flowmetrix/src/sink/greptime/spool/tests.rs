@@ -563,3 +563,39 @@ fn stale_tmp_files_go_and_bad_files_are_bounded() {
     drop(spool);
     fs::remove_dir_all(d).unwrap();
 }
+
+/// The replayer waits while rows still go to the spool (`spooled_within`): nothing was
+/// spooled yet, rows were just now, and none for longer than the window.
+#[test]
+fn the_writer_says_whether_rows_went_to_the_spool_lately() {
+    use std::time::{Duration, Instant};
+
+    use super::thread::{Item, Payload, SpoolWriter, UnencodedRows};
+    use crate::record::PacketRecord;
+
+    let d = dir("lately");
+    let counters = Arc::new(Counters::default());
+    let spool = Arc::new(Spool::open(&d, 1 << 20, Arc::clone(&counters)).unwrap());
+    let writer = SpoolWriter::start(Arc::clone(&spool), 1_000, Arc::clone(&counters), None);
+    let window = Duration::from_millis(200);
+    assert!(!writer.spooled_within(window), "nothing spooled yet");
+    let item = Item {
+        database: "public".into(),
+        payload: Payload::Rows(Box::new(UnencodedRows {
+            table: "packet_data".into(),
+            rows: vec![PacketRecord::default(); 3],
+        })),
+    };
+    assert!(writer.try_put(item).is_ok());
+    assert!(writer.spooled_within(window), "rows just went to the spool");
+    std::thread::sleep(window + Duration::from_millis(50));
+    assert!(
+        !writer.spooled_within(window),
+        "none for longer than the window"
+    );
+    writer.finish(Instant::now() + Duration::from_secs(5));
+    assert_eq!(Counters::get(&counters.spooled), 3);
+    drop(writer);
+    drop(spool);
+    fs::remove_dir_all(d).unwrap();
+}
